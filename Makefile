@@ -1,0 +1,36 @@
+# The two commands of the quick start: `make demo` and `make test`. Both create the virtual
+# environment in .venv on first use; torch is pinned through constraints.txt (the CPU build).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck proto bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,flower]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/quorum sim --config examples/heart_disease/sim.toml --report demo-output/report.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check quorum tests bench examples
+	$(BIN)/ruff format --check quorum tests bench examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict quorum
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/round_time.py
+
+clean:
+	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The REST admin API (FastAPI) under /api/v1."""

@@ -1,0 +1,186 @@
+"""FastAPI application: runs, rounds, sites, events and health, behind bearer tokens."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from quorum import __version__
+from quorum.admin.auth import allows, hash_token
+from quorum.config import RunConfig
+from quorum.errors import ConfigError, ConflictError, NotFoundError, QuorumError, TaskError
+from quorum.identity import parse_public
+from quorum.server.coordinator import Coordinator
+from quorum.server.store import RunRecord, SiteRecord
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class RunOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    rounds_completed: int
+    model_digest: str | None
+    config: RunConfig
+
+
+class SiteOut(BaseModel):
+    name: str
+    public_key: str
+    registered_at: float
+    revoked: bool
+    connected: bool
+
+
+class SiteIn(BaseModel):
+    name: str
+    public_key: str
+    """PEM text, or the 32 raw key bytes in base64."""
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    connected_sites: int
+    current_run: str | None
+
+
+def build_app(co: Coordinator) -> FastAPI:
+    app = FastAPI(
+        title="Quorum admin API",
+        version=__version__,
+        description="Inspect and steer federated runs. Every route needs `Authorization: Bearer <token>`.",
+    )
+    store = co.store
+
+    @app.exception_handler(QuorumError)
+    async def quorum_error(_: Request, exc: QuorumError) -> JSONResponse:
+        status = {NotFoundError: 404, ConflictError: 409, ConfigError: 422, TaskError: 422}.get(
+            type(exc), 400
+        )
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    def role(needed: str) -> Callable[..., str]:
+        def check(
+            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        ) -> str:
+            if creds is None or creds.scheme.lower() != "bearer":
+                raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+            granted = store.token_role(hash_token(creds.credentials))
+            if granted is None:
+                raise HTTPException(401, "invalid bearer token", {"WWW-Authenticate": "Bearer"})
+            if not allows(granted, needed):
+                raise HTTPException(403, f"this route needs the {needed} role; token has {granted}")
+            return granted
+
+        return check
+
+    viewer = Depends(role("viewer"))
+    operator = Depends(role("operator"))
+
+    def run_out(record: RunRecord) -> RunOut:
+        done = store.last_completed_round(record.id)
+        digest = store.round_detail(record.id, done)["model_digest"] if done else None
+        return RunOut(
+            id=record.id, name=record.name, status=record.status, created_at=record.created_at,
+            started_at=record.started_at, finished_at=record.finished_at, error=record.error,
+            rounds_completed=done, model_digest=digest, config=record.config,
+        )
+
+    def site_out(record: SiteRecord) -> SiteOut:
+        return SiteOut(
+            name=record.name, public_key=base64.b64encode(record.public_key).decode(),
+            registered_at=record.registered_at, revoked=not record.active,
+            connected=co.sessions.by_site(record.name) is not None,
+        )
+
+    @app.get("/api/v1/health", dependencies=[viewer])
+    def health() -> Health:
+        return Health(status="ok", version=__version__, connected_sites=len(co.sessions.connected()),
+                      current_run=co.current_run)
+
+    @app.get("/api/v1/runs", dependencies=[viewer])
+    def list_runs() -> list[RunOut]:
+        return [run_out(r) for r in store.runs()]
+
+    @app.post("/api/v1/runs", status_code=201, dependencies=[operator])
+    def submit_run(config: RunConfig) -> RunOut:
+        return run_out(co.submit(config))
+
+    @app.get("/api/v1/runs/{run_id}", dependencies=[viewer])
+    def get_run(run_id: str) -> RunOut:
+        return run_out(store.run(run_id))
+
+    @app.post("/api/v1/runs/{run_id}/stop", dependencies=[operator])
+    def stop_run(run_id: str) -> RunOut:
+        co.stop(run_id)
+        return run_out(store.run(run_id))
+
+    @app.get("/api/v1/runs/{run_id}/rounds", dependencies=[viewer])
+    def list_rounds(
+        run_id: str,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        return store.rounds(run_id, offset, limit)
+
+    @app.get("/api/v1/runs/{run_id}/rounds/{round_no}", dependencies=[viewer])
+    def get_round(run_id: str, round_no: int) -> dict[str, Any]:
+        store.run(run_id)
+        return store.round_detail(run_id, round_no)
+
+    @app.get("/api/v1/runs/{run_id}/model", dependencies=[viewer], response_class=FileResponse)
+    def download_model(run_id: str) -> FileResponse:
+        store.run(run_id)
+        done = store.last_completed_round(run_id)
+        path = co.checkpoints.model_path(run_id, done)
+        if not path.exists():
+            raise NotFoundError(f"run {run_id!r} has no model yet")
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=f"{run_id}-round-{done}.safetensors")
+
+    @app.get("/api/v1/sites", dependencies=[viewer])
+    def list_sites() -> list[SiteOut]:
+        return [site_out(s) for s in store.sites()]
+
+    @app.post("/api/v1/sites", status_code=201, dependencies=[operator])
+    def add_site(site: SiteIn) -> SiteOut:
+        text = site.public_key.strip()
+        raw = text.encode() if text.startswith("-----BEGIN") else _b64(text)
+        return site_out(store.add_site(site.name, parse_public(raw, "public_key")))
+
+    @app.post("/api/v1/sites/{name}/revoke", dependencies=[operator])
+    def revoke_site(name: str) -> SiteOut:
+        store.revoke_site(name)
+        session = co.sessions.by_site(name)
+        if session is not None:
+            co.sessions.drop(session)
+            co.on_disconnect(session)
+        return site_out(store.site(name))
+
+    @app.get("/api/v1/events", dependencies=[viewer])
+    def events(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    ) -> list[dict[str, Any]]:
+        return store.events(after, limit)
+
+    return app
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ConfigError("public_key is neither PEM nor base64") from None

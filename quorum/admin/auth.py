@@ -1,0 +1,42 @@
+"""Admin bearer tokens: random, stored as SHA-256 hashes, each with a role.
+
+Roles are ordered: a viewer reads, an operator also submits and stops runs and registers
+sites, an admin may do everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import secrets
+
+from quorum.server.store import Store
+
+ROLES = ("viewer", "operator", "admin")
+TOKEN_FILE = "admin.token"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def allows(role: str, needed: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+def ensure_admin_token(store: Store, state_dir: pathlib.Path, configured: str | None) -> str | None:
+    """Registers the configured token, or creates one at first start and writes it to
+    state_dir/admin.token (mode 0600). Returns the token when this call created it."""
+    if configured:
+        store.add_token(hash_token(configured), "admin", "config")
+        return None
+    if store.has_tokens():
+        return None
+    token = secrets.token_urlsafe(32)
+    path = state_dir / TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    store.add_token(hash_token(token), "admin", "generated")
+    return token

@@ -1,0 +1,169 @@
+"""The `quorum` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import signal
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from quorum import logs
+from quorum.errors import QuorumError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Quorum: federated learning for hospitals and edge sites.")
+site_app = typer.Typer(no_args_is_help=True, help="Site identities and registration.")
+server_app = typer.Typer(no_args_is_help=True, help="The aggregation server.")
+client_app = typer.Typer(no_args_is_help=True, help="The site agent.")
+app.add_typer(site_app, name="site")
+app.add_typer(server_app, name="server")
+app.add_typer(client_app, name="client")
+console = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
+]
+LogFormat = Annotated[str, typer.Option("--log-format", help="text or json")]
+
+
+@site_app.command("keygen")
+def site_keygen(
+    out: Annotated[pathlib.Path, typer.Option("--out", help="Private key file; NAME.pub is written beside it.")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing key.")] = False,
+) -> None:
+    """Write a new Ed25519 site key pair."""
+    from quorum import identity
+
+    if out.exists() and not force:
+        raise QuorumError(f"{out} exists; pass --force to overwrite it")
+    public = identity.write_keypair(identity.generate(), out)
+    console.print(f"wrote {out} (private, keep it at the site) and {public} (give it to the operator)")
+
+
+@site_app.command("add")
+def site_add(
+    state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")],
+    name: Annotated[str, typer.Option("--name")],
+    public_key: Annotated[pathlib.Path, typer.Option("--public-key")],
+) -> None:
+    """Register a site's public key in the server's state store."""
+    from quorum.identity import load_public
+    from quorum.server.store import Store
+
+    store = Store(state_dir / "quorum.db")
+    try:
+        store.add_site(name, load_public(public_key))
+    finally:
+        store.close()
+    console.print(f"registered site {name!r}")
+
+
+@site_app.command("list")
+def site_list(state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")]) -> None:
+    """List registered sites."""
+    from rich.table import Table
+
+    from quorum.server.store import Store
+
+    store = Store(state_dir / "quorum.db")
+    table = Table("name", "registered", "status")
+    for site in store.sites():
+        table.add_row(site.name, f"{site.registered_at:.0f}", "active" if site.active else "revoked")
+    store.close()
+    Console().print(table)
+
+
+@server_app.command("start")
+def server_start(
+    config: Annotated[pathlib.Path, typer.Option("--config", help="server.toml")],
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext gRPC and HTTP (loopback only).")] = False,
+    set_: SetOption = None,
+    log_format: LogFormat = "text",
+) -> None:
+    """Start the federation service and the admin API."""
+    from quorum.config import ServerFile, load
+    from quorum.server.app import serve
+
+    logs.setup(log_format)
+    server_file = load(ServerFile, config, set_ or [])
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(server_file, insecure=insecure))
+
+
+@client_app.command("run")
+def client_run(
+    server: Annotated[str, typer.Option("--server", help="HOST:PORT of the federation service")],
+    site_key: Annotated[pathlib.Path, typer.Option("--site-key")],
+    task: Annotated[str, typer.Option("--task", help="module:attribute of the FederatedTask")],
+    data: Annotated[str, typer.Option("--data", help="This site's data (passed to the task)")],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda")] = "auto",
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext gRPC (loopback only).")] = False,
+    root_cert: Annotated[pathlib.Path | None, typer.Option("--root-cert", help="CA bundle for the server's TLS certificate")] = None,
+    cache_dir: Annotated[pathlib.Path | None, typer.Option("--cache-dir", help="Keep downloaded models here")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    log_format: LogFormat = "text",
+) -> None:
+    """Join a federation and serve its tasks until interrupted."""
+    import grpc
+
+    from quorum.client.agent import SiteAgent
+    from quorum.client.transfer import BlobCache
+    from quorum.identity import load_private
+    from quorum.task import load_task
+
+    logs.setup(log_format)
+    key = load_private(site_key)
+    site_task = load_task(task).site(data, device, seed)
+    credentials = None
+    if not insecure:
+        credentials = grpc.ssl_channel_credentials(root_cert.read_bytes() if root_cert else None)
+    agent = SiteAgent(server, key, task, site_task, credentials=credentials,
+                      cache=BlobCache(cache_dir))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.run(stop)
+
+    asyncio.run(main())
+
+
+@app.command("sim")
+def sim(
+    config: Annotated[pathlib.Path, typer.Option("--config", help="sim.toml")],
+    report: Annotated[pathlib.Path | None, typer.Option("--report", help="JSON report path (a PNG plot is written beside it)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Model initialisation and sampling seed")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Run a whole federation as local processes and report on it."""
+    from quorum.config import SimFile, load
+    from quorum.sim.runner import run_simulation
+
+    sim_file = load(SimFile, config, set_ or [])
+    if seed is not None:
+        sim_file.run.seed = seed
+    run_simulation(sim_file, config_dir=config.parent, report_path=report, console=console)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except QuorumError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None
+    except (typer.Abort, KeyboardInterrupt):
+        raise SystemExit(130) from None
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise

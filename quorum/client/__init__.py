@@ -1,0 +1,1 @@
+"""The site agent: joins the server, pulls tasks, trains locally, pushes updates."""

@@ -1,0 +1,202 @@
+"""The site agent: one session with the server at a time, re-established with jittered
+exponential backoff after any disconnect; tasks run one after another off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from quorum import __version__
+from quorum.errors import AuthError
+from quorum.client.transfer import BlobCache, download, upload
+from quorum.identity import public_bytes, sign_join
+from quorum.proto import federation_pb2 as pb
+from quorum.proto import federation_pb2_grpc as pb_grpc
+from quorum.task import SiteTask
+from quorum.wire import blobs
+from quorum.wire.channel import GRPC_OPTIONS
+
+log = logging.getLogger("quorum.client")
+
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Full-jitter exponential backoff (sleep uniform in [0, min(cap, base * 2^n)])."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** min(failures, 16)))
+
+
+class SiteAgent:
+    def __init__(
+        self,
+        server: str,
+        key: Ed25519PrivateKey,
+        task_ref: str,
+        site_task: SiteTask,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        cache: BlobCache | None = None,
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        self.server = server
+        self.key = key
+        self.task_ref = task_ref
+        self.site_task = site_task
+        self.credentials = credentials
+        self.cache = cache or BlobCache()
+        self.backoff = backoff
+        self._rng = random.Random()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serves until `stop` is set; reconnects after every disconnect."""
+        stop = stop or asyncio.Event()
+        failures = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self._session(stop)
+            except (grpc.aio.AioRpcError, ConnectionError, OSError, StopAsyncIteration) as exc:
+                log.warning("event=disconnected server=%s error=%s", self.server, _describe(exc))
+            if time.monotonic() - started > 30:
+                failures = 0
+            delay = self.backoff.delay(failures, self._rng)
+            failures += 1
+            log.info("event=reconnect_wait seconds=%.2f", delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.server, options=GRPC_OPTIONS)
+        return grpc.aio.secure_channel(self.server, self.credentials, options=GRPC_OPTIONS)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        async with self._channel() as channel:
+            stub = pb_grpc.FederationStub(channel)
+            outbox: asyncio.Queue[pb.SiteMessage] = asyncio.Queue()
+
+            async def outgoing() -> AsyncIterator[pb.SiteMessage]:
+                while True:
+                    yield await outbox.get()
+
+            call = stub.Session(outgoing())
+            outbox.put_nowait(pb.SiteMessage(hello=pb.Hello(
+                public_key=public_bytes(self.key), agent_version=__version__, task=self.task_ref)))
+            try:
+                challenge = await call.read()
+                if challenge is _EOF or challenge.WhichOneof("kind") != "challenge":
+                    raise ConnectionError("server did not send a challenge")
+                outbox.put_nowait(pb.SiteMessage(join=pb.JoinProof(
+                    signature=sign_join(self.key, challenge.challenge.server_id,
+                                        challenge.challenge.nonce))))
+                welcome = await call.read()
+                if welcome is _EOF or welcome.WhichOneof("kind") != "welcome":
+                    raise ConnectionError("server did not welcome this site")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    raise AuthError(f"the server refused this site: {exc.details()}") from None
+                raise
+            info = welcome.welcome
+            log.info("event=joined site=%s server=%s", info.site_name, self.server)
+            tasks: asyncio.Queue[pb.TaskOffer] = asyncio.Queue()
+            workers = [
+                asyncio.create_task(self._heartbeat(outbox, info.heartbeat_interval_s)),
+                asyncio.create_task(self._work(stub, info.session_id, tasks, outbox)),
+            ]
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                while True:
+                    reader = asyncio.ensure_future(call.read())
+                    done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if stopper in done:
+                        reader.cancel()
+                        call.cancel()
+                        return
+                    message = reader.result()
+                    if message is _EOF:
+                        raise ConnectionError("the server closed the session")
+                    kind = message.WhichOneof("kind")
+                    if kind == "task":
+                        tasks.put_nowait(message.task)
+                    elif kind == "notice":
+                        log.warning("event=server_notice task_id=%s code=%s message=%s",
+                                    message.notice.task_id, message.notice.code,
+                                    message.notice.message)
+            finally:
+                stopper.cancel()
+                for worker in workers:
+                    worker.cancel()
+
+    async def _heartbeat(self, outbox: asyncio.Queue[pb.SiteMessage], interval: float) -> None:
+        while True:
+            await asyncio.sleep(max(interval, 0.1))
+            outbox.put_nowait(pb.SiteMessage(heartbeat=pb.Heartbeat(
+                sent_unix_ms=int(time.time() * 1000))))
+
+    async def _work(self, stub: pb_grpc.FederationStub, session_id: str,
+                    tasks: asyncio.Queue[pb.TaskOffer], outbox: asyncio.Queue[pb.SiteMessage]) -> None:
+        while True:
+            offer = await tasks.get()
+            started = time.monotonic()
+            try:
+                await self._handle(stub, session_id, offer, outbox, started)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError:
+                raise
+            except Exception as exc:  # the user's task failed: report it, keep serving
+                log.exception("event=task_failed task_id=%s", offer.task_id)
+                outbox.put_nowait(pb.SiteMessage(result=pb.TaskResult(
+                    task_id=offer.task_id, status=pb.RESULT_STATUS_FAILED,
+                    error=f"{type(exc).__name__}: {exc}", duration_s=time.monotonic() - started)))
+
+    async def _handle(self, stub: pb_grpc.FederationStub, session_id: str, offer: pb.TaskOffer,
+                      outbox: asyncio.Queue[pb.SiteMessage], started: float) -> None:
+        if offer.task != self.task_ref:
+            outbox.put_nowait(pb.SiteMessage(result=pb.TaskResult(
+                task_id=offer.task_id, status=pb.RESULT_STATUS_REFUSED,
+                error=f"this agent runs task {self.task_ref!r}, not {offer.task!r}")))
+            return
+        model = await download(stub, session_id, offer.model_digest, offer.model_size, self.cache)
+        params = blobs.decode(model)
+        config = json.loads(offer.config_json or "{}")
+        if offer.kind == pb.TASK_KIND_FIT:
+            fit = await asyncio.to_thread(self.site_task.fit, params, config)
+            data = await asyncio.to_thread(blobs.encode, fit.params)
+            receipt = await upload(stub, pb.UploadHeader(
+                session_id=session_id, task_id=offer.task_id, run_id=offer.run_id,
+                round=offer.round, digest=blobs.digest(data), size=len(data),
+                num_examples=fit.num_examples, metrics_json=json.dumps(fit.metrics),
+                duration_s=time.monotonic() - started), data)
+            if receipt.accepted:
+                log.info("event=update_accepted run_id=%s round=%d", offer.run_id, offer.round)
+            else:
+                log.warning("event=update_refused round=%d code=%s message=%s", offer.round,
+                            receipt.code, receipt.message)
+        else:
+            ev = await asyncio.to_thread(self.site_task.evaluate, params, config)
+            outbox.put_nowait(pb.SiteMessage(result=pb.TaskResult(
+                task_id=offer.task_id, status=pb.RESULT_STATUS_OK, num_examples=ev.num_examples,
+                metrics_json=json.dumps(ev.metrics), duration_s=time.monotonic() - started)))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

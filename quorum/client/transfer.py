@@ -1,0 +1,88 @@
+"""Blob transfer for the site agent: resumable downloads into a digest-keyed cache, chunked
+uploads with a header."""
+
+from __future__ import annotations
+
+import pathlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+import grpc
+
+from quorum.atomic import write_atomic
+from quorum.errors import BlobError
+from quorum.proto import federation_pb2 as pb
+from quorum.proto import federation_pb2_grpc as pb_grpc
+from quorum.wire import blobs
+
+DOWNLOAD_ATTEMPTS = 3
+
+
+class BlobCache:
+    """Recently used blobs in memory, and optionally on disk, keyed by their SHA-256."""
+
+    def __init__(self, directory: pathlib.Path | None = None, keep: int = 2) -> None:
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._dir = directory
+        self._keep = keep
+
+    def get(self, key: str) -> bytes | None:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+        if self._dir is not None:
+            path = self._dir / key
+            if path.exists():
+                data = path.read_bytes()
+                if blobs.digest(data) == key:
+                    self._remember(key, data)
+                    return data
+        return None
+
+    def put(self, key: str, data: bytes) -> None:
+        self._remember(key, data)
+        if self._dir is not None:
+            write_atomic(self._dir / key, data)
+
+    def _remember(self, key: str, data: bytes) -> None:
+        self._memory[key] = data
+        while len(self._memory) > self._keep:
+            self._memory.popitem(last=False)
+
+
+async def download(stub: pb_grpc.FederationStub, session_id: str, key: str, size: int,
+                   cache: BlobCache) -> bytes:
+    """Fetches a blob by digest, resuming from the last byte received if the stream breaks."""
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    buffer = bytearray()
+    for attempt in range(DOWNLOAD_ATTEMPTS):
+        try:
+            call = stub.Download(pb.DownloadRequest(session_id=session_id, digest=key,
+                                                    offset=len(buffer)))
+            async for chunk in call:
+                if chunk.offset != len(buffer):
+                    raise BlobError(f"chunk at offset {chunk.offset}, expected {len(buffer)}")
+                buffer += chunk.data
+            break
+        except grpc.aio.AioRpcError as exc:
+            retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+            if not retryable or attempt == DOWNLOAD_ATTEMPTS - 1:
+                raise
+    data = bytes(buffer)
+    if len(data) != size or blobs.digest(data) != key:
+        raise BlobError(f"downloaded blob does not match digest {key[:16]}… ({len(data)} bytes)")
+    cache.put(key, data)
+    return data
+
+
+async def upload(stub: pb_grpc.FederationStub, header: pb.UploadHeader,
+                 data: bytes) -> pb.UploadReceipt:
+    async def messages() -> AsyncIterator[pb.UploadMessage]:
+        yield pb.UploadMessage(header=header)
+        for chunk in blobs.chunks(data):
+            yield pb.UploadMessage(chunk=bytes(chunk))
+
+    receipt: pb.UploadReceipt = await stub.Upload(messages())
+    return receipt

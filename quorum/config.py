@@ -1,0 +1,171 @@
+"""Configuration: pydantic models for the server, runs, site agents and simulations.
+
+Files are TOML. `--set section.key=value` overrides any value before validation; the key must
+exist in the schema (unknown keys and ill-typed values are errors that name the key). Values are
+read as TOML literals (`15`, `0.01`, `true`, `"x"`, `[1, 2]`); anything that is not a TOML literal
+is taken as a plain string, so `--set run.strategy=fedyogi` works unquoted.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tomllib
+from collections.abc import Iterable
+from typing import Any, Literal, TypeVar, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from quorum.errors import ConfigError
+
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Model):
+    """One training job. Sync rounds: select a cohort, fit, fold, step, evaluate, checkpoint."""
+
+    name: str = "run"
+    task: str = Field(description="module:attribute of the FederatedTask, installed everywhere")
+    mode: Literal["sync"] = "sync"
+    strategy: StrategyName = "fedavg"
+    rounds: int = Field(10, ge=1)
+    seed: int = 0
+    server_learning_rate: float = Field(1.0, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+    proximal_mu: float = Field(0.0, ge=0)
+    fraction_fit: float = Field(1.0, gt=0, le=1)
+    min_fit_sites: int = Field(1, ge=1)
+    max_fit_sites: int | None = Field(None, ge=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    min_available_sites: int = Field(1, ge=1, description="sites connected before a round starts")
+    wait_timeout_s: float = Field(600.0, gt=0, description="how long a round waits for sites")
+    round_timeout_s: float = Field(300.0, gt=0, description="deadline for fit results")
+    evaluate_timeout_s: float = Field(120.0, gt=0)
+    max_inflight_uploads: int = Field(4, ge=1, description="uploads held in memory at once")
+    max_num_examples: int = Field(100_000_000, ge=1)
+    site_config: dict[str, Any] = Field(
+        default_factory=dict, description="settings sent to every site with each task"
+    )
+
+    @model_validator(mode="after")
+    def _check_cohort(self) -> RunConfig:
+        if self.max_fit_sites is not None and self.max_fit_sites < self.min_fit_sites:
+            raise ValueError("max_fit_sites is below min_fit_sites")
+        if self.min_available_sites < self.min_fit_sites:
+            self.__dict__["min_available_sites"] = self.min_fit_sites
+        return self
+
+
+class ServerConfig(_Model):
+    federation_address: str = "127.0.0.1:8600"
+    admin_address: str = "127.0.0.1:8601"
+    state_dir: pathlib.Path = pathlib.Path("quorum-state")
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
+    admin_token: str | None = Field(None, description="admin bearer token; generated if unset")
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    session_timeout_s: float = Field(30.0, gt=0, description="silence that ends a session")
+    server_id: str = "quorum"
+
+
+class ServerFile(_Model):
+    """The whole of server.toml: [server] and any number of [[runs]]."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    runs: list[RunConfig] = Field(default_factory=list)
+
+
+class SimSite(_Model):
+    name: str
+    data: str
+
+
+class SimSiteDefaults(_Model):
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+
+
+class SimOptions(_Model):
+    seed: int | None = Field(None, description="overrides run.seed")
+    timeout_s: float = Field(900.0, gt=0)
+    output_dir: pathlib.Path = pathlib.Path("sim-output")
+    baselines: bool = True
+
+
+class SimFile(_Model):
+    """The whole of a sim.toml."""
+
+    sim: SimOptions = Field(default_factory=SimOptions)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    run: RunConfig
+    site: SimSiteDefaults = Field(default_factory=SimSiteDefaults)
+    sites: list[SimSite] = Field(min_length=1)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _apply(model: type[BaseModel], data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Sets data[path] = value after checking every step of the path against the schema."""
+    dotted = ".".join(path)
+    node = data
+    schema: Any = model
+    for i, part in enumerate(path):
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            field = schema.model_fields.get(part)
+            if field is None:
+                raise ConfigError(f"unknown config key {dotted!r} ({part!r} is not a setting)")
+            schema = field.annotation
+        elif schema is Any or get_origin(schema) is dict:
+            schema = Any  # inside a free-form table such as run.site_config
+        else:
+            raise ConfigError(f"unknown config key {dotted!r} ({'.'.join(path[:i])} is a value)")
+        if i == len(path) - 1:
+            node[part] = value
+        else:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config key {dotted!r} points into a list; edit the file")
+            node = child
+
+
+def load(model: type[M], path: pathlib.Path | None, overrides: Iterable[str] = ()) -> M:
+    """Reads a TOML file (or starts empty), applies overrides and validates."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    for item in overrides:
+        keys, value = parse_override(item)
+        _apply(model, data, keys, value)
+    return validate(model, data, source=str(path) if path else "overrides")
+
+
+def validate(model: type[M], data: Any, source: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config ({source}): {problems}") from None

@@ -1,0 +1,1 @@
+"""Generated gRPC and protobuf code; regenerate with `make proto`, never edit."""

@@ -1,0 +1,1 @@
+"""The server: federation service, sessions, coordinator and drivers, state store, checkpoints."""

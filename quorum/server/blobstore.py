@@ -1,0 +1,28 @@
+"""The blobs the server currently serves (global models), by digest.
+
+A global model is serialised once and the same bytes go to every site. Only the newest few are
+kept: sites download the model of the task they were just offered.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from quorum.wire import blobs
+
+
+class BlobStore:
+    def __init__(self, keep: int = 4) -> None:
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._keep = keep
+
+    def put(self, data: bytes) -> str:
+        key = blobs.digest(data)
+        self._blobs[key] = data
+        self._blobs.move_to_end(key)
+        while len(self._blobs) > self._keep:
+            self._blobs.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> bytes | None:
+        return self._blobs.get(key)

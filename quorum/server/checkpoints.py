@@ -1,0 +1,53 @@
+"""Atomic checkpoints of a run: the global model's exact blob and the strategy's state, per round.
+
+Each file is written to a temporary name, fsynced and renamed, then the folder is fsynced, so a
+crash leaves either the old file or the new one, never a torn one. Round 0 is the initial model.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from quorum.atomic import write_atomic
+from quorum.errors import BlobError, StoreError
+from quorum.wire import blobs
+
+
+class Checkpoints:
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+
+    def _paths(self, run_id: str, round_no: int) -> tuple[pathlib.Path, pathlib.Path]:
+        base = self.root / run_id
+        return (
+            base / f"round-{round_no:05d}.model.safetensors",
+            base / f"round-{round_no:05d}.strategy.safetensors",
+        )
+
+    def exists(self, run_id: str, round_no: int) -> bool:
+        return all(p.exists() for p in self._paths(run_id, round_no))
+
+    def save(
+        self, run_id: str, round_no: int, model: bytes, strategy_state: Mapping[str, np.ndarray]
+    ) -> None:
+        model_path, state_path = self._paths(run_id, round_no)
+        write_atomic(model_path, model)
+        write_atomic(state_path, blobs.encode(strategy_state))
+
+    def load(self, run_id: str, round_no: int) -> tuple[bytes, dict[str, np.ndarray]]:
+        model_path, state_path = self._paths(run_id, round_no)
+        try:
+            model = model_path.read_bytes()
+            state = state_path.read_bytes()
+            blobs.read_layout(model)
+            return model, {k: v.copy() for k, v in blobs.decode(state).items()}
+        except OSError as exc:
+            raise StoreError(f"checkpoint of {run_id} round {round_no} is missing: {exc}") from None
+        except BlobError as exc:
+            raise StoreError(f"checkpoint of {run_id} round {round_no} is corrupt: {exc}") from None
+
+    def model_path(self, run_id: str, round_no: int) -> pathlib.Path:
+        return self._paths(run_id, round_no)[0]

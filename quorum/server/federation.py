@@ -1,0 +1,193 @@
+"""The gRPC federation service: session streams, blob downloads and update uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from quorum.errors import AuthError, UploadRejected
+from quorum.identity import verify_join
+from quorum.proto import federation_pb2 as pb
+from quorum.proto import federation_pb2_grpc as pb_grpc
+from quorum.server.coordinator import Coordinator
+from quorum.server.sessions import Session as SiteSession
+from quorum.wire import blobs
+from quorum.wire.channel import GRPC_OPTIONS
+
+log = logging.getLogger("quorum.server")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+
+class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
+    def __init__(self, coordinator: Coordinator, server_id: str, heartbeat_interval_s: float,
+                 session_timeout_s: float, max_inflight_uploads: int = 4) -> None:
+        self.co = coordinator
+        self.server_id = server_id
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.session_timeout_s = session_timeout_s
+        self._inflight = asyncio.Semaphore(max_inflight_uploads)
+
+    async def Session(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.SiteMessage], context: Context
+    ) -> AsyncIterator[pb.ServerMessage]:
+        incoming = aiter(request_iterator)
+        session = await self._join(incoming, context)
+        if session is None:
+            return
+        yield pb.ServerMessage(
+            welcome=pb.Welcome(session_id=session.id, site_name=session.site,
+                               heartbeat_interval_s=self.heartbeat_interval_s)
+        )
+        reader = asyncio.create_task(self._read(session, incoming))
+        watchdog = asyncio.create_task(self._watch(session))
+        try:
+            while True:
+                message = await session.outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            watchdog.cancel()
+            self.co.sessions.drop(session)
+            self.co.on_disconnect(session)
+            self.co.store.event("site_disconnected", site=session.site)
+            log.info("event=site_disconnected site=%s", session.site)
+
+    async def _join(self, incoming: AsyncIterator[pb.SiteMessage],
+                    context: Context) -> SiteSession | None:
+        try:
+            first = await asyncio.wait_for(anext(incoming), self.session_timeout_s)
+        except (StopAsyncIteration, TimeoutError):
+            return None
+        if first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+        site = self.co.store.site_by_key(first.hello.public_key)
+        if site is None or not site.active:
+            reason = "is not registered" if site is None else "was revoked"
+            self.co.store.event("join_refused", reason=reason)
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this site key {reason}; ask the operator to run `quorum site add`",
+            )
+        assert site is not None
+        nonce = secrets.token_bytes(32)
+        await context.write(pb.ServerMessage(challenge=pb.Challenge(nonce=nonce, server_id=self.server_id)))
+        try:
+            proof = await asyncio.wait_for(anext(incoming), self.session_timeout_s)
+            if proof.WhichOneof("kind") != "join":
+                raise AuthError("the second message must be the join proof")
+            verify_join(site.public_key, self.server_id, nonce, proof.join.signature)
+        except (StopAsyncIteration, TimeoutError):
+            return None
+        except AuthError as exc:
+            self.co.store.event("join_refused", site=site.name, reason=str(exc))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        session = self.co.sessions.open(site.name, first.hello.task)
+        self.co.store.event("site_joined", site=site.name, task=first.hello.task)
+        log.info("event=site_joined site=%s task=%s", site.name, first.hello.task)
+        return session
+
+    async def _read(self, session: SiteSession, incoming: AsyncIterator[pb.SiteMessage]) -> None:
+        try:
+            async for message in incoming:
+                session.last_seen = time.monotonic()
+                kind = message.WhichOneof("kind")
+                if kind == "result":
+                    self.co.on_result(session, message.result)
+                elif kind != "heartbeat":
+                    session.send(pb.ServerMessage(notice=pb.Notice(
+                        code="unexpected_message", message=f"{kind!r} is not valid after joining")))
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            session.close()
+
+    async def _watch(self, session: SiteSession) -> None:
+        while not session.closed:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            if time.monotonic() - session.last_seen > self.session_timeout_s:
+                log.warning("event=session_timeout site=%s", session.site)
+                session.close()
+
+    async def Download(  # noqa: N802
+        self, request: pb.DownloadRequest, context: Context
+    ) -> AsyncIterator[pb.BlobChunk]:
+        session = self.co.sessions.get(request.session_id)
+        if session is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or closed session")
+        data = self.co.blobs.get(request.digest)
+        if data is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.digest!r} is served")
+        assert session is not None and data is not None
+        if request.offset > len(data):
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, "offset is past the end of the blob")
+        sent = 0
+        offset = request.offset
+        for chunk in blobs.chunks(data, offset):
+            yield pb.BlobChunk(offset=offset, total_size=len(data), data=bytes(chunk))
+            offset += len(chunk)
+            sent += len(chunk)
+        self.co.on_download(session, request.digest, sent)
+
+    async def Upload(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.UploadMessage], context: Context
+    ) -> pb.UploadReceipt:
+        incoming = aiter(request_iterator)
+        try:
+            first = await anext(incoming)
+        except StopAsyncIteration:
+            return _refused(UploadRejected("empty_upload", "the upload carried no header"))
+        if first.WhichOneof("kind") != "header":
+            return _refused(UploadRejected("no_header", "the first upload message must be the header"))
+        header = first.header
+        session = self.co.sessions.get(header.session_id)
+        try:
+            if session is None:
+                raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
+            task = self.co.admit_upload(session, header)
+        except UploadRejected as exc:
+            self.co.record_rejection(session, header.task_id, exc)
+            log.warning("event=upload_rejected code=%s site=%s message=%s", exc.code,
+                        session.site if session else "?", exc.message)
+            return _refused(exc)
+        async with self._inflight:
+            try:
+                data = await _receive(incoming, header.size)
+                await self.co.complete_upload(task, header, data)
+            except UploadRejected as exc:
+                if task.state != "done":
+                    self.co.reject_task(task, exc)
+                log.warning("event=upload_rejected code=%s site=%s message=%s", exc.code,
+                            task.site, exc.message)
+                return _refused(exc)
+        return pb.UploadReceipt(accepted=True)
+
+
+async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    async for message in incoming:
+        if message.WhichOneof("kind") != "chunk":
+            raise UploadRejected("bad_chunk", "a second header arrived inside the upload")
+        chunk = message.chunk
+        if received + len(chunk) > size:
+            raise UploadRejected("oversized", f"upload exceeds its declared size of {size} bytes")
+        view[received : received + len(chunk)] = chunk
+        received += len(chunk)
+    if received != size:
+        raise UploadRejected("size_mismatch", f"received {received} bytes, header declared {size}")
+    return bytes(buffer)
+
+
+def _refused(exc: UploadRejected) -> pb.UploadReceipt:
+    return pb.UploadReceipt(accepted=False, code=exc.code, message=exc.message)

@@ -1,0 +1,72 @@
+"""The tasks of one phase of a round (fit or evaluate) and what came back for them.
+
+A phase is opened with its tasks, takes answers until every task is answered or its deadline
+passes, then closes: later answers are refused as `task_closed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from quorum.aggregation import Accumulator
+from quorum.wire.blobs import Layout
+
+Kind = Literal["fit", "evaluate"]
+
+
+@dataclass(eq=False)
+class PendingTask:
+    id: str
+    site: str
+    session_id: str
+    phase: Phase
+    state: Literal["offered", "receiving", "done"] = "offered"
+    offered_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    site: str
+    num_examples: int
+    metrics: dict[str, float]
+
+
+@dataclass(eq=False)
+class Phase:
+    kind: Kind
+    run_id: str
+    round: int
+    attempt: int
+    model_digest: str
+    model_size: int
+    layout: Layout
+    max_num_examples: int
+    accumulator: Accumulator | None = None
+    tasks: dict[str, PendingTask] = field(default_factory=dict)
+    results: list[SiteResult] = field(default_factory=list)
+    closed: bool = False
+    fold_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self, task: PendingTask) -> None:
+        task.state = "done"
+        if all(t.state == "done" for t in self.tasks.values()):
+            self._answered.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until every task is answered or the deadline passes, then closes the phase."""
+        if self.tasks:
+            try:
+                await asyncio.wait_for(self._answered.wait(), timeout)
+            except TimeoutError:
+                pass
+        self.closed = True
+        # An upload admitted before the deadline finishes folding before the step reads the sum.
+        async with self.fold_lock:
+            pass
+
+    def unanswered(self) -> list[PendingTask]:
+        return [t for t in self.tasks.values() if t.state != "done"]

@@ -1,0 +1,83 @@
+"""Connected sites: one session per site, each with an outbox drained by its gRPC stream."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from quorum.proto import federation_pb2 as pb
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    site: str
+    task: str
+    outbox: asyncio.Queue[pb.ServerMessage | None] = field(default_factory=asyncio.Queue)
+    connected_at: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+    def send(self, message: pb.ServerMessage) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        """Ends the stream: the writer stops at the sentinel."""
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(None)
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self._by_id: dict[str, Session] = {}
+        self._changed = asyncio.Condition()
+
+    def open(self, site: str, task: str) -> Session:
+        """A new session for `site`; an older session of the same site is closed (the site
+        reconnected, e.g. after a network fault the server has not noticed yet)."""
+        for old in [s for s in self._by_id.values() if s.site == site]:
+            old.close()
+        session = Session(id=secrets.token_hex(32), site=site, task=task)
+        self._by_id[session.id] = session
+        self._notify()
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        session = self._by_id.get(session_id)
+        return session if session is not None and not session.closed else None
+
+    def drop(self, session: Session) -> None:
+        session.close()
+        if self._by_id.get(session.id) is session:
+            del self._by_id[session.id]
+            self._notify()
+
+    def connected(self) -> list[Session]:
+        return sorted((s for s in self._by_id.values() if not s.closed), key=lambda s: s.site)
+
+    def by_site(self, site: str) -> Session | None:
+        return next((s for s in self.connected() if s.site == site), None)
+
+    async def wait_for(self, count: int, timeout: float) -> list[Session]:
+        """Waits until at least `count` sites are connected or `timeout` passes."""
+
+        async def enough() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self.connected()) >= count)
+
+        try:
+            await asyncio.wait_for(enough(), timeout)
+        except TimeoutError:
+            pass
+        return self.connected()
+
+    def _notify(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())

@@ -1,0 +1,514 @@
+"""The server's state in one SQLite file (WAL mode): sites, runs, rounds, participations,
+rejections, metrics, events and admin tokens.
+
+Every write commits at once, so a server killed at any moment restarts from what it had
+recorded. The store is used from the server's event loop only; a lock guards the connection
+against the odd call from a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from quorum.config import RunConfig
+from quorum.errors import ConflictError, NotFoundError, StoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL UNIQUE,
+    registered_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    round INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    model_digest TEXT,
+    abort_reason TEXT,
+    PRIMARY KEY (run_id, round, attempt)
+);
+CREATE TABLE IF NOT EXISTS participations (
+    task_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    num_examples INTEGER,
+    metrics_json TEXT,
+    duration_s REAL,
+    bytes_in INTEGER NOT NULL DEFAULT 0,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    offered_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS participations_round ON participations(run_id, round, attempt);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT,
+    round INTEGER,
+    attempt INTEGER,
+    site TEXT,
+    task_id TEXT,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (run_id, round, attempt, phase, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    run_id TEXT,
+    fields_json TEXT NOT NULL
+);
+"""
+
+RUN_ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    name: str
+    public_key: bytes
+    registered_at: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    name: str
+    config: RunConfig
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+
+
+class Store:
+    def __init__(self, path: pathlib.Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open state store {path}: {exc}") from None
+        self._lock = threading.RLock()
+        self.path = path
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # ---- sites ----
+
+    def add_site(self, name: str, public_key: bytes) -> SiteRecord:
+        now = time.time()
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO sites (name, public_key, registered_at) VALUES (?, ?, ?)",
+                    (name, public_key, now),
+                )
+        except sqlite3.IntegrityError:
+            raise ConflictError(
+                f"a site named {name!r} or with this public key is already registered"
+            ) from None
+        self.event("site_registered", site=name)
+        return SiteRecord(name, public_key, now, None)
+
+    def revoke_site(self, name: str) -> None:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE sites SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (time.time(), name),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no active site named {name!r}")
+        self.event("site_revoked", site=name)
+
+    def site_by_key(self, public_key: bytes) -> SiteRecord | None:
+        rows = self._rows("SELECT * FROM sites WHERE public_key = ?", public_key)
+        return _site(rows[0]) if rows else None
+
+    def site(self, name: str) -> SiteRecord:
+        rows = self._rows("SELECT * FROM sites WHERE name = ?", name)
+        if not rows:
+            raise NotFoundError(f"no site named {name!r}")
+        return _site(rows[0])
+
+    def sites(self) -> list[SiteRecord]:
+        return [_site(r) for r in self._rows("SELECT * FROM sites ORDER BY name")]
+
+    # ---- admin tokens (hashes only) ----
+
+    def add_token(self, token_hash: str, role: str, name: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)",
+                (token_hash, role, name, time.time()),
+            )
+
+    def token_role(self, token_hash: str) -> str | None:
+        rows = self._rows("SELECT role FROM tokens WHERE token_hash = ?", token_hash)
+        return str(rows[0]["role"]) if rows else None
+
+    def has_tokens(self) -> bool:
+        return bool(self._rows("SELECT 1 FROM tokens LIMIT 1"))
+
+    # ---- runs ----
+
+    def create_run(self, config: RunConfig) -> RunRecord:
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        now = time.time()
+        with self._tx() as db:
+            (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()
+            db.execute(
+                "INSERT INTO runs (id, seq, name, config_json, status, created_at) "
+                "VALUES (?, ?, ?, ?, 'queued', ?)",
+                (run_id, seq, config.name, config.model_dump_json(), now),
+            )
+        self.event("run_submitted", run_id=run_id, name=config.name)
+        return self.run(run_id)
+
+    def run(self, run_id: str) -> RunRecord:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", run_id)
+        if not rows:
+            raise NotFoundError(f"no run with id {run_id!r}")
+        return _run(rows[0])
+
+    def runs(self) -> list[RunRecord]:
+        return [_run(r) for r in self._rows("SELECT * FROM runs ORDER BY seq")]
+
+    def next_active_run(self) -> RunRecord | None:
+        rows = self._rows(
+            "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY seq LIMIT 1"
+        )
+        return _run(rows[0]) if rows else None
+
+    def set_run_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        now = time.time()
+        with self._tx() as db:
+            if status == "running":
+                db.execute(
+                    "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                    (status, now, run_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (status, now, error, run_id),
+                )
+        self.event("run_" + status, run_id=run_id, error=error)
+
+    # ---- rounds ----
+
+    def start_round(self, run_id: str, round_no: int) -> int:
+        with self._tx() as db:
+            (attempt,) = db.execute(
+                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM rounds WHERE run_id = ? AND round = ?",
+                (run_id, round_no),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO rounds (run_id, round, attempt, status, started_at) "
+                "VALUES (?, ?, ?, 'running', ?)",
+                (run_id, round_no, attempt, time.time()),
+            )
+        return int(attempt)
+
+    def complete_round(
+        self,
+        run_id: str,
+        round_no: int,
+        attempt: int,
+        model_digest: str,
+        metrics: Mapping[str, Mapping[str, float]],
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rounds SET status = 'completed', finished_at = ?, model_digest = ? "
+                "WHERE run_id = ? AND round = ? AND attempt = ?",
+                (time.time(), model_digest, run_id, round_no, attempt),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, round_no, attempt, phase, name, float(value))
+                    for phase, values in metrics.items()
+                    for name, value in values.items()
+                ],
+            )
+        self.event("round_completed", run_id=run_id, round=round_no, attempt=attempt)
+
+    def abort_round(self, run_id: str, round_no: int, attempt: int, reason: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rounds SET status = 'aborted', finished_at = ?, abort_reason = ? "
+                "WHERE run_id = ? AND round = ? AND attempt = ?",
+                (time.time(), reason, run_id, round_no, attempt),
+            )
+        self.event("round_aborted", run_id=run_id, round=round_no, attempt=attempt, reason=reason)
+
+    def abort_interrupted_rounds(self, run_id: str, reason: str) -> int:
+        """Marks rounds left 'running' by a previous server process as aborted."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT round, attempt FROM rounds WHERE run_id = ? AND status = 'running'",
+                (run_id,),
+            ).fetchall()
+            db.execute(
+                "UPDATE rounds SET status = 'aborted', finished_at = ?, abort_reason = ? "
+                "WHERE run_id = ? AND status = 'running'",
+                (time.time(), reason, run_id),
+            )
+            db.execute(
+                "UPDATE participations SET status = 'lost', error = ? "
+                "WHERE run_id = ? AND status = 'offered'",
+                (reason, run_id),
+            )
+        for row in rows:
+            self.event(
+                "round_aborted", run_id=run_id, round=row["round"], attempt=row["attempt"],
+                reason=reason,
+            )
+        return len(rows)
+
+    def last_completed_round(self, run_id: str) -> int:
+        rows = self._rows(
+            "SELECT COALESCE(MAX(round), 0) AS r FROM rounds "
+            "WHERE run_id = ? AND status = 'completed'",
+            run_id,
+        )
+        return int(rows[0]["r"])
+
+    def rounds(self, run_id: str, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        self.run(run_id)
+        rows = self._rows(
+            "SELECT * FROM rounds WHERE run_id = ? ORDER BY round, attempt LIMIT ? OFFSET ?",
+            run_id, limit, offset,
+        )
+        return [self._round_summary(r) for r in rows]
+
+    def round_detail(self, run_id: str, round_no: int) -> dict[str, Any]:
+        rows = self._rows(
+            "SELECT * FROM rounds WHERE run_id = ? AND round = ? ORDER BY attempt", run_id, round_no
+        )
+        if not rows:
+            raise NotFoundError(f"run {run_id!r} has no round {round_no}")
+        latest = self._round_summary(rows[-1])
+        parts = self._rows(
+            "SELECT * FROM participations WHERE run_id = ? AND round = ? AND attempt = ? "
+            "ORDER BY kind, site",
+            run_id, round_no, latest["attempt"],
+        )
+        latest["cohort"] = sorted({p["site"] for p in parts if p["kind"] == "fit"})
+        latest["participants"] = [_participation(p) for p in parts]
+        latest["rejected_uploads"] = [
+            {k: r[k] for k in ("site", "task_id", "code", "message", "at")}
+            for r in self._rows(
+                "SELECT * FROM rejections WHERE run_id = ? AND round = ? AND attempt = ? "
+                "ORDER BY id",
+                run_id, round_no, latest["attempt"],
+            )
+        ]
+        latest["bytes_in"] = sum(p["bytes_in"] for p in parts)
+        latest["bytes_out"] = sum(p["bytes_out"] for p in parts)
+        latest["earlier_attempts"] = [self._round_summary(r) for r in rows[:-1]]
+        return latest
+
+    def _round_summary(self, row: sqlite3.Row) -> dict[str, Any]:
+        metrics: dict[str, dict[str, float]] = {}
+        for m in self._rows(
+            "SELECT phase, name, value FROM metrics WHERE run_id = ? AND round = ? AND attempt = ?",
+            row["run_id"], row["round"], row["attempt"],
+        ):
+            metrics.setdefault(m["phase"], {})[m["name"]] = m["value"]
+        finished = row["finished_at"]
+        return {
+            "run_id": row["run_id"],
+            "round": row["round"],
+            "attempt": row["attempt"],
+            "status": row["status"],
+            "started_at": row["started_at"],
+            "finished_at": finished,
+            "duration_s": None if finished is None else finished - row["started_at"],
+            "model_digest": row["model_digest"],
+            "abort_reason": row["abort_reason"],
+            "metrics": metrics,
+        }
+
+    # ---- participations and rejections ----
+
+    def offer(
+        self, task_id: str, run_id: str, round_no: int, attempt: int, site: str, kind: str,
+        bytes_out: int,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO participations (task_id, run_id, round, attempt, site, kind, status, "
+                "bytes_out, offered_at) VALUES (?, ?, ?, ?, ?, ?, 'offered', ?, ?)",
+                (task_id, run_id, round_no, attempt, site, kind, bytes_out, time.time()),
+            )
+
+    def add_bytes_out(self, task_id: str, nbytes: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE participations SET bytes_out = bytes_out + ? WHERE task_id = ?",
+                (nbytes, task_id),
+            )
+
+    def finish_participation(
+        self,
+        task_id: str,
+        status: str,
+        *,
+        num_examples: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        duration_s: float | None = None,
+        bytes_in: int = 0,
+        error: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE participations SET status = ?, num_examples = ?, metrics_json = ?, "
+                "duration_s = ?, bytes_in = bytes_in + ?, error = ?, finished_at = ? "
+                "WHERE task_id = ?",
+                (
+                    status, num_examples, json.dumps(dict(metrics)) if metrics else None,
+                    duration_s, bytes_in, error, time.time(), task_id,
+                ),
+            )
+
+    def reject(
+        self,
+        code: str,
+        message: str,
+        *,
+        run_id: str | None = None,
+        round_no: int | None = None,
+        attempt: int | None = None,
+        site: str | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rejections (run_id, round, attempt, site, task_id, code, message, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, round_no, attempt, site, task_id, code, message, time.time()),
+            )
+
+    # ---- events ----
+
+    def event(self, kind: str, run_id: str | None = None, **fields: Any) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO events (at, kind, run_id, fields_json) VALUES (?, ?, ?, ?)",
+                (time.time(), kind, run_id, json.dumps(fields, default=str)),
+            )
+
+    def events(self, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": r["id"], "at": r["at"], "kind": r["kind"], "run_id": r["run_id"],
+                **json.loads(r["fields_json"]),
+            }
+            for r in self._rows(
+                "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", after_id, limit
+            )
+        ]
+
+
+def _site(row: sqlite3.Row) -> SiteRecord:
+    return SiteRecord(row["name"], bytes(row["public_key"]), row["registered_at"], row["revoked_at"])
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        name=row["name"],
+        config=RunConfig.model_validate_json(row["config_json"]),
+        status=row["status"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+    )
+
+
+def _participation(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "site": row["site"],
+        "task_id": row["task_id"],
+        "kind": row["kind"],
+        "status": row["status"],
+        "num_examples": row["num_examples"],
+        "metrics": json.loads(row["metrics_json"]) if row["metrics_json"] else {},
+        "duration_s": row["duration_s"],
+        "bytes_in": row["bytes_in"],
+        "bytes_out": row["bytes_out"],
+        "error": row["error"],
+    }

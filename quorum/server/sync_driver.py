@@ -1,0 +1,183 @@
+"""Synchronous rounds: select a cohort, offer fit tasks, fold each validated update as it
+arrives, close on all answers or the deadline, apply the server step, evaluate, checkpoint.
+
+A round that cannot finish (too few sites, too few valid updates) is recorded as aborted with
+its reason and tried again, up to `max_round_attempts`. A server restarted mid-run resumes from
+the last checkpoint: the interrupted round is recorded as aborted and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from quorum.aggregation import Accumulator, make_strategy
+from quorum.errors import QuorumError
+from quorum.server.phases import Kind, Phase, SiteResult
+from quorum.server.sessions import Session
+from quorum.server.store import RunRecord
+from quorum.task import load_task
+from quorum.wire import blobs
+
+if TYPE_CHECKING:
+    from quorum.server.coordinator import Coordinator
+
+log = logging.getLogger("quorum.server")
+
+MAX_ROUND_ATTEMPTS = 5
+
+
+class RoundAborted(QuorumError):
+    """A round that cannot produce a new model; the driver records it and tries again."""
+
+
+class SyncDriver:
+    def __init__(self, coordinator: Coordinator, record: RunRecord) -> None:
+        self.co = coordinator
+        self.store = coordinator.store
+        self.run_id = record.id
+        self.config = record.config
+        self.strategy = make_strategy(
+            self.config.strategy,
+            server_learning_rate=self.config.server_learning_rate,
+            beta1=self.config.beta1,
+            beta2=self.config.beta2,
+            tau=self.config.tau,
+            proximal_mu=self.config.proximal_mu,
+        )
+
+    async def run(self) -> None:
+        cfg = self.config
+        done = self.store.last_completed_round(self.run_id)
+        if self.store.abort_interrupted_rounds(self.run_id, "the server stopped during the round"):
+            log.warning("event=round_recovered run_id=%s resume_after=%d", self.run_id, done)
+        if done == 0 and not self.co.checkpoints.exists(self.run_id, 0):
+            initial = load_task(cfg.task).initial_parameters(cfg.seed)
+            self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), {})
+        model, state = self.co.checkpoints.load(self.run_id, done)
+        self.strategy.load_state(state)
+        self.store.set_run_status(self.run_id, "running")
+        log.info("event=run_started run_id=%s from_round=%d", self.run_id, done + 1)
+
+        round_no = done + 1
+        failures = 0
+        while round_no <= cfg.rounds:
+            if self.co.stop_requested(self.run_id):
+                self.store.set_run_status(self.run_id, "stopped", "stopped by an operator")
+                return
+            attempt = self.store.start_round(self.run_id, round_no)
+            try:
+                model = await self._round(round_no, attempt, model)
+            except RoundAborted as exc:
+                self.store.abort_round(self.run_id, round_no, attempt, str(exc))
+                log.warning("event=round_aborted run_id=%s round=%d reason=%s", self.run_id, round_no, exc)
+                failures += 1
+                if failures >= MAX_ROUND_ATTEMPTS:
+                    raise QuorumError(
+                        f"round {round_no} aborted {failures} times; last reason: {exc}"
+                    ) from None
+                continue
+            failures = 0
+            round_no += 1
+        self.store.set_run_status(self.run_id, "completed")
+        log.info("event=run_completed run_id=%s", self.run_id)
+
+    async def _round(self, round_no: int, attempt: int, model: bytes) -> bytes:
+        cfg = self.config
+        layout = blobs.read_layout(model)
+        available = await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
+        available = [s for s in available if s.task == cfg.task]
+        if len(available) < cfg.min_fit_sites:
+            raise RoundAborted(
+                f"{len(available)} site(s) connected for task {cfg.task!r}; min_fit_sites is "
+                f"{cfg.min_fit_sites}"
+            )
+        rng = random.Random(f"{cfg.seed}/{round_no}/{attempt}")
+        cohort = self._sample(available, cfg.fraction_fit, cfg.min_fit_sites, cfg.max_fit_sites, rng)
+
+        fit = self._phase("fit", round_no, attempt, model, layout)
+        fit.accumulator = Accumulator(layout.numel)
+        site_config = {**cfg.site_config, **self.strategy.site_config(), "round": round_no,
+                       "seed": cfg.seed}
+        await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
+        accepted = fit.accumulator.count
+        if accepted < cfg.min_fit_sites:
+            raise RoundAborted(
+                f"{accepted} valid update(s) of {len(cohort)} offered; min_fit_sites is "
+                f"{cfg.min_fit_sites}"
+            )
+        current = blobs.as_flat(model, layout)
+        new_vector = self.strategy.step(np.asarray(current), fit.accumulator.mean())
+        new_model = blobs.encode_flat(new_vector, layout)
+        metrics: dict[str, dict[str, float]] = {
+            "fit": {**_weighted(fit.results), "num_sites": float(accepted),
+                    "num_examples": fit.accumulator.total_weight}
+        }
+
+        n_eval = len(available) and math.ceil(cfg.fraction_evaluate * len(available))
+        evaluators = [s for s in self.co.sessions.connected() if s.task == cfg.task]
+        if n_eval and evaluators:
+            evaluators = rng.sample(evaluators, min(n_eval, len(evaluators)))
+            ev = self._phase("evaluate", round_no, attempt, new_model, layout)
+            await self._run_phase(ev, evaluators, {**cfg.site_config, "round": round_no},
+                                  cfg.evaluate_timeout_s)
+            if ev.results:
+                metrics["evaluate"] = {
+                    **_weighted(ev.results),
+                    **{f"{k}_mean_sites": v for k, v in _unweighted(ev.results).items()},
+                    "num_sites": float(len(ev.results)),
+                }
+
+        self.co.checkpoints.save(self.run_id, round_no, new_model, self.strategy.state())
+        self.store.complete_round(self.run_id, round_no, attempt, blobs.digest(new_model), metrics)
+        log.info(
+            "event=round_completed run_id=%s round=%d updates=%d metrics=%s",
+            self.run_id, round_no, accepted, json.dumps(metrics.get("evaluate", {})),
+        )
+        return new_model
+
+    def _phase(self, kind: Kind, round_no: int, attempt: int, model: bytes,
+               layout: blobs.Layout) -> Phase:
+        digest = self.co.blobs.put(model)
+        return Phase(kind=kind, run_id=self.run_id, round=round_no, attempt=attempt,
+                     model_digest=digest, model_size=len(model), layout=layout,
+                     max_num_examples=self.config.max_num_examples)
+
+    async def _run_phase(self, phase: Phase, sessions: list[Session], site_config: dict[str, object],
+                         timeout: float) -> None:
+        self.co.open_phase(phase, sessions, json.dumps(site_config), self.config.task, timeout)
+        try:
+            await phase.wait(timeout)
+        finally:
+            self.co.close_phase(phase)
+
+    @staticmethod
+    def _sample(available: list[Session], fraction: float, minimum: int, maximum: int | None,
+                rng: random.Random) -> list[Session]:
+        size = max(minimum, math.ceil(fraction * len(available)))
+        if maximum is not None:
+            size = min(size, maximum)
+        return sorted(rng.sample(available, min(size, len(available))), key=lambda s: s.site)
+
+
+def _weighted(results: list[SiteResult]) -> dict[str, float]:
+    """Example-weighted mean of each metric over the sites that reported it."""
+    out: dict[str, float] = {}
+    for name in sorted({k for r in results for k in r.metrics}):
+        pairs = [(r.metrics[name], r.num_examples) for r in results if name in r.metrics]
+        total = sum(n for _, n in pairs)
+        out[name] = sum(v * n for v, n in pairs) / total
+    return out
+
+
+def _unweighted(results: list[SiteResult]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name in sorted({k for r in results for k in r.metrics}):
+        values = [r.metrics[name] for r in results if name in r.metrics]
+        out[name] = sum(values) / len(values)
+    return out

@@ -1,0 +1,86 @@
+"""Checks on everything a site sends before the server uses it (DESIGN section 4).
+
+Each failure raises UploadRejected with a stable code; the caller records it against the round
+and the site, and the update is never aggregated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from quorum.errors import BlobError, UploadRejected
+from quorum.wire import blobs
+
+HEADER_SLACK_BYTES = 64 * 1024
+"""An update may differ from the global model only in its safetensors metadata."""
+
+
+def check_num_examples(num_examples: int, maximum: int) -> None:
+    if not 1 <= num_examples <= maximum:
+        raise UploadRejected(
+            "num_examples_out_of_range",
+            f"num_examples {num_examples} is outside the accepted range 1..{maximum}",
+        )
+
+
+def check_declared_size(size: int, model_size: int) -> None:
+    limit = model_size + HEADER_SLACK_BYTES
+    if size > limit:
+        raise UploadRejected(
+            "oversized", f"upload declares {size} bytes; an update of this model is at most {limit}"
+        )
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    if not text:
+        return {}
+    try:
+        value: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UploadRejected("bad_metrics", f"metrics are not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UploadRejected("bad_metrics", "metrics must be a JSON object of numbers")
+    out: dict[str, float] = {}
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise UploadRejected("bad_metrics", f"metric {key!r} is not a number")
+        if not math.isfinite(number):
+            raise UploadRejected("bad_metrics", f"metric {key!r} is not finite")
+        out[str(key)] = float(number)
+    return out
+
+
+def check_blob(data: bytes, declared_digest: str, expected: blobs.Layout) -> blobs.Layout:
+    """Digest, format, tensor names/shapes/dtypes against the global model, finite values."""
+    actual = blobs.digest(data)
+    if actual != declared_digest:
+        raise UploadRejected(
+            "digest_mismatch", f"upload hashes to {actual[:16]}…, header declared {declared_digest[:16]}…"
+        )
+    try:
+        layout = blobs.read_layout(data)
+    except BlobError as exc:
+        raise UploadRejected("malformed_blob", str(exc)) from None
+    if layout.tensors != expected.tensors:
+        raise UploadRejected("layout_mismatch", _layout_difference(layout, expected))
+    if not blobs.all_finite(data, layout):
+        raise UploadRejected("non_finite", "the update holds NaN or infinite values")
+    return layout
+
+
+def _layout_difference(got: blobs.Layout, expected: blobs.Layout) -> str:
+    have, want = got.describe(), expected.describe()
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    if missing or extra:
+        return f"tensor names differ from the global model: missing {missing}, unexpected {extra}"
+    for name, (dtype, shape) in want.items():
+        if have[name] != (dtype, shape):
+            got_dtype, got_shape = have[name]
+            return (
+                f"tensor {name!r} is {got_dtype} {list(got_shape)}, the global model has "
+                f"{dtype} {list(shape)}"
+            )
+    return "tensor byte layout differs from the global model"

@@ -1,0 +1,1 @@
+"""Local simulation: a server and one site-agent process per site on loopback."""

@@ -1,0 +1,130 @@
+"""`quorum sim`: a real server process and one site-agent process per site, on loopback.
+
+The simulation drives and watches the federation only through the public surfaces a user has:
+the server config, `quorum client run`, and the admin API, from which the report is built.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import secrets
+import shutil
+import time
+from typing import Any
+
+import tomli_w
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from quorum import identity
+from quorum.admin.client import AdminClient
+from quorum.config import ServerConfig, ServerFile, SimFile
+from quorum.errors import QuorumError
+from quorum.server.store import Store
+from quorum.sim import processes, report
+from quorum.task import HasBaselines, load_task
+
+FINAL_STATES = ("completed", "failed", "stopped")
+
+
+def resolve_data(data: str, config_dir: pathlib.Path) -> str:
+    """A relative path is read from the config's folder when it exists there; anything else
+    (a bare name the task understands, an absolute path) goes to the task unchanged."""
+    candidate = config_dir / data
+    return str(candidate.resolve()) if not pathlib.Path(data).is_absolute() and candidate.exists() else data
+
+
+def run_simulation(sim: SimFile, *, config_dir: pathlib.Path, report_path: pathlib.Path | None,
+                   console: Console) -> dict[str, Any]:
+    load_task(sim.run.task)  # fail before starting anything
+    out = sim.sim.output_dir
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    state_dir = work / "state"
+    token = secrets.token_urlsafe(24)
+    fed_port, admin_port = processes.free_port(), processes.free_port()
+    server_file = ServerFile(
+        server=ServerConfig(
+            **{**sim.server.model_dump(), "federation_address": f"127.0.0.1:{fed_port}",
+               "admin_address": f"127.0.0.1:{admin_port}", "state_dir": state_dir.resolve(),
+               "admin_token": token}
+        ),
+        runs=[sim.run],
+    )
+    store = Store(state_dir / "quorum.db")
+    keys = work / "keys"
+    for site in sim.sites:
+        key = identity.generate()
+        identity.write_keypair(key, keys / f"{site.name}.key")
+        store.add_site(site.name, identity.public_bytes(key))
+    store.close()
+    server_toml = work / "server.toml"
+    server_toml.write_text(tomli_w.dumps(server_file.model_dump(mode="json", exclude_none=True)))
+
+    logs = work / "logs"
+    children: list[processes.Child] = []
+    admin = AdminClient(f"http://127.0.0.1:{admin_port}", token)
+    started = time.monotonic()
+    try:
+        server = processes.start("server", ["server", "start", "--config", str(server_toml), "--insecure"], logs)
+        children.append(server)
+        for site in sim.sites:
+            children.append(processes.start(f"site-{site.name}", [
+                "client", "run", "--server", f"127.0.0.1:{fed_port}",
+                "--site-key", str(keys / f"{site.name}.key"), "--task", sim.run.task,
+                "--data", resolve_data(site.data, config_dir), "--device", sim.site.device,
+                "--seed", str(sim.run.seed), "--insecure",
+            ], logs))
+        admin.wait_ready(60)
+        run = _follow(admin, sim, server, console, started)
+        rounds = admin.get(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
+    finally:
+        admin.close()
+        processes.stop(children)
+
+    baselines = None
+    task = load_task(sim.run.task)
+    if sim.sim.baselines and isinstance(task, HasBaselines):
+        console.print("computing the pooled and local-only baselines…")
+        sites = {s.name: resolve_data(s.data, config_dir) for s in sim.sites}
+        baselines = task.baselines(sites, sim.site.device, sim.run.seed)
+    result = report.build(sim, run, rounds, baselines)
+    report_path = report_path or out / "report.json"
+    report.write(result, report_path)
+    console.print(report.table(result))
+    console.print(f"report: {report_path}  plot: {report_path.with_suffix('.png')}  "
+                  f"logs: {logs}")
+    if run["status"] != "completed":
+        raise QuorumError(f"run {run['id']} ended {run['status']}: {run.get('error')}")
+    return result
+
+
+def _follow(admin: AdminClient, sim: SimFile, server: processes.Child, console: Console,
+            started: float) -> dict[str, Any]:
+    deadline = started + sim.sim.timeout_s
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        bar = progress.add_task(sim.run.name, total=sim.run.rounds, status="starting")
+        while True:
+            if not server.alive():
+                raise QuorumError(f"the server exited early:\n{server.log_tail()}")
+            runs = admin.get("/api/v1/runs")
+            if runs:
+                run: dict[str, Any] = runs[0]
+                accuracy = _latest_accuracy(admin, run)
+                status = run["status"] + (f" acc={accuracy:.3f}" if accuracy is not None else "")
+                progress.update(bar, completed=run["rounds_completed"], status=status)
+                if run["status"] in FINAL_STATES:
+                    return run
+            if time.monotonic() > deadline:
+                raise QuorumError(f"simulation exceeded sim.timeout_s = {sim.sim.timeout_s:.0f} s")
+            time.sleep(0.25)
+
+
+def _latest_accuracy(admin: AdminClient, run: dict[str, Any]) -> float | None:
+    if not run["rounds_completed"]:
+        return None
+    detail = admin.get(f"/api/v1/runs/{run['id']}/rounds/{run['rounds_completed']}")
+    value = detail["metrics"].get("evaluate", {}).get("accuracy_mean_sites")
+    return float(value) if value is not None else None

@@ -1,0 +1,85 @@
+"""The task API: what a site trains and evaluates, and how a run names it.
+
+A run names its task as `module:attribute`, installed at the server and at every site. The
+attribute is a `FederatedTask`: the server asks it for the initial parameters, and each site
+agent asks it for the `SiteTask` bound to that site's data and device.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from quorum.errors import TaskError
+from quorum.wire.blobs import Params
+
+JSONConfig = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    params: Params
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SiteTask(Protocol):
+    """Local training and evaluation at one site."""
+
+    def fit(self, params: Params, config: JSONConfig) -> FitResult: ...
+
+    def evaluate(self, params: Params, config: JSONConfig) -> EvalResult: ...
+
+
+@runtime_checkable
+class FederatedTask(Protocol):
+    """The object a run's `module:attribute` names."""
+
+    def initial_parameters(self, seed: int) -> Params: ...
+
+    def site(self, data: str, device: str, seed: int) -> SiteTask: ...
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """Non-federated references for a report: pooled training and each site alone."""
+
+    pooled: dict[str, float]
+    local: dict[str, dict[str, float]]
+
+
+@runtime_checkable
+class HasBaselines(Protocol):
+    """A task that can compute its own pooled and local-only baselines."""
+
+    def baselines(self, sites: Mapping[str, str], device: str, seed: int) -> Baselines: ...
+
+
+def load_task(ref: str) -> FederatedTask:
+    """Imports `module:attribute` (an operator-given name, never one read from the wire)."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise TaskError(f"task {ref!r} is not of the form module:attribute")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TaskError(f"task {ref!r}: cannot import module {module_name!r}: {exc}") from None
+    try:
+        task = getattr(module, attr)
+    except AttributeError:
+        raise TaskError(f"task {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(task, FederatedTask):
+        raise TaskError(
+            f"task {ref!r} is not a FederatedTask (it needs initial_parameters(seed) and "
+            "site(data, device, seed))"
+        )
+    return task

@@ -1,0 +1,1 @@
+"""Wire formats: safetensors blobs addressed by SHA-256, and their chunking."""

@@ -1,0 +1,211 @@
+"""Models and updates as safetensors blobs, addressed by the SHA-256 of their bytes.
+
+A blob is the safetensors format: an 8-byte little-endian header length, a JSON header naming
+each tensor's dtype, shape and byte range, then the raw little-endian buffers back to back. The
+header is parsed and checked here (never executed), and tensors are numpy views over the
+received bytes, so decoding copies nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from safetensors.numpy import save as _st_save
+
+from quorum.errors import BlobError
+
+Params = dict[str, np.ndarray]
+"""A model's tensors by name, in a stable order."""
+
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16"})
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each tensor lies in a blob. Two blobs with equal layouts can be folded flat."""
+
+    tensors: tuple[TensorSpec, ...]
+    data_offset: int
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def size(self) -> int:
+        return self.data_offset + (self.tensors[-1].end if self.tensors else 0)
+
+    def describe(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {t.name: (t.dtype, t.shape) for t in self.tensors}
+
+
+def digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialises tensors to safetensors bytes (contiguous little-endian copies are made as needed)."""
+    arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
+    for name, value in arrays.items():
+        if value.dtype.str.lstrip("<>|=") not in {d.str.lstrip("<>|=") for d in _DTYPES.values()}:
+            raise BlobError(f"tensor {name!r} has unsupported dtype {value.dtype}")
+    return bytes(_st_save(arrays, metadata=dict(metadata) if metadata else None))
+
+
+def read_layout(data: bytes | memoryview) -> Layout:
+    """Parses and checks a blob's header; raises BlobError naming the first problem found."""
+    view = memoryview(data)
+    if len(view) < 8:
+        raise BlobError(f"blob of {len(view)} bytes is shorter than the 8-byte header length")
+    (header_len,) = struct.unpack("<Q", view[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(view):
+        raise BlobError(f"header length {header_len} does not fit a blob of {len(view)} bytes")
+    try:
+        header = json.loads(bytes(view[8 : 8 + header_len]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BlobError(f"header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise BlobError("header is not a JSON object")
+    specs: list[TensorSpec] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        specs.append(_tensor_spec(name, entry))
+    specs.sort(key=lambda s: s.start)
+    expected = 0
+    for spec in specs:
+        if spec.start != expected:
+            raise BlobError(f"tensor {spec.name!r} starts at byte {spec.start}, expected {expected}")
+        expected = spec.end
+    data_offset = 8 + header_len
+    if data_offset + expected != len(view):
+        raise BlobError(
+            f"tensors cover {expected} bytes but the blob holds {len(view) - data_offset} after "
+            "its header"
+        )
+    return Layout(tuple(specs), data_offset)
+
+
+def _tensor_spec(name: str, entry: object) -> TensorSpec:
+    if not isinstance(entry, dict):
+        raise BlobError(f"tensor {name!r}: header entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in _DTYPES:
+        raise BlobError(f"tensor {name!r}: unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BlobError(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise BlobError(f"tensor {name!r}: data_offsets {offsets!r} is not a pair of integers")
+    start, end = offsets
+    nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+    if start < 0 or end - start != nbytes:
+        raise BlobError(
+            f"tensor {name!r}: data_offsets [{start}, {end}] do not hold {nbytes} bytes of "
+            f"{dtype} {tuple(shape)}"
+        )
+    return TensorSpec(name, dtype, tuple(shape), start, end)
+
+
+def decode(data: bytes | memoryview, layout: Layout | None = None) -> Params:
+    """Returns read-only numpy views of the blob's tensors, in byte order."""
+    layout = layout or read_layout(data)
+    buf = memoryview(data)
+    return {
+        t.name: np.frombuffer(
+            buf, dtype=_DTYPES[t.dtype], count=t.numel, offset=layout.data_offset + t.start
+        ).reshape(t.shape)
+        for t in layout.tensors
+    }
+
+
+def as_flat(data: bytes | memoryview, layout: Layout) -> np.ndarray:
+    """All tensors as one vector: a zero-copy view when the blob has a single float dtype
+    (one contiguous region), else a float64 copy in byte order."""
+    dtypes = {t.dtype for t in layout.tensors}
+    if len(dtypes) == 1 and dtypes <= FLOAT_DTYPES:
+        (dtype,) = dtypes
+        return np.frombuffer(
+            memoryview(data), dtype=_DTYPES[dtype], count=layout.numel, offset=layout.data_offset
+        )
+    return np.concatenate(
+        [v.reshape(-1).astype(np.float64) for v in decode(data, layout).values()]
+        or [np.zeros(0, np.float64)]
+    )
+
+
+def from_flat(vector: np.ndarray, layout: Layout) -> Params:
+    """Splits a flat vector back into tensors of the layout's names, shapes and dtypes."""
+    if vector.size != layout.numel:
+        raise BlobError(f"vector of {vector.size} values does not fit a layout of {layout.numel}")
+    out: Params = {}
+    pos = 0
+    for t in layout.tensors:
+        piece = vector[pos : pos + t.numel].reshape(t.shape)
+        dtype = _DTYPES[t.dtype]
+        if t.dtype not in FLOAT_DTYPES:
+            piece = np.rint(piece)
+        out[t.name] = piece.astype(dtype, copy=False)
+        pos += t.numel
+    return out
+
+
+def encode_flat(vector: np.ndarray, layout: Layout) -> bytes:
+    return encode(from_flat(vector, layout))
+
+
+def all_finite(data: bytes | memoryview, layout: Layout) -> bool:
+    for t in layout.tensors:
+        if t.dtype in FLOAT_DTYPES:
+            values = np.frombuffer(
+                memoryview(data),
+                dtype=_DTYPES[t.dtype],
+                count=t.numel,
+                offset=layout.data_offset + t.start,
+            )
+            if not np.isfinite(values).all():
+                return False
+    return True
+
+
+def chunks(data: bytes | memoryview, offset: int = 0, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for start in range(offset, len(view), size):
+        yield view[start : start + size]
