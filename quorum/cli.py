@@ -14,7 +14,7 @@ from rich.console import Console
 from quorum import logs
 from quorum.errors import QuorumError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Quorum: federated learning for hospitals and edge sites.")
 site_app = typer.Typer(no_args_is_help=True, help="Site identities and registration.")
 server_app = typer.Typer(no_args_is_help=True, help="The aggregation server.")

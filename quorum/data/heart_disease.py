@@ -17,7 +17,11 @@ that centre, so that Quorum's numbers are comparable with FLamby's published one
    reproduced here with numpy's legacy `RandomState`, whose streams numpy keeps stable, so
    scikit-learn is not a dependency. As in FLamby, each set keeps the file's row order.
 5. Standardise with the site's own train mean and sample standard deviation (torch's `std`,
-   ddof=1): `(x - mean) / (std + 1e-9)`, in float32.
+   ddof=1): `(x - mean) / (std + 1e-9)`, in float32 (statistics computed in float64).
+
+FLamby's pooled baseline is different: it standardises the union of the four raw splits with the
+pooled train statistics (`standardise(pool(split_site(s) for s in SITES))`), while each site's
+own test set keeps its per-site standardisation.
 
 Train/test sizes: cleveland 199/104, hungarian 172/89, switzerland 30/16, va 85/45.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +82,7 @@ _CATEGORICAL = {"cp": (1.0, 2.0, 3.0, 4.0), "restecg": (0.0, 1.0, 2.0)}
 
 @dataclass(frozen=True, eq=False)
 class SiteSplit:
-    """One site's standardised train and test sets: x float32 (n, 13), y float32 (n,) in {0, 1}."""
+    """Train and test sets: x float32 (n, 13) in `FEATURES` order, y float32 (n,) in {0, 1}."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -103,18 +108,49 @@ def load_site(path: str | os.PathLike[str], seed: int = SPLIT_SEED) -> SiteSplit
     """Reads one site's file (a path, or a bare site name for the bundled copy) and returns its
     FLamby split, standardised with its own train statistics. Raises TaskError when the file
     cannot be read or is not in the UCI processed format."""
-    file = resolve(path)
-    features, labels = read_rows(file)
+    return standardise(split_site(path, seed))
+
+
+def split_site(path: str | os.PathLike[str], seed: int = SPLIT_SEED) -> SiteSplit:
+    """One site's FLamby train/test split, not standardised (raw encoded features)."""
+    features, labels = read_rows(resolve(path))
     train_idx, test_idx = flamby_split(labels, seed)
-    x_train, x_test = features[train_idx], features[test_idx]
+    return SiteSplit(
+        x_train=features[train_idx],
+        y_train=labels[train_idx].astype(np.float32),
+        x_test=features[test_idx],
+        y_test=labels[test_idx].astype(np.float32),
+    )
+
+
+def pool(splits: Iterable[SiteSplit]) -> SiteSplit:
+    """The union of several splits: train sets concatenated, test sets concatenated, in order.
+
+    FLamby's pooled baseline standardises the union of the raw splits with the pooled train
+    statistics: `standardise(pool(split_site(s) for s in SITES))`."""
+    parts = list(splits)
+    if not parts:
+        raise TaskError("no site splits to pool")
+    return SiteSplit(
+        x_train=np.concatenate([p.x_train for p in parts]),
+        y_train=np.concatenate([p.y_train for p in parts]),
+        x_test=np.concatenate([p.x_test for p in parts]),
+        y_test=np.concatenate([p.y_test for p in parts]),
+    )
+
+
+def standardise(split: SiteSplit) -> SiteSplit:
+    """`(x - mean) / (std + 1e-9)` with the mean and sample std (ddof=1) of the split's own train
+    set, for the train and test sets alike; float32."""
+    x_train = split.x_train.astype(np.float64)
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0, ddof=1) if len(x_train) > 1 else np.zeros_like(mean)
     scale = std + STD_EPS
     return SiteSplit(
         x_train=((x_train - mean) / scale).astype(np.float32),
-        y_train=labels[train_idx].astype(np.float32),
-        x_test=((x_test - mean) / scale).astype(np.float32),
-        y_test=labels[test_idx].astype(np.float32),
+        y_train=split.y_train,
+        x_test=((split.x_test.astype(np.float64) - mean) / scale).astype(np.float32),
+        y_test=split.y_test,
     )
 
 

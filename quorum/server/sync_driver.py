@@ -58,7 +58,7 @@ class SyncDriver:
             log.warning("event=round_recovered run_id=%s resume_after=%d", self.run_id, done)
         if done == 0 and not self.co.checkpoints.exists(self.run_id, 0):
             initial = load_task(cfg.task).initial_parameters(cfg.seed)
-            self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), {})
+            self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), self.strategy.state())
         model, state = self.co.checkpoints.load(self.run_id, done)
         self.strategy.load_state(state)
         self.store.set_run_status(self.run_id, "running")

@@ -15,7 +15,7 @@ from quorum.task import Baselines
 
 def build(sim: SimFile, run: dict[str, Any], rounds: list[dict[str, Any]],
           baselines: Baselines | None) -> dict[str, Any]:
-    started = run["started_at"]
+    started = run["started_at"] or run["created_at"]
     completed = [r for r in rounds if r["status"] == "completed"]
     rows = []
     for r in completed:
