@@ -14,8 +14,12 @@ from rich.console import Console
 from quorum import logs
 from quorum.errors import QuorumError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Quorum: federated learning for hospitals and edge sites.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Quorum: federated learning for hospitals and edge sites.",
+)
 site_app = typer.Typer(no_args_is_help=True, help="Site identities and registration.")
 server_app = typer.Typer(no_args_is_help=True, help="The aggregation server.")
 client_app = typer.Typer(no_args_is_help=True, help="The site agent.")
@@ -33,7 +37,9 @@ LogFormat = Annotated[str, typer.Option("--log-format", help="text or json")]
 
 @site_app.command("keygen")
 def site_keygen(
-    out: Annotated[pathlib.Path, typer.Option("--out", help="Private key file; NAME.pub is written beside it.")],
+    out: Annotated[
+        pathlib.Path, typer.Option("--out", help="Private key file; NAME.pub is written beside it.")
+    ],
     force: Annotated[bool, typer.Option(help="Overwrite an existing key.")] = False,
 ) -> None:
     """Write a new Ed25519 site key pair."""
@@ -42,7 +48,9 @@ def site_keygen(
     if out.exists() and not force:
         raise QuorumError(f"{out} exists; pass --force to overwrite it")
     public = identity.write_keypair(identity.generate(), out)
-    console.print(f"wrote {out} (private, keep it at the site) and {public} (give it to the operator)")
+    console.print(
+        f"wrote {out} (private, keep it at the site) and {public} (give it to the operator)"
+    )
 
 
 @site_app.command("add")
@@ -73,7 +81,9 @@ def site_list(state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")]) -
     store = Store(state_dir / "quorum.db")
     table = Table("name", "registered", "status")
     for site in store.sites():
-        table.add_row(site.name, f"{site.registered_at:.0f}", "active" if site.active else "revoked")
+        table.add_row(
+            site.name, f"{site.registered_at:.0f}", "active" if site.active else "revoked"
+        )
     store.close()
     Console().print(table)
 
@@ -81,7 +91,9 @@ def site_list(state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")]) -
 @server_app.command("start")
 def server_start(
     config: Annotated[pathlib.Path, typer.Option("--config", help="server.toml")],
-    insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext gRPC and HTTP (loopback only).")] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext gRPC and HTTP (loopback only).")
+    ] = False,
     set_: SetOption = None,
     log_format: LogFormat = "text",
 ) -> None:
@@ -102,9 +114,16 @@ def client_run(
     task: Annotated[str, typer.Option("--task", help="module:attribute of the FederatedTask")],
     data: Annotated[str, typer.Option("--data", help="This site's data (passed to the task)")],
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda")] = "auto",
-    insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext gRPC (loopback only).")] = False,
-    root_cert: Annotated[pathlib.Path | None, typer.Option("--root-cert", help="CA bundle for the server's TLS certificate")] = None,
-    cache_dir: Annotated[pathlib.Path | None, typer.Option("--cache-dir", help="Keep downloaded models here")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext gRPC (loopback only).")
+    ] = False,
+    root_cert: Annotated[
+        pathlib.Path | None,
+        typer.Option("--root-cert", help="CA bundle for the server's TLS certificate"),
+    ] = None,
+    cache_dir: Annotated[
+        pathlib.Path | None, typer.Option("--cache-dir", help="Keep downloaded models here")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     log_format: LogFormat = "text",
 ) -> None:
@@ -122,8 +141,9 @@ def client_run(
     credentials = None
     if not insecure:
         credentials = grpc.ssl_channel_credentials(root_cert.read_bytes() if root_cert else None)
-    agent = SiteAgent(server, key, task, site_task, credentials=credentials,
-                      cache=BlobCache(cache_dir))
+    agent = SiteAgent(
+        server, key, task, site_task, credentials=credentials, cache=BlobCache(cache_dir)
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -138,8 +158,13 @@ def client_run(
 @app.command("sim")
 def sim(
     config: Annotated[pathlib.Path, typer.Option("--config", help="sim.toml")],
-    report: Annotated[pathlib.Path | None, typer.Option("--report", help="JSON report path (a PNG plot is written beside it)")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Model initialisation and sampling seed")] = None,
+    report: Annotated[
+        pathlib.Path | None,
+        typer.Option("--report", help="JSON report path (a PNG plot is written beside it)"),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Model initialisation and sampling seed")
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Run a whole federation as local processes and report on it."""

@@ -60,7 +60,9 @@ def build_app(co: Coordinator) -> FastAPI:
     app = FastAPI(
         title="Quorum admin API",
         version=__version__,
-        description="Inspect and steer federated runs. Every route needs `Authorization: Bearer <token>`.",
+        description=(
+            "Inspect and steer federated runs. Every route needs `Authorization: Bearer <token>`."
+        ),
     )
     store = co.store
 
@@ -93,22 +95,35 @@ def build_app(co: Coordinator) -> FastAPI:
         done = store.last_completed_round(record.id)
         digest = store.round_detail(record.id, done)["model_digest"] if done else None
         return RunOut(
-            id=record.id, name=record.name, status=record.status, created_at=record.created_at,
-            started_at=record.started_at, finished_at=record.finished_at, error=record.error,
-            rounds_completed=done, model_digest=digest, config=record.config,
+            id=record.id,
+            name=record.name,
+            status=record.status,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            error=record.error,
+            rounds_completed=done,
+            model_digest=digest,
+            config=record.config,
         )
 
     def site_out(record: SiteRecord) -> SiteOut:
         return SiteOut(
-            name=record.name, public_key=base64.b64encode(record.public_key).decode(),
-            registered_at=record.registered_at, revoked=not record.active,
+            name=record.name,
+            public_key=base64.b64encode(record.public_key).decode(),
+            registered_at=record.registered_at,
+            revoked=not record.active,
             connected=co.sessions.by_site(record.name) is not None,
         )
 
     @app.get("/api/v1/health", dependencies=[viewer])
     def health() -> Health:
-        return Health(status="ok", version=__version__, connected_sites=len(co.sessions.connected()),
-                      current_run=co.current_run)
+        return Health(
+            status="ok",
+            version=__version__,
+            connected_sites=len(co.sessions.connected()),
+            current_run=co.current_run,
+        )
 
     @app.get("/api/v1/runs", dependencies=[viewer])
     def list_runs() -> list[RunOut]:
@@ -147,8 +162,11 @@ def build_app(co: Coordinator) -> FastAPI:
         path = co.checkpoints.model_path(run_id, done)
         if not path.exists():
             raise NotFoundError(f"run {run_id!r} has no model yet")
-        return FileResponse(path, media_type="application/octet-stream",
-                            filename=f"{run_id}-round-{done}.safetensors")
+        return FileResponse(
+            path,
+            media_type="application/octet-stream",
+            filename=f"{run_id}-round-{done}.safetensors",
+        )
 
     @app.get("/api/v1/sites", dependencies=[viewer])
     def list_sites() -> list[SiteOut]:

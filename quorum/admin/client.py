@@ -13,7 +13,9 @@ from quorum.errors import QuorumError
 class AdminClient:
     def __init__(self, base_url: str, token: str, verify: bool | str = True) -> None:
         self._http = httpx.Client(
-            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, verify=verify,
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
             timeout=10.0,
         )
 
@@ -48,5 +50,7 @@ class AdminClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise QuorumError(f"admin API {response.request.method} {response.request.url.path}: "
-                              f"{response.status_code} {detail}")
+            raise QuorumError(
+                f"admin API {response.request.method} {response.request.url.path}: "
+                f"{response.status_code} {detail}"
+            )

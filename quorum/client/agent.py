@@ -15,8 +15,8 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum import __version__
-from quorum.errors import AuthError
 from quorum.client.transfer import BlobCache, download, upload
+from quorum.errors import AuthError
 from quorum.identity import public_bytes, sign_join
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
@@ -96,20 +96,36 @@ class SiteAgent:
                     yield await outbox.get()
 
             call = stub.Session(outgoing())
-            outbox.put_nowait(pb.SiteMessage(hello=pb.Hello(
-                public_key=public_bytes(self.key), agent_version=__version__, task=self.task_ref)))
+            outbox.put_nowait(
+                pb.SiteMessage(
+                    hello=pb.Hello(
+                        public_key=public_bytes(self.key),
+                        agent_version=__version__,
+                        task=self.task_ref,
+                    )
+                )
+            )
             try:
                 challenge = await call.read()
                 if challenge is _EOF or challenge.WhichOneof("kind") != "challenge":
                     raise ConnectionError("server did not send a challenge")
-                outbox.put_nowait(pb.SiteMessage(join=pb.JoinProof(
-                    signature=sign_join(self.key, challenge.challenge.server_id,
-                                        challenge.challenge.nonce))))
+                outbox.put_nowait(
+                    pb.SiteMessage(
+                        join=pb.JoinProof(
+                            signature=sign_join(
+                                self.key, challenge.challenge.server_id, challenge.challenge.nonce
+                            )
+                        )
+                    )
+                )
                 welcome = await call.read()
                 if welcome is _EOF or welcome.WhichOneof("kind") != "welcome":
                     raise ConnectionError("server did not welcome this site")
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                if exc.code() in (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                ):
                     raise AuthError(f"the server refused this site: {exc.details()}") from None
                 raise
             info = welcome.welcome
@@ -123,7 +139,9 @@ class SiteAgent:
             try:
                 while True:
                     reader = asyncio.ensure_future(call.read())
-                    done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if stopper in done:
                         reader.cancel()
                         call.cancel()
@@ -135,9 +153,12 @@ class SiteAgent:
                     if kind == "task":
                         tasks.put_nowait(message.task)
                     elif kind == "notice":
-                        log.warning("event=server_notice task_id=%s code=%s message=%s",
-                                    message.notice.task_id, message.notice.code,
-                                    message.notice.message)
+                        log.warning(
+                            "event=server_notice task_id=%s code=%s message=%s",
+                            message.notice.task_id,
+                            message.notice.code,
+                            message.notice.message,
+                        )
             finally:
                 stopper.cancel()
                 for worker in workers:
@@ -146,11 +167,17 @@ class SiteAgent:
     async def _heartbeat(self, outbox: asyncio.Queue[pb.SiteMessage], interval: float) -> None:
         while True:
             await asyncio.sleep(max(interval, 0.1))
-            outbox.put_nowait(pb.SiteMessage(heartbeat=pb.Heartbeat(
-                sent_unix_ms=int(time.time() * 1000))))
+            outbox.put_nowait(
+                pb.SiteMessage(heartbeat=pb.Heartbeat(sent_unix_ms=int(time.time() * 1000)))
+            )
 
-    async def _work(self, stub: pb_grpc.FederationStub, session_id: str,
-                    tasks: asyncio.Queue[pb.TaskOffer], outbox: asyncio.Queue[pb.SiteMessage]) -> None:
+    async def _work(
+        self,
+        stub: pb_grpc.FederationStub,
+        session_id: str,
+        tasks: asyncio.Queue[pb.TaskOffer],
+        outbox: asyncio.Queue[pb.SiteMessage],
+    ) -> None:
         while True:
             offer = await tasks.get()
             started = time.monotonic()
@@ -162,16 +189,35 @@ class SiteAgent:
                 raise
             except Exception as exc:  # the user's task failed: report it, keep serving
                 log.exception("event=task_failed task_id=%s", offer.task_id)
-                outbox.put_nowait(pb.SiteMessage(result=pb.TaskResult(
-                    task_id=offer.task_id, status=pb.RESULT_STATUS_FAILED,
-                    error=f"{type(exc).__name__}: {exc}", duration_s=time.monotonic() - started)))
+                outbox.put_nowait(
+                    pb.SiteMessage(
+                        result=pb.TaskResult(
+                            task_id=offer.task_id,
+                            status=pb.RESULT_STATUS_FAILED,
+                            error=f"{type(exc).__name__}: {exc}",
+                            duration_s=time.monotonic() - started,
+                        )
+                    )
+                )
 
-    async def _handle(self, stub: pb_grpc.FederationStub, session_id: str, offer: pb.TaskOffer,
-                      outbox: asyncio.Queue[pb.SiteMessage], started: float) -> None:
+    async def _handle(
+        self,
+        stub: pb_grpc.FederationStub,
+        session_id: str,
+        offer: pb.TaskOffer,
+        outbox: asyncio.Queue[pb.SiteMessage],
+        started: float,
+    ) -> None:
         if offer.task != self.task_ref:
-            outbox.put_nowait(pb.SiteMessage(result=pb.TaskResult(
-                task_id=offer.task_id, status=pb.RESULT_STATUS_REFUSED,
-                error=f"this agent runs task {self.task_ref!r}, not {offer.task!r}")))
+            outbox.put_nowait(
+                pb.SiteMessage(
+                    result=pb.TaskResult(
+                        task_id=offer.task_id,
+                        status=pb.RESULT_STATUS_REFUSED,
+                        error=f"this agent runs task {self.task_ref!r}, not {offer.task!r}",
+                    )
+                )
+            )
             return
         model = await download(stub, session_id, offer.model_digest, offer.model_size, self.cache)
         params = blobs.decode(model)
@@ -179,21 +225,43 @@ class SiteAgent:
         if offer.kind == pb.TASK_KIND_FIT:
             fit = await asyncio.to_thread(self.site_task.fit, params, config)
             data = await asyncio.to_thread(blobs.encode, fit.params)
-            receipt = await upload(stub, pb.UploadHeader(
-                session_id=session_id, task_id=offer.task_id, run_id=offer.run_id,
-                round=offer.round, digest=blobs.digest(data), size=len(data),
-                num_examples=fit.num_examples, metrics_json=json.dumps(fit.metrics),
-                duration_s=time.monotonic() - started), data)
+            receipt = await upload(
+                stub,
+                pb.UploadHeader(
+                    session_id=session_id,
+                    task_id=offer.task_id,
+                    run_id=offer.run_id,
+                    round=offer.round,
+                    digest=blobs.digest(data),
+                    size=len(data),
+                    num_examples=fit.num_examples,
+                    metrics_json=json.dumps(fit.metrics),
+                    duration_s=time.monotonic() - started,
+                ),
+                data,
+            )
             if receipt.accepted:
                 log.info("event=update_accepted run_id=%s round=%d", offer.run_id, offer.round)
             else:
-                log.warning("event=update_refused round=%d code=%s message=%s", offer.round,
-                            receipt.code, receipt.message)
+                log.warning(
+                    "event=update_refused round=%d code=%s message=%s",
+                    offer.round,
+                    receipt.code,
+                    receipt.message,
+                )
         else:
             ev = await asyncio.to_thread(self.site_task.evaluate, params, config)
-            outbox.put_nowait(pb.SiteMessage(result=pb.TaskResult(
-                task_id=offer.task_id, status=pb.RESULT_STATUS_OK, num_examples=ev.num_examples,
-                metrics_json=json.dumps(ev.metrics), duration_s=time.monotonic() - started)))
+            outbox.put_nowait(
+                pb.SiteMessage(
+                    result=pb.TaskResult(
+                        task_id=offer.task_id,
+                        status=pb.RESULT_STATUS_OK,
+                        num_examples=ev.num_examples,
+                        metrics_json=json.dumps(ev.metrics),
+                        duration_s=time.monotonic() - started,
+                    )
+                )
+            )
 
 
 def _describe(exc: BaseException) -> str:

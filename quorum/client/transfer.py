@@ -50,8 +50,9 @@ class BlobCache:
             self._memory.popitem(last=False)
 
 
-async def download(stub: pb_grpc.FederationStub, session_id: str, key: str, size: int,
-                   cache: BlobCache) -> bytes:
+async def download(
+    stub: pb_grpc.FederationStub, session_id: str, key: str, size: int, cache: BlobCache
+) -> bytes:
     """Fetches a blob by digest, resuming from the last byte received if the stream breaks."""
     cached = cache.get(key)
     if cached is not None:
@@ -59,8 +60,9 @@ async def download(stub: pb_grpc.FederationStub, session_id: str, key: str, size
     buffer = bytearray()
     for attempt in range(DOWNLOAD_ATTEMPTS):
         try:
-            call = stub.Download(pb.DownloadRequest(session_id=session_id, digest=key,
-                                                    offset=len(buffer)))
+            call = stub.Download(
+                pb.DownloadRequest(session_id=session_id, digest=key, offset=len(buffer))
+            )
             async for chunk in call:
                 if chunk.offset != len(buffer):
                     raise BlobError(f"chunk at offset {chunk.offset}, expected {len(buffer)}")
@@ -77,8 +79,9 @@ async def download(stub: pb_grpc.FederationStub, session_id: str, key: str, size
     return data
 
 
-async def upload(stub: pb_grpc.FederationStub, header: pb.UploadHeader,
-                 data: bytes) -> pb.UploadReceipt:
+async def upload(
+    stub: pb_grpc.FederationStub, header: pb.UploadHeader, data: bytes
+) -> pb.UploadReceipt:
     async def messages() -> AsyncIterator[pb.UploadMessage]:
         yield pb.UploadMessage(header=header)
         for chunk in blobs.chunks(data):

@@ -159,7 +159,10 @@ def read_rows(file: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         text = file.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
-        raise TaskError(f"cannot read heart-disease data file {str(file)!r}: {exc}") from None
+        raise TaskError(
+            f"cannot read heart-disease data file {str(file)!r}: {exc} (give a path to a "
+            f"processed.<site>.data file, or a bundled site: {', '.join(SITES)})"
+        ) from None
     index = {name: i for i, name in enumerate(COLUMNS)}
     needed = [i for i, name in enumerate(COLUMNS) if name not in _DROPPED]
     rows: list[list[float]] = []

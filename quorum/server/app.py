@@ -18,9 +18,9 @@ from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.coordinator import Coordinator
 from quorum.server.federation import FederationService
-from quorum.wire.channel import GRPC_OPTIONS
 from quorum.server.sessions import SessionRegistry
 from quorum.server.store import Store
+from quorum.wire.channel import GRPC_OPTIONS
 
 log = logging.getLogger("quorum.server")
 
@@ -47,8 +47,9 @@ async def serve(config: ServerFile, *, insecure: bool) -> None:
     store = open_store(config)
     if ensure_admin_token(store, state_dir, server_cfg.admin_token):
         log.info("event=admin_token_created path=%s", state_dir / TOKEN_FILE)
-    coordinator = Coordinator(store, Checkpoints(state_dir / "checkpoints"), BlobStore(),
-                              SessionRegistry())
+    coordinator = Coordinator(
+        store, Checkpoints(state_dir / "checkpoints"), BlobStore(), SessionRegistry()
+    )
     known = {r.name for r in store.runs()}
     for run in config.runs:
         if run.name not in known:
@@ -57,8 +58,13 @@ async def serve(config: ServerFile, *, insecure: bool) -> None:
     max_inflight = max((r.max_inflight_uploads for r in config.runs), default=4)
     grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_FederationServicer_to_server(
-        FederationService(coordinator, server_cfg.server_id, server_cfg.heartbeat_interval_s,
-                          server_cfg.session_timeout_s, max_inflight),
+        FederationService(
+            coordinator,
+            server_cfg.server_id,
+            server_cfg.heartbeat_interval_s,
+            server_cfg.session_timeout_s,
+            max_inflight,
+        ),
         grpc_server,
     )
     fed_host, fed_port = split_address(server_cfg.federation_address)
@@ -76,11 +82,21 @@ async def serve(config: ServerFile, *, insecure: bool) -> None:
         ssl = {"ssl_certfile": str(server_cfg.tls_cert), "ssl_keyfile": str(server_cfg.tls_key)}
     await grpc_server.start()
     admin = uvicorn.Server(
-        uvicorn.Config(build_app(coordinator), host=admin_host, port=admin_port,
-                       log_level="warning", lifespan="off", **ssl)  # type: ignore[arg-type]
+        uvicorn.Config(
+            build_app(coordinator),
+            host=admin_host,
+            port=admin_port,
+            log_level="warning",
+            lifespan="off",
+            **ssl,
+        )  # type: ignore[arg-type]
     )
-    log.info("event=server_started federation=%s admin=%s state_dir=%s",
-             server_cfg.federation_address, server_cfg.admin_address, state_dir)
+    log.info(
+        "event=server_started federation=%s admin=%s state_dir=%s",
+        server_cfg.federation_address,
+        server_cfg.admin_address,
+        state_dir,
+    )
     rounds = asyncio.create_task(coordinator.run_forever())
     try:
         await admin.serve()  # returns on SIGINT / SIGTERM

@@ -14,9 +14,11 @@ from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
-from quorum.server.phases import Phase, PendingTask, SiteResult
+from quorum.server.phases import PendingTask, Phase, SiteResult
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import RunRecord, Store
+from quorum.server.sync_driver import SyncDriver, strategy_for
+from quorum.task import load_task
 from quorum.wire import blobs
 
 log = logging.getLogger("quorum.server")
@@ -49,9 +51,8 @@ class Coordinator:
     # ---- runs ----
 
     def submit(self, config: RunConfig) -> RunRecord:
-        from quorum.task import load_task
-
-        load_task(config.task)  # refuse a run whose task this server cannot import
+        strategy_for(config)  # refuse settings the strategy cannot take
+        load_task(config.task)  # and a task this server cannot import
         record = self.store.create_run(config)
         self._wakeup.set()
         return record
@@ -67,8 +68,6 @@ class Coordinator:
         return run_id in self._stop_requested
 
     async def run_forever(self) -> None:
-        from quorum.server.sync_driver import SyncDriver
-
         while True:
             record = self.store.next_active_run()
             if record is None:
@@ -87,16 +86,24 @@ class Coordinator:
 
     # ---- phases ----
 
-    def open_phase(self, phase: Phase, sessions: list[Session], config_json: str, task: str,
-                   deadline_s: float) -> None:
+    def open_phase(
+        self, phase: Phase, sessions: list[Session], config_json: str, task: str, deadline_s: float
+    ) -> None:
         """Creates one task per session, records it and sends the offer."""
         for session in sessions:
             task_id = secrets.token_hex(12)
             pending = PendingTask(id=task_id, site=session.site, session_id=session.id, phase=phase)
             phase.tasks[task_id] = pending
             self._tasks[task_id] = pending
-            self.store.offer(task_id, phase.run_id, phase.round, phase.attempt, session.site,
-                             phase.kind, bytes_out=0)
+            self.store.offer(
+                task_id,
+                phase.run_id,
+                phase.round,
+                phase.attempt,
+                session.site,
+                phase.kind,
+                bytes_out=0,
+            )
             session.send(
                 pb.ServerMessage(
                     task=pb.TaskOffer(
@@ -116,24 +123,37 @@ class Coordinator:
     def close_phase(self, phase: Phase) -> None:
         """Records the tasks nobody answered and forgets the phase's tasks."""
         for task in phase.unanswered():
-            self.store.finish_participation(task.id, "timed_out", error="no answer before the deadline")
+            self.store.finish_participation(
+                task.id, "timed_out", error="no answer before the deadline"
+            )
             task.state = "done"
         for task_id in phase.tasks:
             self._tasks.pop(task_id, None)
 
     # ---- what sites send ----
 
-    def _task_for(self, session: Session, task_id: str, run_id: str | None = None,
-                  round_no: int | None = None) -> PendingTask:
+    def _task_for(
+        self, session: Session, task_id: str, run_id: str | None = None, round_no: int | None = None
+    ) -> PendingTask:
         task = self._tasks.get(task_id)
         if task is None:
-            raise UploadRejected("unknown_task", f"no open task {task_id!r} (closed or never offered)")
+            raise UploadRejected(
+                "unknown_task", f"no open task {task_id!r} (closed or never offered)"
+            )
         if task.session_id != session.id:
-            raise UploadRejected("wrong_session", f"task {task_id!r} was offered to another session")
+            raise UploadRejected(
+                "wrong_session", f"task {task_id!r} was offered to another session"
+            )
         if run_id is not None and run_id != task.phase.run_id:
-            raise UploadRejected("wrong_run", f"task {task_id!r} belongs to run {task.phase.run_id!r}, not {run_id!r}")
+            raise UploadRejected(
+                "wrong_run",
+                f"task {task_id!r} belongs to run {task.phase.run_id!r}, not {run_id!r}",
+            )
         if round_no is not None and round_no != task.phase.round:
-            raise UploadRejected("wrong_round", f"task {task_id!r} belongs to round {task.phase.round}, not {round_no}")
+            raise UploadRejected(
+                "wrong_round",
+                f"task {task_id!r} belongs to round {task.phase.round}, not {round_no}",
+            )
         if task.phase.closed:
             raise UploadRejected("task_closed", f"task {task_id!r} closed at its deadline")
         if task.state != "offered":
@@ -145,55 +165,71 @@ class Coordinator:
         task = self._task_for(session, header.task_id, header.run_id, header.round)
         phase = task.phase
         if phase.kind != "fit":
-            raise UploadRejected("wrong_kind", f"task {task.id!r} is an evaluate task; send a result")
+            raise UploadRejected(
+                "wrong_kind", f"task {task.id!r} is an evaluate task; send a result"
+            )
         validation.check_num_examples(header.num_examples, phase.max_num_examples)
         validation.check_declared_size(header.size, phase.model_size)
         validation.parse_metrics(header.metrics_json)
         task.state = "receiving"
         return task
 
-    async def complete_upload(self, task: PendingTask, header: pb.UploadHeader, data: bytes) -> None:
+    async def complete_upload(
+        self, task: PendingTask, header: pb.UploadHeader, data: blobs.Buffer
+    ) -> None:
         """Validates the bytes and folds them into the round's sum; raises UploadRejected."""
         phase = task.phase
-        try:
-            if len(data) != header.size:
-                raise UploadRejected("size_mismatch", f"received {len(data)} bytes, header declared {header.size}")
-            layout = await asyncio.to_thread(validation.check_blob, data, header.digest, phase.layout)
-            async with phase.fold_lock:
-                if phase.closed:
-                    raise UploadRejected("task_closed", f"task {task.id!r} closed at its deadline")
-                assert phase.accumulator is not None
-                vector = blobs.as_flat(data, layout)
-                await asyncio.to_thread(phase.accumulator.fold, vector, float(header.num_examples))
-        except UploadRejected as exc:
-            self.reject_task(task, exc)
-            raise
+        if self.sessions.get(task.session_id) is None:
+            raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
+        if len(data) != header.size:
+            raise UploadRejected(
+                "size_mismatch", f"received {len(data)} bytes, header declared {header.size}"
+            )
+        layout = await asyncio.to_thread(validation.check_blob, data, header.digest, phase.layout)
+        async with phase.fold_lock:
+            if phase.closed:
+                raise UploadRejected("task_closed", f"task {task.id!r} closed at its deadline")
+            assert phase.accumulator is not None
+            vector = blobs.as_flat(data, layout)
+            await asyncio.to_thread(phase.accumulator.fold, vector, float(header.num_examples))
         metrics = validation.parse_metrics(header.metrics_json)
         phase.results.append(SiteResult(task.site, int(header.num_examples), metrics))
         self.store.finish_participation(
-            task.id, "accepted", num_examples=int(header.num_examples), metrics=metrics,
-            duration_s=header.duration_s, bytes_in=len(data),
+            task.id,
+            "accepted",
+            num_examples=int(header.num_examples),
+            metrics=metrics,
+            duration_s=header.duration_s,
+            bytes_in=len(data),
         )
         phase.finish(task)
 
-    def reject_task(self, task: PendingTask, exc: UploadRejected) -> None:
-        phase = task.phase
-        self.store.reject(exc.code, exc.message, run_id=phase.run_id, round_no=phase.round,
-                          attempt=phase.attempt, site=task.site, task_id=task.id)
-        if task.state != "done":
-            self.store.finish_participation(task.id, "rejected", error=f"{exc.code}: {exc.message}")
-            phase.finish(task)
-
-    def record_rejection(self, session: Session | None, task_id: str, exc: UploadRejected) -> None:
-        """A refusal that cannot be pinned on an open task of this session (unknown task, wrong
-        session, a second answer...): counted against the round it names, if any."""
+    def refuse(self, session: Session | None, task_id: str, exc: UploadRejected) -> None:
+        """Records a refused upload or result against the round it names. When it answers an
+        open task of this session, that task ends as rejected: the site gave its answer and it
+        was bad, so the round need not wait for it. Unknown tasks, other sessions' tasks and
+        second answers are only counted."""
         task = self._tasks.get(task_id)
         phase = task.phase if task is not None else None
         self.store.reject(
-            exc.code, exc.message,
-            run_id=phase.run_id if phase else None, round_no=phase.round if phase else None,
+            exc.code,
+            exc.message,
+            run_id=phase.run_id if phase else None,
+            round_no=phase.round if phase else None,
             attempt=phase.attempt if phase else None,
-            site=session.site if session else None, task_id=task_id or None,
+            site=session.site if session else None,
+            task_id=task_id or None,
+        )
+        owned = task is not None and session is not None and task.session_id == session.id
+        if owned and task is not None and task.state != "done" and exc.code != "duplicate":
+            self.store.finish_participation(task.id, "rejected", error=f"{exc.code}: {exc.message}")
+            task.phase.finish(task)
+        log.warning(
+            "event=refused code=%s site=%s task_id=%s message=%s",
+            exc.code,
+            session.site if session else "?",
+            task_id,
+            exc.message,
         )
 
     def on_result(self, session: Session, result: pb.TaskResult) -> None:
@@ -210,20 +246,25 @@ class Coordinator:
                 task.phase.finish(task)
                 return
             if task.phase.kind != "evaluate":
-                raise UploadRejected("wrong_kind", f"task {task.id!r} is a fit task; upload the update")
+                raise UploadRejected(
+                    "wrong_kind", f"task {task.id!r} is a fit task; upload the update"
+                )
             validation.check_num_examples(result.num_examples, task.phase.max_num_examples)
             metrics = validation.parse_metrics(result.metrics_json)
         except UploadRejected as exc:
-            task_or_none = self._tasks.get(result.task_id)
-            if task_or_none is not None and task_or_none.session_id == session.id and task_or_none.state == "offered":
-                self.reject_task(task_or_none, exc)
-            else:
-                self.record_rejection(session, result.task_id, exc)
-            session.send(pb.ServerMessage(notice=pb.Notice(task_id=result.task_id, code=exc.code, message=exc.message)))
+            self.refuse(session, result.task_id, exc)
+            session.send(
+                pb.ServerMessage(
+                    notice=pb.Notice(task_id=result.task_id, code=exc.code, message=exc.message)
+                )
+            )
             return
         task.phase.results.append(SiteResult(task.site, int(result.num_examples), metrics))
         self.store.finish_participation(
-            task.id, "ok", num_examples=int(result.num_examples), metrics=metrics,
+            task.id,
+            "ok",
+            num_examples=int(result.num_examples),
+            metrics=metrics,
             duration_s=result.duration_s,
         )
         task.phase.finish(task)
@@ -240,5 +281,3 @@ class Coordinator:
             if task.session_id == session.id and task.state == "offered":
                 self.store.finish_participation(task.id, "lost", error="the site disconnected")
                 task.phase.finish(task)
-
-

@@ -18,24 +18,28 @@ from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.coordinator import Coordinator
 from quorum.server.sessions import Session as SiteSession
 from quorum.wire import blobs
-from quorum.wire.channel import GRPC_OPTIONS
 
 log = logging.getLogger("quorum.server")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-
 class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
-    def __init__(self, coordinator: Coordinator, server_id: str, heartbeat_interval_s: float,
-                 session_timeout_s: float, max_inflight_uploads: int = 4) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        server_id: str,
+        heartbeat_interval_s: float,
+        session_timeout_s: float,
+        max_inflight_uploads: int = 4,
+    ) -> None:
         self.co = coordinator
         self.server_id = server_id
         self.heartbeat_interval_s = heartbeat_interval_s
         self.session_timeout_s = session_timeout_s
         self._inflight = asyncio.Semaphore(max_inflight_uploads)
 
-    async def Session(  # noqa: N802 (gRPC method name)
+    async def Session(
         self, request_iterator: AsyncIterator[pb.SiteMessage], context: Context
     ) -> AsyncIterator[pb.ServerMessage]:
         incoming = aiter(request_iterator)
@@ -43,8 +47,11 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         if session is None:
             return
         yield pb.ServerMessage(
-            welcome=pb.Welcome(session_id=session.id, site_name=session.site,
-                               heartbeat_interval_s=self.heartbeat_interval_s)
+            welcome=pb.Welcome(
+                session_id=session.id,
+                site_name=session.site,
+                heartbeat_interval_s=self.heartbeat_interval_s,
+            )
         )
         reader = asyncio.create_task(self._read(session, incoming))
         watchdog = asyncio.create_task(self._watch(session))
@@ -62,8 +69,9 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             self.co.store.event("site_disconnected", site=session.site)
             log.info("event=site_disconnected site=%s", session.site)
 
-    async def _join(self, incoming: AsyncIterator[pb.SiteMessage],
-                    context: Context) -> SiteSession | None:
+    async def _join(
+        self, incoming: AsyncIterator[pb.SiteMessage], context: Context
+    ) -> SiteSession | None:
         try:
             first = await asyncio.wait_for(anext(incoming), self.session_timeout_s)
         except (StopAsyncIteration, TimeoutError):
@@ -80,7 +88,9 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             )
         assert site is not None
         nonce = secrets.token_bytes(32)
-        await context.write(pb.ServerMessage(challenge=pb.Challenge(nonce=nonce, server_id=self.server_id)))
+        await context.write(
+            pb.ServerMessage(challenge=pb.Challenge(nonce=nonce, server_id=self.server_id))
+        )
         try:
             proof = await asyncio.wait_for(anext(incoming), self.session_timeout_s)
             if proof.WhichOneof("kind") != "join":
@@ -104,8 +114,14 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 if kind == "result":
                     self.co.on_result(session, message.result)
                 elif kind != "heartbeat":
-                    session.send(pb.ServerMessage(notice=pb.Notice(
-                        code="unexpected_message", message=f"{kind!r} is not valid after joining")))
+                    session.send(
+                        pb.ServerMessage(
+                            notice=pb.Notice(
+                                code="unexpected_message",
+                                message=f"{kind!r} is not valid after joining",
+                            )
+                        )
+                    )
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:
@@ -118,7 +134,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 log.warning("event=session_timeout site=%s", session.site)
                 session.close()
 
-    async def Download(  # noqa: N802
+    async def Download(
         self, request: pb.DownloadRequest, context: Context
     ) -> AsyncIterator[pb.BlobChunk]:
         session = self.co.sessions.get(request.session_id)
@@ -138,7 +154,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             sent += len(chunk)
         self.co.on_download(session, request.digest, sent)
 
-    async def Upload(  # noqa: N802
+    async def Upload(
         self, request_iterator: AsyncIterator[pb.UploadMessage], context: Context
     ) -> pb.UploadReceipt:
         incoming = aiter(request_iterator)
@@ -147,32 +163,25 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         except StopAsyncIteration:
             return _refused(UploadRejected("empty_upload", "the upload carried no header"))
         if first.WhichOneof("kind") != "header":
-            return _refused(UploadRejected("no_header", "the first upload message must be the header"))
+            return _refused(
+                UploadRejected("no_header", "the first upload message must be the header")
+            )
         header = first.header
         session = self.co.sessions.get(header.session_id)
         try:
             if session is None:
                 raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
             task = self.co.admit_upload(session, header)
-        except UploadRejected as exc:
-            self.co.record_rejection(session, header.task_id, exc)
-            log.warning("event=upload_rejected code=%s site=%s message=%s", exc.code,
-                        session.site if session else "?", exc.message)
-            return _refused(exc)
-        async with self._inflight:
-            try:
+            async with self._inflight:
                 data = await _receive(incoming, header.size)
                 await self.co.complete_upload(task, header, data)
-            except UploadRejected as exc:
-                if task.state != "done":
-                    self.co.reject_task(task, exc)
-                log.warning("event=upload_rejected code=%s site=%s message=%s", exc.code,
-                            task.site, exc.message)
-                return _refused(exc)
+        except UploadRejected as exc:
+            self.co.refuse(session, header.task_id, exc)
+            return _refused(exc)
         return pb.UploadReceipt(accepted=True)
 
 
-async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> bytes:
+async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> bytearray:
     buffer = bytearray(size)
     view = memoryview(buffer)
     received = 0
@@ -186,7 +195,7 @@ async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> byte
         received += len(chunk)
     if received != size:
         raise UploadRejected("size_mismatch", f"received {received} bytes, header declared {size}")
-    return bytes(buffer)
+    return buffer
 
 
 def _refused(exc: UploadRejected) -> pb.UploadReceipt:

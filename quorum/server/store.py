@@ -332,7 +332,10 @@ class Store:
             )
         for row in rows:
             self.event(
-                "round_aborted", run_id=run_id, round=row["round"], attempt=row["attempt"],
+                "round_aborted",
+                run_id=run_id,
+                round=row["round"],
+                attempt=row["attempt"],
                 reason=reason,
             )
         return len(rows)
@@ -349,7 +352,9 @@ class Store:
         self.run(run_id)
         rows = self._rows(
             "SELECT * FROM rounds WHERE run_id = ? ORDER BY round, attempt LIMIT ? OFFSET ?",
-            run_id, limit, offset,
+            run_id,
+            limit,
+            offset,
         )
         return [self._round_summary(r) for r in rows]
 
@@ -363,7 +368,9 @@ class Store:
         parts = self._rows(
             "SELECT * FROM participations WHERE run_id = ? AND round = ? AND attempt = ? "
             "ORDER BY kind, site",
-            run_id, round_no, latest["attempt"],
+            run_id,
+            round_no,
+            latest["attempt"],
         )
         latest["cohort"] = sorted({p["site"] for p in parts if p["kind"] == "fit"})
         latest["participants"] = [_participation(p) for p in parts]
@@ -372,7 +379,9 @@ class Store:
             for r in self._rows(
                 "SELECT * FROM rejections WHERE run_id = ? AND round = ? AND attempt = ? "
                 "ORDER BY id",
-                run_id, round_no, latest["attempt"],
+                run_id,
+                round_no,
+                latest["attempt"],
             )
         ]
         latest["bytes_in"] = sum(p["bytes_in"] for p in parts)
@@ -384,7 +393,9 @@ class Store:
         metrics: dict[str, dict[str, float]] = {}
         for m in self._rows(
             "SELECT phase, name, value FROM metrics WHERE run_id = ? AND round = ? AND attempt = ?",
-            row["run_id"], row["round"], row["attempt"],
+            row["run_id"],
+            row["round"],
+            row["attempt"],
         ):
             metrics.setdefault(m["phase"], {})[m["name"]] = m["value"]
         finished = row["finished_at"]
@@ -404,7 +415,13 @@ class Store:
     # ---- participations and rejections ----
 
     def offer(
-        self, task_id: str, run_id: str, round_no: int, attempt: int, site: str, kind: str,
+        self,
+        task_id: str,
+        run_id: str,
+        round_no: int,
+        attempt: int,
+        site: str,
+        kind: str,
         bytes_out: int,
     ) -> None:
         with self._tx() as db:
@@ -438,8 +455,14 @@ class Store:
                 "duration_s = ?, bytes_in = bytes_in + ?, error = ?, finished_at = ? "
                 "WHERE task_id = ?",
                 (
-                    status, num_examples, json.dumps(dict(metrics)) if metrics else None,
-                    duration_s, bytes_in, error, time.time(), task_id,
+                    status,
+                    num_examples,
+                    json.dumps(dict(metrics)) if metrics else None,
+                    duration_s,
+                    bytes_in,
+                    error,
+                    time.time(),
+                    task_id,
                 ),
             )
 
@@ -473,7 +496,10 @@ class Store:
     def events(self, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         return [
             {
-                "id": r["id"], "at": r["at"], "kind": r["kind"], "run_id": r["run_id"],
+                "id": r["id"],
+                "at": r["at"],
+                "kind": r["kind"],
+                "run_id": r["run_id"],
                 **json.loads(r["fields_json"]),
             }
             for r in self._rows(
@@ -483,7 +509,9 @@ class Store:
 
 
 def _site(row: sqlite3.Row) -> SiteRecord:
-    return SiteRecord(row["name"], bytes(row["public_key"]), row["registered_at"], row["revoked_at"])
+    return SiteRecord(
+        row["name"], bytes(row["public_key"]), row["registered_at"], row["revoked_at"]
+    )
 
 
 def _run(row: sqlite3.Row) -> RunRecord:

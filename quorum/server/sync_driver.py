@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from quorum.aggregation import Accumulator, make_strategy
+from quorum.aggregation import Accumulator, Strategy, make_strategy
+from quorum.config import RunConfig
 from quorum.errors import QuorumError
 from quorum.server.phases import Kind, Phase, SiteResult
 from quorum.server.sessions import Session
@@ -32,6 +33,18 @@ log = logging.getLogger("quorum.server")
 MAX_ROUND_ATTEMPTS = 5
 
 
+def strategy_for(config: RunConfig) -> Strategy:
+    """The run's server strategy; raises ConfigError for settings that do not fit it."""
+    return make_strategy(
+        config.strategy,
+        server_learning_rate=config.server_learning_rate,
+        beta1=config.beta1,
+        beta2=config.beta2,
+        tau=config.tau,
+        proximal_mu=config.proximal_mu,
+    )
+
+
 class RoundAborted(QuorumError):
     """A round that cannot produce a new model; the driver records it and tries again."""
 
@@ -42,14 +55,7 @@ class SyncDriver:
         self.store = coordinator.store
         self.run_id = record.id
         self.config = record.config
-        self.strategy = make_strategy(
-            self.config.strategy,
-            server_learning_rate=self.config.server_learning_rate,
-            beta1=self.config.beta1,
-            beta2=self.config.beta2,
-            tau=self.config.tau,
-            proximal_mu=self.config.proximal_mu,
-        )
+        self.strategy = strategy_for(self.config)
 
     async def run(self) -> None:
         cfg = self.config
@@ -75,7 +81,9 @@ class SyncDriver:
                 model = await self._round(round_no, attempt, model)
             except RoundAborted as exc:
                 self.store.abort_round(self.run_id, round_no, attempt, str(exc))
-                log.warning("event=round_aborted run_id=%s round=%d reason=%s", self.run_id, round_no, exc)
+                log.warning(
+                    "event=round_aborted run_id=%s round=%d reason=%s", self.run_id, round_no, exc
+                )
                 failures += 1
                 if failures >= MAX_ROUND_ATTEMPTS:
                     raise QuorumError(
@@ -98,12 +106,18 @@ class SyncDriver:
                 f"{cfg.min_fit_sites}"
             )
         rng = random.Random(f"{cfg.seed}/{round_no}/{attempt}")
-        cohort = self._sample(available, cfg.fraction_fit, cfg.min_fit_sites, cfg.max_fit_sites, rng)
+        cohort = self._sample(
+            available, cfg.fraction_fit, cfg.min_fit_sites, cfg.max_fit_sites, rng
+        )
 
         fit = self._phase("fit", round_no, attempt, model, layout)
         fit.accumulator = Accumulator(layout.numel)
-        site_config = {**cfg.site_config, **self.strategy.site_config(), "round": round_no,
-                       "seed": cfg.seed}
+        site_config = {
+            **cfg.site_config,
+            **self.strategy.site_config(),
+            "round": round_no,
+            "seed": cfg.seed,
+        }
         await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
         accepted = fit.accumulator.count
         if accepted < cfg.min_fit_sites:
@@ -115,8 +129,11 @@ class SyncDriver:
         new_vector = self.strategy.step(np.asarray(current), fit.accumulator.mean())
         new_model = blobs.encode_flat(new_vector, layout)
         metrics: dict[str, dict[str, float]] = {
-            "fit": {**_weighted(fit.results), "num_sites": float(accepted),
-                    "num_examples": fit.accumulator.total_weight}
+            "fit": {
+                **_weighted(fit.results),
+                "num_sites": float(accepted),
+                "num_examples": fit.accumulator.total_weight,
+            }
         }
 
         n_eval = len(available) and math.ceil(cfg.fraction_evaluate * len(available))
@@ -124,8 +141,9 @@ class SyncDriver:
         if n_eval and evaluators:
             evaluators = rng.sample(evaluators, min(n_eval, len(evaluators)))
             ev = self._phase("evaluate", round_no, attempt, new_model, layout)
-            await self._run_phase(ev, evaluators, {**cfg.site_config, "round": round_no},
-                                  cfg.evaluate_timeout_s)
+            await self._run_phase(
+                ev, evaluators, {**cfg.site_config, "round": round_no}, cfg.evaluate_timeout_s
+            )
             if ev.results:
                 metrics["evaluate"] = {
                     **_weighted(ev.results),
@@ -137,19 +155,31 @@ class SyncDriver:
         self.store.complete_round(self.run_id, round_no, attempt, blobs.digest(new_model), metrics)
         log.info(
             "event=round_completed run_id=%s round=%d updates=%d metrics=%s",
-            self.run_id, round_no, accepted, json.dumps(metrics.get("evaluate", {})),
+            self.run_id,
+            round_no,
+            accepted,
+            json.dumps(metrics.get("evaluate", {})),
         )
         return new_model
 
-    def _phase(self, kind: Kind, round_no: int, attempt: int, model: bytes,
-               layout: blobs.Layout) -> Phase:
+    def _phase(
+        self, kind: Kind, round_no: int, attempt: int, model: bytes, layout: blobs.Layout
+    ) -> Phase:
         digest = self.co.blobs.put(model)
-        return Phase(kind=kind, run_id=self.run_id, round=round_no, attempt=attempt,
-                     model_digest=digest, model_size=len(model), layout=layout,
-                     max_num_examples=self.config.max_num_examples)
+        return Phase(
+            kind=kind,
+            run_id=self.run_id,
+            round=round_no,
+            attempt=attempt,
+            model_digest=digest,
+            model_size=len(model),
+            layout=layout,
+            max_num_examples=self.config.max_num_examples,
+        )
 
-    async def _run_phase(self, phase: Phase, sessions: list[Session], site_config: dict[str, object],
-                         timeout: float) -> None:
+    async def _run_phase(
+        self, phase: Phase, sessions: list[Session], site_config: dict[str, object], timeout: float
+    ) -> None:
         self.co.open_phase(phase, sessions, json.dumps(site_config), self.config.task, timeout)
         try:
             await phase.wait(timeout)
@@ -157,8 +187,13 @@ class SyncDriver:
             self.co.close_phase(phase)
 
     @staticmethod
-    def _sample(available: list[Session], fraction: float, minimum: int, maximum: int | None,
-                rng: random.Random) -> list[Session]:
+    def _sample(
+        available: list[Session],
+        fraction: float,
+        minimum: int,
+        maximum: int | None,
+        rng: random.Random,
+    ) -> list[Session]:
         size = max(minimum, math.ceil(fraction * len(available)))
         if maximum is not None:
             size = min(size, maximum)

@@ -52,12 +52,13 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def check_blob(data: bytes, declared_digest: str, expected: blobs.Layout) -> blobs.Layout:
+def check_blob(data: blobs.Buffer, declared_digest: str, expected: blobs.Layout) -> blobs.Layout:
     """Digest, format, tensor names/shapes/dtypes against the global model, finite values."""
     actual = blobs.digest(data)
     if actual != declared_digest:
         raise UploadRejected(
-            "digest_mismatch", f"upload hashes to {actual[:16]}…, header declared {declared_digest[:16]}…"
+            "digest_mismatch",
+            f"upload hashes to {actual[:16]}…, header declared {declared_digest[:16]}…",
         )
     try:
         layout = blobs.read_layout(data)

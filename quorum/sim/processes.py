@@ -33,7 +33,9 @@ class Child:
             return ""
 
 
-def start(name: str, args: list[str], log_dir: pathlib.Path, env: dict[str, str] | None = None) -> Child:
+def start(
+    name: str, args: list[str], log_dir: pathlib.Path, env: dict[str, str] | None = None
+) -> Child:
     """Runs `python -m quorum ARGS` with stdout and stderr in log_dir/NAME.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"

@@ -13,22 +13,25 @@ from quorum.config import SimFile
 from quorum.task import Baselines
 
 
-def build(sim: SimFile, run: dict[str, Any], rounds: list[dict[str, Any]],
-          baselines: Baselines | None) -> dict[str, Any]:
+def build(
+    sim: SimFile, run: dict[str, Any], rounds: list[dict[str, Any]], baselines: Baselines | None
+) -> dict[str, Any]:
     started = run["started_at"] or run["created_at"]
     completed = [r for r in rounds if r["status"] == "completed"]
     rows = []
     for r in completed:
         evaluate = r["metrics"].get("evaluate", {})
-        rows.append({
-            "round": r["round"],
-            "accuracy_mean_sites": evaluate.get("accuracy_mean_sites"),
-            "accuracy_pooled_test": evaluate.get("accuracy"),
-            "loss": evaluate.get("loss"),
-            "fit_loss": r["metrics"].get("fit", {}).get("loss"),
-            "num_sites": r["metrics"].get("fit", {}).get("num_sites"),
-            "wall_time_s": r["finished_at"] - started,
-        })
+        rows.append(
+            {
+                "round": r["round"],
+                "accuracy_mean_sites": evaluate.get("accuracy_mean_sites"),
+                "accuracy_pooled_test": evaluate.get("accuracy"),
+                "loss": evaluate.get("loss"),
+                "fit_loss": r["metrics"].get("fit", {}).get("loss"),
+                "num_sites": r["metrics"].get("fit", {}).get("num_sites"),
+                "wall_time_s": r["finished_at"] - started,
+            }
+        )
     last = rows[-1] if rows else {}
     return {
         "run_id": run["id"],
@@ -39,7 +42,8 @@ def build(sim: SimFile, run: dict[str, Any], rounds: list[dict[str, Any]],
         "rounds": rows,
         "aborted_rounds": [
             {"round": r["round"], "attempt": r["attempt"], "reason": r["abort_reason"]}
-            for r in rounds if r["status"] == "aborted"
+            for r in rounds
+            if r["status"] == "aborted"
         ],
         "final": {
             "round": last.get("round"),
@@ -67,16 +71,28 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     rounds = [r["round"] for r in result["rounds"]]
-    ax.plot(rounds, [r["accuracy_mean_sites"] for r in result["rounds"]], marker="o",
-            label=f"federated ({result['strategy']}), mean of site test sets")
+    ax.plot(
+        rounds,
+        [r["accuracy_mean_sites"] for r in result["rounds"]],
+        marker="o",
+        label=f"federated ({result['strategy']}), mean of site test sets",
+    )
     baselines = result.get("baselines")
     if baselines:
-        ax.axhline(baselines["pooled"]["accuracy_mean_sites"], color="black", linestyle="--",
-                   label="pooled training")
+        ax.axhline(
+            baselines["pooled"]["accuracy_mean_sites"],
+            color="black",
+            linestyle="--",
+            label="pooled training",
+        )
         local = baselines["local"]
         for i, (site, values) in enumerate(sorted(local.items())):
-            ax.axhline(values["accuracy_mean_sites"], color=f"C{i + 1}", linestyle=":",
-                       label=f"local only: {site}")
+            ax.axhline(
+                values["accuracy_mean_sites"],
+                color=f"C{i + 1}",
+                linestyle=":",
+                label=f"local only: {site}",
+            )
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (mean over site test sets)")
     ax.set_title(f"{result['run_id']} — seed {result['seed']}")
@@ -95,13 +111,24 @@ def table(result: dict[str, Any]) -> Table:
     out.add_column("loss", justify="right")
     out.add_column("wall time s", justify="right")
     for r in result["rounds"]:
-        out.add_row(str(r["round"]), _f(r["accuracy_mean_sites"]), _f(r["accuracy_pooled_test"]),
-                    _f(r["loss"]), f"{r['wall_time_s']:.1f}")
+        out.add_row(
+            str(r["round"]),
+            _f(r["accuracy_mean_sites"]),
+            _f(r["accuracy_pooled_test"]),
+            _f(r["loss"]),
+            f"{r['wall_time_s']:.1f}",
+        )
     baselines = result.get("baselines")
     if baselines:
         pooled = baselines["pooled"]
-        out.add_row("pooled", _f(pooled.get("accuracy_mean_sites")),
-                    _f(pooled.get("accuracy_pooled_test")), "", "", style="bold")
+        out.add_row(
+            "pooled",
+            _f(pooled.get("accuracy_mean_sites")),
+            _f(pooled.get("accuracy_pooled_test")),
+            "",
+            "",
+            style="bold",
+        )
         for site, values in sorted(baselines["local"].items()):
             out.add_row(f"local {site}", _f(values.get("accuracy_mean_sites")), "", "", "")
     return out

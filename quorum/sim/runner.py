@@ -31,11 +31,16 @@ def resolve_data(data: str, config_dir: pathlib.Path) -> str:
     """A relative path is read from the config's folder when it exists there; anything else
     (a bare name the task understands, an absolute path) goes to the task unchanged."""
     candidate = config_dir / data
-    return str(candidate.resolve()) if not pathlib.Path(data).is_absolute() and candidate.exists() else data
+    return (
+        str(candidate.resolve())
+        if not pathlib.Path(data).is_absolute() and candidate.exists()
+        else data
+    )
 
 
-def run_simulation(sim: SimFile, *, config_dir: pathlib.Path, report_path: pathlib.Path | None,
-                   console: Console) -> dict[str, Any]:
+def run_simulation(
+    sim: SimFile, *, config_dir: pathlib.Path, report_path: pathlib.Path | None, console: Console
+) -> dict[str, Any]:
     load_task(sim.run.task)  # fail before starting anything
     out = sim.sim.output_dir
     work = out / "work"
@@ -45,9 +50,13 @@ def run_simulation(sim: SimFile, *, config_dir: pathlib.Path, report_path: pathl
     fed_port, admin_port = processes.free_port(), processes.free_port()
     server_file = ServerFile(
         server=ServerConfig(
-            **{**sim.server.model_dump(), "federation_address": f"127.0.0.1:{fed_port}",
-               "admin_address": f"127.0.0.1:{admin_port}", "state_dir": state_dir.resolve(),
-               "admin_token": token}
+            **{
+                **sim.server.model_dump(),
+                "federation_address": f"127.0.0.1:{fed_port}",
+                "admin_address": f"127.0.0.1:{admin_port}",
+                "state_dir": state_dir.resolve(),
+                "admin_token": token,
+            }
         ),
         runs=[sim.run],
     )
@@ -66,15 +75,34 @@ def run_simulation(sim: SimFile, *, config_dir: pathlib.Path, report_path: pathl
     admin = AdminClient(f"http://127.0.0.1:{admin_port}", token)
     started = time.monotonic()
     try:
-        server = processes.start("server", ["server", "start", "--config", str(server_toml), "--insecure"], logs)
+        server = processes.start(
+            "server", ["server", "start", "--config", str(server_toml), "--insecure"], logs
+        )
         children.append(server)
         for site in sim.sites:
-            children.append(processes.start(f"site-{site.name}", [
-                "client", "run", "--server", f"127.0.0.1:{fed_port}",
-                "--site-key", str(keys / f"{site.name}.key"), "--task", sim.run.task,
-                "--data", resolve_data(site.data, config_dir), "--device", sim.site.device,
-                "--seed", str(sim.run.seed), "--insecure",
-            ], logs))
+            children.append(
+                processes.start(
+                    f"site-{site.name}",
+                    [
+                        "client",
+                        "run",
+                        "--server",
+                        f"127.0.0.1:{fed_port}",
+                        "--site-key",
+                        str(keys / f"{site.name}.key"),
+                        "--task",
+                        sim.run.task,
+                        "--data",
+                        resolve_data(site.data, config_dir),
+                        "--device",
+                        sim.site.device,
+                        "--seed",
+                        str(sim.run.seed),
+                        "--insecure",
+                    ],
+                    logs,
+                )
+            )
         admin.wait_ready(60)
         run = _follow(admin, sim, server, console, started)
         rounds = admin.get(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
@@ -92,19 +120,25 @@ def run_simulation(sim: SimFile, *, config_dir: pathlib.Path, report_path: pathl
     report_path = report_path or out / "report.json"
     report.write(result, report_path)
     console.print(report.table(result))
-    console.print(f"report: {report_path}  plot: {report_path.with_suffix('.png')}  "
-                  f"logs: {logs}")
+    console.print(f"report: {report_path}  plot: {report_path.with_suffix('.png')}  logs: {logs}")
     if run["status"] != "completed":
         raise QuorumError(f"run {run['id']} ended {run['status']}: {run.get('error')}")
     return result
 
 
-def _follow(admin: AdminClient, sim: SimFile, server: processes.Child, console: Console,
-            started: float) -> dict[str, Any]:
+def _follow(
+    admin: AdminClient, sim: SimFile, server: processes.Child, console: Console, started: float
+) -> dict[str, Any]:
     deadline = started + sim.sim.timeout_s
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         bar = progress.add_task(sim.run.name, total=sim.run.rounds, status="starting")
         while True:
             if not server.alive():

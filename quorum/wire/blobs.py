@@ -23,6 +23,8 @@ from quorum.errors import BlobError
 Params = dict[str, np.ndarray]
 """A model's tensors by name, in a stable order."""
 
+Buffer = bytes | bytearray | memoryview
+
 _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
@@ -71,12 +73,12 @@ class Layout:
         return {t.name: (t.dtype, t.shape) for t in self.tensors}
 
 
-def digest(data: bytes | memoryview) -> str:
+def digest(data: Buffer) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
-    """Serialises tensors to safetensors bytes (contiguous little-endian copies are made as needed)."""
+    """Serialises tensors to safetensors bytes (contiguous copies are made as needed)."""
     arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
     for name, value in arrays.items():
         if value.dtype.str.lstrip("<>|=") not in {d.str.lstrip("<>|=") for d in _DTYPES.values()}:
@@ -84,7 +86,7 @@ def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
     return bytes(_st_save(arrays, metadata=dict(metadata) if metadata else None))
 
 
-def read_layout(data: bytes | memoryview) -> Layout:
+def read_layout(data: Buffer) -> Layout:
     """Parses and checks a blob's header; raises BlobError naming the first problem found."""
     view = memoryview(data)
     if len(view) < 8:
@@ -107,7 +109,9 @@ def read_layout(data: bytes | memoryview) -> Layout:
     expected = 0
     for spec in specs:
         if spec.start != expected:
-            raise BlobError(f"tensor {spec.name!r} starts at byte {spec.start}, expected {expected}")
+            raise BlobError(
+                f"tensor {spec.name!r} starts at byte {spec.start}, expected {expected}"
+            )
         expected = spec.end
     data_offset = 8 + header_len
     if data_offset + expected != len(view):
@@ -144,7 +148,7 @@ def _tensor_spec(name: str, entry: object) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(shape), start, end)
 
 
-def decode(data: bytes | memoryview, layout: Layout | None = None) -> Params:
+def decode(data: Buffer, layout: Layout | None = None) -> Params:
     """Returns read-only numpy views of the blob's tensors, in byte order."""
     layout = layout or read_layout(data)
     buf = memoryview(data)
@@ -156,7 +160,7 @@ def decode(data: bytes | memoryview, layout: Layout | None = None) -> Params:
     }
 
 
-def as_flat(data: bytes | memoryview, layout: Layout) -> np.ndarray:
+def as_flat(data: Buffer, layout: Layout) -> np.ndarray:
     """All tensors as one vector: a zero-copy view when the blob has a single float dtype
     (one contiguous region), else a float64 copy in byte order."""
     dtypes = {t.dtype for t in layout.tensors}
@@ -191,7 +195,7 @@ def encode_flat(vector: np.ndarray, layout: Layout) -> bytes:
     return encode(from_flat(vector, layout))
 
 
-def all_finite(data: bytes | memoryview, layout: Layout) -> bool:
+def all_finite(data: Buffer, layout: Layout) -> bool:
     for t in layout.tensors:
         if t.dtype in FLOAT_DTYPES:
             values = np.frombuffer(
@@ -205,7 +209,7 @@ def all_finite(data: bytes | memoryview, layout: Layout) -> bool:
     return True
 
 
-def chunks(data: bytes | memoryview, offset: int = 0, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+def chunks(data: Buffer, offset: int = 0, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
     view = memoryview(data)
     for start in range(offset, len(view), size):
         yield view[start : start + size]
