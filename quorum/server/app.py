@@ -69,7 +69,7 @@ async def serve(config: ServerFile, *, insecure: bool) -> None:
     )
     fed_host, fed_port = split_address(server_cfg.federation_address)
     admin_host, admin_port = split_address(server_cfg.admin_address)
-    ssl: dict[str, str] = {}
+    certfile = keyfile = None
     if insecure:
         grpc_server.add_insecure_port(f"{fed_host}:{fed_port}")
         log.warning("event=insecure_mode detail=plaintext gRPC and HTTP; use on loopback only")
@@ -79,7 +79,7 @@ async def serve(config: ServerFile, *, insecure: bool) -> None:
             [(server_cfg.tls_key.read_bytes(), server_cfg.tls_cert.read_bytes())]
         )
         grpc_server.add_secure_port(f"{fed_host}:{fed_port}", credentials)
-        ssl = {"ssl_certfile": str(server_cfg.tls_cert), "ssl_keyfile": str(server_cfg.tls_key)}
+        certfile, keyfile = str(server_cfg.tls_cert), str(server_cfg.tls_key)
     await grpc_server.start()
     admin = uvicorn.Server(
         uvicorn.Config(
@@ -88,8 +88,9 @@ async def serve(config: ServerFile, *, insecure: bool) -> None:
             port=admin_port,
             log_level="warning",
             lifespan="off",
-            **ssl,
-        )  # type: ignore[arg-type]
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        )
     )
     log.info(
         "event=server_started federation=%s admin=%s state_dir=%s",
