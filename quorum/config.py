@@ -46,7 +46,6 @@ class RunConfig(_Model):
     wait_timeout_s: float = Field(600.0, gt=0, description="how long a round waits for sites")
     round_timeout_s: float = Field(300.0, gt=0, description="deadline for fit results")
     evaluate_timeout_s: float = Field(120.0, gt=0)
-    max_inflight_uploads: int = Field(4, ge=1, description="uploads held in memory at once")
     max_num_examples: int = Field(100_000_000, ge=1)
     site_config: dict[str, Any] = Field(
         default_factory=dict, description="settings sent to every site with each task"
@@ -71,6 +70,7 @@ class ServerConfig(_Model):
     heartbeat_interval_s: float = Field(5.0, gt=0)
     session_timeout_s: float = Field(30.0, gt=0, description="silence that ends a session")
     server_id: str = "quorum"
+    max_inflight_uploads: int = Field(4, ge=1, description="uploads held in memory at once")
 
 
 class ServerFile(_Model):

@@ -256,20 +256,26 @@ def evaluate(
     loss_fn: LossFn,
     predict: Predict = default_predict,
 ) -> dict[str, float]:
-    """`loss` (mean over examples) and `accuracy` of `model` on every example of `batches`."""
+    """`loss` (mean over examples) and `accuracy` of `model` on every example of `batches`.
+
+    Accuracy is the fraction of target entries that `predict(outputs)` gets right: one per example
+    for (n,) or (n, 1) targets, one per token for (n, t) sequence targets."""
     n = len(batches)
     if n == 0:
         return {"loss": math.nan, "accuracy": math.nan}
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=batches.device)
     correct = torch.zeros((), dtype=torch.int64, device=batches.device)
+    counted = 0
     with torch.no_grad():
         for inputs, targets in batches.epoch():
             outputs = model(inputs)
             loss_sum += loss_fn(outputs, targets).double() * len(targets)
             predicted = predict(outputs)
             correct += (predicted.reshape(targets.shape) == targets).sum()
-    return {"loss": float(loss_sum.item()) / n, "accuracy": int(correct.item()) / n}
+            counted += targets.numel()
+    accuracy = int(correct.item()) / counted if counted else math.nan
+    return {"loss": float(loss_sum.item()) / n, "accuracy": accuracy}
 
 
 def round_generator(seed: int, round_index: int) -> torch.Generator:
@@ -281,8 +287,10 @@ def round_generator(seed: int, round_index: int) -> torch.Generator:
 class TorchTask:
     """A `SiteTask` over a torch model and its site's train and test data sets.
 
-    `train_data` and `test_data` yield (inputs, targets) pairs; a TensorDataset takes a fast path.
-    `loss_fn` must average over its batch (torch's default reduction). `optimizer` builds a fresh
+    `train_data` and `test_data` yield (inputs, targets) pairs; a TensorDataset of two tensors
+    takes a fast path (both are moved to the device once, so keep such data sets small enough for
+    device memory). `loss_fn` must average over its batch (torch's default reduction); a loss
+    module is moved to the device. `optimizer` builds a fresh
     optimiser from the trainable parameters and the learning rate at each fit. See the module
     docstring for the fit config keys and the accuracy rule.
     """
@@ -304,7 +312,7 @@ class TorchTask:
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn
         self.optimizer = optimizer
         self.seed = seed
         self.lr = lr

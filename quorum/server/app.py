@@ -32,79 +32,105 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def open_store(config: ServerFile) -> Store:
-    return Store(config.server.state_dir / "quorum.db")
+class Server:
+    """Owns the store, the coordinator, the gRPC server and the admin API of one process."""
+
+    def __init__(self, config: ServerFile, *, insecure: bool) -> None:
+        cfg = config.server
+        if not insecure and (cfg.tls_cert is None or cfg.tls_key is None):
+            raise ConfigError(
+                "set server.tls_cert and server.tls_key, or pass --insecure for plaintext on "
+                "loopback"
+            )
+        self.config = config
+        self.insecure = insecure
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.state_dir / "quorum.db")
+        if ensure_admin_token(self.store, cfg.state_dir, cfg.admin_token):
+            log.info("event=admin_token_created path=%s", cfg.state_dir / TOKEN_FILE)
+        self.coordinator = Coordinator(
+            self.store, Checkpoints(cfg.state_dir / "checkpoints"), BlobStore(), SessionRegistry()
+        )
+        known = {r.name for r in self.store.runs()}
+        for run in config.runs:
+            if run.name not in known:
+                self.coordinator.submit(run)
+        self._grpc = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_FederationServicer_to_server(
+            FederationService(
+                self.coordinator,
+                cfg.server_id,
+                cfg.heartbeat_interval_s,
+                cfg.session_timeout_s,
+                cfg.max_inflight_uploads,
+            ),
+            self._grpc,
+        )
+        self._admin: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        cfg = self.config.server
+        fed_host, fed_port = split_address(cfg.federation_address)
+        admin_host, admin_port = split_address(cfg.admin_address)
+        certfile = keyfile = None
+        if self.insecure:
+            self._grpc.add_insecure_port(f"{fed_host}:{fed_port}")
+            log.warning("event=insecure_mode detail=plaintext gRPC and HTTP; use on loopback only")
+        else:
+            assert cfg.tls_cert is not None and cfg.tls_key is not None
+            credentials = grpc.ssl_server_credentials(
+                [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())]
+            )
+            self._grpc.add_secure_port(f"{fed_host}:{fed_port}", credentials)
+            certfile, keyfile = str(cfg.tls_cert), str(cfg.tls_key)
+        await self._grpc.start()
+        self._admin = uvicorn.Server(
+            uvicorn.Config(
+                build_app(self.coordinator),
+                host=admin_host,
+                port=admin_port,
+                log_level="warning",
+                lifespan="off",
+                ws="none",
+                ssl_certfile=certfile,
+                ssl_keyfile=keyfile,
+            )
+        )
+        self._tasks = [
+            asyncio.create_task(self._admin.serve()),
+            asyncio.create_task(self.coordinator.run_forever()),
+        ]
+        while not self._admin.started and not self._tasks[0].done():
+            await asyncio.sleep(0.02)
+        log.info(
+            "event=server_started federation=%s admin=%s state_dir=%s",
+            cfg.federation_address,
+            cfg.admin_address,
+            cfg.state_dir,
+        )
+
+    async def wait(self) -> None:
+        """Returns when the admin server exits (SIGINT / SIGTERM) or a part fails."""
+        await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+
+    async def stop(self) -> None:
+        if self._admin is not None:
+            self._admin.should_exit = True
+        for task in self._tasks[1:]:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._grpc.stop(grace=1.0)
+        self.store.close()
+        log.info("event=server_stopped")
 
 
 async def serve(config: ServerFile, *, insecure: bool) -> None:
-    server_cfg = config.server
-    if not insecure and (server_cfg.tls_cert is None or server_cfg.tls_key is None):
-        raise ConfigError(
-            "set server.tls_cert and server.tls_key, or pass --insecure for plaintext on loopback"
-        )
-    state_dir = server_cfg.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(config)
-    if ensure_admin_token(store, state_dir, server_cfg.admin_token):
-        log.info("event=admin_token_created path=%s", state_dir / TOKEN_FILE)
-    coordinator = Coordinator(
-        store, Checkpoints(state_dir / "checkpoints"), BlobStore(), SessionRegistry()
-    )
-    known = {r.name for r in store.runs()}
-    for run in config.runs:
-        if run.name not in known:
-            coordinator.submit(run)
-
-    max_inflight = max((r.max_inflight_uploads for r in config.runs), default=4)
-    grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
-    pb_grpc.add_FederationServicer_to_server(
-        FederationService(
-            coordinator,
-            server_cfg.server_id,
-            server_cfg.heartbeat_interval_s,
-            server_cfg.session_timeout_s,
-            max_inflight,
-        ),
-        grpc_server,
-    )
-    fed_host, fed_port = split_address(server_cfg.federation_address)
-    admin_host, admin_port = split_address(server_cfg.admin_address)
-    certfile = keyfile = None
-    if insecure:
-        grpc_server.add_insecure_port(f"{fed_host}:{fed_port}")
-        log.warning("event=insecure_mode detail=plaintext gRPC and HTTP; use on loopback only")
-    else:
-        assert server_cfg.tls_cert is not None and server_cfg.tls_key is not None
-        credentials = grpc.ssl_server_credentials(
-            [(server_cfg.tls_key.read_bytes(), server_cfg.tls_cert.read_bytes())]
-        )
-        grpc_server.add_secure_port(f"{fed_host}:{fed_port}", credentials)
-        certfile, keyfile = str(server_cfg.tls_cert), str(server_cfg.tls_key)
-    await grpc_server.start()
-    admin = uvicorn.Server(
-        uvicorn.Config(
-            build_app(coordinator),
-            host=admin_host,
-            port=admin_port,
-            log_level="warning",
-            lifespan="off",
-            ssl_certfile=certfile,
-            ssl_keyfile=keyfile,
-        )
-    )
-    log.info(
-        "event=server_started federation=%s admin=%s state_dir=%s",
-        server_cfg.federation_address,
-        server_cfg.admin_address,
-        state_dir,
-    )
-    rounds = asyncio.create_task(coordinator.run_forever())
+    server = Server(config, insecure=insecure)
+    await server.start()
     try:
-        await admin.serve()  # returns on SIGINT / SIGTERM
+        await server.wait()
     finally:
-        rounds.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await rounds
-        await grpc_server.stop(grace=1.0)
-        store.close()
-        log.info("event=server_stopped")
+        await server.stop()

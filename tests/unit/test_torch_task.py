@@ -15,8 +15,10 @@ from torch.utils.data import Dataset, TensorDataset
 from quorum.errors import TaskError
 from quorum.task import SiteTask
 from quorum.torch_task import (
+    Batches,
     TorchTask,
     default_predict,
+    evaluate,
     load_params,
     params_from_module,
     resolve_device,
@@ -272,3 +274,17 @@ def test_any_map_style_dataset_works() -> None:
     result = task.evaluate(fit.params, {})
     assert result.num_examples == 20
     assert result.metrics["accuracy"] >= 0.8
+
+
+def test_evaluate_counts_every_target_entry_of_sequences() -> None:
+    logits = torch.tensor(
+        [[[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]], [[0.0, 5.0], [0.0, 5.0], [5.0, 0.0]]]
+    )
+    targets = torch.tensor([[0, 1, 1], [1, 1, 0]])  # 5 of 6 tokens right
+
+    def token_loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs.reshape(-1, 2), target.reshape(-1))
+
+    batches = Batches(TensorDataset(logits, targets), 1, torch.device("cpu"))
+    metrics = evaluate(nn.Identity(), batches, token_loss)
+    assert metrics["accuracy"] == pytest.approx(5 / 6)

@@ -1,0 +1,67 @@
+"""What both sides of the benchmark share: the run's shape, paths, child environment, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+WORK_DIR = BENCH_DIR / "work"
+RESULTS_DIR = BENCH_DIR / "results"
+VENV_BIN = pathlib.Path(sys.executable).parent
+"""The venv's bin folder: Flower's CLIs live there, and the SuperLink finds flwr-serverapp on
+PATH. Not resolved, since the venv's python is a symlink out of the venv."""
+
+ROUND_TIME_DEFINITION = (
+    "interval between successive round completions (Quorum: rounds[k].finished_at - "
+    "rounds[k-1].finished_at from the admin API; Flower: successive evaluate_fn marks), "
+    "median over the rounds after the warm-up"
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    params: int
+    nodes: int
+    rounds: int
+    """Total rounds, warm-up included."""
+    warmup: int
+    timeout_s: float
+    interval_s: float
+
+    def tag(self, framework: str) -> str:
+        return f"{framework}_P{self.params}_N{self.nodes}"
+
+    def fresh_dir(self, framework: str) -> pathlib.Path:
+        path = WORK_DIR / self.tag(framework)
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of every benchmark process, both frameworks alike."""
+    env = {
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        # One BLAS/OpenMP thread per process: up to 50 processes share 2 cores.
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    env.update(extra or {})
+    return env
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)

@@ -1,0 +1,195 @@
+"""Round time and server memory, Quorum against Flower, on one workload and one machine.
+
+For each model size P and site count N: a Quorum run (server + N site agents) and a Flower run
+(SuperLink + N SuperNodes, the reference kit's way), one after the other, never at once. Each
+run is bounded by --timeout and its process trees are killed by PID at the end. Raw JSON per
+run goes to bench/results/<framework>_P<P>_N<N>.json; the markdown table to stdout (and
+bench/results/table.md).
+
+    python bench/round_time.py                       # the full grid, both frameworks
+    python bench/round_time.py --params 1000000 --nodes 2 --only quorum
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import flower_side, quorum_side
+from bench.common import RESULTS_DIR, ROUND_TIME_DEFINITION, RunSpec, write_json
+
+FRAMEWORKS = ("quorum", "flower")
+RUNNERS: dict[str, Callable[[RunSpec], dict[str, Any]]] = {
+    "quorum": quorum_side.run,
+    "flower": flower_side.run,
+}
+SPEEDUP_GOAL = {1_000_000: 10.0, 10_000_000: 3.0}
+"""Flower round time / Quorum round time must reach this, per P."""
+RSS_GROWTH_GOAL = 1.5
+"""Quorum's server peak RSS at N=25 over its own at N=2, same P."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--nodes", type=int, nargs="+", default=[2, 10, 25])
+    ap.add_argument("--rounds", type=int, default=6, help="rounds per run, warm-up included")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--only", choices=FRAMEWORKS, help="run one framework")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    ap.add_argument("--interval", type=float, default=0.25, help="RSS sampling period (s)")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="fill table cells not run now from earlier bench/results JSON",
+    )
+    args = ap.parse_args(argv)
+    if args.rounds - args.warmup < 3:
+        ap.error("need at least 3 measured rounds (--rounds - --warmup >= 3)")
+    return args
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so every run's `finally` stops its processes.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_grid(args: argparse.Namespace) -> dict[tuple[str, int, int], dict[str, Any]]:
+    frameworks = [args.only] if args.only else list(FRAMEWORKS)
+    results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for params in args.params:
+        for nodes in args.nodes:
+            spec = RunSpec(params, nodes, args.rounds, args.warmup, args.timeout, args.interval)
+            for framework in frameworks:
+                results[(framework, params, nodes)] = run_one(framework, spec)
+    return results
+
+
+def run_one(framework: str, spec: RunSpec) -> dict[str, Any]:
+    print(f"# {spec.tag(framework)}: {spec.rounds} rounds ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    result = RUNNERS[framework](spec)
+    result.update(
+        params=spec.params,
+        nodes=spec.nodes,
+        rounds=spec.rounds,
+        warmup=spec.warmup,
+        wall_s=time.monotonic() - started,
+        finished_unix=time.time(),
+    )
+    write_json(RESULTS_DIR / f"{spec.tag(framework)}.json", result)
+    median = result.get("round_time_stats", {}).get("median")
+    print(
+        f"#   median round {_fmt(median, '.3f')} s, server peak RSS "
+        f"{_fmt(result.get('server_peak_rss_mb'), '.0f')} MB, errors {result['errors']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def load_previous(key: tuple[str, int, int]) -> dict[str, Any] | None:
+    framework, params, nodes = key
+    path = RESULTS_DIR / f"{framework}_P{params}_N{nodes}.json"
+    if not path.exists():
+        return None
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+@dataclass(frozen=True)
+class Cell:
+    round_s: float | None
+    rss_mb: float | None
+
+
+def cell(result: dict[str, Any] | None) -> Cell:
+    if result is None or result.get("errors"):
+        return Cell(None, None)
+    return Cell(result.get("round_time_stats", {}).get("median"), result.get("server_peak_rss_mb"))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _verdict(value: float | None, ok: bool) -> str:
+    return "" if value is None else (" ✅" if ok else " ❌")
+
+
+def table(
+    results: dict[tuple[str, int, int], dict[str, Any]], params: list[int], nodes: list[int]
+) -> str:
+    lines = [
+        "| P | N | Flower round (s) | Quorum round (s) | Flower/Quorum (goal) "
+        "| Flower server peak RSS (MB) | Quorum server peak RSS (MB) "
+        "| Quorum RSS / own N=2 (goal) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in params:
+        base = cell(results.get(("quorum", p, 2))).rss_mb
+        for n in nodes:
+            fl, qu = cell(results.get(("flower", p, n))), cell(results.get(("quorum", p, n)))
+            lines.append(
+                f"| {p:,} | {n} | {_fmt(fl.round_s, '.2f')} | {_fmt(qu.round_s, '.3f')} "
+                f"| {_speedup(fl, qu, p)} | {_fmt(fl.rss_mb, '.0f')} "
+                f"| {_fmt(qu.rss_mb, '.0f')} | {_growth(qu, base, n)} |"
+            )
+    lines.append("")
+    lines.append(
+        f"Round time: {ROUND_TIME_DEFINITION}. Server peak RSS: the largest sum of RSS "
+        "over the server process tree, sampled from /proc every 0.25 s (Quorum: "
+        "`quorum server start`; Flower: `flower-superlink` and the `flwr-serverapp` it "
+        "spawns)."
+    )
+    return "\n".join(lines)
+
+
+def _speedup(fl: Cell, qu: Cell, params: int) -> str:
+    if fl.round_s is None or not qu.round_s:
+        return "—"
+    ratio = fl.round_s / qu.round_s
+    goal = SPEEDUP_GOAL.get(params)
+    if goal is None:
+        return f"{ratio:.1f}×"
+    return f"{ratio:.1f}× (≥ {goal:g}×){_verdict(ratio, ratio >= goal)}"
+
+
+def _growth(qu: Cell, base: float | None, nodes: int) -> str:
+    if qu.rss_mb is None or not base:
+        return "—"
+    ratio = qu.rss_mb / base
+    if nodes != 25:
+        return f"{ratio:.2f}"
+    return f"{ratio:.2f} (≤ {RSS_GROWTH_GOAL:g}){_verdict(ratio, ratio <= RSS_GROWTH_GOAL)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    args = parse_args(argv)
+    results = run_grid(args)
+    params, nodes = sorted(args.params), sorted(args.nodes)
+    if args.reuse:
+        for key in [(f, p, n) for f in FRAMEWORKS for p in params for n in {2, *nodes}]:
+            if key not in results and (previous := load_previous(key)) is not None:
+                results[key] = previous
+    text = table(results, params, nodes)
+    (RESULTS_DIR / "table.md").write_text(text + "\n")
+    print(text)
+    failed = [r["tag"] for r in results.values() if r.get("errors")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Drives Quorum through its command line, as a user would: real server and site processes."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import tomli_w
+
+from quorum.admin.client import AdminClient
+from quorum.sim import processes
+
+TOKEN = "e2e-test-token"
+TASK = "tests.vector_task:task"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def quorum(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quorum", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+@dataclass
+class Deployment:
+    root: pathlib.Path
+    run: dict[str, Any] | None
+    fed_port: int = field(default_factory=processes.free_port)
+    admin_port: int = field(default_factory=processes.free_port)
+    children: list[processes.Child] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> pathlib.Path:
+        return self.root / "state"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.fed_port}"
+
+    def write_config(self) -> pathlib.Path:
+        config = {
+            "server": {
+                "federation_address": self.address,
+                "admin_address": f"127.0.0.1:{self.admin_port}",
+                "state_dir": str(self.state_dir),
+                "admin_token": TOKEN,
+                "heartbeat_interval_s": 0.5,
+                "session_timeout_s": 5.0,
+            },
+            "runs": [self.run] if self.run else [],
+        }
+        path = self.root / "server.toml"
+        path.write_text(tomli_w.dumps(config))
+        return path
+
+    def keygen_and_add(self, name: str) -> pathlib.Path:
+        """`quorum site keygen` then `quorum site add`, as the README says."""
+        key = self.root / "keys" / f"{name}.key"
+        for args in (
+            ("site", "keygen", "--out", str(key)),
+            (
+                "site",
+                "add",
+                "--state-dir",
+                str(self.state_dir),
+                "--name",
+                name,
+                "--public-key",
+                str(key.with_suffix(".pub")),
+            ),
+        ):
+            done = quorum(*args)
+            assert done.returncode == 0, done.stderr
+        return key
+
+    def start_server(self) -> processes.Child:
+        config = self.write_config()
+        child = processes.start(
+            f"server-{len(self.children)}",
+            ["server", "start", "--config", str(config), "--insecure"],
+            self.root / "logs",
+        )
+        self.children.append(child)
+        admin = self.admin()
+        try:
+            admin.wait_ready(60)
+        finally:
+            admin.close()
+        return child
+
+    def start_site(self, name: str, data: str, key: pathlib.Path | None = None) -> processes.Child:
+        key = key or self.keygen_and_add(name)
+        child = processes.start(
+            f"site-{name}",
+            [
+                "client",
+                "run",
+                "--server",
+                self.address,
+                "--site-key",
+                str(key),
+                "--task",
+                TASK,
+                "--data",
+                data,
+                "--device",
+                "cpu",
+                "--insecure",
+            ],
+            self.root / "logs",
+        )
+        self.children.append(child)
+        return child
+
+    def submit(self, run: dict[str, Any]) -> dict[str, Any]:
+        admin = self.admin()
+        try:
+            created: dict[str, Any] = admin.post("/api/v1/runs", run)
+            return created
+        finally:
+            admin.close()
+
+    def wait_connected(self, names: set[str], timeout: float = 60) -> None:
+        self.wait(
+            lambda: names <= {s["name"] for s in self.get("/api/v1/sites") if s["connected"]},
+            timeout,
+            f"sites {sorted(names)} to connect",
+        )
+
+    def admin(self) -> AdminClient:
+        return AdminClient(f"http://127.0.0.1:{self.admin_port}", TOKEN)
+
+    def get(self, path: str, **params: Any) -> Any:
+        admin = self.admin()
+        try:
+            return admin.get(path, **params)
+        finally:
+            admin.close()
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+            except Exception:  # the server may be restarting
+                value = None
+            if value:
+                return value
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {c.name}\n{c.log_tail(15)}" for c in self.children)
+        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+    def run_record(self) -> dict[str, Any] | None:
+        runs = self.get("/api/v1/runs")
+        return runs[0] if runs else None
+
+    def wait_run(self, status: str = "completed", timeout: float = 60) -> dict[str, Any]:
+        return self.wait(
+            lambda: (r := self.run_record()) and r["status"] == status and r,
+            timeout,
+            f"run {status}",
+        )
+
+    def stop(self) -> None:
+        processes.stop(self.children)
+
+
+def run_settings(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "e2e",
+        "task": TASK,
+        "rounds": 3,
+        "min_fit_sites": 2,
+        "min_available_sites": 2,
+        "wait_timeout_s": 30.0,
+        "round_timeout_s": 20.0,
+        "evaluate_timeout_s": 20.0,
+        **overrides,
+    }

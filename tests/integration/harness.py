@@ -1,0 +1,132 @@
+"""An in-process federation for integration tests: the real server (gRPC + admin API) and real
+site agents in one event loop, over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from quorum import identity
+from quorum.admin.client import AdminClient
+from quorum.client.agent import Backoff, SiteAgent
+from quorum.config import RunConfig, ServerConfig, ServerFile
+from quorum.server.app import Server
+from quorum.sim.processes import free_port
+from tests.vector_task import task as vector_task
+
+TOKEN = "integration-test-token"
+TASK = "tests.vector_task:task"
+
+
+def run_config(**overrides: Any) -> RunConfig:
+    base: dict[str, Any] = {
+        "name": "test-run",
+        "task": TASK,
+        "rounds": 3,
+        "min_fit_sites": 2,
+        "min_available_sites": 2,
+        "wait_timeout_s": 20,
+        "round_timeout_s": 10,
+        "evaluate_timeout_s": 10,
+    }
+    return RunConfig.model_validate({**base, **overrides})
+
+
+@dataclass
+class Federation:
+    server: Server
+    address: str
+    admin_url: str
+    state_dir: pathlib.Path
+    credentials: grpc.ChannelCredentials | None = None
+    agents: list[asyncio.Task[None]] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def register(self, name: str) -> Any:
+        key = identity.generate()
+        self.server.store.add_site(name, identity.public_bytes(key))
+        return key
+
+    def add_site(self, name: str, data: str, key: Any = None) -> Any:
+        """Registers (unless a key is given) and starts an in-process agent."""
+        key = key or self.register(name)
+        agent = SiteAgent(
+            self.address,
+            key,
+            TASK,
+            vector_task.site(data, "cpu", 0),
+            credentials=self.credentials,
+            backoff=Backoff(base_s=0.05, cap_s=0.5),
+        )
+        self.agents.append(asyncio.create_task(agent.run(self.stop)))
+        return key
+
+    async def api(self, path: str, **params: Any) -> Any:
+        client = AdminClient(self.admin_url, TOKEN, verify=False)
+        try:
+            return await asyncio.to_thread(client.get, path, **params)
+        finally:
+            client.close()
+
+    async def wait_run(self, status: str = "completed", timeout: float = 30) -> dict[str, Any]:
+        return await wait_for(lambda: self._run_status(status), timeout)
+
+    async def _run_status(self, status: str) -> dict[str, Any] | None:
+        runs = await self.api("/api/v1/runs")
+        return runs[0] if runs and runs[0]["status"] == status else None
+
+
+async def wait_for(probe: Callable[[], Awaitable[Any]], timeout: float, every: float = 0.1) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def federation(
+    tmp_path: pathlib.Path, runs: list[RunConfig], **server: Any
+) -> AsyncIterator[Federation]:
+    fed_port, admin_port = free_port(), free_port()
+    tls = server.pop("tls", None)
+    config = ServerFile(
+        server=ServerConfig(
+            federation_address=f"127.0.0.1:{fed_port}",
+            admin_address=f"127.0.0.1:{admin_port}",
+            state_dir=tmp_path / "state",
+            admin_token=TOKEN,
+            heartbeat_interval_s=0.5,
+            session_timeout_s=5,
+            **({"tls_cert": tls[0], "tls_key": tls[1]} if tls else {}),
+            **server,
+        ),
+        runs=runs,
+    )
+    srv = Server(config, insecure=tls is None)
+    await srv.start()
+    scheme = "https" if tls else "http"
+    fed = Federation(
+        srv,
+        f"localhost:{fed_port}" if tls else f"127.0.0.1:{fed_port}",
+        f"{scheme}://127.0.0.1:{admin_port}",
+        tmp_path / "state",
+        credentials=grpc.ssl_channel_credentials(tls[0].read_bytes()) if tls else None,
+    )
+    try:
+        yield fed
+    finally:
+        fed.stop.set()
+        for agent in fed.agents:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(agent, 5)
+        await srv.stop()

@@ -1,0 +1,56 @@
+"""A numpy-only FederatedTask whose results are known in advance, for integration and e2e tests.
+
+A site's `data` string sets its behaviour: `delta=0.5,n=10,acc=0.8,sleep=0` — fit returns the
+received parameters plus `delta` everywhere with `num_examples = n` (after sleeping `sleep`
+seconds); evaluate reports accuracy `acc` on `n` examples. After R FedAvg rounds the global model
+is therefore exactly R times the example-weighted mean delta.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from quorum.task import EvalResult, FitResult, JSONConfig
+from quorum.wire.blobs import Params
+
+
+@dataclass(frozen=True)
+class VectorSite:
+    delta: float
+    n: int
+    acc: float
+    sleep: float
+
+    def fit(self, params: Params, config: JSONConfig) -> FitResult:
+        time.sleep(self.sleep)
+        out = {k: (v + np.asarray(self.delta, v.dtype)).astype(v.dtype) for k, v in params.items()}
+        return FitResult(out, self.n, {"loss": 1.0 / float(config.get("round", 1))})
+
+    def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
+        return EvalResult(self.n, {"accuracy": self.acc, "loss": 1.0 - self.acc})
+
+
+class VectorTask:
+    def initial_parameters(self, seed: int) -> Params:
+        return {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+
+    def site(self, data: str, device: str, seed: int) -> VectorSite:
+        fields = dict(part.split("=") for part in data.split(",") if part)
+        return VectorSite(
+            delta=float(fields.get("delta", 0.1)),
+            n=int(fields.get("n", 1)),
+            acc=float(fields.get("acc", 0.5)),
+            sleep=float(fields.get("sleep", 0.0)),
+        )
+
+
+task = VectorTask()
+
+
+def expected_fedavg(rounds: int, sites: list[tuple[float, int]]) -> float:
+    """The value every parameter has after `rounds` FedAvg rounds of sites (delta, n)."""
+    total = sum(n for _, n in sites)
+    return rounds * sum(d * n for d, n in sites) / total
