@@ -61,6 +61,22 @@ def _dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
     return TensorDataset(torch.from_numpy(x), torch.from_numpy(y).reshape(-1, 1))
 
 
+def _site_task(
+    split: SiteSplit, optimizer: OptimizerFactory, device: str, seed: int, lr: float
+) -> TorchTask:
+    return TorchTask(
+        make_model(seed),
+        _dataset(split.x_train, split.y_train),
+        _dataset(split.x_test, split.y_test),
+        nn.BCEWithLogitsLoss(),
+        optimizer,
+        device=device,
+        batch_size=BATCH_SIZE,
+        seed=seed,
+        lr=lr,
+    )
+
+
 class HeartDiseaseTask:
     """`FederatedTask` and `HasBaselines` for the four-hospital heart-disease federation."""
 
@@ -68,82 +84,84 @@ class HeartDiseaseTask:
         return params_from_module(make_model(seed))
 
     def site(self, data: str, device: str, seed: int) -> TorchTask:
-        return self._task(load_site(data), sgd, device, seed, FEDERATED_LR)
+        return _site_task(load_site(data), sgd, device, seed, FEDERATED_LR)
 
     def baselines(self, sites: Mapping[str, str], device: str, seed: int) -> Baselines:
         """FLamby's pooled and local-only references, trained by `TorchTask.fit` (Adam, lr 0.001,
         batch 4, 50 epochs) from `initial_parameters(seed)`:
 
-        - `pooled`: trained on the union of the sites' train sets, standardised (as FLamby does)
-          with the pooled train statistics; `accuracy_mean_sites` is the unweighted mean of its
-          accuracies on the sites' own (per-site standardised) test sets, `accuracy_pooled_test`
-          its accuracy on the union of the test sets, standardised like its train set.
-        - `local[site]`: trained on that site's train set alone; `accuracy_own_test` on its test
-          set, `accuracy_mean_sites` the mean over all the sites' test sets, and
-          `accuracy_pooled_test` on FLamby's pooled test set (as above).
+        - `pooled`: see `pooled_baseline`.
+        - `local[site]`: trained on that site's (per-site standardised) train set alone;
+          `accuracy_own_test` on its own test set, `accuracy_mean_sites` the unweighted mean over
+          all the sites' test sets, and `accuracy_pooled_test` on FLamby's pooled test set (the
+          union of the test sets, standardised with the pooled train statistics).
         """
-        raw = {name: split_site(path) for name, path in sites.items()}
-        per_site = {name: standardise(split) for name, split in raw.items()}
-        pooled_split = standardise(pool(raw.values()))
-        torch_device = resolve_device(device)
-        site_tests = {
-            name: Batches(_dataset(s.x_test, s.y_test), EVAL_BATCH_SIZE, torch_device)
-            for name, s in per_site.items()
-        }
-        pooled_test = Batches(
-            _dataset(pooled_split.x_test, pooled_split.y_test), EVAL_BATCH_SIZE, torch_device
+        refs = _References(self, sites, device, seed)
+        return Baselines(
+            pooled=refs.pooled_metrics(),
+            local={name: refs.local_metrics(name) for name in refs.per_site},
         )
-        initial = self.initial_parameters(seed)
+
+    def pooled_baseline(self, sites: Mapping[str, str], device: str, seed: int) -> dict[str, float]:
+        """The pooled half of `baselines` alone: trained on the union of the sites' train sets,
+        standardised (as FLamby does) with the pooled train statistics; `accuracy_mean_sites` is
+        the unweighted mean of its accuracies on the sites' own (per-site standardised) test
+        sets, `accuracy_pooled_test` its accuracy on the union of the test sets, standardised
+        like its train set."""
+        return _References(self, sites, device, seed).pooled_metrics()
+
+
+class _References:
+    """The data of the baselines and the one way they are trained and tested."""
+
+    def __init__(
+        self, task: HeartDiseaseTask, sites: Mapping[str, str], device: str, seed: int
+    ) -> None:
+        raw = {name: split_site(path) for name, path in sites.items()}
+        self.per_site = {name: standardise(split) for name, split in raw.items()}
+        self.pooled = standardise(pool(raw.values()))
+        torch_device = resolve_device(device)
+        self.site_tests = {
+            name: Batches(_dataset(s.x_test, s.y_test), EVAL_BATCH_SIZE, torch_device)
+            for name, s in self.per_site.items()
+        }
+        self.pooled_test = Batches(
+            _dataset(self.pooled.x_test, self.pooled.y_test), EVAL_BATCH_SIZE, torch_device
+        )
+        self.device, self.seed = device, seed
+        self.initial = task.initial_parameters(seed)
+
+    def fit_and_test(self, train_split: SiteSplit) -> tuple[dict[str, float], float]:
+        """Trains on `train_split` with the baseline recipe; accuracy on each site's test set
+        and on the pooled test set."""
+        site_task = _site_task(train_split, adam, self.device, self.seed, BASELINE_LR)
         config: JSONConfig = {
             "lr": BASELINE_LR,
             "local_epochs": BASELINE_EPOCHS,
             "batch_size": BATCH_SIZE,
         }
+        site_task.fit(self.initial, config)
+        model, loss_fn, predict = site_task.model, site_task.loss_fn, site_task.predict
+        per_test = {
+            name: evaluate(model, batches, loss_fn, predict)["accuracy"]
+            for name, batches in self.site_tests.items()
+        }
+        return per_test, evaluate(model, self.pooled_test, loss_fn, predict)["accuracy"]
 
-        def fit_and_test(train_split: SiteSplit) -> tuple[dict[str, float], float]:
-            task = self._task(train_split, adam, device, seed, BASELINE_LR)
-            task.fit(initial, config)
-            per_test = {
-                name: evaluate(task.model, batches, task.loss_fn, task.predict)["accuracy"]
-                for name, batches in site_tests.items()
-            }
-            pooled = evaluate(task.model, pooled_test, task.loss_fn, task.predict)["accuracy"]
-            return per_test, pooled
-
-        per_test, pooled_accuracy = fit_and_test(pooled_split)
-        pooled = {
+    def pooled_metrics(self) -> dict[str, float]:
+        per_test, pooled_accuracy = self.fit_and_test(self.pooled)
+        return {
             "accuracy_mean_sites": float(np.mean(list(per_test.values()))),
             "accuracy_pooled_test": pooled_accuracy,
         }
-        local: dict[str, dict[str, float]] = {}
-        for name, split in per_site.items():
-            per_test, pooled_accuracy = fit_and_test(split)
-            local[name] = {
-                "accuracy_own_test": per_test[name],
-                "accuracy_mean_sites": float(np.mean(list(per_test.values()))),
-                "accuracy_pooled_test": pooled_accuracy,
-            }
-        return Baselines(pooled=pooled, local=local)
 
-    @staticmethod
-    def _task(
-        split: SiteSplit,
-        optimizer: OptimizerFactory,
-        device: str,
-        seed: int,
-        lr: float,
-    ) -> TorchTask:
-        return TorchTask(
-            make_model(seed),
-            _dataset(split.x_train, split.y_train),
-            _dataset(split.x_test, split.y_test),
-            nn.BCEWithLogitsLoss(),
-            optimizer,
-            device=device,
-            batch_size=BATCH_SIZE,
-            seed=seed,
-            lr=lr,
-        )
+    def local_metrics(self, name: str) -> dict[str, float]:
+        per_test, pooled_accuracy = self.fit_and_test(self.per_site[name])
+        return {
+            "accuracy_own_test": per_test[name],
+            "accuracy_mean_sites": float(np.mean(list(per_test.values()))),
+            "accuracy_pooled_test": pooled_accuracy,
+        }
 
 
 task = HeartDiseaseTask()

@@ -8,6 +8,8 @@ import asyncio
 import logging
 import secrets
 
+from collections import OrderedDict
+
 from quorum.config import RunConfig
 from quorum.errors import QuorumError, UploadRejected
 from quorum.proto import federation_pb2 as pb
@@ -22,6 +24,8 @@ from quorum.task import load_task
 from quorum.wire import blobs
 
 log = logging.getLogger("quorum.server")
+
+REMEMBERED_TASKS = 10_000
 
 _KIND = {"fit": pb.TASK_KIND_FIT, "evaluate": pb.TASK_KIND_EVALUATE}
 _STATUS = {
@@ -43,7 +47,10 @@ class Coordinator:
         self.checkpoints = checkpoints
         self.blobs = blob_store
         self.sessions = sessions
-        self._tasks: dict[str, PendingTask] = {}
+        self._open_phases: list[Phase] = []
+        # Open tasks, and the most recent closed ones so that late or replayed answers are
+        # refused with the right reason and counted against their round.
+        self._tasks: OrderedDict[str, PendingTask] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._stop_requested: set[str] = set()
         self.current_run: str | None = None
@@ -90,11 +97,14 @@ class Coordinator:
         self, phase: Phase, sessions: list[Session], config_json: str, task: str, deadline_s: float
     ) -> None:
         """Creates one task per session, records it and sends the offer."""
+        self._open_phases.append(phase)
         for session in sessions:
             task_id = secrets.token_hex(12)
             pending = PendingTask(id=task_id, site=session.site, session_id=session.id, phase=phase)
             phase.tasks[task_id] = pending
             self._tasks[task_id] = pending
+            if len(self._tasks) > REMEMBERED_TASKS:
+                self._tasks.popitem(last=False)
             self.store.offer(
                 task_id,
                 phase.run_id,
@@ -121,14 +131,13 @@ class Coordinator:
             )
 
     def close_phase(self, phase: Phase) -> None:
-        """Records the tasks nobody answered and forgets the phase's tasks."""
+        """Records the tasks nobody answered before the deadline."""
+        self._open_phases.remove(phase)
         for task in phase.unanswered():
             self.store.finish_participation(
                 task.id, "timed_out", error="no answer before the deadline"
             )
-            task.state = "done"
-        for task_id in phase.tasks:
-            self._tasks.pop(task_id, None)
+            task.state = "expired"
 
     # ---- what sites send ----
 
@@ -154,10 +163,10 @@ class Coordinator:
                 "wrong_round",
                 f"task {task_id!r} belongs to round {task.phase.round}, not {round_no}",
             )
+        if task.state in ("receiving", "done"):
+            raise UploadRejected("duplicate", f"task {task_id!r} was already answered")
         if task.phase.closed:
             raise UploadRejected("task_closed", f"task {task_id!r} closed at its deadline")
-        if task.state != "offered":
-            raise UploadRejected("duplicate", f"task {task_id!r} was already answered")
         return task
 
     def admit_upload(self, session: Session, header: pb.UploadHeader) -> PendingTask:
@@ -204,13 +213,22 @@ class Coordinator:
         )
         phase.finish(task)
 
-    def refuse(self, session: Session | None, task_id: str, exc: UploadRejected) -> None:
+    def refuse(
+        self,
+        session: Session | None,
+        task_id: str,
+        exc: UploadRejected,
+        claimed: tuple[str, int] | None = None,
+    ) -> None:
         """Records a refused upload or result against the round it names. When it answers an
         open task of this session, that task ends as rejected: the site gave its answer and it
         was bad, so the round need not wait for it. Unknown tasks, other sessions' tasks and
-        second answers are only counted."""
+        second answers are only counted; an unknown task is counted against the open round
+        its sender `claimed` (run id, round), if there is one."""
         task = self._tasks.get(task_id)
         phase = task.phase if task is not None else None
+        if phase is None and claimed is not None:
+            phase = next((p for p in self._open_phases if (p.run_id, p.round) == claimed), None)
         self.store.reject(
             exc.code,
             exc.message,
@@ -220,8 +238,14 @@ class Coordinator:
             site=session.site if session else None,
             task_id=task_id or None,
         )
-        owned = task is not None and session is not None and task.session_id == session.id
-        if owned and task is not None and task.state != "done" and exc.code != "duplicate":
+        if (
+            task is not None
+            and session is not None
+            and task.session_id == session.id
+            and task.state in ("offered", "receiving")
+            and not task.phase.closed
+            and exc.code != "duplicate"  # the first answer of the task is still in flight
+        ):
             self.store.finish_participation(task.id, "rejected", error=f"{exc.code}: {exc.message}")
             task.phase.finish(task)
         log.warning(
@@ -271,7 +295,11 @@ class Coordinator:
 
     def on_download(self, session: Session, digest: str, nbytes: int) -> None:
         for task in self._tasks.values():
-            if task.session_id == session.id and task.phase.model_digest == digest:
+            if (
+                task.session_id == session.id
+                and task.phase.model_digest == digest
+                and not task.phase.closed
+            ):
                 self.store.add_bytes_out(task.id, nbytes)
                 return
 

@@ -176,7 +176,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 data = await _receive(incoming, header.size)
                 await self.co.complete_upload(task, header, data)
         except UploadRejected as exc:
-            self.co.refuse(session, header.task_id, exc)
+            self.co.refuse(session, header.task_id, exc, claimed=(header.run_id, header.round))
             return _refused(exc)
         return pb.UploadReceipt(accepted=True)
 

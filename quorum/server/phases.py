@@ -23,7 +23,7 @@ class PendingTask:
     site: str
     session_id: str
     phase: Phase
-    state: Literal["offered", "receiving", "done"] = "offered"
+    state: Literal["offered", "receiving", "done", "expired"] = "offered"
     offered_at: float = field(default_factory=time.monotonic)
 
 
@@ -69,4 +69,4 @@ class Phase:
             pass
 
     def unanswered(self) -> list[PendingTask]:
-        return [t for t in self.tasks.values() if t.state != "done"]
+        return [t for t in self.tasks.values() if t.state in ("offered", "receiving")]

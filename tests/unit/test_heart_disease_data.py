@@ -177,11 +177,9 @@ def test_example_baselines_report_every_site(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.slow
-def test_baselines_match_flambys_published_results() -> None:
-    # FLamby, 5 seeds: pooled 0.735 (mean of the 4 site test sets) and 0.795 (pooled test set);
-    # local-only Cleveland 0.722 / 0.784. One seed here (about 5 s); seed 42 gives 0.734 / 0.791.
-    baselines = heart_task.task.baselines({site: site for site in hd.SITES}, "cpu", 42)
-    assert baselines.pooled["accuracy_mean_sites"] == pytest.approx(0.735, abs=0.02)
-    assert baselines.pooled["accuracy_pooled_test"] == pytest.approx(0.795, abs=0.02)
-    assert baselines.local["cleveland"]["accuracy_mean_sites"] == pytest.approx(0.722, abs=0.04)
-    assert baselines.local["cleveland"]["accuracy_pooled_test"] == pytest.approx(0.784, abs=0.04)
+def test_pooled_baseline_matches_flambys_published_result() -> None:
+    # FLamby, 5 seeds: pooled training scores 0.735 (mean of the 4 site test sets) and 0.795
+    # (pooled test set); seed 42 here gives 0.734 and 0.791 (about 2 s, 6,100 Adam steps).
+    pooled = heart_task.task.pooled_baseline({site: site for site in hd.SITES}, "cpu", 42)
+    assert pooled["accuracy_mean_sites"] == pytest.approx(0.735, abs=0.02)
+    assert pooled["accuracy_pooled_test"] == pytest.approx(0.795, abs=0.02)

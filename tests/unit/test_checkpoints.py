@@ -1,0 +1,160 @@
+"""Unit tests of quorum.server.checkpoints and quorum.atomic on real files."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from quorum.atomic import write_atomic
+from quorum.errors import StoreError
+from quorum.server.checkpoints import Checkpoints
+from quorum.wire import blobs
+
+MODEL = blobs.encode(
+    {
+        "fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "fc.bias": np.array([0.5, -0.5], dtype=np.float32),
+    },
+    metadata={"round": "3"},
+)
+STATE = {
+    "m": np.linspace(-1, 1, 8, dtype=np.float64),
+    "v": np.full(8, 1e-3, dtype=np.float64),
+    "step": np.array([3], dtype=np.int64),
+}
+
+
+@pytest.fixture
+def ckpt(tmp_path: pathlib.Path) -> Checkpoints:
+    return Checkpoints(tmp_path / "checkpoints")
+
+
+def test_save_then_load_round_trips(ckpt: Checkpoints) -> None:
+    assert not ckpt.exists("run-1", 3)
+    ckpt.save("run-1", 3, MODEL, STATE)
+    assert ckpt.exists("run-1", 3)
+    assert not ckpt.exists("run-1", 2)
+    assert not ckpt.exists("run-2", 3)
+    model, state = ckpt.load("run-1", 3)
+    assert model == MODEL  # the exact bytes, metadata included
+    assert set(state) == set(STATE)
+    for name, value in STATE.items():
+        assert state[name].dtype == value.dtype
+        np.testing.assert_array_equal(state[name], value)
+    # the state is a private, writable copy (a strategy updates its moments in place)
+    state["m"] += 1
+    _, again = ckpt.load("run-1", 3)
+    np.testing.assert_array_equal(again["m"], STATE["m"])
+
+
+def test_files_are_named_per_run_and_round(ckpt: Checkpoints) -> None:
+    ckpt.save("run-1", 0, MODEL, {})
+    ckpt.save("run-1", 12, MODEL, STATE)
+    files = sorted(p.name for p in (ckpt.root / "run-1").iterdir())
+    assert files == [
+        "round-00000.model.safetensors",
+        "round-00000.strategy.safetensors",
+        "round-00012.model.safetensors",
+        "round-00012.strategy.safetensors",
+    ]
+    assert ckpt.model_path("run-1", 12) == ckpt.root / "run-1" / "round-00012.model.safetensors"
+    assert ckpt.model_path("run-1", 12).read_bytes() == MODEL
+    assert ckpt.load("run-1", 0)[1] == {}  # round 0 may have no strategy state
+
+
+def test_saving_a_round_again_replaces_it(ckpt: Checkpoints) -> None:
+    ckpt.save("run-1", 1, MODEL, STATE)
+    other = blobs.encode({"w": np.ones(3, np.float32)})
+    ckpt.save("run-1", 1, other, {"step": np.array([4], np.int64)})
+    model, state = ckpt.load("run-1", 1)
+    assert model == other
+    assert list(state) == ["step"] and int(state["step"][0]) == 4
+
+
+def test_load_of_a_missing_checkpoint(ckpt: Checkpoints) -> None:
+    with pytest.raises(StoreError, match=r"checkpoint of run-1 round 4 is missing"):
+        ckpt.load("run-1", 4)
+
+
+def test_load_with_one_file_missing(ckpt: Checkpoints) -> None:
+    ckpt.save("run-1", 2, MODEL, STATE)
+    state_path = ckpt.root / "run-1" / "round-00002.strategy.safetensors"
+    state_path.unlink()
+    assert not ckpt.exists("run-1", 2)
+    with pytest.raises(StoreError, match=r"missing"):
+        ckpt.load("run-1", 2)
+
+
+@pytest.mark.parametrize("which", ["model", "strategy"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_load_of_a_corrupt_checkpoint(ckpt: Checkpoints, which: str, damage: str) -> None:
+    ckpt.save("run-1", 5, MODEL, STATE)
+    path = ckpt.root / "run-1" / f"round-00005.{which}.safetensors"
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[:-3], "garbage": b"\x10" + data[1:], "empty": b""}[damage])
+    with pytest.raises(StoreError, match=r"checkpoint of run-1 round 5 is corrupt"):
+        ckpt.load("run-1", 5)
+
+
+# --- write_atomic ------------------------------------------------------------------------------
+
+
+def test_write_atomic_creates_folders_and_leaves_no_temp_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "a" / "b" / "file.bin"
+    write_atomic(path, b"one")
+    assert path.read_bytes() == b"one"
+    write_atomic(path, b"two, longer")
+    assert path.read_bytes() == b"two, longer"
+    write_atomic(path, b"")
+    assert path.read_bytes() == b""
+    assert [p.name for p in path.parent.iterdir()] == ["file.bin"]
+
+
+def test_write_atomic_replaces_the_file_rather_than_rewriting_it(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "model.safetensors"
+    old, new = b"old" * 100_000, b"new" * 50_000
+    write_atomic(path, old)
+    inode = os.stat(path).st_ino
+    with open(path, "rb") as reader:  # a reader that opened the old file...
+        head = reader.read(10)
+        write_atomic(path, new)
+        # ...keeps reading the whole old content: the new one arrived by rename, not in place
+        assert head + reader.read() == old
+    assert path.read_bytes() == new
+    assert os.stat(path).st_ino != inode
+
+
+def test_write_atomic_failure_leaves_the_old_content(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "state.bin"
+    write_atomic(path, b"good")
+    with pytest.raises(TypeError):
+        write_atomic(path, "not bytes")  # type: ignore[arg-type]
+    assert path.read_bytes() == b"good"
+
+
+def test_write_atomic_every_read_sees_old_or_new(tmp_path: pathlib.Path) -> None:
+    import threading
+
+    path = tmp_path / "flip.bin"
+    a, b = b"a" * 256_000, b"b" * 128_000
+    write_atomic(path, a)
+    seen: set[bytes] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.add(path.read_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(30):
+            write_atomic(path, b if i % 2 == 0 else a)
+    finally:
+        done.set()
+        reader.join()
+    assert seen <= {a, b}
+    assert seen  # the reader did read
