@@ -6,6 +6,7 @@ with the honest sites, and the final model proves that nothing bad was folded in
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from typing import Any
@@ -72,14 +73,12 @@ def test_each_bad_upload_is_refused_and_never_aggregated(deployment: Deployment)
     d.start_site("honest-1", "delta=1.0,n=1")
     d.start_site("honest-2", "delta=1.0,n=1")
     key = identity.generate()
-    d.get("/api/v1/health")
     admin = d.admin()
     admin.post(
         "/api/v1/sites",
         {
             "name": "mallory",
-            "public_key": identity.public_bytes(key).hex()
-            and __import__("base64").b64encode(identity.public_bytes(key)).decode(),
+            "public_key": base64.b64encode(identity.public_bytes(key)).decode(),
         },
     )
     admin.close()
