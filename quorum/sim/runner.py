@@ -119,7 +119,7 @@ def run_simulation(
     result = report.build(sim, run, rounds, baselines)
     report_path = report_path or out / "report.json"
     report.write(result, report_path)
-    console.print(report.table(result))
+    Console(width=max(console.width, 100)).print(report.table(result))  # results on stdout
     console.print(f"report: {report_path}  plot: {report_path.with_suffix('.png')}  logs: {logs}")
     if run["status"] != "completed":
         raise QuorumError(f"run {run['id']} ended {run['status']}: {run.get('error')}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import sqlite3
 import stat
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,14 +16,19 @@ from quorum.server.store import Store
 
 
 @pytest.fixture
-def store(tmp_path: pathlib.Path) -> Store:
+def store(tmp_path: pathlib.Path) -> Iterator[Store]:
     s = Store(tmp_path / "quorum.db")
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
 def _token_count(store: Store) -> int:
-    return len(store._rows("SELECT * FROM tokens"))
+    conn = sqlite3.connect(store.path)
+    try:
+        (count,) = conn.execute("SELECT COUNT(*) FROM tokens").fetchone()
+    finally:
+        conn.close()
+    return int(count)
 
 
 def test_hash_token_is_sha256_hex() -> None:

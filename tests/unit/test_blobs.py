@@ -16,9 +16,10 @@ from quorum.errors import BlobError
 from quorum.wire import blobs
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=150,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
@@ -581,7 +582,7 @@ def test_chunks_default_to_one_mebibyte_views() -> None:
     assert parts[1][0] == 7
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
 @given(st.binary(max_size=200), st.integers(0, 220), st.integers(1, 64))
 def test_chunks_concatenate_to_the_tail(data: bytes, offset: int, size: int) -> None:
     parts = [bytes(c) for c in blobs.chunks(data, offset=offset, size=size)]
