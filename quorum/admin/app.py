@@ -57,6 +57,8 @@ class Health(BaseModel):
 
 
 def build_app(co: Coordinator) -> FastAPI:
+    """Route handlers are coroutines: they run on the server's event loop, beside the
+    coordinator whose in-memory state (sessions, open rounds) some of them touch."""
     app = FastAPI(
         title="Quorum admin API",
         version=__version__,
@@ -117,7 +119,7 @@ def build_app(co: Coordinator) -> FastAPI:
         )
 
     @app.get("/api/v1/health", dependencies=[viewer])
-    def health() -> Health:
+    async def health() -> Health:
         return Health(
             status="ok",
             version=__version__,
@@ -126,24 +128,24 @@ def build_app(co: Coordinator) -> FastAPI:
         )
 
     @app.get("/api/v1/runs", dependencies=[viewer])
-    def list_runs() -> list[RunOut]:
+    async def list_runs() -> list[RunOut]:
         return [run_out(r) for r in store.runs()]
 
     @app.post("/api/v1/runs", status_code=201, dependencies=[operator])
-    def submit_run(config: RunConfig) -> RunOut:
+    async def submit_run(config: RunConfig) -> RunOut:
         return run_out(co.submit(config))
 
     @app.get("/api/v1/runs/{run_id}", dependencies=[viewer])
-    def get_run(run_id: str) -> RunOut:
+    async def get_run(run_id: str) -> RunOut:
         return run_out(store.run(run_id))
 
     @app.post("/api/v1/runs/{run_id}/stop", dependencies=[operator])
-    def stop_run(run_id: str) -> RunOut:
+    async def stop_run(run_id: str) -> RunOut:
         co.stop(run_id)
         return run_out(store.run(run_id))
 
     @app.get("/api/v1/runs/{run_id}/rounds", dependencies=[viewer])
-    def list_rounds(
+    async def list_rounds(
         run_id: str,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -151,12 +153,12 @@ def build_app(co: Coordinator) -> FastAPI:
         return store.rounds(run_id, offset, limit)
 
     @app.get("/api/v1/runs/{run_id}/rounds/{round_no}", dependencies=[viewer])
-    def get_round(run_id: str, round_no: int) -> dict[str, Any]:
+    async def get_round(run_id: str, round_no: int) -> dict[str, Any]:
         store.run(run_id)
         return store.round_detail(run_id, round_no)
 
     @app.get("/api/v1/runs/{run_id}/model", dependencies=[viewer], response_class=FileResponse)
-    def download_model(run_id: str) -> FileResponse:
+    async def download_model(run_id: str) -> FileResponse:
         store.run(run_id)
         done = store.last_completed_round(run_id)
         path = co.checkpoints.model_path(run_id, done)
@@ -169,17 +171,17 @@ def build_app(co: Coordinator) -> FastAPI:
         )
 
     @app.get("/api/v1/sites", dependencies=[viewer])
-    def list_sites() -> list[SiteOut]:
+    async def list_sites() -> list[SiteOut]:
         return [site_out(s) for s in store.sites()]
 
     @app.post("/api/v1/sites", status_code=201, dependencies=[operator])
-    def add_site(site: SiteIn) -> SiteOut:
+    async def add_site(site: SiteIn) -> SiteOut:
         text = site.public_key.strip()
         raw = text.encode() if text.startswith("-----BEGIN") else _b64(text)
         return site_out(store.add_site(site.name, parse_public(raw, "public_key")))
 
     @app.post("/api/v1/sites/{name}/revoke", dependencies=[operator])
-    def revoke_site(name: str) -> SiteOut:
+    async def revoke_site(name: str) -> SiteOut:
         store.revoke_site(name)
         session = co.sessions.by_site(name)
         if session is not None:
@@ -188,7 +190,7 @@ def build_app(co: Coordinator) -> FastAPI:
         return site_out(store.site(name))
 
     @app.get("/api/v1/events", dependencies=[viewer])
-    def events(
+    async def events(
         after: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     ) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any
 
@@ -11,7 +12,11 @@ from quorum.errors import QuorumError
 
 
 class AdminClient:
-    def __init__(self, base_url: str, token: str, verify: bool | str = True) -> None:
+    def __init__(
+        self, base_url: str, token: str, verify: bool | str | ssl.SSLContext = True
+    ) -> None:
+        if isinstance(verify, str):  # a CA bundle for a self-signed server certificate
+            verify = ssl.create_default_context(cafile=verify)
         self._http = httpx.Client(
             base_url=base_url,
             headers={"Authorization": f"Bearer {token}"},

@@ -1,0 +1,98 @@
+"""TLS on both ports, and revocation of a connected site."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import pathlib
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from quorum.admin.client import AdminClient
+from quorum.errors import AuthError
+from tests.integration.harness import TOKEN, federation, run_config
+
+
+def _self_signed(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_rounds_run_over_tls_on_both_ports(tmp_path: pathlib.Path) -> None:
+    cert, key = _self_signed(tmp_path)
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [run_config(rounds=2)], tls=(cert, key)) as fed:
+            fed.add_site("a", "delta=1.0,n=1")
+            fed.add_site("b", "delta=1.0,n=1")
+            admin = AdminClient(fed.admin_url, TOKEN, verify=str(cert))
+            assert fed.admin_url.startswith("https://")
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                runs = await asyncio.to_thread(admin.get, "/api/v1/runs")
+                if runs and runs[0]["status"] == "completed":
+                    break
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.1)
+            admin.close()
+            assert runs[0]["rounds_completed"] == 2
+
+    asyncio.run(scenario())
+
+
+def test_revoked_site_is_dropped_at_once_and_cannot_rejoin(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        cfg = run_config(rounds=6, min_fit_sites=2, min_available_sites=2)
+        async with federation(tmp_path, []) as fed:
+            fed.add_site("a", "delta=1.0,n=1")
+            fed.add_site("b", "delta=1.0,n=1")
+            fed.add_site("c", "delta=1.0,n=1,sleep=0.2")
+            while len(fed.server.coordinator.sessions.connected()) < 3:
+                await asyncio.sleep(0.05)
+            admin = AdminClient(fed.admin_url, TOKEN)
+            revoked = await asyncio.to_thread(admin.post, "/api/v1/sites/c/revoke")
+            assert revoked["revoked"] is True and revoked["connected"] is False
+            assert fed.server.coordinator.sessions.by_site("c") is None
+            c_agent = fed.agents[2]
+            with pytest.raises(AuthError, match="revoked"):
+                await asyncio.wait_for(c_agent, 10)
+            await asyncio.to_thread(admin.post, "/api/v1/runs", cfg.model_dump(mode="json"))
+            admin.close()
+            run = await fed.wait_run()
+            detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            assert detail["cohort"] == ["a", "b"]
+
+    asyncio.run(scenario())
