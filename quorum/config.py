@@ -139,8 +139,12 @@ def _apply(model: type[BaseModel], data: dict[str, Any], path: list[str], value:
             node[part] = value
         else:
             child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            if isinstance(child, list):
                 raise ConfigError(f"config key {dotted!r} points into a list; edit the file")
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"config key {dotted!r}: {'.'.join(path[: i + 1])} is a value, not a table"
+                )
             node = child
 
 
@@ -152,6 +156,8 @@ def load(model: type[M], path: pathlib.Path | None, overrides: Iterable[str] = (
             data = tomllib.loads(path.read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {path} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
     for item in overrides:

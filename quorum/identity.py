@@ -6,6 +6,7 @@ signature cannot be replayed to another server or for another key.
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 from cryptography.exceptions import InvalidSignature
@@ -35,8 +36,10 @@ def write_keypair(key: Ed25519PrivateKey, private_path: pathlib.Path) -> pathlib
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    private_path.touch(mode=0o600, exist_ok=True)
-    private_path.write_bytes(pem)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
     public_path.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -78,7 +81,9 @@ def load_public(path: pathlib.Path) -> bytes:
 
 
 def transcript(server_id: str, nonce: bytes, public_key: bytes) -> bytes:
-    return b"\n".join([JOIN_CONTEXT, server_id.encode(), nonce, public_key])
+    """Each field length-prefixed, so no two (server_id, nonce, key) give the same bytes."""
+    fields = [JOIN_CONTEXT, server_id.encode(), nonce, public_key]
+    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
 
 
 def sign_join(key: Ed25519PrivateKey, server_id: str, nonce: bytes) -> bytes:

@@ -338,7 +338,13 @@ class TorchTask:
         if batch_size is not None:
             batches = batches.with_batch_size(batch_size)
         round_index = _count(config, "round")
-        generator = round_generator(self.seed, self._fits if round_index is None else round_index)
+        # The run's seed (sent with every task) drives sampling, so a run is reproducible
+        # whatever seed each agent was started with.
+        seed = _count(config, "seed")
+        generator = round_generator(
+            self.seed if seed is None else seed,
+            self._fits if round_index is None else round_index,
+        )
         self._fits += 1
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer(trainable, lr)

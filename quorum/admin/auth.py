@@ -29,13 +29,14 @@ def ensure_admin_token(store: Store, state_dir: pathlib.Path, configured: str | 
     """Registers the configured token, or creates one at first start and writes it to
     state_dir/admin.token (mode 0600). Returns the token when this call created it."""
     if configured:
-        store.add_token(hash_token(configured), "admin", "config")
+        store.replace_tokens("config", hash_token(configured), "admin")
         return None
     if store.has_tokens():
         return None
     token = secrets.token_urlsafe(32)
     path = state_dir / TOKEN_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     store.add_token(hash_token(token), "admin", "generated")

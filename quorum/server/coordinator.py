@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-
 from collections import OrderedDict
 
 from quorum.config import RunConfig

@@ -213,6 +213,15 @@ class Store:
                 (token_hash, role, name, time.time()),
             )
 
+    def replace_tokens(self, name: str, token_hash: str, role: str) -> None:
+        """Makes `token_hash` the only token called `name` (a rotated token stops working)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM tokens WHERE name = ?", (name,))
+            db.execute(
+                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)",
+                (token_hash, role, name, time.time()),
+            )
+
     def token_role(self, token_hash: str) -> str | None:
         rows = self._rows("SELECT role FROM tokens WHERE token_hash = ?", token_hash)
         return str(rows[0]["role"]) if rows else None

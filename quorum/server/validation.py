@@ -38,17 +38,21 @@ def parse_metrics(text: str) -> dict[str, float]:
         return {}
     try:
         value: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UploadRejected("bad_metrics", f"metrics are not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UploadRejected("bad_metrics", f"metrics are not valid JSON: {exc}"[:300]) from None
     if not isinstance(value, dict):
         raise UploadRejected("bad_metrics", "metrics must be a JSON object of numbers")
     out: dict[str, float] = {}
     for key, number in value.items():
         if isinstance(number, bool) or not isinstance(number, int | float):
             raise UploadRejected("bad_metrics", f"metric {key!r} is not a number")
-        if not math.isfinite(number):
+        try:
+            as_float = float(number)
+        except OverflowError:
+            as_float = math.inf
+        if not math.isfinite(as_float):
             raise UploadRejected("bad_metrics", f"metric {key!r} is not finite")
-        out[str(key)] = float(number)
+        out[str(key)] = as_float
     return out
 
 

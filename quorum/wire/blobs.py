@@ -39,6 +39,7 @@ _DTYPES: dict[str, np.dtype] = {
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16"})
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
+MAX_DIMS = 32
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def digest(data: Buffer) -> str:
 
 def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """Serialises tensors to safetensors bytes (contiguous copies are made as needed)."""
-    arrays = {name: np.ascontiguousarray(value) for name, value in params.items()}
+    # np.ascontiguousarray would turn 0-d tensors into 1-d ones; np.require keeps the shape.
+    arrays = {name: np.require(value, requirements="C") for name, value in params.items()}
     for name, value in arrays.items():
         if value.dtype.str.lstrip("<>|=") not in {d.str.lstrip("<>|=") for d in _DTYPES.values()}:
             raise BlobError(f"tensor {name!r} has unsupported dtype {value.dtype}")
@@ -96,8 +98,8 @@ def read_layout(data: Buffer) -> Layout:
         raise BlobError(f"header length {header_len} does not fit a blob of {len(view)} bytes")
     try:
         header = json.loads(bytes(view[8 : 8 + header_len]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BlobError(f"header is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise BlobError(f"header is not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None
     if not isinstance(header, dict):
         raise BlobError("header is not a JSON object")
     specs: list[TensorSpec] = []
@@ -126,12 +128,17 @@ def _tensor_spec(name: str, entry: object) -> TensorSpec:
     if not isinstance(entry, dict):
         raise BlobError(f"tensor {name!r}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise BlobError(f"tensor {name!r}: unsupported dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**48 for d in shape)
     ):
-        raise BlobError(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+        raise BlobError(
+            f"tensor {name!r}: shape {repr(shape)[:80]} is not a list of non-negative integers "
+            f"(at most {MAX_DIMS} of them)"
+        )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2

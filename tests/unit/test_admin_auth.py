@@ -122,12 +122,6 @@ def test_a_store_with_a_configured_token_generates_none_later(
     assert not (tmp_path / TOKEN_FILE).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ensure_admin_token adds the configured token with INSERT OR REPLACE and never "
-    "removes the previous one, so rotating server.admin_token leaves the old token valid as "
-    "admin (and there is no API to revoke it)",
-)
 def test_rotating_the_configured_token_revokes_the_old_one(
     store: Store, tmp_path: pathlib.Path
 ) -> None:

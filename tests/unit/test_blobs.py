@@ -61,7 +61,7 @@ ROUND_TRIP_CASES = [
     np.array([-128, 127], dtype=np.int8),
     np.array([0, 255], dtype=np.uint8),
     np.array([True, False, True]),
-    np.array([3.25], dtype=np.float32),  # one element (0-d tensors: see the xfail test below)
+    np.array([3.25], dtype=np.float32),  # one element
     np.zeros((0,), dtype=np.float32),  # empty
     np.zeros((2, 0, 3), dtype=np.float64),  # empty with a zero inner dimension
     np.arange(24, dtype=np.float32).reshape(2, 3, 4),
@@ -80,12 +80,6 @@ def test_encode_decode_round_trip(value: np.ndarray) -> None:
     np.testing.assert_array_equal(out["x"], value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encode() passes every tensor through np.ascontiguousarray, which returns "
-    "ndim >= 1, so a 0-d tensor comes back with shape (1,) (torch scalars such as BatchNorm's "
-    "num_batches_tracked then fail TorchTask's shape check)",
-)
 @pytest.mark.parametrize(
     "value",
     [np.array(3.25, dtype=np.float32), np.array(7, dtype=np.int64), np.float64(0.5)],
@@ -286,43 +280,23 @@ def test_read_layout_accepts_a_hand_built_blob_in_any_header_order() -> None:
     np.testing.assert_array_equal(out["late"], [1, 2, -1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: read_layout tests `dtype not in _DTYPES` on an unhashable JSON value and "
-    "raises TypeError instead of BlobError",
-)
 @pytest.mark.parametrize("dtype", [["F32"], {"x": 1}], ids=["list", "object"])
 def test_read_layout_refuses_an_unhashable_dtype_with_blob_error(dtype: Any) -> None:
     with pytest.raises(BlobError, match=r"tensor 't': unsupported dtype"):
         blobs.read_layout(_raw(_one(dtype=dtype), b"\0" * 8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a deeply nested JSON header makes json.loads raise RecursionError, which "
-    "read_layout does not turn into BlobError",
-)
 def test_read_layout_refuses_a_deeply_nested_header_with_blob_error() -> None:
     with pytest.raises(BlobError):
         blobs.read_layout(_raw(b"[" * 100_000))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an integer literal over Python's 4300-digit limit makes json.loads raise a "
-    "plain ValueError (not JSONDecodeError), which escapes read_layout",
-)
 def test_read_layout_refuses_an_overlong_integer_with_blob_error() -> None:
     header = b'{"t": {"dtype": "F32", "shape": [' + b"1" * 5000 + b'], "data_offsets": [0, 4]}}'
     with pytest.raises(BlobError):
         blobs.read_layout(_raw(header, b"\0" * 4))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: read_layout accepts shapes numpy cannot represent (more than 64 dimensions, "
-    "or a dimension beyond int64 next to a zero); decode then raises ValueError",
-)
 @pytest.mark.parametrize(
     ("shape", "nbytes"), [([1] * 100, 4), ([0, 2**70], 0)], ids=["100-dims", "huge-dim"]
 )
@@ -410,10 +384,8 @@ def test_mutated_header_values_only_raise_blob_error(data: st.DataObject) -> Non
         st.text(max_size=6),
         st.sampled_from(["F32", "F64", "F16", "I64", "U8", "BOOL", "BF16"]),
     )
-    # An unhashable dtype (a list) is left to the xfail test above: read_layout raises
-    # TypeError on it today, and this test should keep guarding everything else meanwhile.
     lists = st.lists(st.integers(-3, 40), max_size=4)
-    value = data.draw(scalar if field == "dtype" else st.one_of(scalar, lists))
+    value = data.draw(st.one_of(scalar, lists))
     if name == "__metadata__":
         header[name] = value
     else:

@@ -184,11 +184,6 @@ def test_a_path_into_a_scalar_of_the_file_is_refused(sim_file: pathlib.Path, ove
         load(SimFile, sim_file, [override])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config._apply reports a path through a scalar that the file sets (run.rounds "
-    "= 3, then --set run.rounds.deeper=1) as 'points into a list; edit the file'",
-)
 @pytest.mark.parametrize("override", ["run.site_config.lr.x=1", "run.rounds.deeper=1"])
 def test_a_path_into_a_scalar_of_the_file_says_it_is_a_value(
     sim_file: pathlib.Path, override: str
@@ -265,11 +260,6 @@ def test_a_directory_is_not_a_config_file(tmp_path: pathlib.Path) -> None:
         load(SimFile, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load() reads the file with path.read_text(), so a file that is not UTF-8 "
-    "raises UnicodeDecodeError (neither OSError nor TOMLDecodeError) instead of ConfigError",
-)
 def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes('[run]\ntask = "m:t"\nname = "Zürich"\n'.encode("latin-1"))
