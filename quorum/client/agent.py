@@ -140,11 +140,13 @@ class SiteAgent:
                 while True:
                     reader = asyncio.ensure_future(call.read())
                     done, _ = await asyncio.wait(
-                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
+                        {reader, stopper, *workers}, return_when=asyncio.FIRST_COMPLETED
                     )
-                    if stopper in done:
+                    if stopper in done or any(w in done for w in workers):
                         reader.cancel()
                         call.cancel()
+                        for worker in done & set(workers):
+                            worker.result()  # a transfer failed: end the session, rejoin
                         return
                     message = reader.result()
                     if message is _EOF:
@@ -189,15 +191,12 @@ class SiteAgent:
                 raise
             except Exception as exc:  # the user's task failed: report it, keep serving
                 log.exception("event=task_failed task_id=%s", offer.task_id)
-                outbox.put_nowait(
-                    pb.SiteMessage(
-                        result=pb.TaskResult(
-                            task_id=offer.task_id,
-                            status=pb.RESULT_STATUS_FAILED,
-                            error=f"{type(exc).__name__}: {exc}",
-                            duration_s=time.monotonic() - started,
-                        )
-                    )
+                _reply(
+                    outbox,
+                    offer,
+                    pb.RESULT_STATUS_FAILED,
+                    started,
+                    error=f"{type(exc).__name__}: {exc}",
                 )
 
     async def _handle(
@@ -209,14 +208,12 @@ class SiteAgent:
         started: float,
     ) -> None:
         if offer.task != self.task_ref:
-            outbox.put_nowait(
-                pb.SiteMessage(
-                    result=pb.TaskResult(
-                        task_id=offer.task_id,
-                        status=pb.RESULT_STATUS_REFUSED,
-                        error=f"this agent runs task {self.task_ref!r}, not {offer.task!r}",
-                    )
-                )
+            _reply(
+                outbox,
+                offer,
+                pb.RESULT_STATUS_REFUSED,
+                started,
+                error=f"this agent runs task {self.task_ref!r}, not {offer.task!r}",
             )
             return
         model = await download(stub, session_id, offer.model_digest, offer.model_size, self.cache)
@@ -251,17 +248,38 @@ class SiteAgent:
                 )
         else:
             ev = await asyncio.to_thread(self.site_task.evaluate, params, config)
-            outbox.put_nowait(
-                pb.SiteMessage(
-                    result=pb.TaskResult(
-                        task_id=offer.task_id,
-                        status=pb.RESULT_STATUS_OK,
-                        num_examples=ev.num_examples,
-                        metrics_json=json.dumps(ev.metrics),
-                        duration_s=time.monotonic() - started,
-                    )
-                )
+            _reply(
+                outbox,
+                offer,
+                pb.RESULT_STATUS_OK,
+                started,
+                num_examples=ev.num_examples,
+                metrics=ev.metrics,
             )
+
+
+def _reply(
+    outbox: asyncio.Queue[pb.SiteMessage],
+    offer: pb.TaskOffer,
+    status: pb.ResultStatus,
+    started: float,
+    *,
+    error: str = "",
+    num_examples: int = 0,
+    metrics: dict[str, float] | None = None,
+) -> None:
+    outbox.put_nowait(
+        pb.SiteMessage(
+            result=pb.TaskResult(
+                task_id=offer.task_id,
+                status=status,
+                num_examples=num_examples,
+                metrics_json=json.dumps(metrics or {}),
+                error=error,
+                duration_s=time.monotonic() - started,
+            )
+        )
+    )
 
 
 def _describe(exc: BaseException) -> str:
