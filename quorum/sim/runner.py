@@ -6,6 +6,7 @@ the server config, `quorum client run`, and the admin API, from which the report
 
 from __future__ import annotations
 
+import os
 import pathlib
 import secrets
 import shutil
@@ -101,6 +102,9 @@ def run_simulation(
                         "--insecure",
                     ],
                     logs,
+                    # Many agents share the machine's cores: one compute thread each avoids
+                    # oversubscription (a user's explicit setting wins).
+                    env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
                 )
             )
         admin.wait_ready(60)

@@ -162,7 +162,7 @@ def test_example_task_trains_a_site() -> None:
 
 
 def test_example_baselines_report_every_site(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heart_task, "BASELINE_EPOCHS", 2)
+    monkeypatch.setattr(heart_task, "BASELINE_EPOCHS", 1)
     sites = {site: site for site in hd.SITES}
     state = torch.random.get_rng_state()
     baselines = heart_task.task.baselines(sites, "cpu", 42)
