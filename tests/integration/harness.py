@@ -77,6 +77,13 @@ class Federation:
     async def wait_run(self, status: str = "completed", timeout: float = 30) -> dict[str, Any]:
         return await wait_for(lambda: self._run_status(status), timeout)
 
+    async def wait_for_rounds(self, count: int, timeout: float = 30) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            runs = await self.api("/api/v1/runs")
+            return runs[0] if runs and runs[0]["rounds_completed"] >= count else None
+
+        return await wait_for(probe, timeout)
+
     async def _run_status(self, status: str) -> dict[str, Any] | None:
         runs = await self.api("/api/v1/runs")
         return runs[0] if runs and runs[0]["status"] == status else None

@@ -1,0 +1,69 @@
+"""Admin API routes that steer a run: stop, model download, pagination, roles."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+import httpx
+
+from quorum.admin.auth import hash_token
+from quorum.admin.client import AdminClient
+from quorum.wire import blobs
+from tests.integration.harness import TOKEN, federation, run_config
+
+
+def test_stop_download_and_paginate(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path, [run_config(rounds=40)]) as fed:
+            fed.add_site("a", "delta=1.0,n=1,sleep=0.05")
+            fed.add_site("b", "delta=1.0,n=1,sleep=0.05")
+            run = await fed.wait_for_rounds(3)
+            admin = AdminClient(fed.admin_url, TOKEN)
+            await asyncio.to_thread(admin.post, f"/api/v1/runs/{run['id']}/stop")
+            stopped = await fed.wait_run("stopped")
+            assert 3 <= stopped["rounds_completed"] < 40
+
+            response = await asyncio.to_thread(
+                httpx.get,
+                f"{fed.admin_url}/api/v1/runs/{run['id']}/model",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert response.status_code == 200
+            assert blobs.digest(response.content) == stopped["model_digest"]
+            params = blobs.decode(response.content)
+            assert float(params["b"][0]) == stopped["rounds_completed"]
+
+            page = await fed.api(f"/api/v1/runs/{run['id']}/rounds", offset=1, limit=2)
+            assert [r["round"] for r in page] == [2, 3]
+            missing = await asyncio.to_thread(
+                httpx.get,
+                f"{fed.admin_url}/api/v1/runs/run-nope",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert missing.status_code == 404 and "run-nope" in missing.json()["detail"]
+            admin.close()
+
+    asyncio.run(scenario())
+
+
+def test_viewer_token_reads_but_cannot_submit(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            fed.server.store.add_token(hash_token("viewer-token"), "viewer", "test")
+            headers = {"Authorization": "Bearer viewer-token"}
+            url = f"{fed.admin_url}/api/v1/runs"
+            read = await asyncio.to_thread(httpx.get, url, headers=headers)
+            assert read.status_code == 200
+            body = run_config().model_dump(mode="json")
+            write = await asyncio.to_thread(httpx.post, url, json=body, headers=headers)
+            assert write.status_code == 403 and "operator" in write.json()["detail"]
+            bad = await asyncio.to_thread(
+                httpx.post,
+                url,
+                json={**body, "strategy": "fedavg", "proximal_mu": 0.5},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert bad.status_code == 422 and "proximal_mu" in bad.text
+
+    asyncio.run(scenario())
