@@ -191,10 +191,7 @@ def summarise(
     }
     measured = len(times) - spec.warmup
     if measured > 0:
-        t0, t1 = marks[spec.warmup]["t"], marks[-1]["t"]
-        for role in ("server", "clients"):
-            cpu = monitor.cpu_between(role, t0, t1)
-            out[f"{role}_cpu_s_per_round"] = None if cpu is None else cpu / measured
+        out.update(monitor.cpu_per_round(marks[spec.warmup]["t"], marks[-1]["t"], measured))
     return out
 
 

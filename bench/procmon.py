@@ -62,6 +62,13 @@ class Sample:
     rss: dict[str, int]
     cpu: dict[str, float]
     nproc: dict[str, int]
+    busy: float = 0.0
+    """CPU seconds the whole machine has been busy (all processes, since boot)."""
+
+
+def machine_busy() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times)) - times.idle - getattr(times, "iowait", 0.0)
 
 
 @dataclass
@@ -93,7 +100,7 @@ class Monitor:
     def sample(self) -> Sample:
         now = time.time()
         table = proc_table()
-        out = Sample(now, {}, {}, {})
+        out = Sample(now, {}, {}, {}, machine_busy())
         for role, roots in self.roots.items():
             pids = descendants(table, roots)
             out.rss[role] = sum(table[p].rss for p in pids)
@@ -108,13 +115,20 @@ class Monitor:
     def peak_rss(self, role: str) -> int:
         return max((s.rss.get(role, 0) for s in self.samples), default=0)
 
-    def cpu_between(self, role: str, t0: float, t1: float) -> float | None:
-        """CPU seconds the role's tree used between t0 and t1 (nearest samples)."""
-        if not self.samples:
-            return None
+    def cpu_per_round(self, t0: float, t1: float, rounds: int) -> dict[str, float]:
+        """CPU seconds per round between t0 and t1 (nearest samples): each role's tree, and
+        "other", what the rest of the machine used (this harness, and anyone sharing it; a
+        large value marks a run slowed down by someone else)."""
+        if not self.samples or rounds <= 0:
+            return {}
         first = min(self.samples, key=lambda s: abs(s.t - t0))
         last = min(self.samples, key=lambda s: abs(s.t - t1))
-        return last.cpu.get(role, 0.0) - first.cpu.get(role, 0.0)
+        out = {
+            f"{role}_cpu_s_per_round": (last.cpu.get(role, 0.0) - first.cpu.get(role, 0.0)) / rounds
+            for role in self.roots
+        }
+        out["other_cpu_s_per_round"] = (last.busy - first.busy) / rounds - sum(out.values())
+        return out
 
     def top_processes(self, count: int = 8) -> list[dict[str, object]]:
         peaks = sorted(self.peak_proc_rss.items(), key=lambda kv: -kv[1][0])[:count]
@@ -124,7 +138,10 @@ class Monitor:
         ]
 
     def timeline(self) -> list[dict[str, object]]:
-        return [{"t": s.t, "rss": s.rss, "cpu": s.cpu, "nproc": s.nproc} for s in self.samples]
+        return [
+            {"t": s.t, "rss": s.rss, "cpu": s.cpu, "nproc": s.nproc, "busy": s.busy}
+            for s in self.samples
+        ]
 
 
 def vm_hwm(pid: int) -> int | None:

@@ -158,11 +158,8 @@ def summarise(
     }
     measured = len(times) - spec.warmup
     if measured > 0:
-        t0 = float(done[spec.warmup - 1]["finished_at"]) if spec.warmup else done[0]["started_at"]
-        t1 = float(done[-1]["finished_at"])
-        for role in ("server", "clients"):
-            cpu = monitor.cpu_between(role, t0, t1)
-            out[f"{role}_cpu_s_per_round"] = None if cpu is None else cpu / measured
+        t0 = float(done[spec.warmup - 1]["finished_at"] if spec.warmup else done[0]["started_at"])
+        out.update(monitor.cpu_per_round(t0, float(done[-1]["finished_at"]), measured))
     return out
 
 

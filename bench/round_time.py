@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -79,8 +80,12 @@ def run_grid(args: argparse.Namespace) -> dict[tuple[str, int, int], dict[str, A
 def run_one(framework: str, spec: RunSpec) -> dict[str, Any]:
     print(f"# {spec.tag(framework)}: {spec.rounds} rounds ...", file=sys.stderr, flush=True)
     started = time.monotonic()
+    load_before = os.getloadavg()
     result = RUNNERS[framework](spec)
+    # The machine is shared: a high load average marks a run whose times are inflated.
     result.update(
+        loadavg_before=load_before,
+        loadavg_after=os.getloadavg(),
         params=spec.params,
         nodes=spec.nodes,
         rounds=spec.rounds,
