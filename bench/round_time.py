@@ -39,6 +39,17 @@ SPEEDUP_GOAL = {1_000_000: 10.0, 10_000_000: 3.0}
 """Flower round time / Quorum round time must reach this, per P."""
 RSS_GROWTH_GOAL = 1.5
 """Quorum's server peak RSS at N=25 over its own at N=2, same P."""
+FLOWER_ANCHOR_S = {
+    (1_000_000, 2): 6.22,
+    (1_000_000, 10): 12.11,
+    (1_000_000, 25): 30.34,
+    (10_000_000, 2): 6.60,
+    (10_000_000, 10): 18.67,
+    (10_000_000, 25): 45.04,
+}
+"""Flower's median round times in the reference kit (shared/reference/flower-bench/README.md),
+measured on this machine when it was not shared: a second yardstick when a Flower run here is
+slowed down by other work."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,17 +149,19 @@ def table(
 ) -> str:
     lines = [
         "| P | N | Flower round (s) | Quorum round (s) | Flower/Quorum (goal) "
-        "| Flower server peak RSS (MB) | Quorum server peak RSS (MB) "
+        "| Flower anchor / Quorum | Flower server peak RSS (MB) | Quorum server peak RSS (MB) "
         "| Quorum RSS / own N=2 (goal) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in params:
         base = cell(results.get(("quorum", p, 2))).rss_mb
         for n in nodes:
             fl, qu = cell(results.get(("flower", p, n))), cell(results.get(("quorum", p, n)))
+            anchor = Cell(FLOWER_ANCHOR_S.get((p, n)), None)
             lines.append(
                 f"| {p:,} | {n} | {_fmt(fl.round_s, '.2f')} | {_fmt(qu.round_s, '.3f')} "
-                f"| {_speedup(fl, qu, p)} | {_fmt(fl.rss_mb, '.0f')} "
+                f"| {_speedup(fl, qu, p)} | {_speedup(anchor, qu, p)} "
+                f"| {_fmt(fl.rss_mb, '.0f')} "
                 f"| {_fmt(qu.rss_mb, '.0f')} | {_growth(qu, base, n)} |"
             )
     lines.append("")
