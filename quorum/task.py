@@ -8,6 +8,8 @@ agent asks it for the `SiteTask` bound to that site's data and device.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -65,7 +67,14 @@ class HasBaselines(Protocol):
 
 
 def load_task(ref: str) -> FederatedTask:
-    """Imports `module:attribute` (an operator-given name, never one read from the wire)."""
+    """Imports `module:attribute` (an operator-given name, never one read from the wire).
+
+    The module is looked up in the current directory first, then among installed packages, as
+    `python -m` would: the `quorum` console script does not put the working directory on the
+    path by itself.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise TaskError(f"task {ref!r} is not of the form module:attribute")
