@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     ap.add_argument("--interval", type=float, default=0.25, help="RSS sampling period (s)")
     ap.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: print the table from bench/results JSON (implies --reuse)",
+    )
+    ap.add_argument(
         "--reuse",
         action="store_true",
         help="fill table cells not run now from earlier bench/results JSON",
@@ -196,9 +201,9 @@ def _growth(qu: Cell, base: float | None, nodes: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     args = parse_args(argv)
-    results = run_grid(args)
+    results = {} if args.table_only else run_grid(args)
     params, nodes = sorted(args.params), sorted(args.nodes)
-    if args.reuse:
+    if args.reuse or args.table_only:
         for key in [(f, p, n) for f in FRAMEWORKS for p in params for n in {2, *nodes}]:
             if key not in results and (previous := load_previous(key)) is not None:
                 results[key] = previous

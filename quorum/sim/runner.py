@@ -11,6 +11,7 @@ import pathlib
 import secrets
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import tomli_w
@@ -42,7 +43,7 @@ def resolve_data(data: str, config_dir: pathlib.Path) -> str:
 def run_simulation(
     sim: SimFile, *, config_dir: pathlib.Path, report_path: pathlib.Path | None, console: Console
 ) -> dict[str, Any]:
-    load_task(sim.run.task)  # fail before starting anything
+    task = load_task(sim.run.task)  # fail before starting anything
     out = sim.sim.output_dir
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -74,6 +75,7 @@ def run_simulation(
     logs = work / "logs"
     children: list[processes.Child] = []
     admin = AdminClient(f"http://127.0.0.1:{admin_port}", token)
+    pool = ThreadPoolExecutor(max_workers=1)
     started = time.monotonic()
     try:
         server = processes.start(
@@ -107,19 +109,23 @@ def run_simulation(
                     env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
                 )
             )
+        # The baselines train in this process while the federation runs (torch releases the
+        # GIL; the server and agents are mostly waiting on each other).
+        pending = None
+        if sim.sim.baselines and isinstance(task, HasBaselines):
+            sites = {s.name: resolve_data(s.data, config_dir) for s in sim.sites}
+            pending = pool.submit(task.baselines, sites, sim.site.device, sim.run.seed)
         admin.wait_ready(60)
         run = _follow(admin, sim, server, console, started)
         rounds = admin.get(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
+        if pending is not None and not pending.done():
+            console.print("finishing the pooled and local-only baselines…")
+        baselines = pending.result() if pending is not None else None
     finally:
         admin.close()
         processes.stop(children)
+        pool.shutdown(cancel_futures=True)
 
-    baselines = None
-    task = load_task(sim.run.task)
-    if sim.sim.baselines and isinstance(task, HasBaselines):
-        console.print("computing the pooled and local-only baselines…")
-        sites = {s.name: resolve_data(s.data, config_dir) for s in sim.sites}
-        baselines = task.baselines(sites, sim.site.device, sim.run.seed)
     result = report.build(sim, run, rounds, baselines)
     report_path = report_path or out / "report.json"
     report.write(result, report_path)
