@@ -138,7 +138,11 @@ class Store:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode survives a killed process (the WAL is in the OS's hands) and
+            # only risks the last commits on power loss; FULL would fsync every participation
+            # record. A round is durable anyway: its checkpoint is fsynced before it is marked
+            # complete, and a round whose completion is lost is simply run again.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open state store {path}: {exc}") from None
