@@ -1,7 +1,7 @@
 """The blobs the server currently serves (global models), by digest.
 
-A global model is serialised once and the same bytes go to every site. Only the newest few are
-kept: sites download the model of the task they were just offered.
+A global model is serialised once and the same bytes go to every site. Only the newest two are
+kept: a round's fit model and the new model its sites evaluate.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from quorum.wire import blobs
 
 
 class BlobStore:
-    def __init__(self, keep: int = 4) -> None:
+    def __init__(self, keep: int = 2) -> None:
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
         self._keep = keep
 

@@ -130,8 +130,10 @@ class Coordinator:
             )
 
     def close_phase(self, phase: Phase) -> None:
-        """Records the tasks nobody answered before the deadline."""
+        """Records the tasks nobody answered before the deadline. The phase is remembered with
+        its tasks (to refuse late answers), so it lets go of its sum: the driver holds it."""
         self._open_phases.remove(phase)
+        phase.accumulator = None
         for task in phase.unanswered():
             self.store.finish_participation(
                 task.id, "timed_out", error="no answer before the deadline"

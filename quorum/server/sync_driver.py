@@ -111,7 +111,7 @@ class SyncDriver:
         )
 
         fit = self._phase("fit", round_no, attempt, model, layout)
-        fit.accumulator = Accumulator(layout.numel)
+        total = fit.accumulator = Accumulator(layout.numel)
         site_config = {
             **cfg.site_config,
             **self.strategy.site_config(),
@@ -119,20 +119,20 @@ class SyncDriver:
             "seed": cfg.seed,
         }
         await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
-        accepted = fit.accumulator.count
+        accepted = total.count
         if accepted < cfg.min_fit_sites:
             raise RoundAborted(
                 f"{accepted} valid update(s) of {len(cohort)} offered; min_fit_sites is "
                 f"{cfg.min_fit_sites}"
             )
         current = blobs.as_flat(model, layout)
-        new_vector = self.strategy.step(np.asarray(current), fit.accumulator.mean())
+        new_vector = self.strategy.step(np.asarray(current), total.mean())
         new_model = blobs.encode_flat(new_vector, layout)
         metrics: dict[str, dict[str, float]] = {
             "fit": {
                 **_weighted(fit.results),
                 "num_sites": float(accepted),
-                "num_examples": fit.accumulator.total_weight,
+                "num_examples": total.total_weight,
             }
         }
 
