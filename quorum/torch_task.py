@@ -14,9 +14,10 @@ Fit config keys (a JSON object sent by the server with each task):
 - `proximal_mu` (float, default 0): FedProx; adds `mu/2 * ||w - w_global||^2` to the loss, where
   `w_global` are the parameters the fit started from (applied to the gradient directly).
 - `round` (int, optional): the server's round number. The shuffling (and any randomness in the
-  model, such as dropout) is seeded from the task's seed and this number, so that successive rounds
+  model, such as dropout) is seeded from the seed and this number, so that successive rounds
   see different batches and a round re-run after a restart sees the same ones. Without it, the
   number of fits this task has done so far is used.
+- `seed` (int, optional): the run's seed (the server sends it); without it, the task's own.
 
 Evaluation reports `loss` (mean over examples, assuming `loss_fn` averages over its batch) and
 `accuracy`, with `predict` turning outputs into labels compared with the targets. The default rule:

@@ -10,11 +10,11 @@ from fedavg_bench.common import perturb
 app = ClientApp()
 
 
-@app.train()  # type: ignore[misc]
+@app.train()
 def train(msg: Message, context: Context) -> Message:
-    arrays = msg.content["arrays"].to_numpy_ndarrays()
-    server_round = int(msg.content["config"]["server-round"])
-    pid = int(context.node_config.get("partition-id", 0))
+    arrays = msg.content.array_records["arrays"].to_numpy_ndarrays()
+    server_round = int(str(msg.content.config_records["config"]["server-round"]))
+    pid = int(str(context.node_config.get("partition-id", 0)))
     out = perturb(arrays, pid, server_round)
     content = RecordDict(
         {

@@ -23,7 +23,7 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-@app.main()  # type: ignore[misc]
+@app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     num_params = int(cfg["num-params"])
