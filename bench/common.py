@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,20 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
     env.update(extra or {})
     return env
+
+
+def quorum_revision() -> str:
+    """The checkout's commit, "+dirty" when quorum/ has uncommitted edits: the tree changes
+    under the benchmark while others work on it, so each result says what it measured."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=30
+        )
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "quorum") else "")
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:

@@ -28,7 +28,13 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import flower_side, quorum_side
-from bench.common import RESULTS_DIR, ROUND_TIME_DEFINITION, RunSpec, write_json
+from bench.common import (
+    RESULTS_DIR,
+    ROUND_TIME_DEFINITION,
+    RunSpec,
+    quorum_revision,
+    write_json,
+)
 
 FRAMEWORKS = ("quorum", "flower")
 RUNNERS: dict[str, Callable[[RunSpec], dict[str, Any]]] = {
@@ -97,9 +103,11 @@ def run_one(framework: str, spec: RunSpec) -> dict[str, Any]:
     print(f"# {spec.tag(framework)}: {spec.rounds} rounds ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     load_before = os.getloadavg()
+    revision = quorum_revision()
     result = RUNNERS[framework](spec)
     # The machine is shared: a high load average marks a run whose times are inflated.
     result.update(
+        quorum_revision=revision,
         loadavg_before=load_before,
         loadavg_after=os.getloadavg(),
         params=spec.params,
