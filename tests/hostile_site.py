@@ -9,7 +9,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -85,12 +84,18 @@ class HostileSite:
             **header,
         }
 
-        def messages() -> Iterator[pb.UploadMessage]:
-            yield pb.UploadMessage(header=pb.UploadHeader(**fields))  # type: ignore[arg-type]
+        requests: queue.Queue[pb.UploadMessage | None] = queue.Queue()
+        requests.put(pb.UploadMessage(header=pb.UploadHeader(**fields)))  # type: ignore[arg-type]
+        replies = self.stub.Upload(iter(requests.get, None))
+        reply = next(replies)
+        if reply.WhichOneof("kind") == "grant":
             for chunk in blobs.chunks(data, size=64 * 1024):
-                yield pb.UploadMessage(chunk=bytes(chunk))
-
-        receipt: pb.UploadReceipt = self.stub.Upload(messages())
+                requests.put(pb.UploadMessage(chunk=bytes(chunk)))
+            requests.put(None)
+            reply = next(replies)
+        else:
+            requests.put(None)
+        receipt: pb.UploadReceipt = reply.receipt
         return receipt
 
     def close(self) -> None:

@@ -22,11 +22,9 @@ from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.task import SiteTask
 from quorum.wire import blobs
-from quorum.wire.channel import GRPC_OPTIONS
+from quorum.wire.channel import GRPC_OPTIONS, STREAM_END
 
 log = logging.getLogger("quorum.client")
-
-_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ class SiteAgent:
             )
             try:
                 challenge = await call.read()
-                if challenge is _EOF or challenge.WhichOneof("kind") != "challenge":
+                if challenge is STREAM_END or challenge.WhichOneof("kind") != "challenge":
                     raise ConnectionError("server did not send a challenge")
                 outbox.put_nowait(
                     pb.SiteMessage(
@@ -119,7 +117,7 @@ class SiteAgent:
                     )
                 )
                 welcome = await call.read()
-                if welcome is _EOF or welcome.WhichOneof("kind") != "welcome":
+                if welcome is STREAM_END or welcome.WhichOneof("kind") != "welcome":
                     raise ConnectionError("server did not welcome this site")
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (
@@ -149,7 +147,7 @@ class SiteAgent:
                             worker.result()  # a transfer failed: end the session, rejoin
                         return
                     message = reader.result()
-                    if message is _EOF:
+                    if message is STREAM_END:
                         raise ConnectionError("the server closed the session")
                     kind = message.WhichOneof("kind")
                     if kind == "task":

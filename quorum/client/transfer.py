@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pathlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -14,6 +13,7 @@ from quorum.errors import BlobError
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.wire import blobs
+from quorum.wire.channel import STREAM_END
 
 DOWNLOAD_ATTEMPTS = 3
 
@@ -82,10 +82,16 @@ async def download(
 async def upload(
     stub: pb_grpc.FederationStub, header: pb.UploadHeader, data: bytes
 ) -> pb.UploadReceipt:
-    async def messages() -> AsyncIterator[pb.UploadMessage]:
-        yield pb.UploadMessage(header=header)
+    """Sends the header, waits for the server's grant (or refusal), then the bytes."""
+    call = stub.Upload()
+    await call.write(pb.UploadMessage(header=header))
+    reply = await call.read()
+    if reply is not STREAM_END and reply.WhichOneof("kind") == "grant":
         for chunk in blobs.chunks(data):
-            yield pb.UploadMessage(chunk=bytes(chunk))
-
-    receipt: pb.UploadReceipt = await stub.Upload(messages())
+            await call.write(pb.UploadMessage(chunk=bytes(chunk)))
+        await call.done_writing()
+        reply = await call.read()
+    if reply is STREAM_END or reply.WhichOneof("kind") != "receipt":
+        raise ConnectionError("the server ended the upload without a receipt")
+    receipt: pb.UploadReceipt = reply.receipt
     return receipt

@@ -188,6 +188,18 @@ class UploadMessage(_message.Message):
     chunk: bytes
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
+class UploadReply(_message.Message):
+    __slots__ = ("grant", "receipt")
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    grant: UploadGrant
+    receipt: UploadReceipt
+    def __init__(self, grant: _Optional[_Union[UploadGrant, _Mapping]] = ..., receipt: _Optional[_Union[UploadReceipt, _Mapping]] = ...) -> None: ...
+
+class UploadGrant(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class UploadReceipt(_message.Message):
     __slots__ = ("accepted", "code", "message")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]

@@ -44,10 +44,10 @@ class FederationStub:
                 request_serializer=quorum_dot_proto_dot_federation__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=quorum_dot_proto_dot_federation__pb2.BlobChunk.FromString,
                 _registered_method=True)
-        self.Upload = channel.stream_unary(
+        self.Upload = channel.stream_stream(
                 '/quorum.v1.Federation/Upload',
                 request_serializer=quorum_dot_proto_dot_federation__pb2.UploadMessage.SerializeToString,
-                response_deserializer=quorum_dot_proto_dot_federation__pb2.UploadReceipt.FromString,
+                response_deserializer=quorum_dot_proto_dot_federation__pb2.UploadReply.FromString,
                 _registered_method=True)
 
 
@@ -67,7 +67,10 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Upload(self, request_iterator, context):
-        """The first message carries the header; every later one carries bytes.
+        """The site sends the header and waits: the server answers with a grant once the upload holds
+        one of its bounded in-memory slots (or with a refusal), then the site sends the bytes and
+        the server answers with the receipt. Server memory is bounded by the slots, not by the
+        number of sites uploading at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,10 +89,10 @@ def add_FederationServicer_to_server(servicer, server):
                     request_deserializer=quorum_dot_proto_dot_federation__pb2.DownloadRequest.FromString,
                     response_serializer=quorum_dot_proto_dot_federation__pb2.BlobChunk.SerializeToString,
             ),
-            'Upload': grpc.stream_unary_rpc_method_handler(
+            'Upload': grpc.stream_stream_rpc_method_handler(
                     servicer.Upload,
                     request_deserializer=quorum_dot_proto_dot_federation__pb2.UploadMessage.FromString,
-                    response_serializer=quorum_dot_proto_dot_federation__pb2.UploadReceipt.SerializeToString,
+                    response_serializer=quorum_dot_proto_dot_federation__pb2.UploadReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -167,12 +170,12 @@ class Federation:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
             '/quorum.v1.Federation/Upload',
             quorum_dot_proto_dot_federation__pb2.UploadMessage.SerializeToString,
-            quorum_dot_proto_dot_federation__pb2.UploadReceipt.FromString,
+            quorum_dot_proto_dot_federation__pb2.UploadReply.FromString,
             options,
             channel_credentials,
             insecure,

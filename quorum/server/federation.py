@@ -156,16 +156,18 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
     async def Upload(
         self, request_iterator: AsyncIterator[pb.UploadMessage], context: Context
-    ) -> pb.UploadReceipt:
+    ) -> AsyncIterator[pb.UploadReply]:
         incoming = aiter(request_iterator)
         try:
             first = await anext(incoming)
         except StopAsyncIteration:
-            return _refused(UploadRejected("empty_upload", "the upload carried no header"))
+            yield _refused(UploadRejected("empty_upload", "the upload carried no header"))
+            return
         if first.WhichOneof("kind") != "header":
-            return _refused(
+            yield _refused(
                 UploadRejected("no_header", "the first upload message must be the header")
             )
+            return
         header = first.header
         session = self.co.sessions.get(header.session_id)
         try:
@@ -173,12 +175,16 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
             task = self.co.admit_upload(session, header)
             async with self._inflight:
+                # Only now may the site send its bytes: until the grant, gRPC holds nothing
+                # of it, whatever the number of sites waiting.
+                yield pb.UploadReply(grant=pb.UploadGrant())
                 data = await _receive(incoming, header.size)
                 await self.co.complete_upload(task, header, data)
         except UploadRejected as exc:
             self.co.refuse(session, header.task_id, exc, claimed=(header.run_id, header.round))
-            return _refused(exc)
-        return pb.UploadReceipt(accepted=True)
+            yield _refused(exc)
+            return
+        yield pb.UploadReply(receipt=pb.UploadReceipt(accepted=True))
 
 
 async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> bytearray:
@@ -198,5 +204,7 @@ async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> byte
     return buffer
 
 
-def _refused(exc: UploadRejected) -> pb.UploadReceipt:
-    return pb.UploadReceipt(accepted=False, code=exc.code, message=exc.message)
+def _refused(exc: UploadRejected) -> pb.UploadReply:
+    return pb.UploadReply(
+        receipt=pb.UploadReceipt(accepted=False, code=exc.code, message=exc.message)
+    )

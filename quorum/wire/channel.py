@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grpc
+
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Chunks are 1 MiB; no message comes near this, whatever the model size."""
 
@@ -12,3 +14,6 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 ]
+
+STREAM_END: object = grpc.aio.EOF  # type: ignore[attr-defined]
+"""What `read()` on a grpc.aio stream returns once the other side has finished."""

@@ -125,3 +125,17 @@ def test_run_submitted_through_the_admin_api_runs(tmp_path: pathlib.Path) -> Non
             assert run["id"] == created["id"] and run["rounds_completed"] == 2
 
     asyncio.run(scenario())
+
+
+def test_uploads_queue_for_a_single_in_memory_slot(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        cfg = run_config(rounds=2, min_fit_sites=4, min_available_sites=4)
+        async with federation(tmp_path, [cfg], max_inflight_uploads=1) as fed:
+            sites = [(0.5, 1), (1.0, 2), (1.5, 3), (2.0, 4)]
+            for i, (delta, n) in enumerate(sites):
+                fed.add_site(f"s{i}", f"delta={delta},n={n}")
+            run = await fed.wait_run()
+            for value in _final_model(fed, run["id"], 2).values():
+                np.testing.assert_allclose(value, expected_fedavg(2, sites), rtol=1e-6)
+
+    asyncio.run(scenario())
