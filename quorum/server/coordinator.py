@@ -294,19 +294,23 @@ class Coordinator:
         )
         task.phase.finish(task)
 
+    def _open_tasks(self, session: Session) -> list[PendingTask]:
+        return [
+            task
+            for phase in self._open_phases
+            for task in phase.tasks.values()
+            if task.session_id == session.id
+        ]
+
     def on_download(self, session: Session, digest: str, nbytes: int) -> None:
-        for task in self._tasks.values():
-            if (
-                task.session_id == session.id
-                and task.phase.model_digest == digest
-                and not task.phase.closed
-            ):
+        for task in self._open_tasks(session):
+            if task.phase.model_digest == digest:
                 self.store.add_bytes_out(task.id, nbytes)
                 return
 
     def on_disconnect(self, session: Session) -> None:
         """The site's open tasks will not be answered: record them so the round need not wait."""
-        for task in list(self._tasks.values()):
-            if task.session_id == session.id and task.state == "offered":
+        for task in self._open_tasks(session):
+            if task.state == "offered":
                 self.store.finish_participation(task.id, "lost", error="the site disconnected")
                 task.phase.finish(task)
