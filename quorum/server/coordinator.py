@@ -86,6 +86,9 @@ class Coordinator:
             except QuorumError as exc:
                 log.error("event=run_failed run_id=%s error=%s", record.id, exc)
                 self.store.set_run_status(record.id, "failed", str(exc))
+            except Exception as exc:  # a bug or an I/O failure fails the run, not the server
+                log.exception("event=run_failed run_id=%s", record.id)
+                self.store.set_run_status(record.id, "failed", f"{type(exc).__name__}: {exc}")
             finally:
                 self.current_run = None
                 self._stop_requested.discard(record.id)
