@@ -57,13 +57,7 @@ class Server:
                 self.coordinator.submit(run)
         self._grpc = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_FederationServicer_to_server(
-            FederationService(
-                self.coordinator,
-                cfg.server_id,
-                cfg.heartbeat_interval_s,
-                cfg.session_timeout_s,
-                cfg.max_inflight_uploads,
-            ),
+            FederationService(self.coordinator, cfg),
             self._grpc,
         )
         self._admin: uvicorn.Server | None = None

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from quorum.config import ServerConfig
 from quorum.errors import AuthError, UploadRejected
 from quorum.identity import verify_join
 from quorum.proto import federation_pb2 as pb
@@ -28,16 +29,14 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
     def __init__(
         self,
         coordinator: Coordinator,
-        server_id: str,
-        heartbeat_interval_s: float,
-        session_timeout_s: float,
-        max_inflight_uploads: int = 4,
+        config: ServerConfig,
     ) -> None:
         self.co = coordinator
-        self.server_id = server_id
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.session_timeout_s = session_timeout_s
-        self._inflight = asyncio.Semaphore(max_inflight_uploads)
+        self.server_id = config.server_id
+        self.heartbeat_interval_s = config.heartbeat_interval_s
+        self.session_timeout_s = config.session_timeout_s
+        self._inflight = asyncio.Semaphore(config.max_inflight_uploads)
+        self._downloads = asyncio.Semaphore(config.max_inflight_downloads)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SiteMessage], context: Context
@@ -148,10 +147,12 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, "offset is past the end of the blob")
         sent = 0
         offset = request.offset
-        for chunk in blobs.chunks(data, offset):
-            yield pb.BlobChunk(offset=offset, total_size=len(data), data=bytes(chunk))
-            offset += len(chunk)
-            sent += len(chunk)
+        # Bounded like uploads: chunks queued for slow readers cost server memory per stream.
+        async with self._downloads:
+            for chunk in blobs.chunks(data, offset):
+                yield pb.BlobChunk(offset=offset, total_size=len(data), data=bytes(chunk))
+                offset += len(chunk)
+                sent += len(chunk)
         self.co.on_download(session, request.digest, sent)
 
     async def Upload(
