@@ -70,8 +70,8 @@ class ServerConfig(_Model):
     heartbeat_interval_s: float = Field(5.0, gt=0)
     session_timeout_s: float = Field(30.0, gt=0, description="silence that ends a session")
     server_id: str = "quorum"
-    max_inflight_uploads: int = Field(4, ge=1, description="uploads held in memory at once")
-    max_inflight_downloads: int = Field(4, ge=1, description="model downloads streamed at once")
+    max_inflight_uploads: int = Field(2, ge=1, description="uploads held in memory at once")
+    max_inflight_downloads: int = Field(2, ge=1, description="model downloads streamed at once")
 
 
 class ServerFile(_Model):

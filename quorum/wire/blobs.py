@@ -40,6 +40,7 @@ FLOAT_DTYPES = frozenset({"F64", "F32", "F16"})
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 MAX_DIMS = 32
+FINITE_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,11 @@ def all_finite(data: Buffer, layout: Layout) -> bool:
                 count=t.numel,
                 offset=layout.data_offset + t.start,
             )
-            if not np.isfinite(values).all():
-                return False
+            # Block by block: the boolean mask of a whole large tensor would be a temporary of
+            # its element count, per upload being validated.
+            for start in range(0, t.numel, FINITE_BLOCK):
+                if not np.isfinite(values[start : start + FINITE_BLOCK]).all():
+                    return False
     return True
 
 
