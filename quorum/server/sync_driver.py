@@ -14,8 +14,6 @@ import math
 import random
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from quorum.aggregation import Accumulator, Strategy, make_strategy
 from quorum.config import RunConfig
 from quorum.errors import QuorumError
@@ -98,8 +96,8 @@ class SyncDriver:
     async def _round(self, round_no: int, attempt: int, model: bytes) -> bytes:
         cfg = self.config
         layout = blobs.read_layout(model)
-        available = await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
-        available = [s for s in available if s.task == cfg.task]
+        await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
+        available = self._sites()
         if len(available) < cfg.min_fit_sites:
             raise RoundAborted(
                 f"{len(available)} site(s) connected for task {cfg.task!r}; min_fit_sites is "
@@ -126,7 +124,7 @@ class SyncDriver:
                 f"{cfg.min_fit_sites}"
             )
         current = blobs.as_flat(model, layout)
-        new_vector = self.strategy.step(np.asarray(current), total.mean())
+        new_vector = self.strategy.step(current, total.mean())
         new_model = blobs.encode_flat(new_vector, layout)
         metrics: dict[str, dict[str, float]] = {
             "fit": {
@@ -136,10 +134,9 @@ class SyncDriver:
             }
         }
 
-        n_eval = len(available) and math.ceil(cfg.fraction_evaluate * len(available))
-        evaluators = [s for s in self.co.sessions.connected() if s.task == cfg.task]
-        if n_eval and evaluators:
-            evaluators = rng.sample(evaluators, min(n_eval, len(evaluators)))
+        connected = self._sites()  # sites that joined during the fit phase evaluate too
+        evaluators = rng.sample(connected, math.ceil(cfg.fraction_evaluate * len(connected)))
+        if evaluators:
             ev = self._phase("evaluate", round_no, attempt, new_model, layout)
             await self._run_phase(
                 ev, evaluators, {**cfg.site_config, "round": round_no}, cfg.evaluate_timeout_s
@@ -161,6 +158,10 @@ class SyncDriver:
             json.dumps(metrics.get("evaluate", {})),
         )
         return new_model
+
+    def _sites(self) -> list[Session]:
+        """Connected sites whose agents run this run's task."""
+        return [s for s in self.co.sessions.connected() if s.task == self.config.task]
 
     def _phase(
         self, kind: Kind, round_no: int, attempt: int, model: bytes, layout: blobs.Layout
