@@ -125,24 +125,40 @@ def client_run(
         pathlib.Path | None, typer.Option("--cache-dir", help="Keep downloaded models here")
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    crash_at: Annotated[
+        str | None,
+        typer.Option(
+            "--crash-at",
+            help="Fault injection: SIGKILL this agent at ROUND:STAGE (fit, advertise-keys, "
+            "share-keys, masked-input, unmask)",
+        ),
+    ] = None,
     log_format: LogFormat = "text",
 ) -> None:
     """Join a federation and serve its tasks until interrupted."""
     import grpc
 
     from quorum.client.agent import SiteAgent
+    from quorum.client.faults import Crash, kill_hook
     from quorum.client.transfer import BlobCache
     from quorum.identity import load_private
     from quorum.task import load_task
 
     logs.setup(log_format)
+    hook = kill_hook(Crash.parse(crash_at)) if crash_at else None
     key = load_private(site_key)
     site_task = load_task(task).site(data, device, seed)
     credentials = None
     if not insecure:
         credentials = grpc.ssl_channel_credentials(root_cert.read_bytes() if root_cert else None)
     agent = SiteAgent(
-        server, key, task, site_task, credentials=credentials, cache=BlobCache(cache_dir)
+        server,
+        key,
+        task,
+        site_task,
+        credentials=credentials,
+        cache=BlobCache(cache_dir),
+        on_stage=hook,
     )
 
     async def main() -> None:
@@ -166,15 +182,27 @@ def sim(
         int | None, typer.Option("--seed", help="Model initialisation and sampling seed")
     ] = None,
     set_: SetOption = None,
+    kill_site: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kill-site",
+            help="SITE@ROUND:STAGE: kill that site's process as it begins the stage (fit, "
+            "advertise-keys, share-keys, masked-input, unmask) of that round; repeatable",
+        ),
+    ] = None,
 ) -> None:
     """Run a whole federation as local processes and report on it."""
+    from quorum.client.faults import parse_kill
     from quorum.config import SimFile, load
     from quorum.sim.runner import run_simulation
 
     sim_file = load(SimFile, config, set_ or [])
     if seed is not None:
         sim_file.run.seed = seed
-    run_simulation(sim_file, config_dir=config.parent, report_path=report, console=console)
+    kills = dict(parse_kill(k) for k in kill_site or [])
+    run_simulation(
+        sim_file, config_dir=config.parent, report_path=report, console=console, kills=kills
+    )
 
 
 def main() -> None:

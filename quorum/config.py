@@ -24,6 +24,43 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SecAggConfig(_Model):
+    """SecAgg+ for the run's fit rounds (DESIGN section 6): the server learns only the sum."""
+
+    enabled: bool = False
+    threshold: int | float = Field(
+        0.5,
+        gt=0,
+        description=(
+            "shares needed to rebuild any one site's secrets: an integer, or a fraction of each "
+            "neighbourhood (site + its neighbours; the whole cohort when the graph is complete)"
+        ),
+    )
+    neighbours: int = Field(
+        16, ge=1, description="k of the sparse SecAgg+ graph; the complete graph when cohort <= k+1"
+    )
+    clip_range: float = Field(
+        8.0, gt=0, description="each update element (times its weight share) is clipped to ±this"
+    )
+    quantization_bits: int = Field(20, ge=4, le=30)
+    max_weight: int = Field(
+        1000, ge=1, description="num_examples above this count as this much (weights are masked)"
+    )
+    stage_timeout_s: float = Field(
+        30.0, gt=0, description="deadline of the key, share and unmask stages"
+    )
+
+    @model_validator(mode="after")
+    def _check_threshold(self) -> SecAggConfig:
+        if isinstance(self.threshold, float) and self.threshold > 1:
+            raise ValueError("a fractional threshold must be at most 1")
+        if isinstance(self.threshold, int) and self.threshold < 2:
+            raise ValueError(
+                "threshold must be at least 2: with one share the server could unmask one site"
+            )
+        return self
+
+
 class RunConfig(_Model):
     """One training job. Sync rounds: select a cohort, fit, fold, step, evaluate, checkpoint."""
 
@@ -50,6 +87,7 @@ class RunConfig(_Model):
     site_config: dict[str, Any] = Field(
         default_factory=dict, description="settings sent to every site with each task"
     )
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
 
     @model_validator(mode="after")
     def _check_cohort(self) -> RunConfig:

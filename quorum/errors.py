@@ -8,7 +8,9 @@
     ├── UploadRejected       an upload or result that fails validation; carries a reason code
     ├── BlobError            bytes that are not a valid safetensors blob
     ├── TaskError            the user's site task failed or is not a valid task
-    └── StoreError           the state store or a checkpoint is unusable
+    ├── StoreError           the state store or a checkpoint is unusable
+    └── SecAggError          a secure-aggregation message breaks the protocol, or a cohort
+                             cannot recover its sum (too few sites left, bad shares)
 
 Boundaries translate these: the federation service into gRPC status codes and receipts, the
 admin API into HTTP statuses, the CLI into a one-line message and a non-zero exit status.
@@ -56,3 +58,7 @@ class TaskError(QuorumError):
 
 class StoreError(QuorumError):
     """The state store or a checkpoint cannot be used."""
+
+
+class SecAggError(QuorumError):
+    """A secure-aggregation message breaks the protocol, or a round cannot recover its sum."""

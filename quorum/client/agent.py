@@ -8,19 +8,20 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum import __version__
+from quorum.client import secure_fit
 from quorum.client.transfer import BlobCache, download, upload
 from quorum.errors import AuthError
 from quorum.identity import public_bytes, sign_join
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
-from quorum.task import SiteTask
+from quorum.task import FitResult, SiteTask
 from quorum.wire import blobs
 from quorum.wire.channel import GRPC_OPTIONS, STREAM_END
 
@@ -38,6 +39,16 @@ class Backoff:
         return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** min(failures, 16)))
 
 
+StageHook = Callable[[int, str], None]
+"""Called as a site begins a stage of a round: "fit" when a fit task starts, then under
+SecAgg "advertise-keys", "share-keys", "masked-input", "unmask". Fault injection uses it."""
+
+
+class SimulatedCrash(Exception):
+    """Raised by a stage hook to make the agent vanish on the spot, as a killed process would:
+    no answer, no goodbye, no reconnect."""
+
+
 class SiteAgent:
     def __init__(
         self,
@@ -49,6 +60,7 @@ class SiteAgent:
         credentials: grpc.ChannelCredentials | None = None,
         cache: BlobCache | None = None,
         backoff: Backoff = Backoff(),
+        on_stage: StageHook | None = None,
     ) -> None:
         self.server = server
         self.key = key
@@ -57,7 +69,10 @@ class SiteAgent:
         self.credentials = credentials
         self.cache = cache or BlobCache()
         self.backoff = backoff
+        self.on_stage = on_stage
         self._rng = random.Random()
+        # Server messages for the secure-aggregation task in progress, by task id.
+        self._inboxes: dict[str, asyncio.Queue[pb.ServerMessage]] = {}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serves until `stop` is set; reconnects after every disconnect."""
@@ -152,7 +167,10 @@ class SiteAgent:
                     kind = message.WhichOneof("kind")
                     if kind == "task":
                         tasks.put_nowait(message.task)
+                    elif kind == "secagg":
+                        self._route(message.secagg.task_id, message)
                     elif kind == "notice":
+                        self._route(message.notice.task_id, message)
                         log.warning(
                             "event=server_notice task_id=%s code=%s message=%s",
                             message.notice.task_id,
@@ -163,6 +181,15 @@ class SiteAgent:
                 stopper.cancel()
                 for worker in workers:
                     worker.cancel()
+
+    def _route(self, task_id: str, message: pb.ServerMessage) -> None:
+        inbox = self._inboxes.get(task_id)
+        if inbox is not None:
+            inbox.put_nowait(message)
+
+    def _stage(self, round_no: int, stage: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(round_no, stage)
 
     async def _heartbeat(self, outbox: asyncio.Queue[pb.SiteMessage], interval: float) -> None:
         while True:
@@ -183,9 +210,7 @@ class SiteAgent:
             started = time.monotonic()
             try:
                 await self._handle(stub, session_id, offer, outbox, started)
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError:
+            except (asyncio.CancelledError, grpc.aio.AioRpcError, SimulatedCrash):
                 raise
             except Exception as exc:  # the user's task failed: report it, keep serving
                 log.exception("event=task_failed task_id=%s", offer.task_id)
@@ -214,9 +239,14 @@ class SiteAgent:
                 error=f"this agent runs task {self.task_ref!r}, not {offer.task!r}",
             )
             return
+        config = json.loads(offer.config_json or "{}")
+        if offer.kind == pb.TASK_KIND_FIT:
+            self._stage(offer.round, "fit")
+        if offer.kind == pb.TASK_KIND_FIT and offer.HasField("secagg"):
+            await self._secure_fit(stub, session_id, offer, outbox, config, started)
+            return
         model = await download(stub, session_id, offer.model_digest, offer.model_size, self.cache)
         params = blobs.decode(model)
-        config = json.loads(offer.config_json or "{}")
         if offer.kind == pb.TASK_KIND_FIT:
             fit = await asyncio.to_thread(self.site_task.fit, params, config)
             data = await asyncio.to_thread(blobs.encode, fit.params)
@@ -254,6 +284,57 @@ class SiteAgent:
                 num_examples=ev.num_examples,
                 metrics=ev.metrics,
             )
+
+    async def _secure_fit(
+        self,
+        stub: pb_grpc.FederationStub,
+        session_id: str,
+        offer: pb.TaskOffer,
+        outbox: asyncio.Queue[pb.SiteMessage],
+        config: dict[str, object],
+        started: float,
+    ) -> None:
+        async def train() -> tuple[bytes, FitResult]:
+            model = await download(
+                stub, session_id, offer.model_digest, offer.model_size, self.cache
+            )
+            fit = await asyncio.to_thread(self.site_task.fit, blobs.decode(model), config)
+            return model, fit
+
+        async def send_masked(data: bytes, metrics: dict[str, float]) -> pb.UploadReceipt:
+            return await upload(
+                stub,
+                pb.UploadHeader(
+                    session_id=session_id,
+                    task_id=offer.task_id,
+                    run_id=offer.run_id,
+                    round=offer.round,
+                    digest=blobs.digest(data),
+                    size=len(data),
+                    metrics_json=json.dumps(metrics),
+                    duration_s=time.monotonic() - started,
+                ),
+                data,
+            )
+
+        training = asyncio.ensure_future(train())
+        self._inboxes[offer.task_id] = asyncio.Queue()
+        try:
+            await secure_fit.run(
+                self.key,
+                offer,
+                lambda reply: outbox.put_nowait(pb.SiteMessage(secagg=reply)),
+                self._inboxes[offer.task_id],
+                training,
+                send_masked,
+                lambda stage: self._stage(offer.round, stage),
+            )
+        finally:
+            training.cancel()
+            if training.done() and not training.cancelled():
+                training.exception()  # seen here; the stage error is the one reported
+            del self._inboxes[offer.task_id]
+        log.info("event=secure_update_done run_id=%s round=%d", offer.run_id, offer.round)
 
 
 def _reply(

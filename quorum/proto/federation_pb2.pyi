@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -27,16 +28,18 @@ RESULT_STATUS_FAILED: ResultStatus
 RESULT_STATUS_REFUSED: ResultStatus
 
 class SiteMessage(_message.Message):
-    __slots__ = ("hello", "join", "heartbeat", "result")
+    __slots__ = ("hello", "join", "heartbeat", "result", "secagg")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     join: JoinProof
     heartbeat: Heartbeat
     result: TaskResult
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., join: _Optional[_Union[JoinProof, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ...) -> None: ...
+    secagg: SecAggReply
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., join: _Optional[_Union[JoinProof, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., secagg: _Optional[_Union[SecAggReply, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("public_key", "agent_version", "task")
@@ -77,16 +80,18 @@ class TaskResult(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[ResultStatus, str]] = ..., num_examples: _Optional[int] = ..., metrics_json: _Optional[str] = ..., error: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("challenge", "welcome", "task", "notice")
+    __slots__ = ("challenge", "welcome", "task", "notice", "secagg")
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     challenge: Challenge
     welcome: Welcome
     task: TaskOffer
     notice: Notice
-    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[TaskOffer, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+    secagg: SecAggStage
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[TaskOffer, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., secagg: _Optional[_Union[SecAggStage, _Mapping]] = ...) -> None: ...
 
 class Challenge(_message.Message):
     __slots__ = ("nonce", "server_id")
@@ -107,7 +112,7 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., site_name: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class TaskOffer(_message.Message):
-    __slots__ = ("task_id", "run_id", "round", "kind", "task", "model_digest", "model_size", "config_json", "deadline_s")
+    __slots__ = ("task_id", "run_id", "round", "kind", "task", "model_digest", "model_size", "config_json", "deadline_s", "secagg")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +122,7 @@ class TaskOffer(_message.Message):
     MODEL_SIZE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     round: int
@@ -126,7 +132,8 @@ class TaskOffer(_message.Message):
     model_size: int
     config_json: str
     deadline_s: float
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., task: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_size: _Optional[int] = ..., config_json: _Optional[str] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    secagg: SecAggSetup
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., task: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_size: _Optional[int] = ..., config_json: _Optional[str] = ..., deadline_s: _Optional[float] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("task_id", "code", "message")
@@ -209,3 +216,117 @@ class UploadReceipt(_message.Message):
     code: str
     message: str
     def __init__(self, accepted: _Optional[bool] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SecAggPeer(_message.Message):
+    __slots__ = ("index", "name", "identity_key")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    identity_key: bytes
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., identity_key: _Optional[bytes] = ...) -> None: ...
+
+class SecAggSetup(_message.Message):
+    __slots__ = ("index", "threshold", "vector_length", "peers", "clip_range", "quantization_bits", "max_weight", "attempt", "stage_timeout_s")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_BITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    threshold: int
+    vector_length: int
+    peers: _containers.RepeatedCompositeFieldContainer[SecAggPeer]
+    clip_range: float
+    quantization_bits: int
+    max_weight: int
+    attempt: int
+    stage_timeout_s: float
+    def __init__(self, index: _Optional[int] = ..., threshold: _Optional[int] = ..., vector_length: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[SecAggPeer, _Mapping]]] = ..., clip_range: _Optional[float] = ..., quantization_bits: _Optional[int] = ..., max_weight: _Optional[int] = ..., attempt: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ...) -> None: ...
+
+class SecAggKeys(_message.Message):
+    __slots__ = ("index", "cipher_public", "mask_public", "signature")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    MASK_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    cipher_public: bytes
+    mask_public: bytes
+    signature: bytes
+    def __init__(self, index: _Optional[int] = ..., cipher_public: _Optional[bytes] = ..., mask_public: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SecAggKeyList(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[SecAggKeys]
+    def __init__(self, keys: _Optional[_Iterable[_Union[SecAggKeys, _Mapping]]] = ...) -> None: ...
+
+class SecAggShare(_message.Message):
+    __slots__ = ("sender", "receiver", "ciphertext")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    receiver: int
+    ciphertext: bytes
+    def __init__(self, sender: _Optional[int] = ..., receiver: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class SecAggShareList(_message.Message):
+    __slots__ = ("shares",)
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggShare]
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ...) -> None: ...
+
+class SecAggUnmaskRequest(_message.Message):
+    __slots__ = ("survivors", "dropped")
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    dropped: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggRevealed(_message.Message):
+    __slots__ = ("owner", "key", "share")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    owner: int
+    key: bool
+    share: bytes
+    def __init__(self, owner: _Optional[int] = ..., key: _Optional[bool] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class SecAggRevealedList(_message.Message):
+    __slots__ = ("shares",)
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggRevealed]
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggRevealed, _Mapping]]] = ...) -> None: ...
+
+class SecAggStage(_message.Message):
+    __slots__ = ("task_id", "keys", "shares", "unmask")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    keys: SecAggKeyList
+    shares: SecAggShareList
+    unmask: SecAggUnmaskRequest
+    def __init__(self, task_id: _Optional[str] = ..., keys: _Optional[_Union[SecAggKeyList, _Mapping]] = ..., shares: _Optional[_Union[SecAggShareList, _Mapping]] = ..., unmask: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ...) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("task_id", "keys", "shares", "unmask")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    keys: SecAggKeys
+    shares: SecAggShareList
+    unmask: SecAggRevealedList
+    def __init__(self, task_id: _Optional[str] = ..., keys: _Optional[_Union[SecAggKeys, _Mapping]] = ..., shares: _Optional[_Union[SecAggShareList, _Mapping]] = ..., unmask: _Optional[_Union[SecAggRevealedList, _Mapping]] = ...) -> None: ...

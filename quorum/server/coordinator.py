@@ -96,9 +96,16 @@ class Coordinator:
     # ---- phases ----
 
     def open_phase(
-        self, phase: Phase, sessions: list[Session], config_json: str, task: str, deadline_s: float
+        self,
+        phase: Phase,
+        sessions: list[Session],
+        config_json: str,
+        task: str,
+        deadline_s: float,
+        setups: dict[str, pb.SecAggSetup] | None = None,
     ) -> None:
-        """Creates one task per session, records it and sends the offer."""
+        """Creates one task per session, records it and sends the offer (with the session's
+        secure-aggregation setup, under SecAgg)."""
         self._open_phases.append(phase)
         for session in sessions:
             task_id = secrets.token_hex(12)
@@ -128,6 +135,7 @@ class Coordinator:
                         model_size=phase.model_size,
                         config_json=config_json,
                         deadline_s=deadline_s,
+                        secagg=setups[session.id] if setups else None,
                     )
                 )
             )
@@ -181,8 +189,11 @@ class Coordinator:
             raise UploadRejected(
                 "wrong_kind", f"task {task.id!r} is an evaluate task; send a result"
             )
-        validation.check_num_examples(header.num_examples, phase.max_num_examples)
-        validation.check_declared_size(header.size, phase.model_size)
+        if phase.secagg is not None:
+            phase.secagg.admit_masked(task)  # the weight is masked: num_examples is not read
+        else:
+            validation.check_num_examples(header.num_examples, phase.max_num_examples)
+        validation.check_declared_size(header.size, phase.layout.size)
         validation.parse_metrics(header.metrics_json)
         task.state = "receiving"
         return task
@@ -202,15 +213,20 @@ class Coordinator:
         async with phase.fold_lock:
             if phase.closed:
                 raise UploadRejected("task_closed", f"task {task.id!r} closed at its deadline")
-            assert phase.accumulator is not None
-            vector = blobs.as_flat(data, layout)
-            await asyncio.to_thread(phase.accumulator.fold, vector, float(header.num_examples))
+            if phase.secagg is not None:
+                await phase.secagg.add_masked(task, data, layout)
+                num_examples = 0
+            else:
+                assert phase.accumulator is not None
+                vector = blobs.as_flat(data, layout)
+                num_examples = int(header.num_examples)
+                await asyncio.to_thread(phase.accumulator.fold, vector, float(num_examples))
         metrics = validation.parse_metrics(header.metrics_json)
-        phase.results.append(SiteResult(task.site, int(header.num_examples), metrics))
+        phase.results.append(SiteResult(task.site, num_examples, metrics))
         self.store.finish_participation(
             task.id,
             "accepted",
-            num_examples=int(header.num_examples),
+            num_examples=num_examples,
             metrics=metrics,
             duration_s=header.duration_s,
             bytes_in=len(data),
@@ -231,6 +247,9 @@ class Coordinator:
         its sender `claimed` (run id, round), if there is one."""
         task = self._tasks.get(task_id)
         phase = task.phase if task is not None else None
+        if task is not None and session is not None and task.session_id == session.id:
+            if task.phase.secagg is not None:
+                task.phase.secagg.drop(task, f"refused: {exc.code}: {exc.message}")
         if phase is None and claimed is not None:
             phase = next((p for p in self._open_phases if (p.run_id, p.round) == claimed), None)
         self.store.reject(
@@ -262,6 +281,18 @@ class Coordinator:
 
     def on_result(self, session: Session, result: pb.TaskResult) -> None:
         """An evaluate answer, or a site's report that it failed or refused a task."""
+        task = self._tasks.get(result.task_id)
+        if (
+            task is not None
+            and task.session_id == session.id
+            and task.phase.secagg is not None
+            and result.status != pb.RESULT_STATUS_OK
+        ):
+            # A site may leave a secure-aggregation task at any stage, even after its masked
+            # vector was accepted; it is a dropout from then on.
+            task.phase.secagg.drop(task, f"the site reported: {result.error[:500]}")
+            if task.state in ("receiving", "done") or task.phase.closed:
+                return
         try:
             task = self._task_for(session, result.task_id)
             status = _STATUS.get(result.status)
@@ -311,9 +342,34 @@ class Coordinator:
                 self.store.add_bytes_out(task.id, nbytes)
                 return
 
+    def on_secagg(self, session: Session, reply: pb.SecAggReply) -> None:
+        """A secure-aggregation message: keys, key shares or unmask shares."""
+        task = self._tasks.get(reply.task_id)
+        try:
+            if task is None or task.phase.secagg is None:
+                raise UploadRejected(
+                    "unknown_task", f"no secure-aggregation task {reply.task_id!r} is open"
+                )
+            if task.session_id != session.id:
+                raise UploadRejected(
+                    "wrong_session", f"task {reply.task_id!r} was offered to another session"
+                )
+            if task.phase.closed:
+                raise UploadRejected("task_closed", f"task {reply.task_id!r} has ended")
+            task.phase.secagg.receive(task, reply)
+        except UploadRejected as exc:
+            self.refuse(session, reply.task_id, exc)
+            session.send(
+                pb.ServerMessage(
+                    notice=pb.Notice(task_id=reply.task_id, code=exc.code, message=exc.message)
+                )
+            )
+
     def on_disconnect(self, session: Session) -> None:
         """The site's open tasks will not be answered: record them so the round need not wait."""
         for task in self._open_tasks(session):
+            if task.phase.secagg is not None:
+                task.phase.secagg.drop(task, "the site disconnected")
             if task.state == "offered":
                 self.store.finish_participation(task.id, "lost", error="the site disconnected")
                 task.phase.finish(task)

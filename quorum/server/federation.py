@@ -112,6 +112,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 kind = message.WhichOneof("kind")
                 if kind == "result":
                     self.co.on_result(session, message.result)
+                elif kind == "secagg":
+                    self.co.on_secagg(session, message.secagg)
                 elif kind != "heartbeat":
                     session.send(
                         pb.ServerMessage(

@@ -9,12 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from quorum.aggregation import Accumulator
+from quorum.errors import QuorumError
 from quorum.wire.blobs import Layout
 
+if TYPE_CHECKING:
+    from quorum.server.secure_fit import SecureFit
+
 Kind = Literal["fit", "evaluate"]
+
+
+class RoundAborted(QuorumError):
+    """A round that cannot produce a new model; the driver records it and tries again."""
 
 
 @dataclass(eq=False)
@@ -45,14 +53,19 @@ class Phase:
     layout: Layout
     max_num_examples: int
     accumulator: Accumulator | None = None
+    secagg: SecureFit | None = None
     tasks: dict[str, PendingTask] = field(default_factory=dict)
     results: list[SiteResult] = field(default_factory=list)
     closed: bool = False
     fold_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _answered: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever one of its tasks is answered or loses its site; multi-stage phases wait
+    on it."""
 
     def finish(self, task: PendingTask) -> None:
         task.state = "done"
+        self.changed.set()
         if all(t.state == "done" for t in self.tasks.values()):
             self._answered.set()
 

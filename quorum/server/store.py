@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     finished_at REAL,
     model_digest TEXT,
     abort_reason TEXT,
+    secagg TEXT,
     PRIMARY KEY (run_id, round, attempt)
 );
 CREATE TABLE IF NOT EXISTS participations (
@@ -326,6 +327,16 @@ class Store:
             )
         self.event("round_aborted", run_id=run_id, round=round_no, attempt=attempt, reason=reason)
 
+    def set_round_secagg(
+        self, run_id: str, round_no: int, attempt: int, report: Mapping[str, Any]
+    ) -> None:
+        """The secure-aggregation record of a round: stages, timings, dropouts, recovery."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rounds SET secagg = ? WHERE run_id = ? AND round = ? AND attempt = ?",
+                (json.dumps(report), run_id, round_no, attempt),
+            )
+
     def abort_interrupted_rounds(self, run_id: str, reason: str) -> int:
         """Marks rounds left 'running' by a previous server process as aborted."""
         with self._tx() as db:
@@ -423,6 +434,7 @@ class Store:
             "model_digest": row["model_digest"],
             "abort_reason": row["abort_reason"],
             "metrics": metrics,
+            "secagg": None if row["secagg"] is None else json.loads(row["secagg"]),
         }
 
     # ---- participations and rejections ----

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from quorum.aggregation import Accumulator, Strategy, make_strategy
 from quorum.config import RunConfig
 from quorum.errors import QuorumError
-from quorum.server.phases import Kind, Phase, SiteResult
+from quorum.server.phases import Kind, Phase, RoundAborted, SiteResult
+from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
 from quorum.task import load_task
@@ -41,10 +42,6 @@ def strategy_for(config: RunConfig) -> Strategy:
         tau=config.tau,
         proximal_mu=config.proximal_mu,
     )
-
-
-class RoundAborted(QuorumError):
-    """A round that cannot produce a new model; the driver records it and tries again."""
 
 
 class SyncDriver:
@@ -108,29 +105,33 @@ class SyncDriver:
             available, cfg.fraction_fit, cfg.min_fit_sites, cfg.max_fit_sites, rng
         )
 
-        fit = self._phase("fit", round_no, attempt, model, layout)
-        total = fit.accumulator = Accumulator(layout.numel)
         site_config = {
             **cfg.site_config,
             **self.strategy.site_config(),
             "round": round_no,
             "seed": cfg.seed,
         }
-        await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
-        accepted = total.count
-        if accepted < cfg.min_fit_sites:
-            raise RoundAborted(
-                f"{accepted} valid update(s) of {len(cohort)} offered; min_fit_sites is "
-                f"{cfg.min_fit_sites}"
-            )
         current = blobs.as_flat(model, layout)
-        new_vector = self.strategy.step(current, total.mean())
+        if cfg.secagg.enabled:
+            fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
+            secure = SecureFit(self.co, fit, cohort, cfg, rng, layout.numel)
+            delta, examples, accepted = await secure.run(json.dumps(site_config), cfg.task)
+            self._check_enough(accepted, cohort)
+            weight, mean = float(examples), current + delta
+        else:
+            fit = self._phase("fit", round_no, attempt, model, layout)
+            total = fit.accumulator = Accumulator(layout.numel)
+            await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
+            self._check_enough(total.count, cohort)
+            accepted, weight, mean = total.count, total.total_weight, total.mean()
+        new_vector = self.strategy.step(current, mean)
         new_model = blobs.encode_flat(new_vector, layout)
         metrics: dict[str, dict[str, float]] = {
             "fit": {
-                **_weighted(fit.results),
+                # Under SecAgg the sites' metrics are plain, but their weights are masked.
+                **(_unweighted(fit.results) if cfg.secagg.enabled else _weighted(fit.results)),
                 "num_sites": float(accepted),
-                "num_examples": total.total_weight,
+                "num_examples": float(weight),
             }
         }
 
@@ -159,6 +160,13 @@ class SyncDriver:
         )
         return new_model
 
+    def _check_enough(self, accepted: int, cohort: list[Session]) -> None:
+        if accepted < self.config.min_fit_sites:
+            raise RoundAborted(
+                f"{accepted} valid update(s) of {len(cohort)} offered; min_fit_sites is "
+                f"{self.config.min_fit_sites}"
+            )
+
     def _sites(self) -> list[Session]:
         """Connected sites whose agents run this run's task."""
         return [s for s in self.co.sessions.connected() if s.task == self.config.task]
@@ -166,6 +174,7 @@ class SyncDriver:
     def _phase(
         self, kind: Kind, round_no: int, attempt: int, model: bytes, layout: blobs.Layout
     ) -> Phase:
+        """A phase serving `model`; its uploads must have `layout`."""
         digest = self.co.blobs.put(model)
         return Phase(
             kind=kind,

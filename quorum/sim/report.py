@@ -30,6 +30,7 @@ def build(
                 "fit_loss": r["metrics"].get("fit", {}).get("loss"),
                 "num_sites": r["metrics"].get("fit", {}).get("num_sites"),
                 "wall_time_s": r["finished_at"] - started,
+                "secagg": _secagg(r),
             }
         )
     last = rows[-1] if rows else {}
@@ -41,7 +42,12 @@ def build(
         "sites": [s.name for s in sim.sites],
         "rounds": rows,
         "aborted_rounds": [
-            {"round": r["round"], "attempt": r["attempt"], "reason": r["abort_reason"]}
+            {
+                "round": r["round"],
+                "attempt": r["attempt"],
+                "reason": r["abort_reason"],
+                "secagg": _secagg(r),
+            }
             for r in rounds
             if r["status"] == "aborted"
         ],
@@ -54,6 +60,23 @@ def build(
         "baselines": asdict(baselines) if baselines else None,
         "wall_time_s": (run["finished_at"] or started) - started,
         "config": sim.model_dump(mode="json"),
+    }
+
+
+def _secagg(round_record: dict[str, Any]) -> dict[str, Any] | None:
+    """Who the secure aggregation lost at which stage, and whether the sum was recovered."""
+    record = round_record.get("secagg")
+    if record is None:
+        return None
+    return {
+        "recovered": record["recovered"],
+        "survivors": record["survivors"],
+        "dropped": [
+            {"site": d["site"], "stage": s["stage"], "reason": d["reason"]}
+            for s in record["stages"]
+            for d in s["dropped"]
+        ],
+        "stage_seconds": {s["stage"]: round(s["duration_s"], 4) for s in record["stages"]},
     }
 
 
@@ -110,13 +133,18 @@ def table(result: dict[str, Any]) -> Table:
     out.add_column("acc (pooled test)", justify="right")
     out.add_column("loss", justify="right")
     out.add_column("wall time s", justify="right")
+    secure = any(r["secagg"] for r in result["rounds"])
+    if secure:
+        out.add_column("secagg dropouts")
     for r in result["rounds"]:
+        dropouts = [f"{d['site']}@{d['stage']}" for d in (r["secagg"] or {}).get("dropped", [])]
         out.add_row(
             str(r["round"]),
             _f(r["accuracy_mean_sites"]),
             _f(r["accuracy_pooled_test"]),
             _f(r["loss"]),
             f"{r['wall_time_s']:.1f}",
+            *([", ".join(dropouts) or "none"] if secure else []),
         )
     baselines = result.get("baselines")
     if baselines:

@@ -11,6 +11,7 @@ import pathlib
 import secrets
 import shutil
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,8 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from quorum import identity
 from quorum.admin.client import AdminClient
+from quorum.client.faults import Crash
 from quorum.config import ServerConfig, ServerFile, SimFile
-from quorum.errors import QuorumError
+from quorum.errors import ConfigError, QuorumError
 from quorum.server.store import Store
 from quorum.sim import processes, report
 from quorum.task import HasBaselines, load_task
@@ -41,9 +43,19 @@ def resolve_data(data: str, config_dir: pathlib.Path) -> str:
 
 
 def run_simulation(
-    sim: SimFile, *, config_dir: pathlib.Path, report_path: pathlib.Path | None, console: Console
+    sim: SimFile,
+    *,
+    config_dir: pathlib.Path,
+    report_path: pathlib.Path | None,
+    console: Console,
+    kills: Mapping[str, Crash] | None = None,
 ) -> dict[str, Any]:
+    """`kills` names sites whose process is SIGKILLed at a round and stage (not restarted)."""
     task = load_task(sim.run.task)  # fail before starting anything
+    kills = kills or {}
+    unknown = sorted(set(kills) - {s.name for s in sim.sites})
+    if unknown:
+        raise ConfigError(f"--kill-site names sites that are not in the simulation: {unknown}")
     out = sim.sim.output_dir
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -102,6 +114,7 @@ def run_simulation(
                         "--seed",
                         str(sim.run.seed),
                         "--insecure",
+                        *(["--crash-at", str(kills[site.name])] if site.name in kills else []),
                     ],
                     logs,
                     # Many agents share the machine's cores: one compute thread each avoids

@@ -14,7 +14,7 @@ import grpc
 
 from quorum import identity
 from quorum.admin.client import AdminClient
-from quorum.client.agent import Backoff, SiteAgent
+from quorum.client.agent import Backoff, SiteAgent, StageHook
 from quorum.config import RunConfig, ServerConfig, ServerFile
 from quorum.server.app import Server
 from quorum.sim.processes import free_port
@@ -53,7 +53,9 @@ class Federation:
         self.server.store.add_site(name, identity.public_bytes(key))
         return key
 
-    def add_site(self, name: str, data: str, key: Any = None) -> Any:
+    def add_site(
+        self, name: str, data: str, key: Any = None, on_stage: StageHook | None = None
+    ) -> Any:
         """Registers (unless a key is given) and starts an in-process agent."""
         key = key or self.register(name)
         agent = SiteAgent(
@@ -63,6 +65,7 @@ class Federation:
             vector_task.site(data, "cpu", 0),
             credentials=self.credentials,
             backoff=Backoff(base_s=0.05, cap_s=0.5),
+            on_stage=on_stage,
         )
         self.agents.append(asyncio.create_task(agent.run(self.stop)))
         return key

@@ -1,0 +1,167 @@
+"""A fit task under secure aggregation, at the site (SecAgg+, DESIGN section 6).
+
+The site trains while it takes part in the key stages, then uploads its update clipped,
+quantised, weighted and masked, and finally reveals the shares the server needs to remove the
+masks of the round's survivors and dropouts. Any breach of the protocol (a neighbour's key that
+its identity did not sign, a share that fails authentication, a server asking for both secrets
+of one site) raises SecAggError: the site leaves the round and reports why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from quorum.errors import SecAggError
+from quorum.privacy.secagg import (
+    AdvertisedKeys,
+    ClientRound,
+    EncryptedShare,
+    Peer,
+    RoundContext,
+    Setup,
+    UnmaskRequest,
+    encode_update,
+)
+from quorum.proto import federation_pb2 as pb
+from quorum.task import FitResult
+from quorum.wire import blobs
+
+MASKED_TENSOR = "masked"
+
+Upload = Callable[[bytes, dict[str, float]], Awaitable[pb.UploadReceipt]]
+"""Sends a masked blob with the site's metrics; returns the server's receipt."""
+
+
+async def run(
+    key: Ed25519PrivateKey,
+    offer: pb.TaskOffer,
+    send: Callable[[pb.SecAggReply], None],
+    inbox: asyncio.Queue[pb.ServerMessage],
+    training: Awaitable[tuple[bytes, FitResult]],
+    upload: Upload,
+    stage: Callable[[str], None],
+) -> None:
+    """Runs the four stages; `training` (download + local fit) runs meanwhile. `stage` is
+    called as each stage begins at this site (fault injection hooks in there)."""
+    setup = offer.secagg
+    machine = ClientRound(
+        key,
+        Setup(
+            context=RoundContext(offer.run_id, offer.round, setup.attempt, offer.model_digest),
+            index=setup.index,
+            threshold=setup.threshold,
+            vector_length=setup.vector_length,
+            peers=tuple(Peer(p.index, p.name, p.identity_key) for p in setup.peers),
+        ),
+    )
+    timeout = offer.deadline_s
+
+    stage("advertise-keys")
+    mine = machine.advertise()
+    send(
+        pb.SecAggReply(
+            task_id=offer.task_id,
+            keys=pb.SecAggKeys(
+                index=mine.index,
+                cipher_public=mine.cipher_public,
+                mask_public=mine.mask_public,
+                signature=mine.signature,
+            ),
+        )
+    )
+    keys = (await _next(inbox, "keys", timeout)).keys.keys
+
+    stage("share-keys")
+    shares = machine.share_keys(
+        [AdvertisedKeys(k.index, k.cipher_public, k.mask_public, k.signature) for k in keys]
+    )
+    send(
+        pb.SecAggReply(
+            task_id=offer.task_id,
+            shares=pb.SecAggShareList(
+                shares=[
+                    pb.SecAggShare(sender=s.sender, receiver=s.receiver, ciphertext=s.ciphertext)
+                    for s in shares
+                ]
+            ),
+        )
+    )
+    routed = (await _next(inbox, "shares", timeout)).shares.shares
+    model, fit = await training
+
+    stage("masked-input")
+    received = [EncryptedShare(s.sender, s.receiver, s.ciphertext) for s in routed]
+    blob, metrics = await asyncio.to_thread(_masked_blob, machine, received, model, fit, setup)
+    receipt = await upload(blob, metrics)
+    if not receipt.accepted:
+        raise SecAggError(f"the masked vector was refused: {receipt.code}: {receipt.message}")
+    request = (await _next(inbox, "unmask", timeout)).unmask
+
+    stage("unmask")
+    revealed = machine.unmask(
+        UnmaskRequest(frozenset(request.survivors), frozenset(request.dropped))
+    )
+    send(
+        pb.SecAggReply(
+            task_id=offer.task_id,
+            unmask=pb.SecAggRevealedList(
+                shares=[
+                    pb.SecAggRevealed(owner=r.owner, key=r.kind == "key", share=r.share)
+                    for r in revealed
+                ]
+            ),
+        )
+    )
+
+
+def _masked_blob(
+    machine: ClientRound,
+    shares: list[EncryptedShare],
+    model: bytes,
+    fit: FitResult,
+    setup: pb.SecAggSetup,
+) -> tuple[bytes, dict[str, float]]:
+    """The update as a masked uint32 vector: (trained - global), clipped and quantised after
+    scaling by the site's weight share, with the weight as the last element."""
+    layout = blobs.read_layout(model)
+    trained = blobs.encode(fit.params)
+    if blobs.read_layout(trained).tensors != layout.tensors:
+        raise SecAggError("the trained parameters do not have the global model's tensors")
+    delta = blobs.as_flat(trained, layout).astype(np.float64) - blobs.as_flat(model, layout)
+    vector, weight = encode_update(
+        delta,
+        fit.num_examples,
+        setup.clip_range,
+        setup.quantization_bits,
+        setup.max_weight,
+    )
+    masked = machine.mask(shares, vector)
+    scaled = np.abs(delta) * (weight / setup.max_weight)
+    metrics = {
+        **fit.metrics,
+        "secagg_clipped_fraction": float(np.mean(scaled > setup.clip_range)) if delta.size else 0.0,
+    }
+    return blobs.encode({MASKED_TENSOR: masked}), metrics
+
+
+async def _next(
+    inbox: asyncio.Queue[pb.ServerMessage], want: str, timeout: float
+) -> pb.SecAggStage:
+    """The server's next stage message; a notice for this task ends the site's part."""
+    try:
+        message = await asyncio.wait_for(inbox.get(), timeout)
+    except TimeoutError:
+        raise SecAggError(f"no {want!r} stage message from the server in {timeout:.0f} s") from None
+    if message.WhichOneof("kind") == "notice":
+        raise SecAggError(
+            f"the server ended this site's part: {message.notice.code}: {message.notice.message}"
+        )
+    got = message.secagg.WhichOneof("stage")
+    if got != want:
+        raise SecAggError(f"expected the {want!r} stage from the server, got {got!r}")
+    stage_message: pb.SecAggStage = message.secagg
+    return stage_message

@@ -1,0 +1,344 @@
+"""A fit phase under secure aggregation (SecAgg+, DESIGN section 6).
+
+The driver opens the phase with a SecAgg setup in every offer, then walks the four stages:
+advertise keys, share keys, masked input, unmask. A stage ends when every site still in the
+protocol has answered, or its deadline passes; a site that disconnects, reports a failure or
+breaks the protocol is out from then on (a dropout), and the round goes on while at least the
+threshold of sites is left. The pure `ServerRound` checks every message and keeps only the
+running masked sum, so no site's update is ever held in the clear here. What happened (stages,
+timings, who dropped where, whether the sum was recovered) is the round's `secagg` record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from quorum.config import RunConfig
+from quorum.errors import SecAggError, UploadRejected
+from quorum.privacy.secagg import (
+    AdvertisedKeys,
+    EncryptedShare,
+    RevealedShare,
+    RoundContext,
+    ServerRound,
+    decode_sum,
+    max_sites,
+    neighbours,
+)
+from quorum.proto import federation_pb2 as pb
+from quorum.server.phases import PendingTask, Phase, RoundAborted
+from quorum.server.sessions import Session
+from quorum.wire import blobs
+
+if TYPE_CHECKING:
+    from quorum.server.coordinator import Coordinator
+
+STAGES = ("advertise-keys", "share-keys", "masked-input", "unmask")
+_MESSAGE_OF_STAGE = {"advertise-keys": "keys", "share-keys": "shares", "unmask": "unmask"}
+MASKED_TENSOR = "masked"
+
+
+def masked_layout(length: int) -> blobs.Layout:
+    """The layout of a masked upload: one uint32 vector of `length` elements."""
+    return blobs.read_layout(blobs.encode({MASKED_TENSOR: np.zeros(length, np.uint32)}))
+
+
+def threshold_for(setting: int | float, neighbourhood: int) -> int:
+    """Shares needed per secret: an integer as given, or a fraction of the neighbourhood (the
+    site and its neighbours), never below 2 (one share would let the server unmask a site)."""
+    if isinstance(setting, float):
+        return max(2, math.ceil(setting * neighbourhood))
+    return setting
+
+
+class SecureFit:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        phase: Phase,
+        cohort: list[Session],
+        config: RunConfig,
+        rng: random.Random,
+        numel: int,
+    ) -> None:
+        settings = config.secagg
+        self.co = coordinator
+        self.phase = phase
+        self.settings = settings
+        self.cohort = cohort
+        self.names = [s.site for s in cohort]
+        n = len(cohort)
+        self.graph = neighbours(n, settings.neighbours, rng)
+        smallest = min(len(g) for g in self.graph) + 1
+        self.threshold = threshold_for(settings.threshold, smallest)
+        self.vector_length = numel + 1
+        # The masked-input stage covers local training: it has the run's round deadline.
+        self.masked_timeout_s = config.round_timeout_s
+        self.report: dict[str, Any] = {
+            "cohort": n,
+            "threshold": self.threshold,
+            "neighbourhood": smallest,
+            "stages": [],
+            "recovered": False,
+            "survivors": None,
+            "reason": None,
+        }
+        self.context = RoundContext(phase.run_id, phase.round, phase.attempt, phase.model_digest)
+        self.server: ServerRound | None = None
+        self.stage = "setup"
+        self.index: dict[str, int] = {}
+        self.answered: dict[str, set[int]] = {stage: set() for stage in STAGES}
+        self.dropped: dict[int, str] = {}
+        phase.secagg = self
+
+    # ---- the stages (the driver's side) ----
+
+    async def run(self, config_json: str, task_ref: str) -> tuple[np.ndarray, int, int]:
+        """Runs the phase; returns (the example-weighted mean delta, the summed weight, the
+        number of sites summed). Raises RoundAborted when the sum cannot be recovered."""
+        try:
+            self.server = self._check_cohort()
+            self.co.open_phase(
+                self.phase,
+                self.cohort,
+                config_json,
+                task_ref,
+                self.masked_timeout_s + 3 * self.settings.stage_timeout_s,
+                setups={s.id: self._setup(i) for i, s in enumerate(self.cohort)},
+            )
+            by_session = {s.id: i for i, s in enumerate(self.cohort)}
+            self.index = {t.id: by_session[t.session_id] for t in self.phase.tasks.values()}
+            try:
+                total, count = await self._stages(self.server)
+            except RoundAborted as exc:
+                for i in range(len(self.cohort)):
+                    if i not in self.dropped:
+                        self._send_notice(i, "round_aborted", str(exc))
+                raise
+            finally:
+                self.stage = "done"
+                self.co.close_phase(self.phase)
+            settings = self.settings
+            mean, weight = decode_sum(
+                total,
+                count,
+                settings.clip_range,
+                settings.quantization_bits,
+                settings.max_weight,
+            )
+            self.report["recovered"] = True
+            self.report["survivors"] = count
+        finally:
+            self.co.store.set_round_secagg(
+                self.phase.run_id, self.phase.round, self.phase.attempt, self.report
+            )
+        return mean, weight, count
+
+    def _check_cohort(self) -> ServerRound:
+        n = len(self.cohort)
+        smallest = self.report["neighbourhood"]
+        if n < 2 or self.threshold > smallest:
+            raise self._abort(
+                f"a cohort of {n} site(s) with neighbourhoods of {smallest} cannot meet the "
+                f"threshold of {self.threshold} shares"
+            )
+        bits = self.settings.quantization_bits
+        if n > max_sites(bits):
+            raise self._abort(
+                f"{n} sites could overflow the 32-bit sum at {bits} quantization bits; lower "
+                "run.secagg.quantization_bits or the cohort size"
+            )
+        return ServerRound(self.context, self.graph, self.threshold, self.vector_length)
+
+    async def _stages(self, server: ServerRound) -> tuple[np.ndarray, int]:
+        """The four stages; returns the unmasked sum and the number of vectors in it."""
+        timeout = self.settings.stage_timeout_s
+        await self._stage("advertise-keys", set(range(len(self.cohort))), timeout)
+        for i, keys in self._close(server.close_advertise).items():
+            self._send(i, pb.SecAggStage(keys=pb.SecAggKeyList(keys=[_keys(k) for k in keys])))
+        await self._stage("share-keys", set(server.advertised), timeout)
+        for i, shares in self._close(server.close_shares).items():
+            self._send(
+                i, pb.SecAggStage(shares=pb.SecAggShareList(shares=[_share(s) for s in shares]))
+            )
+        await self._stage("masked-input", set(server.shared), self.masked_timeout_s)
+        request = self._close(server.close_masked)
+        unmask = pb.SecAggUnmaskRequest(
+            survivors=sorted(request.survivors), dropped=sorted(request.dropped)
+        )
+        for i in request.survivors:
+            self._send(i, pb.SecAggStage(unmask=unmask))
+        await self._stage("unmask", set(request.survivors), timeout)
+        total = await asyncio.to_thread(self._close, server.finish)
+        return total, len(request.survivors)
+
+    async def _stage(self, name: str, expected: set[int], timeout: float) -> None:
+        self.stage = name
+        started, t0 = time.time(), time.monotonic()
+        deadline = t0 + timeout
+        answered = self.answered[name]
+        while True:
+            waiting = [i for i in expected if i not in answered and i not in self.dropped]
+            remaining = deadline - time.monotonic()
+            if not waiting or remaining <= 0:
+                break
+            # No await between the check and the clear: nothing can slip in unseen.
+            self.phase.changed.clear()
+            try:
+                await asyncio.wait_for(self.phase.changed.wait(), remaining)
+            except TimeoutError:
+                break
+        async with self.phase.fold_lock:
+            # Closed under the fold lock: a masked vector being folded now is in, later ones
+            # are refused.
+            self.stage = f"{name}:closed"
+        missing = sorted(expected - answered)
+        for i in missing:
+            self.dropped.setdefault(i, f"no answer before the {name} deadline")
+        self.report["stages"].append(
+            {
+                "stage": name,
+                "started_at": started,
+                "duration_s": time.monotonic() - t0,
+                "expected": len(expected),
+                "answered": len(expected & answered),
+                "dropped": [{"site": self.names[i], "reason": self.dropped[i]} for i in missing],
+            }
+        )
+
+    def _close(self, close: Any) -> Any:
+        try:
+            return close()
+        except SecAggError as exc:
+            raise self._abort(str(exc)) from None
+
+    def _abort(self, reason: str) -> RoundAborted:
+        self.report["reason"] = f"secure aggregation: {reason}"
+        return RoundAborted(self.report["reason"])
+
+    def _setup(self, index: int) -> pb.SecAggSetup:
+        settings = self.settings
+        return pb.SecAggSetup(
+            index=index,
+            threshold=self.threshold,
+            vector_length=self.vector_length,
+            peers=[
+                pb.SecAggPeer(
+                    index=j,
+                    name=self.names[j],
+                    identity_key=self.co.store.site(self.names[j]).public_key,
+                )
+                for j in sorted(self.graph[index])
+            ],
+            clip_range=settings.clip_range,
+            quantization_bits=settings.quantization_bits,
+            max_weight=settings.max_weight,
+            attempt=self.phase.attempt,
+            stage_timeout_s=settings.stage_timeout_s,
+        )
+
+    def _task_id(self, index: int) -> str:
+        return next(t for t, i in self.index.items() if i == index)
+
+    def _send(self, index: int, stage: pb.SecAggStage) -> None:
+        if index in self.dropped:
+            return
+        stage.task_id = self._task_id(index)
+        self.cohort[index].send(pb.ServerMessage(secagg=stage))
+
+    def _send_notice(self, index: int, code: str, message: str) -> None:
+        self.cohort[index].send(
+            pb.ServerMessage(
+                notice=pb.Notice(task_id=self._task_id(index), code=code, message=message)
+            )
+        )
+
+    # ---- what the sites send (called by the coordinator) ----
+
+    def receive(self, task: PendingTask, reply: pb.SecAggReply) -> None:
+        """A site's keys, shares or unmask shares; raises UploadRejected."""
+        index = self.index[task.id]
+        kind = reply.WhichOneof("stage")
+        assert self.server is not None  # tasks exist only once the cohort was checked
+        if kind != _MESSAGE_OF_STAGE.get(self.stage):
+            raise UploadRejected(
+                "wrong_stage", f"a {kind!r} message arrived during the {self.stage} stage"
+            )
+        try:
+            if kind == "keys":
+                k = reply.keys
+                self.server.receive_keys(
+                    index, AdvertisedKeys(k.index, k.cipher_public, k.mask_public, k.signature)
+                )
+            elif kind == "shares":
+                self.server.receive_shares(
+                    index,
+                    [
+                        EncryptedShare(s.sender, s.receiver, s.ciphertext)
+                        for s in reply.shares.shares
+                    ],
+                )
+            else:
+                self.server.receive_unmask(
+                    index,
+                    [
+                        RevealedShare(r.owner, "key" if r.key else "seed", r.share)
+                        for r in reply.unmask.shares
+                    ],
+                )
+        except SecAggError as exc:
+            raise UploadRejected("secagg_protocol", str(exc)) from None
+        self.answered[self.stage].add(index)
+        self.phase.changed.set()
+
+    def admit_masked(self, task: PendingTask) -> None:
+        index = self.index[task.id]
+        if self.stage != "masked-input":
+            raise UploadRejected(
+                "wrong_stage", f"a masked vector arrived during the {self.stage} stage"
+            )
+        assert self.server is not None
+        if index not in self.server.shared:
+            raise UploadRejected(
+                "not_in_stage", "this site's key shares were not relayed; it cannot add a vector"
+            )
+
+    async def add_masked(self, task: PendingTask, data: blobs.Buffer, layout: blobs.Layout) -> None:
+        """Folds a validated masked vector into the sum; the caller holds the phase's fold
+        lock."""
+        if self.stage != "masked-input":
+            raise UploadRejected("task_closed", "the masked-input stage closed at its deadline")
+        vector = blobs.decode(data, layout)[MASKED_TENSOR]
+        index = self.index[task.id]
+        assert self.server is not None
+        try:
+            await asyncio.to_thread(self.server.add_masked, index, vector)
+        except SecAggError as exc:
+            raise UploadRejected("secagg_protocol", str(exc)) from None
+        self.answered["masked-input"].add(index)
+
+    def drop(self, task: PendingTask, reason: str) -> None:
+        """The site is out of the protocol from now on (gone, failed, or broke it)."""
+        index = self.index.get(task.id)
+        if index is not None and index not in self.dropped:
+            self.dropped[index] = reason
+            self.phase.changed.set()
+
+
+def _keys(keys: AdvertisedKeys) -> pb.SecAggKeys:
+    return pb.SecAggKeys(
+        index=keys.index,
+        cipher_public=keys.cipher_public,
+        mask_public=keys.mask_public,
+        signature=keys.signature,
+    )
+
+
+def _share(share: EncryptedShare) -> pb.SecAggShare:
+    return pb.SecAggShare(sender=share.sender, receiver=share.receiver, ciphertext=share.ciphertext)
