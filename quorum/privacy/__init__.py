@@ -1,0 +1,1 @@
+"""Privacy mechanisms that keep individual site updates from the server: secure aggregation."""

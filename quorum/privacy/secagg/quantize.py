@@ -1,0 +1,128 @@
+"""Fixed-point encoding of model deltas for summation modulo 2^32.
+
+Masking works in the ring of integers mod 2^32, so updates are clipped to [-clip, clip] and
+mapped to integers in [0, levels]. The number of sites is bounded (`max_sites`) so that the true
+sum of the quantised vectors never wraps: the server's sum mod 2^32 is then the exact sum.
+
+The example weight rides as the last element of the vector and each delta is pre-scaled by its
+weight, so the server learns the weighted sum and the total weight, and never one site's count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from quorum.errors import SecAggError
+
+_RING = 2**32
+
+
+def levels(bits: int) -> int:
+    if not 1 <= bits <= 31:
+        raise SecAggError(f"quantisation bits must be 1..31, got {bits}")
+    return (1 << bits) - 1
+
+
+def max_sites(bits: int) -> int:
+    """The most vectors whose sum cannot wrap modulo 2^32."""
+    return (_RING - 1) // levels(bits)
+
+
+def _check_clip(clip: float) -> None:
+    if not (math.isfinite(clip) and clip > 0):
+        raise SecAggError(f"the clipping bound must be a positive finite number, got {clip}")
+
+
+def quantize(values: npt.NDArray[np.floating], clip: float, bits: int) -> npt.NDArray[np.uint32]:
+    top = levels(bits)
+    _check_clip(clip)
+    scaled = np.array(values, dtype=np.float64)  # a copy: the caller's array is never touched
+    if np.isnan(scaled).any():
+        raise SecAggError("cannot quantise an update that contains NaN")
+    np.clip(scaled, -clip, clip, out=scaled)
+    scaled += clip
+    scaled *= top / (2 * clip)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, top, out=scaled)  # rounding of the scale factor may step one ulp over
+    return scaled.astype(np.uint32)
+
+
+def _check_count(count: int, bits: int) -> None:
+    limit = max_sites(bits)
+    if not 1 <= count <= limit:
+        raise SecAggError(
+            f"a sum of {count} vectors cannot be decoded at {bits} bits: expected 1..{limit} "
+            "(more would wrap modulo 2^32)"
+        )
+
+
+def dequantize_sum(
+    total: npt.NDArray[np.uint32], count: int, clip: float, bits: int
+) -> npt.NDArray[np.float64]:
+    """The sum of `count` clipped vectors, from the sum of their quantised forms."""
+    _check_count(count, bits)
+    _check_clip(clip)
+    out = np.asarray(total).astype(np.float64)
+    out *= 2 * clip / levels(bits)
+    out -= count * clip
+    return out
+
+
+def _check_max_weight(max_weight: int) -> None:
+    if not 1 <= max_weight < _RING:
+        raise SecAggError(f"max_weight must be 1..2^32-1, got {max_weight}")
+
+
+def encode_update(
+    delta: npt.NDArray[np.floating],
+    num_examples: int,
+    clip: float,
+    bits: int,
+    max_weight: int,
+) -> tuple[npt.NDArray[np.uint32], int]:
+    """The vector a site masks: its weighted, quantised delta followed by its weight.
+
+    The weight is capped at `max_weight`, so no site can dominate the mean by claiming a huge
+    example count, and the scaled delta stays within the clipping range.
+    """
+    if num_examples < 1:
+        raise SecAggError(f"num_examples must be at least 1, got {num_examples}")
+    _check_max_weight(max_weight)
+    delta = np.asarray(delta)
+    if delta.ndim != 1:
+        raise SecAggError(f"the delta must be a flat 1-D vector, got shape {delta.shape}")
+    weight = min(num_examples, max_weight)
+    vector = np.empty(delta.shape[0] + 1, dtype=np.uint32)
+    vector[:-1] = quantize(delta * (weight / max_weight), clip, bits)
+    vector[-1] = weight
+    return vector, weight
+
+
+def decode_sum(
+    total: npt.NDArray[np.uint32], count: int, clip: float, bits: int, max_weight: int
+) -> tuple[npt.NDArray[np.float64], int]:
+    """The example-weighted mean delta of `count` sites, and their total weight."""
+    _check_max_weight(max_weight)
+    _check_count(count, bits)
+    if count * max_weight >= _RING:
+        raise SecAggError(
+            f"a sum of {count} weights up to {max_weight} may have wrapped modulo 2^32: "
+            "lower max_weight"
+        )
+    total = np.asarray(total)
+    if total.ndim != 1 or total.shape[0] < 1:
+        raise SecAggError(f"the sum must be a non-empty 1-D vector, got shape {total.shape}")
+    weight = int(total[-1])
+    if weight == 0:
+        raise SecAggError("the summed weight is zero: no examples were aggregated")
+    mean = dequantize_sum(total[:-1], count, clip, bits)
+    mean *= max_weight / weight
+    return mean, weight
+
+
+def error_bound(clip: float, bits: int, count: int) -> float:
+    """Worst-case absolute error per element of `dequantize_sum` over `count` vectors."""
+    return count * clip / levels(bits)

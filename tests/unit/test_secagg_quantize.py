@@ -1,0 +1,150 @@
+"""Fixed-point encoding for SecAgg: bounded error, clipping, weighted means, no wrap-around."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from quorum.errors import SecAggError
+from quorum.privacy.secagg.quantize import (
+    decode_sum,
+    dequantize_sum,
+    encode_update,
+    error_bound,
+    levels,
+    max_sites,
+    quantize,
+)
+
+RING = 2**32
+
+
+def _slack(count: int, clip: float) -> float:
+    """Float64 rounding on top of the quantisation bound."""
+    return 1e-9 * count * clip
+
+
+def test_levels_and_max_sites() -> None:
+    assert levels(1) == 1
+    assert levels(16) == 65535
+    assert levels(31) == 2**31 - 1
+    assert max_sites(31) == 2
+    assert max_sites(16) == 65537
+    for bits in range(1, 32):
+        m = max_sites(bits)
+        assert m * levels(bits) < RING <= (m + 1) * levels(bits)
+    for bad in (0, 32, -1):
+        with pytest.raises(SecAggError, match="bits"):
+            levels(bad)
+
+
+@pytest.mark.parametrize("bits", [1, 8, 16, 20, 31])
+def test_a_sum_of_max_sites_vectors_at_the_top_level_does_not_wrap(bits: int) -> None:
+    count = max_sites(bits)
+    top = quantize(np.array([5.0, 1.0]), 1.0, bits)
+    assert np.all(top == levels(bits))
+    total = (top.astype(np.uint64) * count % RING).astype(np.uint32)  # what the server sums
+    assert np.all(total.astype(np.int64) == count * levels(bits))
+    np.testing.assert_allclose(dequantize_sum(total, count, 1.0, bits), count * 1.0)
+    with pytest.raises(SecAggError, match="wrap"):
+        dequantize_sum(total, count + 1, 1.0, bits)
+    with pytest.raises(SecAggError, match="expected 1"):
+        dequantize_sum(total, 0, 1.0, bits)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 31),
+    st.floats(1e-3, 1e3),
+    st.integers(1, 6),
+    st.integers(1, 40),
+    st.data(),
+)
+def test_error_of_a_dequantised_sum_is_within_the_bound(
+    bits: int, clip: float, count: int, length: int, data: st.DataObject
+) -> None:
+    count = min(count, max_sites(bits))
+    element = st.floats(-2 * clip, 2 * clip, allow_nan=False)
+    vectors = [data.draw(hnp.arrays(np.float64, length, elements=element)) for _ in range(count)]
+    total = np.zeros(length, dtype=np.uint32)
+    for v in vectors:
+        q = quantize(v, clip, bits)
+        assert q.dtype == np.uint32
+        assert int(q.max()) <= levels(bits)
+        total += q
+    exact = sum(np.clip(v, -clip, clip) for v in vectors)
+    error = np.abs(dequantize_sum(total, count, clip, bits) - exact)
+    assert np.all(error <= error_bound(clip, bits, count) + _slack(count, clip))
+
+
+def test_clipping_and_endpoints() -> None:
+    q = quantize(np.array([-10.0, -1.0, 0.0, 1.0, 10.0, np.inf, -np.inf]), 1.0, 8)
+    assert q.tolist() == [0, 0, 128, 255, 255, 255, 0]
+    float32 = quantize(np.array([-0.5, 0.5], dtype=np.float32), 1.0, 2)
+    assert float32.tolist() == [1, 2]  # -0.5 -> 0.75 -> 1, 0.5 -> 2.25 -> 2
+
+
+def test_quantize_does_not_touch_its_input_and_refuses_nan() -> None:
+    values = np.array([3.0, -3.0])
+    quantize(values, 1.0, 8)
+    assert values.tolist() == [3.0, -3.0]
+    with pytest.raises(SecAggError, match="NaN"):
+        quantize(np.array([0.0, np.nan]), 1.0, 8)
+    for clip in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(SecAggError, match="clipping bound"):
+            quantize(values, clip, 8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(8, 24),
+    st.lists(st.integers(1, 5000), min_size=1, max_size=8),
+    st.integers(1, 2000),
+    st.data(),
+)
+def test_decoded_sum_is_the_example_weighted_mean(
+    bits: int, examples: list[int], max_weight: int, data: st.DataObject
+) -> None:
+    clip, length = 0.5, 6
+    count = min(len(examples), max_sites(bits))
+    examples = examples[:count]
+    element = st.floats(-clip, clip, allow_nan=False)
+    deltas = [data.draw(hnp.arrays(np.float64, length, elements=element)) for _ in examples]
+    total = np.zeros(length + 1, dtype=np.uint32)
+    weights = []
+    for delta, n in zip(deltas, examples, strict=True):
+        vector, w = encode_update(delta, n, clip, bits, max_weight)
+        assert vector.shape == (length + 1,)
+        assert w == min(n, max_weight) == int(vector[-1])
+        weights.append(w)
+        total += vector
+    mean, weight = decode_sum(total, count, clip, bits, max_weight)
+    assert weight == sum(weights)
+    expected = np.average(np.stack(deltas), axis=0, weights=weights)
+    bound = error_bound(clip, bits, count) * max_weight / weight
+    assert np.all(np.abs(mean - expected) <= bound + _slack(count, clip) * max_weight / weight)
+
+
+def test_encode_update_caps_the_weight_and_refuses_bad_counts() -> None:
+    vector, w = encode_update(np.array([0.5, -0.5]), 10_000, 1.0, 16, 100)
+    assert w == 100
+    assert vector[-1] == 100
+    with pytest.raises(SecAggError, match="num_examples"):
+        encode_update(np.zeros(2), 0, 1.0, 16, 100)
+    with pytest.raises(SecAggError, match="max_weight"):
+        encode_update(np.zeros(2), 1, 1.0, 16, 0)
+    with pytest.raises(SecAggError, match="1-D"):
+        encode_update(np.zeros((2, 2)), 1, 1.0, 16, 10)
+
+
+def test_decode_sum_refuses_zero_weight_and_possible_wrap() -> None:
+    total = np.zeros(3, dtype=np.uint32)
+    with pytest.raises(SecAggError, match="weight is zero"):
+        decode_sum(total, 1, 1.0, 16, 10)
+    with pytest.raises(SecAggError, match="wrapped"):
+        decode_sum(total, 2, 1.0, 16, 2**31)
+    with pytest.raises(SecAggError, match="wrap"):
+        decode_sum(total, max_sites(16) + 1, 1.0, 16, 10)
