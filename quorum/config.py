@@ -29,11 +29,12 @@ class SecAggConfig(_Model):
 
     enabled: bool = False
     threshold: int | float = Field(
-        0.5,
+        2 / 3,
         gt=0,
         description=(
             "shares needed to rebuild any one site's secrets: an integer, or a fraction of each "
-            "neighbourhood (site + its neighbours; the whole cohort when the graph is complete)"
+            "neighbourhood (site + its neighbours; the whole cohort when the graph is complete); "
+            "always more than half of the neighbourhood"
         ),
     )
     neighbours: int = Field(
@@ -52,8 +53,11 @@ class SecAggConfig(_Model):
 
     @model_validator(mode="after")
     def _check_threshold(self) -> SecAggConfig:
-        if isinstance(self.threshold, float) and self.threshold > 1:
-            raise ValueError("a fractional threshold must be at most 1")
+        if isinstance(self.threshold, float) and not 0.5 < self.threshold <= 1:
+            raise ValueError(
+                "a fractional threshold must be above 0.5 (a majority of each neighbourhood) "
+                "and at most 1"
+            )
         if isinstance(self.threshold, int) and self.threshold < 2:
             raise ValueError(
                 "threshold must be at least 2: with one share the server could unmask one site"

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum.errors import SecAggError
 from quorum.privacy.secagg import (
+    MASKED_TENSOR,
     AdvertisedKeys,
     ClientRound,
     EncryptedShare,
@@ -29,8 +30,6 @@ from quorum.privacy.secagg import (
 from quorum.proto import federation_pb2 as pb
 from quorum.task import FitResult
 from quorum.wire import blobs
-
-MASKED_TENSOR = "masked"
 
 Upload = Callable[[bytes, dict[str, float]], Awaitable[pb.UploadReceipt]]
 """Sends a masked blob with the site's metrics; returns the server's receipt."""

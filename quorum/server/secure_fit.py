@@ -15,13 +15,15 @@ import asyncio
 import math
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from quorum.config import RunConfig
 from quorum.errors import SecAggError, UploadRejected
 from quorum.privacy.secagg import (
+    MASKED_TENSOR,
     AdvertisedKeys,
     EncryptedShare,
     RevealedShare,
@@ -39,9 +41,10 @@ from quorum.wire import blobs
 if TYPE_CHECKING:
     from quorum.server.coordinator import Coordinator
 
+T = TypeVar("T")
+
 STAGES = ("advertise-keys", "share-keys", "masked-input", "unmask")
 _MESSAGE_OF_STAGE = {"advertise-keys": "keys", "share-keys": "shares", "unmask": "unmask"}
-MASKED_TENSOR = "masked"
 
 
 def masked_layout(length: int) -> blobs.Layout:
@@ -125,12 +128,15 @@ class SecureFit:
                 self.stage = "done"
                 self.co.close_phase(self.phase)
             settings = self.settings
-            mean, weight = decode_sum(
-                total,
-                count,
-                settings.clip_range,
-                settings.quantization_bits,
-                settings.max_weight,
+            # A site can put any weight in its masked vector; one that wraps the sum is caught.
+            mean, weight = self._close(
+                lambda: decode_sum(
+                    total,
+                    count,
+                    settings.clip_range,
+                    settings.quantization_bits,
+                    settings.max_weight,
+                )
             )
             self.report["recovered"] = True
             self.report["survivors"] = count
@@ -147,6 +153,13 @@ class SecureFit:
             raise self._abort(
                 f"a cohort of {n} site(s) with neighbourhoods of {smallest} cannot meet the "
                 f"threshold of {self.threshold} shares"
+            )
+        if 2 * self.threshold <= smallest:
+            # With half the shares or fewer, two disjoint groups of sites could each hand the
+            # server one kind of secret of the same site: its update would be unmasked.
+            raise self._abort(
+                f"the threshold of {self.threshold} shares is not a majority of neighbourhoods "
+                f"of {smallest}; raise run.secagg.threshold"
             )
         bits = self.settings.quantization_bits
         if n > max_sites(bits):
@@ -212,7 +225,8 @@ class SecureFit:
             }
         )
 
-    def _close(self, close: Any) -> Any:
+    def _close(self, close: Callable[[], T]) -> T:
+        """Runs a ServerRound step; a sum that cannot be recovered aborts the round."""
         try:
             return close()
         except SecAggError as exc:

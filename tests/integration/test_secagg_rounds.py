@@ -271,3 +271,22 @@ async def _first_aborted(fed: Federation) -> dict[str, Any]:
 
     found: dict[str, Any] = await wait_for(probe, 30)
     return found
+
+
+def test_a_site_silent_past_the_stage_deadline_is_a_dropout(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        config = one_round().model_copy(update={"round_timeout_s": 1.5})
+        async with federation(tmp_path, [config]) as fed:
+            for name, (delta, n) in SITES.items():
+                slow = ",sleep=4" if name == "e" else ""
+                fed.add_site(name, f"delta={delta},n={n}{slow}")
+            run = await fed.wait_run()
+            detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            masked = next(s for s in detail["secagg"]["stages"] if s["stage"] == "masked-input")
+            assert masked["dropped"] == [
+                {"site": "e", "reason": "no answer before the masked-input deadline"}
+            ]
+            assert 1.4 < masked["duration_s"] < 4
+            assert_fedavg_of(final_value(fed, run["id"], 1), ["a", "b", "c", "d"])
+
+    asyncio.run(scenario())

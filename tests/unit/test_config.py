@@ -306,3 +306,32 @@ def test_server_file_with_runs(tmp_path: pathlib.Path) -> None:
     assert cfg.server.state_dir == pathlib.Path("st")
     assert cfg.server.server_id == "hq"
     assert [(r.task, r.rounds) for r in cfg.runs] == [("m:a", 10), ("m:b", 2)]
+
+
+def test_secure_aggregation_settings_are_set_and_checked(sim_file: pathlib.Path) -> None:
+    sim = load(
+        SimFile,
+        sim_file,
+        ["run.secagg.enabled=true", "run.secagg.threshold=3", "run.secagg.neighbours=8"],
+    )
+    assert sim.run.secagg.enabled and sim.run.secagg.threshold == 3
+    assert isinstance(sim.run.secagg.threshold, int)
+    assert load(SimFile, sim_file, ["run.secagg.threshold=0.8"]).run.secagg.threshold == 0.8
+    for bad, needle in [
+        ("run.secagg.threshold=1", "at least 2"),
+        ("run.secagg.threshold=0.5", "above 0.5"),
+        ("run.secagg.threshold=1.5", "at most 1"),
+        ("run.secagg.quantization_bits=31", "quantization_bits"),
+        ("run.secagg.cohort=3", "cohort"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            load(SimFile, sim_file, [bad])
+
+
+def test_the_secure_threshold_is_a_majority_of_each_neighbourhood() -> None:
+    from quorum.server.secure_fit import threshold_for
+
+    assert threshold_for(2 / 3, 4) == 3
+    assert threshold_for(2 / 3, 10) == 7
+    assert threshold_for(0.51, 2) == 2  # never below 2
+    assert threshold_for(6, 10) == 6

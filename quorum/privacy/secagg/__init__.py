@@ -20,6 +20,7 @@ from quorum.privacy.secagg.crypto import (
 )
 from quorum.privacy.secagg.graph import neighbours
 from quorum.privacy.secagg.messages import (
+    MASKED_TENSOR,
     AdvertisedKeys,
     EncryptedShare,
     Peer,
@@ -42,6 +43,7 @@ from quorum.privacy.secagg.shamir import PRIME, SHARE_BYTES, reconstruct, split
 
 __all__ = [
     "KEY_BYTES",
+    "MASKED_TENSOR",
     "PRIME",
     "SHARE_BYTES",
     "AdvertisedKeys",

@@ -13,6 +13,9 @@ from typing import Literal
 from quorum.errors import SecAggError
 from quorum.privacy.secagg._encoding import CONTEXT_LABEL, frame, uint
 
+MASKED_TENSOR = "masked"
+"""The one tensor of a masked upload: a uint32 vector of `Setup.vector_length` elements."""
+
 ShareKind = Literal["seed", "key"]
 
 
