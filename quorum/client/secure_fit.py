@@ -127,10 +127,12 @@ def _masked_blob(
     """The update as a masked uint32 vector: (trained - global), clipped and quantised after
     scaling by the site's weight share, with the weight as the last element."""
     layout = blobs.read_layout(model)
-    trained = blobs.encode(fit.params)
-    if blobs.read_layout(trained).tensors != layout.tensors:
+    if {n: np.shape(v) for n, v in fit.params.items()} != {t.name: t.shape for t in layout.tensors}:
         raise SecAggError("the trained parameters do not have the global model's tensors")
-    delta = blobs.as_flat(trained, layout).astype(np.float64) - blobs.as_flat(model, layout)
+    delta = np.concatenate(
+        [np.asarray(fit.params[t.name], dtype=np.float64).reshape(-1) for t in layout.tensors]
+    )
+    delta -= blobs.as_flat(model, layout)
     vector, weight = encode_update(
         delta,
         fit.num_examples,
@@ -138,12 +140,10 @@ def _masked_blob(
         setup.quantization_bits,
         setup.max_weight,
     )
+    limit = setup.clip_range * setup.max_weight / weight
+    clipped = np.count_nonzero(delta > limit) + np.count_nonzero(delta < -limit)
     masked = machine.mask(shares, vector)
-    scaled = np.abs(delta) * (weight / setup.max_weight)
-    metrics = {
-        **fit.metrics,
-        "secagg_clipped_fraction": float(np.mean(scaled > setup.clip_range)) if delta.size else 0.0,
-    }
+    metrics = {**fit.metrics, "secagg_clipped_fraction": clipped / max(delta.size, 1)}
     return blobs.encode({MASKED_TENSOR: masked}), metrics
 
 

@@ -37,17 +37,26 @@ def _check_clip(clip: float) -> None:
 
 
 def quantize(values: npt.NDArray[np.floating], clip: float, bits: int) -> npt.NDArray[np.uint32]:
+    out = np.empty(np.shape(values), dtype=np.uint32)
+    # A copy: the caller's array is never touched.
+    _quantize_into(np.array(values, dtype=np.float64), clip, bits, out)
+    return out
+
+
+def _quantize_into(
+    scratch: npt.NDArray[np.float64], clip: float, bits: int, out: npt.NDArray[np.uint32]
+) -> None:
+    """Quantises `scratch` (overwritten) into `out`, a few passes over the data in place."""
     top = levels(bits)
     _check_clip(clip)
-    scaled = np.array(values, dtype=np.float64)  # a copy: the caller's array is never touched
-    if np.isnan(scaled).any():
+    if np.isnan(scratch).any():
         raise SecAggError("cannot quantise an update that contains NaN")
-    np.clip(scaled, -clip, clip, out=scaled)
-    scaled += clip
-    scaled *= top / (2 * clip)
-    np.rint(scaled, out=scaled)
-    np.clip(scaled, 0, top, out=scaled)  # rounding of the scale factor may step one ulp over
-    return scaled.astype(np.uint32)
+    np.clip(scratch, -clip, clip, out=scratch)
+    scratch += clip
+    scratch *= top / (2 * clip)
+    np.rint(scratch, out=scratch)
+    np.clip(scratch, 0, top, out=scratch)  # rounding of the scale factor may step one ulp over
+    out[...] = scratch
 
 
 def _check_count(count: int, bits: int) -> None:
@@ -96,7 +105,9 @@ def encode_update(
         raise SecAggError(f"the delta must be a flat 1-D vector, got shape {delta.shape}")
     weight = min(num_examples, max_weight)
     vector = np.empty(delta.shape[0] + 1, dtype=np.uint32)
-    vector[:-1] = quantize(delta * (weight / max_weight), clip, bits)
+    _quantize_into(
+        np.multiply(delta, weight / max_weight, dtype=np.float64), clip, bits, vector[:-1]
+    )
     vector[-1] = weight
     return vector, weight
 
