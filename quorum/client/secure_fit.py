@@ -129,19 +129,17 @@ def _masked_blob(
     layout = blobs.read_layout(model)
     if {n: np.shape(v) for n, v in fit.params.items()} != {t.name: t.shape for t in layout.tensors}:
         raise SecAggError("the trained parameters do not have the global model's tensors")
-    delta = np.concatenate(
-        [np.asarray(fit.params[t.name], dtype=np.float64).reshape(-1) for t in layout.tensors]
-    )
+    trained = [np.asarray(fit.params[t.name]).reshape(-1) for t in layout.tensors]
+    # In the model's own dtype when it has one (a difference of nearby floats is exact).
+    delta = np.concatenate(trained, dtype=np.result_type(*trained)) if trained else np.zeros(0)
     delta -= blobs.as_flat(model, layout)
-    vector, weight = encode_update(
+    vector, _, clipped = encode_update(
         delta,
         fit.num_examples,
         setup.clip_range,
         setup.quantization_bits,
         setup.max_weight,
     )
-    limit = setup.clip_range * setup.max_weight / weight
-    clipped = np.count_nonzero(delta > limit) + np.count_nonzero(delta < -limit)
     masked = machine.mask(shares, vector)
     metrics = {**fit.metrics, "secagg_clipped_fraction": clipped / max(delta.size, 1)}
     return blobs.encode({MASKED_TENSOR: masked}), metrics

@@ -116,7 +116,7 @@ def test_decoded_sum_is_the_example_weighted_mean(
     total = np.zeros(length + 1, dtype=np.uint32)
     weights = []
     for delta, n in zip(deltas, examples, strict=True):
-        vector, w = encode_update(delta, n, clip, bits, max_weight)
+        vector, w, _ = encode_update(delta, n, clip, bits, max_weight)
         assert vector.shape == (length + 1,)
         assert w == min(n, max_weight) == int(vector[-1])
         weights.append(w)
@@ -129,7 +129,7 @@ def test_decoded_sum_is_the_example_weighted_mean(
 
 
 def test_encode_update_caps_the_weight_and_refuses_bad_counts() -> None:
-    vector, w = encode_update(np.array([0.5, -0.5]), 10_000, 1.0, 16, 100)
+    vector, w, _ = encode_update(np.array([0.5, -0.5]), 10_000, 1.0, 16, 100)
     assert w == 100
     assert vector[-1] == 100
     with pytest.raises(SecAggError, match="num_examples"):
@@ -148,3 +148,13 @@ def test_decode_sum_refuses_zero_weight_and_possible_wrap() -> None:
         decode_sum(total, 2, 1.0, 16, 2**31)
     with pytest.raises(SecAggError, match="wrap"):
         decode_sum(total, max_sites(16) + 1, 1.0, 16, 10)
+
+
+def test_encode_update_counts_the_clipped_elements() -> None:
+    delta = np.array([0.1, 5.0, -5.0, 2.0, -1.9, np.inf], dtype=np.float32)
+    # weight share 0.5: 5.0 -> 2.5 and inf are beyond clip 2.0, 2.0 -> 1.0 is not
+    vector, weight, clipped = encode_update(delta, 50, 2.0, 16, 100)
+    assert weight == 50 and clipped == 3
+    assert vector[1] == levels(16) and vector[2] == 0 and vector[5] == levels(16)
+    with pytest.raises(SecAggError, match="NaN"):
+        encode_update(np.array([np.nan, 0.0]), 1, 1.0, 16, 10)

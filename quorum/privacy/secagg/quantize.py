@@ -38,25 +38,33 @@ def _check_clip(clip: float) -> None:
 
 def quantize(values: npt.NDArray[np.floating], clip: float, bits: int) -> npt.NDArray[np.uint32]:
     out = np.empty(np.shape(values), dtype=np.uint32)
-    # A copy: the caller's array is never touched.
-    _quantize_into(np.array(values, dtype=np.float64), clip, bits, out)
+    _quantize_into(np.asarray(values), 1.0, clip, bits, out)
     return out
 
 
 def _quantize_into(
-    scratch: npt.NDArray[np.float64], clip: float, bits: int, out: npt.NDArray[np.uint32]
-) -> None:
-    """Quantises `scratch` (overwritten) into `out`, a few passes over the data in place."""
+    values: npt.NDArray[np.floating],
+    factor: float,
+    clip: float,
+    bits: int,
+    out: npt.NDArray[np.uint32],
+) -> int:
+    """Quantises `factor * values` into `out`; returns how many elements were clipped.
+
+    Clipping to [-clip, clip] then mapping onto [0, top] is one affine map followed by a clip
+    to [0, top], so the data is walked only a handful of times (this runs on every site's whole
+    update each round)."""
     top = levels(bits)
     _check_clip(clip)
-    if np.isnan(scratch).any():
+    scaled = np.multiply(values, factor * top / (2 * clip), dtype=np.float64)
+    scaled += top / 2
+    np.rint(scaled, out=scaled)
+    clipped = int(np.count_nonzero(scaled < 0)) + int(np.count_nonzero(scaled > top))
+    np.clip(scaled, 0, top, out=scaled)
+    if math.isnan(float(scaled.sum())):  # infinities were clipped; only NaN is left to refuse
         raise SecAggError("cannot quantise an update that contains NaN")
-    np.clip(scratch, -clip, clip, out=scratch)
-    scratch += clip
-    scratch *= top / (2 * clip)
-    np.rint(scratch, out=scratch)
-    np.clip(scratch, 0, top, out=scratch)  # rounding of the scale factor may step one ulp over
-    out[...] = scratch
+    out[...] = scaled
+    return clipped
 
 
 def _check_count(count: int, bits: int) -> None:
@@ -91,8 +99,9 @@ def encode_update(
     clip: float,
     bits: int,
     max_weight: int,
-) -> tuple[npt.NDArray[np.uint32], int]:
-    """The vector a site masks: its weighted, quantised delta followed by its weight.
+) -> tuple[npt.NDArray[np.uint32], int, int]:
+    """The vector a site masks: its weighted, quantised delta followed by its weight; with the
+    weight and the number of elements that were clipped.
 
     The weight is capped at `max_weight`, so no site can dominate the mean by claiming a huge
     example count, and the scaled delta stays within the clipping range.
@@ -105,11 +114,9 @@ def encode_update(
         raise SecAggError(f"the delta must be a flat 1-D vector, got shape {delta.shape}")
     weight = min(num_examples, max_weight)
     vector = np.empty(delta.shape[0] + 1, dtype=np.uint32)
-    _quantize_into(
-        np.multiply(delta, weight / max_weight, dtype=np.float64), clip, bits, vector[:-1]
-    )
+    clipped = _quantize_into(delta, weight / max_weight, clip, bits, vector[:-1])
     vector[-1] = weight
-    return vector, weight
+    return vector, weight, clipped
 
 
 def decode_sum(
