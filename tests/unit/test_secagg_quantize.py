@@ -27,28 +27,33 @@ def _slack(count: int, clip: float) -> float:
     return 1e-9 * count * clip
 
 
+def signed(q: np.ndarray) -> np.ndarray:
+    return q.view(np.int32)
+
+
 def test_levels_and_max_sites() -> None:
-    assert levels(1) == 1
-    assert levels(16) == 65535
-    assert levels(31) == 2**31 - 1
+    assert levels(2) == 1
+    assert levels(16) == 32767
+    assert levels(31) == 2**30 - 1
     assert max_sites(31) == 2
-    assert max_sites(16) == 65537
-    for bits in range(1, 32):
+    assert max_sites(16) == 65538
+    for bits in range(2, 32):
         m = max_sites(bits)
-        assert m * levels(bits) < RING <= (m + 1) * levels(bits)
-    for bad in (0, 32, -1):
+        assert m * levels(bits) < 2**31 <= (m + 1) * levels(bits)
+    for bad in (0, 1, 32, -1):
         with pytest.raises(SecAggError, match="bits"):
             levels(bad)
 
 
-@pytest.mark.parametrize("bits", [1, 8, 16, 20, 31])
-def test_a_sum_of_max_sites_vectors_at_the_top_level_does_not_wrap(bits: int) -> None:
+@pytest.mark.parametrize("bits", [2, 8, 16, 20, 31])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_sum_of_max_sites_vectors_at_the_top_level_does_not_wrap(bits: int, sign: float) -> None:
     count = max_sites(bits)
-    top = quantize(np.array([5.0, 1.0]), 1.0, bits)
-    assert np.all(top == levels(bits))
+    top = quantize(np.array([5.0, 1.0]) * sign, 1.0, bits)
+    assert np.all(signed(top) == sign * levels(bits))
     total = (top.astype(np.uint64) * count % RING).astype(np.uint32)  # what the server sums
-    assert np.all(total.astype(np.int64) == count * levels(bits))
-    np.testing.assert_allclose(dequantize_sum(total, count, 1.0, bits), count * 1.0)
+    assert np.all(signed(total) == sign * count * levels(bits))
+    np.testing.assert_allclose(dequantize_sum(total, count, 1.0, bits), sign * count * 1.0)
     with pytest.raises(SecAggError, match="wrap"):
         dequantize_sum(total, count + 1, 1.0, bits)
     with pytest.raises(SecAggError, match="expected 1"):
@@ -57,7 +62,7 @@ def test_a_sum_of_max_sites_vectors_at_the_top_level_does_not_wrap(bits: int) ->
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.integers(1, 31),
+    st.integers(2, 31),
     st.floats(1e-3, 1e3),
     st.integers(1, 6),
     st.integers(1, 40),
@@ -73,7 +78,7 @@ def test_error_of_a_dequantised_sum_is_within_the_bound(
     for v in vectors:
         q = quantize(v, clip, bits)
         assert q.dtype == np.uint32
-        assert int(q.max()) <= levels(bits)
+        assert int(np.abs(signed(q).astype(np.int64)).max()) <= levels(bits)
         total += q
     exact = sum(np.clip(v, -clip, clip) for v in vectors)
     error = np.abs(dequantize_sum(total, count, clip, bits) - exact)
@@ -82,9 +87,21 @@ def test_error_of_a_dequantised_sum_is_within_the_bound(
 
 def test_clipping_and_endpoints() -> None:
     q = quantize(np.array([-10.0, -1.0, 0.0, 1.0, 10.0, np.inf, -np.inf]), 1.0, 8)
-    assert q.tolist() == [0, 0, 128, 255, 255, 255, 0]
-    float32 = quantize(np.array([-0.5, 0.5], dtype=np.float32), 1.0, 2)
-    assert float32.tolist() == [1, 2]  # -0.5 -> 0.75 -> 1, 0.5 -> 2.25 -> 2
+    assert signed(q).tolist() == [-127, -127, 0, 127, 127, 127, -127]  # zero is exact
+    half = quantize(np.full(4, 0.5 / 127, dtype=np.float32), 1.0, 8)
+    assert set(signed(half).tolist()) <= {0, 1}  # half a step: either neighbour
+
+
+def test_stochastic_rounding_is_unbiased_far_below_one_step() -> None:
+    # A tenth of a step, on 200,000 elements: rounding to nearest would give 0 (or, on an
+    # offset grid, half a step of bias); stochastic rounding gives the value on average.
+    step = 1.0 / levels(20)
+    q = quantize(np.full(200_000, 0.1 * step), 1.0, 20, np.random.default_rng(7))
+    assert set(signed(q).tolist()) == {0, 1}
+    mean = float(dequantize_sum(q, 1, 1.0, 20).mean())
+    assert abs(mean - 0.1 * step) < 0.005 * step  # ~7 standard errors
+    zero = quantize(np.zeros(1000), 1.0, 20)
+    assert not signed(zero).any()
 
 
 def test_quantize_does_not_touch_its_input_and_refuses_nan() -> None:
@@ -155,6 +172,7 @@ def test_encode_update_counts_the_clipped_elements() -> None:
     # weight share 0.5: 5.0 -> 2.5 and inf are beyond clip 2.0, 2.0 -> 1.0 is not
     vector, weight, clipped = encode_update(delta, 50, 2.0, 16, 100)
     assert weight == 50 and clipped == 3
-    assert vector[1] == levels(16) and vector[2] == 0 and vector[5] == levels(16)
+    values = signed(vector[:-1]).tolist()
+    assert values[1] == levels(16) and values[2] == -levels(16) and values[5] == levels(16)
     with pytest.raises(SecAggError, match="NaN"):
         encode_update(np.array([np.nan, 0.0]), 1, 1.0, 16, 10)

@@ -1,8 +1,12 @@
 """Fixed-point encoding of model deltas for summation modulo 2^32.
 
 Masking works in the ring of integers mod 2^32, so updates are clipped to [-clip, clip] and
-mapped to integers in [0, levels]. The number of sites is bounded (`max_sites`) so that the true
-sum of the quantised vectors never wraps: the server's sum mod 2^32 is then the exact sum.
+mapped to signed integers in [-levels, levels] (two's complement in the ring), zero exactly at
+zero. Rounding is stochastic (floor(x + U), U uniform in [0, 1)), so the encoding is unbiased:
+a value far below one step still arrives on average, where rounding to nearest would drop it or,
+with an offset grid, bias every element of every site the same way. The number of sites is
+bounded (`max_sites`) so that the true sum never leaves the int32 range: the server's sum mod
+2^32, read as int32, is then the exact sum.
 
 The example weight rides as the last element of the vector and each delta is pre-scaled by its
 weight, so the server learns the weighted sum and the total weight, and never one site's count.
@@ -18,17 +22,19 @@ import numpy.typing as npt
 from quorum.errors import SecAggError
 
 _RING = 2**32
+_INT32_MAX = 2**31 - 1
 
 
 def levels(bits: int) -> int:
-    if not 1 <= bits <= 31:
-        raise SecAggError(f"quantisation bits must be 1..31, got {bits}")
-    return (1 << bits) - 1
+    """The largest magnitude of a quantised element: 2^(bits-1) - 1 (bits include the sign)."""
+    if not 2 <= bits <= 31:
+        raise SecAggError(f"quantisation bits must be 2..31, got {bits}")
+    return (1 << (bits - 1)) - 1
 
 
 def max_sites(bits: int) -> int:
-    """The most vectors whose sum cannot wrap modulo 2^32."""
-    return (_RING - 1) // levels(bits)
+    """The most vectors whose sum cannot leave the int32 range (and so cannot wrap)."""
+    return _INT32_MAX // levels(bits)
 
 
 def _check_clip(clip: float) -> None:
@@ -36,9 +42,14 @@ def _check_clip(clip: float) -> None:
         raise SecAggError(f"the clipping bound must be a positive finite number, got {clip}")
 
 
-def quantize(values: npt.NDArray[np.floating], clip: float, bits: int) -> npt.NDArray[np.uint32]:
+def quantize(
+    values: npt.NDArray[np.floating],
+    clip: float,
+    bits: int,
+    rng: np.random.Generator | None = None,
+) -> npt.NDArray[np.uint32]:
     out = np.empty(np.shape(values), dtype=np.uint32)
-    _quantize_into(np.asarray(values), 1.0, clip, bits, out)
+    _quantize_into(np.asarray(values), 1.0, clip, bits, out, rng)
     return out
 
 
@@ -48,22 +59,22 @@ def _quantize_into(
     clip: float,
     bits: int,
     out: npt.NDArray[np.uint32],
+    rng: np.random.Generator | None,
 ) -> int:
     """Quantises `factor * values` into `out`; returns how many elements were clipped.
 
-    Clipping to [-clip, clip] then mapping onto [0, top] is one affine map followed by a clip
-    to [0, top], so the data is walked only a handful of times (this runs on every site's whole
-    update each round)."""
+    A handful of passes over the data, in place: this runs on every site's whole update each
+    round."""
     top = levels(bits)
     _check_clip(clip)
-    scaled = np.multiply(values, factor * top / (2 * clip), dtype=np.float64)
-    scaled += top / 2
-    np.rint(scaled, out=scaled)
-    clipped = int(np.count_nonzero(scaled < 0)) + int(np.count_nonzero(scaled > top))
-    np.clip(scaled, 0, top, out=scaled)
+    scaled = np.multiply(values, factor * top / clip, dtype=np.float64)  # in steps
+    clipped = int(np.count_nonzero(scaled < -top)) + int(np.count_nonzero(scaled > top))
+    np.clip(scaled, -top, top, out=scaled)
     if math.isnan(float(scaled.sum())):  # infinities were clipped; only NaN is left to refuse
         raise SecAggError("cannot quantise an update that contains NaN")
-    out[...] = scaled
+    scaled += (rng or np.random.default_rng()).random(scaled.shape, dtype=np.float32)
+    np.floor(scaled, out=scaled)  # U < 1: the result stays within [-top, top]
+    np.copyto(out.view(np.int32), scaled, casting="unsafe")
     return clipped
 
 
@@ -82,9 +93,8 @@ def dequantize_sum(
     """The sum of `count` clipped vectors, from the sum of their quantised forms."""
     _check_count(count, bits)
     _check_clip(clip)
-    out = np.asarray(total).astype(np.float64)
-    out *= 2 * clip / levels(bits)
-    out -= count * clip
+    out = np.asarray(total, dtype=np.uint32).view(np.int32).astype(np.float64)
+    out *= clip / levels(bits)
     return out
 
 
@@ -99,6 +109,7 @@ def encode_update(
     clip: float,
     bits: int,
     max_weight: int,
+    rng: np.random.Generator | None = None,
 ) -> tuple[npt.NDArray[np.uint32], int, int]:
     """The vector a site masks: its weighted, quantised delta followed by its weight; with the
     weight and the number of elements that were clipped.
@@ -114,7 +125,7 @@ def encode_update(
         raise SecAggError(f"the delta must be a flat 1-D vector, got shape {delta.shape}")
     weight = min(num_examples, max_weight)
     vector = np.empty(delta.shape[0] + 1, dtype=np.uint32)
-    clipped = _quantize_into(delta, weight / max_weight, clip, bits, vector[:-1])
+    clipped = _quantize_into(delta, weight / max_weight, clip, bits, vector[:-1], rng)
     vector[-1] = weight
     return vector, weight, clipped
 
