@@ -36,11 +36,12 @@ class RunSpec:
     timeout_s: float
     interval_s: float
 
-    def tag(self, framework: str) -> str:
-        return f"{framework}_P{self.params}_N{self.nodes}"
+    def tag(self, framework: str, variant: str = "") -> str:
+        """`<framework>_P<P>_N<N>`, then `_<variant>` when one is named (e.g. "secagg")."""
+        return f"{framework}_P{self.params}_N{self.nodes}" + (f"_{variant}" if variant else "")
 
-    def fresh_dir(self, framework: str) -> pathlib.Path:
-        path = WORK_DIR / self.tag(framework)
+    def fresh_dir(self, framework: str, variant: str = "") -> pathlib.Path:
+        path = WORK_DIR / self.tag(framework, variant)
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         return path

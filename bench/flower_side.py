@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 from bench.common import BENCH_DIR, ROUND_TIME_DEFINITION, VENV_BIN, RunSpec, child_env
@@ -84,8 +85,23 @@ def write_connection(flwr_home: pathlib.Path, address: str) -> None:
     )
 
 
+def distinct_ports(count: int, taken: Iterable[int] = ()) -> list[int]:
+    """`count` free loopback ports, distinct from each other and from `taken`. free_port alone
+    can hand out the same port twice while its first taker has not bound it yet (a SuperNode
+    then dies with "address already in use" and the run waits for it in vain)."""
+    used = set(taken)
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in used:
+            used.add(port)
+            ports.append(port)
+    return ports
+
+
 def start_nodes(spec: RunSpec, launcher: Launcher, address: str) -> None:
-    for i in range(spec.nodes):
+    superlink_port = int(address.rpartition(":")[2])
+    for i, port in enumerate(distinct_ports(spec.nodes, [superlink_port])):
         launcher.launch(
             f"supernode{i}",
             [
@@ -96,36 +112,61 @@ def start_nodes(spec: RunSpec, launcher: Launcher, address: str) -> None:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(free_port()),
+                str(port),
                 "--node-config",
                 f"partition-id={i} num-partitions={spec.nodes}",
             ],
         )
 
 
-def wait_activated(log: pathlib.Path, nodes: int, timeout: float) -> None:
+def wait_activated(
+    log: pathlib.Path,
+    nodes: int,
+    timeout: float,
+    procs: Mapping[str, subprocess.Popen[bytes]] | None = None,
+) -> None:
+    """Waits for `nodes` activations in the SuperLink's log; fails at once when one of `procs`
+    (the SuperNodes) has exited."""
     deadline = time.monotonic() + timeout
     found = 0
     while time.monotonic() < deadline:
         found = len(ACTIVATED.findall(log.read_text(errors="replace")))
         if found >= nodes:
             return
+        dead = [name for name, proc in (procs or {}).items() if proc.poll() is not None]
+        if dead:
+            raise RunFailed(f"{', '.join(dead)} exited before activation (see their logs)")
         time.sleep(0.3)
     raise RunFailed(f"only {found}/{nodes} supernodes activated in {timeout:.0f} s")
 
 
+def run_config_text(values: Mapping[str, int | float | str]) -> str:
+    """`--run-config` text: numbers bare, strings quoted (TOML literals)."""
+    return " ".join(
+        f"{key}='{value}'" if isinstance(value, str) else f"{key}={value}"
+        for key, value in values.items()
+    )
+
+
 def submit(
-    spec: RunSpec, env: dict[str, str], run_dir: pathlib.Path, out_file: pathlib.Path
+    spec: RunSpec,
+    env: dict[str, str],
+    run_dir: pathlib.Path,
+    out_file: pathlib.Path,
+    app_dir: pathlib.Path = APP_DIR,
+    extra_config: Mapping[str, int | float | str] | None = None,
 ) -> str:
     run_cfg = (
         f"num-params={spec.params} num-nodes={spec.nodes} num-rounds={spec.rounds} "
         f"out-file='{out_file}'"
     )
+    if extra_config:
+        run_cfg += " " + run_config_text(extra_config)
     done = subprocess.run(
         [
             str(VENV_BIN / "flwr"),
             "run",
-            str(APP_DIR),
+            str(app_dir),
             "bench",
             "--run-config",
             run_cfg,
@@ -192,11 +233,20 @@ def summarise(
     measured = len(times) - spec.warmup
     if measured > 0:
         out.update(monitor.cpu_per_round(marks[spec.warmup]["t"], marks[-1]["t"], measured))
+    if "stages" in serverapp:  # the SecAgg+ app's per-stage wall times
+        out["secagg_stages"] = serverapp["stages"]
     return out
 
 
-def run(spec: RunSpec) -> dict[str, Any]:
-    run_dir = spec.fresh_dir("flower")
+def run(
+    spec: RunSpec,
+    app_dir: pathlib.Path = APP_DIR,
+    extra_config: Mapping[str, int | float | str] | None = None,
+    variant: str = "",
+) -> dict[str, Any]:
+    """One run of the app in `app_dir` (default: the FedAvg app); `extra_config` adds to its
+    `--run-config`, `variant` to its tag, work folder and result file."""
+    run_dir = spec.fresh_dir("flower", variant)
     flwr_home = run_dir / "flwr_home"
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -211,7 +261,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     out_file = run_dir / "serverapp_result.json"
     result: dict[str, Any] = {
         "framework": "flower",
-        "tag": spec.tag("flower"),
+        "tag": spec.tag("flower", variant),
         "round_time_definition": ROUND_TIME_DEFINITION,
         "errors": [],
     }
@@ -243,8 +293,9 @@ def run(spec: RunSpec) -> dict[str, Any]:
             spec.interval_s,
         )
         monitor.start()
-        wait_activated(run_dir / "superlink.log", spec.nodes, 180)
-        run_id = submit(spec, env, run_dir, out_file)
+        supernodes = {n: p for n, p in launcher.procs.items() if n != "superlink"}
+        wait_activated(run_dir / "superlink.log", spec.nodes, 180, supernodes)
+        run_id = submit(spec, env, run_dir, out_file, app_dir, extra_config)
         wait_result(out_file, superlink, time.monotonic() + spec.timeout_s)
         superlink_hwm = vm_hwm(superlink.pid)
     except Exception as exc:  # recorded in the JSON; the grid goes on with the next run
@@ -260,5 +311,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     if monitor is not None:
         result["top_process_peaks_mb"] = monitor.top_processes()
         result["samples"] = monitor.timeline()
+    if extra_config:
+        result["run_config"] = dict(extra_config)
     result["logs"] = str(run_dir)
     return result

@@ -11,8 +11,11 @@ import itertools
 import pathlib
 import secrets
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import tomli_w
 
 from bench.common import ROUND_TIME_DEFINITION, RunSpec, child_env
@@ -20,8 +23,10 @@ from bench.procmon import MiB, Monitor, kill_tree, stats, tree_of, vm_hwm
 from bench.tasks import PARAMS_ENV
 from quorum import identity
 from quorum.admin.client import AdminClient
+from quorum.server.checkpoints import Checkpoints
 from quorum.server.store import Store
 from quorum.sim import processes
+from quorum.wire import blobs
 
 TASK_REF = "bench.tasks:TASK"
 FINAL_STATES = ("completed", "failed", "stopped")
@@ -31,6 +36,18 @@ POLL_S = 1.0
 
 class RunFailed(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a run adds to the plain workload; the defaults add nothing (bench/round_time.py)."""
+
+    variant: str = ""
+    """Suffix of the run's tag, work folder and result file (e.g. "secagg")."""
+    secagg: Mapping[str, Any] | None = None
+    """The run's `secagg` table (`enabled`, `threshold`, `neighbours`, ...); None: plain."""
+    crash_at: Mapping[int, str] = field(default_factory=dict)
+    """Site index -> `ROUND:STAGE` passed to that site as `--crash-at` (SIGKILL there)."""
 
 
 def register_sites(state_dir: pathlib.Path, keys: pathlib.Path, nodes: int) -> None:
@@ -45,10 +62,16 @@ def register_sites(state_dir: pathlib.Path, keys: pathlib.Path, nodes: int) -> N
 
 
 def server_config(
-    spec: RunSpec, state_dir: pathlib.Path, fed_port: int, admin_port: int, token: str
+    spec: RunSpec,
+    state_dir: pathlib.Path,
+    fed_port: int,
+    admin_port: int,
+    token: str,
+    secagg: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Stock settings except what the workload fixes: all N sites every round, no evaluation."""
-    return {
+    """Stock settings except what the workload fixes: all N sites every round, no evaluation,
+    and the run's `secagg` table when one is given."""
+    config: dict[str, Any] = {
         "server": {
             "federation_address": f"127.0.0.1:{fed_port}",
             "admin_address": f"127.0.0.1:{admin_port}",
@@ -69,12 +92,21 @@ def server_config(
             }
         ],
     }
+    if secagg is not None:
+        config["runs"][0]["secagg"] = dict(secagg)
+    return config
 
 
 def start_federation(
-    spec: RunSpec, work: pathlib.Path, fed_port: int, children: list[processes.Child]
+    spec: RunSpec,
+    work: pathlib.Path,
+    fed_port: int,
+    children: list[processes.Child],
+    crash_at: Mapping[int, str] | None = None,
 ) -> processes.Child:
-    """Starts the server, then the sites; appends each to `children` as soon as it exists."""
+    """Starts the server, then the sites; appends each to `children` as soon as it exists.
+    `crash_at` gives a site (by index) a `--crash-at ROUND:STAGE`."""
+    crash_at = crash_at or {}
     env = child_env({PARAMS_ENV: str(spec.params)})
     logs = work / "logs"
     server = processes.start(
@@ -102,6 +134,7 @@ def start_federation(
                     "--device",
                     "cpu",
                     "--insecure",
+                    *(["--crash-at", crash_at[i]] if i in crash_at else []),
                 ],
                 logs,
                 env,
@@ -163,18 +196,42 @@ def summarise(
     return out
 
 
-def run(spec: RunSpec) -> dict[str, Any]:
-    work = spec.fresh_dir("quorum")
+def secagg_records(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each round's `secagg` record (cohort, threshold, per-stage times, dropouts), if any."""
+    return [
+        {"round": d["round"], **d["secagg"]}
+        for d in details
+        if isinstance(d, dict) and d.get("secagg")
+    ]
+
+
+def final_mean_drift(state_dir: pathlib.Path, run_id: str, last_round: int) -> float | None:
+    """Mean of (final - initial) over the model's first tensor, from the server's checkpoints:
+    the same check as the Flower apps' `final_mean_drift_arr0` (FedAvg of the sites' constant
+    steps; SecAgg+ quantises, so it matches to about 1e-5 there)."""
+    checkpoints = Checkpoints(state_dir / "checkpoints")
+    try:
+        first = blobs.decode(checkpoints.model_path(run_id, 0).read_bytes())
+        final = blobs.decode(checkpoints.model_path(run_id, last_round).read_bytes())
+    except OSError:
+        return None
+    name = next(iter(first))
+    return float(np.mean(final[name].astype(np.float64) - first[name]))
+
+
+def run(spec: RunSpec, options: Options | None = None) -> dict[str, Any]:
+    options = options or Options()
+    work = spec.fresh_dir("quorum", options.variant)
     state_dir = work / "state"
     register_sites(state_dir, work / "keys", spec.nodes)
     fed_port, admin_port = processes.free_port(), processes.free_port()
     token = secrets.token_urlsafe(24)
     (work / "server.toml").write_text(
-        tomli_w.dumps(server_config(spec, state_dir, fed_port, admin_port, token))
+        tomli_w.dumps(server_config(spec, state_dir, fed_port, admin_port, token, options.secagg))
     )
     result: dict[str, Any] = {
         "framework": "quorum",
-        "tag": spec.tag("quorum"),
+        "tag": spec.tag("quorum", options.variant),
         "round_time_definition": ROUND_TIME_DEFINITION,
         "errors": [],
     }
@@ -185,7 +242,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     server_hwm: int | None = None
     try:
-        server = start_federation(spec, work, fed_port, children)
+        server = start_federation(spec, work, fed_port, children, options.crash_at)
         monitor = Monitor(
             {"server": [server.process.pid], "clients": [c.process.pid for c in children[1:]]},
             spec.interval_s,
@@ -200,7 +257,14 @@ def run(spec: RunSpec) -> dict[str, Any]:
         result["round_details"] = [
             admin.get(f"/api/v1/runs/{run_info['id']}/rounds/{r['round']}") for r in rounds
         ]
+        if options.secagg is not None:
+            result["secagg_settings"] = dict(options.secagg)
+            result["crash_at"] = {f"site{i}": point for i, point in options.crash_at.items()}
+            result["secagg_rounds"] = secagg_records(result["round_details"])
         server_hwm = vm_hwm(server.process.pid)
+        result["final_mean_drift_arr0"] = final_mean_drift(
+            state_dir, run_info["id"], int(run_info["rounds_completed"])
+        )
         if run_info["status"] != "completed":
             raise RunFailed(f"run ended {run_info['status']}: {run_info.get('error')}")
     except Exception as exc:  # recorded in the JSON; the grid goes on with the next run

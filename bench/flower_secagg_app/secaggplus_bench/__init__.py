@@ -1,0 +1,1 @@
+"""secaggplus_bench: the Quorum benchmark workload through Flower's SecAgg+ workflow."""
