@@ -68,10 +68,15 @@ def _quantize_into(
     top = levels(bits)
     _check_clip(clip)
     scaled = np.multiply(values, factor * top / clip, dtype=np.float64)  # in steps
-    clipped = int(np.count_nonzero(scaled < -top)) + int(np.count_nonzero(scaled > top))
-    np.clip(scaled, -top, top, out=scaled)
-    if math.isnan(float(scaled.sum())):  # infinities were clipped; only NaN is left to refuse
+    if scaled.size == 0:
+        return 0
+    highest, lowest = float(scaled.max()), float(scaled.min())
+    if math.isnan(highest) or math.isnan(lowest):
         raise SecAggError("cannot quantise an update that contains NaN")
+    clipped = 0
+    if highest > top or lowest < -top:  # only then walk the data to count and clip
+        clipped = int(np.count_nonzero(scaled > top)) + int(np.count_nonzero(scaled < -top))
+        np.clip(scaled, -top, top, out=scaled)
     scaled += (rng or np.random.default_rng()).random(scaled.shape, dtype=np.float32)
     np.floor(scaled, out=scaled)  # U < 1: the result stays within [-top, top]
     np.copyto(out.view(np.int32), scaled, casting="unsafe")
