@@ -4,7 +4,8 @@ One workload (bench/README.md: P float32 parameters, trivial local training, Fed
 sites) and five runs, one after the other, never two at once:
 
 1. Quorum, plain rounds (the quorum side of bench/round_time.py);
-2. Quorum, SecAgg+ (threshold 6, neighbours 9: the complete graph for N = 10), no dropout;
+2. Quorum, SecAgg+ (threshold 6, neighbours 8: neighbourhoods of 9, as Flower's num_shares 9
+   - Flower's count includes the site itself), no dropout;
 3. Quorum, SecAgg+, one site SIGKILLed as the unmask stage of the last round begins at it
    (`quorum client run --crash-at R:unmask`: its masked vector is already in the sum);
 4. Flower, SecAggPlusWorkflow + secaggplus_mod (num_shares 9, reconstruction_threshold 6);
@@ -93,8 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--neighbours",
         type=int,
-        default=9,
-        help="Quorum's k (9 with N = 10: the complete graph); Flower's num_shares is k",
+        default=8,
+        help="Quorum's k; Flower's num_shares is k + 1 (it counts the site itself)",
     )
     ap.add_argument(
         "--stage-timeout",
@@ -149,7 +150,7 @@ def plans(args: argparse.Namespace) -> list[Plan]:
     }
     last = args.quorum_rounds
     flower = {
-        "num-shares": args.neighbours,
+        "num-shares": args.neighbours + 1,
         "reconstruction-threshold": args.threshold,
     }
     return [

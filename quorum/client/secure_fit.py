@@ -90,11 +90,13 @@ async def run(
         )
     )
     routed = (await _next(inbox, "shares", timeout)).shares.shares
+    received = [EncryptedShare(s.sender, s.receiver, s.ciphertext) for s in routed]
+    # The mask does not depend on the update: it is expanded while the model trains.
+    await asyncio.to_thread(machine.receive_shares, received)
     model, fit = await training
 
     stage("masked-input")
-    received = [EncryptedShare(s.sender, s.receiver, s.ciphertext) for s in routed]
-    blob, metrics = await asyncio.to_thread(_masked_blob, machine, received, model, fit, setup)
+    blob, metrics = await asyncio.to_thread(_masked_blob, machine, model, fit, setup)
     receipt = await upload(blob, metrics)
     if not receipt.accepted:
         raise SecAggError(f"the masked vector was refused: {receipt.code}: {receipt.message}")
@@ -119,7 +121,6 @@ async def run(
 
 def _masked_blob(
     machine: ClientRound,
-    shares: list[EncryptedShare],
     model: bytes,
     fit: FitResult,
     setup: pb.SecAggSetup,
@@ -140,7 +141,7 @@ def _masked_blob(
         setup.quantization_bits,
         setup.max_weight,
     )
-    masked = machine.mask(shares, vector)
+    masked = machine.mask(vector)
     metrics = {**fit.metrics, "secagg_clipped_fraction": clipped / max(delta.size, 1)}
     return blobs.encode({MASKED_TENSOR: masked}), metrics
 

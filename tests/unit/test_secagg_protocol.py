@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,14 @@ class Cohort:
     @property
     def n(self) -> int:
         return len(self.graph)
+
+
+def mask_update(
+    client: ClientRound, shares: Sequence[EncryptedShare], update: np.ndarray
+) -> np.ndarray:
+    """The site's two steps after share_keys: take its shares, then mask its update."""
+    client.receive_shares(shares)
+    return client.mask(update)
 
 
 def make_cohort(
@@ -126,7 +134,7 @@ def run(cohort: Cohort, updates: list[Vector], drop: dict[int, int] | None = Non
         for i, shares in inbox.items():
             if present(i, 3):
                 try:
-                    server.add_masked(i, clients[i].mask(shares, updates[i]))
+                    server.add_masked(i, mask_update(clients[i], shares, updates[i]))
                 except SecAggError:
                     outcome.refused[i] = 3
         request = server.close_masked()
@@ -307,7 +315,7 @@ def test_pairwise_masks_cancel_exactly_once_self_masks_are_removed() -> None:
     for i in range(n):
         cohort.server.receive_shares(i, cohort.clients[i].share_keys(to_site[i]))
     inbox = cohort.server.close_shares()
-    masked = [cohort.clients[i].mask(inbox[i], updates[i]) for i in range(n)]
+    masked = [mask_update(cohort.clients[i], inbox[i], updates[i]) for i in range(n)]
     for i in range(n):
         assert not np.array_equal(masked[i], updates[i])
     request = UnmaskRequest(frozenset(range(n)), frozenset())
@@ -346,7 +354,7 @@ def test_server_keeps_one_running_sum_and_no_individual_update() -> None:
         server.receive_shares(i, cohort.clients[i].share_keys(to_site[i]))
     inbox = server.close_shares()
     for i in range(n):
-        server.add_masked(i, cohort.clients[i].mask(inbox[i], updates[i]))
+        server.add_masked(i, mask_update(cohort.clients[i], inbox[i], updates[i]))
         held = [v for v in vars(server).values() if isinstance(v, np.ndarray)]
         assert len(held) == 1
         assert _arrays(vars(server)) == 1
@@ -377,7 +385,7 @@ def test_a_tampered_share_ciphertext_is_refused_naming_the_sender() -> None:
     flipped[-5] ^= 0x40
     shares[1] = dataclasses.replace(victim, ciphertext=bytes(flipped))
     with pytest.raises(SecAggError, match=rf"site {victim.sender}\b.*authentication failed"):
-        cohort.clients[receiver].mask(shares, np.zeros(4, dtype=np.uint32))
+        mask_update(cohort.clients[receiver], shares, np.zeros(4, dtype=np.uint32))
     with pytest.raises(SecAggError, match="earlier step"):
         cohort.clients[receiver].unmask(UnmaskRequest(frozenset(range(5)), frozenset()))
 
@@ -390,13 +398,13 @@ def test_a_reflected_or_redirected_share_fails_authentication() -> None:
     reflected = EncryptedShare(sender=0, receiver=1, ciphertext=to_zero.ciphertext)
     others = [s for s in inbox[1] if s.sender != 0]
     with pytest.raises(SecAggError, match=r"site 0.*authentication failed"):
-        cohort.clients[1].mask([reflected, *others], np.zeros(4, dtype=np.uint32))
+        mask_update(cohort.clients[1], [reflected, *others], np.zeros(4, dtype=np.uint32))
     # The share 2 -> 0 passed to site 3 as if from 2.
     to_zero = next(s for s in inbox[0] if s.sender == 2)
     redirected = EncryptedShare(sender=2, receiver=3, ciphertext=to_zero.ciphertext)
     others = [s for s in inbox[3] if s.sender != 2]
     with pytest.raises(SecAggError, match=r"site 2.*authentication failed"):
-        cohort.clients[3].mask([redirected, *others], np.zeros(4, dtype=np.uint32))
+        mask_update(cohort.clients[3], [redirected, *others], np.zeros(4, dtype=np.uint32))
 
 
 def test_a_relay_that_substitutes_a_mask_key_is_caught_by_the_signature() -> None:
@@ -453,7 +461,7 @@ def test_corrupted_revealed_shares_fail_the_round_instead_of_a_wrong_sum() -> No
         inbox, _ = _through_share_keys(cohort)
         for i in range(5):
             if drop.get(i) != 3:
-                server.add_masked(i, cohort.clients[i].mask(inbox[i], updates[i]))
+                server.add_masked(i, mask_update(cohort.clients[i], inbox[i], updates[i]))
         request = server.close_masked()
         for i in sorted(request.survivors):
             shares = cohort.clients[i].unmask(request)
@@ -477,8 +485,10 @@ def test_client_steps_must_come_in_order_and_once() -> None:
     client.advertise()
     with pytest.raises(SecAggError, match="advertise called out of order"):
         client.advertise()
+    with pytest.raises(SecAggError, match="receive_shares called out of order"):
+        client.receive_shares([])
     with pytest.raises(SecAggError, match="mask called out of order"):
-        client.mask([], np.zeros(4, dtype=np.uint32))
+        client.mask(np.zeros(4, dtype=np.uint32))
 
 
 def _advertised(cohort: Cohort) -> dict[int, AdvertisedKeys]:
@@ -526,28 +536,28 @@ def test_mask_refuses_bad_deliveries_and_bad_updates() -> None:
     zeros = np.zeros(4, dtype=np.uint32)
     cohort, inbox = fresh()
     with pytest.raises(SecAggError, match="relayed twice"):
-        cohort.clients[0].mask([*inbox[0], inbox[0][0]], zeros)
+        mask_update(cohort.clients[0], [*inbox[0], inbox[0][0]], zeros)
     cohort, inbox = fresh()
     with pytest.raises(SecAggError, match="addressed to site 1"):
-        cohort.clients[0].mask(inbox[1][:1], zeros)
+        mask_update(cohort.clients[0], inbox[1][:1], zeros)
     cohort, inbox = fresh()
     with pytest.raises(SecAggError, match="not a neighbour that advertised"):
-        cohort.clients[0].mask([EncryptedShare(7, 0, b"x" * 40)], zeros)
+        mask_update(cohort.clients[0], [EncryptedShare(7, 0, b"x" * 40)], zeros)
     for bad in (np.zeros(4, dtype=np.int64), np.zeros(5, dtype=np.uint32)):
         cohort, inbox = fresh()
         with pytest.raises(SecAggError, match="uint32 vector of length 4"):
-            cohort.clients[0].mask(inbox[0], as_any(bad))
+            mask_update(cohort.clients[0], inbox[0], as_any(bad))
     cohort = make_cohort(4, 3, 3)
     inbox, _ = _through_share_keys(cohort)
     with pytest.raises(SecAggError, match="only 2 sites of its neighbourhood"):
-        cohort.clients[0].mask(inbox[0][:1], zeros)
+        mask_update(cohort.clients[0], inbox[0][:1], zeros)
 
 
 def _masked_cohort(n: int = 5, degree: int = 4, threshold: int = 3) -> Cohort:
     cohort = make_cohort(n, degree, threshold)
     inbox, _ = _through_share_keys(cohort)
     for i in range(n):
-        cohort.clients[i].mask(inbox[i], np.zeros(4, dtype=np.uint32))
+        mask_update(cohort.clients[i], inbox[i], np.zeros(4, dtype=np.uint32))
     return cohort
 
 
@@ -681,7 +691,7 @@ def test_server_refuses_bad_masked_vectors_and_unmask_shares() -> None:
         server.receive_shares(i, cohort.clients[i].share_keys(to_site[i]))
     inbox = server.close_shares()
     assert sorted(inbox) == [0, 1, 2, 3]
-    masked = {i: cohort.clients[i].mask(inbox[i], np.zeros(4, np.uint32)) for i in range(4)}
+    masked = {i: mask_update(cohort.clients[i], inbox[i], np.zeros(4, np.uint32)) for i in range(4)}
     with pytest.raises(SecAggError, match="did not share keys"):
         server.add_masked(4, masked[0])
     with pytest.raises(SecAggError, match="uint32 vector of length 4"):

@@ -48,6 +48,7 @@ _PLAINTEXT_BYTES = 2 * _INDEX_BYTES + 2 * shamir.SHARE_BYTES
 class _Stage(enum.Enum):
     ADVERTISE = "advertise"
     SHARE_KEYS = "share_keys"
+    RECEIVE_SHARES = "receive_shares"
     MASK = "mask"
     UNMASK = "unmask"
     DONE = "done"
@@ -101,6 +102,7 @@ class ClientRound:
         self._pairwise: dict[int, bytes] = {}  # neighbour -> pairwise mask seed
         self._seed = b""
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (seed share, key share)
+        self._mask: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
 
     @property
     def index(self) -> int:
@@ -191,7 +193,7 @@ class ClientRound:
             )
             out.append(EncryptedShare(self._index, j, ciphertext))
         self._u1 = u1
-        self._stage = _Stage.MASK
+        self._stage = _Stage.RECEIVE_SHARES
         return out
 
     def _open(self, share: EncryptedShare) -> tuple[bytes, bytes]:
@@ -216,10 +218,11 @@ class ClientRound:
         body = plaintext[2 * _INDEX_BYTES :]
         return body[: shamir.SHARE_BYTES], body[shamir.SHARE_BYTES :]
 
-    def mask(
-        self, shares: Sequence[EncryptedShare], update: npt.NDArray[np.uint32]
-    ) -> npt.NDArray[np.uint32]:
-        self._begin(_Stage.MASK)
+    def receive_shares(self, shares: Sequence[EncryptedShare]) -> None:
+        """Takes the shares addressed to this site and expands its whole mask: its self mask
+        plus the pairwise masks with every neighbour that shared keys. The update is not needed
+        yet, so a site does this while it trains."""
+        self._begin(_Stage.RECEIVE_SHARES)
         received: dict[int, tuple[bytes, bytes]] = {}
         for share in shares:
             j = share.sender
@@ -242,6 +245,21 @@ class ClientRound:
                 f"site {self._index}: only {len(u2)} sites of its neighbourhood (itself "
                 f"included) shared keys, threshold {self._threshold}"
             )
+        mask = np.zeros(self._setup.vector_length, dtype=np.uint32)
+        crypto.add_prg(mask, self._seed)
+        for j in sorted(u2 - {self._index}):
+            crypto.add_prg(mask, self._pairwise[j], subtract=self._index > j)
+        self._mask = mask
+        self._held.update(received)
+        self._u2 = u2
+        # The seeds are no longer needed: this site's own share of them is what it keeps.
+        self._seed = b""
+        self._pairwise.clear()
+        self._stage = _Stage.MASK
+
+    def mask(self, update: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
+        """The masked update (a new array): update + the mask, modulo 2^32."""
+        self._begin(_Stage.MASK)
         if (
             not isinstance(update, np.ndarray)
             or update.dtype != np.uint32
@@ -251,15 +269,8 @@ class ClientRound:
                 f"site {self._index}: the update must be a uint32 vector of length "
                 f"{self._setup.vector_length}"
             )
-        masked = np.array(update, dtype=np.uint32, order="C", copy=True)
-        crypto.add_prg(masked, self._seed)
-        for j in sorted(u2 - {self._index}):
-            crypto.add_prg(masked, self._pairwise[j], subtract=self._index > j)
-        self._held.update(received)
-        self._u2 = u2
-        # The seeds are no longer needed: this site's own share of them is what it keeps.
-        self._seed = b""
-        self._pairwise.clear()
+        masked = np.add(update, self._mask, dtype=np.uint32)
+        self._mask = np.zeros(0, dtype=np.uint32)
         self._stage = _Stage.UNMASK
         return masked
 
