@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto bench clean
+.PHONY: demo test lint typecheck proto bench bench-secagg clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/round_time.py
+
+bench-secagg: $(STAMP)
+	$(BIN)/python bench/secagg_time.py --quorum-rounds 41
 
 clean:
 	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache
