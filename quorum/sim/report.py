@@ -135,7 +135,7 @@ def table(result: dict[str, Any]) -> Table:
     out.add_column("wall time s", justify="right")
     secure = any(r["secagg"] for r in result["rounds"])
     if secure:
-        out.add_column("secagg dropouts")
+        out.add_column("secagg dropouts", overflow="fold")
     for r in result["rounds"]:
         dropouts = [f"{d['site']}@{d['stage']}" for d in (r["secagg"] or {}).get("dropped", [])]
         out.add_row(
