@@ -330,10 +330,12 @@ class SiteAgent:
                 lambda stage: self._stage(offer.round, stage),
             )
         finally:
-            training.cancel()
-            if training.done() and not training.cancelled():
-                training.exception()  # seen here; the stage error is the one reported
             del self._inboxes[offer.task_id]
+            # A fit thread cannot be stopped: wait for it, so that no two fits ever run at
+            # once (the next offer may be the same round's next attempt).
+            await asyncio.wait({training})
+            if not training.cancelled():
+                training.exception()  # seen here; the stage error is the one reported
         log.info("event=secure_update_done run_id=%s round=%d", offer.run_id, offer.round)
 
 

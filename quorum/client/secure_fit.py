@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -40,7 +41,7 @@ async def run(
     offer: pb.TaskOffer,
     send: Callable[[pb.SecAggReply], None],
     inbox: asyncio.Queue[pb.ServerMessage],
-    training: Awaitable[tuple[bytes, FitResult]],
+    training: asyncio.Future[tuple[bytes, FitResult]],
     upload: Upload,
     stage: Callable[[str], None],
 ) -> None:
@@ -57,7 +58,9 @@ async def run(
             peers=tuple(Peer(p.index, p.name, p.identity_key) for p in setup.peers),
         ),
     )
-    timeout = offer.deadline_s
+    # The key and share stages close within stage_timeout_s of opening; the unmask request
+    # waits for the masked-input stage, which lasts as long as the slowest site's training.
+    quick = 2 * setup.stage_timeout_s
 
     stage("advertise-keys")
     mine = machine.advertise()
@@ -72,7 +75,7 @@ async def run(
             ),
         )
     )
-    keys = (await _next(inbox, "keys", timeout)).keys.keys
+    keys = (await _next(inbox, "keys", quick)).keys.keys
 
     stage("share-keys")
     shares = machine.share_keys(
@@ -89,18 +92,18 @@ async def run(
             ),
         )
     )
-    routed = (await _next(inbox, "shares", timeout)).shares.shares
+    routed = (await _next(inbox, "shares", quick)).shares.shares
     received = [EncryptedShare(s.sender, s.receiver, s.ciphertext) for s in routed]
     # The mask does not depend on the update: it is expanded while the model trains.
     await asyncio.to_thread(machine.receive_shares, received)
-    model, fit = await training
+    model, fit = await _unless_ended(training, inbox)
 
     stage("masked-input")
     blob, metrics = await asyncio.to_thread(_masked_blob, machine, model, fit, setup)
     receipt = await upload(blob, metrics)
     if not receipt.accepted:
         raise SecAggError(f"the masked vector was refused: {receipt.code}: {receipt.message}")
-    request = (await _next(inbox, "unmask", timeout)).unmask
+    request = (await _next(inbox, "unmask", offer.deadline_s)).unmask
 
     stage("unmask")
     revealed = machine.unmask(
@@ -146,6 +149,29 @@ def _masked_blob(
     return blobs.encode({MASKED_TENSOR: masked}), metrics
 
 
+async def _unless_ended(
+    training: asyncio.Future[tuple[bytes, FitResult]], inbox: asyncio.Queue[pb.ServerMessage]
+) -> tuple[bytes, FitResult]:
+    """The training's result, unless the server ends the round first (then SecAggError)."""
+    message = asyncio.ensure_future(inbox.get())
+    waiting: set[asyncio.Future[Any]] = {training, message}
+    try:
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        message.cancel()
+    if message.done() and not message.cancelled():
+        _raise_unexpected(message.result(), "the masked-input stage")
+    return training.result()
+
+
+def _raise_unexpected(message: pb.ServerMessage, want: str) -> NoReturn:
+    if message.WhichOneof("kind") == "notice":
+        raise SecAggError(
+            f"the server ended this site's part: {message.notice.code}: {message.notice.message}"
+        )
+    raise SecAggError(f"expected {want}, got the {message.secagg.WhichOneof('stage')!r} stage")
+
+
 async def _next(
     inbox: asyncio.Queue[pb.ServerMessage], want: str, timeout: float
 ) -> pb.SecAggStage:
@@ -154,12 +180,7 @@ async def _next(
         message = await asyncio.wait_for(inbox.get(), timeout)
     except TimeoutError:
         raise SecAggError(f"no {want!r} stage message from the server in {timeout:.0f} s") from None
-    if message.WhichOneof("kind") == "notice":
-        raise SecAggError(
-            f"the server ended this site's part: {message.notice.code}: {message.notice.message}"
-        )
-    got = message.secagg.WhichOneof("stage")
-    if got != want:
-        raise SecAggError(f"expected the {want!r} stage from the server, got {got!r}")
+    if message.WhichOneof("kind") != "secagg" or message.secagg.WhichOneof("stage") != want:
+        _raise_unexpected(message, f"the {want!r} stage")
     stage_message: pb.SecAggStage = message.secagg
     return stage_message

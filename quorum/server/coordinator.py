@@ -15,7 +15,7 @@ from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
-from quorum.server.phases import PendingTask, Phase, SiteResult
+from quorum.server.phases import PendingTask, Phase, SiteResult, fold_in_thread
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import RunRecord, Store
 from quorum.server.sync_driver import SyncDriver, strategy_for
@@ -220,7 +220,8 @@ class Coordinator:
                 assert phase.accumulator is not None
                 vector = blobs.as_flat(data, layout)
                 num_examples = int(header.num_examples)
-                await asyncio.to_thread(phase.accumulator.fold, vector, float(num_examples))
+                accumulator = phase.accumulator
+                await fold_in_thread(lambda: accumulator.fold(vector, float(num_examples)))
         metrics = validation.parse_metrics(header.metrics_json)
         phase.results.append(SiteResult(task.site, num_examples, metrics))
         self.store.finish_participation(

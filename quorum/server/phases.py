@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -19,6 +20,18 @@ if TYPE_CHECKING:
     from quorum.server.secure_fit import SecureFit
 
 Kind = Literal["fit", "evaluate"]
+
+
+async def fold_in_thread(fold: Callable[[], None]) -> None:
+    """Runs a fold into a round's sum in a worker thread and returns only once it is over, even
+    when the awaiting upload is cancelled (its site hung up): a thread cannot be stopped, and
+    the caller's fold lock must not be released while the sum is still being written."""
+    running = asyncio.ensure_future(asyncio.to_thread(fold))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait({running})
+        raise
 
 
 class RoundAborted(QuorumError):

@@ -12,6 +12,7 @@ timings, who dropped where, whether the sum was recovered) is the round's `secag
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import time
@@ -34,7 +35,7 @@ from quorum.privacy.secagg import (
     neighbours,
 )
 from quorum.proto import federation_pb2 as pb
-from quorum.server.phases import PendingTask, Phase, RoundAborted
+from quorum.server.phases import PendingTask, Phase, RoundAborted, fold_in_thread
 from quorum.server.sessions import Session
 from quorum.wire import blobs
 
@@ -47,6 +48,7 @@ STAGES = ("advertise-keys", "share-keys", "masked-input", "unmask")
 _MESSAGE_OF_STAGE = {"advertise-keys": "keys", "share-keys": "shares", "unmask": "unmask"}
 
 
+@functools.lru_cache(maxsize=4)
 def masked_layout(length: int) -> blobs.Layout:
     """The layout of a masked upload: one uint32 vector of `length` elements."""
     return blobs.read_layout(blobs.encode({MASKED_TENSOR: np.zeros(length, np.uint32)}))
@@ -76,6 +78,7 @@ class SecureFit:
         self.settings = settings
         self.cohort = cohort
         self.names = [s.site for s in cohort]
+        self.identity_keys = [coordinator.store.site(name).public_key for name in self.names]
         n = len(cohort)
         self.graph = neighbours(n, settings.neighbours, rng)
         smallest = min(len(g) for g in self.graph) + 1
@@ -83,6 +86,7 @@ class SecureFit:
         self.vector_length = numel + 1
         # The masked-input stage covers local training: it has the run's round deadline.
         self.masked_timeout_s = config.round_timeout_s
+        self.min_sum = config.min_fit_sites
         self.report: dict[str, Any] = {
             "cohort": n,
             "threshold": self.threshold,
@@ -126,9 +130,15 @@ class SecureFit:
                 raise
             finally:
                 self.stage = "done"
+                self.phase.closed = True
                 self.co.close_phase(self.phase)
+                # The phase is remembered with its tasks (to refuse late answers): it lets go of
+                # the round's sum and ciphertexts.
+                self.server = None
             settings = self.settings
-            # A site can put any weight in its masked vector; one that wraps the sum is caught.
+            # A site can put any weight in its masked vector: a total outside the range the
+            # sites' weights allow is refused (SecAgg hides each site's values, so no more
+            # than that can be checked).
             mean, weight = self._close(
                 lambda: decode_sum(
                     total,
@@ -167,7 +177,18 @@ class SecureFit:
                 f"{n} sites could overflow the 32-bit sum at {bits} quantization bits; lower "
                 "run.secagg.quantization_bits or the cohort size"
             )
-        return ServerRound(self.context, self.graph, self.threshold, self.vector_length)
+        if n * self.settings.max_weight >= 2**32:
+            raise self._abort(
+                f"{n} sites' weights of up to {self.settings.max_weight} could overflow the "
+                "32-bit sum; lower run.secagg.max_weight or the cohort size"
+            )
+        return ServerRound(
+            self.context,
+            self.graph,
+            self.threshold,
+            self.vector_length,
+            identity_keys=self.identity_keys,
+        )
 
     async def _stages(self, server: ServerRound) -> tuple[np.ndarray, int]:
         """The four stages; returns the unmasked sum and the number of vectors in it."""
@@ -182,6 +203,12 @@ class SecureFit:
             )
         await self._stage("masked-input", set(server.shared), self.masked_timeout_s)
         request = self._close(server.close_masked)
+        if len(request.survivors) < self.min_sum:
+            # Decided before any share is revealed: a sum that would be thrown away is never
+            # computed.
+            raise self._abort(
+                f"{len(request.survivors)} masked vectors arrived; min_fit_sites is {self.min_sum}"
+            )
         unmask = pb.SecAggUnmaskRequest(
             survivors=sorted(request.survivors), dropped=sorted(request.dropped)
         )
@@ -246,7 +273,7 @@ class SecureFit:
                 pb.SecAggPeer(
                     index=j,
                     name=self.names[j],
-                    identity_key=self.co.store.site(self.names[j]).public_key,
+                    identity_key=self.identity_keys[j],
                 )
                 for j in sorted(self.graph[index])
             ],
@@ -279,8 +306,7 @@ class SecureFit:
         """A site's keys, shares or unmask shares; raises UploadRejected."""
         index = self.index[task.id]
         kind = reply.WhichOneof("stage")
-        assert self.server is not None  # tasks exist only once the cohort was checked
-        if kind != _MESSAGE_OF_STAGE.get(self.stage):
+        if self.server is None or kind is None or kind != _MESSAGE_OF_STAGE.get(self.stage):
             raise UploadRejected(
                 "wrong_stage", f"a {kind!r} message arrived during the {self.stage} stage"
             )
@@ -313,11 +339,10 @@ class SecureFit:
 
     def admit_masked(self, task: PendingTask) -> None:
         index = self.index[task.id]
-        if self.stage != "masked-input":
+        if self.stage != "masked-input" or self.server is None:
             raise UploadRejected(
                 "wrong_stage", f"a masked vector arrived during the {self.stage} stage"
             )
-        assert self.server is not None
         if index not in self.server.shared:
             raise UploadRejected(
                 "not_in_stage", "this site's key shares were not relayed; it cannot add a vector"
@@ -330,9 +355,10 @@ class SecureFit:
             raise UploadRejected("task_closed", "the masked-input stage closed at its deadline")
         vector = blobs.decode(data, layout)[MASKED_TENSOR]
         index = self.index[task.id]
-        assert self.server is not None
+        server = self.server
+        assert server is not None  # set for as long as the stage is open
         try:
-            await asyncio.to_thread(self.server.add_masked, index, vector)
+            await fold_in_thread(lambda: server.add_masked(index, vector))
         except SecAggError as exc:
             raise UploadRejected("secagg_protocol", str(exc)) from None
         self.answered["masked-input"].add(index)

@@ -227,25 +227,54 @@ def test_a_key_substituted_by_the_relay_is_refused_by_every_neighbour(
     asyncio.run(scenario())
 
 
-def test_a_site_sent_another_global_model_is_caught_by_its_cohort(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _send_site_e_another_model(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Makes the server offer site "e" a different global model from the rest of its cohort."""
+    server: dict[str, Any] = {}
     original_send = Session.send
 
     def send(self: Session, message: pb.ServerMessage) -> None:
         if self.site == "e" and message.WhichOneof("kind") == "task":
             other = blobs.encode({"w": np.ones((4, 3), np.float32), "b": np.ones(3, np.float32)})
-            digest = SERVER["coordinator"].blobs.put(other)
-            message.task.model_digest = digest
+            message.task.model_digest = server["coordinator"].blobs.put(other)
             message.task.model_size = len(other)
         original_send(self, message)
 
-    SERVER: dict[str, Any] = {}
     monkeypatch.setattr(Session, "send", send)
+    return server
+
+
+def test_a_site_sent_another_global_model_is_refused_at_advertise(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = _send_site_e_another_model(monkeypatch)
 
     async def scenario() -> None:
         async with federation(tmp_path, [one_round()]) as fed:
-            SERVER["coordinator"] = fed.server.coordinator
+            server["coordinator"] = fed.server.coordinator
+            start(fed)
+            run = await fed.wait_run()
+            report = (await fed.api(f"/api/v1/runs/{run['id']}/rounds/1"))["secagg"]
+            advertise = next(s for s in report["stages"] if s["stage"] == "advertise-keys")
+            # The server checks each site's signed keys against the model it announced.
+            assert [d["site"] for d in advertise["dropped"]] == ["e"]
+            assert "signature" in advertise["dropped"][0]["reason"]
+            assert report["recovered"] is True and report["survivors"] == 4
+            assert_fedavg_of(final_value(fed, run["id"], 1), ["a", "b", "c", "d"])
+
+    asyncio.run(scenario())
+
+
+def test_without_the_servers_check_the_cohort_itself_catches_another_model(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that relays keys unchecked (as a malicious one would): the sites' own check of
+    # their neighbours' signatures is what stops the round.
+    monkeypatch.setattr("quorum.privacy.secagg.server.verify_keys", lambda *args: None)
+    server = _send_site_e_another_model(monkeypatch)
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [one_round()]) as fed:
+            server["coordinator"] = fed.server.coordinator
             start(fed)
             detail = await _first_aborted(fed)
             share = next(s for s in detail["secagg"]["stages"] if s["stage"] == "share-keys")

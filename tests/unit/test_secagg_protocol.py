@@ -185,6 +185,8 @@ def expected(
         len(graph[u] & u3) < t for u in dropped
     ):
         return None, refused
+    if not _connected(graph, frozenset(u3)):  # separate groups would reveal partial sums
+        return None, refused
     u4 = {i for i in u3 if drop.get(i) != 4}
     if len(u4) < t:
         return None, refused
@@ -193,6 +195,17 @@ def expected(
     ):
         return None, refused
     return frozenset(u3), refused
+
+
+def _connected(graph: list[frozenset[int]], members: frozenset[int]) -> bool:
+    seen = {min(members)}
+    frontier = list(seen)
+    while frontier:
+        for j in graph[frontier.pop()] & members:
+            if j not in seen:
+                seen.add(j)
+                frontier.append(j)
+    return seen == members
 
 
 @st.composite
@@ -413,7 +426,9 @@ def test_a_relay_that_substitutes_a_mask_key_is_caught_by_the_signature() -> Non
     _, attacker_public = generate_keypair()
     forged = dataclasses.replace(advertised[4], mask_public=attacker_public)
     relay = [forged if k.index == 4 else k for i, k in advertised.items() if i != 0]
-    with pytest.raises(SecAggError, match=r"keys of site 4 \(site-4\) does not verify"):
+    with pytest.raises(
+        SecAggError, match=r"keys of site 4 \(site-4\): the signature .* does not verify"
+    ):
         cohort.clients[0].share_keys(relay)
 
 
@@ -727,3 +742,63 @@ def test_server_refuses_bad_masked_vectors_and_unmask_shares() -> None:
     assert np.array_equal(server.finish(), np.zeros(4, np.uint32))
     with pytest.raises(SecAggError, match="stage 'done'"):
         server.finish()
+
+
+def test_a_server_with_the_identity_keys_refuses_bad_keys_from_one_site_only() -> None:
+    cohort = make_cohort(4, 3, 3)
+    public = [identity.public_bytes(k) for k in cohort.keys]
+    server = ServerRound(CONTEXT, cohort.graph, 3, cohort.length, identity_keys=public)
+    keys = [c.advertise() for c in cohort.clients]
+    forged = dataclasses.replace(keys[1], signature=bytes(64))
+    with pytest.raises(SecAggError, match="keys from site 1: the signature"):
+        server.receive_keys(1, forged)
+    low_order = bytes(32)  # the all-zero X25519 point: no shared secret
+    signed_low = dataclasses.replace(keys[2], mask_public=low_order)
+    with pytest.raises(SecAggError, match="keys from site 2"):
+        server.receive_keys(2, signed_low)
+    for i in (0, 1, 2, 3):
+        server.receive_keys(i, keys[i])  # the genuine keys are still taken
+    assert server.advertised == frozenset({0, 1, 2, 3})
+
+
+def test_the_relay_refuses_share_ciphertexts_of_the_wrong_size() -> None:
+    cohort = make_cohort(3, 2, 2)
+    keys = [c.advertise() for c in cohort.clients]
+    for i, k in enumerate(keys):
+        cohort.server.receive_keys(i, k)
+    relayed = cohort.server.close_advertise()
+    shares = cohort.clients[0].share_keys(relayed[0])
+    padded = [dataclasses.replace(shares[0], ciphertext=shares[0].ciphertext + b"x"), *shares[1:]]
+    with pytest.raises(SecAggError, match="bytes, expected"):
+        cohort.server.receive_shares(0, padded)
+    cohort.server.receive_shares(0, shares)
+
+
+def test_survivors_split_into_unconnected_groups_abort_before_unmasking() -> None:
+    # A ring of 6 (each site's neighbours are the next and previous ones). Sites 2 and 5 drop
+    # after sharing keys: {0, 1} and {3, 4} have no edge between them, so unmasking would hand
+    # the server each pair's sum. Every per-site threshold check still passes.
+    graph = [frozenset({(i - 1) % 6, (i + 1) % 6}) for i in range(6)]
+    keys = [Ed25519PrivateKey.generate() for _ in range(6)]
+    public = [identity.public_bytes(k) for k in keys]
+    clients = [
+        ClientRound(
+            keys[i],
+            Setup(
+                CONTEXT, i, 2, 4, tuple(Peer(j, f"site-{j}", public[j]) for j in sorted(graph[i]))
+            ),
+        )
+        for i in range(6)
+    ]
+    server = ServerRound(CONTEXT, graph, 2, 4)
+    advertised = [c.advertise() for c in clients]
+    for i, k in enumerate(advertised):
+        server.receive_keys(i, k)
+    relayed = server.close_advertise()
+    for i, c in enumerate(clients):
+        server.receive_shares(i, c.share_keys(relayed[i]))
+    inbox = server.close_shares()
+    for i in (0, 1, 3, 4):
+        server.add_masked(i, mask_update(clients[i], inbox[i], np.zeros(4, np.uint32)))
+    with pytest.raises(SecAggError, match="not connected"):
+        server.close_masked()

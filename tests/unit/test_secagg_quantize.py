@@ -159,7 +159,7 @@ def test_encode_update_caps_the_weight_and_refuses_bad_counts() -> None:
 
 def test_decode_sum_refuses_zero_weight_and_possible_wrap() -> None:
     total = np.zeros(3, dtype=np.uint32)
-    with pytest.raises(SecAggError, match="weight is zero"):
+    with pytest.raises(SecAggError, match="summed weight 0 is outside"):
         decode_sum(total, 1, 1.0, 16, 10)
     with pytest.raises(SecAggError, match="wrapped"):
         decode_sum(total, 2, 1.0, 16, 2**31)
@@ -176,3 +176,10 @@ def test_encode_update_counts_the_clipped_elements() -> None:
     assert values[1] == levels(16) and values[2] == -levels(16) and values[5] == levels(16)
     with pytest.raises(SecAggError, match="NaN"):
         encode_update(np.array([np.nan, 0.0]), 1, 1.0, 16, 10)
+
+
+def test_decode_sum_refuses_a_forged_total_weight() -> None:
+    total = np.zeros(3, dtype=np.uint32)
+    total[-1] = 2 * 10 + 1  # two sites can weigh at most 2 x max_weight = 20
+    with pytest.raises(SecAggError, match=r"outside 2\.\.20"):
+        decode_sum(total, 2, 1.0, 16, 10)

@@ -43,6 +43,26 @@ IDENTITY_KEY_BYTES = 32
 SEED_BYTES = 32
 _INDEX_BYTES = 8
 _PLAINTEXT_BYTES = 2 * _INDEX_BYTES + 2 * shamir.SHARE_BYTES
+SHARE_CIPHERTEXT_BYTES = crypto.NONCE_BYTES + crypto.TAG_BYTES + _PLAINTEXT_BYTES
+"""The size of every encrypted pair of shares: anything else is refused by the relay."""
+
+
+def verify_keys(context: bytes, keys: AdvertisedKeys, identity_key: bytes) -> None:
+    """Checks that a site's round keys are well formed and signed by its identity key for this
+    round and model; raises SecAggError saying which check failed."""
+    if len(keys.cipher_public) != crypto.KEY_BYTES or len(keys.mask_public) != crypto.KEY_BYTES:
+        raise SecAggError(
+            f"public keys of {len(keys.cipher_public)} and {len(keys.mask_public)} bytes, "
+            f"expected {crypto.KEY_BYTES}"
+        )
+    transcript = keys_transcript(context, keys.index, keys.cipher_public, keys.mask_public)
+    try:
+        Ed25519PublicKey.from_public_bytes(identity_key).verify(keys.signature, transcript)
+    except (InvalidSignature, ValueError):
+        raise SecAggError(
+            "the signature on the keys does not verify: the keys were substituted in transit, "
+            "or that site was sent a different round or model"
+        ) from None
 
 
 class _Stage(enum.Enum):
@@ -137,20 +157,11 @@ class ClientRound:
         peer = self._peers.get(j)
         if peer is None:
             raise SecAggError(f"site {self._index}: received keys of site {j}, not a neighbour")
-        if len(keys.cipher_public) != crypto.KEY_BYTES or len(keys.mask_public) != crypto.KEY_BYTES:
-            raise SecAggError(
-                f"site {self._index}: site {j} advertised public keys of "
-                f"{len(keys.cipher_public)} and {len(keys.mask_public)} bytes, expected "
-                f"{crypto.KEY_BYTES}"
-            )
-        transcript = keys_transcript(self._context, j, keys.cipher_public, keys.mask_public)
         try:
-            Ed25519PublicKey.from_public_bytes(peer.identity_key).verify(keys.signature, transcript)
-        except (InvalidSignature, ValueError):
+            verify_keys(self._context, keys, peer.identity_key)
+        except SecAggError as exc:
             raise SecAggError(
-                f"site {self._index}: the signature on the keys of site {j} ({peer.name}) does "
-                "not verify: the keys were substituted in transit, or that site was sent a "
-                "different round or model"
+                f"site {self._index}: keys of site {j} ({peer.name}): {exc}"
             ) from None
 
     def share_keys(self, keys: Sequence[AdvertisedKeys]) -> list[EncryptedShare]:

@@ -150,8 +150,13 @@ def decode_sum(
     if total.ndim != 1 or total.shape[0] < 1:
         raise SecAggError(f"the sum must be a non-empty 1-D vector, got shape {total.shape}")
     weight = int(total[-1])
-    if weight == 0:
-        raise SecAggError("the summed weight is zero: no examples were aggregated")
+    if not count <= weight <= count * max_weight:
+        # Every site's weight is 1..max_weight: a total outside that range was forged (or
+        # wrapped) by some site, and dividing by it would scale the mean arbitrarily.
+        raise SecAggError(
+            f"the summed weight {weight} is outside {count}..{count * max_weight}, the range of "
+            f"{count} sites' weights"
+        )
     mean = dequantize_sum(total[:-1], count, clip, bits)
     mean *= max_weight / weight
     return mean, weight

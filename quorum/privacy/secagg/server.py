@@ -21,7 +21,7 @@ import numpy.typing as npt
 from quorum.errors import SecAggError
 from quorum.privacy.secagg import crypto, shamir
 from quorum.privacy.secagg._encoding import mask_key_info
-from quorum.privacy.secagg.client import SIGNATURE_BYTES
+from quorum.privacy.secagg.client import SHARE_CIPHERTEXT_BYTES, SIGNATURE_BYTES, verify_keys
 from quorum.privacy.secagg.messages import (
     AdvertisedKeys,
     EncryptedShare,
@@ -54,7 +54,10 @@ class ServerRound:
         graph: Sequence[frozenset[int]],
         threshold: int,
         vector_length: int,
+        identity_keys: Sequence[bytes] | None = None,
     ) -> None:
+        """`identity_keys` (each site's Ed25519 public key, by index), when given, lets the
+        server refuse a site's badly signed or unusable keys instead of relaying them."""
         n = len(graph)
         if n < 1:
             raise SecAggError("a SecAgg round needs at least one site")
@@ -74,6 +77,9 @@ class ServerRound:
         if vector_length < 1:
             raise SecAggError(f"vector length must be positive, got {vector_length}")
         self._context = context
+        if identity_keys is not None and len(identity_keys) != n:
+            raise SecAggError(f"{len(identity_keys)} identity keys for {n} sites")
+        self._identity_keys = identity_keys
         self._mask_info = mask_key_info(context.encode())
         self._graph = [frozenset(g) for g in graph]
         self._n = n
@@ -142,6 +148,16 @@ class ServerRound:
                 f"keys from site {index}: the signature must be {SIGNATURE_BYTES} bytes, got "
                 f"{len(keys.signature)}"
             )
+        if self._identity_keys is not None:
+            # Refused here, one bad site is one dropout; relayed, it would make every one of
+            # its neighbours leave the round.
+            try:
+                verify_keys(self._context.encode(), keys, self._identity_keys[index])
+                probe, _ = crypto.generate_keypair()
+                for public in (keys.cipher_public, keys.mask_public):
+                    crypto.agree(probe, public, b"quorum-secagg-key-check")  # low-order points
+            except SecAggError as exc:
+                raise SecAggError(f"keys from site {index}: {exc}") from None
         self._keys[index] = keys
 
     def close_advertise(self) -> dict[int, list[AdvertisedKeys]]:
@@ -171,6 +187,11 @@ class ServerRound:
                 raise SecAggError(
                     f"shares from site {index}: site {share.receiver} is not a neighbour that "
                     "advertised keys"
+                )
+            if len(share.ciphertext) != SHARE_CIPHERTEXT_BYTES:
+                raise SecAggError(
+                    f"shares from site {index}: one is {len(share.ciphertext)} bytes, expected "
+                    f"{SHARE_CIPHERTEXT_BYTES}"
                 )
             if share.receiver in by_receiver:
                 raise SecAggError(
@@ -236,8 +257,27 @@ class ServerRound:
         self._check_count(u3, "sent masked vectors")
         dropped = self.shared - u3
         self._recoverable(u3, dropped)
+        self._connected(u3)
         self._stage = _Stage.UNMASK
         return UnmaskRequest(survivors=u3, dropped=dropped)
+
+    def _connected(self, survivors: frozenset[int]) -> None:
+        """The pairwise masks hide single sums only across edges: if the survivors fell into
+        groups with no edge between them, unmasking would reveal each group's sum."""
+        start = min(survivors)
+        seen = {start}
+        frontier = [start]
+        while frontier:
+            for j in self._graph[frontier.pop()] & survivors:
+                if j not in seen:
+                    seen.add(j)
+                    frontier.append(j)
+        if seen != survivors:
+            raise self._abort(
+                f"round aborted: the {len(survivors)} sites that sent masked vectors are not "
+                f"connected in the SecAgg graph (sites {sorted(survivors - seen)} share no "
+                f"neighbour with site {start}); unmasking would reveal partial sums"
+            )
 
     # --- unmask -----------------------------------------------------------------------------
 
