@@ -36,6 +36,8 @@ class Deployment:
     fed_port: int = field(default_factory=processes.free_port)
     admin_port: int = field(default_factory=processes.free_port)
     children: list[processes.Child] = field(default_factory=list)
+    tls: tuple[pathlib.Path, pathlib.Path] | None = None
+    """(certificate, key) to serve both ports with TLS; plaintext (`--insecure`) otherwise."""
 
     @property
     def state_dir(self) -> pathlib.Path:
@@ -43,17 +45,19 @@ class Deployment:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.fed_port}"
+        # With TLS, the name the certificate is for.
+        return f"{'localhost' if self.tls else '127.0.0.1'}:{self.fed_port}"
 
     def write_config(self) -> pathlib.Path:
         config = {
             "server": {
-                "federation_address": self.address,
+                "federation_address": f"127.0.0.1:{self.fed_port}",
                 "admin_address": f"127.0.0.1:{self.admin_port}",
                 "state_dir": str(self.state_dir),
                 "admin_token": TOKEN,
                 "heartbeat_interval_s": 0.5,
                 "session_timeout_s": 5.0,
+                **({"tls_cert": str(self.tls[0]), "tls_key": str(self.tls[1])} if self.tls else {}),
             },
             "runs": [self.run] if self.run else [],
         }
@@ -85,7 +89,7 @@ class Deployment:
         config = self.write_config()
         child = processes.start(
             f"server-{len(self.children)}",
-            ["server", "start", "--config", str(config), "--insecure"],
+            ["server", "start", "--config", str(config), *([] if self.tls else ["--insecure"])],
             self.root / "logs",
         )
         self.children.append(child)
@@ -113,7 +117,7 @@ class Deployment:
                 data,
                 "--device",
                 "cpu",
-                "--insecure",
+                *(["--root-cert", str(self.tls[0])] if self.tls else ["--insecure"]),
             ],
             self.root / "logs",
         )
@@ -136,6 +140,8 @@ class Deployment:
         )
 
     def admin(self) -> AdminClient:
+        if self.tls:
+            return AdminClient(f"https://127.0.0.1:{self.admin_port}", TOKEN, str(self.tls[0]))
         return AdminClient(f"http://127.0.0.1:{self.admin_port}", TOKEN)
 
     def get(self, path: str, **params: Any) -> Any:

@@ -7,7 +7,8 @@ import time
 
 import httpx
 
-from tests.e2e.cli import TASK, Deployment, quorum
+from tests.e2e.cli import TASK, Deployment, quorum, run_settings
+from tests.tls import self_signed
 
 
 def test_keygen_writes_a_key_pair_and_site_add_registers_it(tmp_path: pathlib.Path) -> None:
@@ -122,3 +123,20 @@ def test_config_overrides_name_unknown_keys_and_bad_values(tmp_path: pathlib.Pat
     assert nope.returncode == 2 and "server.nope" in nope.stderr
     no_tls = quorum("server", "start", "--config", str(server))
     assert no_tls.returncode == 2 and "--insecure" in no_tls.stderr
+
+
+def test_rounds_run_over_tls_through_the_command_line(tmp_path: pathlib.Path) -> None:
+    # `quorum server start` without --insecure serves both ports with the configured
+    # certificate; `quorum client run --root-cert` trusts it.
+    deployment = Deployment(tmp_path, run_settings(rounds=2), tls=self_signed(tmp_path))
+    try:
+        deployment.start_server()
+        deployment.start_site("a", "delta=1.0,n=1")
+        deployment.start_site("b", "delta=3.0,n=1")
+        run = deployment.wait_run(timeout=60)
+        assert run["rounds_completed"] == 2
+        detail = deployment.get(f"/api/v1/runs/{run['id']}/rounds/2")
+        assert detail["metrics"]["fit"]["num_sites"] == 2
+        assert all(p["bytes_in"] > 0 for p in detail["participants"] if p["kind"] == "fit")
+    finally:
+        deployment.stop()
