@@ -125,6 +125,27 @@ def client_run(
         pathlib.Path | None, typer.Option("--cache-dir", help="Keep downloaded models here")
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--dp-epsilon",
+            help="Train with DP-SGD under this site's own budget ε for each run (Opacus)",
+        ),
+    ] = None,
+    dp_delta: Annotated[float, typer.Option("--dp-delta", help="δ of the site's budget")] = 1e-5,
+    dp_max_grad_norm: Annotated[
+        float, typer.Option("--dp-max-grad-norm", help="per-example gradient clipping norm")
+    ] = 1.0,
+    dp_accountant: Annotated[
+        str, typer.Option("--dp-accountant", help="rdp or prv (Opacus accountants)")
+    ] = "rdp",
+    dp_ledger: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--dp-ledger",
+            help="The site's privacy ledger (default: beside the site key, KEY.privacy.json)",
+        ),
+    ] = None,
     crash_at: Annotated[
         str | None,
         typer.Option(
@@ -148,6 +169,19 @@ def client_run(
     hook = kill_hook(Crash.parse(crash_at)) if crash_at else None
     key = load_private(site_key)
     site_task = load_task(task).site(data, device, seed)
+    if dp_epsilon is not None:
+        from quorum.client.privacy import enable_site_dp
+        from quorum.config import SiteDPConfig
+
+        budget = SiteDPConfig.model_validate(
+            {
+                "epsilon": dp_epsilon,
+                "delta": dp_delta,
+                "max_grad_norm": dp_max_grad_norm,
+                "accountant": dp_accountant,
+            }
+        )
+        enable_site_dp(site_task, budget, dp_ledger or site_key.with_suffix(".privacy.json"))
     credentials = None
     if not insecure:
         credentials = grpc.ssl_channel_credentials(root_cert.read_bytes() if root_cert else None)

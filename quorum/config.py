@@ -11,7 +11,7 @@ from __future__ import annotations
 import pathlib
 import tomllib
 from collections.abc import Iterable
-from typing import Any, Literal, TypeVar, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -123,13 +123,24 @@ class ServerFile(_Model):
     runs: list[RunConfig] = Field(default_factory=list)
 
 
+class SiteDPConfig(_Model):
+    """A site's own differential-privacy budget for a run (DP-SGD with Opacus at the site)."""
+
+    epsilon: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm")
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
 class SimSite(_Model):
     name: str
     data: str
+    dp: SiteDPConfig | None = Field(None, description="this site's budget (overrides [site.dp])")
 
 
 class SimSiteDefaults(_Model):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
+    dp: SiteDPConfig | None = Field(None, description="every site's budget, unless it sets its own")
 
 
 class SimOptions(_Model):
@@ -163,6 +174,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _optional_inner(annotation: Any) -> Any:
+    """`X | None` -> X, so that `--set site.dp.epsilon=1` reaches into an optional table."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if type(None) in get_args(annotation) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
 def _apply(model: type[BaseModel], data: dict[str, Any], path: list[str], value: Any) -> None:
     """Sets data[path] = value after checking every step of the path against the schema."""
     dotted = ".".join(path)
@@ -173,7 +192,7 @@ def _apply(model: type[BaseModel], data: dict[str, Any], path: list[str], value:
             field = schema.model_fields.get(part)
             if field is None:
                 raise ConfigError(f"unknown config key {dotted!r} ({part!r} is not a setting)")
-            schema = field.annotation
+            schema = _optional_inner(field.annotation)
         elif schema is Any or get_origin(schema) is dict:
             schema = Any  # inside a free-form table such as run.site_config
         else:

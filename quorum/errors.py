@@ -8,6 +8,7 @@
     ├── UploadRejected       an upload or result that fails validation; carries a reason code
     ├── BlobError            bytes that are not a valid safetensors blob
     ├── TaskError            the user's site task failed or is not a valid task
+    │   └── BudgetExhausted  a site's privacy budget for the run is spent: it refuses to train
     ├── StoreError           the state store or a checkpoint is unusable
     └── SecAggError          a secure-aggregation message breaks the protocol, or a cohort
                              cannot recover its sum (too few sites left, bad shares)
@@ -54,6 +55,11 @@ class UploadRejected(QuorumError):
 
 class TaskError(QuorumError):
     """A site task is invalid or failed."""
+
+
+class BudgetExhausted(TaskError):
+    """The site's differential-privacy budget for this run is spent; it refuses further
+    training (the server records a refusal and the round goes on without it)."""
 
 
 class StoreError(QuorumError):

@@ -19,6 +19,20 @@ Fit config keys (a JSON object sent by the server with each task):
   number of fits this task has done so far is used.
 - `seed` (int, optional): the run's seed (the server sends it); without it, the task's own.
 
+With differential privacy enabled (`TorchTask.enable_dp(ledger)`), a fit trains with DP-SGD
+(Opacus: per-example gradients clipped to the ledger's `max_grad_norm`, Gaussian noise, Poisson
+sampling of each training example with probability `batch_size / N` at every step) and needs two
+more keys:
+
+- `run_id` (str): the run, whose privacy the site's ledger accounts for.
+- `rounds` (int): the run's planned number of rounds. The noise is calibrated once, at the run's
+  first fit, so that `rounds` fits of this fit's number of steps spend the site's ε budget.
+
+Before training, a fit that would spend more than the budget raises `BudgetExhausted`; after
+training the ledger records the steps and the fit's metrics include the ledger's report
+(`dp_epsilon` spent so far, `dp_delta`, `dp_noise_multiplier`, ...). FedProx is not supported
+with DP.
+
 Evaluation reports `loss` (mean over examples, assuming `loss_fn` averages over its batch) and
 `accuracy`, with `predict` turning outputs into labels compared with the targets. The default rule:
 outputs of one logit per example (shape (n,) or (n, 1)) are binary, `sigmoid(logit) > 0.5`, compared
@@ -31,15 +45,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from quorum.errors import TaskError
+from quorum.privacy.dp.ledger import PrivacyLedger, opacus_module
 from quorum.task import EvalResult, FitResult, JSONConfig
 from quorum.wire.blobs import Params
 
@@ -191,6 +207,22 @@ class Batches:
             inputs, targets = batch
             yield inputs.to(self.device), targets.to(self.device)
 
+    def take(self, index: torch.Tensor) -> Batch:
+        """The examples at the given positions (a 1-D index tensor, possibly empty) as one
+        batch on the device."""
+        if self._tensors is not None:
+            x, y = self._tensors
+            index = index.to(self.device)
+            return x[index], y[index]
+        positions = [int(i) for i in index.tolist()] or [0]
+        batch = default_collate([self.dataset[i] for i in positions])
+        if not isinstance(batch, Sequence) or len(batch) != 2:
+            raise TaskError("each item of the data set must be a pair (inputs, targets)")
+        inputs, targets = batch
+        if len(index) == 0:
+            inputs, targets = inputs[:0], targets[:0]
+        return inputs.to(self.device), targets.to(self.device)
+
 
 def _dataset_len(dataset: Dataset[Any]) -> int:
     try:
@@ -249,6 +281,63 @@ def train(
             if done == total:
                 break
     return float(loss_sum.item()) / total
+
+
+def train_dp(
+    model: nn.Module,
+    batches: Batches,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    sample_rate: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    generator: torch.Generator,
+) -> float:
+    """Trains `model` in place for `steps` DP-SGD steps and returns the mean training loss over
+    the steps that drew at least one example (NaN when none did).
+
+    At each step every training example is drawn independently with probability `sample_rate`
+    (from `generator`); per-example gradients (Opacus) are clipped to `max_grad_norm`, summed,
+    noised with standard deviation `noise_multiplier * max_grad_norm` and divided by the expected
+    batch size. A step that draws no example still applies the noise. The noise comes from torch's
+    global generator of the model's device."""
+    n = len(batches)
+    if n == 0:
+        raise TaskError("there are no training examples to train on")
+    opacus = opacus_module("opacus")
+    optimizers = opacus_module("opacus.optimizers")
+    try:
+        wrapped = opacus.GradSampleModule(model)
+    except (NotImplementedError, ValueError) as exc:
+        raise TaskError(f"the model cannot be trained with DP-SGD (Opacus): {exc}") from None
+    try:
+        dp_optimizer = optimizers.DPOptimizer(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=max(1, round(sample_rate * n)),
+        )
+        wrapped.train()
+        loss_sum = torch.zeros((), device=batches.device)
+        drawn = 0
+        with warnings.catch_warnings():
+            # Opacus's backward hooks fire on module outputs when inputs need no gradient.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for _ in range(steps):
+                index = (torch.rand(n, generator=generator) < sample_rate).nonzero().squeeze(1)
+                inputs, targets = batches.take(index)
+                dp_optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(wrapped(inputs), targets)
+                loss.backward()  # type: ignore[no-untyped-call]
+                dp_optimizer.step()
+                if len(index):
+                    loss_sum += loss.detach()
+                    drawn += 1
+    finally:
+        wrapped._close()
+    return float(loss_sum.item()) / drawn if drawn else math.nan
 
 
 def evaluate(
@@ -321,6 +410,12 @@ class TorchTask:
         self.train_batches = Batches(train_data, batch_size, self.device)
         self.test_batches = Batches(test_data, eval_batch_size, self.device)
         self._fits = 0
+        self._dp: PrivacyLedger | None = None
+
+    def enable_dp(self, ledger: PrivacyLedger) -> None:
+        """Trains every later fit with DP-SGD, accounted for (and refused once the budget is
+        spent) by `ledger`. See the module docstring for the config keys this requires."""
+        self._dp = ledger
 
     def fit(self, params: Params, config: JSONConfig) -> FitResult:
         load_params(self.model, params)
@@ -349,6 +444,8 @@ class TorchTask:
         self._fits += 1
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer(trainable, lr)
+        if self._dp is not None:
+            return self._fit_dp(self._dp, config, batches, optimizer, steps, epochs, mu, generator)
         with _seeded_torch(generator, self.device):
             loss = train(
                 self.model,
@@ -365,6 +462,58 @@ class TorchTask:
             num_examples=len(batches),
             metrics={} if math.isnan(loss) else {"loss": loss},
         )
+
+    def _fit_dp(
+        self,
+        ledger: PrivacyLedger,
+        config: JSONConfig,
+        batches: Batches,
+        optimizer: torch.optim.Optimizer,
+        steps: int | None,
+        epochs: int | None,
+        mu: float,
+        generator: torch.Generator,
+    ) -> FitResult:
+        if mu > 0:
+            raise TaskError("FedProx (proximal_mu > 0) is not supported with differential privacy")
+        run_id = config.get("run_id")
+        if not isinstance(run_id, str) or not run_id:
+            raise TaskError(
+                f"fit config 'run_id' (a non-empty string) is required with differential privacy,"
+                f" got {run_id!r}"
+            )
+        rounds = _count(config, "rounds")
+        if rounds is None or rounds < 1:
+            raise TaskError(
+                "fit config 'rounds' (the run's planned number of rounds, at least 1) is required"
+                f" with differential privacy, got {rounds!r}"
+            )
+        n = len(batches)
+        if n == 0:
+            raise TaskError("there are no training examples to train on")
+        per_fit = steps if steps is not None else (epochs or 0) * batches.batches_per_epoch()
+        if per_fit < 1:
+            raise TaskError("a fit with differential privacy needs at least one local step")
+        sigma = ledger.plan(run_id, min(1.0, batches.batch_size / n), rounds * per_fit)
+        # The plan fixes the sample rate for the whole run, whatever later fits ask for.
+        sample_rate = ledger.sample_rate(run_id)
+        ledger.check(run_id, per_fit)
+        with _seeded_torch(generator, self.device):
+            loss = train_dp(
+                self.model,
+                batches,
+                self.loss_fn,
+                optimizer,
+                steps=per_fit,
+                sample_rate=sample_rate,
+                noise_multiplier=sigma,
+                max_grad_norm=ledger.max_grad_norm(run_id),
+                generator=generator,
+            )
+        ledger.record(run_id, per_fit)
+        metrics = {} if math.isnan(loss) else {"loss": loss}
+        metrics.update(ledger.report(run_id))
+        return FitResult(params=params_from_module(self.model), num_examples=n, metrics=metrics)
 
     def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
         load_params(self.model, params)

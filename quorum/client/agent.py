@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quorum import __version__
 from quorum.client import secure_fit
 from quorum.client.transfer import BlobCache, download, upload
-from quorum.errors import AuthError
+from quorum.errors import AuthError, BudgetExhausted
 from quorum.identity import public_bytes, sign_join
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
@@ -212,6 +212,15 @@ class SiteAgent:
                 await self._handle(stub, session_id, offer, outbox, started)
             except (asyncio.CancelledError, grpc.aio.AioRpcError, SimulatedCrash):
                 raise
+            except BudgetExhausted as exc:  # the site's own privacy budget: a refusal
+                log.warning("event=budget_exhausted task_id=%s detail=%s", offer.task_id, exc)
+                _reply(
+                    outbox,
+                    offer,
+                    pb.RESULT_STATUS_REFUSED,
+                    started,
+                    error=f"budget_exhausted: {exc}",
+                )
             except Exception as exc:  # the user's task failed: report it, keep serving
                 log.exception("event=task_failed task_id=%s", offer.task_id)
                 _reply(

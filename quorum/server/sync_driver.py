@@ -110,6 +110,9 @@ class SyncDriver:
             **self.strategy.site_config(),
             "round": round_no,
             "seed": cfg.seed,
+            # A site under DP calibrates its noise for the whole run and keys its budget by it.
+            "run_id": self.run_id,
+            "rounds": cfg.rounds,
         }
         current = blobs.as_flat(model, layout)
         if cfg.secagg.enabled:

@@ -29,6 +29,8 @@ def build(
                 "loss": evaluate.get("loss"),
                 "fit_loss": r["metrics"].get("fit", {}).get("loss"),
                 "num_sites": r["metrics"].get("fit", {}).get("num_sites"),
+                # Site-level DP: ε spent so far, averaged over the sites that trained.
+                "dp_epsilon": r["metrics"].get("fit", {}).get("dp_epsilon"),
                 "wall_time_s": r["finished_at"] - started,
                 "secagg": _secagg(r),
             }

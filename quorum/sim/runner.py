@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from quorum import identity
 from quorum.admin.client import AdminClient
 from quorum.client.faults import Crash
-from quorum.config import ServerConfig, ServerFile, SimFile
+from quorum.config import ServerConfig, ServerFile, SimFile, SiteDPConfig
 from quorum.errors import ConfigError, QuorumError
 from quorum.server.store import Store
 from quorum.sim import processes, report
@@ -115,6 +115,7 @@ def run_simulation(
                         str(sim.run.seed),
                         "--insecure",
                         *(["--crash-at", str(kills[site.name])] if site.name in kills else []),
+                        *_dp_flags(site.dp or sim.site.dp),
                     ],
                     logs,
                     # Many agents share the machine's cores: one compute thread each avoids
@@ -147,6 +148,21 @@ def run_simulation(
     if run["status"] != "completed":
         raise QuorumError(f"run {run['id']} ended {run['status']}: {run.get('error')}")
     return result
+
+
+def _dp_flags(budget: SiteDPConfig | None) -> list[str]:
+    if budget is None:
+        return []
+    return [
+        "--dp-epsilon",
+        repr(budget.epsilon),
+        "--dp-delta",
+        repr(budget.delta),
+        "--dp-max-grad-norm",
+        repr(budget.max_grad_norm),
+        "--dp-accountant",
+        budget.accountant,
+    ]
 
 
 def _follow(

@@ -18,6 +18,7 @@ from quorum.client.agent import Backoff, SiteAgent, StageHook
 from quorum.config import RunConfig, ServerConfig, ServerFile
 from quorum.server.app import Server
 from quorum.sim.processes import free_port
+from quorum.task import SiteTask
 from tests.vector_task import task as vector_task
 
 TOKEN = "integration-test-token"
@@ -54,15 +55,22 @@ class Federation:
         return key
 
     def add_site(
-        self, name: str, data: str, key: Any = None, on_stage: StageHook | None = None
+        self,
+        name: str,
+        data: str,
+        key: Any = None,
+        on_stage: StageHook | None = None,
+        site_task: SiteTask | None = None,
+        task_ref: str = TASK,
     ) -> Any:
-        """Registers (unless a key is given) and starts an in-process agent."""
+        """Registers (unless a key is given) and starts an in-process agent: the vector task's
+        site for `data`, or the given `site_task` of the task `task_ref`."""
         key = key or self.register(name)
         agent = SiteAgent(
             self.address,
             key,
-            TASK,
-            vector_task.site(data, "cpu", 0),
+            task_ref,
+            site_task or vector_task.site(data, "cpu", 0),
             credentials=self.credentials,
             backoff=Backoff(base_s=0.05, cap_s=0.5),
             on_stage=on_stage,

@@ -1,0 +1,56 @@
+"""Site-level differential privacy between the real server and real agents: a site's own
+budget is enforced at the site, whatever the server asks."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+from quorum.client.privacy import enable_site_dp
+from quorum.config import SiteDPConfig
+from quorum.privacy.dp import DPSettings, PrivacyLedger
+from quorum.task import load_task
+from tests.integration.harness import federation, run_config, wait_for
+
+HEART = "examples.heart_disease.task:task"
+BUDGET = SiteDPConfig(epsilon=1.0, delta=1e-5)
+
+
+def test_sites_spend_their_own_budget_and_a_spent_site_refuses(tmp_path: pathlib.Path) -> None:
+    heart = load_task(HEART)
+    config = run_config(
+        task=HEART,
+        rounds=2,
+        min_fit_sites=1,
+        min_available_sites=2,
+        fraction_evaluate=0.0,
+        site_config={"local_steps": 5, "batch_size": 8, "lr": 0.01},
+    )
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [config]) as fed:
+            runs = await wait_for(lambda: fed.api("/api/v1/runs"), 10)
+            run_id = runs[0]["id"]
+            # Hungary's ledger already holds this run's whole budget (as if an earlier agent
+            # had spent it): its agent must refuse to train, the run goes on with Cleveland.
+            spent_path = tmp_path / "hungarian.privacy.json"
+            spent = PrivacyLedger(spent_path, DPSettings(epsilon=1.0, delta=1e-5))
+            spent.plan(run_id, 8 / 200, 10)
+            spent.record(run_id, 10)
+            for name, ledger in [("cleveland", tmp_path / "c.json"), ("hungarian", spent_path)]:
+                site_task = heart.site(name, "cpu", 0)
+                enable_site_dp(site_task, BUDGET, ledger)
+                fed.add_site(name, name, site_task=site_task, task_ref=HEART)
+            run = await fed.wait_run(timeout=120)
+            assert run["rounds_completed"] == 2
+            epsilons = []
+            for round_no in (1, 2):
+                detail = await fed.api(f"/api/v1/runs/{run_id}/rounds/{round_no}")
+                fits = {p["site"]: p for p in detail["participants"] if p["kind"] == "fit"}
+                assert fits["hungarian"]["status"] == "refused"
+                assert "budget_exhausted" in fits["hungarian"]["error"]
+                assert fits["cleveland"]["status"] == "accepted"
+                epsilons.append(fits["cleveland"]["metrics"]["dp_epsilon"])
+            assert 0 < epsilons[0] < epsilons[1] <= 1.0 + 1e-9
+
+    asyncio.run(scenario())
