@@ -259,20 +259,8 @@ class SiteAgent:
         if offer.kind == pb.TASK_KIND_FIT:
             fit = await asyncio.to_thread(self.site_task.fit, params, config)
             data = await asyncio.to_thread(blobs.encode, fit.params)
-            receipt = await upload(
-                stub,
-                pb.UploadHeader(
-                    session_id=session_id,
-                    task_id=offer.task_id,
-                    run_id=offer.run_id,
-                    round=offer.round,
-                    digest=blobs.digest(data),
-                    size=len(data),
-                    num_examples=fit.num_examples,
-                    metrics_json=json.dumps(fit.metrics),
-                    duration_s=time.monotonic() - started,
-                ),
-                data,
+            receipt = await _upload_update(
+                stub, session_id, offer, started, data, fit.metrics, fit.num_examples
             )
             if receipt.accepted:
                 log.info("event=update_accepted run_id=%s round=%d", offer.run_id, offer.round)
@@ -311,20 +299,8 @@ class SiteAgent:
             return model, fit
 
         async def send_masked(data: bytes, metrics: dict[str, float]) -> pb.UploadReceipt:
-            return await upload(
-                stub,
-                pb.UploadHeader(
-                    session_id=session_id,
-                    task_id=offer.task_id,
-                    run_id=offer.run_id,
-                    round=offer.round,
-                    digest=blobs.digest(data),
-                    size=len(data),
-                    metrics_json=json.dumps(metrics),
-                    duration_s=time.monotonic() - started,
-                ),
-                data,
-            )
+            # The weight is inside the masked vector: the header's num_examples stays 0.
+            return await _upload_update(stub, session_id, offer, started, data, metrics, 0)
 
         training = asyncio.ensure_future(train())
         self._inboxes[offer.task_id] = asyncio.Queue()
@@ -346,6 +322,33 @@ class SiteAgent:
             if not training.cancelled():
                 training.exception()  # seen here; the stage error is the one reported
         log.info("event=secure_update_done run_id=%s round=%d", offer.run_id, offer.round)
+
+
+async def _upload_update(
+    stub: pb_grpc.FederationStub,
+    session_id: str,
+    offer: pb.TaskOffer,
+    started: float,
+    data: bytes,
+    metrics: dict[str, float],
+    num_examples: int,
+) -> pb.UploadReceipt:
+    """Uploads the answer to a fit offer: a model update, or under SecAgg a masked vector."""
+    return await upload(
+        stub,
+        pb.UploadHeader(
+            session_id=session_id,
+            task_id=offer.task_id,
+            run_id=offer.run_id,
+            round=offer.round,
+            digest=blobs.digest(data),
+            size=len(data),
+            num_examples=num_examples,
+            metrics_json=json.dumps(metrics),
+            duration_s=time.monotonic() - started,
+        ),
+        data,
+    )
 
 
 def _reply(

@@ -19,9 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quorum.errors import SecAggError
 from quorum.privacy.secagg import (
     MASKED_TENSOR,
-    AdvertisedKeys,
     ClientRound,
-    EncryptedShare,
     Peer,
     RoundContext,
     Setup,
@@ -31,6 +29,13 @@ from quorum.privacy.secagg import (
 from quorum.proto import federation_pb2 as pb
 from quorum.task import FitResult
 from quorum.wire import blobs
+from quorum.wire.secagg import (
+    keys_from_pb,
+    keys_to_pb,
+    revealed_to_pb,
+    shares_from_pb,
+    shares_to_pb,
+)
 
 Upload = Callable[[bytes, dict[str, float]], Awaitable[pb.UploadReceipt]]
 """Sends a masked blob with the site's metrics; returns the server's receipt."""
@@ -64,38 +69,15 @@ async def run(
 
     stage("advertise-keys")
     mine = machine.advertise()
-    send(
-        pb.SecAggReply(
-            task_id=offer.task_id,
-            keys=pb.SecAggKeys(
-                index=mine.index,
-                cipher_public=mine.cipher_public,
-                mask_public=mine.mask_public,
-                signature=mine.signature,
-            ),
-        )
-    )
+    send(pb.SecAggReply(task_id=offer.task_id, keys=keys_to_pb(mine)))
     keys = (await _next(inbox, "keys", quick)).keys.keys
 
     stage("share-keys")
-    shares = machine.share_keys(
-        [AdvertisedKeys(k.index, k.cipher_public, k.mask_public, k.signature) for k in keys]
-    )
-    send(
-        pb.SecAggReply(
-            task_id=offer.task_id,
-            shares=pb.SecAggShareList(
-                shares=[
-                    pb.SecAggShare(sender=s.sender, receiver=s.receiver, ciphertext=s.ciphertext)
-                    for s in shares
-                ]
-            ),
-        )
-    )
-    routed = (await _next(inbox, "shares", quick)).shares.shares
-    received = [EncryptedShare(s.sender, s.receiver, s.ciphertext) for s in routed]
+    shares = machine.share_keys([keys_from_pb(k) for k in keys])
+    send(pb.SecAggReply(task_id=offer.task_id, shares=shares_to_pb(shares)))
+    routed = shares_from_pb((await _next(inbox, "shares", quick)).shares)
     # The mask does not depend on the update: it is expanded while the model trains.
-    await asyncio.to_thread(machine.receive_shares, received)
+    await asyncio.to_thread(machine.receive_shares, routed)
     model, fit = await _unless_ended(training, inbox)
 
     stage("masked-input")
@@ -109,17 +91,7 @@ async def run(
     revealed = machine.unmask(
         UnmaskRequest(frozenset(request.survivors), frozenset(request.dropped))
     )
-    send(
-        pb.SecAggReply(
-            task_id=offer.task_id,
-            unmask=pb.SecAggRevealedList(
-                shares=[
-                    pb.SecAggRevealed(owner=r.owner, key=r.kind == "key", share=r.share)
-                    for r in revealed
-                ]
-            ),
-        )
-    )
+    send(pb.SecAggReply(task_id=offer.task_id, unmask=revealed_to_pb(revealed)))
 
 
 def _masked_blob(

@@ -25,9 +25,6 @@ from quorum.config import RunConfig
 from quorum.errors import SecAggError, UploadRejected
 from quorum.privacy.secagg import (
     MASKED_TENSOR,
-    AdvertisedKeys,
-    EncryptedShare,
-    RevealedShare,
     RoundContext,
     ServerRound,
     decode_sum,
@@ -38,6 +35,13 @@ from quorum.proto import federation_pb2 as pb
 from quorum.server.phases import PendingTask, Phase, RoundAborted, fold_in_thread
 from quorum.server.sessions import Session
 from quorum.wire import blobs
+from quorum.wire.secagg import (
+    keys_from_pb,
+    keys_to_pb,
+    revealed_from_pb,
+    shares_from_pb,
+    shares_to_pb,
+)
 
 if TYPE_CHECKING:
     from quorum.server.coordinator import Coordinator
@@ -195,12 +199,10 @@ class SecureFit:
         timeout = self.settings.stage_timeout_s
         await self._stage("advertise-keys", set(range(len(self.cohort))), timeout)
         for i, keys in self._close(server.close_advertise).items():
-            self._send(i, pb.SecAggStage(keys=pb.SecAggKeyList(keys=[_keys(k) for k in keys])))
+            self._send(i, pb.SecAggStage(keys=pb.SecAggKeyList(keys=[keys_to_pb(k) for k in keys])))
         await self._stage("share-keys", set(server.advertised), timeout)
         for i, shares in self._close(server.close_shares).items():
-            self._send(
-                i, pb.SecAggStage(shares=pb.SecAggShareList(shares=[_share(s) for s in shares]))
-            )
+            self._send(i, pb.SecAggStage(shares=shares_to_pb(shares)))
         await self._stage("masked-input", set(server.shared), self.masked_timeout_s)
         request = self._close(server.close_masked)
         if len(request.survivors) < self.min_sum:
@@ -312,26 +314,11 @@ class SecureFit:
             )
         try:
             if kind == "keys":
-                k = reply.keys
-                self.server.receive_keys(
-                    index, AdvertisedKeys(k.index, k.cipher_public, k.mask_public, k.signature)
-                )
+                self.server.receive_keys(index, keys_from_pb(reply.keys))
             elif kind == "shares":
-                self.server.receive_shares(
-                    index,
-                    [
-                        EncryptedShare(s.sender, s.receiver, s.ciphertext)
-                        for s in reply.shares.shares
-                    ],
-                )
+                self.server.receive_shares(index, shares_from_pb(reply.shares))
             else:
-                self.server.receive_unmask(
-                    index,
-                    [
-                        RevealedShare(r.owner, "key" if r.key else "seed", r.share)
-                        for r in reply.unmask.shares
-                    ],
-                )
+                self.server.receive_unmask(index, revealed_from_pb(reply.unmask))
         except SecAggError as exc:
             raise UploadRejected("secagg_protocol", str(exc)) from None
         self.answered[self.stage].add(index)
@@ -369,16 +356,3 @@ class SecureFit:
         if index is not None and index not in self.dropped:
             self.dropped[index] = reason
             self.phase.changed.set()
-
-
-def _keys(keys: AdvertisedKeys) -> pb.SecAggKeys:
-    return pb.SecAggKeys(
-        index=keys.index,
-        cipher_public=keys.cipher_public,
-        mask_public=keys.mask_public,
-        signature=keys.signature,
-    )
-
-
-def _share(share: EncryptedShare) -> pb.SecAggShare:
-    return pb.SecAggShare(sender=share.sender, receiver=share.receiver, ciphertext=share.ciphertext)
