@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -27,6 +28,33 @@ def quorum(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         cwd=REPO,
     )
+
+
+HEART_SIM = "examples/heart_disease/sim.toml"
+
+
+def heart_disease_sim(
+    out: pathlib.Path, *options: str, baselines: bool = False
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`quorum sim` on the bundled heart-disease federation, writing under `out`; asserts it
+    succeeded and returns the process and its JSON report."""
+    report = out / "report.json"
+    done = quorum(
+        "sim",
+        "--config",
+        HEART_SIM,
+        "--report",
+        str(report),
+        "--set",
+        f"sim.output_dir={out}",
+        "--set",
+        f"sim.baselines={str(baselines).lower()}",
+        *options,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(report.read_text())
+    return done, result
 
 
 @dataclass

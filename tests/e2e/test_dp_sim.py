@@ -5,30 +5,12 @@ from __future__ import annotations
 import json
 import pathlib
 
-from tests.e2e.cli import quorum
+from tests.e2e.cli import heart_disease_sim
 
 
 def test_heart_disease_sites_train_under_their_own_budget(tmp_path: pathlib.Path) -> None:
-    report = tmp_path / "report.json"
     out = tmp_path / "out"
-    done = quorum(
-        "sim",
-        "--config",
-        "examples/heart_disease/sim.toml",
-        "--report",
-        str(report),
-        "--set",
-        f"sim.output_dir={out}",
-        "--set",
-        "sim.baselines=false",
-        "--set",
-        "run.rounds=3",
-        "--set",
-        "site.dp.epsilon=1.0",
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(report.read_text())
+    _, result = heart_disease_sim(out, "--set", "run.rounds=3", "--set", "site.dp.epsilon=1.0")
     epsilons = [r["dp_epsilon"] for r in result["rounds"]]
     assert len(epsilons) == 3
     assert 0 < epsilons[0] < epsilons[1] < epsilons[2] <= 1.0 + 1e-9

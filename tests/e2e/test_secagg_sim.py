@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from tests.e2e.cli import TASK, quorum
+from tests.e2e.cli import TASK, heart_disease_sim, quorum
 
 
 def _vector_sim(tmp_path: pathlib.Path) -> pathlib.Path:
@@ -72,32 +72,12 @@ def test_sim_refuses_a_kill_point_it_cannot_reach(tmp_path: pathlib.Path) -> Non
     assert bad_stage.returncode == 2 and "masked-input" in bad_stage.stderr
 
 
-def _heart_disease(tmp_path: pathlib.Path, name: str, *extra: str) -> dict[str, Any]:
-    report = tmp_path / f"{name}.json"
-    done = quorum(
-        "sim",
-        "--config",
-        "examples/heart_disease/sim.toml",
-        "--report",
-        str(report),
-        "--set",
-        f"sim.output_dir={tmp_path / name}",
-        "--set",
-        "sim.baselines=false",
-        *extra,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, Any] = json.loads(report.read_text())
-    return result
-
-
 @pytest.mark.slow
 def test_heart_disease_with_secure_aggregation_matches_the_plain_run(
     tmp_path: pathlib.Path,
 ) -> None:
-    plain = _heart_disease(tmp_path, "plain")
-    secure = _heart_disease(tmp_path, "secure", "--set", "run.secagg.enabled=true")
+    _, plain = heart_disease_sim(tmp_path / "plain")
+    _, secure = heart_disease_sim(tmp_path / "secure", "--set", "run.secagg.enabled=true")
     assert all(r["secagg"]["recovered"] for r in secure["rounds"])
     assert len(secure["rounds"]) == len(plain["rounds"]) == 15
     gap = abs(secure["final"]["accuracy_mean_sites"] - plain["final"]["accuracy_mean_sites"])
