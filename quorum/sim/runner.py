@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from quorum import identity
 from quorum.admin.client import AdminClient
 from quorum.client.faults import Crash
-from quorum.config import ServerConfig, ServerFile, SimFile, SiteDPConfig
+from quorum.config import ServerConfig, ServerFile, SimFile, SimSite
 from quorum.errors import ConfigError, QuorumError
 from quorum.server.store import Store
 from quorum.sim import processes, report
@@ -115,7 +115,7 @@ def run_simulation(
                         str(sim.run.seed),
                         "--insecure",
                         *(["--crash-at", str(kills[site.name])] if site.name in kills else []),
-                        *_dp_flags(site.dp or sim.site.dp),
+                        *_dp_flags(sim, site),
                     ],
                     logs,
                     # Many agents share the machine's cores: one compute thread each avoids
@@ -150,7 +150,9 @@ def run_simulation(
     return result
 
 
-def _dp_flags(budget: SiteDPConfig | None) -> list[str]:
+def _dp_flags(sim: SimFile, site: SimSite) -> list[str]:
+    """The site's own DP budget, else the simulation's default one, as client-run flags."""
+    budget = site.dp or sim.site.dp
     if budget is None:
         return []
     return [

@@ -335,3 +335,20 @@ def test_the_secure_threshold_is_a_majority_of_each_neighbourhood() -> None:
     assert threshold_for(2 / 3, 10) == 7
     assert threshold_for(0.51, 2) == 2  # never below 2
     assert threshold_for(6, 10) == 6
+
+
+def test_a_site_budget_overrides_the_default_one(sim_file: pathlib.Path) -> None:
+    from quorum.sim.runner import _dp_flags
+
+    text = sim_file.read_text().replace(
+        'name = "hungary"\ndata = "hungary.csv"',
+        'name = "hungary"\ndata = "hungary.csv"\ndp = { epsilon = 3.0, accountant = "prv" }',
+    )
+    sim_file.write_text(text)
+    sim = load(SimFile, sim_file, ["site.dp.epsilon=1.0"])
+    by_name = {s.name: _dp_flags(sim, s) for s in sim.sites}
+    assert by_name["cleveland"][:2] == ["--dp-epsilon", "1.0"]
+    assert by_name["hungary"][:2] == ["--dp-epsilon", "3.0"]
+    assert by_name["hungary"][-2:] == ["--dp-accountant", "prv"]
+    sim.site.dp = None
+    assert _dp_flags(sim, sim.sites[0]) == []
