@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pathlib
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -65,6 +65,45 @@ class SecAggConfig(_Model):
         return self
 
 
+class CentralDPConfig(_Model):
+    """Central (user-level) DP-FedAvg: every site's update is clipped in L2 and the sum gets
+    Gaussian noise (McMahan et al. 2018), optionally with adaptive quantile clipping (Andrew et
+    al. 2021). Under secure aggregation the sites clip and add their share of the noise
+    themselves (distributed DP), so the guarantee does not rest on the server seeing updates."""
+
+    enabled: bool = False
+    noise_multiplier: float = Field(
+        1.0, gt=0, description="z: noise standard deviation on the sum = z * clipping_norm"
+    )
+    clipping_norm: float = Field(
+        1.0, gt=0, description="L2 bound of each site's update (the initial one when adaptive)"
+    )
+    adaptive: bool = Field(False, description="adapt the clipping norm to target_quantile")
+    target_quantile: float = Field(
+        0.5, gt=0, lt=1, description="fraction of updates meant to be left unclipped"
+    )
+    clip_learning_rate: float = Field(0.2, gt=0, description="η of the geometric norm update")
+    clipped_count_stddev: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "noise on the count of unclipped updates; default max(cohort / 20, noise_multiplier)"
+        ),
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the reported user-level ε")
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+    @model_validator(mode="after")
+    def _check_count_noise(self) -> CentralDPConfig:
+        stddev = self.clipped_count_stddev
+        if self.adaptive and stddev is not None and 2 * stddev <= self.noise_multiplier:
+            raise ValueError(
+                "clipped_count_stddev must exceed noise_multiplier / 2: the clipped count "
+                "would spend the whole privacy budget of the round"
+            )
+        return self
+
+
 class RunConfig(_Model):
     """One training job. Sync rounds: select a cohort, fit, fold, step, evaluate, checkpoint."""
 
@@ -92,6 +131,7 @@ class RunConfig(_Model):
         default_factory=dict, description="settings sent to every site with each task"
     )
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    central_dp: CentralDPConfig = Field(default_factory=CentralDPConfig)
 
     @model_validator(mode="after")
     def _check_cohort(self) -> RunConfig:
@@ -99,6 +139,12 @@ class RunConfig(_Model):
             raise ValueError("max_fit_sites is below min_fit_sites")
         if self.min_available_sites < self.min_fit_sites:
             self.__dict__["min_available_sites"] = self.min_fit_sites
+        if self.central_dp.enabled and self.central_dp.adaptive and self.secagg.enabled:
+            raise ValueError(
+                "adaptive clipping needs the count of unclipped updates, which secure "
+                "aggregation hides; with secagg set central_dp.adaptive = false (a fixed "
+                "clipping_norm)"
+            )
         return self
 
 
@@ -130,6 +176,71 @@ class SiteDPConfig(_Model):
     delta: float = Field(1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm")
     accountant: Literal["rdp", "prv"] = "rdp"
+
+
+SITE_REQUIRED = ("server", "site_key", "task", "data")
+"""The [client] settings a site agent cannot start without, from its config file or its flags."""
+
+
+class ClientConfig(_Model):
+    """[client] of a site config: the federation a site agent joins, as whom, and what it trains.
+
+    Each setting is also a flag of `quorum client run` (`site_key` is `--site-key`)."""
+
+    server: str = Field(description="HOST:PORT of the federation service")
+    site_key: pathlib.Path = Field(description="this site's private key (`quorum site keygen`)")
+    task: str = Field(description="module:attribute of the FederatedTask")
+    data: str = Field(description="this site's data, passed to the task")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    insecure: bool = Field(False, description="plaintext gRPC (loopback only)")
+    root_cert: pathlib.Path | None = Field(
+        None, description="CA bundle for the server's TLS certificate (default: the system's)"
+    )
+    cache_dir: pathlib.Path | None = Field(None, description="keep downloaded models here")
+    seed: int = 0
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_missing(cls, data: Any) -> Any:
+        # One error that names every missing setting and both places to give it, where pydantic
+        # would say "Field required" once per setting without saying that a flag would do.
+        if isinstance(data, dict):
+            missing = [key for key in SITE_REQUIRED if data.get(key) is None]
+            if missing:
+                raise PydanticCustomError(
+                    "missing_site_settings",
+                    "missing required setting(s) {settings}: set them in the [client] table of "
+                    "the site config (--config) or pass {flags} to `quorum client run`",
+                    {
+                        "settings": ", ".join(f"client.{key}" for key in missing),
+                        "flags": ", ".join(f"--{key.replace('_', '-')}" for key in missing),
+                    },
+                )
+        return data
+
+
+class ClientDPConfig(SiteDPConfig):
+    """[dp] of a site config: this site's own budget, and where the agent keeps its ledger."""
+
+    ledger: pathlib.Path | None = Field(
+        None, description="the privacy ledger (default: beside the site key, KEY.privacy.json)"
+    )
+
+
+class SiteFile(_Model):
+    """The whole of a site.toml (`quorum client run --config`): [client], and [dp] when the site
+    trains with DP-SGD under its own budget."""
+
+    # Absent, [client] is an empty table, so that the error names the settings it lacks.
+    client: ClientConfig = Field(default_factory=lambda: ClientConfig.model_validate({}))
+    dp: ClientDPConfig | None = Field(None, description="this site's DP budget; none: no DP")
+
+    @property
+    def ledger_path(self) -> pathlib.Path:
+        """The site's privacy ledger: dp.ledger, else KEY.privacy.json beside the site key."""
+        ledger = self.dp.ledger if self.dp is not None else None
+        return ledger or self.client.site_key.with_suffix(".privacy.json")
 
 
 class SimSite(_Model):
@@ -210,8 +321,14 @@ def _apply(model: type[BaseModel], data: dict[str, Any], path: list[str], value:
             node = child
 
 
-def load(model: type[M], path: pathlib.Path | None, overrides: Iterable[str] = ()) -> M:
-    """Reads a TOML file (or starts empty), applies overrides and validates."""
+def load(
+    model: type[M],
+    path: pathlib.Path | None,
+    overrides: Iterable[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> M:
+    """Reads a TOML file (or starts empty), applies overrides, then `values` (typed settings by
+    dotted key, such as a command's own flags, which win over both), and validates."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -225,7 +342,9 @@ def load(model: type[M], path: pathlib.Path | None, overrides: Iterable[str] = (
     for item in overrides:
         keys, value = parse_override(item)
         _apply(model, data, keys, value)
-    return validate(model, data, source=str(path) if path else "overrides")
+    for key, value in (values or {}).items():
+        _apply(model, data, key.split("."), value)
+    return validate(model, data, source=str(path) if path else "command line")
 
 
 def validate(model: type[M], data: Any, source: str) -> M:

@@ -55,7 +55,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from quorum.errors import TaskError
-from quorum.privacy.dp.ledger import PrivacyLedger, opacus_module
+from quorum.privacy.dp.accounting import opacus_module
+from quorum.privacy.dp.ledger import PrivacyLedger
 from quorum.task import EvalResult, FitResult, JSONConfig
 from quorum.wire.blobs import Params
 

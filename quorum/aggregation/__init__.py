@@ -4,7 +4,7 @@ Pure numpy: no gRPC, asyncio or database. Models are flat 1-D vectors (see
 `quorum.wire.blobs.as_flat` / `from_flat`).
 """
 
-from quorum.aggregation.accumulator import Accumulator
+from quorum.aggregation.accumulator import Accumulator, UpdateSum
 from quorum.aggregation.fedavg import FedAvg
 from quorum.aggregation.fedopt import BIAS_CORRECTIONS, FedOpt
 from quorum.aggregation.strategies import STRATEGY_NAMES, Strategy, make_strategy
@@ -16,5 +16,6 @@ __all__ = [
     "FedAvg",
     "FedOpt",
     "Strategy",
+    "UpdateSum",
     "make_strategy",
 ]

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
+
+
+class UpdateSum(Protocol):
+    """Where a round folds each site's validated model as it arrives: the plain weighted sum
+    below, or central DP's clipped sum (`quorum.privacy.dp.central.ClippedSum`)."""
+
+    @property
+    def count(self) -> int: ...
+
+    def fold(self, vector: np.ndarray, weight: float, /) -> None: ...
 
 
 class Accumulator:

@@ -10,6 +10,7 @@ of one site) raises SecAggError: the site leaves the round and reports why.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -17,6 +18,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum.errors import SecAggError
+from quorum.privacy.dp.central import clip_in_place
 from quorum.privacy.secagg import (
     MASKED_TENSOR,
     ClientRound,
@@ -109,6 +111,8 @@ def _masked_blob(
     # In the model's own dtype when it has one (a difference of nearby floats is exact).
     delta = np.concatenate(trained, dtype=np.result_type(*trained)) if trained else np.zeros(0)
     delta -= blobs.as_flat(model, layout)
+    if setup.dp_clipping_norm or setup.dp_noise_stddev:
+        add_distributed_noise(delta, setup.dp_clipping_norm, setup.dp_noise_stddev)
     vector, _, clipped = encode_update(
         delta,
         fit.num_examples,
@@ -119,6 +123,19 @@ def _masked_blob(
     masked = machine.mask(vector)
     metrics = {**fit.metrics, "secagg_clipped_fraction": clipped / max(delta.size, 1)}
     return blobs.encode({MASKED_TENSOR: masked}), metrics
+
+
+def add_distributed_noise(
+    delta: np.ndarray, clipping_norm: float, stddev: float, rng: np.random.Generator | None = None
+) -> None:
+    """This site's part of distributed DP, in place: its update clipped to `clipping_norm` in
+    L2, plus its share of the cohort's Gaussian noise."""
+    if not (math.isfinite(clipping_norm) and clipping_norm > 0):
+        raise SecAggError(f"the DP clipping norm must be positive, got {clipping_norm}")
+    if not (math.isfinite(stddev) and stddev >= 0):
+        raise SecAggError(f"the DP noise standard deviation must be >= 0, got {stddev}")
+    clip_in_place(delta, clipping_norm)
+    delta += (rng or np.random.default_rng()).normal(0.0, stddev, delta.shape[0])
 
 
 async def _unless_ended(

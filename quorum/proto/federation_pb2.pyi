@@ -228,7 +228,7 @@ class SecAggPeer(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., identity_key: _Optional[bytes] = ...) -> None: ...
 
 class SecAggSetup(_message.Message):
-    __slots__ = ("index", "threshold", "vector_length", "peers", "clip_range", "quantization_bits", "max_weight", "attempt", "stage_timeout_s")
+    __slots__ = ("index", "threshold", "vector_length", "peers", "clip_range", "quantization_bits", "max_weight", "attempt", "stage_timeout_s", "dp_clipping_norm", "dp_noise_stddev")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +238,8 @@ class SecAggSetup(_message.Message):
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    DP_CLIPPING_NORM_FIELD_NUMBER: _ClassVar[int]
+    DP_NOISE_STDDEV_FIELD_NUMBER: _ClassVar[int]
     index: int
     threshold: int
     vector_length: int
@@ -247,7 +249,9 @@ class SecAggSetup(_message.Message):
     max_weight: int
     attempt: int
     stage_timeout_s: float
-    def __init__(self, index: _Optional[int] = ..., threshold: _Optional[int] = ..., vector_length: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[SecAggPeer, _Mapping]]] = ..., clip_range: _Optional[float] = ..., quantization_bits: _Optional[int] = ..., max_weight: _Optional[int] = ..., attempt: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ...) -> None: ...
+    dp_clipping_norm: float
+    dp_noise_stddev: float
+    def __init__(self, index: _Optional[int] = ..., threshold: _Optional[int] = ..., vector_length: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[SecAggPeer, _Mapping]]] = ..., clip_range: _Optional[float] = ..., quantization_bits: _Optional[int] = ..., max_weight: _Optional[int] = ..., attempt: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ..., dp_clipping_norm: _Optional[float] = ..., dp_noise_stddev: _Optional[float] = ...) -> None: ...
 
 class SecAggKeys(_message.Message):
     __slots__ = ("index", "cipher_public", "mask_public", "signature")

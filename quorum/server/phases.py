@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from quorum.aggregation import Accumulator
+from quorum.aggregation import UpdateSum
 from quorum.errors import QuorumError
 from quorum.wire.blobs import Layout
 
@@ -65,7 +65,7 @@ class Phase:
     model_size: int
     layout: Layout
     max_num_examples: int
-    accumulator: Accumulator | None = None
+    accumulator: UpdateSum | None = None
     secagg: SecureFit | None = None
     tasks: dict[str, PendingTask] = field(default_factory=dict)
     results: list[SiteResult] = field(default_factory=list)

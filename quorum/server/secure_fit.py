@@ -75,7 +75,10 @@ class SecureFit:
         config: RunConfig,
         rng: random.Random,
         numel: int,
+        dp_noise: tuple[float, float] | None = None,
     ) -> None:
+        """`dp_noise` = (clipping norm, noise standard deviation per site) of distributed DP:
+        every site clips its update and adds its share of the noise, and counts once."""
         settings = config.secagg
         self.co = coordinator
         self.phase = phase
@@ -88,6 +91,8 @@ class SecureFit:
         smallest = min(len(g) for g in self.graph) + 1
         self.threshold = threshold_for(settings.threshold, smallest)
         self.vector_length = numel + 1
+        self.dp_noise = dp_noise or (0.0, 0.0)
+        self.max_weight = 1 if dp_noise else settings.max_weight
         # The masked-input stage covers local training: it has the run's round deadline.
         self.masked_timeout_s = config.round_timeout_s
         self.min_sum = config.min_fit_sites
@@ -149,7 +154,7 @@ class SecureFit:
                     count,
                     settings.clip_range,
                     settings.quantization_bits,
-                    settings.max_weight,
+                    self.max_weight,
                 )
             )
             self.report["recovered"] = True
@@ -181,9 +186,9 @@ class SecureFit:
                 f"{n} sites could overflow the 32-bit sum at {bits} quantization bits; lower "
                 "run.secagg.quantization_bits or the cohort size"
             )
-        if n * self.settings.max_weight >= 2**32:
+        if n * self.max_weight >= 2**32:
             raise self._abort(
-                f"{n} sites' weights of up to {self.settings.max_weight} could overflow the "
+                f"{n} sites' weights of up to {self.max_weight} could overflow the "
                 "32-bit sum; lower run.secagg.max_weight or the cohort size"
             )
         return ServerRound(
@@ -281,9 +286,11 @@ class SecureFit:
             ],
             clip_range=settings.clip_range,
             quantization_bits=settings.quantization_bits,
-            max_weight=settings.max_weight,
+            max_weight=self.max_weight,
             attempt=self.phase.attempt,
             stage_timeout_s=settings.stage_timeout_s,
+            dp_clipping_norm=self.dp_noise[0],
+            dp_noise_stddev=self.dp_noise[1],
         )
 
     def _task_id(self, index: int) -> str:

@@ -14,9 +14,14 @@ import math
 import random
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from quorum.aggregation import Accumulator, Strategy, make_strategy
 from quorum.config import RunConfig
 from quorum.errors import QuorumError
+from quorum.privacy.dp.accounting import HistoryEntry, appended
+from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
+from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
 from quorum.server.phases import Kind, Phase, RoundAborted, SiteResult
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
@@ -51,6 +56,8 @@ class SyncDriver:
         self.run_id = record.id
         self.config = record.config
         self.strategy = strategy_for(self.config)
+        self.central = CentralDP(self.config.central_dp) if self.config.central_dp.enabled else None
+        self.central_history: list[HistoryEntry] = []
 
     async def run(self) -> None:
         cfg = self.config
@@ -59,9 +66,19 @@ class SyncDriver:
             log.warning("event=round_recovered run_id=%s resume_after=%d", self.run_id, done)
         if done == 0 and not self.co.checkpoints.exists(self.run_id, 0):
             initial = load_task(cfg.task).initial_parameters(cfg.seed)
-            self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), self.strategy.state())
+            self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), self._state())
         model, state = self.co.checkpoints.load(self.run_id, done)
-        self.strategy.load_state(state)
+        self._load_state(state)
+        if self.central is not None:
+            # The store is the accountant's record: ε after a restart counts every round that
+            # released a model, and nothing else.
+            self.central_history = history_of(
+                [
+                    r["metrics"]["central_dp"]
+                    for r in self.store.rounds(self.run_id, 0, 1_000_000)
+                    if r["status"] == "completed" and "central_dp" in r["metrics"]
+                ]
+            )
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s from_round=%d", self.run_id, done + 1)
 
@@ -115,12 +132,28 @@ class SyncDriver:
             "rounds": cfg.rounds,
         }
         current = blobs.as_flat(model, layout)
+        # Cohorts are drawn without replacement from the connected sites; the accountant
+        # treats the fraction drawn as a Poisson sampling rate (as DP-FedAvg analyses do).
+        sample_rate = len(cohort) / len(available)
+        release: RoundRelease | None = None
         if cfg.secagg.enabled:
             fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
-            secure = SecureFit(self.co, fit, cohort, cfg, rng, layout.numel)
+            noise = None
+            if self.central is not None:
+                noise = (self.central.clipping_norm, self.central.site_noise_stddev(len(cohort)))
+            secure = SecureFit(self.co, fit, cohort, cfg, rng, layout.numel, noise)
             delta, examples, accepted = await secure.run(json.dumps(site_config), cfg.task)
             self._check_enough(accepted, cohort)
+            if self.central is not None:
+                release = self.central.distributed_release(len(cohort), accepted, sample_rate)
             weight, mean = float(examples), current + delta
+        elif self.central is not None:
+            fit = self._phase("fit", round_no, attempt, model, layout)
+            clipped = fit.accumulator = self.central.collector(current)
+            await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
+            self._check_enough(clipped.count, cohort)
+            delta, release = self.central.release(clipped, len(cohort), sample_rate)
+            accepted, weight, mean = clipped.count, clipped.total_weight, current + delta
         else:
             fit = self._phase("fit", round_no, attempt, model, layout)
             total = fit.accumulator = Accumulator(layout.numel)
@@ -137,6 +170,10 @@ class SyncDriver:
                 "num_examples": float(weight),
             }
         }
+        history = self.central_history
+        if self.central is not None and release is not None:
+            history = appended(history, release.entry())
+            metrics["central_dp"] = self.central.metrics(release, history)
 
         connected = self._sites()  # sites that joined during the fit phase evaluate too
         evaluators = rng.sample(connected, math.ceil(cfg.fraction_evaluate * len(connected)))
@@ -152,8 +189,9 @@ class SyncDriver:
                     "num_sites": float(len(ev.results)),
                 }
 
-        self.co.checkpoints.save(self.run_id, round_no, new_model, self.strategy.state())
+        self.co.checkpoints.save(self.run_id, round_no, new_model, self._state())
         self.store.complete_round(self.run_id, round_no, attempt, blobs.digest(new_model), metrics)
+        self.central_history = history
         log.info(
             "event=round_completed run_id=%s round=%d updates=%d metrics=%s",
             self.run_id,
@@ -162,6 +200,16 @@ class SyncDriver:
             json.dumps(metrics.get("evaluate", {})),
         )
         return new_model
+
+    def _state(self) -> dict[str, np.ndarray]:
+        """What a checkpoint keeps beside the model: the server optimiser's state and the
+        central-DP clipping norm."""
+        return {**self.strategy.state(), **(self.central.state() if self.central else {})}
+
+    def _load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.strategy.load_state({k: v for k, v in state.items() if k != CENTRAL_STATE})
+        if self.central is not None:
+            self.central.load_state(state)
 
     def _check_enough(self, accepted: int, cohort: list[Session]) -> None:
         if accepted < self.config.min_fit_sites:

@@ -9,6 +9,7 @@ import pytest
 
 from quorum.errors import ConfigError, TaskError
 from quorum.privacy.dp import BudgetExhausted, DPSettings, PrivacyLedger
+from quorum.privacy.dp.accounting import ACCOUNTANT_CODES
 
 pytest.importorskip("opacus")
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
@@ -46,6 +47,7 @@ def test_calibrated_plan_fits_the_budget_and_refuses_beyond_it(
         "dp_max_grad_norm": 1.0,
         "dp_epsilon_budget": 2.0,
         "dp_budget_remaining": pytest.approx(2.0 - previous),
+        "dp_accountant": ACCOUNTANT_CODES[accountant],
     }
 
 

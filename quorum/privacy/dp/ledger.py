@@ -10,20 +10,26 @@ restarts. The server cannot raise a site's budget: the budget lives only here.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import pathlib
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 from quorum.atomic import write_atomic
 from quorum.errors import BudgetExhausted, ConfigError, TaskError
+from quorum.privacy.dp.accounting import (
+    ACCOUNTANT_CODES,
+    Accountant,
+    HistoryEntry,
+    accountant_options,
+    appended,
+    epsilon,
+    opacus_module,
+)
 
 FORMAT_VERSION = 1
 RELATIVE_SLACK = 1e-9
-Accountant = Literal["rdp", "prv"]
-HistoryEntry = tuple[float, float, int]
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class PrivacyLedger:
                     sample_rate=sample_rate,
                     steps=total_steps,
                     accountant=s.accountant,
-                    **_accountant_options(s),
+                    **accountant_options(s.accountant),
                 )
             )
         except ValueError as exc:
@@ -143,6 +149,7 @@ class PrivacyLedger:
             "dp_max_grad_norm": run.settings.max_grad_norm,
             "dp_epsilon_budget": run.settings.epsilon,
             "dp_budget_remaining": max(0.0, run.settings.epsilon - spent),
+            "dp_accountant": ACCOUNTANT_CODES[run.settings.accountant],
         }
 
     def sample_rate(self, run_id: str) -> float:
@@ -213,60 +220,13 @@ def _run_from_json(raw: Any) -> _Run:
 
 
 def _appended(run: _Run, steps: int) -> list[HistoryEntry]:
-    """The run's history with `steps` more steps at its planned noise and sample rate, merged
-    into the last entry when that one has the same noise and sample rate (as Opacus does)."""
-    history = list(run.history)
-    if history and history[-1][:2] == (run.noise_multiplier, run.sample_rate):
-        sigma, q, n = history.pop()
-        history.append((sigma, q, n + steps))
-    else:
-        history.append((run.noise_multiplier, run.sample_rate, steps))
-    return history
+    """The run's history with `steps` more steps at its planned noise and sample rate."""
+    return appended(run.history, (run.noise_multiplier, run.sample_rate, steps))
 
 
 def _epsilon(settings: DPSettings, history: list[HistoryEntry]) -> float:
-    accountant = opacus_module("opacus.accountants").create_accountant(
-        mechanism=settings.accountant
-    )
-    accountant.history = list(history)
-    return float(accountant.get_epsilon(delta=settings.delta, **_accountant_options(settings)))
-
-
-RDP_ORDERS = (
-    [1 + x / 10.0 for x in range(1, 100)]
-    + list(range(12, 64))
-    + [
-        80,
-        96,
-        128,
-        160,
-        192,
-        256,
-        320,
-        384,
-        512,
-        768,
-        1024,
-    ]
-)
-"""Rényi orders for the RDP accountant: Opacus's default range ends at 63, which cannot certify
-an ε below about log(1/δ)/62 (0.19 at δ = 1e-5) however much noise there is; higher orders can.
-Few of them: Opacus computes an integer order α in O(α) steps, on every ε the ledger asks for."""
-
-
-def _accountant_options(settings: DPSettings) -> dict[str, Any]:
-    return {"alphas": RDP_ORDERS} if settings.accountant == "rdp" else {}
+    return epsilon(settings.accountant, settings.delta, history)
 
 
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def opacus_module(name: str) -> Any:
-    """Imports a module of Opacus, an optional dependency that differential privacy needs."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"differential privacy needs Opacus ({exc}); install it with `pip install opacus`"
-        ) from None

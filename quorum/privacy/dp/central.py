@@ -1,0 +1,206 @@
+"""Central (user-level) DP-FedAvg on the server, and its distributed form under SecAgg.
+
+DP-FedAvg (McMahan et al. 2018): each site's update `trained - global` is clipped to L2 norm C,
+every site counts once (a weight the site reports would let it exceed the sensitivity), and the
+sum gets Gaussian noise of standard deviation z·C before it is divided by the number of updates.
+One round is then a subsampled Gaussian mechanism with noise multiplier z on the set of sites,
+accounted for by Opacus's accountants (`quorum.privacy.dp.accounting`): a site-level ("user
+level") guarantee for everything a site contributes to the run.
+
+Adaptive clipping (Andrew et al. 2021): each site also contributes the bit "my update's norm was
+at most C"; the noised mean of those bits b̄ moves C geometrically, C ← C·exp(-η(b̄ - γ)), toward
+the norm that leaves a fraction γ of updates unclipped. The bits cost privacy too: with noise σ_b
+on their sum, the updates get noise multiplier z_Δ = (z⁻² - (2σ_b)⁻²)^(-1/2), so that the two
+releases together are exactly one Gaussian mechanism with multiplier z (Andrew et al., Thm. 1).
+
+Distributed DP: under secure aggregation the server never sees an update, so each of the n sites
+of a cohort clips its own update and adds Gaussian noise of standard deviation z·C/√n; the sum of
+the m ≤ n that survive carries noise z·C·√(m/n), and the round is accounted with that effective
+multiplier. Adaptive clipping is not available there (the bits would be seen in the clear).
+
+Pure numpy: no I/O. The noise comes from numpy's PCG64 seeded by the OS (floating-point Gaussian
+sampling, not Mironov's snapping mechanism).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from quorum.config import CentralDPConfig
+from quorum.errors import ConfigError, StoreError
+from quorum.privacy.dp.accounting import HistoryEntry, appended, epsilon
+
+STATE_KEY = "central_dp.clipping_norm"
+"""The checkpointed clipping norm (adaptive clipping changes it every round)."""
+
+
+def clip_in_place(delta: np.ndarray, norm_bound: float) -> bool:
+    """Scales `delta` (a float vector) to L2 norm at most `norm_bound`; True when it was within
+    the bound already (not clipped)."""
+    norm = float(np.linalg.norm(delta))
+    if not math.isfinite(norm):
+        raise ValueError("the update has a non-finite norm")
+    if norm <= norm_bound:
+        return True
+    delta *= norm_bound / norm
+    return False
+
+
+class ClippedSum:
+    """Streaming sum of site updates relative to `reference` (the round's global model), each
+    clipped to `clipping_norm` and counted once. Memory: two float64 vectors."""
+
+    def __init__(self, reference: np.ndarray, clipping_norm: float) -> None:
+        if reference.ndim != 1:
+            raise ValueError(f"the reference model must be a flat vector, got {reference.shape}")
+        self.reference = reference
+        self.clipping_norm = float(clipping_norm)
+        self.sum = np.zeros(reference.shape[0], dtype=np.float64)
+        self._scratch = np.empty(reference.shape[0], dtype=np.float64)
+        self.count = 0
+        self.unclipped = 0
+        self.total_weight = 0.0
+        """The examples the sites reported: a statistic, never a weight of the mean."""
+
+    def fold(self, vector: np.ndarray, weight: float, /) -> None:
+        if vector.shape != self.reference.shape:
+            raise ValueError(f"vector of shape {vector.shape}, expected {self.reference.shape}")
+        np.subtract(vector, self.reference, out=self._scratch, dtype=np.float64)
+        self.unclipped += clip_in_place(self._scratch, self.clipping_norm)
+        self.sum += self._scratch
+        self.count += 1
+        self.total_weight += float(weight)
+
+
+@dataclass(frozen=True)
+class RoundRelease:
+    """What one round released and what it cost: stored with the round as its `central_dp`
+    metrics, from which the run's ε is recomputed."""
+
+    noise_multiplier: float
+    """The round's effective z (over the whole mechanism: updates and, if adaptive, bits)."""
+    sample_rate: float
+    clipping_norm: float
+    next_clipping_norm: float
+    unclipped_fraction: float | None
+    """The noised fraction of updates within the norm (adaptive clipping only)."""
+
+    def entry(self) -> HistoryEntry:
+        return (self.noise_multiplier, self.sample_rate, 1)
+
+
+class CentralDP:
+    """The run's central-DP mechanism: its current clipping norm, the noise, the accounting."""
+
+    def __init__(self, config: CentralDPConfig, rng: np.random.Generator | None = None) -> None:
+        if not config.enabled:
+            raise ConfigError("central DP is not enabled in this run's config")
+        self.config = config
+        self.clipping_norm = config.clipping_norm
+        self.rng = rng or np.random.default_rng()
+
+    # ---- the server adds the noise (no secure aggregation) ----
+
+    def collector(self, reference: np.ndarray) -> ClippedSum:
+        return ClippedSum(reference, self.clipping_norm)
+
+    def release(
+        self, clipped: ClippedSum, cohort: int, sample_rate: float
+    ) -> tuple[np.ndarray, RoundRelease]:
+        """The noised mean update of the clipped sum, and the round's record. Moves the
+        clipping norm when adaptive."""
+        m = clipped.count
+        if m < 1:
+            raise ValueError("no update was folded: nothing to release")
+        cfg = self.config
+        z = cfg.noise_multiplier
+        c = self.clipping_norm
+        unclipped: float | None = None
+        z_updates = z
+        if cfg.adaptive:
+            count_stddev = self.count_stddev(cohort)
+            z_updates = update_noise_multiplier(z, count_stddev)
+            noised = clipped.unclipped + self.rng.normal(0.0, count_stddev)
+            unclipped = noised / m
+            step = cfg.clip_learning_rate * (unclipped - cfg.target_quantile)
+            self.clipping_norm = c * math.exp(-step)
+        mean = self.rng.normal(0.0, z_updates * c, size=clipped.sum.shape[0])
+        mean += clipped.sum
+        mean /= m
+        return mean, RoundRelease(z, sample_rate, c, self.clipping_norm, unclipped)
+
+    def count_stddev(self, cohort: int) -> float:
+        """σ_b: as configured, else cohort/20 (Andrew et al.), raised to at least z so that
+        the updates' share of the noise stays within 2/√3 of z."""
+        configured = self.config.clipped_count_stddev
+        if configured is not None:
+            return configured
+        return max(cohort / 20, self.config.noise_multiplier)
+
+    # ---- the sites add the noise (secure aggregation) ----
+
+    def site_noise_stddev(self, cohort: int) -> float:
+        """Each of `cohort` sites adds this much noise, so that the whole cohort's sum has z·C."""
+        if self.config.adaptive:
+            raise ConfigError("adaptive clipping is not available with secure aggregation")
+        return self.config.noise_multiplier * self.clipping_norm / math.sqrt(cohort)
+
+    def distributed_release(self, cohort: int, summed: int, sample_rate: float) -> RoundRelease:
+        """The record of a round whose `summed` of `cohort` sites each added their share."""
+        z = self.config.noise_multiplier * math.sqrt(summed / cohort)
+        c = self.clipping_norm
+        return RoundRelease(z, sample_rate, c, c, None)
+
+    # ---- accounting and state ----
+
+    def epsilon(self, history: list[HistoryEntry]) -> float:
+        return epsilon(self.config.accountant, self.config.delta, history)
+
+    def metrics(self, release: RoundRelease, history: list[HistoryEntry]) -> dict[str, float]:
+        """The round's `central_dp` metrics; `history` is the run's, this round included."""
+        out = {
+            "epsilon": self.epsilon(history),
+            "delta": self.config.delta,
+            "noise_multiplier": release.noise_multiplier,
+            "sample_rate": release.sample_rate,
+            "clipping_norm": release.clipping_norm,
+            "next_clipping_norm": release.next_clipping_norm,
+        }
+        if release.unclipped_fraction is not None:
+            out["unclipped_fraction"] = release.unclipped_fraction
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {STATE_KEY: np.array([self.clipping_norm], dtype=np.float64)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        value = state.get(STATE_KEY)
+        if value is None:
+            return  # a checkpoint from before central DP state: keep the configured norm
+        if value.shape != (1,) or not (math.isfinite(float(value[0])) and value[0] > 0):
+            raise StoreError(f"checkpointed clipping norm {value!r} is not a positive number")
+        self.clipping_norm = float(value[0])
+
+
+def update_noise_multiplier(z: float, count_stddev: float) -> float:
+    """z_Δ with 1/z² = 1/z_Δ² + 1/(2σ_b)²: the updates' noise multiplier when the unclipped
+    count, of sensitivity 1/2 after centring, takes noise σ_b."""
+    rest = 1 / z**2 - 1 / (2 * count_stddev) ** 2
+    if rest <= 0:
+        raise ConfigError(
+            f"central_dp.clipped_count_stddev = {count_stddev} spends the whole noise multiplier "
+            f"{z} on the clipped count: it must exceed noise_multiplier / 2"
+        )
+    return 1 / math.sqrt(rest)
+
+
+def history_of(rounds: list[Mapping[str, float]]) -> list[HistoryEntry]:
+    """The accountant history of a run from its completed rounds' `central_dp` metrics."""
+    history: list[HistoryEntry] = []
+    for metrics in rounds:
+        history = appended(history, (metrics["noise_multiplier"], metrics["sample_rate"], 1))
+    return history
