@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from quorum import __version__
 from quorum.admin.auth import allows, hash_token
+from quorum.admin.privacy import PrivacyOut, privacy_ledger
 from quorum.config import RunConfig
 from quorum.errors import ConfigError, ConflictError, NotFoundError, QuorumError, TaskError
 from quorum.identity import parse_public
@@ -156,6 +157,12 @@ def build_app(co: Coordinator) -> FastAPI:
     async def get_round(run_id: str, round_no: int) -> dict[str, Any]:
         store.run(run_id)
         return store.round_detail(run_id, round_no)
+
+    @app.get("/api/v1/runs/{run_id}/privacy", dependencies=[viewer])
+    async def get_privacy(run_id: str) -> PrivacyOut:
+        """Site-level DP per site and round (what each site reported), and the run's central
+        (user-level) ε when central DP is on."""
+        return privacy_ledger(store, run_id)
 
     @app.get("/api/v1/runs/{run_id}/model", dependencies=[viewer], response_class=FileResponse)
     async def download_model(run_id: str) -> FileResponse:

@@ -437,6 +437,30 @@ class Store:
             "secagg": None if row["secagg"] is None else json.loads(row["secagg"]),
         }
 
+    def completed_metrics(self, run_id: str, phase: str) -> list[tuple[int, dict[str, float]]]:
+        """(round, metrics) of the run's completed rounds that recorded metrics of `phase`."""
+        rows = self._rows(
+            "SELECT r.round, m.name, m.value FROM rounds r JOIN metrics m "
+            "ON m.run_id = r.run_id AND m.round = r.round AND m.attempt = r.attempt "
+            "WHERE r.run_id = ? AND r.status = 'completed' AND m.phase = ? ORDER BY r.round",
+            run_id,
+            phase,
+        )
+        out: dict[int, dict[str, float]] = {}
+        for row in rows:
+            out.setdefault(row["round"], {})[row["name"]] = row["value"]
+        return list(out.items())
+
+    def fit_participations(self, run_id: str) -> list[dict[str, Any]]:
+        """Every fit task of the run, of every attempt, in round, attempt and site order."""
+        self.run(run_id)
+        rows = self._rows(
+            "SELECT * FROM participations WHERE run_id = ? AND kind = 'fit' "
+            "ORDER BY round, attempt, site",
+            run_id,
+        )
+        return [{"round": r["round"], "attempt": r["attempt"], **_participation(r)} for r in rows]
+
     # ---- participations and rejections ----
 
     def offer(

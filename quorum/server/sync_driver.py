@@ -73,11 +73,7 @@ class SyncDriver:
             # The store is the accountant's record: ε after a restart counts every round that
             # released a model, and nothing else.
             self.central_history = history_of(
-                [
-                    r["metrics"]["central_dp"]
-                    for r in self.store.rounds(self.run_id, 0, 1_000_000)
-                    if r["status"] == "completed" and "central_dp" in r["metrics"]
-                ]
+                [m for _, m in self.store.completed_metrics(self.run_id, "central_dp")]
             )
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s from_round=%d", self.run_id, done + 1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import pathlib
 
+import pytest
+
 from quorum.client.privacy import enable_site_dp
 from quorum.config import SiteDPConfig
 from quorum.privacy.dp import DPSettings, PrivacyLedger
@@ -52,5 +54,18 @@ def test_sites_spend_their_own_budget_and_a_spent_site_refuses(tmp_path: pathlib
                 assert fits["cleveland"]["status"] == "accepted"
                 epsilons.append(fits["cleveland"]["metrics"]["dp_epsilon"])
             assert 0 < epsilons[0] < epsilons[1] <= 1.0 + 1e-9
+
+            privacy = await fed.api(f"/api/v1/runs/{run_id}/privacy")
+            assert privacy["central"] is None
+            sites = {s["site"]: s for s in privacy["sites"]}
+            cleveland, hungary = sites["cleveland"], sites["hungarian"]
+            assert [r["epsilon"] for r in cleveland["rounds"]] == epsilons
+            assert cleveland["epsilon"] == epsilons[-1] and cleveland["budget"] == 1.0
+            assert cleveland["budget_remaining"] == pytest.approx(1.0 - epsilons[-1])
+            assert cleveland["accountant"] == "rdp" and cleveland["delta"] == 1e-5
+            assert cleveland["rounds"][0]["noise_multiplier"] > 0
+            assert not cleveland["exhausted"]
+            assert hungary["exhausted"] and not hungary["dp"]  # it never trained
+            assert [r["status"] for r in hungary["rounds"]] == ["refused", "refused"]
 
     asyncio.run(scenario())
