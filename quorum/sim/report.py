@@ -14,8 +14,13 @@ from quorum.task import Baselines
 
 
 def build(
-    sim: SimFile, run: dict[str, Any], rounds: list[dict[str, Any]], baselines: Baselines | None
+    sim: SimFile,
+    run: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    baselines: Baselines | None,
+    privacy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`privacy` is the run's privacy ledger from the admin API (`/runs/{id}/privacy`)."""
     started = run["started_at"] or run["created_at"]
     completed = [r for r in rounds if r["status"] == "completed"]
     rows = []
@@ -31,6 +36,8 @@ def build(
                 "num_sites": r["metrics"].get("fit", {}).get("num_sites"),
                 # Site-level DP: ε spent so far, averaged over the sites that trained.
                 "dp_epsilon": r["metrics"].get("fit", {}).get("dp_epsilon"),
+                # Central DP: the run's user-level ε after this round.
+                "central_epsilon": r["metrics"].get("central_dp", {}).get("epsilon"),
                 "wall_time_s": r["finished_at"] - started,
                 "secagg": _secagg(r),
             }
@@ -60,8 +67,43 @@ def build(
             "loss": last.get("loss"),
         },
         "baselines": asdict(baselines) if baselines else None,
+        "privacy": _privacy(privacy),
         "wall_time_s": (run["finished_at"] or started) - started,
         "config": sim.model_dump(mode="json"),
+    }
+
+
+def _privacy(ledger: dict[str, Any] | None) -> dict[str, Any] | None:
+    """ε per round: each DP site's (its latest report per round) and the run's central ε."""
+    if ledger is None:
+        return None
+    sites = {}
+    for site in ledger["sites"]:
+        if not site["dp"]:
+            continue
+        per_round: dict[int, float] = {}
+        for r in site["rounds"]:
+            if r["epsilon"] is not None:
+                per_round[r["round"]] = r["epsilon"]
+        sites[site["site"]] = {
+            "budget": site["budget"],
+            "delta": site["delta"],
+            "exhausted": site["exhausted"],
+            "epsilon": [{"round": k, "epsilon": v} for k, v in sorted(per_round.items())],
+        }
+    central = ledger["central"]
+    if not sites and central is None:
+        return None
+    return {
+        "sites": sites,
+        "central": None
+        if central is None
+        else {
+            "mode": central["mode"],
+            "delta": central["delta"],
+            "noise_multiplier": central["noise_multiplier"],
+            "epsilon": [{"round": r["round"], "epsilon": r["epsilon"]} for r in central["rounds"]],
+        },
     }
 
 
@@ -94,7 +136,14 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    privacy = result.get("privacy")
+    if privacy:
+        fig, (ax, eps_ax) = plt.subplots(
+            2, 1, figsize=(7, 6.4), dpi=120, sharex=True, height_ratios=[3, 2]
+        )
+        _plot_privacy(eps_ax, privacy)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     rounds = [r["round"] for r in result["rounds"]]
     ax.plot(
         rounds,
@@ -118,7 +167,8 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
                 linestyle=":",
                 label=f"local only: {site}",
             )
-    ax.set_xlabel("round")
+    if not privacy:
+        ax.set_xlabel("round")
     ax.set_ylabel("accuracy (mean over site test sets)")
     ax.set_title(f"{result['run_id']} — seed {result['seed']}")
     ax.grid(alpha=0.3)
@@ -126,6 +176,40 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_privacy(ax: Any, privacy: dict[str, Any]) -> None:
+    """ε spent per round: each site's against its budget, and the run's central ε."""
+    for i, (site, values) in enumerate(sorted(privacy["sites"].items())):
+        points = values["epsilon"]
+        ax.plot(
+            [p["round"] for p in points],
+            [p["epsilon"] for p in points],
+            marker=".",
+            color=f"C{i + 1}",
+            label=f"{site} (budget {values['budget']:g})",
+        )
+    budgets = {values["budget"] for values in privacy["sites"].values()}
+    for budget in budgets:
+        ax.axhline(budget, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("round")
+    ax.set_ylabel("site ε spent" if privacy["sites"] else "")
+    ax.grid(alpha=0.3)
+    central = privacy["central"]
+    if central:
+        # A user-level ε is on another scale than the sites' example-level ones: its own axis.
+        central_ax = ax.twinx() if privacy["sites"] else ax
+        central_ax.plot(
+            [p["round"] for p in central["epsilon"]],
+            [p["epsilon"] for p in central["epsilon"]],
+            marker="s",
+            color="black",
+            label=f"central ε ({central['mode']}, z={central['noise_multiplier']:g})",
+        )
+        central_ax.set_ylabel("central (user-level) ε spent")
+        if central_ax is not ax:
+            central_ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def table(result: dict[str, Any]) -> Table:
@@ -138,6 +222,12 @@ def table(result: dict[str, Any]) -> Table:
     secure = any(r["secagg"] for r in result["rounds"])
     if secure:
         out.add_column("secagg dropouts", overflow="fold")
+    site_dp = any(r.get("dp_epsilon") is not None for r in result["rounds"])
+    if site_dp:
+        out.add_column("ε sites (mean)", justify="right")
+    central = any(r.get("central_epsilon") is not None for r in result["rounds"])
+    if central:
+        out.add_column("ε central", justify="right")
     for r in result["rounds"]:
         dropouts = [f"{d['site']}@{d['stage']}" for d in (r["secagg"] or {}).get("dropped", [])]
         out.add_row(
@@ -147,6 +237,8 @@ def table(result: dict[str, Any]) -> Table:
             _f(r["loss"]),
             f"{r['wall_time_s']:.1f}",
             *([", ".join(dropouts) or "none"] if secure else []),
+            *([_f(r.get("dp_epsilon"))] if site_dp else []),
+            *([_f(r.get("central_epsilon"))] if central else []),
         )
     baselines = result.get("baselines")
     if baselines:

@@ -132,6 +132,7 @@ def run_simulation(
         admin.wait_ready(60)
         run = _follow(admin, sim, server, console, started)
         rounds = admin.get(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
+        privacy = admin.get(f"/api/v1/runs/{run['id']}/privacy")
         if pending is not None and not pending.done():
             console.print("finishing the pooled and local-only baselines…")
         baselines = pending.result() if pending is not None else None
@@ -140,7 +141,7 @@ def run_simulation(
         processes.stop(children)
         pool.shutdown(cancel_futures=True)
 
-    result = report.build(sim, run, rounds, baselines)
+    result = report.build(sim, run, rounds, baselines, privacy)
     report_path = report_path or out / "report.json"
     report.write(result, report_path)
     Console(width=max(console.width, 100)).print(report.table(result))  # results on stdout
