@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 
 import numpy as np
 import pytest
 
+from quorum.privacy.dp.accounting import epsilon
 from quorum.server.checkpoints import Checkpoints
 from quorum.wire import blobs
 from tests.e2e.cli import Deployment, run_settings
@@ -82,3 +84,43 @@ def test_site_killed_mid_round_costs_only_its_update(deployment: Deployment) -> 
     # Round 1 had all three updates, rounds 2 and 3 only a and b.
     want = (1.0 + 1.0 + 4.0) / 3 + 2 * 1.0
     np.testing.assert_allclose(_final_value(d, run["id"], 3), want, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_central_dp_accounting_and_clipping_norm_survive_a_server_kill(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    z = 1.5
+    d.run = run_settings(
+        rounds=5,
+        central_dp={
+            "enabled": True,
+            "noise_multiplier": z,
+            "clipping_norm": 0.1,
+            "adaptive": True,
+            "clipped_count_stddev": 1.0,
+        },
+    )
+    server = d.start_server()
+    d.start_site("a", "delta=1.0,n=1,sleep=1.0")
+    d.start_site("b", "delta=3.0,n=3,sleep=1.0")
+    d.wait(lambda: (r := d.run_record()) and r["rounds_completed"] >= 2, 60, "round 2")
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+
+    d.start_server()
+    run = d.wait_run(timeout=90)
+    central = d.get(f"/api/v1/runs/{run['id']}/privacy")["central"]
+    rounds = central["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    # ε after round r is that of exactly r rounds: the restart neither lost nor re-counted one.
+    for r in rounds:
+        assert r["epsilon"] == pytest.approx(epsilon("rdp", 1e-5, [(z, 1.0, r["round"])]))
+    # Each round clipped with the norm the previous one chose, across the restart too.
+    details = [
+        d.get(f"/api/v1/runs/{run['id']}/rounds/{n}")["metrics"]["central_dp"] for n in range(1, 6)
+    ]
+    for before, after in itertools.pairwise(details):
+        assert after["clipping_norm"] == pytest.approx(before["next_clipping_norm"])
+    assert details[-1]["clipping_norm"] != 0.1  # it moved
