@@ -109,11 +109,39 @@ def server_start(
 
 @client_app.command("run")
 def client_run(
-    server: Annotated[str, typer.Option("--server", help="HOST:PORT of the federation service")],
-    site_key: Annotated[pathlib.Path, typer.Option("--site-key")],
-    task: Annotated[str, typer.Option("--task", help="module:attribute of the FederatedTask")],
-    data: Annotated[str, typer.Option("--data", help="This site's data (passed to the task)")],
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda")] = "auto",
+    config: Annotated[
+        pathlib.Path | None,
+        typer.Option(
+            "--config",
+            help="A site config (TOML): these settings in its tables client and dp",
+        ),
+    ] = None,
+    set_: SetOption = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", help="HOST:PORT of the federation service (required, here or in --config)"
+        ),
+    ] = None,
+    site_key: Annotated[
+        pathlib.Path | None,
+        typer.Option("--site-key", help="This site's private key (required, here or in --config)"),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="module:attribute of the FederatedTask (required, here or in --config)"
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="This site's data, passed to the task (required, here or in --config)"
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu or cuda (default: auto)")
+    ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plaintext gRPC (loopback only).")
     ] = False,
@@ -124,7 +152,7 @@ def client_run(
     cache_dir: Annotated[
         pathlib.Path | None, typer.Option("--cache-dir", help="Keep downloaded models here")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="(default: 0)")] = None,
     dp_epsilon: Annotated[
         float | None,
         typer.Option(
@@ -132,13 +160,19 @@ def client_run(
             help="Train with DP-SGD under this site's own budget ε for each run (Opacus)",
         ),
     ] = None,
-    dp_delta: Annotated[float, typer.Option("--dp-delta", help="δ of the site's budget")] = 1e-5,
+    dp_delta: Annotated[
+        float | None, typer.Option("--dp-delta", help="δ of the site's budget (default: 1e-5)")
+    ] = None,
     dp_max_grad_norm: Annotated[
-        float, typer.Option("--dp-max-grad-norm", help="per-example gradient clipping norm")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            "--dp-max-grad-norm", help="per-example gradient clipping norm (default: 1.0)"
+        ),
+    ] = None,
     dp_accountant: Annotated[
-        str, typer.Option("--dp-accountant", help="rdp or prv (Opacus accountants)")
-    ] = "rdp",
+        str | None,
+        typer.Option("--dp-accountant", help="rdp or prv (Opacus accountants; default: rdp)"),
+    ] = None,
     dp_ledger: Annotated[
         pathlib.Path | None,
         typer.Option(
@@ -154,44 +188,66 @@ def client_run(
             "share-keys, masked-input, unmask)",
         ),
     ] = None,
-    log_format: LogFormat = "text",
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="text or json (default: text)")
+    ] = None,
 ) -> None:
-    """Join a federation and serve its tasks until interrupted."""
+    """Join a federation and serve its tasks until interrupted.
+
+    Every setting is a flag, or a key of a site config file (--config) that flags override.
+    """
     import grpc
 
     from quorum.client.agent import SiteAgent
     from quorum.client.faults import Crash, kill_hook
     from quorum.client.transfer import BlobCache
+    from quorum.config import load_site
     from quorum.identity import load_private
     from quorum.task import load_task
 
-    logs.setup(log_format)
+    # A flag left out is None, so the file (or the default) decides; --insecure can only be
+    # turned on here (a file says `insecure = false` by leaving it out).
+    site = load_site(
+        config,
+        set_ or [],
+        {
+            "client.server": server,
+            "client.site_key": site_key,
+            "client.task": task,
+            "client.data": data,
+            "client.device": device,
+            "client.insecure": insecure or None,
+            "client.root_cert": root_cert,
+            "client.cache_dir": cache_dir,
+            "client.seed": seed,
+            "client.log_format": log_format,
+            "dp.epsilon": dp_epsilon,
+            "dp.delta": dp_delta,
+            "dp.max_grad_norm": dp_max_grad_norm,
+            "dp.accountant": dp_accountant,
+            "dp.ledger": dp_ledger,
+        },
+    )
+    client = site.client
+    logs.setup(client.log_format)
     hook = kill_hook(Crash.parse(crash_at)) if crash_at else None
-    key = load_private(site_key)
-    site_task = load_task(task).site(data, device, seed)
-    if dp_epsilon is not None:
+    key = load_private(client.site_key)
+    site_task = load_task(client.task).site(client.data, client.device, client.seed)
+    if site.dp is not None:
         from quorum.client.privacy import enable_site_dp
-        from quorum.config import SiteDPConfig
 
-        budget = SiteDPConfig.model_validate(
-            {
-                "epsilon": dp_epsilon,
-                "delta": dp_delta,
-                "max_grad_norm": dp_max_grad_norm,
-                "accountant": dp_accountant,
-            }
-        )
-        enable_site_dp(site_task, budget, dp_ledger or site_key.with_suffix(".privacy.json"))
+        enable_site_dp(site_task, site.dp, site.ledger_path)
     credentials = None
-    if not insecure:
-        credentials = grpc.ssl_channel_credentials(root_cert.read_bytes() if root_cert else None)
+    if not client.insecure:
+        cert = client.root_cert.read_bytes() if client.root_cert else None
+        credentials = grpc.ssl_channel_credentials(cert)
     agent = SiteAgent(
-        server,
+        client.server,
         key,
-        task,
+        client.task,
         site_task,
         credentials=credentials,
-        cache=BlobCache(cache_dir),
+        cache=BlobCache(client.cache_dir),
         on_stage=hook,
     )
 
@@ -243,7 +299,10 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except QuorumError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        from rich.markup import escape
+
+        # Messages quote TOML tables ("[client]"), which rich would take for markup and drop.
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise SystemExit(2) from None
     except (typer.Abort, KeyboardInterrupt):
         raise SystemExit(130) from None

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from quorum.errors import ConfigError
 
@@ -227,14 +228,34 @@ class ClientDPConfig(SiteDPConfig):
         None, description="the privacy ledger (default: beside the site key, KEY.privacy.json)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_a_budget(cls, data: Any) -> Any:
+        # Any DP setting (say --dp-delta alone) without ε asks for DP without its budget.
+        if isinstance(data, dict) and data.get("epsilon") is None:
+            raise PydanticCustomError(
+                "missing_site_budget",
+                "differential privacy needs this site's budget epsilon: set epsilon in the [dp] "
+                "table of the site config or pass --dp-epsilon",
+            )
+        return data
+
 
 class SiteFile(_Model):
     """The whole of a site.toml (`quorum client run --config`): [client], and [dp] when the site
     trains with DP-SGD under its own budget."""
 
-    # Absent, [client] is an empty table, so that the error names the settings it lacks.
-    client: ClientConfig = Field(default_factory=lambda: ClientConfig.model_validate({}))
+    client: ClientConfig
     dp: ClientDPConfig | None = Field(None, description="this site's DP budget; none: no DP")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_table(cls, data: Any) -> Any:
+        # No [client] at all (every setting given as a flag, or none): an empty table, so that
+        # the error names the settings it lacks rather than the table.
+        if isinstance(data, dict) and "client" not in data:
+            return {**data, "client": {}}
+        return data
 
     @property
     def ledger_path(self) -> pathlib.Path:
@@ -356,3 +377,46 @@ def validate(model: type[M], data: Any, source: str) -> M:
             for err in exc.errors()
         )
         raise ConfigError(f"invalid config ({source}): {problems}") from None
+
+
+def resolve_data(data: str, config_dir: pathlib.Path) -> str:
+    """A relative path is read from the config's folder when it exists there; anything else
+    (a bare name the task understands, an absolute path) goes to the task unchanged."""
+    candidate = config_dir / data
+    return (
+        str(candidate.resolve())
+        if not pathlib.Path(data).is_absolute() and candidate.exists()
+        else data
+    )
+
+
+def load_site(
+    path: pathlib.Path | None,
+    overrides: Iterable[str] = (),
+    flags: Mapping[str, Any] | None = None,
+) -> SiteFile:
+    """The settings of `quorum client run`: the site config at `path` (if any), its `--set`
+    overrides, then the flags that were given (by dotted key; None: not given), which win.
+
+    Relative paths in the file and its overrides are read from the file's folder, so that a site
+    config works from any working directory; those of flags, from the working directory, as a
+    shell user expects."""
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    site = load(SiteFile, path, overrides, given)
+    if path is None:
+        return site
+    base, client = path.parent, site.client
+
+    def from_file(key: str, value: pathlib.Path) -> pathlib.Path:
+        return value if key in given or value.is_absolute() else base / value
+
+    client.site_key = from_file("client.site_key", client.site_key)
+    if client.root_cert is not None:
+        client.root_cert = from_file("client.root_cert", client.root_cert)
+    if client.cache_dir is not None:
+        client.cache_dir = from_file("client.cache_dir", client.cache_dir)
+    if "client.data" not in given:
+        client.data = resolve_data(client.data, base)
+    if site.dp is not None and site.dp.ledger is not None:
+        site.dp.ledger = from_file("dp.ledger", site.dp.ledger)
+    return site

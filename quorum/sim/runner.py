@@ -22,24 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from quorum import identity
 from quorum.admin.client import AdminClient
 from quorum.client.faults import Crash
-from quorum.config import ServerConfig, ServerFile, SimFile, SimSite
+from quorum.config import ServerConfig, ServerFile, SimFile, SimSite, resolve_data
 from quorum.errors import ConfigError, QuorumError
 from quorum.server.store import Store
 from quorum.sim import processes, report
 from quorum.task import HasBaselines, load_task
 
 FINAL_STATES = ("completed", "failed", "stopped")
-
-
-def resolve_data(data: str, config_dir: pathlib.Path) -> str:
-    """A relative path is read from the config's folder when it exists there; anything else
-    (a bare name the task understands, an absolute path) goes to the task unchanged."""
-    candidate = config_dir / data
-    return (
-        str(candidate.resolve())
-        if not pathlib.Path(data).is_absolute() and candidate.exists()
-        else data
-    )
 
 
 def run_simulation(

@@ -130,25 +130,25 @@ class Deployment:
 
     def start_site(self, name: str, data: str, key: pathlib.Path | None = None) -> processes.Child:
         key = key or self.keygen_and_add(name)
-        child = processes.start(
+        return self.start_agent(
             f"site-{name}",
-            [
-                "client",
-                "run",
-                "--server",
-                self.address,
-                "--site-key",
-                str(key),
-                "--task",
-                TASK,
-                "--data",
-                data,
-                "--device",
-                "cpu",
-                *(["--root-cert", str(self.tls[0])] if self.tls else ["--insecure"]),
-            ],
-            self.root / "logs",
+            "--server",
+            self.address,
+            "--site-key",
+            str(key),
+            "--task",
+            TASK,
+            "--data",
+            data,
+            "--device",
+            "cpu",
+            *(["--root-cert", str(self.tls[0])] if self.tls else ["--insecure"]),
         )
+
+    def start_agent(self, log_name: str, *args: str) -> processes.Child:
+        """`quorum client run ARGS`, logged to logs/LOG_NAME.log (a new name for each start: a
+        restarted agent would overwrite its predecessor's log)."""
+        child = processes.start(log_name, ["client", "run", *args], self.root / "logs")
         self.children.append(child)
         return child
 
