@@ -1,0 +1,144 @@
+"""FedBuff (Nguyen et al., AISTATS 2022): buffered asynchronous aggregation.
+
+Sites train on whatever global model version was newest when they became free and push
+`trained - base` tagged with that base version. The server weights an update by its staleness
+τ = current version - base version, s(τ) = (1 + τ)^-α, refuses updates older than
+`max_staleness`, and every K accepted updates applies one server step
+
+    Δ̄ = (1/K) Σ s(τ_k) Δ_k,    m ← β m + Δ̄,    x ← x + η m
+
+(β = 0: no momentum), then bumps the version. Pure numpy: memory is one float64 sum, whatever
+K is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from quorum.errors import ConfigError, StoreError
+
+
+def staleness_weight(staleness: int, exponent: float) -> float:
+    """s(τ) = (1 + τ)^-α: 1 for a fresh update, smaller the older its base model."""
+    if staleness < 0:
+        raise ValueError(f"staleness cannot be negative, got {staleness}")
+    return float((1.0 + staleness) ** -exponent)
+
+
+class StaleUpdate(ValueError):
+    """An update whose base model is too old (or from the future) to be applied."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    staleness: int
+    weight: float
+
+
+class FedBuff:
+    """The server side of FedBuff: the global model's version, the buffer and the step."""
+
+    def __init__(
+        self,
+        numel: int,
+        *,
+        buffer_size: int,
+        staleness_exponent: float = 0.5,
+        max_staleness: int = 10,
+        server_learning_rate: float = 1.0,
+        server_momentum: float = 0.0,
+        version: int = 0,
+    ) -> None:
+        if buffer_size < 1:
+            raise ConfigError(f"buffer_size must be at least 1, got {buffer_size}")
+        if not (staleness_exponent >= 0 and math.isfinite(staleness_exponent)):
+            raise ConfigError(f"staleness_exponent must be >= 0, got {staleness_exponent}")
+        if max_staleness < 0:
+            raise ConfigError(f"max_staleness must be >= 0, got {max_staleness}")
+        if not (server_learning_rate > 0 and math.isfinite(server_learning_rate)):
+            raise ConfigError(f"server_learning_rate must be positive, got {server_learning_rate}")
+        if not 0 <= server_momentum < 1:
+            raise ConfigError(f"server_momentum must lie in [0, 1), got {server_momentum}")
+        self.numel = numel
+        self.buffer_size = buffer_size
+        self.exponent = staleness_exponent
+        self.max_staleness = max_staleness
+        self.lr = server_learning_rate
+        self.beta = server_momentum
+        self.version = version
+        self._sum = np.zeros(numel, np.float64)
+        self._momentum = np.zeros(numel, np.float64)
+        self.buffered: list[Accepted] = []
+
+    def admit(self, base_version: int) -> Accepted:
+        """The weight of an update trained on `base_version`; raises StaleUpdate when it must
+        be dropped. Call before reading the update's bytes."""
+        staleness = self.version - base_version
+        if staleness < 0:
+            raise StaleUpdate(
+                f"base version {base_version} is newer than the server's {self.version}"
+            )
+        if staleness > self.max_staleness:
+            raise StaleUpdate(
+                f"staleness {staleness} (base version {base_version}, current {self.version}) "
+                f"exceeds max_staleness {self.max_staleness}"
+            )
+        return Accepted(staleness, staleness_weight(staleness, self.exponent))
+
+    def add(self, delta: np.ndarray, accepted: Accepted) -> bool:
+        """Buffers `s(τ) · delta`; True when the buffer is full (call `step`)."""
+        if delta.shape != (self.numel,):
+            raise ValueError(f"delta of shape {delta.shape}, expected ({self.numel},)")
+        if self.full:
+            raise ValueError("the buffer is full: apply the server step first")
+        self._sum += accepted.weight * delta.astype(np.float64, copy=False)
+        self.buffered.append(accepted)
+        return self.full
+
+    @property
+    def full(self) -> bool:
+        return len(self.buffered) >= self.buffer_size
+
+    def step(self, current: np.ndarray) -> np.ndarray:
+        """Applies the server step to `current` (flat, any float dtype) with exactly the K
+        buffered updates; returns the new model (of `current`'s dtype) and empties the
+        buffer."""
+        if not self.full:
+            raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
+        mean = self._sum / self.buffer_size
+        self._momentum *= self.beta
+        self._momentum += mean
+        new = current.astype(np.float64) + self.lr * self._momentum
+        self.discard()
+        self.version += 1
+        return new.astype(current.dtype)
+
+    def discard(self) -> int:
+        """Empties the buffer without a step (a restart loses a partial buffer); returns how
+        many updates it held."""
+        count = len(self.buffered)
+        self._sum[:] = 0.0
+        self.buffered = []
+        return count
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            "fedbuff.version": np.array([self.version], np.int64),
+            "fedbuff.momentum": self._momentum.copy(),
+        }
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        try:
+            version = int(state["fedbuff.version"][0])
+            momentum = state["fedbuff.momentum"]
+        except (KeyError, IndexError):
+            raise StoreError("the checkpoint has no FedBuff version and momentum") from None
+        if momentum.shape != (self.numel,):
+            raise StoreError(f"checkpointed momentum of shape {momentum.shape} does not fit")
+        self.version = version
+        self._momentum = momentum.astype(np.float64)
+        self.discard()
