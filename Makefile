@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto bench bench-secagg clean
+.PHONY: demo test lint typecheck proto bench bench-secagg bench-dp clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 
 bench-secagg: $(STAMP)
 	$(BIN)/python bench/secagg_time.py --quorum-rounds 41
+
+bench-dp: $(STAMP)
+	$(BIN)/python bench/dp_time.py --json bench/results/dp_time.json
 
 clean:
 	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache

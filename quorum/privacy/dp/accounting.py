@@ -6,6 +6,7 @@ Opacus's accountants keep; ε is recomputed from it by a fresh accountant (nothi
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -43,8 +44,15 @@ def epsilon(accountant: Accountant, delta: float, history: Sequence[HistoryEntry
     """ε spent at `delta` by the steps of `history` (0.0 for an empty history)."""
     if not history:
         return 0.0
+    return _epsilon(accountant, delta, tuple((float(s), float(q), int(n)) for s, q, n in history))
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(accountant: Accountant, delta: float, history: tuple[HistoryEntry, ...]) -> float:
+    # Memoised: a fit asks for the same ε several times (the check before training, the
+    # record after it, the report), and each costs Opacus ~15 ms.
     acc = opacus_module("opacus.accountants").create_accountant(mechanism=accountant)
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    acc.history = list(history)
     return float(acc.get_epsilon(delta=delta, **accountant_options(accountant)))
 
 
