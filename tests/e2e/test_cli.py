@@ -76,7 +76,12 @@ def test_admin_api_needs_a_valid_token(deployment: Deployment) -> None:
         assert wrong.status_code == 401
     assert deployment.get("/api/v1/health")["status"] == "ok"
     schema = httpx.get(base + "/openapi.json").json()
-    for path in ("/api/v1/runs/{run_id}/rounds/{round_no}", "/api/v1/sites", "/api/v1/runs"):
+    for path in (
+        "/api/v1/runs/{run_id}/rounds/{round_no}",
+        "/api/v1/runs/{run_id}/privacy",
+        "/api/v1/sites",
+        "/api/v1/runs",
+    ):
         assert path in schema["paths"]
 
 
