@@ -8,6 +8,7 @@ is taken as a plain string, so `--set run.strategy=fedyogi` works unquoted.
 
 from __future__ import annotations
 
+import math
 import pathlib
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -140,11 +141,21 @@ class RunConfig(_Model):
             raise ValueError("max_fit_sites is below min_fit_sites")
         if self.min_available_sites < self.min_fit_sites:
             self.__dict__["min_available_sites"] = self.min_fit_sites
-        if self.central_dp.enabled and self.central_dp.adaptive and self.secagg.enabled:
+        dp, secagg = self.central_dp, self.secagg
+        if dp.enabled and dp.adaptive and secagg.enabled:
             raise ValueError(
                 "adaptive clipping needs the count of unclipped updates, which secure "
                 "aggregation hides; with secagg set central_dp.adaptive = false (a fixed "
                 "clipping_norm)"
+            )
+        # Under SecAgg each site's clipped update plus its noise share (std z·C/√n, n >= 2) is
+        # clipped again element by element to ±clip_range: that must not cut the noise.
+        needed = dp.clipping_norm * (1 + 6 * dp.noise_multiplier / math.sqrt(2))
+        if dp.enabled and secagg.enabled and secagg.clip_range < needed:
+            raise ValueError(
+                f"secagg.clip_range {secagg.clip_range:g} would clip the distributed DP noise: "
+                f"with clipping_norm {dp.clipping_norm:g} and noise_multiplier "
+                f"{dp.noise_multiplier:g} it must be at least {needed:.4g}"
             )
         return self
 

@@ -50,7 +50,11 @@ class SitePrivacy(BaseModel):
 
 
 class CentralRound(BaseModel):
+    """One release: a round's model, or under SecAgg its unmasked sum (an attempt that aborted
+    after it was released counts too)."""
+
     round: int
+    attempt: int
     epsilon: float
     noise_multiplier: float
     sample_rate: float
@@ -66,7 +70,7 @@ class CentralPrivacy(BaseModel):
     delta: float
     accountant: str
     epsilon: float
-    """The run's user-level ε so far."""
+    """The run's user-level ε so far, over every release."""
     clipping_norm: float
     """The norm the next round will use."""
     rounds: list[CentralRound]
@@ -87,9 +91,9 @@ def privacy_ledger(store: Store, run_id: str) -> PrivacyOut:
     central = None
     cfg = record.config.central_dp
     if cfg.enabled:
-        completed = store.completed_metrics(run_id, "central_dp")
-        rounds = [_central_round(n, m) for n, m in completed]
-        last = completed[-1][1] if completed else {}
+        released = store.phase_metrics(run_id, "central_dp")
+        rounds = [_central_round(n, a, m) for n, a, m in released]
+        last = released[-1][2] if released else {}
         central = CentralPrivacy(
             mode="distributed" if record.config.secagg.enabled else "central",
             noise_multiplier=cfg.noise_multiplier,
@@ -138,9 +142,10 @@ def _site(name: str, rounds: list[SiteRound]) -> SitePrivacy:
     )
 
 
-def _central_round(round_no: int, m: dict[str, float]) -> CentralRound:
+def _central_round(round_no: int, attempt: int, m: dict[str, float]) -> CentralRound:
     return CentralRound(
         round=round_no,
+        attempt=attempt,
         epsilon=m["epsilon"],
         noise_multiplier=m["noise_multiplier"],
         sample_rate=m["sample_rate"],

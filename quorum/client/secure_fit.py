@@ -18,7 +18,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum.errors import SecAggError
-from quorum.privacy.dp.central import clip_in_place
+from quorum.privacy.dp.central import DP_CLIPPING_METRIC, DP_NOISE_METRIC, clip_in_place
 from quorum.privacy.secagg import (
     MASKED_TENSOR,
     ClientRound,
@@ -111,8 +111,11 @@ def _masked_blob(
     # In the model's own dtype when it has one (a difference of nearby floats is exact).
     delta = np.concatenate(trained, dtype=np.result_type(*trained)) if trained else np.zeros(0)
     delta -= blobs.as_flat(model, layout)
+    dp: dict[str, float] = {}
     if setup.dp_clipping_norm or setup.dp_noise_stddev:
         add_distributed_noise(delta, setup.dp_clipping_norm, setup.dp_noise_stddev)
+        # The server refuses a masked vector whose site does not say it applied them.
+        dp = {DP_CLIPPING_METRIC: setup.dp_clipping_norm, DP_NOISE_METRIC: setup.dp_noise_stddev}
     vector, _, clipped = encode_update(
         delta,
         fit.num_examples,
@@ -121,7 +124,7 @@ def _masked_blob(
         setup.max_weight,
     )
     masked = machine.mask(vector)
-    metrics = {**fit.metrics, "secagg_clipped_fraction": clipped / max(delta.size, 1)}
+    metrics = {**fit.metrics, **dp, "secagg_clipped_fraction": clipped / max(delta.size, 1)}
     return blobs.encode({MASKED_TENSOR: masked}), metrics
 
 

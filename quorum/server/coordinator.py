@@ -189,12 +189,12 @@ class Coordinator:
             raise UploadRejected(
                 "wrong_kind", f"task {task.id!r} is an evaluate task; send a result"
             )
+        metrics = validation.parse_metrics(header.metrics_json)
         if phase.secagg is not None:
-            phase.secagg.admit_masked(task)  # the weight is masked: num_examples is not read
+            phase.secagg.admit_masked(task, metrics)  # the weight is masked: not read
         else:
             validation.check_num_examples(header.num_examples, phase.max_num_examples)
         validation.check_declared_size(header.size, phase.layout.size)
-        validation.parse_metrics(header.metrics_json)
         task.state = "receiving"
         return task
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from quorum.config import RunConfig
 from quorum.errors import SecAggError, UploadRejected
+from quorum.privacy.dp.central import DP_CLIPPING_METRIC, DP_NOISE_METRIC
 from quorum.privacy.secagg import (
     MASKED_TENSOR,
     RoundContext,
@@ -92,6 +93,8 @@ class SecureFit:
         self.threshold = threshold_for(settings.threshold, smallest)
         self.vector_length = numel + 1
         self.dp_noise = dp_noise or (0.0, 0.0)
+        self.summed: int | None = None
+        """How many masked vectors the unmasked sum holds, once the server has it."""
         self.max_weight = 1 if dp_noise else settings.max_weight
         # The masked-input stage covers local training: it has the run's round deadline.
         self.masked_timeout_s = config.round_timeout_s
@@ -223,7 +226,8 @@ class SecureFit:
             self._send(i, pb.SecAggStage(unmask=unmask))
         await self._stage("unmask", set(request.survivors), timeout)
         total = await asyncio.to_thread(self._close, server.finish)
-        return total, len(request.survivors)
+        self.summed = len(request.survivors)
+        return total, self.summed
 
     async def _stage(self, name: str, expected: set[int], timeout: float) -> None:
         self.stage = name
@@ -331,8 +335,24 @@ class SecureFit:
         self.answered[self.stage].add(index)
         self.phase.changed.set()
 
-    def admit_masked(self, task: PendingTask) -> None:
+    def admit_masked(self, task: PendingTask, metrics: dict[str, float]) -> None:
         index = self.index[task.id]
+        if (
+            self.dp_noise != (0.0, 0.0)
+            and (
+                metrics.get(DP_CLIPPING_METRIC),
+                metrics.get(DP_NOISE_METRIC),
+            )
+            != self.dp_noise
+        ):
+            # A site that did not apply this round's clipping and noise (an agent from before
+            # distributed DP ignores the setup's fields) would leave the sum under-noised.
+            raise UploadRejected(
+                "dp_not_applied",
+                f"distributed DP needs the update clipped to {self.dp_noise[0]:g} with noise "
+                f"{self.dp_noise[1]:g} added; the site reported "
+                f"{metrics.get(DP_CLIPPING_METRIC)!r} and {metrics.get(DP_NOISE_METRIC)!r}",
+            )
         if self.stage != "masked-input" or self.server is None:
             raise UploadRejected(
                 "wrong_stage", f"a masked vector arrived during the {self.stage} stage"

@@ -437,19 +437,29 @@ class Store:
             "secagg": None if row["secagg"] is None else json.loads(row["secagg"]),
         }
 
-    def completed_metrics(self, run_id: str, phase: str) -> list[tuple[int, dict[str, float]]]:
-        """(round, metrics) of the run's completed rounds that recorded metrics of `phase`."""
+    def record_metrics(
+        self, run_id: str, round_no: int, attempt: int, phase: str, values: Mapping[str, float]
+    ) -> None:
+        """Metrics of one phase of an attempt, stored now, whatever becomes of the attempt."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, round_no, attempt, phase, k, float(v)) for k, v in values.items()],
+            )
+
+    def phase_metrics(self, run_id: str, phase: str) -> list[tuple[int, int, dict[str, float]]]:
+        """(round, attempt, metrics) of every attempt of the run, completed or not, that
+        recorded metrics of `phase`, in order."""
         rows = self._rows(
-            "SELECT r.round, m.name, m.value FROM rounds r JOIN metrics m "
-            "ON m.run_id = r.run_id AND m.round = r.round AND m.attempt = r.attempt "
-            "WHERE r.run_id = ? AND r.status = 'completed' AND m.phase = ? ORDER BY r.round",
+            "SELECT round, attempt, name, value FROM metrics WHERE run_id = ? AND phase = ? "
+            "ORDER BY round, attempt",
             run_id,
             phase,
         )
-        out: dict[int, dict[str, float]] = {}
+        out: dict[tuple[int, int], dict[str, float]] = {}
         for row in rows:
-            out.setdefault(row["round"], {})[row["name"]] = row["value"]
-        return list(out.items())
+            out.setdefault((row["round"], row["attempt"]), {})[row["name"]] = row["value"]
+        return [(r, a, values) for (r, a), values in out.items()]
 
     def fit_participations(self, run_id: str) -> list[dict[str, Any]]:
         """Every fit task of the run, of every attempt, in round, attempt and site order."""

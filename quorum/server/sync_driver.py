@@ -8,6 +8,7 @@ the last checkpoint: the interrupted round is recorded as aborted and run again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -73,7 +74,7 @@ class SyncDriver:
             # The store is the accountant's record: ε after a restart counts every round that
             # released a model, and nothing else.
             self.central_history = history_of(
-                [m for _, m in self.store.completed_metrics(self.run_id, "central_dp")]
+                [m for _, _, m in self.store.phase_metrics(self.run_id, "central_dp")]
             )
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s from_round=%d", self.run_id, done + 1)
@@ -128,27 +129,31 @@ class SyncDriver:
             "rounds": cfg.rounds,
         }
         current = blobs.as_flat(model, layout)
-        # Cohorts are drawn without replacement from the connected sites; the accountant
-        # treats the fraction drawn as a Poisson sampling rate (as DP-FedAvg analyses do).
-        sample_rate = len(cohort) / len(available)
-        release: RoundRelease | None = None
+        central_metrics: dict[str, float] | None = None
         if cfg.secagg.enabled:
             fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
             noise = None
             if self.central is not None:
                 noise = (self.central.clipping_norm, self.central.site_noise_stddev(len(cohort)))
             secure = SecureFit(self.co, fit, cohort, cfg, rng, layout.numel, noise)
-            delta, examples, accepted = await secure.run(json.dumps(site_config), cfg.task)
+            try:
+                delta, examples, accepted = await secure.run(json.dumps(site_config), cfg.task)
+            finally:
+                # The server has seen the noised sum once it is unmasked, even when the round
+                # then aborts: that release is accounted.
+                if self.central is not None and secure.summed is not None:
+                    release = self.central.distributed_release(len(cohort), secure.summed)
+                    central_metrics = await self._account(round_no, attempt, release)
             self._check_enough(accepted, cohort)
-            if self.central is not None:
-                release = self.central.distributed_release(len(cohort), accepted, sample_rate)
             weight, mean = float(examples), current + delta
         elif self.central is not None:
             fit = self._phase("fit", round_no, attempt, model, layout)
             clipped = fit.accumulator = self.central.collector(current)
             await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
             self._check_enough(clipped.count, cohort)
-            delta, release = self.central.release(clipped, len(cohort), sample_rate)
+            delta, release = await asyncio.to_thread(self.central.release, clipped, len(cohort))
+            # Accounted before the model leaves the server (evaluation sends it to the sites).
+            central_metrics = await self._account(round_no, attempt, release)
             accepted, weight, mean = clipped.count, clipped.total_weight, current + delta
         else:
             fit = self._phase("fit", round_no, attempt, model, layout)
@@ -166,10 +171,8 @@ class SyncDriver:
                 "num_examples": float(weight),
             }
         }
-        history = self.central_history
-        if self.central is not None and release is not None:
-            history = appended(history, release.entry())
-            metrics["central_dp"] = self.central.metrics(release, history)
+        if central_metrics is not None:
+            metrics["central_dp"] = central_metrics
 
         connected = self._sites()  # sites that joined during the fit phase evaluate too
         evaluators = rng.sample(connected, math.ceil(cfg.fraction_evaluate * len(connected)))
@@ -187,7 +190,6 @@ class SyncDriver:
 
         self.co.checkpoints.save(self.run_id, round_no, new_model, self._state())
         self.store.complete_round(self.run_id, round_no, attempt, blobs.digest(new_model), metrics)
-        self.central_history = history
         log.info(
             "event=round_completed run_id=%s round=%d updates=%d metrics=%s",
             self.run_id,
@@ -196,6 +198,18 @@ class SyncDriver:
             json.dumps(metrics.get("evaluate", {})),
         )
         return new_model
+
+    async def _account(
+        self, round_no: int, attempt: int, release: RoundRelease
+    ) -> dict[str, float]:
+        """Adds a release to the run's privacy history and stores it with its attempt at once,
+        so that a restart counts it whatever becomes of the round."""
+        assert self.central is not None
+        history = appended(self.central_history, release.entry())
+        metrics = await asyncio.to_thread(self.central.metrics, release, history)
+        self.store.record_metrics(self.run_id, round_no, attempt, "central_dp", metrics)
+        self.central_history = history
+        return metrics
 
     def _state(self) -> dict[str, np.ndarray]:
         """What a checkpoint keeps beside the model: the server optimiser's state and the

@@ -45,9 +45,22 @@ def test_central_dp_clips_noises_and_accounts(tmp_path: pathlib.Path, secure: bo
 
     async def scenario() -> None:
         async with federation(tmp_path, [config]) as fed:
+            co = fed.server.coordinator
+            accounted_at_evaluation: list[tuple[int, list[int]]] = []
+            open_phase = co.open_phase
+
+            def spy(phase: Any, *args: Any, **kwargs: Any) -> None:
+                if phase.kind == "evaluate":  # the round's model leaves the server here
+                    released = co.store.phase_metrics(phase.run_id, "central_dp")
+                    accounted_at_evaluation.append((phase.round, [r for r, _, _ in released]))
+                open_phase(phase, *args, **kwargs)
+
+            co.open_phase = spy
             for name, data in SITES.items():
                 fed.add_site(name, data)
             run = await fed.wait_run(timeout=60)
+            # Every round's release was in the store before its model was sent anywhere.
+            assert accounted_at_evaluation == [(1, [1]), (2, [1, 2]), (3, [1, 2, 3])]
             final = _final(fed, run["id"])
             # Noise on the mean: z·C/3 per element per round, over 3 rounds.
             noise = z * norm / 3 * math.sqrt(ROUNDS)
@@ -66,11 +79,23 @@ def test_central_dp_clips_noises_and_accounts(tmp_path: pathlib.Path, secure: bo
             assert all(r["noise_multiplier"] == pytest.approx(z) for r in central["rounds"])
             assert all(r["clipping_norm"] == norm for r in central["rounds"])
             assert [s["site"] for s in privacy["sites"]] == ["a", "b", "c"]
+            fits = detail_fits(await fed.api(f"/api/v1/runs/{run['id']}/rounds/1"))
+            if secure:  # each site said it applied the round's clipping and noise share
+                stddev = z * norm / math.sqrt(3)
+                assert all(
+                    p["metrics"]["central_dp_noise_stddev"] == pytest.approx(stddev)
+                    and p["metrics"]["central_dp_clipping_norm"] == norm
+                    for p in fits
+                )
             assert not any(s["dp"] for s in privacy["sites"])  # no site-level DP here
             detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/3")
             assert detail["metrics"]["central_dp"]["epsilon"] == epsilons[-1]
 
     asyncio.run(scenario())
+
+
+def detail_fits(detail: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in detail["participants"] if p["kind"] == "fit"]
 
 
 def test_adaptive_clipping_moves_the_norm_and_survives_in_checkpoints(

@@ -17,7 +17,9 @@ from quorum.privacy.dp.accounting import epsilon, opacus_module
 from quorum.privacy.dp.central import (
     CentralDP,
     ClippedSum,
+    clip_in_place,
     history_of,
+    l2_norm,
     update_noise_multiplier,
 )
 
@@ -70,7 +72,7 @@ def test_noise_on_the_aggregate_has_the_configured_standard_deviation(adaptive: 
     clipped = dp.collector(reference)
     for _ in range(sites):
         clipped.fold(reference, 1.0)  # zero updates: what comes out is the noise alone
-    mean, release = dp.release(clipped, cohort=sites, sample_rate=1.0)
+    mean, release = dp.release(clipped, cohort=sites)
     z_updates = update_noise_multiplier(z, 2.0) if adaptive else z
     want = z_updates * c / sites
     # The sample standard deviation of 200k normals is within 1% of the truth with
@@ -87,7 +89,7 @@ def test_release_is_the_mean_of_clipped_updates_plus_noise() -> None:
     clipped = dp.collector(reference)
     clipped.fold(reference + np.array([3, 0, 0, 4], np.float32), 100.0)  # norm 5: clipped to 1
     clipped.fold(reference + np.array([0, 0.5, 0, 0], np.float32), 1.0)  # inside the bound
-    mean, _ = dp.release(clipped, cohort=2, sample_rate=1.0)
+    mean, _ = dp.release(clipped, cohort=2)
     np.testing.assert_allclose(mean, [0.3, 0.25, 0.0, 0.4], atol=1e-5)
 
 
@@ -110,7 +112,7 @@ def test_adaptive_clipping_moves_the_norm_to_the_target_quantile(quantile: float
         clipped = dp.collector(reference)
         for norm in norms:
             clipped.fold(_with_norm(rng.normal(size=5), norm).astype(np.float32), 1.0)
-        dp.release(clipped, cohort=sites, sample_rate=1.0)
+        dp.release(clipped, cohort=sites)
     target = float(np.quantile(np.concatenate(norms_seen), quantile))
     assert dp.clipping_norm == pytest.approx(target, rel=0.15)
 
@@ -124,7 +126,7 @@ def test_adaptive_record_and_count_noise() -> None:
         update_noise_multiplier(1.0, 0.5)
     clipped = dp.collector(np.zeros(3, np.float32))
     clipped.fold(np.ones(3, np.float32), 1.0)
-    _, release = dp.release(clipped, cohort=1, sample_rate=0.5)
+    _, release = dp.release(clipped, cohort=1)
     assert release.unclipped_fraction is not None
     assert release.next_clipping_norm == pytest.approx(
         math.exp(-0.2 * (release.unclipped_fraction - 0.5))
@@ -139,6 +141,10 @@ def test_epsilon_comes_from_opacus_and_grows_with_rounds() -> None:
         + [{"noise_multiplier": 0.9, "sample_rate": 0.5}]
     )
     assert history == [(1.1, 0.5, 3), (0.9, 0.5, 1)]
+    # Entries merge wherever they stand (composition is order-free): a history stays short.
+    assert history_of(
+        [{"noise_multiplier": z, "sample_rate": 1.0} for z in (1.0, 0.8, 1.0, 0.8, 1.0)]
+    ) == [(1.0, 1.0, 3), (0.8, 1.0, 2)]
     reference = opacus_module("opacus.accountants").RDPAccountant()
     reference.history = list(history)
     assert dp.epsilon(history) == pytest.approx(reference.get_epsilon(delta=1e-5), rel=0.05)
@@ -153,12 +159,10 @@ def test_epsilon_comes_from_opacus_and_grows_with_rounds() -> None:
 def test_distributed_release_accounts_for_the_survivors() -> None:
     dp = _dp(noise_multiplier=2.0, clipping_norm=0.5)
     assert dp.site_noise_stddev(4) == pytest.approx(2.0 * 0.5 / 2)
-    full = dp.distributed_release(cohort=4, summed=4, sample_rate=1.0)
+    full = dp.distributed_release(cohort=4, summed=4)
     assert full.noise_multiplier == pytest.approx(2.0)
     # Three of four sites' noise shares reached the sum: less noise, more ε.
-    assert dp.distributed_release(4, 3, 1.0).noise_multiplier == pytest.approx(
-        2.0 * math.sqrt(0.75)
-    )
+    assert dp.distributed_release(4, 3).noise_multiplier == pytest.approx(2.0 * math.sqrt(0.75))
     with pytest.raises(ConfigError, match="adaptive"):
         _dp(adaptive=True).site_noise_stddev(4)
 
@@ -173,6 +177,23 @@ def test_site_clips_and_adds_its_noise_share() -> None:
     for norm, stddev in [(0.0, 1.0), (math.nan, 1.0), (1.0, -1.0), (1.0, math.inf)]:
         with pytest.raises(SecAggError):
             add_distributed_noise(np.ones(3), norm, stddev)
+
+
+def test_norms_of_extreme_but_finite_updates_do_not_overflow() -> None:
+    assert l2_norm(np.ones(100_000, np.float16)) == pytest.approx(math.sqrt(100_000))
+    big = np.full(4, 1e200)
+    assert l2_norm(big) == pytest.approx(2e200)
+    assert not clip_in_place(big, 1.0) and l2_norm(big) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        l2_norm(np.array([1.0, np.inf]))
+
+
+def test_no_amplification_by_subsampling_is_claimed() -> None:
+    dp = _dp()
+    clipped = dp.collector(np.zeros(2, np.float32))
+    clipped.fold(np.ones(2, np.float32), 1.0)
+    assert dp.release(clipped, cohort=100)[1].sample_rate == 1.0
+    assert dp.distributed_release(100, 90).entry() == (pytest.approx(math.sqrt(0.9)), 1.0, 1)
 
 
 def test_clipping_norm_is_checkpointed() -> None:
@@ -191,6 +212,10 @@ def test_config_refuses_what_cannot_be_private() -> None:
     base = {"task": "m:t", "central_dp": {"enabled": True, "adaptive": True}}
     with pytest.raises(ValueError, match="secure aggregation hides"):
         RunConfig.model_validate({**base, "secagg": {"enabled": True}})
+    fixed = {"task": "m:t", "central_dp": {"enabled": True, "noise_multiplier": 2.0}}
+    with pytest.raises(ValueError, match="clip_range 8 would clip the distributed DP noise"):
+        RunConfig.model_validate({**fixed, "secagg": {"enabled": True}})  # needs 9.49
+    RunConfig.model_validate({**fixed, "secagg": {"enabled": True, "clip_range": 9.5}})
     with pytest.raises(ValueError, match="clipped_count_stddev"):
         CentralDPConfig(enabled=True, adaptive=True, noise_multiplier=1.0, clipped_count_stddev=0.4)
     with pytest.raises(ValueError):

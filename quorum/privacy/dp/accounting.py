@@ -57,14 +57,16 @@ def _epsilon(accountant: Accountant, delta: float, history: tuple[HistoryEntry, 
 
 
 def appended(history: Sequence[HistoryEntry], entry: HistoryEntry) -> list[HistoryEntry]:
-    """`history` with `entry`'s steps added, merged into the last entry when that one has the
-    same noise multiplier and sample rate (as Opacus's accountants do)."""
+    """`history` with `entry`'s steps added, merged into the entry of the same noise multiplier
+    and sample rate wherever it stands: composition does not depend on the order, and a history
+    of few entries keeps ε cheap to compute however many rounds ran."""
     out = list(history)
     sigma, q, steps = entry
-    if out and out[-1][:2] == (sigma, q):
-        out[-1] = (sigma, q, out[-1][2] + steps)
-    else:
-        out.append((sigma, q, steps))
+    for i, (s, r, n) in enumerate(out):
+        if (s, r) == (sigma, q):
+            out[i] = (s, r, n + steps)
+            return out
+    out.append((sigma, q, steps))
     return out
 
 

@@ -3,9 +3,12 @@
 DP-FedAvg (McMahan et al. 2018): each site's update `trained - global` is clipped to L2 norm C,
 every site counts once (a weight the site reports would let it exceed the sensitivity), and the
 sum gets Gaussian noise of standard deviation z·C before it is divided by the number of updates.
-One round is then a subsampled Gaussian mechanism with noise multiplier z on the set of sites,
-accounted for by Opacus's accountants (`quorum.privacy.dp.accounting`): a site-level ("user
-level") guarantee for everything a site contributes to the run.
+One round is then a Gaussian mechanism with noise multiplier z on the set of sites, accounted
+for by Opacus's accountants (`quorum.privacy.dp.accounting`): a site-level ("user level")
+guarantee on the models the run releases. No amplification by subsampling is claimed (every
+round is accounted at sampling rate 1): cohorts are drawn from the run's seed and shown by the
+admin API, and under SecAgg the server, the party the guarantee is against, picks them. The
+mean divides by the number of updates that arrived, which the run publishes anyway.
 
 Adaptive clipping (Andrew et al. 2021): each site also contributes the bit "my update's norm was
 at most C"; the noised mean of those bits b̄ moves C geometrically, C ← C·exp(-η(b̄ - γ)), toward
@@ -36,14 +39,30 @@ from quorum.privacy.dp.accounting import HistoryEntry, appended, epsilon
 
 STATE_KEY = "central_dp.clipping_norm"
 """The checkpointed clipping norm (adaptive clipping changes it every round)."""
+DP_CLIPPING_METRIC = "central_dp_clipping_norm"
+DP_NOISE_METRIC = "central_dp_noise_stddev"
+"""What a site reports with its masked vector when it applied distributed DP (the server
+refuses a vector without them)."""
+
+
+def l2_norm(vector: np.ndarray) -> float:
+    """The L2 norm in float64, scaled so that finite values never overflow (a float16 update of
+    norm 300, a float64 one with elements near 1e200)."""
+    values = vector.astype(np.float64, copy=False)
+    with np.errstate(over="ignore"):  # an overflow is caught below and rescaled
+        norm = float(np.linalg.norm(values))
+    if math.isfinite(norm) or values.size == 0:
+        return norm
+    largest = float(np.max(np.abs(values)))
+    if not math.isfinite(largest):
+        raise ValueError("the update has non-finite values")
+    return largest * float(np.linalg.norm(values / largest))
 
 
 def clip_in_place(delta: np.ndarray, norm_bound: float) -> bool:
     """Scales `delta` (a float vector) to L2 norm at most `norm_bound`; True when it was within
     the bound already (not clipped)."""
-    norm = float(np.linalg.norm(delta))
-    if not math.isfinite(norm):
-        raise ValueError("the update has a non-finite norm")
+    norm = l2_norm(delta)
     if norm <= norm_bound:
         return True
     delta *= norm_bound / norm
@@ -83,11 +102,13 @@ class RoundRelease:
 
     noise_multiplier: float
     """The round's effective z (over the whole mechanism: updates and, if adaptive, bits)."""
-    sample_rate: float
     clipping_norm: float
     next_clipping_norm: float
     unclipped_fraction: float | None
     """The noised fraction of updates within the norm (adaptive clipping only)."""
+
+    sample_rate: float = 1.0
+    """Always 1: no amplification by subsampling is claimed (see the module docstring)."""
 
     def entry(self) -> HistoryEntry:
         return (self.noise_multiplier, self.sample_rate, 1)
@@ -108,9 +129,7 @@ class CentralDP:
     def collector(self, reference: np.ndarray) -> ClippedSum:
         return ClippedSum(reference, self.clipping_norm)
 
-    def release(
-        self, clipped: ClippedSum, cohort: int, sample_rate: float
-    ) -> tuple[np.ndarray, RoundRelease]:
+    def release(self, clipped: ClippedSum, cohort: int) -> tuple[np.ndarray, RoundRelease]:
         """The noised mean update of the clipped sum, and the round's record. Moves the
         clipping norm when adaptive."""
         m = clipped.count
@@ -131,7 +150,7 @@ class CentralDP:
         mean = self.rng.normal(0.0, z_updates * c, size=clipped.sum.shape[0])
         mean += clipped.sum
         mean /= m
-        return mean, RoundRelease(z, sample_rate, c, self.clipping_norm, unclipped)
+        return mean, RoundRelease(z, c, self.clipping_norm, unclipped)
 
     def count_stddev(self, cohort: int) -> float:
         """σ_b: as configured, else cohort/20 (Andrew et al.), raised to at least z so that
@@ -149,11 +168,11 @@ class CentralDP:
             raise ConfigError("adaptive clipping is not available with secure aggregation")
         return self.config.noise_multiplier * self.clipping_norm / math.sqrt(cohort)
 
-    def distributed_release(self, cohort: int, summed: int, sample_rate: float) -> RoundRelease:
+    def distributed_release(self, cohort: int, summed: int) -> RoundRelease:
         """The record of a round whose `summed` of `cohort` sites each added their share."""
         z = self.config.noise_multiplier * math.sqrt(summed / cohort)
         c = self.clipping_norm
-        return RoundRelease(z, sample_rate, c, c, None)
+        return RoundRelease(z, c, c, None)
 
     # ---- accounting and state ----
 
@@ -199,7 +218,7 @@ def update_noise_multiplier(z: float, count_stddev: float) -> float:
 
 
 def history_of(rounds: list[Mapping[str, float]]) -> list[HistoryEntry]:
-    """The accountant history of a run from its completed rounds' `central_dp` metrics."""
+    """The accountant history of a run from the `central_dp` metrics of every release."""
     history: list[HistoryEntry] = []
     for metrics in rounds:
         history = appended(history, (metrics["noise_multiplier"], metrics["sample_rate"], 1))
