@@ -61,6 +61,9 @@ class BudgetExhausted(TaskError):
     """The site's differential-privacy budget for this run is spent; it refuses further
     training (the server records a refusal and the round goes on without it)."""
 
+    code = "budget_exhausted"
+    """How the refusal's error starts, for the server and the privacy ledger to recognise."""
+
 
 class StoreError(QuorumError):
     """The state store or a checkpoint cannot be used."""

@@ -3,7 +3,8 @@
 Site-level DP: what each site reported with its fits (ε spent so far, δ, noise multiplier,
 clipping norm, accountant, budget), per round and attempt, and its refusals once its budget was
 spent. The budget lives at the site; the server only shows what the sites say. Central DP: the
-run's user-level ε after each completed round, recomputed by the server's accountant.
+run's user-level ε after each release (a round's model, or under SecAgg its unmasked sum),
+computed by the server's accountant when it happened.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from quorum.errors import BudgetExhausted
 from quorum.privacy.dp.accounting import ACCOUNTANT_CODES
 from quorum.server.store import Store
 
 _ACCOUNTANT_NAMES = {code: name for name, code in ACCOUNTANT_CODES.items()}
-BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 class SiteRound(BaseModel):
@@ -137,7 +138,7 @@ def _site(name: str, rounds: list[SiteRound]) -> SitePrivacy:
         budget=latest.budget if latest else None,
         budget_remaining=latest.budget_remaining if latest else None,
         accountant=latest.accountant if latest else None,
-        exhausted=last.status == "refused" and (last.error or "").startswith(BUDGET_EXHAUSTED),
+        exhausted=last.status == "refused" and (last.error or "").startswith(BudgetExhausted.code),
         rounds=rounds,
     )
 

@@ -219,7 +219,7 @@ class SiteAgent:
                     offer,
                     pb.RESULT_STATUS_REFUSED,
                     started,
-                    error=f"budget_exhausted: {exc}",
+                    error=f"{BudgetExhausted.code}: {exc}",
                 )
             except Exception as exc:  # the user's task failed: report it, keep serving
                 log.exception("event=task_failed task_id=%s", offer.task_id)

@@ -308,14 +308,7 @@ class Store:
                 "WHERE run_id = ? AND round = ? AND attempt = ?",
                 (time.time(), model_digest, run_id, round_no, attempt),
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (run_id, round_no, attempt, phase, name, float(value))
-                    for phase, values in metrics.items()
-                    for name, value in values.items()
-                ],
-            )
+            _insert_metrics(db, run_id, round_no, attempt, metrics)
         self.event("round_completed", run_id=run_id, round=round_no, attempt=attempt)
 
     def abort_round(self, run_id: str, round_no: int, attempt: int, reason: str) -> None:
@@ -442,10 +435,7 @@ class Store:
     ) -> None:
         """Metrics of one phase of an attempt, stored now, whatever becomes of the attempt."""
         with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
-                [(run_id, round_no, attempt, phase, k, float(v)) for k, v in values.items()],
-            )
+            _insert_metrics(db, run_id, round_no, attempt, {phase: values})
 
     def phase_metrics(self, run_id: str, phase: str) -> list[tuple[int, int, dict[str, float]]]:
         """(round, attempt, metrics) of every attempt of the run, completed or not, that
@@ -565,6 +555,23 @@ class Store:
                 "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", after_id, limit
             )
         ]
+
+
+def _insert_metrics(
+    db: sqlite3.Connection,
+    run_id: str,
+    round_no: int,
+    attempt: int,
+    metrics: Mapping[str, Mapping[str, float]],
+) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (run_id, round_no, attempt, phase, name, float(value))
+            for phase, values in metrics.items()
+            for name, value in values.items()
+        ],
+    )
 
 
 def _site(row: sqlite3.Row) -> SiteRecord:

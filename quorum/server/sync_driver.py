@@ -20,7 +20,7 @@ import numpy as np
 from quorum.aggregation import Accumulator, Strategy, make_strategy
 from quorum.config import RunConfig
 from quorum.errors import QuorumError
-from quorum.privacy.dp.accounting import HistoryEntry, appended
+from quorum.privacy.dp.accounting import appended
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
 from quorum.server.phases import Kind, Phase, RoundAborted, SiteResult
@@ -58,7 +58,6 @@ class SyncDriver:
         self.config = record.config
         self.strategy = strategy_for(self.config)
         self.central = CentralDP(self.config.central_dp) if self.config.central_dp.enabled else None
-        self.central_history: list[HistoryEntry] = []
 
     async def run(self) -> None:
         cfg = self.config
@@ -70,12 +69,6 @@ class SyncDriver:
             self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), self._state())
         model, state = self.co.checkpoints.load(self.run_id, done)
         self._load_state(state)
-        if self.central is not None:
-            # The store is the accountant's record: ε after a restart counts every round that
-            # released a model, and nothing else.
-            self.central_history = history_of(
-                [m for _, _, m in self.store.phase_metrics(self.run_id, "central_dp")]
-            )
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s from_round=%d", self.run_id, done + 1)
 
@@ -129,7 +122,6 @@ class SyncDriver:
             "rounds": cfg.rounds,
         }
         current = blobs.as_flat(model, layout)
-        central_metrics: dict[str, float] | None = None
         if cfg.secagg.enabled:
             fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
             noise = None
@@ -143,7 +135,7 @@ class SyncDriver:
                 # then aborts: that release is accounted.
                 if self.central is not None and secure.summed is not None:
                     release = self.central.distributed_release(len(cohort), secure.summed)
-                    central_metrics = await self._account(round_no, attempt, release)
+                    await self._account(round_no, attempt, release)
             self._check_enough(accepted, cohort)
             weight, mean = float(examples), current + delta
         elif self.central is not None:
@@ -153,7 +145,7 @@ class SyncDriver:
             self._check_enough(clipped.count, cohort)
             delta, release = await asyncio.to_thread(self.central.release, clipped, len(cohort))
             # Accounted before the model leaves the server (evaluation sends it to the sites).
-            central_metrics = await self._account(round_no, attempt, release)
+            await self._account(round_no, attempt, release)
             accepted, weight, mean = clipped.count, clipped.total_weight, current + delta
         else:
             fit = self._phase("fit", round_no, attempt, model, layout)
@@ -171,8 +163,6 @@ class SyncDriver:
                 "num_examples": float(weight),
             }
         }
-        if central_metrics is not None:
-            metrics["central_dp"] = central_metrics
 
         connected = self._sites()  # sites that joined during the fit phase evaluate too
         evaluators = rng.sample(connected, math.ceil(cfg.fraction_evaluate * len(connected)))
@@ -199,17 +189,15 @@ class SyncDriver:
         )
         return new_model
 
-    async def _account(
-        self, round_no: int, attempt: int, release: RoundRelease
-    ) -> dict[str, float]:
-        """Adds a release to the run's privacy history and stores it with its attempt at once,
-        so that a restart counts it whatever becomes of the round."""
+    async def _account(self, round_no: int, attempt: int, release: RoundRelease) -> None:
+        """Stores a release with its attempt at once, as the attempt's `central_dp` metrics (ε
+        over every release so far): the store is the accountant's record, so a restart counts
+        every release, whatever became of its round, and nothing twice."""
         assert self.central is not None
-        history = appended(self.central_history, release.entry())
+        released = [m for _, _, m in self.store.phase_metrics(self.run_id, "central_dp")]
+        history = appended(history_of(released), release.entry())
         metrics = await asyncio.to_thread(self.central.metrics, release, history)
         self.store.record_metrics(self.run_id, round_no, attempt, "central_dp", metrics)
-        self.central_history = history
-        return metrics
 
     def _state(self) -> dict[str, np.ndarray]:
         """What a checkpoint keeps beside the model: the server optimiser's state and the

@@ -28,7 +28,7 @@ sampling, not Mironov's snapping mechanism).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,7 +217,7 @@ def update_noise_multiplier(z: float, count_stddev: float) -> float:
     return 1 / math.sqrt(rest)
 
 
-def history_of(rounds: list[Mapping[str, float]]) -> list[HistoryEntry]:
+def history_of(rounds: Sequence[Mapping[str, float]]) -> list[HistoryEntry]:
     """The accountant history of a run from the `central_dp` metrics of every release."""
     history: list[HistoryEntry] = []
     for metrics in rounds:
