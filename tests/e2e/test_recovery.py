@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,10 +22,10 @@ def _final_value(d: Deployment, run_id: str, round_no: int) -> np.ndarray:
     return values
 
 
-@pytest.mark.slow
-def test_server_killed_mid_round_restarts_and_finishes_the_run(deployment: Deployment) -> None:
-    d = deployment
-    d.run = run_settings(rounds=5)
+def _kill_server_in_round_3_and_finish(d: Deployment, run: dict[str, Any]) -> dict[str, Any]:
+    """Two sites (a: delta 1, n 1; b: delta 3, n 3; a second of training each), SIGKILL of the
+    server as round 3 runs, a restart on the same state; returns the finished run."""
+    d.run = run
     server = d.start_server()
     d.start_site("a", "delta=1.0,n=1,sleep=1.0")
     d.start_site("b", "delta=3.0,n=3,sleep=1.0")
@@ -32,9 +33,14 @@ def test_server_killed_mid_round_restarts_and_finishes_the_run(deployment: Deplo
     d.wait(lambda: (r := d.run_record()) and r["rounds_completed"] >= 2, 60, "round 2")
     server.process.send_signal(signal.SIGKILL)
     server.process.wait()
-
     d.start_server()  # same config, same state directory; the sites rejoin on their own
-    run = d.wait_run(timeout=90)
+    return d.wait_run(timeout=90)
+
+
+@pytest.mark.slow
+def test_server_killed_mid_round_restarts_and_finishes_the_run(deployment: Deployment) -> None:
+    d = deployment
+    run = _kill_server_in_round_3_and_finish(d, run_settings(rounds=5))
     assert run["rounds_completed"] == 5
     rounds = d.get(f"/api/v1/runs/{run['id']}/rounds")
     attempts: dict[int, list[tuple[int, str]]] = {}
@@ -92,7 +98,7 @@ def test_central_dp_accounting_and_clipping_norm_survive_a_server_kill(
 ) -> None:
     d = deployment
     z = 1.5
-    d.run = run_settings(
+    settings = run_settings(
         rounds=5,
         central_dp={
             "enabled": True,
@@ -102,15 +108,7 @@ def test_central_dp_accounting_and_clipping_norm_survive_a_server_kill(
             "clipped_count_stddev": 1.0,
         },
     )
-    server = d.start_server()
-    d.start_site("a", "delta=1.0,n=1,sleep=1.0")
-    d.start_site("b", "delta=3.0,n=3,sleep=1.0")
-    d.wait(lambda: (r := d.run_record()) and r["rounds_completed"] >= 2, 60, "round 2")
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait()
-
-    d.start_server()
-    run = d.wait_run(timeout=90)
+    run = _kill_server_in_round_3_and_finish(d, settings)
     central = d.get(f"/api/v1/runs/{run['id']}/privacy")["central"]
     releases = central["rounds"]
     # Every completed round was released once; a round cut after its model went out (in its
