@@ -25,7 +25,6 @@ thread unless `--threads` says otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -53,6 +52,7 @@ import opacus  # type: ignore[import-untyped]
 import torch
 from torch.utils.data import DataLoader
 
+from bench.common import write_json
 from bench.dp_workloads import WORKLOADS, Workload, load
 from quorum.errors import QuorumError
 from quorum.privacy.dp import DPSettings, PrivacyLedger
@@ -368,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "results": results,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(args.json, doc)
     return 0
 
 

@@ -22,7 +22,6 @@ is imported), sized for a 5-minute GPU slot:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -36,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 import torch
 
+from bench.common import write_json
 from bench.dp_workloads import WORKLOADS, Workload, load
 from quorum.errors import BudgetExhausted, QuorumError
 from quorum.privacy.dp import DPSettings, PrivacyLedger
@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             "cuda": torch.version.cuda,
             "results": results,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(args.json, doc)
     return 0
 
 
