@@ -18,7 +18,7 @@ def build(
     run: dict[str, Any],
     rounds: list[dict[str, Any]],
     baselines: Baselines | None,
-    privacy: dict[str, Any] | None = None,
+    privacy: dict[str, Any],
 ) -> dict[str, Any]:
     """`privacy` is the run's privacy ledger from the admin API (`/runs/{id}/privacy`)."""
     started = run["started_at"] or run["created_at"]
@@ -73,10 +73,9 @@ def build(
     }
 
 
-def _privacy(ledger: dict[str, Any] | None) -> dict[str, Any] | None:
-    """ε per round: each DP site's (its latest report per round) and the run's central ε."""
-    if ledger is None:
-        return None
+def _privacy(ledger: dict[str, Any]) -> dict[str, Any] | None:
+    """ε per round: each DP site's (its latest report per round) and the run's central ε; None
+    for a run without DP."""
     sites = {}
     for site in ledger["sites"]:
         if not site["dp"]:
