@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from typing import Any
 
 import pytest
 import tomli_w
 
+from quorum.privacy.dp.accounting import epsilon
 from tests.e2e.cli import TASK, heart_disease_sim, quorum
 
 
@@ -36,6 +38,8 @@ def _vector_sim(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def test_sim_kills_a_site_at_a_stage_and_the_secure_rounds_go_on(tmp_path: pathlib.Path) -> None:
+    """With distributed DP on as well: the sites add the noise, and a round that lost a site's
+    share is accounted with the noise that reached the sum."""
     report = tmp_path / "report.json"
     done = quorum(
         "sim",
@@ -45,6 +49,12 @@ def test_sim_kills_a_site_at_a_stage_and_the_secure_rounds_go_on(tmp_path: pathl
         str(report),
         "--kill-site",
         "c@2:masked-input",
+        "--set",
+        "run.central_dp.enabled=true",
+        "--set",
+        "run.central_dp.noise_multiplier=2.0",
+        "--set",
+        "run.secagg.clip_range=10",
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -62,6 +72,18 @@ def test_sim_kills_a_site_at_a_stage_and_the_secure_rounds_go_on(tmp_path: pathl
     }
     assert by_round[3]["survivors"] == 3  # the killed process stays dead
     assert "c@masked-input" in done.stdout
+    central = result["privacy"]["central"]
+    assert central["mode"] == "distributed"
+    # Per release: 4 of 4 shares, 3 of 4 (c was killed after the noise was planned for it),
+    # then 3 of 3 once the cohort no longer holds c.
+    assert [r["round"] for r in central["epsilon"]] == [1, 2, 3]
+    epsilons = [r["central_epsilon"] for r in result["rounds"]]
+    want = [
+        epsilon("rdp", 1e-5, [(2.0, 1.0, 1)]),
+        epsilon("rdp", 1e-5, [(2.0, 1.0, 1), (2.0 * math.sqrt(3 / 4), 1.0, 1)]),
+        epsilon("rdp", 1e-5, [(2.0, 1.0, 2), (2.0 * math.sqrt(3 / 4), 1.0, 1)]),
+    ]
+    assert epsilons == pytest.approx(want)
 
 
 def test_sim_refuses_a_kill_point_it_cannot_reach(tmp_path: pathlib.Path) -> None:
