@@ -103,6 +103,22 @@ CREATE TABLE IF NOT EXISTS events (
     run_id TEXT,
     fields_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS baselines (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    pid INTEGER,
+    out_dir TEXT,
+    progress_json TEXT,
+    result_json TEXT,
+    error TEXT,
+    log_tail TEXT
+);
 """
 
 RUN_ACTIVE = ("queued", "running")
@@ -556,6 +572,102 @@ class Store:
             )
         ]
 
+    # ---- baselines ----
+    # Centralised baseline jobs (DESIGN section 12), run by the server as child processes
+    # (quorum.server.baselines). The spec is kept as the JSON the job was submitted with, so
+    # that the store does not depend on the baseline package.
+
+    def create_baseline(self, task: str, spec: Mapping[str, Any]) -> BaselineRecord:
+        job_id = f"baseline-{uuid.uuid4().hex[:12]}"
+        with self._tx() as db:
+            (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM baselines").fetchone()
+            db.execute(
+                "INSERT INTO baselines (id, seq, task, spec_json, status, created_at) "
+                "VALUES (?, ?, ?, ?, 'queued', ?)",
+                (job_id, seq, task, json.dumps(dict(spec)), time.time()),
+            )
+        self.event("baseline_submitted", baseline_id=job_id, task=task)
+        return self.baseline(job_id)
+
+    def baseline(self, job_id: str) -> BaselineRecord:
+        rows = self._rows("SELECT * FROM baselines WHERE id = ?", job_id)
+        if not rows:
+            raise NotFoundError(f"no baseline job with id {job_id!r}")
+        return _baseline(rows[0])
+
+    def baselines(self, task: str | None = None) -> list[BaselineRecord]:
+        """Every job in submission order, or those of one task."""
+        if task is None:
+            return [_baseline(r) for r in self._rows("SELECT * FROM baselines ORDER BY seq")]
+        rows = self._rows("SELECT * FROM baselines WHERE task = ? ORDER BY seq", task)
+        return [_baseline(r) for r in rows]
+
+    def start_baseline(self, job_id: str, pid: int, out_dir: str) -> None:
+        """The job's process started: `pid` leads its process group (every rank is in it)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE baselines SET status = 'running', started_at = ?, pid = ?, out_dir = ? "
+                "WHERE id = ?",
+                (time.time(), pid, out_dir, job_id),
+            )
+        self.event("baseline_running", baseline_id=job_id, pid=pid)
+
+    def set_baseline_progress(self, job_id: str, progress: Mapping[str, Any]) -> None:
+        """The job's latest progress line (step, loss, throughput)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE baselines SET progress_json = ? WHERE id = ?",
+                (json.dumps(dict(progress)), job_id),
+            )
+
+    def finish_baseline(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        log_tail: str | None = None,
+    ) -> bool:
+        """Records the end of a job still queued or running; False (and nothing written) when
+        it had already ended, so that a cancel and the job's own exit cannot both land."""
+        if status not in BASELINE_FINAL:
+            raise ValueError(f"{status!r} is not a final baseline status")
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE baselines SET status = ?, finished_at = ?, result_json = ?, error = ?, "
+                "log_tail = ? WHERE id = ? AND status IN ('queued', 'running')",
+                (
+                    status,
+                    time.time(),
+                    None if result is None else json.dumps(dict(result)),
+                    error,
+                    log_tail,
+                    job_id,
+                ),
+            )
+        if cur.rowcount == 0:
+            return False
+        self.event("baseline_" + status, baseline_id=job_id, error=error)
+        return True
+
+    def interrupt_baselines(self, reason: str) -> list[BaselineRecord]:
+        """Marks the jobs a previous server process left queued or running as failed with
+        `reason`; returns them as they were (their pid and out dir), for the caller to make
+        sure no rank outlived that server."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM baselines WHERE status IN ('queued', 'running') ORDER BY seq"
+            ).fetchall()
+            db.execute(
+                "UPDATE baselines SET status = 'failed', finished_at = ?, error = ? "
+                "WHERE status IN ('queued', 'running')",
+                (time.time(), reason),
+            )
+        for row in rows:
+            self.event("baseline_failed", baseline_id=row["id"], error=reason)
+        return [_baseline(r) for r in rows]
+
 
 def _insert_metrics(
     db: sqlite3.Connection,
@@ -606,3 +718,53 @@ def _participation(row: sqlite3.Row) -> dict[str, Any]:
         "bytes_out": row["bytes_out"],
         "error": row["error"],
     }
+
+
+# ---- baselines ----
+
+BASELINE_ACTIVE = ("queued", "running")
+BASELINE_FINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class BaselineRecord:
+    """A centralised baseline job: its spec as submitted, where it stands, what it produced."""
+
+    id: str
+    task: str
+    spec: dict[str, Any]
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    pid: int | None
+    out_dir: str | None
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    log_tail: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.status in BASELINE_ACTIVE
+
+
+def _baseline(row: sqlite3.Row) -> BaselineRecord:
+    def load(text: str | None) -> dict[str, Any] | None:
+        return None if text is None else dict(json.loads(text))
+
+    return BaselineRecord(
+        id=row["id"],
+        task=row["task"],
+        spec=dict(json.loads(row["spec_json"])),
+        status=row["status"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        pid=row["pid"],
+        out_dir=row["out_dir"],
+        progress=load(row["progress_json"]),
+        result=load(row["result_json"]),
+        error=row["error"],
+        log_tail=row["log_tail"],
+    )

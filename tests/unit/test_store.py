@@ -420,3 +420,78 @@ def test_store_creates_its_folder(tmp_path: pathlib.Path) -> None:
     s = Store(path)
     s.close()
     assert path.exists()
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+
+def test_baseline_job_round_trip(db_path: pathlib.Path) -> None:
+    store = Store(db_path)
+    spec = {"task": "examples.heart_disease.task:task", "engine": "ddp", "steps": 5}
+    job = store.create_baseline(spec["task"], spec)
+    other = store.create_baseline("m:other", {"task": "m:other"})
+    assert job.id.startswith("baseline-") and job.status == "queued" and job.active
+    assert job.spec == spec and job.pid is None and job.result is None
+    store.start_baseline(job.id, 4242, "/tmp/out")
+    store.set_baseline_progress(job.id, {"step": 3, "loss": 0.5})
+    running = store.baseline(job.id)
+    assert (running.status, running.pid, running.out_dir) == ("running", 4242, "/tmp/out")
+    assert running.progress == {"step": 3, "loss": 0.5} and running.started_at is not None
+    result = {"engine": "ddp", "loss": 0.4, "peak_memory_bytes": [1, 2]}
+    assert store.finish_baseline(job.id, "completed", result=result)
+    # a second ending (a cancel racing the job's own exit) does not overwrite the first
+    assert not store.finish_baseline(job.id, "cancelled")
+    store.close()
+    reader = Store(db_path)
+    try:
+        done = reader.baseline(job.id)
+        assert done.status == "completed" and done.result == result and not done.active
+        assert done.finished_at is not None and done.error is None
+        assert [b.id for b in reader.baselines()] == [job.id, other.id]
+        assert [b.id for b in reader.baselines(task="m:other")] == [other.id]
+        kinds = _kinds(reader)
+        assert kinds.count("baseline_submitted") == 2 and "baseline_completed" in kinds
+        with pytest.raises(NotFoundError, match="baseline-nope"):
+            reader.baseline("baseline-nope")
+        with pytest.raises(ValueError, match="final"):
+            reader.finish_baseline(other.id, "running")
+    finally:
+        reader.close()
+
+
+def test_failed_baseline_keeps_its_log_tail(store: Store) -> None:
+    job = store.create_baseline("m:t", {"task": "m:t"})
+    store.start_baseline(job.id, 1, "/o")
+    assert store.finish_baseline(job.id, "failed", error="exit status 1", log_tail="Traceback")
+    failed = store.baseline(job.id)
+    assert (failed.status, failed.error, failed.log_tail) == (
+        "failed",
+        "exit status 1",
+        "Traceback",
+    )
+
+
+def test_restart_marks_running_baselines_failed(db_path: pathlib.Path) -> None:
+    writer = Store(db_path)
+    queued = writer.create_baseline("m:t", {"task": "m:t"})
+    running = writer.create_baseline("m:t", {"task": "m:t"})
+    writer.start_baseline(running.id, 777, "/out/run")
+    done = writer.create_baseline("m:t", {"task": "m:t"})
+    writer.finish_baseline(done.id, "cancelled")
+    # no close(): the server was killed
+    reader = Store(db_path)
+    try:
+        left = reader.interrupt_baselines("the server stopped while the job ran")
+        assert [(b.id, b.pid, b.out_dir) for b in left] == [
+            (queued.id, None, None),
+            (running.id, 777, "/out/run"),
+        ]
+        for job_id in (queued.id, running.id):
+            record = reader.baseline(job_id)
+            assert record.status == "failed"
+            assert record.error == "the server stopped while the job ran"
+        assert reader.baseline(done.id).status == "cancelled"
+        assert reader.interrupt_baselines("again") == []
+    finally:
+        reader.close()
+        writer.close()
