@@ -28,18 +28,20 @@ RESULT_STATUS_FAILED: ResultStatus
 RESULT_STATUS_REFUSED: ResultStatus
 
 class SiteMessage(_message.Message):
-    __slots__ = ("hello", "join", "heartbeat", "result", "secagg")
+    __slots__ = ("hello", "join", "heartbeat", "result", "secagg", "gossip")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     join: JoinProof
     heartbeat: Heartbeat
     result: TaskResult
     secagg: SecAggReply
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., join: _Optional[_Union[JoinProof, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., secagg: _Optional[_Union[SecAggReply, _Mapping]] = ...) -> None: ...
+    gossip: GossipReply
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., join: _Optional[_Union[JoinProof, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., secagg: _Optional[_Union[SecAggReply, _Mapping]] = ..., gossip: _Optional[_Union[GossipReply, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("public_key", "agent_version", "task")
@@ -80,18 +82,20 @@ class TaskResult(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[ResultStatus, str]] = ..., num_examples: _Optional[int] = ..., metrics_json: _Optional[str] = ..., error: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("challenge", "welcome", "task", "notice", "secagg")
+    __slots__ = ("challenge", "welcome", "task", "notice", "secagg", "gossip")
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     challenge: Challenge
     welcome: Welcome
     task: TaskOffer
     notice: Notice
     secagg: SecAggStage
-    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[TaskOffer, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., secagg: _Optional[_Union[SecAggStage, _Mapping]] = ...) -> None: ...
+    gossip: GossipStage
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[TaskOffer, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., secagg: _Optional[_Union[SecAggStage, _Mapping]] = ..., gossip: _Optional[_Union[GossipStage, _Mapping]] = ...) -> None: ...
 
 class Challenge(_message.Message):
     __slots__ = ("nonce", "server_id")
@@ -112,7 +116,7 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., site_name: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class TaskOffer(_message.Message):
-    __slots__ = ("task_id", "run_id", "round", "kind", "task", "model_digest", "model_size", "config_json", "deadline_s", "secagg")
+    __slots__ = ("task_id", "run_id", "round", "kind", "task", "model_digest", "model_size", "config_json", "deadline_s", "secagg", "gossip")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +127,7 @@ class TaskOffer(_message.Message):
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     round: int
@@ -133,7 +138,8 @@ class TaskOffer(_message.Message):
     config_json: str
     deadline_s: float
     secagg: SecAggSetup
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., task: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_size: _Optional[int] = ..., config_json: _Optional[str] = ..., deadline_s: _Optional[float] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ...) -> None: ...
+    gossip: GossipSetup
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., task: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_size: _Optional[int] = ..., config_json: _Optional[str] = ..., deadline_s: _Optional[float] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ..., gossip: _Optional[_Union[GossipSetup, _Mapping]] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("task_id", "code", "message")
@@ -166,7 +172,7 @@ class BlobChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("session_id", "task_id", "run_id", "round", "digest", "size", "num_examples", "metrics_json", "duration_s")
+    __slots__ = ("session_id", "task_id", "run_id", "round", "digest", "size", "num_examples", "metrics_json", "duration_s", "gossip")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +182,7 @@ class UploadHeader(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task_id: str
     run_id: str
@@ -185,7 +192,8 @@ class UploadHeader(_message.Message):
     num_examples: int
     metrics_json: str
     duration_s: float
-    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics_json: _Optional[str] = ..., duration_s: _Optional[float] = ...) -> None: ...
+    gossip: GossipAddress
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics_json: _Optional[str] = ..., duration_s: _Optional[float] = ..., gossip: _Optional[_Union[GossipAddress, _Mapping]] = ...) -> None: ...
 
 class UploadMessage(_message.Message):
     __slots__ = ("header", "chunk")
@@ -334,3 +342,131 @@ class SecAggReply(_message.Message):
     shares: SecAggShareList
     unmask: SecAggRevealedList
     def __init__(self, task_id: _Optional[str] = ..., keys: _Optional[_Union[SecAggKeys, _Mapping]] = ..., shares: _Optional[_Union[SecAggShareList, _Mapping]] = ..., unmask: _Optional[_Union[SecAggRevealedList, _Mapping]] = ...) -> None: ...
+
+class GossipPeer(_message.Message):
+    __slots__ = ("index", "name", "identity_key", "weight", "send")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    identity_key: bytes
+    weight: float
+    send: bool
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., identity_key: _Optional[bytes] = ..., weight: _Optional[float] = ..., send: _Optional[bool] = ...) -> None: ...
+
+class GossipSetup(_message.Message):
+    __slots__ = ("index", "peers", "self_weight", "attempt", "stage_timeout_s", "topology")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    SELF_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    peers: _containers.RepeatedCompositeFieldContainer[GossipPeer]
+    self_weight: float
+    attempt: int
+    stage_timeout_s: float
+    topology: str
+    def __init__(self, index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[GossipPeer, _Mapping]]] = ..., self_weight: _Optional[float] = ..., attempt: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ..., topology: _Optional[str] = ...) -> None: ...
+
+class GossipAddress(_message.Message):
+    __slots__ = ("receiver",)
+    RECEIVER_FIELD_NUMBER: _ClassVar[int]
+    receiver: int
+    def __init__(self, receiver: _Optional[int] = ...) -> None: ...
+
+class GossipKey(_message.Message):
+    __slots__ = ("index", "public_key", "signature")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    public_key: bytes
+    signature: bytes
+    def __init__(self, index: _Optional[int] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class GossipKeyList(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[GossipKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[GossipKey, _Mapping]]] = ...) -> None: ...
+
+class GossipParcel(_message.Message):
+    __slots__ = ("sender", "digest", "size")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    digest: str
+    size: int
+    def __init__(self, sender: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class GossipMissing(_message.Message):
+    __slots__ = ("index", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GossipInbox(_message.Message):
+    __slots__ = ("parcels", "missing")
+    PARCELS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    parcels: _containers.RepeatedCompositeFieldContainer[GossipParcel]
+    missing: _containers.RepeatedCompositeFieldContainer[GossipMissing]
+    def __init__(self, parcels: _Optional[_Iterable[_Union[GossipParcel, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[GossipMissing, _Mapping]]] = ...) -> None: ...
+
+class GossipDistance(_message.Message):
+    __slots__ = ("index", "distance")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    distance: float
+    def __init__(self, index: _Optional[int] = ..., distance: _Optional[float] = ...) -> None: ...
+
+class GossipSkip(_message.Message):
+    __slots__ = ("index", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GossipReport(_message.Message):
+    __slots__ = ("num_examples", "metrics_json", "distances", "skipped", "duration_s")
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    DISTANCES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    num_examples: int
+    metrics_json: str
+    distances: _containers.RepeatedCompositeFieldContainer[GossipDistance]
+    skipped: _containers.RepeatedCompositeFieldContainer[GossipSkip]
+    duration_s: float
+    def __init__(self, num_examples: _Optional[int] = ..., metrics_json: _Optional[str] = ..., distances: _Optional[_Iterable[_Union[GossipDistance, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[GossipSkip, _Mapping]]] = ..., duration_s: _Optional[float] = ...) -> None: ...
+
+class GossipStage(_message.Message):
+    __slots__ = ("task_id", "keys", "inbox")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    INBOX_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    keys: GossipKeyList
+    inbox: GossipInbox
+    def __init__(self, task_id: _Optional[str] = ..., keys: _Optional[_Union[GossipKeyList, _Mapping]] = ..., inbox: _Optional[_Union[GossipInbox, _Mapping]] = ...) -> None: ...
+
+class GossipReply(_message.Message):
+    __slots__ = ("task_id", "key", "report")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    key: GossipKey
+    report: GossipReport
+    def __init__(self, task_id: _Optional[str] = ..., key: _Optional[_Union[GossipKey, _Mapping]] = ..., report: _Optional[_Union[GossipReport, _Mapping]] = ...) -> None: ...
