@@ -14,13 +14,14 @@ from quorum.wire import blobs
 class BlobStore:
     def __init__(self, keep: int = 2) -> None:
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
-        self._keep = keep
+        self.keep = keep
+        """How many blobs are served at once (async runs keep one per site in flight)."""
 
     def put(self, data: bytes) -> str:
         key = blobs.digest(data)
         self._blobs[key] = data
         self._blobs.move_to_end(key)
-        while len(self._blobs) > self._keep:
+        while len(self._blobs) > self.keep:
             self._blobs.popitem(last=False)
         return key
 

@@ -23,11 +23,19 @@ from quorum.errors import QuorumError
 from quorum.privacy.dp.accounting import appended
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
-from quorum.server.phases import Kind, Phase, RoundAborted, SiteResult
+from quorum.server.phases import Kind, Phase, RoundAborted
+from quorum.server.rounds import (
+    evaluate_metrics,
+    model_phase,
+    resume,
+    run_phase,
+    task_sites,
+    unweighted,
+    weighted,
+)
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
-from quorum.task import load_task
 from quorum.wire import blobs
 
 if TYPE_CHECKING:
@@ -61,13 +69,13 @@ class SyncDriver:
 
     async def run(self) -> None:
         cfg = self.config
-        done = self.store.last_completed_round(self.run_id)
-        if self.store.abort_interrupted_rounds(self.run_id, "the server stopped during the round"):
-            log.warning("event=round_recovered run_id=%s resume_after=%d", self.run_id, done)
-        if done == 0 and not self.co.checkpoints.exists(self.run_id, 0):
-            initial = load_task(cfg.task).initial_parameters(cfg.seed)
-            self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), self._state())
-        model, state = self.co.checkpoints.load(self.run_id, done)
+        done, model, state = resume(
+            self.co,
+            self.run_id,
+            cfg,
+            lambda _: self._state(),
+            "the server stopped during the round",
+        )
         self._load_state(state)
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s from_round=%d", self.run_id, done + 1)
@@ -101,7 +109,7 @@ class SyncDriver:
         cfg = self.config
         layout = blobs.read_layout(model)
         await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
-        available = self._sites()
+        available = task_sites(self.co, cfg.task)
         if len(available) < cfg.min_fit_sites:
             raise RoundAborted(
                 f"{len(available)} site(s) connected for task {cfg.task!r}; min_fit_sites is "
@@ -158,13 +166,15 @@ class SyncDriver:
         metrics: dict[str, dict[str, float]] = {
             "fit": {
                 # Under SecAgg the sites' metrics are plain, but their weights are masked.
-                **(_unweighted(fit.results) if cfg.secagg.enabled else _weighted(fit.results)),
+                **(unweighted(fit.results) if cfg.secagg.enabled else weighted(fit.results)),
                 "num_sites": float(accepted),
                 "num_examples": float(weight),
             }
         }
 
-        connected = self._sites()  # sites that joined during the fit phase evaluate too
+        connected = task_sites(
+            self.co, cfg.task
+        )  # sites that joined during the fit phase evaluate too
         evaluators = rng.sample(connected, math.ceil(cfg.fraction_evaluate * len(connected)))
         if evaluators:
             ev = self._phase("evaluate", round_no, attempt, new_model, layout)
@@ -172,11 +182,7 @@ class SyncDriver:
                 ev, evaluators, {**cfg.site_config, "round": round_no}, cfg.evaluate_timeout_s
             )
             if ev.results:
-                metrics["evaluate"] = {
-                    **_weighted(ev.results),
-                    **{f"{k}_mean_sites": v for k, v in _unweighted(ev.results).items()},
-                    "num_sites": float(len(ev.results)),
-                }
+                metrics["evaluate"] = evaluate_metrics(ev.results)
 
         self.co.checkpoints.save(self.run_id, round_no, new_model, self._state())
         self.store.complete_round(self.run_id, round_no, attempt, blobs.digest(new_model), metrics)
@@ -216,34 +222,24 @@ class SyncDriver:
                 f"{self.config.min_fit_sites}"
             )
 
-    def _sites(self) -> list[Session]:
-        """Connected sites whose agents run this run's task."""
-        return [s for s in self.co.sessions.connected() if s.task == self.config.task]
-
     def _phase(
         self, kind: Kind, round_no: int, attempt: int, model: bytes, layout: blobs.Layout
     ) -> Phase:
-        """A phase serving `model`; its uploads must have `layout`."""
-        digest = self.co.blobs.put(model)
-        return Phase(
-            kind=kind,
-            run_id=self.run_id,
-            round=round_no,
-            attempt=attempt,
-            model_digest=digest,
-            model_size=len(model),
-            layout=layout,
-            max_num_examples=self.config.max_num_examples,
+        return model_phase(
+            self.co,
+            kind,
+            self.run_id,
+            round_no,
+            attempt,
+            model,
+            layout,
+            self.config.max_num_examples,
         )
 
     async def _run_phase(
         self, phase: Phase, sessions: list[Session], site_config: dict[str, object], timeout: float
     ) -> None:
-        self.co.open_phase(phase, sessions, json.dumps(site_config), self.config.task, timeout)
-        try:
-            await phase.wait(timeout)
-        finally:
-            self.co.close_phase(phase)
+        await run_phase(self.co, phase, sessions, site_config, self.config.task, timeout)
 
     @staticmethod
     def _sample(
@@ -257,21 +253,3 @@ class SyncDriver:
         if maximum is not None:
             size = min(size, maximum)
         return sorted(rng.sample(available, min(size, len(available))), key=lambda s: s.site)
-
-
-def _weighted(results: list[SiteResult]) -> dict[str, float]:
-    """Example-weighted mean of each metric over the sites that reported it."""
-    out: dict[str, float] = {}
-    for name in sorted({k for r in results for k in r.metrics}):
-        pairs = [(r.metrics[name], r.num_examples) for r in results if name in r.metrics]
-        total = sum(n for _, n in pairs)
-        out[name] = sum(v * n for v, n in pairs) / total
-    return out
-
-
-def _unweighted(results: list[SiteResult]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name in sorted({k for r in results for k in r.metrics}):
-        values = [r.metrics[name] for r in results if name in r.metrics]
-        out[name] = sum(values) / len(values)
-    return out

@@ -1,0 +1,468 @@
+"""Asynchronous rounds (FedBuff, Nguyen et al. AISTATS 2022; DESIGN section 5).
+
+Every free site is offered the newest global model at once (up to `max_concurrency` sites
+training at a time); it trains and uploads, tagged by its task with the version it started from.
+Each upload is weighted by its staleness as it is folded, refused as `stale_update` beyond
+`max_staleness`, and every `buffer_size` accepted updates make one server step: a new version,
+checkpointed, completed as one round in the store, then evaluated in the background while the
+sites go on training. A site's participation row moves to the round its update was applied in,
+with its staleness, so a round's record lists its contributors.
+
+Under secure aggregation the server forms cohorts of `buffer_size` free sites ahead of time and
+runs SecAgg+ within each: a cohort's unmasked mean is one buffer, weighted by the staleness of
+the cohort's base version, so no single update is ever seen. Cohorts run side by side and are
+applied in the order they were formed (round r is cohort r).
+
+A server killed mid-buffer restarts from the last step: the partial buffer is discarded and the
+interrupted round is recorded as aborted with how many updates it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
+from quorum.errors import NotFoundError, UploadRejected
+from quorum.server.phases import Phase, RoundAborted
+from quorum.server.rounds import (
+    evaluate_metrics,
+    model_phase,
+    resume,
+    run_phase,
+    task_sites,
+    wait_all,
+)
+from quorum.server.secure_fit import SecureFit, masked_layout
+from quorum.server.sessions import Session
+from quorum.server.store import RunRecord
+from quorum.server.sync_driver import strategy_for
+from quorum.wire import blobs
+
+if TYPE_CHECKING:
+    from quorum.server.coordinator import Coordinator
+
+log = logging.getLogger("quorum.server")
+
+POLL_S = 0.5
+"""How often the driver looks for sites that connected or became free, at the latest."""
+
+
+class AsyncDriver:
+    def __init__(self, coordinator: Coordinator, record: RunRecord) -> None:
+        self.co = coordinator
+        self.store = coordinator.store
+        self.run_id = record.id
+        self.config = record.config
+        self.site_config = strategy_for(self.config).site_config()
+        self.fold_lock = asyncio.Lock()  # every fit phase folds into the one buffer
+        self.wake = asyncio.Event()
+        self.evaluations: set[asyncio.Task[None]] = set()
+        self.open: dict[asyncio.Task[None], list[Phase]] = {}
+        """Fit work in progress (one site's task, or one SecAgg cohort) and its open phases."""
+        self.busy: set[str] = set()
+        """Sites with a fit task in progress."""
+        self.failure: BaseException | None = None
+        self.attempt = 0
+        """The attempt of the round being filled (plain FedBuff) or last applied (cohorts)."""
+        self.ended: str | None = None
+        """Why no more updates are taken (the last step was applied, the wall time ran out, an
+        operator stopped the run); None while the run goes on."""
+        self._lock = threading.Lock()  # version, model and round: written by the folding thread
+        self._rng = random.Random(f"{self.config.seed}/async")
+
+    # ---- the run ----
+
+    async def run(self) -> None:
+        cfg = self.config
+        done = self.store.last_completed_round(self.run_id)
+        discarded = self._buffered(done + 1)
+        unit = "cohort" if cfg.secagg.enabled else f"{discarded} of {cfg.buffer_size} update(s)"
+        reason = f"the server stopped with {unit} buffered; discarded"
+        done, model, state = resume(
+            self.co,
+            self.run_id,
+            cfg,
+            lambda initial: self._new_buffer(blobs.read_layout(initial).numel, 0).state(),
+            reason,
+        )
+        self.layout = blobs.read_layout(model)
+        self.buffer = self._new_buffer(self.layout.numel, done)
+        self.buffer.load_state(state)
+        self.model, self.vector = model, blobs.as_flat(model, self.layout)
+        # A site may still be downloading a model some versions old: keep one per site.
+        self.co.blobs.keep = max(self.co.blobs.keep, 2 + (cfg.max_concurrency or 64))
+        self.store.set_run_status(self.run_id, "running")
+        self.started = self.store.run(self.run_id).started_at or time.time()
+        self.loop = asyncio.get_running_loop()
+        log.info("event=run_started run_id=%s mode=async from_version=%d", self.run_id, done)
+        try:
+            if cfg.secagg.enabled:
+                await self._secure_loop()
+            else:
+                await self._plain_loop()
+        finally:
+            for work in list(self.open):
+                work.cancel()
+            await asyncio.gather(*self.open, return_exceptions=True)
+        await wait_all(self.evaluations)
+        if self.ended == "stopped by an operator":
+            self.store.set_run_status(self.run_id, "stopped", self.ended)
+            return
+        self.store.set_run_status(self.run_id, "completed")
+        log.info(
+            "event=run_completed run_id=%s versions=%d reason=%s",
+            self.run_id,
+            self.buffer.version,
+            self.ended,
+        )
+
+    def _new_buffer(self, numel: int, version: int) -> FedBuff:
+        cfg = self.config
+        return FedBuff(
+            numel,
+            # Under SecAgg each buffer is one cohort's mean: one update of the server's step.
+            buffer_size=1 if cfg.secagg.enabled else cfg.buffer_size,
+            staleness_exponent=cfg.staleness_exponent,
+            max_staleness=cfg.max_staleness,
+            server_learning_rate=cfg.server_learning_rate,
+            server_momentum=cfg.server_momentum,
+            version=version,
+        )
+
+    def _buffered(self, round_no: int) -> int:
+        """Updates already applied to the buffer of `round_no` if that round was left running."""
+        try:
+            detail = self.store.round_detail(self.run_id, round_no)
+        except NotFoundError:
+            return 0
+        if detail["status"] != "running":
+            return 0
+        return sum(
+            1 for p in detail["participants"] if p["kind"] == "fit" and p["status"] == "accepted"
+        )
+
+    def _end_reason(self) -> str | None:
+        cfg = self.config
+        if self.co.stop_requested(self.run_id):
+            return "stopped by an operator"
+        if self.buffer.version >= cfg.rounds:
+            return f"reached {cfg.rounds} server steps"
+        if cfg.max_wall_time_s is not None and time.time() - self.started > cfg.max_wall_time_s:
+            return f"reached max_wall_time_s = {cfg.max_wall_time_s:g}"
+        return None
+
+    def _free_sites(self) -> list[Session]:
+        limit = self.config.max_concurrency
+        sites = [s for s in task_sites(self.co, self.config.task) if s.site not in self.busy]
+        room = len(sites) if limit is None else max(0, limit - len(self.busy))
+        return sites[:room]
+
+    async def _idle(self) -> None:
+        try:
+            await asyncio.wait_for(self.wake.wait(), POLL_S)
+        except TimeoutError:
+            pass
+        self.wake.clear()
+
+    def _start(
+        self, work: asyncio.Task[None], sessions: list[Session], phases: list[Phase]
+    ) -> None:
+        """`sessions` may grow while the work runs (a cohort refilled after a dropout)."""
+        self.open[work] = phases
+        self.busy |= {s.site for s in sessions}
+
+        def done(_: asyncio.Task[None]) -> None:
+            self.open.pop(work, None)
+            self.busy -= {s.site for s in sessions}
+            if not work.cancelled() and work.exception() is not None:
+                self.failure = self.failure or work.exception()
+            self.wake.set()
+
+        work.add_done_callback(done)
+
+    def _check(self) -> str | None:
+        """Why the run ends now, if it does; raises what a fit or cohort failed with."""
+        if self.failure is not None:
+            raise self.failure
+        return self._end_reason()
+
+    def _finish(self, reason: str) -> None:
+        """Ends the run's training: open fit tasks are recorded as cancelled, the round being
+        filled as aborted with its partial buffer."""
+        self.ended = reason
+        for phase in (p for phases in self.open.values() for p in phases):
+            for task in phase.unanswered():
+                self.store.finish_participation(task.id, "cancelled", error=f"the run {reason}")
+                # An upload still on its way is refused as `run_ended` when it is folded.
+                task.state = "expired"
+        if self.buffer.version < self.config.rounds and not self.config.secagg.enabled:
+            held = len(self.buffer.buffered)
+            self.store.abort_round(
+                self.run_id,
+                self.buffer.version + 1,
+                self.attempt,
+                f"the run {reason}; {held} buffered update(s) discarded",
+            )
+
+    def _fit_config(self, round_no: int, version: int) -> dict[str, object]:
+        cfg = self.config
+        return {
+            **cfg.site_config,
+            **self.site_config,
+            "round": round_no,
+            "seed": cfg.seed,
+            "run_id": self.run_id,
+            "rounds": cfg.rounds,
+            "model_version": version,
+        }
+
+    # ---- plain FedBuff ----
+
+    async def _plain_loop(self) -> None:
+        self.attempt = self.store.start_round(self.run_id, self.buffer.version + 1)
+        while True:
+            reason = self._check()
+            if reason is not None:
+                self._finish(reason)
+                return
+            for session in self._free_sites():
+                phase = self._fit_phase()
+                self._start(asyncio.ensure_future(self._fit(phase, session)), [session], [phase])
+            await self._idle()
+
+    def _fit_phase(self) -> Phase:
+        with self._lock:
+            version, model, vector, attempt = (
+                self.buffer.version,
+                self.model,
+                self.vector,
+                self.attempt,
+            )
+        phase = model_phase(
+            self.co,
+            "fit",
+            self.run_id,
+            version + 1,
+            attempt,
+            model,
+            self.layout,
+            self.config.max_num_examples,
+        )
+        phase.fold_lock = self.fold_lock
+        phase.accumulator = _Buffered(self, phase, version, vector)
+        return phase
+
+    async def _fit(self, phase: Phase, session: Session) -> None:
+        config = self._fit_config(phase.round, phase.round - 1)
+        await run_phase(
+            self.co, phase, [session], config, self.config.task, self.config.round_timeout_s
+        )
+
+    def fold(self, phase: Phase, base_version: int, base: np.ndarray, vector: np.ndarray) -> None:
+        """Buffers one site's model (worker thread, under the shared fold lock); the K-th
+        update applies the server step."""
+        if self.ended is not None:
+            raise UploadRejected("run_ended", f"the run {self.ended}: no more updates are taken")
+        try:
+            accepted = self.buffer.admit(base_version)
+        except StaleUpdate as exc:
+            raise UploadRejected("stale_update", str(exc)) from None
+        delta = vector.astype(np.float64) - base
+        (task_id,) = phase.tasks
+        with self._lock:
+            round_no, attempt = self.buffer.version + 1, self.attempt
+        self.store.apply_update(task_id, round_no, attempt, accepted.staleness)
+        if self.buffer.add(delta, accepted):
+            staleness = [a.staleness for a in self.buffer.buffered]
+            self._step(
+                {
+                    "num_updates": float(len(staleness)),
+                    "staleness_mean": float(np.mean(staleness)),
+                    "staleness_max": float(max(staleness)),
+                }
+            )
+
+    def _step(self, fit_metrics: dict[str, float]) -> None:
+        """Applies the server step to the buffer, checkpoints and completes the round, opens the
+        next one; then, on the event loop, starts the new model's evaluation."""
+        new = self.buffer.step(self.vector)
+        version = self.buffer.version
+        model = blobs.encode_flat(new, self.layout)
+        self.co.checkpoints.save(self.run_id, version, model, self.buffer.state())
+        self.store.complete_round(
+            self.run_id, version, self.attempt, blobs.digest(model), {"fit": fit_metrics}
+        )
+        with self._lock:
+            attempt = self.attempt
+            self.model, self.vector = model, new
+            if version < self.config.rounds:
+                self.attempt = self.store.start_round(self.run_id, version + 1)
+        log.info(
+            "event=round_completed run_id=%s round=%d staleness_max=%g",
+            self.run_id,
+            version,
+            fit_metrics.get("staleness_max", 0.0),
+        )
+        self.loop.call_soon_threadsafe(self._evaluate_later, version, attempt, model)
+
+    def _evaluate_later(self, version: int, attempt: int, model: bytes) -> None:
+        self.wake.set()
+        task = asyncio.ensure_future(self._evaluate(version, attempt, model))
+        self.evaluations.add(task)
+        task.add_done_callback(self.evaluations.discard)
+
+    async def _evaluate(self, version: int, attempt: int, model: bytes) -> None:
+        cfg = self.config
+        sites = task_sites(self.co, cfg.task)
+        evaluators = self._rng.sample(sites, math.ceil(cfg.fraction_evaluate * len(sites)))
+        if not evaluators:
+            return
+        phase = model_phase(
+            self.co,
+            "evaluate",
+            self.run_id,
+            version,
+            attempt,
+            model,
+            self.layout,
+            cfg.max_num_examples,
+        )
+        config = {**cfg.site_config, "round": version}
+        await run_phase(self.co, phase, evaluators, config, cfg.task, cfg.evaluate_timeout_s)
+        if phase.results:
+            metrics = evaluate_metrics(phase.results)
+            self.store.record_metrics(self.run_id, version, attempt, "evaluate", metrics)
+
+    # ---- FedBuff over SecAgg+ cohorts ----
+
+    async def _secure_loop(self) -> None:
+        cfg = self.config
+        next_round = self.buffer.version + 1
+        applied: asyncio.Future[None] = self.loop.create_future()
+        applied.set_result(None)
+        while True:
+            reason = self._check()
+            if reason is not None:
+                self._finish(reason)
+                return
+            free = self._free_sites()
+            if len(free) >= cfg.buffer_size and next_round <= cfg.rounds:
+                cohort = free[: cfg.buffer_size]
+                previous, applied = applied, self.loop.create_future()
+                phases: list[Phase] = []
+                work = asyncio.ensure_future(
+                    self._cohort(next_round, cohort, phases, previous, applied)
+                )
+                self._start(work, cohort, phases)
+                next_round += 1
+            await self._idle()
+
+    async def _cohort(
+        self,
+        round_no: int,
+        cohort: list[Session],
+        phases: list[Phase],
+        previous: asyncio.Future[None],
+        applied: asyncio.Future[None],
+    ) -> None:
+        """One cohort: a SecAgg+ fit of the newest model, tried again while it aborts or comes
+        out too stale, then applied as one buffer once every earlier cohort is."""
+        cfg = self.config
+        attempt = 0
+        try:
+            while True:
+                version, model = self.buffer.version, self.model
+                attempt = self.store.start_round(self.run_id, round_no)
+                phase = model_phase(
+                    self.co,
+                    "fit",
+                    self.run_id,
+                    round_no,
+                    attempt,
+                    model,
+                    masked_layout(self.layout.numel + 1),
+                    cfg.max_num_examples,
+                )
+                phases[:] = [phase]
+                rng = random.Random(f"{cfg.seed}/{round_no}/{attempt}")
+                secure = SecureFit(self.co, phase, cohort, cfg, rng, self.layout.numel)
+                try:
+                    delta, _, summed = await secure.run(
+                        json.dumps(self._fit_config(round_no, version)), cfg.task
+                    )
+                    await asyncio.shield(previous)
+                    accepted = self.buffer.admit(version)
+                except (RoundAborted, StaleUpdate) as exc:
+                    self.store.abort_round(self.run_id, round_no, attempt, str(exc))
+                    log.warning(
+                        "event=round_aborted run_id=%s round=%d reason=%s",
+                        self.run_id,
+                        round_no,
+                        exc,
+                    )
+                    await self._refill(cohort)
+                    continue
+                break
+            with self._lock:
+                self.attempt = attempt
+            self.buffer.add(delta, accepted)
+            self._step(
+                {
+                    "num_updates": float(summed),
+                    "staleness_mean": float(accepted.staleness),
+                    "staleness_max": float(accepted.staleness),
+                }
+            )
+        except asyncio.CancelledError:
+            if attempt:
+                self.store.abort_round(
+                    self.run_id, round_no, attempt, f"the run {self.ended or 'stopped'}"
+                )
+            raise
+        finally:
+            if not applied.done():
+                applied.set_result(None)
+
+    async def _refill(self, cohort: list[Session]) -> None:
+        """Keeps the cohort's connected sites and tops it up to `buffer_size` with free ones,
+        so that its round (the cohort's place in the order of steps) is kept."""
+        alive = [s for s in cohort if self.co.sessions.get(s.id) is not None]
+        self.busy -= {s.site for s in cohort} - {s.site for s in alive}
+        cohort[:] = alive
+        while len(cohort) < self.config.buffer_size:
+            extra = self._free_sites()[: self.config.buffer_size - len(cohort)]
+            cohort.extend(extra)
+            self.busy |= {s.site for s in extra}
+            if len(cohort) < self.config.buffer_size:
+                await asyncio.sleep(POLL_S)
+        cohort.sort(key=lambda s: s.site)
+
+
+class _Buffered:
+    """A fit phase's sink: folds its one upload into the driver's FedBuff buffer."""
+
+    def __init__(
+        self, driver: AsyncDriver, phase: Phase, base_version: int, base: np.ndarray
+    ) -> None:
+        self.driver = driver
+        self.phase = phase
+        self.base_version = base_version
+        self.base = base
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def fold(self, vector: np.ndarray, weight: float, /) -> None:
+        self.driver.fold(self.phase, self.base_version, self.base, vector)
+        self._count += 1

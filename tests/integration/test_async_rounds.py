@@ -1,0 +1,138 @@
+"""Asynchronous (FedBuff) rounds between the real server and real agents over loopback gRPC.
+
+The vector task's sites return `received + delta`, so every update is exactly the site's delta
+whatever model version it trained on: the final model must equal the sum, over the server
+steps, of each step's staleness-weighted buffer as the store records it."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from quorum.aggregation.fedbuff import staleness_weight
+from quorum.config import RunConfig
+from quorum.privacy.secagg import error_bound
+from quorum.wire import blobs
+from tests.integration.harness import Federation, federation, run_config
+
+DELTAS = {"a": 1.0, "b": 2.0, "c": -1.0}
+
+
+def _async_config(**overrides: Any) -> RunConfig:
+    settings: dict[str, Any] = {
+        "mode": "async",
+        "rounds": 5,
+        "buffer_size": 2,
+        "staleness_exponent": 0.5,
+        "max_staleness": 10,
+        "min_fit_sites": 1,
+        "min_available_sites": 1,
+    }
+    return run_config(**{**settings, **overrides})
+
+
+async def _rounds(fed: Federation, run_id: str, count: int) -> list[dict[str, Any]]:
+    return [await fed.api(f"/api/v1/runs/{run_id}/rounds/{r}") for r in range(1, count + 1)]
+
+
+def test_fedbuff_applies_exactly_k_weighted_updates_per_step(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path, [_async_config()]) as fed:
+            fed.add_site("a", "delta=1.0,n=10,sleep=0.05")
+            fed.add_site("b", "delta=2.0,n=10,sleep=0.1")
+            fed.add_site("c", "delta=-1.0,n=10,sleep=0.4")  # slow: its updates go stale
+            run = await fed.wait_run(timeout=60)
+            assert run["rounds_completed"] == 5
+            details = await _rounds(fed, run["id"], 5)
+            expected = 0.0
+            seen: set[str] = set()
+            for detail in details:
+                assert detail["status"] == "completed"
+                fits = [p for p in detail["participants"] if p["kind"] == "fit"]
+                applied = [p for p in fits if p["status"] == "accepted"]
+                assert len(applied) == 2, detail  # exactly K updates per step
+                for p in applied:
+                    assert p["task_id"] not in seen  # no update is applied twice
+                    seen.add(p["task_id"])
+                    assert p["staleness"] is not None and p["staleness"] >= 0
+                    expected += staleness_weight(p["staleness"], 0.5) * DELTAS[p["site"]] / 2
+                fit_metrics = detail["metrics"]["fit"]
+                assert fit_metrics["num_updates"] == 2
+                assert fit_metrics["staleness_max"] == max(p["staleness"] for p in applied)
+            # versions are monotone: round r's checkpoint is the model after r steps
+            finished = [d["finished_at"] for d in details]
+            assert finished == sorted(finished)
+            assert any(p["staleness"] for d in details for p in d["participants"])
+            model, state = fed.server.coordinator.checkpoints.load(run["id"], 5)
+            assert int(state["fedbuff.version"][0]) == 5
+            for value in blobs.decode(model).values():
+                np.testing.assert_allclose(value, expected, rtol=1e-5)
+            # every version was evaluated by the sites
+            assert all("evaluate" in d["metrics"] for d in details)
+
+    asyncio.run(scenario())
+
+
+def test_updates_beyond_max_staleness_are_dropped_with_a_reason(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        cfg = _async_config(rounds=10, max_staleness=0)
+        async with federation(tmp_path, [cfg]) as fed:
+            fed.add_site("a", "delta=1.0,sleep=0.05")
+            fed.add_site("b", "delta=1.0,sleep=0.05")
+            fed.add_site("c", "delta=5.0,sleep=0.3")
+            run = await fed.wait_run(timeout=60)
+            details = await _rounds(fed, run["id"], 10)
+            rejected = [r for d in details for r in d["rejected_uploads"]]
+            stale = [r for r in rejected if r["code"] == "stale_update"]
+            assert stale and {r["code"] for r in rejected} <= {
+                "stale_update",
+                "run_ended",
+                "task_closed",
+            }
+            assert "c" in {r["site"] for r in stale}  # never fresh: two steps per fit of c
+            assert "exceeds max_staleness 0" in stale[0]["message"]
+            applied = [
+                p
+                for d in details
+                for p in d["participants"]
+                if p["kind"] == "fit" and p["status"] == "accepted"
+            ]
+            assert all(p["staleness"] == 0 for p in applied)
+            model, _ = fed.server.coordinator.checkpoints.load(run["id"], 10)
+            want = sum(5.0 if p["site"] == "c" else 1.0 for p in applied) / 2
+            for value in blobs.decode(model).values():
+                np.testing.assert_allclose(value, want, rtol=1e-5)
+
+    asyncio.run(scenario())
+
+
+def test_secagg_cohorts_fill_the_buffers(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        cfg = _async_config(
+            rounds=3,
+            buffer_size=2,
+            min_fit_sites=2,
+            secagg={"enabled": True, "clip_range": 8.0, "max_weight": 10, "stage_timeout_s": 10},
+        )
+        async with federation(tmp_path, [cfg]) as fed:
+            for name in ("a", "b", "c", "d"):
+                fed.add_site(name, "delta=0.5,n=10,sleep=0.05")
+            run = await fed.wait_run(timeout=90)
+            details = await _rounds(fed, run["id"], 3)
+            expected = 0.0
+            for detail in details:
+                assert detail["status"] == "completed"
+                assert detail["secagg"]["recovered"] is True
+                assert detail["secagg"]["cohort"] == 2
+                staleness = detail["metrics"]["fit"]["staleness_max"]
+                expected += staleness_weight(int(staleness), 0.5) * 0.5
+            model, _ = fed.server.coordinator.checkpoints.load(run["id"], 3)
+            # each step's mean is off by the quantisation bound scaled by max_weight / weight
+            atol = 3 * error_bound(8.0, 20, 2) * 10 / 20 + 1e-6
+            for value in blobs.decode(model).values():
+                np.testing.assert_allclose(value, expected, rtol=0, atol=atol)
+
+    asyncio.run(scenario())
