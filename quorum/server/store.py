@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS participations (
     bytes_out INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     offered_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    staleness INTEGER
 );
 CREATE INDEX IF NOT EXISTS participations_round ON participations(run_id, round, attempt);
 CREATE TABLE IF NOT EXISTS rejections (
@@ -161,6 +162,9 @@ class Store:
             # complete, and a round whose completion is lost is simply run again.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(participations)")}
+            if "staleness" not in columns:  # a state store from before async runs
+                self._db.execute("ALTER TABLE participations ADD COLUMN staleness INTEGER")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open state store {path}: {exc}") from None
         self._lock = threading.RLock()
@@ -503,6 +507,15 @@ class Store:
                 (nbytes, task_id),
             )
 
+    def apply_update(self, task_id: str, round_no: int, attempt: int, staleness: int) -> None:
+        """An async update joined the buffer of `round_no`: its participation moves there (from
+        the round it was offered in), with its staleness."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE participations SET round = ?, attempt = ?, staleness = ? WHERE task_id = ?",
+                (round_no, attempt, staleness, task_id),
+            )
+
     def finish_participation(
         self,
         task_id: str,
@@ -717,6 +730,7 @@ def _participation(row: sqlite3.Row) -> dict[str, Any]:
         "bytes_in": row["bytes_in"],
         "bytes_out": row["bytes_out"],
         "error": row["error"],
+        "staleness": row["staleness"],
     }
 
 
