@@ -10,6 +10,8 @@
     ├── TaskError            the user's site task failed or is not a valid task
     │   └── BudgetExhausted  a site's privacy budget for the run is spent: it refuses to train
     ├── StoreError           the state store or a checkpoint is unusable
+    ├── BaselineError        a centralised baseline job cannot start or failed (a missing
+    │                        `quorum-fl[llm]` extra, a rank that exited non-zero)
     └── SecAggError          a secure-aggregation message breaks the protocol, or a cohort
                              cannot recover its sum (too few sites left, bad shares)
 
@@ -67,6 +69,10 @@ class BudgetExhausted(TaskError):
 
 class StoreError(QuorumError):
     """The state store or a checkpoint cannot be used."""
+
+
+class BaselineError(QuorumError):
+    """A centralised baseline job (`quorum baseline run`) cannot run or failed."""
 
 
 class SecAggError(QuorumError):

@@ -20,10 +20,14 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
+from quorum.baseline.gpt import LinearFactory
+from quorum.baseline.task import evaluate as evaluate_dataset
+from quorum.baseline.task import refuse_tensor_parallel
 from quorum.data.heart_disease import (
     NUM_FEATURES,
+    SITES,
     SiteSplit,
     load_site,
     pool,
@@ -77,8 +81,33 @@ def _site_task(
     )
 
 
+class PooledTest(TensorDataset):
+    """The pooled test set (standardised with the pooled train statistics) and each site's own
+    test set (standardised with that site's), so that a pooled model reports both of FLamby's
+    accuracies."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, sites: dict[str, TensorDataset]) -> None:
+        features, labels = _dataset(x, y).tensors
+        super().__init__(features, labels)
+        self.sites = sites
+
+
 class HeartDiseaseTask:
-    """`FederatedTask` and `HasBaselines` for the four-hospital heart-disease federation."""
+    """`FederatedTask`, `HasBaselines` and `CentralisedTask` for the four-hospital
+    heart-disease federation.
+
+    Centralised (`quorum baseline run --task examples.heart_disease.task:task`), `data` is
+    `pooled` (the union of the four bundled sites, standardised with the pooled train
+    statistics: the `pooled` reference of `baselines`) or one bundled site name or file (that
+    site alone, standardised with its own statistics: a local-only reference). The recipe of
+    `baselines` is Adam, lr 0.001, batch 4, 50 epochs (`--epochs 50`). Evaluation reports
+    `loss` and `accuracy` on the matching test set and, for `pooled`, `accuracy_mean_sites` and
+    `accuracy_pooled_test` as `baselines` does.
+    """
+
+    tokens_per_sample = None
+    default_batch_size = BATCH_SIZE
+    default_learning_rate = BASELINE_LR
 
     def initial_parameters(self, seed: int) -> Params:
         return params_from_module(make_model(seed))
@@ -109,6 +138,54 @@ class HeartDiseaseTask:
         sets, `accuracy_pooled_test` its accuracy on the union of the test sets, standardised
         like its train set."""
         return _References(self, sites, device, seed).pooled_metrics()
+
+    def build_model(self, seed: int, linears: LinearFactory) -> nn.Module:
+        refuse_tensor_parallel(linears, "the heart-disease logistic regression")
+        return make_model(seed)
+
+    def train_dataset(self, data: str) -> TensorDataset:
+        split = self._split(data)
+        return _dataset(split.x_train, split.y_train)
+
+    def eval_dataset(self, data: str) -> TensorDataset:
+        split = self._split(data)
+        if data != "pooled":
+            return _dataset(split.x_test, split.y_test)
+        sites = {
+            name: _dataset(s.x_test, s.y_test)
+            for name, s in ((name, load_site(name)) for name in SITES)
+        }
+        return PooledTest(split.x_test, split.y_test, sites)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss: torch.Tensor = nn.functional.binary_cross_entropy_with_logits(outputs, targets)
+        return loss
+
+    def eval_metrics(
+        self,
+        model: nn.Module,
+        dataset: Dataset[tuple[torch.Tensor, ...]],
+        device: torch.device,
+    ) -> dict[str, float]:
+        metrics = evaluate_dataset(model, dataset, device, self.loss, _hits, EVAL_BATCH_SIZE)
+        if isinstance(dataset, PooledTest):
+            per_site = [
+                evaluate_dataset(model, site, device, self.loss, _hits, EVAL_BATCH_SIZE)["accuracy"]
+                for site in dataset.sites.values()
+            ]
+            metrics["accuracy_mean_sites"] = float(np.mean(per_site))
+            metrics["accuracy_pooled_test"] = metrics["accuracy"]
+        return metrics
+
+    @staticmethod
+    def _split(data: str) -> SiteSplit:
+        if data == "pooled":
+            return standardise(pool(split_site(name) for name in SITES))
+        return load_site(data)
+
+
+def _hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    return int(((logits > 0).to(targets.dtype) == targets).sum()), targets.numel()
 
 
 class _References:

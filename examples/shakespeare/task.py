@@ -28,9 +28,11 @@ import os
 import re
 
 import torch
-from torch.utils.data import TensorDataset
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
-from quorum.baseline.gpt import GPT, GPTConfig, next_token_loss
+from quorum.baseline.gpt import GPT, GPTConfig, LinearFactory, next_token_loss
+from quorum.baseline.task import evaluate
 from quorum.data import shakespeare
 from quorum.errors import TaskError
 from quorum.torch_task import TorchTask, adam, params_from_module
@@ -46,7 +48,10 @@ _SITE = re.compile(r"site-([0-9]+)-of-([0-9]+)")
 
 
 class ShakespeareTask:
-    """`FederatedTask` for the GPT on Tiny Shakespeare (see the module docstring)."""
+    """`FederatedTask` and `CentralisedTask` (`quorum baseline run`) for the GPT on Tiny
+    Shakespeare (see the module docstring). Centralised, `data` names the same splits, and the
+    model's four block linears come from the engine's `LinearFactory`, so Megatron can split
+    them over the ranks."""
 
     def __init__(
         self,
@@ -95,14 +100,8 @@ class ShakespeareTask:
 
     def site(self, data: str, device: str, seed: int) -> TorchTask:
         train, validation, vocabulary = self.texts(data)
-        train_set = self._windows(train, vocabulary)
-        test_set = self._windows(validation, vocabulary)
-        for name, dataset in (("training", train_set), ("validation", test_set)):
-            if len(dataset) == 0:
-                raise TaskError(
-                    f"Shakespeare data {data!r} has too little {name} text for one window of "
-                    f"{self.config.block_size + 1} characters; use fewer sites"
-                )
+        train_set = self._nonempty(self._windows(train, vocabulary), data, "training")
+        test_set = self._nonempty(self._windows(validation, vocabulary), data, "validation")
         return TorchTask(
             GPT(self.config, seed=seed),
             train_set,
@@ -116,11 +115,58 @@ class ShakespeareTask:
             eval_batch_size=EVAL_BATCH_SIZE,
         )
 
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.config.block_size
+
+    @property
+    def default_batch_size(self) -> int:
+        return self.batch_size
+
+    @property
+    def default_learning_rate(self) -> float:
+        return self.lr
+
+    def build_model(self, seed: int, linears: LinearFactory) -> nn.Module:
+        return GPT(self.config, linears, seed=seed)
+
+    def train_dataset(self, data: str) -> TensorDataset:
+        train, _, vocabulary = self.texts(data)
+        return self._nonempty(self._windows(train, vocabulary), data, "training")
+
+    def eval_dataset(self, data: str) -> TensorDataset:
+        _, validation, vocabulary = self.texts(data)
+        return self._nonempty(self._windows(validation, vocabulary), data, "validation")
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return next_token_loss(outputs, targets)
+
+    def eval_metrics(
+        self,
+        model: nn.Module,
+        dataset: Dataset[tuple[torch.Tensor, ...]],
+        device: torch.device,
+    ) -> dict[str, float]:
+        """Loss and accuracy per token (argmax of the logits against the next character)."""
+        return evaluate(model, dataset, device, next_token_loss, _token_hits, EVAL_BATCH_SIZE)
+
+    def _nonempty(self, dataset: TensorDataset, data: str, name: str) -> TensorDataset:
+        if len(dataset) == 0:
+            raise TaskError(
+                f"Shakespeare data {data!r} has too little {name} text for one window of "
+                f"{self.config.block_size + 1} characters; use fewer sites"
+            )
+        return dataset
+
     def _windows(self, text: str, vocabulary: shakespeare.Vocabulary) -> TensorDataset:
         inputs, targets = shakespeare.windows(
             vocabulary.encode(text), self.config.block_size, self.stride
         )
         return TensorDataset(torch.from_numpy(inputs), torch.from_numpy(targets))
+
+
+def _token_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    return int((logits.argmax(dim=-1) == targets).sum()), targets.numel()
 
 
 task = ShakespeareTask()

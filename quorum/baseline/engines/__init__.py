@@ -1,0 +1,101 @@
+"""The training engines of a baseline job: one `Trainer` per rank, whatever shards it.
+
+- `ddp` (`quorum.baseline.engines.ddp`): the whole model and optimiser on every rank, gradients
+  averaged by torch's DistributedDataParallel.
+- `deepspeed` (`.deepspeed_engine`): DeepSpeed ZeRO stage 0-3, optionally with the optimiser
+  state offloaded to host memory.
+- `megatron` (`.megatron_engine`): Megatron-core tensor parallelism of the model's column/row
+  linears, data parallel over the groups of ranks that hold a whole model.
+
+A `Trainer` is built after the default process group exists. Each engine module is imported only
+when its engine is asked for, so `ddp` needs nothing beyond torch; `require_llm_extra` says which
+extra to install when DeepSpeed or Megatron-core is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from quorum.baseline.spec import BaselineSpec
+from quorum.baseline.task import CentralisedTask
+from quorum.errors import BaselineError
+
+LLM_EXTRA_HINT = "pip install 'quorum-fl[llm]'"
+_ENGINE_PACKAGES = {"deepspeed": ("deepspeed",), "megatron": ("megatron.core",)}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every engine needs: the validated spec, the task, this rank's device, the optimiser
+    step size and the global batch."""
+
+    spec: BaselineSpec
+    task: CentralisedTask
+    device: torch.device
+    learning_rate: float
+    batch_size: int
+
+
+class Trainer(Protocol):
+    """One rank's view of the training: `dp_rank`/`dp_size` say which slice of each global batch
+    it takes (ranks of one tensor-parallel group take the same slice); `model` is what
+    evaluation calls (every rank together); `train_step` runs forward, backward and the
+    optimiser step on this rank's slice and returns its mean loss (detached)."""
+
+    @property
+    def dp_rank(self) -> int: ...
+
+    @property
+    def dp_size(self) -> int: ...
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def state_bytes(self) -> int: ...
+
+
+def missing_packages(engine: str) -> list[str]:
+    """The packages of `engine` that cannot be imported here."""
+    missing = []
+    for name in _ENGINE_PACKAGES.get(engine, ()):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(name.split(".", 1)[0] if name != "megatron.core" else "megatron-core")
+    return missing
+
+
+def require_llm_extra(engine: str) -> None:
+    """BaselineError naming the extra when `engine` needs a package that is not installed."""
+    missing = missing_packages(engine)
+    if missing:
+        raise BaselineError(
+            f"engine {engine!r} needs {', '.join(missing)}, which is not installed: "
+            f"{LLM_EXTRA_HINT} (DS_BUILD_OPS=0 where DeepSpeed's ops cannot be built)"
+        )
+
+
+def build_trainer(setup: Setup) -> Trainer:
+    """The engine's trainer for this rank."""
+    engine = setup.spec.engine
+    require_llm_extra(engine)
+    if engine == "deepspeed":
+        from quorum.baseline.engines.deepspeed_engine import DeepSpeedTrainer
+
+        return DeepSpeedTrainer(setup)
+    if engine == "megatron":
+        from quorum.baseline.engines.megatron_engine import MegatronTrainer
+
+        return MegatronTrainer(setup)
+    from quorum.baseline.engines.ddp import DDPTrainer
+
+    return DDPTrainer(setup)

@@ -1,0 +1,107 @@
+"""DeepSpeed ZeRO stages 0-3 in fp32, optionally with the optimiser state in host memory.
+
+The optimiser is DeepSpeed's "Adam" with `torch_adam: true` and `adam_w_mode: false`, which is
+`torch.optim.Adam` run by DeepSpeed on the partition each rank owns: FusedAdam and
+DeepSpeedCPUAdam are compiled ops that a `DS_BUILD_OPS=0` install builds on first use (which
+needs a compiler and, for FusedAdam, CUDA), while torch's Adam runs anywhere and makes the ZeRO
+curves comparable step for step with the DDP engine. With `offload="cpu"` DeepSpeed would insist
+on DeepSpeedCPUAdam; `zero_force_ds_cpu_optimizer: false` lets torch's Adam step the offloaded
+fp32 partition instead (slower than the compiled op on a real offload, identical in result).
+
+Every parameter is partitioned at stage 3 (`stage3_param_persistence_threshold: 0`; DeepSpeed's
+default keeps parameters under 100k elements whole on every rank, which for a small GPT is most
+of them and would hide the stage's saving). What each stage holds, per fp32 parameter and K
+ranks, as measured by `quorum.baseline.memory.state_bytes` (see `bench/zero_memory.py`):
+
+- stage 0: 4 parameter + 4 gradient + 8 Adam (exp_avg, exp_avg_sq) = 16 bytes.
+- stage 1: the model's parameters whole (4, in one flat buffer), their gradients whole (4),
+  and for its 1/K partition an fp32 master copy (4/K), its gradient (4/K) and Adam (8/K):
+  8 + 16/K. DeepSpeed keeps the master copy even in fp32, so this is 4/K above the 8 + 12/K of
+  Rajbhandari et al.'s mixed-precision accounting carried over to fp32 (which has no separate
+  master copy).
+- stage 2: parameters whole (4) and only the 1/K partition of the gradients, master, master
+  gradient and Adam: 4 + 16/K (plus DeepSpeed's reduction bucket).
+- stage 3: everything partitioned: 16/K + the partitioned model parameter (4/K) = 20/K.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import deepspeed
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from quorum.baseline.engines import Setup
+from quorum.baseline.gpt import DenseLinears
+from quorum.baseline.memory import state_bytes
+
+
+def ds_config(setup: Setup, dp_size: int) -> dict[str, Any]:
+    """The DeepSpeed config of the job (see the module docstring)."""
+    spec = setup.spec
+    zero: dict[str, Any] = {"stage": spec.zero_stage}
+    if spec.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0
+    if spec.offload == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_batch_size": setup.batch_size,
+        "train_micro_batch_size_per_gpu": setup.batch_size // dp_size,
+        "gradient_accumulation_steps": 1,
+        "optimizer": {
+            "type": "Adam",
+            "params": {
+                "lr": setup.learning_rate,
+                "torch_adam": True,
+                "adam_w_mode": False,
+                "weight_decay": 0.0,
+            },
+        },
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedTrainer:
+    def __init__(self, setup: Setup) -> None:
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self.setup = setup
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
+        self._dp_size = dist.get_world_size()
+        self._dp_rank = dist.get_rank()
+        module = setup.task.build_model(setup.spec.seed, DenseLinears()).to(setup.device)
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=module,
+            model_parameters=list(module.parameters()),
+            config=ds_config(setup, self._dp_size),
+            dist_init_required=False,
+        )
+        self.engine = engine
+        self.optimizer = optimizer
+
+    @property
+    def dp_rank(self) -> int:
+        return self._dp_rank
+
+    @property
+    def dp_size(self) -> int:
+        return self._dp_size
+
+    @property
+    def model(self) -> nn.Module:
+        engine: nn.Module = self.engine
+        return engine
+
+    def train_step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        loss = self.setup.task.loss(self.engine(inputs), targets)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach()
+
+    def state_bytes(self) -> int:
+        return state_bytes(self.engine, self.optimizer)
