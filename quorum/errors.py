@@ -12,8 +12,10 @@
     ├── StoreError           the state store or a checkpoint is unusable
     ├── BaselineError        a centralised baseline job cannot start or failed (a missing
     │                        `quorum-fl[llm]` extra, a rank that exited non-zero)
-    └── SecAggError          a secure-aggregation message breaks the protocol, or a cohort
-                             cannot recover its sum (too few sites left, bad shares)
+    ├── SecAggError          a secure-aggregation message breaks the protocol, or a cohort
+    │                        cannot recover its sum (too few sites left, bad shares)
+    └── GossipError          a gossip message breaks the protocol: a round key its site did not
+                             sign, a model that fails authentication or is not the run's model
 
 Boundaries translate these: the federation service into gRPC status codes and receipts, the
 admin API into HTTP statuses, the CLI into a one-line message and a non-zero exit status.
@@ -77,3 +79,13 @@ class BaselineError(QuorumError):
 
 class SecAggError(QuorumError):
     """A secure-aggregation message breaks the protocol, or a round cannot recover its sum."""
+
+
+class GossipError(QuorumError):
+    """A gossip round's message breaks the protocol; `code` names why (`bad_key_signature`,
+    `relay_tampered`, `bad_model`...), for the pair's skip record."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

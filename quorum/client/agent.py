@@ -15,7 +15,8 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum import __version__
-from quorum.client import secure_fit
+from quorum.client import gossip, secure_fit
+from quorum.client.gossip_models import GossipModels
 from quorum.client.transfer import BlobCache, download, upload
 from quorum.errors import AuthError, BudgetExhausted
 from quorum.identity import public_bytes, sign_join
@@ -41,7 +42,8 @@ class Backoff:
 
 StageHook = Callable[[int, str], None]
 """Called as a site begins a stage of a round: "fit" when a fit task starts, then under
-SecAgg "advertise-keys", "share-keys", "masked-input", "unmask". Fault injection uses it."""
+SecAgg "advertise-keys", "share-keys", "masked-input", "unmask", and in a gossip round
+"gossip-keys", "gossip-send", "gossip-mix". Fault injection uses it."""
 
 
 class SimulatedCrash(Exception):
@@ -61,7 +63,10 @@ class SiteAgent:
         cache: BlobCache | None = None,
         backoff: Backoff = Backoff(),
         on_stage: StageHook | None = None,
+        gossip_models: GossipModels | None = None,
     ) -> None:
+        """`gossip_models` keeps this site's own model of each gossip run (in memory when
+        not given: a restarted agent then starts such a run again from its initial model)."""
         self.server = server
         self.key = key
         self.task_ref = task_ref
@@ -70,6 +75,7 @@ class SiteAgent:
         self.cache = cache or BlobCache()
         self.backoff = backoff
         self.on_stage = on_stage
+        self.gossip_models = gossip_models or GossipModels()
         self._rng = random.Random()
         # Server messages for the secure-aggregation task in progress, by task id.
         self._inboxes: dict[str, asyncio.Queue[pb.ServerMessage]] = {}
@@ -169,6 +175,8 @@ class SiteAgent:
                         tasks.put_nowait(message.task)
                     elif kind == "secagg":
                         self._route(message.secagg.task_id, message)
+                    elif kind == "gossip":
+                        self._route(message.gossip.task_id, message)
                     elif kind == "notice":
                         self._route(message.notice.task_id, message)
                         log.warning(
@@ -254,6 +262,9 @@ class SiteAgent:
         if offer.kind == pb.TASK_KIND_FIT and offer.HasField("secagg"):
             await self._secure_fit(stub, session_id, offer, outbox, config, started)
             return
+        if offer.kind == pb.TASK_KIND_FIT and offer.HasField("gossip"):
+            await self._gossip(stub, session_id, offer, outbox, config, started)
+            return
         model = await download(stub, session_id, offer.model_digest, offer.model_size, self.cache)
         params = blobs.decode(model)
         if offer.kind == pb.TASK_KIND_FIT:
@@ -322,6 +333,38 @@ class SiteAgent:
             if not training.cancelled():
                 training.exception()  # seen here; the stage error is the one reported
         log.info("event=secure_update_done run_id=%s round=%d", offer.run_id, offer.round)
+
+    async def _gossip(
+        self,
+        stub: pb_grpc.FederationStub,
+        session_id: str,
+        offer: pb.TaskOffer,
+        outbox: asyncio.Queue[pb.SiteMessage],
+        config: dict[str, object],
+        started: float,
+    ) -> None:
+        inbox: asyncio.Queue[pb.ServerMessage] = asyncio.Queue()
+        self._inboxes[offer.task_id] = inbox
+        link = gossip.Link(
+            stub,
+            session_id,
+            self.cache,
+            lambda reply: outbox.put_nowait(pb.SiteMessage(gossip=reply)),
+            inbox,
+        )
+        try:
+            await gossip.run(
+                self.key,
+                offer,
+                config,
+                self.site_task,
+                self.gossip_models,
+                link,
+                lambda stage: self._stage(offer.round, stage),
+                started,
+            )
+        finally:
+            del self._inboxes[offer.task_id]
 
 
 async def _upload_update(

@@ -1,18 +1,32 @@
 """Fault injection for demonstrations and tests: a site agent that dies at a chosen round and
-stage (`quorum client run --crash-at 3:masked-input`, `quorum sim --kill-site name@3:unmask`)."""
+stage (`quorum client run --crash-at 3:masked-input`, `quorum sim --kill-site name@3:unmask`),
+and a site slower than the others (`--slowdown 5`, `quorum sim --slow-site name=5`)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from quorum.client.agent import StageHook
 from quorum.errors import ConfigError
+from quorum.task import EvalResult, FitResult, JSONConfig, SiteTask
+from quorum.wire.blobs import Params
 
-STAGES = ("fit", "advertise-keys", "share-keys", "masked-input", "unmask")
+STAGES = (
+    "fit",
+    "advertise-keys",
+    "share-keys",
+    "masked-input",
+    "unmask",
+    "gossip-keys",
+    "gossip-send",
+    "gossip-mix",
+)
 """`fit`: as a fit task starts; the rest: as the SecAgg stage of that name starts at the site
-(`unmask` is after its masked vector was accepted)."""
+(`unmask` is after its masked vector was accepted), or the gossip stage of that name
+(`gossip-send` after training, `gossip-mix` once its ciphertexts are uploaded)."""
 
 
 @dataclass(frozen=True)
@@ -52,3 +66,36 @@ def kill_hook(crash: Crash) -> StageHook:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
+
+
+class Slowed:
+    """A site that trains `factor` times slower, as on a slower machine: after each fit it waits
+    (factor - 1) times as long as the fit took, so every local step costs `factor` times its
+    time on this machine. Evaluation is not slowed."""
+
+    def __init__(self, inner: SiteTask, factor: float) -> None:
+        if not factor >= 1:
+            raise ConfigError(f"a slowdown factor is at least 1, got {factor}")
+        self.inner = inner
+        self.factor = factor
+
+    def fit(self, params: Params, config: JSONConfig) -> FitResult:
+        started = time.monotonic()
+        result = self.inner.fit(params, config)
+        time.sleep((self.factor - 1) * (time.monotonic() - started))
+        return result
+
+    def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
+        return self.inner.evaluate(params, config)
+
+
+def parse_slowdown(text: str) -> tuple[str, float]:
+    """SITE=FACTOR, e.g. `cleveland=5`."""
+    site, sep, factor = text.partition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = float("nan")
+    if not sep or not site or not value >= 1:
+        raise ConfigError(f"--slow-site {text!r} is not SITE=FACTOR with a factor >= 1")
+    return site, value

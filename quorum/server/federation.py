@@ -114,6 +114,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                     self.co.on_result(session, message.result)
                 elif kind == "secagg":
                     self.co.on_secagg(session, message.secagg)
+                elif kind == "gossip":
+                    self.co.on_gossip(session, message.gossip)
                 elif kind != "heartbeat":
                     session.send(
                         pb.ServerMessage(
@@ -142,6 +144,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         if session is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or closed session")
         data = self.co.blobs.get(request.digest)
+        if data is None and session is not None:
+            data = self.co.relayed(session, request.digest)  # a gossip parcel for this site
         if data is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.digest!r} is served")
         assert session is not None and data is not None

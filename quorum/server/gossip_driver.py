@@ -1,0 +1,174 @@
+"""Gossip (decentralised) rounds: the server only coordinates (DESIGN section 5).
+
+Each round takes the connected sites of the run's task in a stable order (by site name, which
+gives their indices), draws the round's mixing with `quorum.aggregation.gossip.mixing`, and runs
+one `GossipRound` (keys, sealed models through the relay, mixing at the sites). There is no
+global model: the server serves only the run's public initial model (a site without a model of
+its own starts from it) and never holds a site's model in the clear. A round is one row in the
+store as in sync runs, with the sites' reports as its participations and its metrics:
+
+- `evaluate`: each site evaluates its mixed model on its own test data; `accuracy_mean_sites`
+  and `loss_mean_sites` are the unweighted means over sites (as for sync runs), `accuracy` and
+  `loss` the example-weighted ones.
+- `fit`: the sites' mean training loss.
+- `gossip`: `consensus_distance`, the mean over the exchanged pairs of the L2 distance between
+  a site's trained model and its neighbour's; `max_distance`; `num_sites`, `reported`,
+  `mixed_pairs`, `skipped_pairs`.
+
+A round with fewer than `min_fit_sites` reports is aborted and run again; the sites keep each
+round's model under its number, so an attempt starts from the same models as the one before.
+A server restarted mid-run records the interrupted round as aborted and runs it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from quorum.aggregation import gossip
+from quorum.errors import ConfigError, QuorumError
+from quorum.server.gossip_relay import GossipPhase, GossipRound, check_cohort
+from quorum.server.phases import RoundAborted
+from quorum.server.store import RunRecord
+from quorum.server.sync_driver import MAX_ROUND_ATTEMPTS
+from quorum.task import load_task
+from quorum.wire import blobs
+
+if TYPE_CHECKING:
+    from quorum.server.coordinator import Coordinator
+
+log = logging.getLogger("quorum.server")
+
+
+class GossipDriver:
+    def __init__(self, coordinator: Coordinator, record: RunRecord) -> None:
+        self.co = coordinator
+        self.store = coordinator.store
+        self.run_id = record.id
+        self.config = record.config
+
+    async def run(self) -> None:
+        cfg = self.config
+        done = self.store.last_completed_round(self.run_id)
+        if self.store.abort_interrupted_rounds(self.run_id, "the server stopped during the round"):
+            log.warning("event=round_recovered run_id=%s resume_after=%d", self.run_id, done)
+        if not self.co.checkpoints.exists(self.run_id, 0):
+            initial = load_task(cfg.task).initial_parameters(cfg.seed)
+            self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), {})
+        # The initial model is public (every site could compute it); it is the only model the
+        # server ever holds.
+        model, _ = self.co.checkpoints.load(self.run_id, 0)
+        self.store.set_run_status(self.run_id, "running")
+        log.info("event=run_started run_id=%s mode=gossip from_round=%d", self.run_id, done + 1)
+        round_no, failures = done + 1, 0
+        while round_no <= cfg.rounds:
+            if self.co.stop_requested(self.run_id):
+                self.store.set_run_status(self.run_id, "stopped", "stopped by an operator")
+                return
+            attempt = self.store.start_round(self.run_id, round_no)
+            try:
+                await self._round(round_no, attempt, model)
+            except RoundAborted as exc:
+                self.store.abort_round(self.run_id, round_no, attempt, str(exc))
+                log.warning(
+                    "event=round_aborted run_id=%s round=%d reason=%s", self.run_id, round_no, exc
+                )
+                failures += 1
+                if failures >= MAX_ROUND_ATTEMPTS:
+                    raise QuorumError(
+                        f"round {round_no} aborted {failures} times; last reason: {exc}"
+                    ) from None
+                continue
+            failures = 0
+            round_no += 1
+        self.store.set_run_status(self.run_id, "completed")
+        log.info("event=run_completed run_id=%s", self.run_id)
+
+    async def _round(self, round_no: int, attempt: int, model: bytes) -> None:
+        cfg = self.config
+        await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
+        cohort = [s for s in self.co.sessions.connected() if s.task == cfg.task]
+        check_cohort([s.site for s in cohort], cfg.min_fit_sites)
+        try:
+            mixing = gossip.mixing(
+                cfg.topology, len(cohort), round_no, degree=cfg.degree, seed=cfg.seed
+            )
+        except ConfigError as exc:
+            raise RoundAborted(f"no {cfg.topology} mixing for {len(cohort)} sites: {exc}") from None
+        phase = GossipPhase(
+            kind="fit",
+            run_id=self.run_id,
+            round=round_no,
+            attempt=attempt,
+            model_digest=self.co.blobs.put(model),
+            model_size=len(model),
+            layout=blobs.read_layout(model),
+            max_num_examples=cfg.max_num_examples,
+        )
+        relay = GossipRound(self.co, phase, cohort, cfg, mixing)
+        site_config = {
+            **cfg.site_config,
+            "round": round_no,
+            "seed": cfg.seed,
+            "run_id": self.run_id,
+            "rounds": cfg.rounds,
+        }
+        await relay.run(json.dumps(site_config), cfg.task)
+        reported = len(relay.reports)
+        if reported < cfg.min_fit_sites:
+            raise RoundAborted(
+                f"{reported} site(s) of {len(cohort)} mixed and reported; min_fit_sites is "
+                f"{cfg.min_fit_sites}"
+            )
+        metrics = round_metrics(relay)
+        # No global model: the round's digest names the public initial model the sites started
+        # from, the only model the server holds.
+        self.store.complete_round(self.run_id, round_no, attempt, phase.model_digest, metrics)
+        log.info(
+            "event=round_completed run_id=%s round=%d reported=%d metrics=%s",
+            self.run_id,
+            round_no,
+            reported,
+            json.dumps({**metrics["evaluate"], **metrics["gossip"]}),
+        )
+
+
+def round_metrics(relay: GossipRound) -> dict[str, dict[str, float]]:
+    """The round's metrics from the sites' reports (see the module docstring)."""
+    evaluated: list[tuple[dict[str, float], int]] = []
+    distances: list[float] = []
+    skipped = 0
+    for report in relay.reports.values():
+        metrics = json.loads(report.metrics_json or "{}")
+        evaluated.append((metrics, int(report.num_examples)))
+        distances.extend(d.distance for d in report.distances)
+        skipped += len(report.skipped)
+    out: dict[str, dict[str, float]] = {
+        "evaluate": {"num_sites": float(len(evaluated))},
+        "fit": {"num_sites": float(len(evaluated))},
+        "gossip": {
+            "num_sites": float(len(relay.cohort)),
+            "reported": float(len(relay.reports)),
+            "mixed_pairs": float(len(distances)),
+            "skipped_pairs": float(skipped),
+        },
+    }
+    for name in ("accuracy", "loss"):
+        pairs = [(m[name], n) for m, n in evaluated if name in m]
+        if pairs:
+            out["evaluate"][f"{name}_mean_sites"] = float(np.mean([v for v, _ in pairs]))
+            total = sum(n for _, n in pairs)
+            if total > 0:
+                out["evaluate"][name] = sum(v * n for v, n in pairs) / total
+    fit = [(m["fit_loss"], m.get("fit_num_examples", 1.0)) for m, _ in evaluated if "fit_loss" in m]
+    if fit:
+        examples = float(sum(n for _, n in fit))
+        out["fit"]["loss"] = sum(v * n for v, n in fit) / examples if examples else fit[0][0]
+        out["fit"]["num_examples"] = examples
+    if distances:
+        out["gossip"]["consensus_distance"] = float(np.mean(distances))
+        out["gossip"]["max_distance"] = float(np.max(distances))
+    return out
