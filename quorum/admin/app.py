@@ -13,10 +13,12 @@ from pydantic import BaseModel
 
 from quorum import __version__
 from quorum.admin.auth import allows, hash_token
+from quorum.admin.baselines import BaselineLink, baseline_links, baselines_router
 from quorum.admin.privacy import PrivacyOut, privacy_ledger
 from quorum.config import RunConfig
 from quorum.errors import ConfigError, ConflictError, NotFoundError, QuorumError, TaskError
 from quorum.identity import parse_public
+from quorum.server.baselines import BaselineJobs
 from quorum.server.coordinator import Coordinator
 from quorum.server.store import RunRecord, SiteRecord
 
@@ -34,6 +36,8 @@ class RunOut(BaseModel):
     rounds_completed: int
     model_digest: str | None
     config: RunConfig
+    baselines: list[BaselineLink] = []
+    """Baseline jobs of the run's task (`GET /api/v1/runs/{id}` only; see /api/v1/baselines)."""
 
 
 class SiteOut(BaseModel):
@@ -57,7 +61,7 @@ class Health(BaseModel):
     current_run: str | None
 
 
-def build_app(co: Coordinator) -> FastAPI:
+def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI:
     """Route handlers are coroutines: they run on the server's event loop, beside the
     coordinator whose in-memory state (sessions, open rounds) some of them touch."""
     app = FastAPI(
@@ -138,7 +142,10 @@ def build_app(co: Coordinator) -> FastAPI:
 
     @app.get("/api/v1/runs/{run_id}", dependencies=[viewer])
     async def get_run(run_id: str) -> RunOut:
-        return run_out(store.run(run_id))
+        record = store.run(run_id)
+        return run_out(record).model_copy(
+            update={"baselines": baseline_links(store, record.config.task)}
+        )
 
     @app.post("/api/v1/runs/{run_id}/stop", dependencies=[operator])
     async def stop_run(run_id: str) -> RunOut:
@@ -203,6 +210,8 @@ def build_app(co: Coordinator) -> FastAPI:
     ) -> list[dict[str, Any]]:
         return store.events(after, limit)
 
+    if baselines is not None:
+        app.include_router(baselines_router(baselines, viewer, operator))
     return app
 
 

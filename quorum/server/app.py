@@ -14,6 +14,7 @@ from quorum.admin.auth import TOKEN_FILE, ensure_admin_token
 from quorum.config import ServerFile
 from quorum.errors import ConfigError
 from quorum.proto import federation_pb2_grpc as pb_grpc
+from quorum.server.baselines import BaselineJobs
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.coordinator import Coordinator
@@ -51,6 +52,7 @@ class Server:
         self.coordinator = Coordinator(
             self.store, Checkpoints(cfg.state_dir / "checkpoints"), BlobStore(), SessionRegistry()
         )
+        self.baselines = BaselineJobs(self.store, cfg.state_dir)
         known = {r.name for r in self.store.runs()}
         for run in config.runs:
             if run.name not in known:
@@ -81,7 +83,7 @@ class Server:
         await self._grpc.start()
         self._admin = uvicorn.Server(
             uvicorn.Config(
-                build_app(self.coordinator),
+                build_app(self.coordinator, self.baselines),
                 host=admin_host,
                 port=admin_port,
                 log_level="warning",
@@ -117,6 +119,7 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._grpc.stop(grace=1.0)
+        await self.baselines.shutdown()
         self.store.close()
         log.info("event=server_stopped")
 

@@ -81,6 +81,9 @@ def test_admin_api_needs_a_valid_token(deployment: Deployment) -> None:
         "/api/v1/runs/{run_id}/privacy",
         "/api/v1/sites",
         "/api/v1/runs",
+        "/api/v1/baselines",
+        "/api/v1/baselines/{baseline_id}",
+        "/api/v1/baselines/{baseline_id}/cancel",
     ):
         assert path in schema["paths"]
 
