@@ -103,6 +103,9 @@ class AsyncDriver:
         self.store.set_run_status(self.run_id, "running")
         self.started = self.store.run(self.run_id).started_at or time.time()
         self.loop = asyncio.get_running_loop()
+        # Training starts once enough sites are there, as a sync round's would: the first
+        # versions are not left to whichever site connected first.
+        await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
         log.info("event=run_started run_id=%s mode=async from_version=%d", self.run_id, done)
         try:
             if cfg.secagg.enabled:

@@ -731,6 +731,8 @@ def _participation(row: sqlite3.Row) -> dict[str, Any]:
         "bytes_out": row["bytes_out"],
         "error": row["error"],
         "staleness": row["staleness"],
+        "offered_at": row["offered_at"],
+        "finished_at": row["finished_at"],
     }
 
 

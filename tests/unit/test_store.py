@@ -10,7 +10,7 @@ import pytest
 
 from quorum.config import RunConfig
 from quorum.errors import ConflictError, NotFoundError
-from quorum.server.store import Store
+from quorum.server.store import SCHEMA, Store
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
@@ -312,6 +312,9 @@ def test_round_detail(store: Store) -> None:
     participants = {p["task_id"]: p for p in detail["participants"]}
     assert set(participants) == {"fit-a", "fit-b", "fit-c", "ev-d"}  # this attempt only
     a = participants["fit-a"]
+    # a sync participation has no staleness; it was offered before it finished
+    assert a.pop("staleness") is None
+    assert a.pop("offered_at") <= a.pop("finished_at")
     assert a == {
         "site": "a",
         "task_id": "fit-a",
@@ -495,3 +498,37 @@ def test_restart_marks_running_baselines_failed(db_path: pathlib.Path) -> None:
     finally:
         reader.close()
         writer.close()
+
+
+def test_an_async_update_moves_to_the_round_it_was_applied_in(store: Store) -> None:
+    run = _run(store)
+    first = store.start_round(run, 1)
+    store.offer("slow", run, 1, first, "a", "fit", 10)
+    store.complete_round(run, 1, first, "d1", {})
+    second = store.start_round(run, 2)
+    store.apply_update("slow", 2, second, 1)
+    store.finish_participation("slow", "accepted", num_examples=3)
+    assert store.round_detail(run, 1)["participants"] == []
+    (moved,) = store.round_detail(run, 2)["participants"]
+    assert (moved["task_id"], moved["status"], moved["staleness"]) == ("slow", "accepted", 1)
+
+
+def test_a_store_from_before_async_runs_gains_the_staleness_column(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        SCHEMA.replace("    finished_at REAL,\n    staleness INTEGER\n", "    finished_at REAL\n")
+    )
+    db.close()
+    assert "staleness" not in {
+        r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(participations)")
+    }
+    store = Store(path)
+    try:
+        run = _run(store)
+        attempt = store.start_round(run, 1)
+        store.offer("t", run, 1, attempt, "a", "fit", 1)
+        store.apply_update("t", 1, attempt, 0)
+        assert store.round_detail(run, 1)["participants"][0]["staleness"] == 0
+    finally:
+        store.close()
