@@ -191,6 +191,13 @@ def client_run(
     log_format: Annotated[
         str | None, typer.Option("--log-format", help="text or json (default: text)")
     ] = None,
+    slowdown: Annotated[
+        float | None,
+        typer.Option(
+            "--slowdown",
+            help="Simulate a slower machine: every fit takes this many times as long (>= 1)",
+        ),
+    ] = None,
 ) -> None:
     """Join a federation and serve its tasks until interrupted.
 
@@ -200,6 +207,7 @@ def client_run(
 
     from quorum.client.agent import SiteAgent
     from quorum.client.faults import Crash, kill_hook
+    from quorum.client.gossip_models import GossipModels
     from quorum.client.transfer import BlobCache
     from quorum.config import load_site
     from quorum.identity import load_private
@@ -237,6 +245,10 @@ def client_run(
         from quorum.client.privacy import enable_site_dp
 
         enable_site_dp(site_task, site.dp, site.ledger_path)
+    if slowdown is not None:
+        from quorum.client.faults import Slowed
+
+        site_task = Slowed(site_task, slowdown)
     credentials = None
     if not client.insecure:
         cert = client.root_cert.read_bytes() if client.root_cert else None
@@ -249,6 +261,12 @@ def client_run(
         credentials=credentials,
         cache=BlobCache(client.cache_dir),
         on_stage=hook,
+        # A gossip run's own model of this site: kept across restarts, beside the cache or key.
+        gossip_models=GossipModels(
+            client.cache_dir / "gossip"
+            if client.cache_dir
+            else client.site_key.with_suffix(".gossip")
+        ),
     )
 
     async def main() -> None:
@@ -280,9 +298,17 @@ def sim(
             "advertise-keys, share-keys, masked-input, unmask) of that round; repeatable",
         ),
     ] = None,
+    slow_site: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--slow-site",
+            help="SITE=FACTOR: that site trains FACTOR times slower (heterogeneous speeds); "
+            "repeatable",
+        ),
+    ] = None,
 ) -> None:
     """Run a whole federation as local processes and report on it."""
-    from quorum.client.faults import parse_kill
+    from quorum.client.faults import parse_kill, parse_slowdown
     from quorum.config import SimFile, load
     from quorum.sim.runner import run_simulation
 
@@ -290,8 +316,14 @@ def sim(
     if seed is not None:
         sim_file.run.seed = seed
     kills = dict(parse_kill(k) for k in kill_site or [])
+    slowdowns = dict(parse_slowdown(s) for s in slow_site or [])
     run_simulation(
-        sim_file, config_dir=config.parent, report_path=report, console=console, kills=kills
+        sim_file,
+        config_dir=config.parent,
+        report_path=report,
+        console=console,
+        kills=kills,
+        slowdowns=slowdowns,
     )
 
 

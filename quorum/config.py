@@ -107,11 +107,15 @@ class CentralDPConfig(_Model):
 
 
 class RunConfig(_Model):
-    """One training job. Sync rounds: select a cohort, fit, fold, step, evaluate, checkpoint."""
+    """One training job (DESIGN section 5). `sync`: select a cohort, fit, fold, step, evaluate,
+    checkpoint. `async` (FedBuff): sites train whenever they are free and every `buffer_size`
+    accepted updates make one server step (a round). `gossip`: no global model; each round
+    every site trains, exchanges its model with its neighbours end-to-end encrypted through the
+    server's relay, and mixes."""
 
     name: str = "run"
     task: str = Field(description="module:attribute of the FederatedTask, installed everywhere")
-    mode: Literal["sync"] = "sync"
+    mode: Literal["sync", "async", "gossip"] = "sync"
     strategy: StrategyName = "fedavg"
     rounds: int = Field(10, ge=1)
     seed: int = 0
@@ -134,6 +138,30 @@ class RunConfig(_Model):
     )
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
     central_dp: CentralDPConfig = Field(default_factory=CentralDPConfig)
+    # ---- async (FedBuff); `rounds` counts server steps ----
+    buffer_size: int = Field(
+        3, ge=1, description="K: accepted updates per server step (under SecAgg, the cohort size)"
+    )
+    max_concurrency: int | None = Field(
+        None, ge=1, description="sites training at once (default: every connected site)"
+    )
+    staleness_exponent: float = Field(0.5, ge=0, description="α of the weight (1 + τ)^-α")
+    max_staleness: int = Field(
+        10, ge=0, description="updates whose base model is more versions old are dropped"
+    )
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="β of the FedBuff server step")
+    max_wall_time_s: float | None = Field(
+        None, gt=0, description="async: stop after this long, whatever `rounds` says"
+    )
+    # ---- gossip ----
+    topology: Literal["ring", "exponential", "random-regular"] = "exponential"
+    degree: int = Field(2, ge=1, description="k of the random-regular topology")
+    gossip_stage_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="gossip: how long the key and mix stages wait for the sites (the send "
+        "stage, which covers training, has round_timeout_s)",
+    )
 
     @model_validator(mode="after")
     def _check_cohort(self) -> RunConfig:
@@ -141,6 +169,20 @@ class RunConfig(_Model):
             raise ValueError("max_fit_sites is below min_fit_sites")
         if self.min_available_sites < self.min_fit_sites:
             self.__dict__["min_available_sites"] = self.min_fit_sites
+        if self.mode != "sync" and self.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(
+                f"strategy {self.strategy!r} is a sync server optimiser; {self.mode} runs take "
+                "fedavg or fedprox (async steps with server_learning_rate and server_momentum)"
+            )
+        if self.mode == "gossip" and (self.central_dp.enabled or self.secagg.enabled):
+            raise ValueError(
+                "gossip runs have no aggregate for central DP or secure aggregation to protect: "
+                "each model travels end-to-end encrypted between two sites"
+            )
+        if self.mode == "async" and self.central_dp.enabled:
+            raise ValueError("central DP is not available for async runs yet")
+        if self.mode == "async" and self.secagg.enabled and self.buffer_size < 2:
+            raise ValueError("async with secagg aggregates a cohort of buffer_size >= 2 sites")
         dp, secagg = self.central_dp, self.secagg
         if dp.enabled and dp.adaptive and secagg.enabled:
             raise ValueError(
@@ -291,6 +333,12 @@ class SimOptions(_Model):
     timeout_s: float = Field(900.0, gt=0)
     output_dir: pathlib.Path = pathlib.Path("sim-output")
     baselines: bool = True
+    baseline: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of the pooled baseline job the server runs (a BaselineSpec table: "
+        "engine, nproc, steps...); its task is the run's, data 'pooled', seed the run's, "
+        "device the sites'",
+    )
 
 
 class SimFile(_Model):

@@ -58,11 +58,12 @@ def parse_kill(text: str) -> tuple[str, Crash]:
 
 
 def kill_hook(crash: Crash) -> StageHook:
-    """A stage hook that SIGKILLs this process at the crash point: no goodbye reaches the
-    server, exactly as when a machine loses power."""
+    """A stage hook that SIGKILLs this process at the crash point (the first time it begins
+    the stage in that round or a later one: an async site may never be offered a given round):
+    no goodbye reaches the server, exactly as when a machine loses power."""
 
     def hook(round_no: int, stage: str) -> None:
-        if (round_no, stage) == (crash.round, crash.stage):
+        if stage == crash.stage and round_no >= crash.round:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return hook

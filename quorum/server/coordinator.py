@@ -8,13 +8,17 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
+from typing import Protocol
 
 from quorum.config import RunConfig
 from quorum.errors import QuorumError, UploadRejected
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
+from quorum.server.async_driver import AsyncDriver
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
+from quorum.server.gossip_driver import GossipDriver
+from quorum.server.gossip_relay import GossipPhase
 from quorum.server.phases import PendingTask, Phase, SiteResult, fold_in_thread
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import RunRecord, Store
@@ -32,6 +36,12 @@ _STATUS = {
     pb.RESULT_STATUS_FAILED: "failed",
     pb.RESULT_STATUS_REFUSED: "refused",
 }
+
+
+class Driver(Protocol):
+    """A mode's round loop: runs one run from its store record until it ends."""
+
+    async def run(self) -> None: ...
 
 
 class Coordinator:
@@ -82,7 +92,7 @@ class Coordinator:
                 continue
             self.current_run = record.id
             try:
-                await SyncDriver(self, record).run()
+                await self._driver(record).run()
             except QuorumError as exc:
                 log.error("event=run_failed run_id=%s error=%s", record.id, exc)
                 self.store.set_run_status(record.id, "failed", str(exc))
@@ -92,6 +102,14 @@ class Coordinator:
             finally:
                 self.current_run = None
                 self._stop_requested.discard(record.id)
+
+    def _driver(self, record: RunRecord) -> Driver:
+        """The round loop of the run's mode."""
+        if record.config.mode == "async":
+            return AsyncDriver(self, record)
+        if record.config.mode == "gossip":
+            return GossipDriver(self, record)
+        return SyncDriver(self, record)
 
     # ---- phases ----
 
@@ -103,9 +121,10 @@ class Coordinator:
         task: str,
         deadline_s: float,
         setups: dict[str, pb.SecAggSetup] | None = None,
+        gossip: dict[str, pb.GossipSetup] | None = None,
     ) -> None:
         """Creates one task per session, records it and sends the offer (with the session's
-        secure-aggregation setup, under SecAgg)."""
+        secure-aggregation setup, under SecAgg; its neighbours, in a gossip round)."""
         self._open_phases.append(phase)
         for session in sessions:
             task_id = secrets.token_hex(12)
@@ -136,6 +155,7 @@ class Coordinator:
                         config_json=config_json,
                         deadline_s=deadline_s,
                         secagg=setups[session.id] if setups else None,
+                        gossip=gossip[session.id] if gossip else None,
                     )
                 )
             )
@@ -144,6 +164,7 @@ class Coordinator:
         """Records the tasks nobody answered before the deadline. The phase is remembered with
         its tasks (to refuse late answers), so it lets go of its sum: the driver holds it."""
         self._open_phases.remove(phase)
+        phase.closed = True  # also when its driver was cancelled before the deadline
         phase.accumulator = None
         for task in phase.unanswered():
             self.store.finish_participation(
@@ -178,13 +199,20 @@ class Coordinator:
         if task.state in ("receiving", "done"):
             raise UploadRejected("duplicate", f"task {task_id!r} was already answered")
         if task.phase.closed:
-            raise UploadRejected("task_closed", f"task {task_id!r} closed at its deadline")
+            raise UploadRejected(
+                "task_closed", f"task {task_id!r} closed (its deadline passed or its run ended)"
+            )
         return task
 
     def admit_upload(self, session: Session, header: pb.UploadHeader) -> PendingTask:
         """Checks an upload's header before any of its bytes are read."""
         task = self._task_for(session, header.task_id, header.run_id, header.round)
         phase = task.phase
+        if isinstance(phase, GossipPhase) or header.HasField("gossip"):
+            if not isinstance(phase, GossipPhase) or phase.relay is None:
+                raise UploadRejected("not_gossip", f"task {task.id!r} is not a gossip round's")
+            phase.relay.admit_parcel(task, header)  # the task stays open for more parcels
+            return task
         if phase.kind != "fit":
             raise UploadRejected(
                 "wrong_kind", f"task {task.id!r} is an evaluate task; send a result"
@@ -203,6 +231,9 @@ class Coordinator:
     ) -> None:
         """Validates the bytes and folds them into the round's sum; raises UploadRejected."""
         phase = task.phase
+        if isinstance(phase, GossipPhase) and phase.relay is not None:
+            await phase.relay.add_parcel(task, header, data)  # a sealed model, kept as is
+            return
         if self.sessions.get(task.session_id) is None:
             raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
         if len(data) != header.size:
@@ -212,7 +243,9 @@ class Coordinator:
         layout = await asyncio.to_thread(validation.check_blob, data, header.digest, phase.layout)
         async with phase.fold_lock:
             if phase.closed:
-                raise UploadRejected("task_closed", f"task {task.id!r} closed at its deadline")
+                raise UploadRejected(
+                    "task_closed", f"task {task.id!r} closed (its deadline passed or its run ended)"
+                )
             if phase.secagg is not None:
                 await phase.secagg.add_masked(task, data, layout)
                 num_examples = 0
@@ -365,6 +398,36 @@ class Coordinator:
                     notice=pb.Notice(task_id=reply.task_id, code=exc.code, message=exc.message)
                 )
             )
+
+    def on_gossip(self, session: Session, reply: pb.GossipReply) -> None:
+        """A gossip round's message: a site's signed round key, or its report."""
+        task = self._tasks.get(reply.task_id)
+        try:
+            if task is None or not isinstance(task.phase, GossipPhase) or task.phase.relay is None:
+                raise UploadRejected("unknown_task", f"no gossip task {reply.task_id!r} is open")
+            if task.session_id != session.id:
+                raise UploadRejected(
+                    "wrong_session", f"task {reply.task_id!r} was offered to another session"
+                )
+            if task.phase.closed:
+                raise UploadRejected("task_closed", f"task {reply.task_id!r} has ended")
+            task.phase.relay.receive(task, reply)
+        except UploadRejected as exc:
+            self.refuse(session, reply.task_id, exc)
+            session.send(
+                pb.ServerMessage(
+                    notice=pb.Notice(task_id=reply.task_id, code=exc.code, message=exc.message)
+                )
+            )
+
+    def relayed(self, session: Session, digest: str) -> bytes | None:
+        """A gossip ciphertext addressed to this session's site, if one is held."""
+        for phase in self._open_phases:
+            if isinstance(phase, GossipPhase) and phase.relay is not None:
+                data = phase.relay.parcel_for(session, digest)
+                if data is not None:
+                    return data
+        return None
 
     def on_disconnect(self, session: Session) -> None:
         """The site's open tasks will not be answered: record them so the round need not wait."""
