@@ -136,3 +136,27 @@ def test_secagg_cohorts_fill_the_buffers(tmp_path: pathlib.Path) -> None:
                 np.testing.assert_allclose(value, expected, rtol=0, atol=atol)
 
     asyncio.run(scenario())
+
+
+def test_wall_time_limit_ends_the_run_and_discards_the_partial_buffer(
+    tmp_path: pathlib.Path,
+) -> None:
+    async def scenario() -> None:
+        cfg = _async_config(rounds=10_000, buffer_size=3, max_wall_time_s=1.5)
+        async with federation(tmp_path, [cfg]) as fed:
+            fed.add_site("a", "delta=1.0,sleep=0.1")
+            fed.add_site("b", "delta=1.0,sleep=0.25")
+            run = await fed.wait_run(timeout=60)
+            assert 0 < run["rounds_completed"] < 10_000
+            rounds = await fed.api(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
+            last = rounds[-1]
+            assert last["round"] == run["rounds_completed"] + 1
+            assert last["status"] == "aborted"
+            assert "max_wall_time_s = 1.5" in last["abort_reason"]
+            assert "buffered update(s) discarded" in last["abort_reason"]
+            # the final model is the last step's: the discarded buffer was never applied
+            model, state = fed.server.coordinator.checkpoints.load(run["id"], last["round"] - 1)
+            assert int(state["fedbuff.version"][0]) == run["rounds_completed"]
+            assert run["model_digest"] == blobs.digest(model)
+
+    asyncio.run(scenario())

@@ -352,3 +352,31 @@ def test_a_site_budget_overrides_the_default_one(sim_file: pathlib.Path) -> None
     assert by_name["hungary"][-2:] == ["--dp-accountant", "prv"]
     sim.site.dp = None
     assert _dp_flags(sim, sim.sites[0]) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mode": "async", "strategy": "fedyogi"}, "fedavg or fedprox"),
+        ({"mode": "gossip", "strategy": "fedadam"}, "fedavg or fedprox"),
+        ({"mode": "async", "central_dp": {"enabled": True}}, "not available for async"),
+        ({"mode": "async", "buffer_size": 1, "secagg": {"enabled": True}}, "buffer_size >= 2"),
+        ({"mode": "gossip", "secagg": {"enabled": True}}, "end-to-end encrypted"),
+        ({"mode": "gossip", "central_dp": {"enabled": True}}, "end-to-end encrypted"),
+        ({"mode": "async", "max_staleness": -1}, "max_staleness"),
+        ({"mode": "async", "server_momentum": 1.0}, "server_momentum"),
+    ],
+)
+def test_async_and_gossip_settings_that_do_not_fit_are_refused(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(RunConfig, None, values={"task": "m:t", **settings})
+
+
+def test_async_and_gossip_defaults() -> None:
+    run = load(RunConfig, None, values={"task": "m:t", "mode": "async"})
+    assert (run.buffer_size, run.staleness_exponent, run.max_staleness) == (3, 0.5, 10)
+    assert run.max_concurrency is None and run.max_wall_time_s is None
+    gossip = load(RunConfig, None, values={"task": "m:t", "mode": "gossip"})
+    assert (gossip.topology, gossip.degree) == ("exponential", 2)
