@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto bench bench-secagg bench-dp clean
+.PHONY: demo test lint typecheck proto bench bench-secagg bench-dp bench-async clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,flower]'
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet -c constraints.txt -e '.[dev,flower,llm]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,6 +37,9 @@ bench-secagg: $(STAMP)
 
 bench-dp: $(STAMP)
 	$(BIN)/python bench/dp_time.py --json bench/results/dp_time.json
+
+bench-async: $(STAMP)
+	$(BIN)/python bench/async_vs_sync.py --json bench/results/async_vs_sync.json
 
 clean:
 	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache

@@ -10,8 +10,12 @@ half a buffer holds the whole buffer). The walk follows attributes of torch, Dee
 and Quorum objects, and lists, tuples, sets and dicts, so it finds what an engine actually keeps
 rather than what a formula says it should: that is the point of measuring ZeRO.
 
-It is taken after an optimiser step, outside forward and backward, so that activations and
-transient communication buffers are not counted.
+Engines take it between backward and the optimiser step (the worker asks at the last step), when
+a rank holds its gradients as well as its parameters and optimiser state, and activations are
+already freed. Two things are left out because they are not training state: tensors on the
+`meta` device (DeepSpeed keeps shape-only copies), and DeepSpeed's in-progress-gradient
+communication buckets (attributes named `ipg_bucket*`/`ipg_buffer*`, sized by
+`reduce_bucket_size`, which `quorum.baseline.engines.deepspeed_engine` bounds by the model size).
 
 `peak_memory_bytes(device)` is `torch.cuda.max_memory_allocated` on CUDA, and on CPU the peak
 resident set of the process (`ru_maxrss`): the whole process, interpreter and libraries included,
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 
 _FOLLOWED_MODULES = ("torch", "deepspeed", "megatron", "quorum", "examples")
+_COMMUNICATION_BUFFERS = ("ipg_bucket", "ipg_buffer")
 _SKIPPED_TYPES = ("ProcessGroup", "Timer", "SynchronizedWallClockTimer", "Logger")
 
 
@@ -36,6 +41,8 @@ def state_bytes(*roots: object) -> int:
     seen: set[tuple[str, int]] = set()
     total = 0
     for tensor in _tensors(roots):
+        if tensor.device.type == "meta":
+            continue
         storage = tensor.untyped_storage()
         nbytes = storage.nbytes()
         if nbytes == 0:
@@ -84,9 +91,10 @@ def _followed(obj: object) -> bool:
 
 def _attributes(obj: object) -> list[Any]:
     try:
-        return list(vars(obj).values())
+        items = vars(obj).items()
     except TypeError:
         return []
+    return [value for name, value in items if not name.startswith(_COMMUNICATION_BUFFERS)]
 
 
 def peak_memory_bytes(device: torch.device) -> int:

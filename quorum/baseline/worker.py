@@ -116,7 +116,8 @@ def run(spec: BaselineSpec, out_dir: pathlib.Path) -> dict[str, Any] | None:
         for step in range(1, steps + 1):
             indices = next(batches)[trainer.dp_rank * local : (trainer.dp_rank + 1) * local]
             inputs, targets = take(train_set, indices)
-            loss = trainer.train_step(inputs.to(device), targets.to(device))
+            measure = step == steps  # Adam's state exists from the second step on
+            loss = trainer.train_step(inputs.to(device), targets.to(device), measure)
             if step % spec.log_every == 0 or step == steps or step == 1:
                 train_loss = _mean_over_ranks(loss, world)
                 elapsed = time.perf_counter() - train_started
@@ -125,7 +126,7 @@ def run(spec: BaselineSpec, out_dir: pathlib.Path) -> dict[str, Any] | None:
         if progress is not None:
             progress.close()
     train_s = time.perf_counter() - train_started
-    state = trainer.state_bytes()
+    state = trainer.measured_state_bytes
     metrics = task.eval_metrics(trainer.model, task.eval_dataset(spec.data), device)
     peaks, states = _gather_ints([peak_memory_bytes(device), state], device, world)
     if rank != 0:

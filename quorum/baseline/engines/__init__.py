@@ -45,7 +45,10 @@ class Trainer(Protocol):
     """One rank's view of the training: `dp_rank`/`dp_size` say which slice of each global batch
     it takes (ranks of one tensor-parallel group take the same slice); `model` is what
     evaluation calls (every rank together); `train_step` runs forward, backward and the
-    optimiser step on this rank's slice and returns its mean loss (detached)."""
+    optimiser step on this rank's slice and returns its mean loss (detached); with `measure`
+    it sets `measured_state_bytes` (`quorum.baseline.memory.state_bytes`) between backward and
+    the optimiser step, where a rank holds its gradients as well as its parameters and (after
+    the first step) its optimiser state."""
 
     @property
     def dp_rank(self) -> int: ...
@@ -56,9 +59,11 @@ class Trainer(Protocol):
     @property
     def model(self) -> nn.Module: ...
 
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    measured_state_bytes: int
 
-    def state_bytes(self) -> int: ...
+    def train_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, measure: bool = False
+    ) -> torch.Tensor: ...
 
 
 def missing_packages(engine: str) -> list[str]:

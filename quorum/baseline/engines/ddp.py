@@ -36,6 +36,7 @@ class DDPTrainer:
                 self._module, device_ids=device_ids, gradient_as_bucket_view=True
             )
         self.optimizer = adam(self._module, setup.learning_rate)
+        self.measured_state_bytes = 0
 
     @property
     def dp_rank(self) -> int:
@@ -49,12 +50,13 @@ class DDPTrainer:
     def model(self) -> nn.Module:
         return self._module
 
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def train_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, measure: bool = False
+    ) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=False)
         loss = self.setup.task.loss(self._wrapped(inputs), targets)
         loss.backward()  # type: ignore[no-untyped-call]
+        if measure:
+            self.measured_state_bytes = state_bytes(self._module, self.optimizer)
         self.optimizer.step()
         return loss.detach()
-
-    def state_bytes(self) -> int:
-        return state_bytes(self._module, self.optimizer)

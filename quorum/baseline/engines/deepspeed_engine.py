@@ -37,13 +37,23 @@ from quorum.baseline.engines import Setup
 from quorum.baseline.gpt import DenseLinears
 from quorum.baseline.memory import state_bytes
 
+DEFAULT_BUCKET = 500_000_000
 
-def ds_config(setup: Setup, dp_size: int) -> dict[str, Any]:
-    """The DeepSpeed config of the job (see the module docstring)."""
+
+def ds_config(setup: Setup, dp_size: int, num_parameters: int) -> dict[str, Any]:
+    """The DeepSpeed config of the job (see the module docstring). The communication buckets
+    are bounded by the model's size: DeepSpeed's default (5e8 elements) would allocate 2 GB per
+    rank for a model of a million parameters."""
     spec = setup.spec
-    zero: dict[str, Any] = {"stage": spec.zero_stage}
+    bucket = max(1, min(DEFAULT_BUCKET, num_parameters))
+    zero: dict[str, Any] = {
+        "stage": spec.zero_stage,
+        "reduce_bucket_size": bucket,
+        "allgather_bucket_size": bucket,
+    }
     if spec.zero_stage == 3:
         zero["stage3_param_persistence_threshold"] = 0
+        zero["stage3_prefetch_bucket_size"] = bucket
     if spec.offload == "cpu":
         zero["offload_optimizer"] = {"device": "cpu"}
     return {
@@ -78,11 +88,12 @@ class DeepSpeedTrainer:
         engine, optimizer, _, _ = deepspeed.initialize(
             model=module,
             model_parameters=list(module.parameters()),
-            config=ds_config(setup, self._dp_size),
+            config=ds_config(setup, self._dp_size, sum(p.numel() for p in module.parameters())),
             dist_init_required=False,
         )
         self.engine = engine
         self.optimizer = optimizer
+        self.measured_state_bytes = 0
 
     @property
     def dp_rank(self) -> int:
@@ -97,11 +108,10 @@ class DeepSpeedTrainer:
         engine: nn.Module = self.engine
         return engine
 
-    def train_step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def train_step(self, inputs: Tensor, targets: Tensor, measure: bool = False) -> Tensor:
         loss = self.setup.task.loss(self.engine(inputs), targets)
         self.engine.backward(loss)
+        if measure:
+            self.measured_state_bytes = state_bytes(self.engine, self.optimizer)
         self.engine.step()
         return loss.detach()
-
-    def state_bytes(self) -> int:
-        return state_bytes(self.engine, self.optimizer)

@@ -13,8 +13,8 @@ Weights: every rank builds the dense model from the seed on CPU and copies its s
 split parameter into the parallel model (rows of a column layer's weight, columns of a row
 layer's, by Megatron's `partition_dim` attribute), so a tensor-parallel job starts from exactly
 the weights a DDP or DeepSpeed job of the same seed starts from. The parallel layers are built
-with `ModelParallelConfig(use_cpu_initialization=True, perform_initialization=False)`: their own
-initialisation would be overwritten anyway, and CPU initialisation needs no CUDA generator.
+with `ModelParallelConfig(use_cpu_initialization=True)` and an init method that leaves the
+weights as they are (they are overwritten), so no CUDA generator is needed.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ class MegatronLinears:
         self.config = ModelParallelConfig(
             tensor_model_parallel_size=tensor_parallel,
             use_cpu_initialization=True,
-            perform_initialization=False,
         )
 
     def column(
@@ -88,17 +87,24 @@ class MegatronLinears:
 
 
 def shard_from_dense(parallel: nn.Module, dense: nn.Module, tp_rank: int, tp_size: int) -> None:
-    """Copies `dense`'s weights into `parallel`: a parameter Megatron marks
-    `tensor_model_parallel` takes this rank's chunk along its `partition_dim`, any other is
-    copied whole. Names must match (the wrappers above keep nn.Linear's `weight`/`bias`)."""
+    """Copies `dense`'s weights into `parallel` (the split of `quorum.baseline.gpt`'s docstring):
+    a column layer takes rows `[r*out/P, (r+1)*out/P)` of its weight and bias, a row layer
+    columns `[r*in/P, (r+1)*in/P)` of its weight and its whole bias; everything else is copied
+    whole. Names match because the wrappers keep nn.Linear's `weight` and `bias`."""
+    split_dims: dict[str, int | None] = {}
+    for prefix, module in parallel.named_modules():
+        if isinstance(module, _Column):
+            split_dims[f"{prefix}.weight"] = split_dims[f"{prefix}.bias"] = 0
+        elif isinstance(module, _Row):
+            split_dims[f"{prefix}.weight"] = 1
     source = dict(dense.named_parameters())
     with torch.no_grad():
         for name, param in parallel.named_parameters():
             if name not in source:
                 raise ConfigError(f"the parallel model has {name!r}, which the dense one lacks")
             whole: Tensor = source[name]
-            if getattr(param, "tensor_model_parallel", False):
-                dim = int(getattr(param, "partition_dim", 0))
+            dim = split_dims.get(name)
+            if dim is not None:
                 whole = whole.chunk(tp_size, dim=dim)[tp_rank]
             if whole.shape != param.shape:
                 raise ConfigError(
@@ -135,6 +141,7 @@ class MegatronTrainer:
                 gradient_as_bucket_view=True,
             )
         self.optimizer = adam(self._module, setup.learning_rate)
+        self.measured_state_bytes = 0
 
     @property
     def dp_rank(self) -> int:
@@ -148,12 +155,11 @@ class MegatronTrainer:
     def model(self) -> nn.Module:
         return self._module
 
-    def train_step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def train_step(self, inputs: Tensor, targets: Tensor, measure: bool = False) -> Tensor:
         self.optimizer.zero_grad(set_to_none=False)
         loss = self.setup.task.loss(self._wrapped(inputs), targets)
         loss.backward()  # type: ignore[no-untyped-call]
+        if measure:
+            self.measured_state_bytes = state_bytes(self._module, self.optimizer)
         self.optimizer.step()
         return loss.detach()
-
-    def state_bytes(self) -> int:
-        return state_bytes(self._module, self.optimizer)
