@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import random
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -76,7 +75,6 @@ class AsyncDriver:
         self.ended: str | None = None
         """Why no more updates are taken (the last step was applied, the wall time ran out, an
         operator stopped the run); None while the run goes on."""
-        self._lock = threading.Lock()  # version, model and round: written by the folding thread
         self._rng = random.Random(f"{self.config.seed}/async")
 
     # ---- the run ----
@@ -98,6 +96,10 @@ class AsyncDriver:
         self.buffer = self._new_buffer(self.layout.numel, done)
         self.buffer.load_state(state)
         self.model, self.vector = model, blobs.as_flat(model, self.layout)
+        self.published = (done, model, self.vector, 0)
+        """(version, model, flat model, attempt of the round it feeds) that new fit tasks get:
+        replaced as a whole once a step is checkpointed and its next round opened, since the
+        folding thread makes the step while the event loop offers tasks."""
         # A site may still be downloading a model some versions old: keep one per site.
         self.co.blobs.keep = max(self.co.blobs.keep, 2 + (cfg.max_concurrency or 64))
         self.store.set_run_status(self.run_id, "running")
@@ -232,6 +234,7 @@ class AsyncDriver:
 
     async def _plain_loop(self) -> None:
         self.attempt = self.store.start_round(self.run_id, self.buffer.version + 1)
+        self.published = (self.buffer.version, self.model, self.vector, self.attempt)
         while True:
             reason = self._check()
             if reason is not None:
@@ -243,13 +246,7 @@ class AsyncDriver:
             await self._idle()
 
     def _fit_phase(self) -> Phase:
-        with self._lock:
-            version, model, vector, attempt = (
-                self.buffer.version,
-                self.model,
-                self.vector,
-                self.attempt,
-            )
+        version, model, vector, attempt = self.published
         phase = model_phase(
             self.co,
             "fit",
@@ -281,9 +278,7 @@ class AsyncDriver:
             raise UploadRejected("stale_update", str(exc)) from None
         delta = vector.astype(np.float64) - base
         (task_id,) = phase.tasks
-        with self._lock:
-            round_no, attempt = self.buffer.version + 1, self.attempt
-        self.store.apply_update(task_id, round_no, attempt, accepted.staleness)
+        self.store.apply_update(task_id, self.buffer.version + 1, self.attempt, accepted.staleness)
         if self.buffer.add(delta, accepted):
             staleness = [a.staleness for a in self.buffer.buffered]
             self._step(
@@ -304,11 +299,11 @@ class AsyncDriver:
         self.store.complete_round(
             self.run_id, version, self.attempt, blobs.digest(model), {"fit": fit_metrics}
         )
-        with self._lock:
-            attempt = self.attempt
-            self.model, self.vector = model, new
-            if version < self.config.rounds:
-                self.attempt = self.store.start_round(self.run_id, version + 1)
+        attempt = self.attempt
+        self.model, self.vector = model, new
+        if version < self.config.rounds:
+            self.attempt = self.store.start_round(self.run_id, version + 1)
+        self.published = (version, model, new, self.attempt)
         log.info(
             "event=round_completed run_id=%s round=%d staleness_max=%g",
             self.run_id,
@@ -415,8 +410,7 @@ class AsyncDriver:
                     await self._refill(cohort)
                     continue
                 break
-            with self._lock:
-                self.attempt = attempt
+            self.attempt = attempt
             self.buffer.add(delta, accepted)
             self._step(
                 {
