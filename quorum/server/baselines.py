@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import pathlib
@@ -246,13 +247,27 @@ def check_task(ref: str) -> None:
 
 
 def _last_progress(out_dir: pathlib.Path) -> dict[str, Any] | None:
-    from quorum.baseline import launcher
+    """The last complete line of the worker's progress file (`launcher.PROGRESS_FILE`), read
+    from the file's end: a long job's file grows with every logged step, and this runs on the
+    server's event loop at every poll."""
+    from quorum.baseline.launcher import PROGRESS_FILE
 
     try:
-        lines = launcher.read_progress(out_dir)
-    except (OSError, ValueError):
+        with open(out_dir / PROGRESS_FILE, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - LOG_TAIL_BYTES))
+            data = fh.read()
+    except OSError:
         return None
-    return dict(lines[-1]) if lines else None
+    complete = data[: data.rfind(b"\n") + 1].splitlines()  # a line being written is left out
+    for line in reversed(complete):
+        try:
+            record = json.loads(line)
+        except ValueError:  # the cut first line of the window, or a damaged one
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
 
 
 def _read_result(out_dir: pathlib.Path) -> dict[str, Any] | None:

@@ -179,3 +179,13 @@ def test_a_job_that_cannot_start_is_failed(
     monkeypatch.setattr(launcher, "start", broken)
     job = asyncio.run(jobs.submit(spec("ok")))
     assert job.status == "failed" and "no torchrun here" in (job.error or "")
+
+
+def test_last_progress_reads_the_last_complete_line(tmp_path: pathlib.Path) -> None:
+    assert jobs_module._last_progress(tmp_path) is None
+    path = tmp_path / "progress.jsonl"
+    lines = "".join(f'{{"step": {i}, "loss": {1 / i}}}\n' for i in range(1, 5001))
+    path.write_text(lines + '{"step": 5001, "lo')  # a line being written
+    assert jobs_module._last_progress(tmp_path) == {"step": 5000, "loss": 1 / 5000}
+    path.write_text('{"step": 1, "lo')
+    assert jobs_module._last_progress(tmp_path) is None
