@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from quorum import logs
+from quorum.baseline.cli import baseline_app
 from quorum.errors import QuorumError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ client_app = typer.Typer(no_args_is_help=True, help="The site agent.")
 app.add_typer(site_app, name="site")
 app.add_typer(server_app, name="server")
 app.add_typer(client_app, name="client")
+app.add_typer(baseline_app, name="baseline")
 console = Console(stderr=True)
 
 SetOption = Annotated[

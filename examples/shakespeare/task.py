@@ -18,8 +18,8 @@ The loss is the cross entropy averaged over tokens (`next_token_loss`); `accurac
 fit, as `TorchTask` does), batch 64 and lr 1e-3 unless the fit config says otherwise; a fit's
 default is one epoch of the site's windows.
 
-The text is read from `../shared/data/tinyshakespeare/input.txt` beside the checkout; build a
-`ShakespeareTask(path=...)` in your own module to read it from elsewhere.
+The text is the copy bundled with the package (`quorum/data/tinyshakespeare/input.txt`); build a
+`ShakespeareTask(path=...)` in your own module to read another file.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ The job folder's contract (the worker writes it, rank 0 only):
   rank: the bytes of parameters, gradients and optimiser state that rank holds, see
   `quorum.baseline.memory`), `device` and `wall_s`.
 
+- `error-rank{R}.txt`: the exception that ended rank R (its last line, as Python prints it),
+  written by each rank that fails; `read_errors` collects them.
+
 The worker exits with a non-zero status on failure, its traceback in the log; there is then no
 `result.json`. This module imports neither torch nor the engines, so the server can use it.
 """
@@ -49,6 +52,7 @@ from quorum.errors import BaselineError
 SPEC_FILE = "spec.json"
 PROGRESS_FILE = "progress.jsonl"
 RESULT_FILE = "result.json"
+ERROR_PREFIX = "error-rank"
 _RENDEZVOUS_FLAGS = ("--nnodes", "--rdzv", "--master-addr", "--master-port", "--master_")
 
 
@@ -100,7 +104,7 @@ def start(
     beside it (`examples.x.task:task`) imports as it does for `quorum sim`."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (PROGRESS_FILE, RESULT_FILE):
+    for stale in (PROGRESS_FILE, RESULT_FILE, *(p.name for p in out.glob(f"{ERROR_PREFIX}*"))):
         (out / stale).unlink(missing_ok=True)
     write_spec(spec, out)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -163,6 +167,27 @@ def read_result(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise BaselineError(f"{path} is not a JSON object")
     return data
+
+
+def read_errors(out_dir: str | os.PathLike[str]) -> dict[int, str]:
+    """The error of each rank that failed, by rank."""
+    errors = {}
+    for path in pathlib.Path(out_dir).glob(f"{ERROR_PREFIX}*.txt"):
+        rank = path.stem.removeprefix(ERROR_PREFIX)
+        if rank.isdigit():
+            errors[int(rank)] = path.read_text(encoding="utf-8", errors="replace")
+    return dict(sorted(errors.items()))
+
+
+def failure_message(
+    out_dir: str | os.PathLike[str], log_path: str | os.PathLike[str], returncode: int | None
+) -> str:
+    """What went wrong, for a person: each failed rank's error, then the end of the log."""
+    errors = read_errors(out_dir)
+    lines = [f"the baseline job failed (exit status {returncode})"]
+    lines += [f"rank {rank}: {error}" for rank, error in errors.items()]
+    lines.append(f"the end of {log_path}:\n{log_tail(log_path, 15 if errors else 40)}")
+    return "\n".join(lines)
 
 
 def log_tail(log_path: str | os.PathLike[str], lines: int = 40) -> str:

@@ -23,6 +23,7 @@ import math
 import os
 import pathlib
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
@@ -33,7 +34,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from quorum.atomic import write_atomic
 from quorum.baseline.engines import Setup, build_trainer
-from quorum.baseline.launcher import PROGRESS_FILE, RESULT_FILE
+from quorum.baseline.launcher import ERROR_PREFIX, PROGRESS_FILE, RESULT_FILE
 from quorum.baseline.memory import peak_memory_bytes
 from quorum.baseline.spec import BaselineSpec, parse_spec
 from quorum.baseline.task import Sample, load_centralised_task
@@ -211,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         run(spec, args.out)
+    except BaseException as exc:
+        rank = os.environ.get("RANK", "0")
+        message = "".join(traceback.format_exception_only(exc)).strip()
+        write_atomic(args.out / f"{ERROR_PREFIX}{rank}.txt", message.encode())
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

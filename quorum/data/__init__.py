@@ -7,8 +7,8 @@
   from `../shared/data/mnist` beside a source checkout (or a folder you pass) and splits it into
   train and test sets.
 - `quorum.data.shakespeare`: Tiny Shakespeare as characters, nanoGPT's train/validation split,
-  and the split by speaking role (308 speakers) into federated sites. Not bundled: it reads
-  `../shared/data/tinyshakespeare/input.txt` beside a source checkout (or a path you pass).
+  and the split by speaking role (308 speakers) into federated sites, bundled under
+  `quorum/data/tinyshakespeare/` with its provenance (MIT, public-domain text).
 
 Loaders read plain files and return numpy arrays; they never download anything.
 """

@@ -1,9 +1,9 @@
 """Tiny Shakespeare: characters as tokens, train/validation splits, and sites by speaking role.
 
 The file is karpathy/char-rnn's `data/tinyshakespeare/input.txt` (1,115,394 characters, 65
-distinct; provenance and licence, MIT with public-domain text, in `shared/data/README.md`). It is
-not bundled in the package: `default_path()` is `../shared/data/tinyshakespeare/input.txt` beside a
-source checkout (where CI clones the repository); anything else passes its own path.
+distinct; provenance and licence, MIT with public-domain text, in
+`quorum/data/tinyshakespeare/PROVENANCE.md`). It is bundled in the package: `default_path()` is
+the installed copy; anything else passes its own path.
 
 - Tokens are characters. `vocabulary(text)` is the sorted set of the characters of the whole file
   (so it does not depend on any split): 65 tokens, newline first.
@@ -60,9 +60,8 @@ apostrophes and hyphens) and a colon, the whole line."""
 
 
 def default_path() -> pathlib.Path:
-    """`../shared/data/tinyshakespeare/input.txt` next to the source checkout this module is in."""
-    root = pathlib.Path(__file__).resolve().parents[2].parent
-    return root / "shared" / "data" / "tinyshakespeare" / FILE_NAME
+    """The copy bundled with the package (`quorum/data/tinyshakespeare/input.txt`)."""
+    return pathlib.Path(__file__).resolve().parent / "tinyshakespeare" / FILE_NAME
 
 
 def read_text(path: str | os.PathLike[str] | None = None) -> str:
@@ -74,9 +73,8 @@ def read_text(path: str | os.PathLike[str] | None = None) -> str:
         data = file.read_bytes()
     except FileNotFoundError:
         hint = (
-            " (Tiny Shakespeare is not bundled: pass the path of char-rnn's "
-            "data/tinyshakespeare/input.txt, or check out the team's shared/ folder beside the "
-            "repository)"
+            " (the copy bundled with the package is missing: reinstall quorum-fl, or pass the "
+            "path of char-rnn's data/tinyshakespeare/input.txt)"
             if path is None
             else ""
         )

@@ -1,4 +1,4 @@
-"""Tiny Shakespeare: the real file in ../shared/data/tinyshakespeare, and small hand-made plays."""
+"""Tiny Shakespeare: the copy bundled in quorum/data/tinyshakespeare, and small hand-made plays."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from quorum.errors import TaskError
 
 real_data = pytest.mark.skipif(
     not shakespeare.default_path().is_file(),
-    reason=f"Tiny Shakespeare not found at {shakespeare.default_path()} (the team's shared data "
-    "folder beside the checkout, ../shared/data/tinyshakespeare)",
+    reason=f"Tiny Shakespeare not found at {shakespeare.default_path()} (the copy bundled with "
+    "the package)",
 )
 
 PLAY = (

@@ -9,24 +9,20 @@
 
 A `Trainer` is built after the default process group exists. Each engine module is imported only
 when its engine is asked for, so `ddp` needs nothing beyond torch; `require_llm_extra` says which
-extra to install when DeepSpeed or Megatron-core is missing.
+extra to install when DeepSpeed or Megatron-core is missing (`quorum.baseline.extra`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from quorum.baseline.extra import require_llm_extra
 from quorum.baseline.spec import BaselineSpec
 from quorum.baseline.task import CentralisedTask
-from quorum.errors import BaselineError
-
-LLM_EXTRA_HINT = "pip install 'quorum-fl[llm]'"
-_ENGINE_PACKAGES = {"deepspeed": ("deepspeed",), "megatron": ("megatron.core",)}
 
 
 @dataclass(frozen=True)
@@ -64,29 +60,6 @@ class Trainer(Protocol):
     def train_step(
         self, inputs: torch.Tensor, targets: torch.Tensor, measure: bool = False
     ) -> torch.Tensor: ...
-
-
-def missing_packages(engine: str) -> list[str]:
-    """The packages of `engine` that cannot be imported here."""
-    missing = []
-    for name in _ENGINE_PACKAGES.get(engine, ()):
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            missing.append(name.split(".", 1)[0] if name != "megatron.core" else "megatron-core")
-    return missing
-
-
-def require_llm_extra(engine: str) -> None:
-    """BaselineError naming the extra when `engine` needs a package that is not installed."""
-    missing = missing_packages(engine)
-    if missing:
-        raise BaselineError(
-            f"engine {engine!r} needs {', '.join(missing)}, which is not installed: "
-            f"{LLM_EXTRA_HINT} (DS_BUILD_OPS=0 where DeepSpeed's ops cannot be built)"
-        )
 
 
 def build_trainer(setup: Setup) -> Trainer:
