@@ -14,6 +14,8 @@ store as in sync runs, with the sites' reports as its participations and its met
 - `gossip`: `consensus_distance`, the mean over the exchanged pairs of the L2 distance between
   a site's trained model and its neighbour's; `max_distance`; `num_sites`, `reported`,
   `mixed_pairs`, `skipped_pairs`.
+- `site_accuracy`: each reporting site's accuracy after mixing, by site name (so the rounds
+  list shows every site's curve without reading each round's participations).
 
 A round with fewer than `min_fit_sites` reports is aborted and run again; the sites keep each
 round's model under its number, so an attempt starts from the same models as the one before.
@@ -141,8 +143,11 @@ def round_metrics(relay: GossipRound) -> dict[str, dict[str, float]]:
     evaluated: list[tuple[dict[str, float], int]] = []
     distances: list[float] = []
     skipped = 0
-    for report in relay.reports.values():
+    by_site: dict[str, float] = {}
+    for i, report in sorted(relay.reports.items()):
         metrics = json.loads(report.metrics_json or "{}")
+        if "accuracy" in metrics:
+            by_site[relay.names[i]] = float(metrics["accuracy"])
         evaluated.append((metrics, int(report.num_examples)))
         distances.extend(d.distance for d in report.distances)
         skipped += len(report.skipped)
@@ -156,6 +161,8 @@ def round_metrics(relay: GossipRound) -> dict[str, dict[str, float]]:
             "skipped_pairs": float(skipped),
         },
     }
+    if by_site:
+        out["site_accuracy"] = by_site
     for name in ("accuracy", "loss"):
         pairs = [(m[name], n) for m, n in evaluated if name in m]
         if pairs:
