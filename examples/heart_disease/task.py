@@ -131,6 +131,14 @@ class HeartDiseaseTask:
             local={name: refs.local_metrics(name) for name in refs.per_site},
         )
 
+    def local_baselines(
+        self, sites: Mapping[str, str], device: str, seed: int
+    ) -> dict[str, dict[str, float]]:
+        """The local half of `baselines` alone (`quorum sim` takes its pooled line from a
+        baseline job of the server)."""
+        refs = _References(self, sites, device, seed)
+        return {name: refs.local_metrics(name) for name in refs.per_site}
+
     def pooled_baseline(self, sites: Mapping[str, str], device: str, seed: int) -> dict[str, float]:
         """The pooled half of `baselines` alone: trained on the union of the sites' train sets,
         standardised (as FLamby does) with the pooled train statistics; `accuracy_mean_sites` is

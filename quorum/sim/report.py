@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import json
 import pathlib
-from dataclasses import asdict
 from typing import Any
 
 from rich.table import Table
 
 from quorum.config import SimFile
-from quorum.task import Baselines
 
 
 def build(
     sim: SimFile,
     run: dict[str, Any],
     rounds: list[dict[str, Any]],
-    baselines: Baselines | None,
+    baselines: dict[str, Any] | None,
     privacy: dict[str, Any],
 ) -> dict[str, Any]:
-    """`privacy` is the run's privacy ledger from the admin API (`/runs/{id}/privacy`)."""
+    """`privacy` is the run's privacy ledger from the admin API (`/runs/{id}/privacy`);
+    `baselines` the pooled job's results and the local-only ones (`quorum.sim.pooled.section`)."""
     started = run["started_at"] or run["created_at"]
     completed = [r for r in rounds if r["status"] == "completed"]
     rows = []
@@ -39,13 +38,17 @@ def build(
                 # Central DP: the run's user-level ε after this round.
                 "central_epsilon": r["metrics"].get("central_dp", {}).get("epsilon"),
                 "wall_time_s": r["finished_at"] - started,
+                # Async: how many versions old the oldest update of this server step was.
+                "staleness_max": r["metrics"].get("fit", {}).get("staleness_max"),
                 "secagg": _secagg(r),
+                "gossip": _gossip(r),
             }
         )
     last = rows[-1] if rows else {}
     return {
         "run_id": run["id"],
         "status": run["status"],
+        "mode": sim.run.mode,
         "strategy": sim.run.strategy,
         "seed": sim.run.seed,
         "sites": [s.name for s in sim.sites],
@@ -66,7 +69,7 @@ def build(
             "accuracy_pooled_test": last.get("accuracy_pooled_test"),
             "loss": last.get("loss"),
         },
-        "baselines": asdict(baselines) if baselines else None,
+        "baselines": baselines,
         "privacy": _privacy(privacy),
         "wall_time_s": (run["finished_at"] or started) - started,
         "config": sim.model_dump(mode="json"),
@@ -123,6 +126,49 @@ def _secagg(round_record: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _gossip(round_record: dict[str, Any]) -> dict[str, Any] | None:
+    """A gossip round's consensus distance (mean L2 distance between neighbours' trained
+    models), its skipped pairs, and each site's accuracy after mixing; None for other modes."""
+    record = round_record["metrics"].get("gossip")
+    if record is None:
+        return None
+    return {
+        "consensus_distance": record.get("consensus_distance"),
+        "max_distance": record.get("max_distance"),
+        "mixed_pairs": record.get("mixed_pairs"),
+        "skipped_pairs": record.get("skipped_pairs"),
+        "site_accuracy": round_record["metrics"].get("site_accuracy", {}),
+    }
+
+
+def _gossip_sites(result: dict[str, Any]) -> list[str]:
+    return sorted(
+        {s for r in result["rounds"] for s in (r.get("gossip") or {}).get("site_accuracy", {})}
+    )
+
+
+def _gossip_cells(row: dict[str, Any], sites: list[str]) -> list[str]:
+    gossip = row.get("gossip") or {}
+    accuracy = gossip.get("site_accuracy", {})
+    return [_f(gossip.get("consensus_distance")), *(_f(accuracy.get(s)) for s in sites)]
+
+
+def _plot_consensus(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Gossip: the mean L2 distance between neighbours' trained models, per round."""
+    ax.plot(
+        [r["round"] for r in rows],
+        [r["gossip"]["consensus_distance"] for r in rows],
+        marker="o",
+        color="C3",
+        label="consensus distance (mean over neighbour pairs)",
+    )
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("L2 distance")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+
+
 def write(result: dict[str, Any], path: pathlib.Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
@@ -136,11 +182,22 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     privacy = result.get("privacy")
-    if privacy:
-        fig, (ax, eps_ax) = plt.subplots(
-            2, 1, figsize=(7, 6.4), dpi=120, sharex=True, height_ratios=[3, 2]
+    consensus = [r for r in result["rounds"] if (r.get("gossip") or {}).get("consensus_distance")]
+    lower = int(bool(privacy)) + int(bool(consensus))
+    if lower:
+        fig, axes = plt.subplots(
+            1 + lower,
+            1,
+            figsize=(7, 4.2 + 2.2 * lower),
+            dpi=120,
+            sharex=True,
+            height_ratios=[3] + [2] * lower,
         )
-        _plot_privacy(eps_ax, privacy)
+        ax, panels = axes[0], list(axes[1:])
+        if privacy:
+            _plot_privacy(panels.pop(0), privacy)
+        if consensus:
+            _plot_consensus(panels.pop(0), consensus)
     else:
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     rounds = [r["round"] for r in result["rounds"]]
@@ -152,12 +209,9 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
     )
     baselines = result.get("baselines")
     if baselines:
-        ax.axhline(
-            baselines["pooled"]["accuracy_mean_sites"],
-            color="black",
-            linestyle="--",
-            label="pooled training",
-        )
+        pooled = _pooled_accuracy(baselines)
+        if pooled is not None:
+            ax.axhline(pooled, color="black", linestyle="--", label=_pooled_label(baselines))
         local = baselines["local"]
         for i, (site, values) in enumerate(sorted(local.items())):
             ax.axhline(
@@ -166,7 +220,7 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
                 linestyle=":",
                 label=f"local only: {site}",
             )
-    if not privacy:
+    if not lower:
         ax.set_xlabel("round")
     ax.set_ylabel("accuracy (mean over site test sets)")
     ax.set_title(f"{result['run_id']} — seed {result['seed']}")
@@ -227,6 +281,12 @@ def table(result: dict[str, Any]) -> Table:
     central = any(r.get("central_epsilon") is not None for r in result["rounds"])
     if central:
         out.add_column("ε central", justify="right")
+    gossip_sites = _gossip_sites(result)
+    if gossip_sites:
+        out.add_column("consensus", justify="right", min_width=9)
+        for site in gossip_sites:
+            out.add_column(site[:8], justify="right")
+        out.caption = "gossip: consensus = mean L2 distance between neighbours; per-site accuracy"
     for r in result["rounds"]:
         dropouts = [f"{d['site']}@{d['stage']}" for d in (r["secagg"] or {}).get("dropped", [])]
         out.add_row(
@@ -238,21 +298,38 @@ def table(result: dict[str, Any]) -> Table:
             *([", ".join(dropouts) or "none"] if secure else []),
             *([_f(r.get("dp_epsilon"))] if site_dp else []),
             *([_f(r.get("central_epsilon"))] if central else []),
+            *(_gossip_cells(r, gossip_sites) if gossip_sites else []),
         )
     baselines = result.get("baselines")
     if baselines:
-        pooled = baselines["pooled"]
+        pooled = baselines["pooled"] or {}
+        job = baselines.get("pooled_job") or {}
         out.add_row(
-            "pooled",
-            _f(pooled.get("accuracy_mean_sites")),
+            "pooled" if not job or job["status"] == "completed" else f"pooled ({job['status']})",
+            _f(_pooled_accuracy(baselines)),
             _f(pooled.get("accuracy_pooled_test")),
-            "",
-            "",
+            _f(pooled.get("eval_loss")),
+            _f(pooled.get("wall_s")),
             style="bold",
         )
         for site, values in sorted(baselines["local"].items()):
             out.add_row(f"local {site}", _f(values.get("accuracy_mean_sites")), "", "", "")
     return out
+
+
+def _pooled_accuracy(baselines: dict[str, Any]) -> float | None:
+    """The pooled job's accuracy on the sites' test sets where the task reports it per site,
+    else its accuracy (on the task's pooled test set)."""
+    pooled = baselines["pooled"] or {}
+    value = pooled.get("accuracy_mean_sites", pooled.get("eval_accuracy"))
+    return None if value is None else float(value)
+
+
+def _pooled_label(baselines: dict[str, Any]) -> str:
+    job = baselines.get("pooled_job")
+    if not job:
+        return "pooled training"
+    return f"pooled training ({job['engine']}, {job['nproc']} rank(s), {job['id']})"
 
 
 def _f(value: float | None) -> str:

@@ -25,7 +25,7 @@ from quorum.client.faults import Crash
 from quorum.config import ServerConfig, ServerFile, SimFile, SimSite, resolve_data
 from quorum.errors import ConfigError, QuorumError
 from quorum.server.store import Store
-from quorum.sim import processes, report
+from quorum.sim import pooled, processes, report
 from quorum.task import HasBaselines, load_task
 
 FINAL_STATES = ("completed", "failed", "stopped")
@@ -38,13 +38,18 @@ def run_simulation(
     report_path: pathlib.Path | None,
     console: Console,
     kills: Mapping[str, Crash] | None = None,
+    slowdowns: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """`kills` names sites whose process is SIGKILLed at a round and stage (not restarted)."""
+    """`kills` names sites whose process is SIGKILLed at a round and stage (not restarted);
+    `slowdowns`, sites that train that many times slower."""
     task = load_task(sim.run.task)  # fail before starting anything
-    kills = kills or {}
-    unknown = sorted(set(kills) - {s.name for s in sim.sites})
-    if unknown:
-        raise ConfigError(f"--kill-site names sites that are not in the simulation: {unknown}")
+    baseline_spec = pooled.spec(sim) if sim.sim.baselines else None
+    kills, slowdowns = kills or {}, slowdowns or {}
+    names = {s.name for s in sim.sites}
+    for flag, named in (("--kill-site", kills), ("--slow-site", slowdowns)):
+        unknown = sorted(set(named) - names)
+        if unknown:
+            raise ConfigError(f"{flag} names sites that are not in the simulation: {unknown}")
     out = sim.sim.output_dir
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -104,6 +109,11 @@ def run_simulation(
                         str(sim.run.seed),
                         "--insecure",
                         *(["--crash-at", str(kills[site.name])] if site.name in kills else []),
+                        *(
+                            ["--slowdown", repr(slowdowns[site.name])]
+                            if site.name in slowdowns
+                            else []
+                        ),
                         *_dp_flags(sim, site),
                     ],
                     logs,
@@ -112,19 +122,25 @@ def run_simulation(
                     env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
                 )
             )
-        # The baselines train in this process while the federation runs (torch releases the
-        # GIL; the server and agents are mostly waiting on each other).
+        # The local-only baselines train in this process while the federation runs (torch
+        # releases the GIL; the server and agents are mostly waiting on each other).
         pending = None
         if sim.sim.baselines and isinstance(task, HasBaselines):
             sites = {s.name: resolve_data(s.data, config_dir) for s in sim.sites}
-            pending = pool.submit(task.baselines, sites, sim.site.device, sim.run.seed)
+            pending = pool.submit(
+                pooled.local_baselines, task, sites, sim.site.device, sim.run.seed
+            )
         admin.wait_ready(60)
+        # The pooled baseline is a baseline job of the server, like any operator's.
+        job = pooled.submit(admin, baseline_spec) if baseline_spec is not None else None
         run = _follow(admin, sim, server, console, started)
         rounds = admin.get(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
         privacy = admin.get(f"/api/v1/runs/{run['id']}/privacy")
+        if job is not None:
+            job = pooled.wait(admin, job, console, started + sim.sim.timeout_s)
         if pending is not None and not pending.done():
-            console.print("finishing the pooled and local-only baselines…")
-        baselines = pending.result() if pending is not None else None
+            console.print("finishing the local-only baselines…")
+        baselines = pooled.section(job, pending.result() if pending is not None else None)
     finally:
         admin.close()
         processes.stop(children)
