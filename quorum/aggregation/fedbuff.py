@@ -107,15 +107,23 @@ class FedBuff:
         """Applies the server step to `current` (flat, any float dtype) with exactly the K
         buffered updates; returns the new model (of `current`'s dtype) and empties the
         buffer."""
+        new, state = self.propose(current)
+        self.load_state(state)
+        return new
+
+    def propose(self, current: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The server step without applying it: the new model and the state after it (to
+        checkpoint first; `load_state` then applies it and empties the buffer), so that a
+        failed checkpoint leaves the buffer as it was."""
         if not self.full:
             raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
-        mean = self._sum / self.buffer_size
-        self._momentum *= self.beta
-        self._momentum += mean
-        new = current.astype(np.float64) + self.lr * self._momentum
-        self.discard()
-        self.version += 1
-        return new.astype(current.dtype)
+        momentum = self.beta * self._momentum + self._sum / self.buffer_size
+        new = current.astype(np.float64) + self.lr * momentum
+        state = {
+            "fedbuff.version": np.array([self.version + 1], np.int64),
+            "fedbuff.momentum": momentum,
+        }
+        return new.astype(current.dtype), state
 
     def discard(self) -> int:
         """Empties the buffer without a step (a restart loses a partial buffer); returns how

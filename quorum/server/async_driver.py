@@ -69,6 +69,9 @@ class AsyncDriver:
         """Fit work in progress (one site's task, or one SecAgg cohort) and its open phases."""
         self.busy: set[str] = set()
         """Sites with a fit task in progress."""
+        self.cooldown: dict[str, tuple[int, float]] = {}
+        """Site -> (fits in a row without an accepted update, when it may be offered the next):
+        a site whose fits keep failing is not offered one in a tight loop."""
         self.failure: BaseException | None = None
         self.attempt = 0
         """The attempt of the round being filled (plain FedBuff) or last applied (cohorts)."""
@@ -100,8 +103,9 @@ class AsyncDriver:
         """(version, model, flat model, attempt of the round it feeds) that new fit tasks get:
         replaced as a whole once a step is checkpointed and its next round opened, since the
         folding thread makes the step while the event loop offers tasks."""
-        # A site may still be downloading a model some versions old: keep one per site.
-        self.co.blobs.keep = max(self.co.blobs.keep, 2 + (cfg.max_concurrency or 64))
+        # A site may still be downloading a model a few versions old: keep those.
+        kept = self.co.blobs.keep
+        self.co.blobs.keep = max(kept, 2 + min(cfg.max_concurrency or 64, cfg.max_staleness + 1))
         self.store.set_run_status(self.run_id, "running")
         self.started = self.store.run(self.run_id).started_at or time.time()
         self.loop = asyncio.get_running_loop()
@@ -109,6 +113,7 @@ class AsyncDriver:
         # versions are not left to whichever site connected first.
         await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
         log.info("event=run_started run_id=%s mode=async from_version=%d", self.run_id, done)
+        self._evaluate_if_missing(done)
         try:
             if cfg.secagg.enabled:
                 await self._secure_loop()
@@ -118,6 +123,7 @@ class AsyncDriver:
             for work in list(self.open):
                 work.cancel()
             await asyncio.gather(*self.open, return_exceptions=True)
+            self.co.blobs.keep = kept
         await wait_all(self.evaluations)
         if self.ended == "stopped by an operator":
             self.store.set_run_status(self.run_id, "stopped", self.ended)
@@ -165,9 +171,22 @@ class AsyncDriver:
             return f"reached max_wall_time_s = {cfg.max_wall_time_s:g}"
         return None
 
+    def _evaluate_if_missing(self, version: int) -> None:
+        """A server killed between a step and its evaluation evaluates that version now."""
+        if version == 0:
+            return
+        last = self.store.round_detail(self.run_id, version)
+        if "evaluate" not in last["metrics"]:
+            self._evaluate_later(version, last["attempt"], self.model)
+
     def _free_sites(self) -> list[Session]:
         limit = self.config.max_concurrency
-        sites = [s for s in task_sites(self.co, self.config.task) if s.site not in self.busy]
+        now = time.monotonic()
+        sites = [
+            s
+            for s in task_sites(self.co, self.config.task)
+            if s.site not in self.busy and self.cooldown.get(s.site, (0, 0.0))[1] <= now
+        ]
         room = len(sites) if limit is None else max(0, limit - len(self.busy))
         return sites[:room]
 
@@ -200,9 +219,14 @@ class AsyncDriver:
             raise self.failure
         return self._end_reason()
 
-    def _finish(self, reason: str) -> None:
+    async def _finish(self, reason: str) -> None:
         """Ends the run's training: open fit tasks are recorded as cancelled, the round being
-        filled as aborted with its partial buffer."""
+        filled as aborted with its partial buffer. Under the fold lock: a step being made in
+        the folding thread is completed first."""
+        async with self.fold_lock:
+            self._end(reason)
+
+    def _end(self, reason: str) -> None:
         self.ended = reason
         for phase in (p for phases in self.open.values() for p in phases):
             for task in phase.unanswered():
@@ -233,12 +257,13 @@ class AsyncDriver:
     # ---- plain FedBuff ----
 
     async def _plain_loop(self) -> None:
-        self.attempt = self.store.start_round(self.run_id, self.buffer.version + 1)
+        if self.buffer.version < self.config.rounds:
+            self.attempt = self.store.start_round(self.run_id, self.buffer.version + 1)
         self.published = (self.buffer.version, self.model, self.vector, self.attempt)
         while True:
             reason = self._check()
             if reason is not None:
-                self._finish(reason)
+                await self._finish(reason)
                 return
             for session in self._free_sites():
                 phase = self._fit_phase()
@@ -266,6 +291,12 @@ class AsyncDriver:
         await run_phase(
             self.co, phase, [session], config, self.config.task, self.config.round_timeout_s
         )
+        if phase.results:
+            self.cooldown.pop(session.site, None)
+        else:  # failed, refused, stale or lost: wait 0.5 s, doubling up to 30 s
+            misses = self.cooldown.get(session.site, (0, 0.0))[0] + 1
+            delay = min(30.0, 0.5 * 2 ** (misses - 1))
+            self.cooldown[session.site] = (misses, time.monotonic() + delay)
 
     def fold(self, phase: Phase, base_version: int, base: np.ndarray, vector: np.ndarray) -> None:
         """Buffers one site's model (worker thread, under the shared fold lock); the K-th
@@ -276,32 +307,44 @@ class AsyncDriver:
             accepted = self.buffer.admit(base_version)
         except StaleUpdate as exc:
             raise UploadRejected("stale_update", str(exc)) from None
-        delta = vector.astype(np.float64) - base
-        (task_id,) = phase.tasks
-        self.store.apply_update(task_id, self.buffer.version + 1, self.attempt, accepted.staleness)
-        if self.buffer.add(delta, accepted):
-            staleness = [a.staleness for a in self.buffer.buffered]
-            self._step(
-                {
-                    "num_updates": float(len(staleness)),
-                    "staleness_mean": float(np.mean(staleness)),
-                    "staleness_max": float(max(staleness)),
-                }
+        try:
+            delta = vector.astype(np.float64) - base
+            (task_id,) = phase.tasks
+            self.store.apply_update(
+                task_id, self.buffer.version + 1, self.attempt, accepted.staleness
             )
+            if self.buffer.add(delta, accepted):
+                staleness = [a.staleness for a in self.buffer.buffered]
+                self._step(
+                    {
+                        "num_updates": float(len(staleness)),
+                        "staleness_mean": float(np.mean(staleness)),
+                        "staleness_max": float(max(staleness)),
+                    }
+                )
+        except Exception as exc:  # the buffer or the store broke: the run fails, not one upload
+            self.loop.call_soon_threadsafe(self._fail, exc)
+            raise
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failure = self.failure or exc
+        self.wake.set()
 
     def _step(self, fit_metrics: dict[str, float]) -> None:
         """Applies the server step to the buffer, checkpoints and completes the round, opens the
         next one; then, on the event loop, starts the new model's evaluation."""
-        new = self.buffer.step(self.vector)
-        version = self.buffer.version
+        new, state = self.buffer.propose(self.vector)
+        version = self.buffer.version + 1
         model = blobs.encode_flat(new, self.layout)
-        self.co.checkpoints.save(self.run_id, version, model, self.buffer.state())
+        self.co.checkpoints.save(self.run_id, version, model, state)
         self.store.complete_round(
             self.run_id, version, self.attempt, blobs.digest(model), {"fit": fit_metrics}
         )
+        self.buffer.load_state(state)  # applied (and the buffer emptied) once it is durable
         attempt = self.attempt
         self.model, self.vector = model, new
-        if version < self.config.rounds:
+        # A cohort opens its own round; plain FedBuff opens the next buffer's here.
+        if version < self.config.rounds and not self.config.secagg.enabled:
             self.attempt = self.store.start_round(self.run_id, version + 1)
         self.published = (version, model, new, self.attempt)
         log.info(
@@ -350,7 +393,7 @@ class AsyncDriver:
         while True:
             reason = self._check()
             if reason is not None:
-                self._finish(reason)
+                await self._finish(reason)
                 return
             free = self._free_sites()
             if len(free) >= cfg.buffer_size and next_round <= cfg.rounds:
@@ -397,10 +440,15 @@ class AsyncDriver:
                     delta, _, summed = await secure.run(
                         json.dumps(self._fit_config(round_no, version)), cfg.task
                     )
+                    # Its sites are done: they train in later cohorts while this one waits
+                    # for its turn (holding them would starve an earlier cohort's refill).
+                    self.busy -= {s.site for s in cohort}
+                    cohort.clear()
                     await asyncio.shield(previous)
                     accepted = self.buffer.admit(version)
                 except (RoundAborted, StaleUpdate) as exc:
                     self.store.abort_round(self.run_id, round_no, attempt, str(exc))
+                    attempt = 0
                     log.warning(
                         "event=round_aborted run_id=%s round=%d reason=%s",
                         self.run_id,

@@ -509,10 +509,12 @@ class Store:
 
     def apply_update(self, task_id: str, round_no: int, attempt: int, staleness: int) -> None:
         """An async update joined the buffer of `round_no`: its participation moves there (from
-        the round it was offered in), with its staleness."""
+        the round it was offered in), accepted, with its staleness, in one write (a server
+        killed right after sees it where it was applied)."""
         with self._tx() as db:
             db.execute(
-                "UPDATE participations SET round = ?, attempt = ?, staleness = ? WHERE task_id = ?",
+                "UPDATE participations SET round = ?, attempt = ?, staleness = ?, "
+                "status = 'accepted' WHERE task_id = ?",
                 (round_no, attempt, staleness, task_id),
             )
 

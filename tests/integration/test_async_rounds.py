@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from quorum.aggregation.fedbuff import staleness_weight
+from quorum.client.agent import SimulatedCrash
 from quorum.config import RunConfig
 from quorum.privacy.secagg import error_bound
 from quorum.wire import blobs
@@ -35,6 +36,9 @@ def _async_config(**overrides: Any) -> RunConfig:
 
 
 async def _rounds(fed: Federation, run_id: str, count: int) -> list[dict[str, Any]]:
+    """The details of rounds 1..count; asserts that no attempt of the run was left running."""
+    every = await fed.api(f"/api/v1/runs/{run_id}/rounds", limit=1000)
+    assert all(r["status"] in ("completed", "aborted") for r in every), every
     return [await fed.api(f"/api/v1/runs/{run_id}/rounds/{r}") for r in range(1, count + 1)]
 
 
@@ -148,6 +152,7 @@ def test_wall_time_limit_ends_the_run_and_discards_the_partial_buffer(
             fed.add_site("b", "delta=1.0,sleep=0.25")
             run = await fed.wait_run(timeout=60)
             assert 0 < run["rounds_completed"] < 10_000
+            await _rounds(fed, run["id"], run["rounds_completed"])
             rounds = await fed.api(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
             last = rounds[-1]
             assert last["round"] == run["rounds_completed"] + 1
@@ -158,5 +163,40 @@ def test_wall_time_limit_ends_the_run_and_discards_the_partial_buffer(
             model, state = fed.server.coordinator.checkpoints.load(run["id"], last["round"] - 1)
             assert int(state["fedbuff.version"][0]) == run["rounds_completed"]
             assert run["model_digest"] == blobs.digest(model)
+
+    asyncio.run(scenario())
+
+
+def test_a_secagg_cohort_that_loses_a_site_is_topped_up_and_the_run_goes_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    def crash_in_round_2(round_no: int, stage: str) -> None:
+        if (round_no, stage) == (2, "masked-input"):
+            raise SimulatedCrash("killed at masked input")
+
+    async def scenario() -> None:
+        cfg = _async_config(
+            rounds=4,
+            buffer_size=2,
+            min_fit_sites=2,
+            secagg={
+                "enabled": True,
+                "clip_range": 8.0,
+                "max_weight": 10,
+                "stage_timeout_s": 3,
+                "threshold": 2,
+            },
+        )
+        async with federation(tmp_path, [cfg]) as fed:
+            fed.add_site("a", "delta=0.5,n=10,sleep=0.05", on_stage=crash_in_round_2)
+            for name in ("b", "c", "d"):
+                fed.add_site(name, "delta=0.5,n=10,sleep=0.05")
+            run = await fed.wait_run(timeout=120)
+            assert run["rounds_completed"] == 4
+            await _rounds(fed, run["id"], 4)
+            # a cohort of two that loses one cannot be unmasked (threshold 2): it aborted and
+            # was formed again with a free site
+            rounds = await fed.api(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
+            assert any(r["status"] == "aborted" for r in rounds), rounds
 
     asyncio.run(scenario())
