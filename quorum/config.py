@@ -162,6 +162,13 @@ class RunConfig(_Model):
         description="gossip: how long the key and mix stages wait for the sites (the send "
         "stage, which covers training, has round_timeout_s)",
     )
+    gossip_lr_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="gossip: the sites' lr (site_config.lr) is multiplied by this every round; "
+        "with a constant lr the neighbours' models stay apart by their local drift",
+    )
 
     @model_validator(mode="after")
     def _check_cohort(self) -> RunConfig:

@@ -13,7 +13,8 @@ store as in sync runs, with the sites' reports as its participations and its met
 - `fit`: the sites' mean training loss.
 - `gossip`: `consensus_distance`, the mean over the exchanged pairs of the L2 distance between
   a site's trained model and its neighbour's; `max_distance`; `num_sites`, `reported`,
-  `mixed_pairs`, `skipped_pairs`.
+  `mixed_pairs`, `skipped_pairs`; `consensus_distance_cycle`, the same over the last cycle of
+  the topology (see `_add_cycle_distance`).
 - `site_accuracy`: each reporting site's accuracy after mixing, by site name (so the rounds
   list shows every site's curve without reading each round's participations).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,6 +115,7 @@ class GossipDriver:
         relay = GossipRound(self.co, phase, cohort, cfg, mixing)
         site_config = {
             **cfg.site_config,
+            **self._decayed_lr(round_no),
             "round": round_no,
             "seed": cfg.seed,
             "run_id": self.run_id,
@@ -126,6 +129,7 @@ class GossipDriver:
                 f"{cfg.min_fit_sites}"
             )
         metrics = round_metrics(relay)
+        self._add_cycle_distance(round_no, len(cohort), metrics["gossip"])
         # No global model: the round's digest names the public initial model the sites started
         # from, the only model the server holds.
         self.store.complete_round(self.run_id, round_no, attempt, phase.model_digest, metrics)
@@ -136,6 +140,29 @@ class GossipDriver:
             reported,
             json.dumps({**metrics["evaluate"], **metrics["gossip"]}),
         )
+
+    def _decayed_lr(self, round_no: int) -> dict[str, float]:
+        lr = self.config.site_config.get("lr")
+        decay = self.config.gossip_lr_decay
+        if decay == 1.0 or not isinstance(lr, int | float):
+            return {}
+        return {"lr": float(lr) * decay ** (round_no - 1)}
+
+    def _add_cycle_distance(self, round_no: int, n: int, gossip_metrics: dict[str, float]) -> None:
+        """`consensus_distance_cycle`: the mean neighbour distance over the pairs of the last
+        cycle of the topology (⌈log2 n⌉ rounds on the one-peer exponential graph, whose rounds
+        each pair sites at one distance only and so alternate between closer and farther pairs;
+        the round itself on the other topologies), comparable from round to round."""
+        if "consensus_distance" not in gossip_metrics:
+            return
+        window = max(1, math.ceil(math.log2(n))) if self.config.topology == "exponential" else 1
+        total = gossip_metrics["consensus_distance"] * gossip_metrics["mixed_pairs"]
+        pairs = gossip_metrics["mixed_pairs"]
+        for r, _, earlier in self.store.phase_metrics(self.run_id, "gossip"):
+            if round_no - window < r < round_no and "consensus_distance" in earlier:
+                total += earlier["consensus_distance"] * earlier["mixed_pairs"]
+                pairs += earlier["mixed_pairs"]
+        gossip_metrics["consensus_distance_cycle"] = total / pairs if pairs else 0.0
 
 
 def round_metrics(relay: GossipRound) -> dict[str, dict[str, float]]:

@@ -134,6 +134,7 @@ def _gossip(round_record: dict[str, Any]) -> dict[str, Any] | None:
         return None
     return {
         "consensus_distance": record.get("consensus_distance"),
+        "consensus_distance_cycle": record.get("consensus_distance_cycle"),
         "max_distance": record.get("max_distance"),
         "mixed_pairs": record.get("mixed_pairs"),
         "skipped_pairs": record.get("skipped_pairs"),
