@@ -10,7 +10,11 @@ world of one rank: the process group is gloo on 127.0.0.1 (no NCCL needed), the 
 torch's Adam (`torch_adam`, no compiled ops), fp32, ZeRO stage `--zero-stage` (0 by default;
 with one rank there is nothing to shard). Both runs train the default GPT (812,416 parameters)
 on Tiny Shakespeare (nanoGPT's split) from the same seed and batches; the first `--warmup` steps
-are not timed. Peak memory is `torch.cuda.max_memory_allocated` on CUDA and the process's peak
+are not timed. DeepSpeed itself imports pydantic, hjson, py-cpuinfo, msgpack, einops, tqdm, psutil
+and packaging: on a machine without them, put a folder holding them (built for its Python) on
+PYTHONPATH, and set DS_ACCELERATOR=cuda. Measured on an H200 (torch 2.11, deepspeed 0.19.8, 300
+steps, batch 64 x 64 tokens): plain torch 556k-686k tokens/s, DeepSpeed stage 0 413k tokens/s,
+both 212 MiB peak. Peak memory is `torch.cuda.max_memory_allocated` on CUDA and the process's peak
 RSS on CPU (which, for the second run, includes the first).
 """
 

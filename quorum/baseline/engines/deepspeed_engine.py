@@ -14,14 +14,23 @@ of them and would hide the stage's saving). What each stage holds, per fp32 para
 ranks, as measured by `quorum.baseline.memory.state_bytes` (see `bench/zero_memory.py`):
 
 - stage 0: 4 parameter + 4 gradient + 8 Adam (exp_avg, exp_avg_sq) = 16 bytes.
-- stage 1: the model's parameters whole (4, in one flat buffer), their gradients whole (4),
-  and for its 1/K partition an fp32 master copy (4/K), its gradient (4/K) and Adam (8/K):
-  8 + 16/K. DeepSpeed keeps the master copy even in fp32, so this is 4/K above the 8 + 12/K of
-  Rajbhandari et al.'s mixed-precision accounting carried over to fp32 (which has no separate
-  master copy).
-- stage 2: parameters whole (4) and only the 1/K partition of the gradients, master, master
-  gradient and Adam: 4 + 16/K (plus DeepSpeed's reduction bucket).
-- stage 3: everything partitioned: 16/K + the partitioned model parameter (4/K) = 20/K.
+- stage 1: the model's parameters whole (4, in one flat buffer) and, for its 1/K partition,
+  an fp32 master copy (4/K), the averaged gradient (4/K) and Adam (8/K): 4 + 16/K. DeepSpeed
+  keeps the master copy even in fp32 (the paper's accounting carried over to fp32 has none:
+  8 + 8/K), and with one micro-step per step its stage 1 reduces the full gradients into the
+  partition by the end of backward, as stage 2 does, so the two hold the same; they differ
+  under gradient accumulation, where stage 1 keeps whole gradients between micro-steps.
+- stage 2: the same, 4 + 16/K (the paper's fp32 analogue: 4 + 12/K, again without the master).
+- stage 3: everything partitioned: the model parameter (4/K), master (4/K), gradient (4/K) and
+  Adam (8/K) = 20/K (paper: 16/K).
+
+Measured for the default GPT (Ψ = 812,416) on K = 2 CPU ranks (`bench/zero_memory.py`), bytes
+per parameter on ranks 0 and 1: stage 0 16.00/16.00, stage 1 12.02/12.30, stage 2 12.02/12.30,
+stage 3 10.00/10.00 (the last partition carries DeepSpeed's alignment padding).
+
+DeepSpeed's step departs slightly from a plain torch Adam step from the second step on (also
+at stage 0 and on one rank), so its loss curve matches DDP's closely but not to rounding; the
+stages match one another to rounding (`tests/integration/test_baseline_engines.py`).
 """
 
 from __future__ import annotations
