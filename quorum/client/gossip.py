@@ -27,6 +27,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum.client.gossip_models import GossipModels
+from quorum.client.stages import unless_ended
 from quorum.client.transfer import BlobCache, download, upload
 from quorum.errors import BlobError, GossipError
 from quorum.privacy import gossip_channel as channel
@@ -143,7 +144,9 @@ async def _exchange(
             )
         except GossipError as exc:
             skipped[k.index] = f"{exc.code}: {exc.message}"
-    trained, fit = await _unless_ended(training, link.inbox)
+    trained, fit = await unless_ended(
+        training, link.inbox, _raise_unexpected, "the end of training"
+    )
 
     stage("gossip-send")
     for index in sorted(pair):
@@ -295,21 +298,6 @@ def _mix(
     for j, vector in received.items():
         out += vector * (weights[j] / total)
     return blobs.encode(blobs.from_flat(out, layout))
-
-
-async def _unless_ended(
-    training: asyncio.Future[tuple[bytes, FitResult]], inbox: asyncio.Queue[pb.ServerMessage]
-) -> tuple[bytes, FitResult]:
-    """The training's result, unless the server ends the round first (then GossipError)."""
-    message = asyncio.ensure_future(inbox.get())
-    waiting: set[asyncio.Future[Any]] = {training, message}
-    try:
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        message.cancel()
-    if message.done() and not message.cancelled():
-        _raise_unexpected(message.result(), "the end of training")
-    return training.result()
 
 
 def _raise_unexpected(message: pb.ServerMessage, want: str) -> NoReturn:

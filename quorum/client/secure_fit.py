@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from quorum.client.stages import unless_ended
 from quorum.errors import SecAggError
 from quorum.privacy.dp.central import DP_CLIPPING_METRIC, DP_NOISE_METRIC, clip_in_place
 from quorum.privacy.secagg import (
@@ -80,7 +81,7 @@ async def run(
     routed = shares_from_pb((await _next(inbox, "shares", quick)).shares)
     # The mask does not depend on the update: it is expanded while the model trains.
     await asyncio.to_thread(machine.receive_shares, routed)
-    model, fit = await _unless_ended(training, inbox)
+    model, fit = await unless_ended(training, inbox, _raise_unexpected, "the masked-input stage")
 
     stage("masked-input")
     blob, metrics = await asyncio.to_thread(_masked_blob, machine, model, fit, setup)
@@ -139,21 +140,6 @@ def add_distributed_noise(
         raise SecAggError(f"the DP noise standard deviation must be >= 0, got {stddev}")
     clip_in_place(delta, clipping_norm)
     delta += (rng or np.random.default_rng()).normal(0.0, stddev, delta.shape[0])
-
-
-async def _unless_ended(
-    training: asyncio.Future[tuple[bytes, FitResult]], inbox: asyncio.Queue[pb.ServerMessage]
-) -> tuple[bytes, FitResult]:
-    """The training's result, unless the server ends the round first (then SecAggError)."""
-    message = asyncio.ensure_future(inbox.get())
-    waiting: set[asyncio.Future[Any]] = {training, message}
-    try:
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        message.cancel()
-    if message.done() and not message.cancelled():
-        _raise_unexpected(message.result(), "the masked-input stage")
-    return training.result()
 
 
 def _raise_unexpected(message: pb.ServerMessage, want: str) -> NoReturn:

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from quorum.aggregation import gossip
-from quorum.errors import ConfigError, QuorumError
+from quorum.errors import ConfigError
 from quorum.server.gossip_relay import GossipPhase, GossipRound, check_cohort
 from quorum.server.phases import RoundAborted
+from quorum.server.rounds import play_rounds, task_sites
 from quorum.server.store import RunRecord
-from quorum.server.sync_driver import MAX_ROUND_ATTEMPTS
 from quorum.task import load_task
 from quorum.wire import blobs
 
@@ -67,34 +67,16 @@ class GossipDriver:
         model, _ = self.co.checkpoints.load(self.run_id, 0)
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s mode=gossip from_round=%d", self.run_id, done + 1)
-        round_no, failures = done + 1, 0
-        while round_no <= cfg.rounds:
-            if self.co.stop_requested(self.run_id):
-                self.store.set_run_status(self.run_id, "stopped", "stopped by an operator")
-                return
-            attempt = self.store.start_round(self.run_id, round_no)
-            try:
-                await self._round(round_no, attempt, model)
-            except RoundAborted as exc:
-                self.store.abort_round(self.run_id, round_no, attempt, str(exc))
-                log.warning(
-                    "event=round_aborted run_id=%s round=%d reason=%s", self.run_id, round_no, exc
-                )
-                failures += 1
-                if failures >= MAX_ROUND_ATTEMPTS:
-                    raise QuorumError(
-                        f"round {round_no} aborted {failures} times; last reason: {exc}"
-                    ) from None
-                continue
-            failures = 0
-            round_no += 1
-        self.store.set_run_status(self.run_id, "completed")
-        log.info("event=run_completed run_id=%s", self.run_id)
+
+        async def play(round_no: int, attempt: int) -> None:
+            await self._round(round_no, attempt, model)
+
+        await play_rounds(self.co, self.run_id, done + 1, cfg.rounds, play)
 
     async def _round(self, round_no: int, attempt: int, model: bytes) -> None:
         cfg = self.config
         await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
-        cohort = [s for s in self.co.sessions.connected() if s.task == cfg.task]
+        cohort = task_sites(self.co, cfg.task)
         check_cohort([s.site for s in cohort], cfg.min_fit_sites)
         try:
             mixing = gossip.mixing(

@@ -1,19 +1,20 @@
-"""The pieces every mode's round loop is built of: the sites that run a task, a phase serving a
-model, running a phase to its deadline, resuming a run from its last checkpoint, and the means
-of the sites' metrics."""
+"""The pieces every mode's round loop is built of: the sites that run a task, the loop of
+rounds with its retries, a phase serving a model, running a phase to its deadline, resuming a
+run from its last checkpoint, and the means of the sites' metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quorum.config import RunConfig
-from quorum.server.phases import Kind, Phase, SiteResult
+from quorum.errors import QuorumError
+from quorum.server.phases import Kind, Phase, RoundAborted, SiteResult
 from quorum.server.sessions import Session
 from quorum.task import load_task
 from quorum.wire import blobs
@@ -22,6 +23,38 @@ if TYPE_CHECKING:
     from quorum.server.coordinator import Coordinator
 
 log = logging.getLogger("quorum.server")
+
+MAX_ROUND_ATTEMPTS = 5
+
+
+async def play_rounds(
+    co: Coordinator, run_id: str, first: int, last: int, play: Callable[[int, int], Awaitable[None]]
+) -> None:
+    """Plays rounds `first`..`last` in order with `play(round, attempt)`, then marks the run
+    completed. A round that raises RoundAborted is recorded as aborted with its reason and
+    tried again, up to MAX_ROUND_ATTEMPTS times in a row (then the run fails); an operator's
+    stop ends the run before the next round."""
+    round_no, failures = first, 0
+    while round_no <= last:
+        if co.stop_requested(run_id):
+            co.store.set_run_status(run_id, "stopped", "stopped by an operator")
+            return
+        attempt = co.store.start_round(run_id, round_no)
+        try:
+            await play(round_no, attempt)
+        except RoundAborted as exc:
+            co.store.abort_round(run_id, round_no, attempt, str(exc))
+            log.warning("event=round_aborted run_id=%s round=%d reason=%s", run_id, round_no, exc)
+            failures += 1
+            if failures >= MAX_ROUND_ATTEMPTS:
+                raise QuorumError(
+                    f"round {round_no} aborted {failures} times; last reason: {exc}"
+                ) from None
+            continue
+        failures = 0
+        round_no += 1
+    co.store.set_run_status(run_id, "completed")
+    log.info("event=run_completed run_id=%s", run_id)
 
 
 def task_sites(co: Coordinator, task: str) -> list[Session]:

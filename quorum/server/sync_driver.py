@@ -19,7 +19,6 @@ import numpy as np
 
 from quorum.aggregation import Accumulator, Strategy, make_strategy
 from quorum.config import RunConfig
-from quorum.errors import QuorumError
 from quorum.privacy.dp.accounting import appended
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
@@ -27,6 +26,7 @@ from quorum.server.phases import Kind, Phase, RoundAborted
 from quorum.server.rounds import (
     evaluate_metrics,
     model_phase,
+    play_rounds,
     resume,
     run_phase,
     task_sites,
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from quorum.server.coordinator import Coordinator
 
 log = logging.getLogger("quorum.server")
-
-MAX_ROUND_ATTEMPTS = 5
 
 
 def strategy_for(config: RunConfig) -> Strategy:
@@ -80,30 +78,11 @@ class SyncDriver:
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s from_round=%d", self.run_id, done + 1)
 
-        round_no = done + 1
-        failures = 0
-        while round_no <= cfg.rounds:
-            if self.co.stop_requested(self.run_id):
-                self.store.set_run_status(self.run_id, "stopped", "stopped by an operator")
-                return
-            attempt = self.store.start_round(self.run_id, round_no)
-            try:
-                model = await self._round(round_no, attempt, model)
-            except RoundAborted as exc:
-                self.store.abort_round(self.run_id, round_no, attempt, str(exc))
-                log.warning(
-                    "event=round_aborted run_id=%s round=%d reason=%s", self.run_id, round_no, exc
-                )
-                failures += 1
-                if failures >= MAX_ROUND_ATTEMPTS:
-                    raise QuorumError(
-                        f"round {round_no} aborted {failures} times; last reason: {exc}"
-                    ) from None
-                continue
-            failures = 0
-            round_no += 1
-        self.store.set_run_status(self.run_id, "completed")
-        log.info("event=run_completed run_id=%s", self.run_id)
+        async def play(round_no: int, attempt: int) -> None:
+            nonlocal model
+            model = await self._round(round_no, attempt, model)
+
+        await play_rounds(self.co, self.run_id, done + 1, cfg.rounds, play)
 
     async def _round(self, round_no: int, attempt: int, model: bytes) -> bytes:
         cfg = self.config
