@@ -25,15 +25,29 @@ def adam(model: nn.Module, learning_rate: float) -> torch.optim.Adam:
 
 class DDPTrainer:
     def __init__(self, setup: Setup) -> None:
+        module = setup.task.build_model(setup.spec.seed, DenseLinears())
+        self._wrap(setup, module, dist.get_rank(), dist.get_world_size(), None)
+
+    def _wrap(
+        self,
+        setup: Setup,
+        module: nn.Module,
+        dp_rank: int,
+        dp_size: int,
+        group: dist.ProcessGroup | None,
+    ) -> None:
+        """Trains `module` data-parallel over `group` (all ranks: None) of `dp_size` ranks."""
         self.setup = setup
-        self._module = setup.task.build_model(setup.spec.seed, DenseLinears()).to(setup.device)
-        self._dp_size = dist.get_world_size()
-        self._dp_rank = dist.get_rank()
+        self._module = module.to(setup.device)
+        self._dp_rank, self._dp_size = dp_rank, dp_size
         self._wrapped: nn.Module = self._module
-        if self._dp_size > 1:
+        if dp_size > 1:
             device_ids = [setup.device] if setup.device.type == "cuda" else None
             self._wrapped = DistributedDataParallel(
-                self._module, device_ids=device_ids, gradient_as_bucket_view=True
+                self._module,
+                device_ids=device_ids,
+                process_group=group,
+                gradient_as_bucket_view=True,
             )
         self.optimizer = adam(self._module, setup.learning_rate)
         self.measured_state_bytes = 0

@@ -24,12 +24,10 @@ import torch.distributed as dist
 from megatron.core import ModelParallelConfig, parallel_state
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from quorum.baseline.engines import Setup
-from quorum.baseline.engines.ddp import adam
+from quorum.baseline.engines.ddp import DDPTrainer
 from quorum.baseline.gpt import DenseLinears
-from quorum.baseline.memory import state_bytes
 from quorum.errors import ConfigError
 
 
@@ -114,52 +112,23 @@ def shard_from_dense(parallel: nn.Module, dense: nn.Module, tp_rank: int, tp_siz
             param.copy_(whole)
 
 
-class MegatronTrainer:
+class MegatronTrainer(DDPTrainer):
     def __init__(self, setup: Setup) -> None:
-        self.setup = setup
         tp = setup.spec.tensor_parallel
         world = dist.get_world_size()
         if world % tp:
             raise ConfigError(f"tensor_parallel ({tp}) must divide the world size ({world})")
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
-        self._dp_rank = int(parallel_state.get_data_parallel_rank())
-        self._dp_size = int(parallel_state.get_data_parallel_world_size())
         seed = setup.spec.seed
         dense = setup.task.build_model(seed, DenseLinears())
         module = setup.task.build_model(seed, MegatronLinears(tp))
         shard_from_dense(module, dense, tp_rank, tp)
         del dense
-        self._module = module.to(setup.device)
-        self._wrapped: nn.Module = self._module
-        if self._dp_size > 1:
-            device_ids = [setup.device] if setup.device.type == "cuda" else None
-            self._wrapped = DistributedDataParallel(
-                self._module,
-                device_ids=device_ids,
-                process_group=parallel_state.get_data_parallel_group(),
-                gradient_as_bucket_view=True,
-            )
-        self.optimizer = adam(self._module, setup.learning_rate)
-        self.measured_state_bytes = 0
-
-    @property
-    def dp_rank(self) -> int:
-        return self._dp_rank
-
-    @property
-    def dp_size(self) -> int:
-        return self._dp_size
-
-    @property
-    def model(self) -> nn.Module:
-        return self._module
-
-    def train_step(self, inputs: Tensor, targets: Tensor, measure: bool = False) -> Tensor:
-        self.optimizer.zero_grad(set_to_none=False)
-        loss = self.setup.task.loss(self._wrapped(inputs), targets)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if measure:
-            self.measured_state_bytes = state_bytes(self._module, self.optimizer)
-        self.optimizer.step()
-        return loss.detach()
+        self._wrap(
+            setup,
+            module,
+            int(parallel_state.get_data_parallel_rank()),
+            int(parallel_state.get_data_parallel_world_size()),
+            parallel_state.get_data_parallel_group(),
+        )
