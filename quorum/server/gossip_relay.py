@@ -153,17 +153,7 @@ class GossipRound:
         self.stage = name
         started, t0 = time.time(), time.monotonic()
         deadline = t0 + (timeout if timeout is not None else self.config.gossip_stage_timeout_s)
-        while True:
-            left = waiting()
-            remaining = deadline - time.monotonic()
-            if not left or remaining <= 0:
-                break
-            # No await between the check and the clear: nothing can slip in unseen.
-            self.phase.changed.clear()
-            try:
-                await asyncio.wait_for(self.phase.changed.wait(), remaining)
-            except TimeoutError:
-                break
+        await self.phase.wait_until(lambda: not waiting(), deadline)
         async with self.phase.fold_lock:
             # Closed under the lock: a parcel being stored now is in, later ones are refused.
             self.stage = f"{name}:closed"

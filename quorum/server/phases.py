@@ -94,5 +94,19 @@ class Phase:
         async with self.fold_lock:
             pass
 
+    async def wait_until(self, done: Callable[[], bool], deadline: float) -> None:
+        """Until `done()` holds (checked each time a task of the phase changes) or the
+        `time.monotonic()` deadline passes; multi-stage phases wait on their stages so."""
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # No await between the check and the clear: nothing can slip in unseen.
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                return
+
     def unanswered(self) -> list[PendingTask]:
         return [t for t in self.tasks.values() if t.state in ("offered", "receiving")]

@@ -234,17 +234,9 @@ class SecureFit:
         started, t0 = time.time(), time.monotonic()
         deadline = t0 + timeout
         answered = self.answered[name]
-        while True:
-            waiting = [i for i in expected if i not in answered and i not in self.dropped]
-            remaining = deadline - time.monotonic()
-            if not waiting or remaining <= 0:
-                break
-            # No await between the check and the clear: nothing can slip in unseen.
-            self.phase.changed.clear()
-            try:
-                await asyncio.wait_for(self.phase.changed.wait(), remaining)
-            except TimeoutError:
-                break
+        await self.phase.wait_until(
+            lambda: all(i in answered or i in self.dropped for i in expected), deadline
+        )
         async with self.phase.fold_lock:
             # Closed under the fold lock: a masked vector being folded now is in, later ones
             # are refused.
