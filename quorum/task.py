@@ -73,6 +73,18 @@ def load_task(ref: str) -> FederatedTask:
     `python -m` would: the `quorum` console script does not put the working directory on the
     path by itself.
     """
+    task = import_ref(ref)
+    if not isinstance(task, FederatedTask):
+        raise TaskError(
+            f"task {ref!r} is not a FederatedTask (it needs initial_parameters(seed) and "
+            "site(data, device, seed))"
+        )
+    return task
+
+
+def import_ref(ref: str) -> object:
+    """The object `module:attribute` names, imported from the working directory first, then
+    among installed packages (an operator-given name, never one read from the wire)."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, sep, attr = ref.partition(":")
@@ -83,12 +95,6 @@ def load_task(ref: str) -> FederatedTask:
     except ImportError as exc:
         raise TaskError(f"task {ref!r}: cannot import module {module_name!r}: {exc}") from None
     try:
-        task = getattr(module, attr)
+        return getattr(module, attr)
     except AttributeError:
         raise TaskError(f"task {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(task, FederatedTask):
-        raise TaskError(
-            f"task {ref!r} is not a FederatedTask (it needs initial_parameters(seed) and "
-            "site(data, device, seed))"
-        )
-    return task

@@ -22,9 +22,6 @@ The worker trains every task with Adam (the optimiser of the federation's baseli
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -34,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from quorum.baseline.gpt import LinearFactory
 from quorum.errors import ConfigError, TaskError
+from quorum.task import import_ref
 
 Sample = tuple[torch.Tensor, ...]
 """An (input, target) pair; `TensorDataset`'s item type."""
@@ -68,18 +66,7 @@ class CentralisedTask(Protocol):
 def load_centralised_task(ref: str) -> CentralisedTask:
     """Imports `module:attribute` (an operator-given name; the working directory first, as
     `quorum.task.load_task` does) and checks that it is a CentralisedTask."""
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise TaskError(f"task {ref!r} is not of the form module:attribute")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TaskError(f"task {ref!r}: cannot import module {module_name!r}: {exc}") from None
-    task = getattr(module, attr, None)
-    if task is None:
-        raise TaskError(f"task {ref!r}: module {module_name!r} has no attribute {attr!r}")
+    task = import_ref(ref)
     if not isinstance(task, CentralisedTask):
         raise TaskError(
             f"task {ref!r} cannot train centralised: it needs build_model(seed, linears), "
