@@ -5,9 +5,12 @@ Sites train on whatever global model version was newest when they became free an
 τ = current version - base version, s(τ) = (1 + τ)^-α, refuses updates older than
 `max_staleness`, and every K accepted updates applies one server step
 
-    Δ̄ = (1/K) Σ s(τ_k) Δ_k,    m ← β m + Δ̄,    x ← x + η m
+    Δ̄ = Σ s(τ_k) n_k Δ_k / Σ n_k,    m ← β m + Δ̄,    x ← x + η m
 
-(β = 0: no momentum), then bumps the version. Pure numpy: memory is one float64 sum, whatever
+(β = 0: no momentum), then bumps the version. n_k is the update's example count, so that the
+buffer's mean is example-weighted as a sync FedAvg round's is (with equal counts it is the
+paper's (1/K) Σ s(τ_k) Δ_k); a site with a handful of examples does not pull the model as far
+as one with hundreds. Pure numpy: memory is one float64 sum, whatever
 K is.
 """
 
@@ -71,6 +74,7 @@ class FedBuff:
         self.beta = server_momentum
         self.version = version
         self._sum = np.zeros(numel, np.float64)
+        self._examples = 0.0
         self._momentum = np.zeros(numel, np.float64)
         self.buffered: list[Accepted] = []
 
@@ -89,13 +93,16 @@ class FedBuff:
             )
         return Accepted(staleness, staleness_weight(staleness, self.exponent))
 
-    def add(self, delta: np.ndarray, accepted: Accepted) -> bool:
-        """Buffers `s(τ) · delta`; True when the buffer is full (call `step`)."""
+    def add(self, delta: np.ndarray, accepted: Accepted, examples: float = 1.0) -> bool:
+        """Buffers `s(τ) · examples · delta`; True when the buffer is full (call `step`)."""
         if delta.shape != (self.numel,):
             raise ValueError(f"delta of shape {delta.shape}, expected ({self.numel},)")
         if self.full:
             raise ValueError("the buffer is full: apply the server step first")
-        self._sum += accepted.weight * delta.astype(np.float64, copy=False)
+        if not (examples > 0 and math.isfinite(examples)):
+            raise ValueError(f"an update's example count must be positive, got {examples}")
+        self._sum += (accepted.weight * examples) * delta.astype(np.float64, copy=False)
+        self._examples += examples
         self.buffered.append(accepted)
         return self.full
 
@@ -117,7 +124,7 @@ class FedBuff:
         failed checkpoint leaves the buffer as it was."""
         if not self.full:
             raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
-        momentum = self.beta * self._momentum + self._sum / self.buffer_size
+        momentum = self.beta * self._momentum + self._sum / self._examples
         new = current.astype(np.float64) + self.lr * momentum
         state = {
             "fedbuff.version": np.array([self.version + 1], np.int64),
@@ -130,6 +137,7 @@ class FedBuff:
         many updates it held."""
         count = len(self.buffered)
         self._sum[:] = 0.0
+        self._examples = 0.0
         self.buffered = []
         return count
 

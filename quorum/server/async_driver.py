@@ -298,7 +298,14 @@ class AsyncDriver:
             delay = min(30.0, 0.5 * 2 ** (misses - 1))
             self.cooldown[session.site] = (misses, time.monotonic() + delay)
 
-    def fold(self, phase: Phase, base_version: int, base: np.ndarray, vector: np.ndarray) -> None:
+    def fold(
+        self,
+        phase: Phase,
+        base_version: int,
+        base: np.ndarray,
+        vector: np.ndarray,
+        examples: float,
+    ) -> None:
         """Buffers one site's model (worker thread, under the shared fold lock); the K-th
         update applies the server step."""
         if self.ended is not None:
@@ -313,7 +320,7 @@ class AsyncDriver:
             self.store.apply_update(
                 task_id, self.buffer.version + 1, self.attempt, accepted.staleness
             )
-            if self.buffer.add(delta, accepted):
+            if self.buffer.add(delta, accepted, examples):
                 staleness = [a.staleness for a in self.buffer.buffered]
                 self._step(
                     {
@@ -509,5 +516,5 @@ class _Buffered:
         return self._count
 
     def fold(self, vector: np.ndarray, weight: float, /) -> None:
-        self.driver.fold(self.phase, self.base_version, self.base, vector)
+        self.driver.fold(self.phase, self.base_version, self.base, vector, weight)
         self._count += 1

@@ -46,8 +46,8 @@ def test_fedbuff_applies_exactly_k_weighted_updates_per_step(tmp_path: pathlib.P
     async def scenario() -> None:
         async with federation(tmp_path, [_async_config()]) as fed:
             fed.add_site("a", "delta=1.0,n=10,sleep=0.05")
-            fed.add_site("b", "delta=2.0,n=10,sleep=0.1")
-            fed.add_site("c", "delta=-1.0,n=10,sleep=0.4")  # slow: its updates go stale
+            fed.add_site("b", "delta=2.0,n=30,sleep=0.1")
+            fed.add_site("c", "delta=-1.0,n=60,sleep=0.4")  # slow: its updates go stale
             run = await fed.wait_run(timeout=60)
             assert run["rounds_completed"] == 5
             details = await _rounds(fed, run["id"], 5)
@@ -62,7 +62,11 @@ def test_fedbuff_applies_exactly_k_weighted_updates_per_step(tmp_path: pathlib.P
                     assert p["task_id"] not in seen  # no update is applied twice
                     seen.add(p["task_id"])
                     assert p["staleness"] is not None and p["staleness"] >= 0
-                    expected += staleness_weight(p["staleness"], 0.5) * DELTAS[p["site"]] / 2
+                # the buffer's mean is example-weighted: Σ s(τ)·n·δ / Σ n
+                expected += sum(
+                    staleness_weight(p["staleness"], 0.5) * p["num_examples"] * DELTAS[p["site"]]
+                    for p in applied
+                ) / sum(p["num_examples"] for p in applied)
                 fit_metrics = detail["metrics"]["fit"]
                 assert fit_metrics["num_updates"] == 2
                 assert fit_metrics["staleness_max"] == max(p["staleness"] for p in applied)

@@ -157,3 +157,18 @@ def test_a_missing_site_is_skipped_and_the_rows_renormalised() -> None:
     mixed = mix(models, weights)
     np.testing.assert_allclose(mixed[1], [0.5, 0.5])
     assert 2 not in mixed
+
+
+def test_fedbuff_buffer_mean_is_example_weighted() -> None:
+    buffer = FedBuff(2, buffer_size=2, staleness_exponent=1.0)
+    fresh = buffer.admit(0)
+    buffer.add(np.array([1.0, 0.0]), fresh, examples=1)
+    buffer.add(np.array([0.0, 4.0]), fresh, examples=3)
+    # (1·[1, 0] + 3·[0, 4]) / 4: the site with three times the examples pulls three times as far
+    np.testing.assert_allclose(buffer.step(np.zeros(2)), [0.25, 3.0])
+    stale = FedBuff(1, buffer_size=2, staleness_exponent=1.0, version=1)
+    stale.add(np.array([2.0]), stale.admit(0), examples=2)  # τ = 1: s = 1/2
+    stale.add(np.array([2.0]), stale.admit(1), examples=2)
+    np.testing.assert_allclose(stale.step(np.zeros(1)), [(0.5 * 2 * 2 + 2 * 2) / 4])
+    with pytest.raises(ValueError, match="example count"):
+        stale.add(np.array([1.0]), stale.admit(2), examples=0)
