@@ -83,3 +83,11 @@ def test_a_failed_job_leaves_no_pooled_line(tmp_path: pathlib.Path) -> None:
     }
     report.plot(out, tmp_path / "plot.png")
     assert pooled.section(None, None) is None
+
+
+@pytest.mark.parametrize("example", ["heart_disease", "shakespeare"])
+def test_the_bundled_sim_examples_load_and_name_a_valid_pooled_job(example: str) -> None:
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / example / "sim.toml"
+    sim = config.load(config.SimFile, path)
+    job = pooled.spec(sim)
+    assert job.task == sim.run.task and job.data == "pooled"
