@@ -405,6 +405,7 @@ class TorchTask:
         # torch's optimisers import torch._dynamo on their first step (about 1 s): done here,
         # the cost falls on the agent's start, not inside the first round's fit.
         import torch._dynamo  # noqa: F401
+
         self.model = model.to(self.device)
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn
         self.optimizer = optimizer
