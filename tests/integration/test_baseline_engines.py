@@ -119,3 +119,22 @@ def test_zero3_follows_ddp_for_50_steps(jobs: dict[str, Any]) -> None:
     assert max(abs(a - b) for a, b in zip(zero0, zero3, strict=True)) < 1e-5
     assert ddp[:2] == pytest.approx(zero3[:2], abs=1e-5)
     assert max(abs(a - b) / a for a, b in zip(ddp, zero3, strict=True)) < 0.03
+
+
+def test_zero2_with_the_optimiser_state_offloaded_to_cpu_trains_as_without(
+    tmp_path: pathlib.Path, jobs: dict[str, Any]
+) -> None:
+    result, progress = run_job(
+        tmp_path / "offload",
+        engine="deepspeed",
+        zero_stage=2,
+        offload="cpu",
+        steps=10,
+        log_every=1,
+    )
+    losses = [r["loss"] for r in progress]
+    zero0 = [r["loss"] for r in jobs["zero0"][1]][:10]
+    assert len(losses) == 10
+    # the same Adam on the same CPU, only where its state lives differs
+    assert max(abs(a - b) for a, b in zip(zero0, losses, strict=True)) < 1e-5
+    assert result["engine"] == "deepspeed" and len(result["state_bytes"]) == K
