@@ -302,6 +302,7 @@ class Coordinator:
             and task.state in ("offered", "receiving")
             and not task.phase.closed
             and exc.code != "duplicate"  # the first answer of the task is still in flight
+            and task.phase.ends_on_refusal(exc.code)
         ):
             self.store.finish_participation(task.id, "rejected", error=f"{exc.code}: {exc.message}")
             task.phase.finish(task)

@@ -44,6 +44,14 @@ class GossipPhase(Phase):
 
     relay: GossipRound | None = None
 
+    def ends_on_refusal(self, code: str) -> bool:
+        # A parcel that missed the send deadline is not relayed, but its site still mixes what
+        # it receives and reports: that refusal does not take it out of the round.
+        return code != PARCEL_LATE
+
+
+PARCEL_LATE = "parcel_late"
+
 
 @dataclass(frozen=True)
 class Parcel:
@@ -305,8 +313,10 @@ class GossipRound:
                 "gossip_parcel_expected", "a gossip round takes sealed models for neighbours"
             )
         r = header.gossip.receiver
+        if self.stage == "keys":
+            raise UploadRejected("wrong_stage", "a parcel arrived during the keys stage")
         if self.stage != "send":
-            raise UploadRejected("wrong_stage", f"a parcel arrived during the {self.stage} stage")
+            raise UploadRejected(PARCEL_LATE, "the send stage closed at its deadline")
         if r not in self.receivers[i] or r not in self.keys or i not in self.keys:
             raise UploadRejected("not_a_receiver", f"site {r} does not take this site's model")
         if (i, r) in self.parcels:
@@ -331,7 +341,7 @@ class GossipRound:
         i, r = self.index[task.id], header.gossip.receiver
         async with self.phase.fold_lock:
             if self.stage != "send":
-                raise UploadRejected("task_closed", "the send stage closed at its deadline")
+                raise UploadRejected(PARCEL_LATE, "the send stage closed at its deadline")
             if (i, r) in self.parcels:
                 raise UploadRejected("duplicate", f"a model for site {r} was already relayed")
             self.parcels[(i, r)] = Parcel(digest, bytes(data))

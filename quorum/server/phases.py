@@ -76,6 +76,11 @@ class Phase:
     """Set whenever one of its tasks is answered or loses its site; multi-stage phases wait
     on it."""
 
+    def ends_on_refusal(self, code: str) -> bool:
+        """Whether a refused answer (of this code) ends the site's task: it does for a phase
+        whose tasks answer once; a gossip round's sites send several parcels."""
+        return True
+
     def finish(self, task: PendingTask) -> None:
         task.state = "done"
         self.changed.set()

@@ -207,8 +207,11 @@ async def test_a_site_that_misses_a_round_is_mixed_around(tmp_path: pathlib.Path
         fits = {p["site"]: p["status"] for p in detail["participants"] if p["kind"] == "fit"}
         assert fits["c"] in ("lost", "timed_out")
         assert [fits[n] for n in ("a", "b", "d")] == ["ok", "ok", "ok"]
-        skipped = [r for r in detail["rejected_uploads"] if r["site"] == "a"]
-        assert [r["code"] for r in skipped] == ["neighbour_missing"]
+        skipped = [r["code"] for r in detail["rejected_uploads"] if r["site"] == "a"]
+        # a's own parcel for c may still be on its way when c's drop closes the send stage:
+        # it is then refused as late, and a stays in the round all the same
+        assert "neighbour_missing" in skipped
+        assert set(skipped) <= {"neighbour_missing", "parcel_late"}
         want = expected(2, missing={2: {"c"}})
         for name in ("a", "b", "d"):
             value = site_value(models[name], record["id"], 2)
