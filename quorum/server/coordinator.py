@@ -8,6 +8,7 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from quorum.config import RunConfig
@@ -379,45 +380,47 @@ class Coordinator:
 
     def on_secagg(self, session: Session, reply: pb.SecAggReply) -> None:
         """A secure-aggregation message: keys, key shares or unmask shares."""
-        task = self._tasks.get(reply.task_id)
-        try:
-            if task is None or task.phase.secagg is None:
+
+        def receive(task: PendingTask) -> None:
+            if task.phase.secagg is None:
                 raise UploadRejected(
                     "unknown_task", f"no secure-aggregation task {reply.task_id!r} is open"
                 )
-            if task.session_id != session.id:
-                raise UploadRejected(
-                    "wrong_session", f"task {reply.task_id!r} was offered to another session"
-                )
-            if task.phase.closed:
-                raise UploadRejected("task_closed", f"task {reply.task_id!r} has ended")
             task.phase.secagg.receive(task, reply)
-        except UploadRejected as exc:
-            self.refuse(session, reply.task_id, exc)
-            session.send(
-                pb.ServerMessage(
-                    notice=pb.Notice(task_id=reply.task_id, code=exc.code, message=exc.message)
-                )
-            )
+
+        self._on_stage_reply(session, reply.task_id, "secure-aggregation", receive)
 
     def on_gossip(self, session: Session, reply: pb.GossipReply) -> None:
         """A gossip round's message: a site's signed round key, or its report."""
-        task = self._tasks.get(reply.task_id)
-        try:
-            if task is None or not isinstance(task.phase, GossipPhase) or task.phase.relay is None:
+
+        def receive(task: PendingTask) -> None:
+            if not isinstance(task.phase, GossipPhase) or task.phase.relay is None:
                 raise UploadRejected("unknown_task", f"no gossip task {reply.task_id!r} is open")
+            task.phase.relay.receive(task, reply)
+
+        self._on_stage_reply(session, reply.task_id, "gossip", receive)
+
+    def _on_stage_reply(
+        self, session: Session, task_id: str, what: str, receive: Callable[[PendingTask], None]
+    ) -> None:
+        """A multi-stage task's message on the session stream: checked against its open task,
+        handed to `receive`; a refusal is recorded and told to the site."""
+        task = self._tasks.get(task_id)
+        try:
+            if task is None:
+                raise UploadRejected("unknown_task", f"no {what} task {task_id!r} is open")
             if task.session_id != session.id:
                 raise UploadRejected(
-                    "wrong_session", f"task {reply.task_id!r} was offered to another session"
+                    "wrong_session", f"task {task_id!r} was offered to another session"
                 )
             if task.phase.closed:
-                raise UploadRejected("task_closed", f"task {reply.task_id!r} has ended")
-            task.phase.relay.receive(task, reply)
+                raise UploadRejected("task_closed", f"task {task_id!r} has ended")
+            receive(task)
         except UploadRejected as exc:
-            self.refuse(session, reply.task_id, exc)
+            self.refuse(session, task_id, exc)
             session.send(
                 pb.ServerMessage(
-                    notice=pb.Notice(task_id=reply.task_id, code=exc.code, message=exc.message)
+                    notice=pb.Notice(task_id=task_id, code=exc.code, message=exc.message)
                 )
             )
 
