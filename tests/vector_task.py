@@ -3,11 +3,13 @@
 A site's `data` string sets its behaviour: `delta=0.5,n=10,acc=0.8,sleep=0` — fit returns the
 received parameters plus `delta` everywhere with `num_examples = n` (after sleeping `sleep`
 seconds); evaluate reports accuracy `acc` on `n` examples. After R FedAvg rounds the global model
-is therefore exactly R times the example-weighted mean delta.
+is therefore exactly R times the example-weighted mean delta. `hold=PATH,hold_from=R` makes fits
+of round R or later wait while the file PATH exists, so a test can order sites without timing.
 """
 
 from __future__ import annotations
 
+import pathlib
 import time
 from dataclasses import dataclass
 
@@ -23,11 +25,16 @@ class VectorSite:
     n: int
     acc: float
     sleep: float
+    hold: pathlib.Path | None
+    hold_from: int
 
     def fit(self, params: Params, config: JSONConfig) -> FitResult:
+        round_no = int(config.get("round", 1))
+        while self.hold is not None and round_no >= self.hold_from and self.hold.exists():
+            time.sleep(0.05)
         time.sleep(self.sleep)
         out = {k: (v + np.asarray(self.delta, v.dtype)).astype(v.dtype) for k, v in params.items()}
-        return FitResult(out, self.n, {"loss": 1.0 / float(config.get("round", 1))})
+        return FitResult(out, self.n, {"loss": 1.0 / float(round_no)})
 
     def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
         return EvalResult(self.n, {"accuracy": self.acc, "loss": 1.0 - self.acc})
@@ -44,6 +51,8 @@ class VectorTask:
             n=int(fields.get("n", 1)),
             acc=float(fields.get("acc", 0.5)),
             sleep=float(fields.get("sleep", 0.0)),
+            hold=pathlib.Path(fields["hold"]) if "hold" in fields else None,
+            hold_from=int(fields.get("hold_from", 1)),
         )
 
 

@@ -66,7 +66,6 @@ def run_simulation(
                 "admin_token": token,
             }
         ),
-        runs=[sim.run],
     )
     store = Store(state_dir / "quorum.db")
     keys = work / "keys"
@@ -133,6 +132,11 @@ def run_simulation(
         admin.wait_ready(60)
         # The pooled baseline is a baseline job of the server, like any operator's.
         job = pooled.submit(admin, baseline_spec) if baseline_spec is not None else None
+        # The run starts once every site is connected, as an operator would submit it: else
+        # its first round could start without a site still starting up (on a loaded machine,
+        # longer than the round's wait_timeout_s) and the simulation would not be the one asked.
+        _await_sites(admin, sim, children, started + sim.sim.timeout_s, console)
+        admin.post("/api/v1/runs", sim.run.model_dump(mode="json", exclude_none=True))
         run = _follow(admin, sim, server, console, started)
         rounds = admin.get(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
         privacy = admin.get(f"/api/v1/runs/{run['id']}/privacy")
@@ -171,6 +175,32 @@ def _dp_flags(sim: SimFile, site: SimSite) -> list[str]:
         "--dp-accountant",
         budget.accountant,
     ]
+
+
+def _await_sites(
+    admin: AdminClient,
+    sim: SimFile,
+    children: list[processes.Child],
+    deadline: float,
+    console: Console,
+) -> None:
+    """Waits until every site of the simulation is connected; fails when a child exits first."""
+    with console.status("waiting for the sites to connect…") as status:
+        while True:
+            connected = {s["name"] for s in admin.get("/api/v1/sites") if s["connected"]}
+            if connected >= {site.name for site in sim.sites}:
+                return
+            status.update(
+                f"waiting for the sites to connect ({len(connected)} of {len(sim.sites)})…"
+            )
+            for child in children:
+                if not child.alive():
+                    raise QuorumError(
+                        f"{child.name} exited before the run started:\n{child.log_tail()}"
+                    )
+            if time.monotonic() > deadline:
+                raise QuorumError(f"simulation exceeded sim.timeout_s = {sim.sim.timeout_s:.0f} s")
+            time.sleep(0.2)
 
 
 def _follow(

@@ -97,9 +97,14 @@ def test_server_killed_mid_buffer_discards_it_and_the_run_finishes(deployment: D
 def test_site_killed_as_it_starts_a_fit_rejoins_after_a_restart(deployment: Deployment) -> None:
     d = deployment
     d.run = _async()
+    # a and b hold their fits from round 3 on until c, restarted, has an update in a step: else
+    # they could finish the run while c's new process is still starting
+    hold = d.root / "hold"
+    hold.touch()
+    held = f"sleep=0.3,hold={hold},hold_from=3"
     d.start_server()
-    d.start_site("a", "delta=1.0,n=1,sleep=0.3")
-    d.start_site("b", "delta=2.0,n=1,sleep=0.3")
+    d.start_site("a", f"delta=1.0,n=1,{held}")
+    d.start_site("b", f"delta=2.0,n=1,{held}")
     key = d.keygen_and_add("c")
     args = ["--server", d.address, "--site-key", str(key), "--task", TASK, "--insecure"]
     data = ["--data", "delta=-1.0,n=1,sleep=0.3", "--device", "cpu"]
@@ -107,16 +112,23 @@ def test_site_killed_as_it_starts_a_fit_rejoins_after_a_restart(deployment: Depl
     victim.process.wait(timeout=60)
     assert victim.process.returncode == -signal.SIGKILL
     d.start_agent("site-c-restarted", *args, *data)
+
+    def restarted_c_fed_a_step() -> bool:
+        run = d.run_record()
+        assert run is not None
+        # offered in round r - staleness: the first c crashed at its first offer of round >= 3,
+        # so an update offered in round 3 or later is the restarted process's
+        return any(
+            p["site"] == "c" and p["status"] == "accepted" and r - p["staleness"] >= 3
+            for r in range(3, run["rounds_completed"] + 2)
+            for p in d.get(f"/api/v1/runs/{run['id']}/rounds/{r}")["participants"]
+            if p["kind"] == "fit"
+        )
+
+    d.wait(restarted_c_fed_a_step, 60, "an accepted update of the restarted c")
+    hold.unlink()
     run = d.wait_run(timeout=120)
-    details = _check_model(d, run["id"], 6)
-    contributors = [
-        (detail["round"], p["site"])
-        for detail in details
-        for p in detail["participants"]
-        if p["status"] == "accepted"
-    ]
-    # c trained again after its restart: it contributed to a step after its crash
-    assert any(site == "c" and r >= 3 for r, site in contributors), contributors
+    _check_model(d, run["id"], 6)
 
 
 @pytest.mark.slow
