@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from bench.common import BENCH_DIR, ROUND_TIME_DEFINITION, VENV_BIN, RunSpec, child_env
 from bench.procmon import MiB, Monitor, kill_tree, stats, vm_hwm
-from quorum.sim.processes import free_port
+from quorum.ports import free_port
 
 APP_DIR = BENCH_DIR / "flower_app"
 ACTIVATED = re.compile(r"Activated node_id=")

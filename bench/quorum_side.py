@@ -23,6 +23,7 @@ from bench.procmon import MiB, Monitor, kill_tree, stats, tree_of, vm_hwm
 from bench.tasks import PARAMS_ENV
 from quorum import identity
 from quorum.admin.client import AdminClient
+from quorum.ports import free_port
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.store import Store
 from quorum.sim import processes
@@ -224,7 +225,7 @@ def run(spec: RunSpec, options: Options | None = None) -> dict[str, Any]:
     work = spec.fresh_dir("quorum", options.variant)
     state_dir = work / "state"
     register_sites(state_dir, work / "keys", spec.nodes)
-    fed_port, admin_port = processes.free_port(), processes.free_port()
+    fed_port, admin_port = free_port(), free_port()
     token = secrets.token_urlsafe(24)
     (work / "server.toml").write_text(
         tomli_w.dumps(server_config(spec, state_dir, fed_port, admin_port, token, options.secagg))

@@ -6,10 +6,15 @@ import os
 import pathlib
 
 
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
+def write_atomic(path: pathlib.Path, data: bytes, mode: int | None = None) -> None:
+    """Readers see the old file or the whole new one, never a part. `mode` (else the umask's)
+    holds from the first byte: a secret is never readable by others, not even in the temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+    if mode is not None:
+        os.fchmod(fd, mode)  # O_CREAT's mode is cut by the umask; an old temp file keeps its own
+    with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

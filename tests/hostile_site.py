@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,11 +33,19 @@ class HostileSite:
         signature = identity.sign_join(key, challenge.server_id, challenge.nonce)
         self._out.put(pb.SiteMessage(join=pb.JoinProof(signature=signature)))
         self.session_id = next(self._call).welcome.session_id
+        self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        # A real agent beats whether or not the server says anything; the server closes a
+        # session silent for longer than session_timeout_s.
+        self._beater = threading.Thread(target=self._beat, daemon=True)
+        self._beater.start()
+
+    def _beat(self) -> None:
+        while not self._closed.wait(1.0):
+            self._out.put(pb.SiteMessage(heartbeat=pb.Heartbeat()))
 
     def _read(self) -> None:
-        last_beat = time.monotonic()
         try:
             for message in self._call:
                 if message.WhichOneof("kind") == "notice":
@@ -58,9 +65,6 @@ class HostileSite:
                             )
                         )
                     )
-                if time.monotonic() - last_beat > 1:
-                    self._out.put(pb.SiteMessage(heartbeat=pb.Heartbeat()))
-                    last_beat = time.monotonic()
         except grpc.RpcError:
             pass
 
@@ -99,5 +103,6 @@ class HostileSite:
         return receipt
 
     def close(self) -> None:
+        self._closed.set()
         self._out.put(None)
         self.channel.close()

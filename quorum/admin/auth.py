@@ -7,10 +7,10 @@ sites, an admin may do everything.
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import secrets
 
+from quorum.atomic import write_atomic
 from quorum.server.store import Store
 
 ROLES = ("viewer", "operator", "admin")
@@ -34,10 +34,6 @@ def ensure_admin_token(store: Store, state_dir: pathlib.Path, configured: str | 
     if store.has_tokens():
         return None
     token = secrets.token_urlsafe(32)
-    path = state_dir / TOKEN_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    write_atomic(state_dir / TOKEN_FILE, (token + "\n").encode(), mode=0o600)
     store.add_token(hash_token(token), "admin", "generated")
     return token

@@ -38,7 +38,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ from typing import Any
 from quorum.atomic import write_atomic
 from quorum.baseline.spec import BaselineSpec
 from quorum.errors import BaselineError
+from quorum.ports import free_port
 
 SPEC_FILE = "spec.json"
 PROGRESS_FILE = "progress.jsonl"
@@ -80,14 +80,6 @@ def command(spec: BaselineSpec, out_dir: str | os.PathLike[str]) -> list[str]:
         "--out",
         str(out),
     ]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_spec(spec: BaselineSpec, out_dir: str | os.PathLike[str]) -> pathlib.Path:

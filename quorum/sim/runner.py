@@ -24,6 +24,7 @@ from quorum.admin.client import AdminClient
 from quorum.client.faults import Crash
 from quorum.config import ServerConfig, ServerFile, SimFile, SimSite, resolve_data
 from quorum.errors import ConfigError, QuorumError
+from quorum.ports import free_port
 from quorum.server.store import Store
 from quorum.sim import pooled, processes, report
 from quorum.task import HasBaselines, load_task
@@ -55,7 +56,7 @@ def run_simulation(
     shutil.rmtree(work, ignore_errors=True)
     state_dir = work / "state"
     token = secrets.token_urlsafe(24)
-    fed_port, admin_port = processes.free_port(), processes.free_port()
+    fed_port, admin_port = free_port(), free_port()
     server_file = ServerFile(
         server=ServerConfig(
             **{

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import tomli_w
 
 from quorum.admin.client import AdminClient
+from quorum.ports import free_port
 from quorum.sim import processes
 
 TOKEN = "e2e-test-token"
@@ -61,8 +63,8 @@ def heart_disease_sim(
 class Deployment:
     root: pathlib.Path
     run: dict[str, Any] | None
-    fed_port: int = field(default_factory=processes.free_port)
-    admin_port: int = field(default_factory=processes.free_port)
+    fed_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
     children: list[processes.Child] = field(default_factory=list)
     tls: tuple[pathlib.Path, pathlib.Path] | None = None
     """(certificate, key) to serve both ports with TLS; plaintext (`--insecure`) otherwise."""
@@ -167,6 +169,24 @@ class Deployment:
             f"sites {sorted(names)} to connect",
         )
 
+    def kill_server_in_round(
+        self, server: processes.Child, round_no: int, hold: pathlib.Path
+    ) -> None:
+        """SIGKILLs the server once round `round_no` has offered its fits, then deletes `hold`.
+        The sites must run with `hold=HOLD,hold_from=ROUND` so that the round is still running
+        at the kill however slow the machine is."""
+
+        def offered() -> bool:
+            run = self.run_record()
+            if not run or run["rounds_completed"] < round_no - 1:
+                return False
+            return bool(self.get(f"/api/v1/runs/{run['id']}/rounds/{round_no}")["cohort"])
+
+        self.wait(offered, 90, f"round {round_no}'s fit offers")
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        hold.unlink()
+
     def admin(self) -> AdminClient:
         if self.tls:
             return AdminClient(f"https://127.0.0.1:{self.admin_port}", TOKEN, str(self.tls[0]))
@@ -214,7 +234,7 @@ def run_settings(**overrides: Any) -> dict[str, Any]:
         "rounds": 3,
         "min_fit_sites": 2,
         "min_available_sites": 2,
-        "wait_timeout_s": 30.0,
+        "wait_timeout_s": 120.0,  # a restarted agent may be in a long reconnect backoff
         "round_timeout_s": 20.0,
         "evaluate_timeout_s": 20.0,
         **overrides,

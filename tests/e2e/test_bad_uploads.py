@@ -82,6 +82,7 @@ def test_each_bad_upload_is_refused_and_never_aggregated(deployment: Deployment)
         },
     )
     admin.close()
+    d.wait_connected({"honest-1", "honest-2"})
     mallory = HostileSite(d.address, key, TASK)
     d.wait_connected({"honest-1", "honest-2", "mallory"})
     run = d.submit(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import time
+from typing import Any
 
 import httpx
 
@@ -103,15 +104,16 @@ def test_generated_admin_token_is_written_to_the_state_dir(tmp_path: pathlib.Pat
         token_file = d.state_dir / "admin.token"
         d.wait(token_file.exists, 30, "admin.token")
         token = token_file.read_text().strip()
-        assert token_file.stat().st_mode & 0o777 == 0o600
-        health = d.wait(
-            lambda: httpx.get(
+        assert token and token_file.stat().st_mode & 0o777 == 0o600
+
+        def healthy() -> Any:
+            reply = httpx.get(
                 f"http://127.0.0.1:{d.admin_port}/api/v1/health",
                 headers={"Authorization": f"Bearer {token}"},
-            ).json(),
-            30,
-            "health with the generated token",
-        )
+            )
+            return reply.status_code == 200 and reply.json()  # 401 until the token is stored
+
+        health = d.wait(healthy, 30, "health with the generated token")
         assert health["status"] == "ok"
     finally:
         d.stop()

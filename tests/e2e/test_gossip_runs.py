@@ -5,7 +5,6 @@ whose interrupted round is run again from the sites' models of the round before.
 from __future__ import annotations
 
 import pathlib
-import signal
 from typing import Any
 
 import numpy as np
@@ -62,7 +61,8 @@ def test_gossip_site_killed_mid_run_resumes_from_its_kept_model(tmp_path: pathli
         site_args += ["--data", f"delta={SITES['c']},n=10,sleep=0.5", "--device", "cpu"]
         victim = d.start_agent("site-c", *site_args, "--insecure", "--crash-at", "3:gossip-mix")
         d.wait_connected({"a", "b", "c", "d"})
-        d.submit(gossip_settings(rounds=6, min_fit_sites=3, min_available_sites=3))
+        # round 3 goes on without c; round 4 waits for its restarted process
+        d.submit(gossip_settings(rounds=6, min_fit_sites=3, min_available_sites=4))
         victim.process.wait(timeout=60)  # it SIGKILLs itself after sending in round 3
         d.start_agent("site-c-restarted", *site_args, "--insecure")
         run = d.wait_run(timeout=90)
@@ -86,11 +86,11 @@ def test_gossip_server_killed_mid_round_reruns_it_from_the_sites_models(
     d = Deployment(tmp_path, gossip_settings(rounds=4))
     try:
         server = d.start_server()
+        hold = d.root / "hold"  # the sites hold their round-3 fits until the server is killed
+        hold.touch()
         for name, delta in SITES.items():
-            d.start_site(name, f"delta={delta},n=10,sleep=1.0")
-        d.wait(lambda: (r := d.run_record()) and r["rounds_completed"] >= 2, 90, "round 2")
-        server.process.send_signal(signal.SIGKILL)
-        server.process.wait()
+            d.start_site(name, f"delta={delta},n=10,sleep=0.2,hold={hold},hold_from=3")
+        d.kill_server_in_round(server, 3, hold)
         d.start_server()  # same config and state; the sites rejoin on their own
         run = d.wait_run(timeout=120)
         attempts: dict[int, list[str]] = {}

@@ -23,16 +23,16 @@ def _final_value(d: Deployment, run_id: str, round_no: int) -> np.ndarray:
 
 
 def _kill_server_in_round_3_and_finish(d: Deployment, run: dict[str, Any]) -> dict[str, Any]:
-    """Two sites (a: delta 1, n 1; b: delta 3, n 3; a second of training each), SIGKILL of the
-    server as round 3 runs, a restart on the same state; returns the finished run."""
+    """Two sites (a: delta 1, n 1; b: delta 3, n 3), SIGKILL of the server as round 3 runs (the
+    sites hold their round-3 fits until then), a restart on the same state; returns the finished
+    run."""
     d.run = run
     server = d.start_server()
-    d.start_site("a", "delta=1.0,n=1,sleep=1.0")
-    d.start_site("b", "delta=3.0,n=3,sleep=1.0")
-    # Round 3 starts the moment round 2 completes and lasts about a second: kill it then.
-    d.wait(lambda: (r := d.run_record()) and r["rounds_completed"] >= 2, 60, "round 2")
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait()
+    hold = d.root / "hold"
+    hold.touch()
+    d.start_site("a", f"delta=1.0,n=1,sleep=0.2,hold={hold},hold_from=3")
+    d.start_site("b", f"delta=3.0,n=3,sleep=0.2,hold={hold},hold_from=3")
+    d.kill_server_in_round(server, 3, hold)
     d.start_server()  # same config, same state directory; the sites rejoin on their own
     return d.wait_run(timeout=90)
 
@@ -67,7 +67,9 @@ def test_site_killed_mid_round_costs_only_its_update(deployment: Deployment) -> 
     d.start_server()
     d.start_site("a", "delta=1.0,n=1,sleep=0.3")
     d.start_site("b", "delta=1.0,n=1,sleep=0.3")
-    victim = d.start_site("c", "delta=4.0,n=1,sleep=2.5")
+    hold = d.root / "hold"  # never deleted: c is always mid-fit in round 2 when it is killed
+    hold.touch()
+    victim = d.start_site("c", f"delta=4.0,n=1,sleep=0.3,hold={hold},hold_from=2")
     d.wait_connected({"a", "b", "c"})
     d.submit(run_settings(rounds=3, min_fit_sites=2, min_available_sites=2))
 

@@ -16,8 +16,8 @@ from quorum import identity
 from quorum.admin.client import AdminClient
 from quorum.client.agent import Backoff, SiteAgent, StageHook
 from quorum.config import RunConfig, ServerConfig, ServerFile
+from quorum.ports import free_port
 from quorum.server.app import Server
-from quorum.sim.processes import free_port
 from quorum.task import SiteTask
 from tests.vector_task import task as vector_task
 
@@ -148,3 +148,23 @@ async def federation(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(agent, 5)
         await srv.stop()
+
+
+async def first_aborted(fed: Federation) -> dict[str, Any]:
+    """The first aborted attempt of round 1, once there is one."""
+
+    async def probe() -> dict[str, Any] | None:
+        runs = await fed.api("/api/v1/runs")
+        if not runs:
+            return None
+        try:
+            detail = await fed.api(f"/api/v1/runs/{runs[0]['id']}/rounds/1")
+        except Exception:
+            return None
+        for attempt in [*detail["earlier_attempts"], detail]:
+            if attempt["status"] == "aborted":
+                return attempt
+        return None
+
+    found: dict[str, Any] = await wait_for(probe, 30)
+    return found

@@ -18,6 +18,7 @@ from quorum.baseline import launcher
 from quorum.baseline.extra import missing_packages
 from quorum.baseline.gpt import parameter_count
 from quorum.baseline.spec import BaselineSpec
+from quorum.ports import free_port
 from tests.baseline_tasks import TINY
 
 pytestmark = [
@@ -72,7 +73,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_tensor_parallel_matches_one_process(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "tp.json"
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    argv += ["--master-addr", "127.0.0.1", "--master-port", str(launcher.free_port())]
+    argv += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
     argv += ["-m", "tests.integration.tp_exactness", str(out)]
     process = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]

@@ -16,7 +16,7 @@ from quorum.privacy.secagg import ServerRound, encode_update, error_bound
 from quorum.proto import federation_pb2 as pb
 from quorum.server.sessions import Session
 from quorum.wire import blobs
-from tests.integration.harness import Federation, federation, run_config, wait_for
+from tests.integration.harness import Federation, federation, first_aborted, run_config
 from tests.vector_task import expected_fedavg
 
 SECAGG = {"enabled": True, "threshold": 3, "clip_range": 4.0, "quantization_bits": 24}
@@ -145,7 +145,7 @@ def test_a_cohort_below_the_threshold_aborts_the_round_and_the_run_goes_on(
         config = one_round(threshold=4)
         async with federation(tmp_path, [config]) as fed:
             start(fed, {"b": crash_at(1, "masked-input"), "d": crash_at(1, "masked-input")})
-            first = await _first_aborted(fed)
+            first = await first_aborted(fed)
             assert "secure aggregation" in first["abort_reason"]
             assert "threshold" in first["abort_reason"]
             assert first["secagg"]["recovered"] is False
@@ -217,7 +217,7 @@ def test_a_key_substituted_by_the_relay_is_refused_by_every_neighbour(
     async def scenario() -> None:
         async with federation(tmp_path, [one_round()]) as fed:
             start(fed)
-            detail = await _first_aborted(fed)
+            detail = await first_aborted(fed)
             assert "threshold" in detail["abort_reason"]
             share = next(s for s in detail["secagg"]["stages"] if s["stage"] == "share-keys")
             # Every neighbour of site 2 ("c") refused the substituted key.
@@ -276,7 +276,7 @@ def test_without_the_servers_check_the_cohort_itself_catches_another_model(
         async with federation(tmp_path, [one_round()]) as fed:
             server["coordinator"] = fed.server.coordinator
             start(fed)
-            detail = await _first_aborted(fed)
+            detail = await first_aborted(fed)
             share = next(s for s in detail["secagg"]["stages"] if s["stage"] == "share-keys")
             assert sorted(d["site"] for d in share["dropped"]) == ["a", "b", "c", "d", "e"]
             assert all("signature" in d["reason"] for d in share["dropped"])
@@ -284,38 +284,26 @@ def test_without_the_servers_check_the_cohort_itself_catches_another_model(
     asyncio.run(scenario())
 
 
-async def _first_aborted(fed: Federation) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        runs = await fed.api("/api/v1/runs")
-        if not runs:
-            return None
-        try:
-            detail = await fed.api(f"/api/v1/runs/{runs[0]['id']}/rounds/1")
-        except Exception:
-            return None
-        for attempt in [*detail["earlier_attempts"], detail]:
-            if attempt["status"] == "aborted":
-                return attempt
-        return None
-
-    found: dict[str, Any] = await wait_for(probe, 30)
-    return found
-
-
 def test_a_site_silent_past_the_stage_deadline_is_a_dropout(tmp_path: pathlib.Path) -> None:
+    hold = tmp_path / "hold"  # e's fit waits while it exists: e is silent until released
+    hold.touch()
+
     async def scenario() -> None:
-        config = one_round().model_copy(update={"round_timeout_s": 1.5})
+        config = one_round().model_copy(update={"round_timeout_s": 3.0})
         async with federation(tmp_path, [config]) as fed:
-            for name, (delta, n) in SITES.items():
-                slow = ",sleep=4" if name == "e" else ""
-                fed.add_site(name, f"delta={delta},n={n}{slow}")
-            run = await fed.wait_run()
+            try:
+                for name, (delta, n) in SITES.items():
+                    held = f",hold={hold}" if name == "e" else ""
+                    fed.add_site(name, f"delta={delta},n={n}{held}")
+                run = await fed.wait_run()
+            finally:
+                hold.unlink()
             detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
             masked = next(s for s in detail["secagg"]["stages"] if s["stage"] == "masked-input")
             assert masked["dropped"] == [
                 {"site": "e", "reason": "no answer before the masked-input deadline"}
             ]
-            assert 1.4 < masked["duration_s"] < 4
+            assert 2.9 < masked["duration_s"] < 10
             assert_fedavg_of(final_value(fed, run["id"], 1), ["a", "b", "c", "d"])
 
     asyncio.run(scenario())

@@ -27,6 +27,7 @@ def test_sites_spend_their_own_budget_and_a_spent_site_refuses(tmp_path: pathlib
         min_available_sites=2,
         fraction_evaluate=0.0,
         site_config={"local_steps": 5, "batch_size": 8, "lr": 0.01},
+        round_timeout_s=60,  # a first DP-SGD fit on a loaded machine; a retry would spoil counts
     )
 
     async def scenario() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from quorum.wire import blobs
-from tests.integration.harness import federation, run_config
+from tests.integration.harness import federation, first_aborted, run_config
 from tests.vector_task import expected_fedavg
 
 
@@ -96,7 +96,7 @@ def test_round_aborts_and_reruns_when_too_few_sites(tmp_path: pathlib.Path) -> N
         cfg = run_config(rounds=1, min_fit_sites=2, min_available_sites=2, wait_timeout_s=0.5)
         async with federation(tmp_path, [cfg]) as fed:
             fed.add_site("a", "delta=1.0,n=1")
-            await asyncio.sleep(1.5)  # round 1 attempt 1 aborts: one site only
+            await first_aborted(fed)  # one site only
             fed.add_site("b", "delta=1.0,n=1")
             run = await fed.wait_run()
             detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")

@@ -1,16 +1,16 @@
-"""Ports for child processes."""
+"""Loopback ports for child processes."""
 
 from __future__ import annotations
 
 import pathlib
 import socket
 
-from quorum.sim import processes
+from quorum.ports import free_port
 
 
 def test_free_ports_lie_below_the_ephemeral_range_and_can_be_bound() -> None:
     low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    ports = {processes.free_port() for _ in range(20)}
+    ports = {free_port() for _ in range(20)}
     assert len(ports) > 1  # picked at random, not one fixed port
     for port in ports:
         assert port < low  # never one an outgoing connection could be given meanwhile
@@ -23,7 +23,7 @@ def test_a_taken_port_is_not_picked() -> None:
     try:
         for _ in range(50):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            port = processes.free_port()
+            port = free_port()
             sock.bind(("127.0.0.1", port))  # would raise if free_port gave a held one
             sock.listen()
             held.append(sock)
