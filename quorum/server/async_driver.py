@@ -111,7 +111,11 @@ class AsyncDriver:
         self.loop = asyncio.get_running_loop()
         # Training starts once enough sites are there, as a sync round's would: the first
         # versions are not left to whichever site connected first.
-        await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
+        await self.co.sessions.wait_for(
+            cfg.min_available_sites,
+            cfg.wait_timeout_s,
+            unless=lambda: self.co.stop_requested(self.run_id),
+        )
         log.info("event=run_started run_id=%s mode=async from_version=%d", self.run_id, done)
         self._evaluate_if_missing(done)
         try:

@@ -80,6 +80,7 @@ class Coordinator:
             self.store.set_run_status(run_id, "stopped", "stopped by an operator")
         elif record.status == "running":
             self._stop_requested.add(run_id)
+            self.sessions.wake()  # a run waiting for sites sees the stop now
 
     def stop_requested(self, run_id: str) -> bool:
         return run_id in self._stop_requested

@@ -36,7 +36,7 @@ from quorum.aggregation import gossip
 from quorum.errors import ConfigError
 from quorum.server.gossip_relay import GossipPhase, GossipRound, check_cohort
 from quorum.server.phases import RoundAborted
-from quorum.server.rounds import play_rounds, task_sites
+from quorum.server.rounds import play_rounds, task_sites, wait_for_sites
 from quorum.server.store import RunRecord
 from quorum.task import load_task
 from quorum.wire import blobs
@@ -75,7 +75,7 @@ class GossipDriver:
 
     async def _round(self, round_no: int, attempt: int, model: bytes) -> None:
         cfg = self.config
-        await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
+        await wait_for_sites(self.co, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s)
         cohort = task_sites(self.co, cfg.task)
         check_cohort([s.site for s in cohort], cfg.min_fit_sites)
         try:

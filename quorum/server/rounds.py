@@ -57,6 +57,14 @@ async def play_rounds(
     log.info("event=run_completed run_id=%s", run_id)
 
 
+async def wait_for_sites(co: Coordinator, run_id: str, count: int, timeout: float) -> None:
+    """A round's wait for `count` connected sites (or `timeout`); an operator's stop ends the
+    wait, and the attempt, at once."""
+    await co.sessions.wait_for(count, timeout, unless=lambda: co.stop_requested(run_id))
+    if co.stop_requested(run_id):
+        raise RoundAborted("stopped by an operator")
+
+
 def task_sites(co: Coordinator, task: str) -> list[Session]:
     """Connected sites whose agents run `task`."""
     return [s for s in co.sessions.connected() if s.task == task]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quorum.proto import federation_pb2 as pb
@@ -62,18 +63,25 @@ class SessionRegistry:
     def by_site(self, site: str) -> Session | None:
         return next((s for s in self.connected() if s.site == site), None)
 
-    async def wait_for(self, count: int, timeout: float) -> list[Session]:
-        """Waits until at least `count` sites are connected or `timeout` passes."""
+    async def wait_for(
+        self, count: int, timeout: float, unless: Callable[[], bool] = lambda: False
+    ) -> list[Session]:
+        """Waits until at least `count` sites are connected, `unless()` holds (checked at each
+        change and each `wake()`) or `timeout` passes."""
 
         async def enough() -> None:
             async with self._changed:
-                await self._changed.wait_for(lambda: len(self.connected()) >= count)
+                await self._changed.wait_for(lambda: len(self.connected()) >= count or unless())
 
         try:
             await asyncio.wait_for(enough(), timeout)
         except TimeoutError:
             pass
         return self.connected()
+
+    def wake(self) -> None:
+        """Makes waiters check their `unless` again."""
+        self._notify()
 
     def _notify(self) -> None:
         async def notify() -> None:

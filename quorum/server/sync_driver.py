@@ -31,6 +31,7 @@ from quorum.server.rounds import (
     run_phase,
     task_sites,
     unweighted,
+    wait_for_sites,
     weighted,
 )
 from quorum.server.secure_fit import SecureFit, masked_layout
@@ -87,7 +88,7 @@ class SyncDriver:
     async def _round(self, round_no: int, attempt: int, model: bytes) -> bytes:
         cfg = self.config
         layout = blobs.read_layout(model)
-        await self.co.sessions.wait_for(cfg.min_available_sites, cfg.wait_timeout_s)
+        await wait_for_sites(self.co, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s)
         available = task_sites(self.co, cfg.task)
         if len(available) < cfg.min_fit_sites:
             raise RoundAborted(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+from typing import Any
 
 import httpx
+import pytest
 
 from quorum.admin.auth import hash_token
 from quorum.admin.client import AdminClient
 from quorum.wire import blobs
-from tests.integration.harness import TOKEN, federation, run_config
+from tests.integration.harness import TOKEN, Federation, federation, run_config, wait_for
 
 
 def test_stop_download_and_paginate(tmp_path: pathlib.Path) -> None:
@@ -45,6 +47,32 @@ def test_stop_download_and_paginate(tmp_path: pathlib.Path) -> None:
             admin.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "gossip"])
+def test_a_stop_ends_a_run_that_waits_for_sites(tmp_path: pathlib.Path, mode: str) -> None:
+    """The run waits up to ten minutes for a third site; the operator's stop ends it at once."""
+    extra: dict[str, Any] = {"mode": mode, "strategy": "fedavg"}
+    if mode == "async":
+        extra.update(buffer_size=2)
+    config = run_config(min_fit_sites=1, min_available_sites=3, wait_timeout_s=600, **extra)
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [config]) as fed:
+            fed.add_site("a", "delta=1.0,n=1")
+            run = await fed.wait_run("running")
+            await wait_for(lambda: _connected(fed, 1), 10)
+            admin = AdminClient(fed.admin_url, TOKEN)
+            await asyncio.to_thread(admin.post, f"/api/v1/runs/{run['id']}/stop")
+            admin.close()
+            stopped = await fed.wait_run("stopped", timeout=15)
+            assert stopped["rounds_completed"] == 0 and stopped["error"] == "stopped by an operator"
+
+    asyncio.run(scenario())
+
+
+async def _connected(fed: Federation, count: int) -> bool:
+    return len(fed.server.coordinator.sessions.connected()) >= count
 
 
 def test_viewer_token_reads_but_cannot_submit(tmp_path: pathlib.Path) -> None:
