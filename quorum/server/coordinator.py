@@ -374,8 +374,14 @@ class Coordinator:
         ]
 
     def on_download(self, session: Session, digest: str, nbytes: int) -> None:
+        """Counts a download against the task it served: the task's model, or a gossip parcel
+        relayed to the task's site."""
         for task in self._open_tasks(session):
-            if task.phase.model_digest == digest:
+            phase = task.phase
+            relay = phase.relay if isinstance(phase, GossipPhase) else None
+            if phase.model_digest == digest or (
+                relay is not None and relay.parcel_for(session, digest) is not None
+            ):
                 self.store.add_bytes_out(task.id, nbytes)
                 return
 

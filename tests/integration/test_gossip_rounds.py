@@ -135,6 +135,8 @@ async def test_gossip_sites_mix_exactly_and_the_relay_holds_only_ciphertext(
         assert detail["status"] == "completed"
         fits = [p for p in detail["participants"] if p["kind"] == "fit"]
         assert {p["site"]: p["status"] for p in fits} == dict.fromkeys(SITES, "ok")
+        # each site sent one parcel and downloaded one, of the same size (same layout)
+        assert all(p["bytes_out"] == p["bytes_in"] == fits[0]["bytes_in"] > 0 for p in fits)
         # Round 3 (shift 1): a receives from b, whose trained model differs by 0.5 everywhere.
         before = expected(2)
         a = next(p for p in fits if p["site"] == "a")
