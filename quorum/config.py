@@ -221,6 +221,9 @@ class ServerConfig(_Model):
     server_id: str = "quorum"
     max_inflight_uploads: int = Field(2, ge=1, description="uploads held in memory at once")
     max_inflight_downloads: int = Field(2, ge=1, description="model downloads streamed at once")
+    max_baseline_jobs: int = Field(
+        1, ge=1, description="baseline jobs running at once; later ones wait, queued, in order"
+    )
 
 
 class ServerFile(_Model):

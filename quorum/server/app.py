@@ -52,7 +52,7 @@ class Server:
         self.coordinator = Coordinator(
             self.store, Checkpoints(cfg.state_dir / "checkpoints"), BlobStore(), SessionRegistry()
         )
-        self.baselines = BaselineJobs(self.store, cfg.state_dir)
+        self.baselines = BaselineJobs(self.store, cfg.state_dir, max_running=cfg.max_baseline_jobs)
         known = {r.name for r in self.store.runs()}
         for run in config.runs:
             if run.name not in known:
@@ -97,6 +97,7 @@ class Server:
             asyncio.create_task(self._admin.serve()),
             asyncio.create_task(self.coordinator.run_forever()),
         ]
+        self.baselines.start_queued()  # jobs a previous server process left queued
         while not self._admin.started and not self._tasks[0].done():
             await asyncio.sleep(0.02)
         log.info(

@@ -71,22 +71,40 @@ class BaselineJobs:
         *,
         poll_s: float = 0.5,
         grace_s: float = 5.0,
+        max_running: int = 1,
     ) -> None:
         self.store = store
         self.root = state_dir / "baselines"
         self.poll_s = poll_s
         self.grace_s = grace_s
+        self.max_running = max_running
         self._jobs: dict[str, _Job] = {}
+        self._closing = False
         self._recover()
 
     # ---- submit, cancel, shutdown ----
 
     async def submit(self, spec: BaselineSpec) -> BaselineRecord:
         """Checks what the server can check before any process starts (the engine's extra,
-        the task's import), records the job and starts it."""
+        the task's import), records the job queued and starts it if a slot is free."""
         check_engine(spec.engine)
         await asyncio.to_thread(check_task, spec.task)
         record = self.store.create_baseline(spec.task, spec.model_dump(mode="json"))
+        self.start_queued()
+        return self.store.baseline(record.id)
+
+    def start_queued(self) -> None:
+        """Starts queued jobs, oldest first, while fewer than `max_running` run. Called at
+        each submit and each job's end, and once by the server at start for the jobs a
+        previous server process left queued."""
+        while not self._closing and len(self._jobs) < self.max_running:
+            queued = [b for b in self.store.baselines() if b.status == "queued"]
+            if not queued:
+                return
+            self._start(queued[0])
+
+    def _start(self, record: BaselineRecord) -> None:
+        spec = BaselineSpec.model_validate(record.spec)
         out_dir = self.root / record.id
         log_path = out_dir / "job.log"
         try:
@@ -99,7 +117,7 @@ class BaselineJobs:
                 record.id, "failed", error=f"the job could not start: {exc}", log_tail=None
             )
             log.warning("event=baseline_start_failed baseline_id=%s error=%s", record.id, exc)
-            return self.store.baseline(record.id)
+            return
         job = _Job(record.id, process, out_dir, log_path)
         _snapshot(job)
         self.store.start_baseline(record.id, process.pid, str(out_dir))
@@ -113,11 +131,10 @@ class BaselineJobs:
             spec.nproc,
             process.pid,
         )
-        return self.store.baseline(record.id)
 
     async def cancel(self, job_id: str) -> BaselineRecord:
         """Stops every process of the job (SIGTERM, SIGKILL after the grace period), then
-        records it cancelled."""
+        records it cancelled; a queued job is only recorded."""
         record = self.store.baseline(job_id)
         if not record.active:
             raise ConflictError(f"baseline job {job_id} has already ended ({record.status})")
@@ -128,10 +145,13 @@ class BaselineJobs:
             job_id, "cancelled", log_tail=_log_tail(job.log_path) if job else None
         )
         log.info("event=baseline_cancelled baseline_id=%s", job_id)
+        self.start_queued()
         return self.store.baseline(job_id)
 
     async def shutdown(self) -> None:
-        """The server is stopping: its jobs are stopped and recorded failed."""
+        """The server is stopping: its running jobs are stopped and recorded failed; queued
+        ones stay queued for the next start."""
+        self._closing = True
         jobs = list(self._jobs.values())
         await asyncio.gather(*(self._stop(job, "shutdown") for job in jobs))
         for job in jobs:
@@ -173,6 +193,8 @@ class BaselineJobs:
             )
         finally:
             self._jobs.pop(job.id, None)
+            if not job.ending:  # a cancel starts the next job once the store says cancelled
+                self.start_queued()
 
     def _record_exit(self, job: _Job, code: int) -> None:
         result = _read_result(job.out_dir)

@@ -667,16 +667,16 @@ class Store:
         return True
 
     def interrupt_baselines(self, reason: str) -> list[BaselineRecord]:
-        """Marks the jobs a previous server process left queued or running as failed with
-        `reason`; returns them as they were (their pid and out dir), for the caller to make
-        sure no rank outlived that server."""
+        """Marks the jobs a previous server process left running as failed with `reason`;
+        returns them as they were (their pid and out dir), for the caller to make sure no rank
+        outlived that server. Queued jobs never started: they stay queued."""
         with self._tx() as db:
             rows = db.execute(
-                "SELECT * FROM baselines WHERE status IN ('queued', 'running') ORDER BY seq"
+                "SELECT * FROM baselines WHERE status = 'running' ORDER BY seq"
             ).fetchall()
             db.execute(
                 "UPDATE baselines SET status = 'failed', finished_at = ?, error = ? "
-                "WHERE status IN ('queued', 'running')",
+                "WHERE status = 'running'",
                 (time.time(), reason),
             )
         for row in rows:

@@ -168,6 +168,35 @@ def test_shutdown_stops_and_fails_running_jobs(jobs: BaselineJobs) -> None:
     asyncio.run(scenario())
 
 
+def test_jobs_beyond_max_running_wait_queued_in_order(
+    tmp_path: pathlib.Path, jobs: BaselineJobs
+) -> None:
+    async def scenario() -> None:
+        first = await jobs.submit(spec("hang"))
+        second = await jobs.submit(spec("ok"))
+        third = await jobs.submit(spec("ok"))
+        assert (first.status, second.status, third.status) == ("running", "queued", "queued")
+        assert second.pid is None and jobs.running() == [first.id]
+        # a queued job is cancelled without ever starting
+        assert (await jobs.cancel(third.id)).status == "cancelled"
+        assert jobs.store.baseline(third.id).pid is None
+        # the running one ends: the next queued one starts, and runs to its end
+        await jobs.cancel(first.id)
+        assert jobs.store.baseline(second.id).status == "running"
+        assert await until_ended(jobs, second.id) == "completed"
+        # a server stopped with a job queued starts it at its next start
+        blocker = await jobs.submit(spec("hang"))
+        waiting = await jobs.submit(spec("ok"))
+        await jobs.shutdown()
+        assert jobs.store.baseline(blocker.id).status == "failed"
+        assert jobs.store.baseline(waiting.id).status == "queued"
+        restarted = BaselineJobs(jobs.store, tmp_path, poll_s=0.05, grace_s=1.0)
+        restarted.start_queued()
+        assert await until_ended(restarted, waiting.id) == "completed"
+
+    asyncio.run(scenario())
+
+
 def test_a_job_that_cannot_start_is_failed(
     jobs: BaselineJobs, monkeypatch: pytest.MonkeyPatch
 ) -> None:

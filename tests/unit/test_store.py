@@ -474,7 +474,9 @@ def test_failed_baseline_keeps_its_log_tail(store: Store) -> None:
     )
 
 
-def test_restart_marks_running_baselines_failed(db_path: pathlib.Path) -> None:
+def test_restart_marks_running_baselines_failed_and_keeps_queued_ones(
+    db_path: pathlib.Path,
+) -> None:
     writer = Store(db_path)
     queued = writer.create_baseline("m:t", {"task": "m:t"})
     running = writer.create_baseline("m:t", {"task": "m:t"})
@@ -485,14 +487,11 @@ def test_restart_marks_running_baselines_failed(db_path: pathlib.Path) -> None:
     reader = Store(db_path)
     try:
         left = reader.interrupt_baselines("the server stopped while the job ran")
-        assert [(b.id, b.pid, b.out_dir) for b in left] == [
-            (queued.id, None, None),
-            (running.id, 777, "/out/run"),
-        ]
-        for job_id in (queued.id, running.id):
-            record = reader.baseline(job_id)
-            assert record.status == "failed"
-            assert record.error == "the server stopped while the job ran"
+        assert [(b.id, b.pid, b.out_dir) for b in left] == [(running.id, 777, "/out/run")]
+        record = reader.baseline(running.id)
+        assert record.status == "failed"
+        assert record.error == "the server stopped while the job ran"
+        assert reader.baseline(queued.id).status == "queued"  # never started: nothing lost
         assert reader.baseline(done.id).status == "cancelled"
         assert reader.interrupt_baselines("again") == []
     finally:
