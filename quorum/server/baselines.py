@@ -4,6 +4,8 @@ Each job is a child process of the server started by `quorum.baseline.launcher` 
 its ranks) with its files in `STATE_DIR/baselines/ID/`. An asyncio task per job copies the
 worker's progress into the store and, when the process exits, records the result or the failure
 with the end of the log. The store is the record; this object only holds the live processes.
+At most `max_running` jobs run at once; the others wait in the store as `queued` and start in
+submission order when one ends.
 
 Stopping a job must stop every rank, and torchrun starts each rank in a session of its own, so
 signalling the launcher's process group is not enough: if torchrun were killed before its ranks
@@ -13,7 +15,7 @@ ranks), and whatever of the tree outlives the grace period is SIGKILLed process 
 (psutil checks each process's start time, so a recycled pid is never hit).
 
 A server that died with jobs running leaves them orphaned: at the next start they are recorded
-failed, and any process still running whose command line names the job's own folder (a path
+failed (queued ones stay queued), and any process still running whose command line names the job's own folder (a path
 unique to that job) is stopped the same way, so no stale rank keeps training unseen.
 """
 
