@@ -108,18 +108,16 @@ def test_zero_state_falls_with_the_stage_as_derived(jobs: dict[str, Any]) -> Non
 
 
 def test_zero3_follows_ddp_for_50_steps(jobs: dict[str, Any]) -> None:
-    """ZeRO-3's sharding changes nothing: it matches unsharded DeepSpeed (stage 0) to float
-    rounding. DeepSpeed's step itself departs slightly from a plain torch Adam step from the
-    second step on (also at stage 0 and on one rank: the first two losses are identical, then
-    differences of ~1e-4 that Adam's normalisation of near-zero gradients amplifies to a few
-    1e-2 by step 50 on this tiny model), so against DDP the tolerance is on that scale."""
+    """ZeRO-3's sharding changes nothing: it matches unsharded DeepSpeed (stage 0) and plain
+    DDP to float rounding. Measured: identical losses, to the bit, over the 50 steps (before the
+    engine turned off DeepSpeed's default gradient clipping at norm 1.0, the curves parted at
+    step 3 and were 1.9% apart by step 50)."""
     ddp = [r["loss"] for r in jobs["ddp"][1]]
     zero0 = [r["loss"] for r in jobs["zero0"][1]]
     zero3 = [r["loss"] for r in jobs["zero3"][1]]
     assert len(ddp) == len(zero0) == len(zero3) == 50
     assert max(abs(a - b) for a, b in zip(zero0, zero3, strict=True)) < 1e-5
-    assert ddp[:2] == pytest.approx(zero3[:2], abs=1e-5)
-    assert max(abs(a - b) / a for a, b in zip(ddp, zero3, strict=True)) < 0.03
+    assert max(abs(a - b) for a, b in zip(ddp, zero3, strict=True)) < 1e-5
 
 
 def test_zero2_with_the_optimiser_state_offloaded_to_cpu_trains_as_without(
