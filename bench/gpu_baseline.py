@@ -124,6 +124,7 @@ def run_deepspeed(config: GPTConfig, data: list[torch.Tensor], args: argparse.Na
         "train_batch_size": args.batch_size,
         "train_micro_batch_size_per_gpu": args.batch_size,
         "gradient_accumulation_steps": 1,
+        "gradient_clipping": 0.0,  # DeepSpeed clips at 1.0 by default; plain torch does not
         "optimizer": {
             "type": "Adam",
             "params": {"lr": args.lr, "torch_adam": True, "adam_w_mode": False},

@@ -15,8 +15,9 @@ ranks), and whatever of the tree outlives the grace period is SIGKILLed process 
 (psutil checks each process's start time, so a recycled pid is never hit).
 
 A server that died with jobs running leaves them orphaned: at the next start they are recorded
-failed (queued ones stay queued), and any process still running whose command line names the job's own folder (a path
-unique to that job) is stopped the same way, so no stale rank keeps training unseen.
+failed (queued ones stay queued), and any process still running whose command line names the
+job's own folder (a path unique to that job) is stopped the same way, so no stale rank keeps
+training unseen.
 """
 
 from __future__ import annotations
