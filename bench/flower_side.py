@@ -14,7 +14,7 @@ import re
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import IO, Any
 
 from bench.common import BENCH_DIR, ROUND_TIME_DEFINITION, VENV_BIN, RunSpec, child_env
@@ -85,23 +85,9 @@ def write_connection(flwr_home: pathlib.Path, address: str) -> None:
     )
 
 
-def distinct_ports(count: int, taken: Iterable[int] = ()) -> list[int]:
-    """`count` free loopback ports, distinct from each other and from `taken`. free_port alone
-    can hand out the same port twice while its first taker has not bound it yet (a SuperNode
-    then dies with "address already in use" and the run waits for it in vain)."""
-    used = set(taken)
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in used:
-            used.add(port)
-            ports.append(port)
-    return ports
-
-
 def start_nodes(spec: RunSpec, launcher: Launcher, address: str) -> None:
-    superlink_port = int(address.rpartition(":")[2])
-    for i, port in enumerate(distinct_ports(spec.nodes, [superlink_port])):
+    for i in range(spec.nodes):
+        port = free_port()
         launcher.launch(
             f"supernode{i}",
             [

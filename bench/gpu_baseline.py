@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import resource
-import socket
 import sys
 import time
 import types
@@ -42,6 +41,7 @@ if "quorum" not in sys.modules:  # a bare package: skip quorum/__init__.py and i
 
 from quorum.baseline.gpt import GPT, GPTConfig, next_token_loss  # noqa: E402
 from quorum.data import shakespeare  # noqa: E402
+from quorum.ports import free_port  # noqa: E402
 
 
 def batches(config: GPTConfig, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
@@ -110,9 +110,7 @@ def run_deepspeed(config: GPTConfig, data: list[torch.Tensor], args: argparse.Na
     import torch.distributed as dist
 
     device = torch.device(args.device)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     os.environ.update(
         RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )

@@ -97,9 +97,10 @@ class Server:
             asyncio.create_task(self._admin.serve()),
             asyncio.create_task(self.coordinator.run_forever()),
         ]
-        self.baselines.start_queued()  # jobs a previous server process left queued
         while not self._admin.started and not self._tasks[0].done():
             await asyncio.sleep(0.02)
+        if self._admin.started:
+            self.baselines.start_queued()  # jobs a previous server process left queued
         log.info(
             "event=server_started federation=%s admin=%s state_dir=%s",
             cfg.federation_address,
@@ -112,6 +113,7 @@ class Server:
         await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
 
     async def stop(self) -> None:
+        self.baselines.close()  # a job ending from here on must not start a queued one
         if self._admin is not None:
             self._admin.should_exit = True
         for task in self._tasks[1:]:

@@ -33,12 +33,14 @@ from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
 from quorum.errors import NotFoundError, UploadRejected
 from quorum.server.phases import Phase, RoundAborted
 from quorum.server.rounds import (
+    STOPPED,
     evaluate_metrics,
     model_phase,
     resume,
     run_phase,
     task_sites,
     wait_all,
+    wait_for_sites,
 )
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
@@ -103,19 +105,19 @@ class AsyncDriver:
         """(version, model, flat model, attempt of the round it feeds) that new fit tasks get:
         replaced as a whole once a step is checkpointed and its next round opened, since the
         folding thread makes the step while the event loop offers tasks."""
-        # A site may still be downloading a model a few versions old: keep those.
-        kept = self.co.blobs.keep
-        self.co.blobs.keep = max(kept, 2 + min(cfg.max_concurrency or 64, cfg.max_staleness + 1))
         self.store.set_run_status(self.run_id, "running")
         self.started = self.store.run(self.run_id).started_at or time.time()
         self.loop = asyncio.get_running_loop()
         # Training starts once enough sites are there, as a sync round's would: the first
         # versions are not left to whichever site connected first.
-        await self.co.sessions.wait_for(
-            cfg.min_available_sites,
-            cfg.wait_timeout_s,
-            unless=lambda: self.co.stop_requested(self.run_id),
-        )
+        try:
+            await wait_for_sites(self.co, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s)
+        except RoundAborted:  # no round is open yet: nothing to abort
+            self.store.set_run_status(self.run_id, "stopped", STOPPED)
+            return
+        # A site may still be downloading a model a few versions old: keep those.
+        kept = self.co.blobs.keep
+        self.co.blobs.keep = max(kept, 2 + min(cfg.max_concurrency or 64, cfg.max_staleness + 1))
         log.info("event=run_started run_id=%s mode=async from_version=%d", self.run_id, done)
         self._evaluate_if_missing(done)
         try:
@@ -129,7 +131,7 @@ class AsyncDriver:
             await asyncio.gather(*self.open, return_exceptions=True)
             self.co.blobs.keep = kept
         await wait_all(self.evaluations)
-        if self.ended == "stopped by an operator":
+        if self.ended == STOPPED:
             self.store.set_run_status(self.run_id, "stopped", self.ended)
             return
         self.store.set_run_status(self.run_id, "completed")
@@ -168,7 +170,7 @@ class AsyncDriver:
     def _end_reason(self) -> str | None:
         cfg = self.config
         if self.co.stop_requested(self.run_id):
-            return "stopped by an operator"
+            return STOPPED
         if self.buffer.version >= cfg.rounds:
             return f"reached {cfg.rounds} server steps"
         if cfg.max_wall_time_s is not None and time.time() - self.started > cfg.max_wall_time_s:

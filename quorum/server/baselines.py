@@ -107,10 +107,11 @@ class BaselineJobs:
             self._start(queued[0])
 
     def _start(self, record: BaselineRecord) -> None:
-        spec = BaselineSpec.model_validate(record.spec)
         out_dir = self.root / record.id
         log_path = out_dir / "job.log"
         try:
+            # a job queued by an older server version may no longer validate: it fails alone
+            spec = BaselineSpec.model_validate(record.spec)
             out_dir.mkdir(parents=True, exist_ok=True)
             from quorum.baseline import launcher  # torch's, imported when a job starts
 
@@ -122,10 +123,10 @@ class BaselineJobs:
             log.warning("event=baseline_start_failed baseline_id=%s error=%s", record.id, exc)
             return
         job = _Job(record.id, process, out_dir, log_path)
+        self._jobs[record.id] = job
         _snapshot(job)
         self.store.start_baseline(record.id, process.pid, str(out_dir))
         job.watcher = asyncio.create_task(self._watch(job), name=f"baseline-{record.id}")
-        self._jobs[record.id] = job
         log.info(
             "event=baseline_started baseline_id=%s task=%s engine=%s nproc=%d pid=%d",
             record.id,
@@ -142,25 +143,34 @@ class BaselineJobs:
         if not record.active:
             raise ConflictError(f"baseline job {job_id} has already ended ({record.status})")
         job = self._jobs.get(job_id)
+        if job is not None and job.ending:
+            raise ConflictError(f"baseline job {job_id} is already being stopped")
         if job is not None:
             await self._stop(job, "cancelled")
         self.store.finish_baseline(
             job_id, "cancelled", log_tail=_log_tail(job.log_path) if job else None
         )
         log.info("event=baseline_cancelled baseline_id=%s", job_id)
+        # the slot frees only now, once every process of the job is gone and it is recorded
+        self._jobs.pop(job_id, None)
         self.start_queued()
         return self.store.baseline(job_id)
+
+    def close(self) -> None:
+        """No job starts from now on: the server is stopping."""
+        self._closing = True
 
     async def shutdown(self) -> None:
         """The server is stopping: its running jobs are stopped and recorded failed; queued
         ones stay queued for the next start."""
-        self._closing = True
+        self.close()
         jobs = list(self._jobs.values())
         await asyncio.gather(*(self._stop(job, "shutdown") for job in jobs))
         for job in jobs:
             self.store.finish_baseline(
                 job.id, "failed", error=SERVER_STOPPED, log_tail=_log_tail(job.log_path)
             )
+            self._jobs.pop(job.id, None)
 
     def running(self) -> list[str]:
         return sorted(self._jobs)
@@ -182,7 +192,7 @@ class BaselineJobs:
                     break
                 await asyncio.sleep(self.poll_s)
             if job.ending or code is None:
-                return  # the canceller records the outcome
+                return  # the canceller (or the shutdown) records the outcome and frees the slot
             # A launcher that exited may leave a rank behind (torchrun killed from outside).
             await _terminate(job.tree.values(), grace_s=min(self.grace_s, 2.0))
             self._record_exit(job, code)
@@ -194,10 +204,8 @@ class BaselineJobs:
             self.store.finish_baseline(
                 job.id, "failed", error=f"watching the job failed: {exc}", log_tail=None
             )
-        finally:
-            self._jobs.pop(job.id, None)
-            if not job.ending:  # a cancel starts the next job once the store says cancelled
-                self.start_queued()
+        self._jobs.pop(job.id, None)
+        self.start_queued()
 
     def _record_exit(self, job: _Job, code: int) -> None:
         result = _read_result(job.out_dir)

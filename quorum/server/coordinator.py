@@ -21,6 +21,7 @@ from quorum.server.checkpoints import Checkpoints
 from quorum.server.gossip_driver import GossipDriver
 from quorum.server.gossip_relay import GossipPhase
 from quorum.server.phases import PendingTask, Phase, SiteResult, fold_in_thread
+from quorum.server.rounds import STOPPED
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import RunRecord, Store
 from quorum.server.sync_driver import SyncDriver, strategy_for
@@ -77,7 +78,7 @@ class Coordinator:
     def stop(self, run_id: str) -> None:
         record = self.store.run(run_id)
         if record.status == "queued":
-            self.store.set_run_status(run_id, "stopped", "stopped by an operator")
+            self.store.set_run_status(run_id, "stopped", STOPPED)
         elif record.status == "running":
             self._stop_requested.add(run_id)
             self.sessions.wake()  # a run waiting for sites sees the stop now

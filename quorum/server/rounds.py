@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("quorum.server")
 
 MAX_ROUND_ATTEMPTS = 5
+STOPPED = "stopped by an operator"
 
 
 async def play_rounds(
@@ -37,7 +38,7 @@ async def play_rounds(
     round_no, failures = first, 0
     while round_no <= last:
         if co.stop_requested(run_id):
-            co.store.set_run_status(run_id, "stopped", "stopped by an operator")
+            co.store.set_run_status(run_id, "stopped", STOPPED)
             return
         attempt = co.store.start_round(run_id, round_no)
         try:
@@ -45,6 +46,8 @@ async def play_rounds(
         except RoundAborted as exc:
             co.store.abort_round(run_id, round_no, attempt, str(exc))
             log.warning("event=round_aborted run_id=%s round=%d reason=%s", run_id, round_no, exc)
+            if co.stop_requested(run_id):
+                continue  # stopped, not failed: the loop's top ends the run
             failures += 1
             if failures >= MAX_ROUND_ATTEMPTS:
                 raise QuorumError(
@@ -62,7 +65,7 @@ async def wait_for_sites(co: Coordinator, run_id: str, count: int, timeout: floa
     wait, and the attempt, at once."""
     await co.sessions.wait_for(count, timeout, unless=lambda: co.stop_requested(run_id))
     if co.stop_requested(run_id):
-        raise RoundAborted("stopped by an operator")
+        raise RoundAborted(STOPPED)
 
 
 def task_sites(co: Coordinator, task: str) -> list[Session]:

@@ -188,17 +188,18 @@ def _await_sites(
     """Waits until every site of the simulation is connected; fails when a child exits first."""
     with console.status("waiting for the sites to connect…") as status:
         while True:
+            # checked first: a dead server would otherwise surface as a connection error
+            for child in children:
+                if not child.alive():
+                    raise QuorumError(
+                        f"{child.name} exited before the run started:\n{child.log_tail()}"
+                    )
             connected = {s["name"] for s in admin.get("/api/v1/sites") if s["connected"]}
             if connected >= {site.name for site in sim.sites}:
                 return
             status.update(
                 f"waiting for the sites to connect ({len(connected)} of {len(sim.sites)})…"
             )
-            for child in children:
-                if not child.alive():
-                    raise QuorumError(
-                        f"{child.name} exited before the run started:\n{child.log_tail()}"
-                    )
             if time.monotonic() > deadline:
                 raise QuorumError(f"simulation exceeded sim.timeout_s = {sim.sim.timeout_s:.0f} s")
             time.sleep(0.2)

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from quorum.baseline.spec import BaselineSpec
+from quorum.errors import ConflictError
 from quorum.server import baselines as jobs_module
 from quorum.server.baselines import SERVER_STOPPED, BaselineJobs
 from quorum.server.store import Store
@@ -180,10 +181,19 @@ def test_jobs_beyond_max_running_wait_queued_in_order(
         # a queued job is cancelled without ever starting
         assert (await jobs.cancel(third.id)).status == "cancelled"
         assert jobs.store.baseline(third.id).pid is None
-        # the running one ends: the next queued one starts, and runs to its end
-        await jobs.cancel(first.id)
+        # while a cancel stops the running job (its launcher ignores SIGTERM), the slot stays
+        # taken and a second cancel is refused
+        cancelling = asyncio.ensure_future(jobs.cancel(first.id))
+        await asyncio.sleep(0)  # the cancel runs up to its first wait for the processes
+        with pytest.raises(ConflictError, match="already being stopped"):
+            await jobs.cancel(first.id)
+        late = await jobs.submit(spec("ok"))
+        assert late.status == "queued" and jobs.store.baseline(second.id).status == "queued"
+        # once it is gone, the oldest queued job starts, and runs to its end
+        assert (await cancelling).status == "cancelled"
         assert jobs.store.baseline(second.id).status == "running"
         assert await until_ended(jobs, second.id) == "completed"
+        assert await until_ended(jobs, late.id) == "completed"
         # a server stopped with a job queued starts it at its next start
         blocker = await jobs.submit(spec("hang"))
         waiting = await jobs.submit(spec("ok"))
