@@ -10,8 +10,9 @@ Sites train on whatever global model version was newest when they became free an
 (β = 0: no momentum), then bumps the version. n_k is the update's example count, so that the
 buffer's mean is example-weighted as a sync FedAvg round's is (with equal counts it is the
 paper's (1/K) Σ s(τ_k) Δ_k); a site with a handful of examples does not pull the model as far
-as one with hundreds. Pure numpy: memory is one float64 sum, whatever
-K is.
+as one with hundreds. Under central DP the driver passes clipped updates with n_k = 1 and the
+step adds Gaussian noise to the weighted sum before dividing (`propose(current, noise)`).
+Pure numpy: memory is one float64 sum, whatever K is.
 """
 
 from __future__ import annotations
@@ -118,13 +119,17 @@ class FedBuff:
         self.load_state(state)
         return new
 
-    def propose(self, current: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def propose(
+        self, current: np.ndarray, noise: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The server step without applying it: the new model and the state after it (to
         checkpoint first; `load_state` then applies it and empties the buffer), so that a
-        failed checkpoint leaves the buffer as it was."""
+        failed checkpoint leaves the buffer as it was. `noise` is added to the weighted sum
+        (central DP)."""
         if not self.full:
             raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
-        momentum = self.beta * self._momentum + self._sum / self._examples
+        total = self._sum if noise is None else self._sum + noise
+        momentum = self.beta * self._momentum + total / self._examples
         new = current.astype(np.float64) + self.lr * momentum
         state = {
             "fedbuff.version": np.array([self.version + 1], np.int64),

@@ -31,11 +31,13 @@ import numpy as np
 
 from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
 from quorum.errors import NotFoundError, UploadRejected
+from quorum.privacy.dp.central import CentralDP, clip_in_place
 from quorum.server.phases import Phase, RoundAborted
 from quorum.server.rounds import (
     STOPPED,
     evaluate_metrics,
     model_phase,
+    record_release,
     resume,
     run_phase,
     task_sites,
@@ -81,6 +83,10 @@ class AsyncDriver:
         """Why no more updates are taken (the last step was applied, the wall time ran out, an
         operator stopped the run); None while the run goes on."""
         self._rng = random.Random(f"{self.config.seed}/async")
+        self.central = CentralDP(self.config.central_dp) if self.config.central_dp.enabled else None
+        self.in_buffer: set[str] = set()
+        """Sites with an update in the open buffer: under central DP they are offered no work
+        until it is applied, so that no site has two updates in one buffer (sensitivity C)."""
 
     # ---- the run ----
 
@@ -191,7 +197,9 @@ class AsyncDriver:
         sites = [
             s
             for s in task_sites(self.co, self.config.task)
-            if s.site not in self.busy and self.cooldown.get(s.site, (0, 0.0))[1] <= now
+            if s.site not in self.busy
+            and self.cooldown.get(s.site, (0, 0.0))[1] <= now
+            and not (self.central is not None and s.site in self.in_buffer)
         ]
         room = len(sites) if limit is None else max(0, limit - len(self.busy))
         return sites[:room]
@@ -322,10 +330,14 @@ class AsyncDriver:
             raise UploadRejected("stale_update", str(exc)) from None
         try:
             delta = vector.astype(np.float64) - base
-            (task_id,) = phase.tasks
+            if self.central is not None:  # DP-FedBuff: each update clipped, counting once
+                clip_in_place(delta, self.central.clipping_norm)
+                examples = 1.0
+            ((task_id, task),) = phase.tasks.items()
             self.store.apply_update(
                 task_id, self.buffer.version + 1, self.attempt, accepted.staleness
             )
+            self.in_buffer.add(task.site)
             if self.buffer.add(delta, accepted, examples):
                 staleness = [a.staleness for a in self.buffer.buffered]
                 self._step(
@@ -346,14 +358,21 @@ class AsyncDriver:
     def _step(self, fit_metrics: dict[str, float]) -> None:
         """Applies the server step to the buffer, checkpoints and completes the round, opens the
         next one; then, on the event loop, starts the new model's evaluation."""
-        new, state = self.buffer.propose(self.vector)
         version = self.buffer.version + 1
+        if self.central is None:
+            new, state = self.buffer.propose(self.vector)
+        else:
+            noise, release = self.central.buffer_noise(self.layout.numel)
+            new, state = self.buffer.propose(self.vector, noise)
+            # accounted before anything of the step is written: a crash counts it, never loses it
+            record_release(self.co, self.run_id, self.central, version, self.attempt, release)
         model = blobs.encode_flat(new, self.layout)
         self.co.checkpoints.save(self.run_id, version, model, state)
         self.store.complete_round(
             self.run_id, version, self.attempt, blobs.digest(model), {"fit": fit_metrics}
         )
         self.buffer.load_state(state)  # applied (and the buffer emptied) once it is durable
+        self.in_buffer.clear()
         attempt = self.attempt
         self.model, self.vector = model, new
         # A cohort opens its own round; plain FedBuff opens the next buffer's here.

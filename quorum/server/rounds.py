@@ -14,6 +14,8 @@ import numpy as np
 
 from quorum.config import RunConfig
 from quorum.errors import QuorumError
+from quorum.privacy.dp.accounting import appended
+from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
 from quorum.server.phases import Kind, Phase, RoundAborted, SiteResult
 from quorum.server.sessions import Session
 from quorum.task import load_task
@@ -66,6 +68,23 @@ async def wait_for_sites(co: Coordinator, run_id: str, count: int, timeout: floa
     await co.sessions.wait_for(count, timeout, unless=lambda: co.stop_requested(run_id))
     if co.stop_requested(run_id):
         raise RoundAborted(STOPPED)
+
+
+def record_release(
+    co: Coordinator,
+    run_id: str,
+    central: CentralDP,
+    round_no: int,
+    attempt: int,
+    release: RoundRelease,
+) -> None:
+    """Stores a central-DP release with its attempt at once, as the attempt's `central_dp`
+    metrics (ε over every release so far): the store is the accountant's record, so a restart
+    counts every release, whatever became of its round, and nothing twice."""
+    released = [m for _, _, m in co.store.phase_metrics(run_id, "central_dp")]
+    history = appended(history_of(released), release.entry())
+    metrics = central.metrics(release, history)
+    co.store.record_metrics(run_id, round_no, attempt, "central_dp", metrics)
 
 
 def task_sites(co: Coordinator, task: str) -> list[Session]:

@@ -19,14 +19,14 @@ import numpy as np
 
 from quorum.aggregation import Accumulator, Strategy, make_strategy
 from quorum.config import RunConfig
-from quorum.privacy.dp.accounting import appended
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
-from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
+from quorum.privacy.dp.central import CentralDP, RoundRelease
 from quorum.server.phases import Kind, Phase, RoundAborted
 from quorum.server.rounds import (
     evaluate_metrics,
     model_phase,
     play_rounds,
+    record_release,
     resume,
     run_phase,
     task_sites,
@@ -176,14 +176,10 @@ class SyncDriver:
         return new_model
 
     async def _account(self, round_no: int, attempt: int, release: RoundRelease) -> None:
-        """Stores a release with its attempt at once, as the attempt's `central_dp` metrics (ε
-        over every release so far): the store is the accountant's record, so a restart counts
-        every release, whatever became of its round, and nothing twice."""
         assert self.central is not None
-        released = [m for _, _, m in self.store.phase_metrics(self.run_id, "central_dp")]
-        history = appended(history_of(released), release.entry())
-        metrics = await asyncio.to_thread(self.central.metrics, release, history)
-        self.store.record_metrics(self.run_id, round_no, attempt, "central_dp", metrics)
+        await asyncio.to_thread(
+            record_release, self.co, self.run_id, self.central, round_no, attempt, release
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         """What a checkpoint keeps beside the model: the server optimiser's state and the

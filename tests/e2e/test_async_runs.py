@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from quorum.aggregation.fedbuff import staleness_weight
+from quorum.privacy.dp.accounting import epsilon
 from quorum.server.checkpoints import Checkpoints
 from quorum.wire import blobs
 from tests.e2e.cli import TASK, Deployment, heart_disease_sim, run_settings
@@ -155,3 +156,21 @@ def test_async_sim_with_a_slow_site(tmp_path: pathlib.Path) -> None:
     assert all(r["accuracy_mean_sites"] is not None for r in report["rounds"])
     assert any(r["staleness_max"] for r in report["rounds"])  # the slow site's updates are late
     assert report["final"]["accuracy_mean_sites"] > 0.6
+
+
+@pytest.mark.slow
+def test_async_sim_with_central_dp_accounts_every_step(tmp_path: pathlib.Path) -> None:
+    z = 0.3
+    _, report = heart_disease_sim(
+        tmp_path,
+        *("--set", "run.mode=async", "--set", "run.strategy=fedavg"),
+        *("--set", "run.buffer_size=2", "--set", "run.rounds=4"),
+        *("--set", "run.central_dp.enabled=true", "--set", f"run.central_dp.noise_multiplier={z}"),
+    )
+    assert report["mode"] == "async" and report["status"] == "completed"
+    central = report["privacy"]["central"]
+    assert central["mode"] == "central" and central["noise_multiplier"] == z
+    # one Gaussian release per server step, as the accountant computes it for r steps
+    assert [e["round"] for e in central["epsilon"]] == [1, 2, 3, 4]
+    for e in central["epsilon"]:
+        assert e["epsilon"] == pytest.approx(epsilon("rdp", 1e-5, [(z, 1.0, e["round"])]))

@@ -11,10 +11,12 @@ import pathlib
 from typing import Any
 
 import numpy as np
+import pytest
 
 from quorum.aggregation.fedbuff import staleness_weight
 from quorum.client.agent import SimulatedCrash
 from quorum.config import RunConfig
+from quorum.privacy.dp.accounting import epsilon
 from quorum.privacy.secagg import error_bound
 from quorum.wire import blobs
 from tests.integration.harness import Federation, federation, run_config, wait_for
@@ -213,5 +215,51 @@ def test_a_secagg_cohort_that_loses_a_site_is_topped_up_and_the_run_goes_on(
             # was formed again with a free site
             rounds = await fed.api(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
             assert crashed and any(r["status"] == "aborted" for r in rounds), rounds
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")  # z is tiny here
+def test_central_dp_clips_each_update_once_per_buffer_and_accounts_every_step(
+    tmp_path: pathlib.Path,
+) -> None:
+    """DP-FedBuff: every update clipped to C and counted once whatever its example count, no
+    site twice in a buffer, noise z·C on each buffer's sum, and one Gaussian release per step."""
+    z, norm, numel = 1e-3, 1.0, 15
+    cfg = _async_config(
+        rounds=4, central_dp={"enabled": True, "noise_multiplier": z, "clipping_norm": norm}
+    )
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [cfg]) as fed:
+            # every delta's norm (|δ|·√15) exceeds C: each update arrives clipped to norm 1
+            # a is ten times as fast as b: without the rule it would fill buffers alone
+            fed.add_site("a", "delta=1.0,n=10,sleep=0.02")
+            fed.add_site("b", "delta=2.0,n=30,sleep=0.2")
+            fed.add_site("c", "delta=-1.0,n=60,sleep=0.3")
+            run = await fed.wait_run(timeout=60)
+            details = await _rounds(fed, run["id"], 4)
+            expected = 0.0
+            for r, detail in enumerate(details, start=1):
+                applied = [
+                    p
+                    for p in detail["participants"]
+                    if p["kind"] == "fit" and p["status"] == "accepted"
+                ]
+                assert len({p["site"] for p in applied}) == len(applied) == 2, detail
+                expected += sum(
+                    staleness_weight(p["staleness"], 0.5) * np.sign(DELTAS[p["site"]])
+                    for p in applied
+                ) / (2 * np.sqrt(numel))
+                released = detail["metrics"]["central_dp"]
+                assert released["noise_multiplier"] == z and released["sample_rate"] == 1.0
+                assert released["epsilon"] == pytest.approx(epsilon("rdp", 1e-5, [(z, 1.0, r)]))
+            model, _ = fed.server.coordinator.checkpoints.load(run["id"], 4)
+            for value in blobs.decode(model).values():
+                # the noise per element is z·C/K per step: 5e-4, 1e-3 over four steps
+                np.testing.assert_allclose(value, expected, rtol=0, atol=1e-2)
+            privacy = await fed.api(f"/api/v1/runs/{run['id']}/privacy")
+            assert privacy["central"]["mode"] == "central"
+            assert len(privacy["central"]["rounds"]) == 4
 
     asyncio.run(scenario())

@@ -359,7 +359,14 @@ def test_a_site_budget_overrides_the_default_one(sim_file: pathlib.Path) -> None
     [
         ({"mode": "async", "strategy": "fedyogi"}, "fedavg or fedprox"),
         ({"mode": "gossip", "strategy": "fedadam"}, "fedavg or fedprox"),
-        ({"mode": "async", "central_dp": {"enabled": True}}, "not available for async"),
+        (
+            {"mode": "async", "central_dp": {"enabled": True}, "secagg": {"enabled": True}},
+            "distributed DP under secure aggregation is sync only",
+        ),
+        (
+            {"mode": "async", "central_dp": {"enabled": True, "adaptive": True}},
+            "adaptive clipping is not available for async",
+        ),
         ({"mode": "async", "buffer_size": 1, "secagg": {"enabled": True}}, "buffer_size >= 2"),
         ({"mode": "gossip", "secagg": {"enabled": True}}, "end-to-end encrypted"),
         ({"mode": "gossip", "central_dp": {"enabled": True}}, "end-to-end encrypted"),

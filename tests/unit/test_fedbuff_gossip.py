@@ -172,3 +172,13 @@ def test_fedbuff_buffer_mean_is_example_weighted() -> None:
     np.testing.assert_allclose(stale.step(np.zeros(1)), [(0.5 * 2 * 2 + 2 * 2) / 4])
     with pytest.raises(ValueError, match="example count"):
         stale.add(np.array([1.0]), stale.admit(2), examples=0)
+
+
+def test_fedbuff_noise_joins_the_weighted_sum_before_the_mean() -> None:
+    buffer = FedBuff(2, buffer_size=2, server_learning_rate=0.5)
+    fresh = buffer.admit(0)
+    buffer.add(np.array([1.0, 0.0]), fresh)
+    buffer.add(np.array([0.0, 1.0]), fresh)
+    new, _ = buffer.propose(np.ones(2), np.array([0.2, -0.4]))
+    # x + η (Σ s·Δ + noise) / K
+    np.testing.assert_allclose(new, [1 + 0.5 * 1.2 / 2, 1 + 0.5 * 0.6 / 2])

@@ -16,6 +16,12 @@ the norm that leaves a fraction γ of updates unclipped. The bits cost privacy t
 on their sum, the updates get noise multiplier z_Δ = (z⁻² - (2σ_b)⁻²)^(-1/2), so that the two
 releases together are exactly one Gaussian mechanism with multiplier z (Andrew et al., Thm. 1).
 
+Async (DP-FedBuff): every update in a FedBuff buffer is clipped to C and counts once (weight
+s(τ) <= 1, no example counts), each site has at most one update in a buffer (the driver offers
+no work to a site whose update waits in the open buffer), and the buffer's sum gets noise z·C:
+each server step is one such Gaussian mechanism, accounted like a sync round (sampling rate 1).
+Adaptive clipping is not offered there (a step's bits would need their own noise per buffer).
+
 Distributed DP: under secure aggregation the server never sees an update, so each of the n sites
 of a cohort clips its own update and adds Gaussian noise of standard deviation z·C/√n; the sum of
 the m ≤ n that survive carries noise z·C·√(m/n), and the round is accounted with that effective
@@ -151,6 +157,15 @@ class CentralDP:
         mean += clipped.sum
         mean /= m
         return mean, RoundRelease(z, c, self.clipping_norm, unclipped)
+
+    def buffer_noise(self, numel: int) -> tuple[np.ndarray, RoundRelease]:
+        """Noise of standard deviation z·C for the sum of one FedBuff buffer of clipped updates,
+        and the step's record (see the module docstring)."""
+        if self.config.adaptive:
+            raise ConfigError("adaptive clipping is not available for async runs")
+        c = self.clipping_norm
+        noise = self.rng.normal(0.0, self.config.noise_multiplier * c, size=numel)
+        return noise, RoundRelease(self.config.noise_multiplier, c, c, None)
 
     def count_stddev(self, cohort: int) -> float:
         """σ_b: as configured, else cohort/20 (Andrew et al.), raised to at least z so that
