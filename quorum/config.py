@@ -191,6 +191,9 @@ class RunConfig(_Model):
                 "async runs take central DP with the server adding the noise; distributed DP "
                 "under secure aggregation is sync only for now"
             )
+        if self.mode == "async" and self.central_dp.enabled:
+            # a DP buffer takes K distinct sites: the run starts once it can fill one
+            self.__dict__["min_available_sites"] = max(self.min_available_sites, self.buffer_size)
         if self.mode == "async" and self.central_dp.enabled and self.central_dp.adaptive:
             raise ValueError(
                 "adaptive clipping is not available for async runs: set central_dp.adaptive = "

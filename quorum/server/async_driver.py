@@ -324,6 +324,10 @@ class AsyncDriver:
         update applies the server step."""
         if self.ended is not None:
             raise UploadRejected("run_ended", f"the run {self.ended}: no more updates are taken")
+        if self.buffer.version >= self.config.rounds:  # uploads queued behind the last step
+            raise UploadRejected(
+                "run_ended", f"the run made its {self.config.rounds} steps: no more are taken"
+            )
         try:
             accepted = self.buffer.admit(base_version)
         except StaleUpdate as exc:

@@ -257,18 +257,35 @@ class Coordinator:
                 vector = blobs.as_flat(data, layout)
                 num_examples = int(header.num_examples)
                 accumulator = phase.accumulator
-                await fold_in_thread(lambda: accumulator.fold(vector, float(num_examples)))
-        metrics = validation.parse_metrics(header.metrics_json)
-        phase.results.append(SiteResult(task.site, num_examples, metrics))
+                folded = False
+
+                def fold() -> None:
+                    nonlocal folded
+                    accumulator.fold(vector, float(num_examples))
+                    folded = True
+
+                try:
+                    await fold_in_thread(fold)
+                except asyncio.CancelledError:
+                    if folded:  # the site hung up, yet its update is in the sum: record it so
+                        self._accepted(task, header, num_examples, len(data))
+                    raise
+        self._accepted(task, header, num_examples, len(data))
+
+    def _accepted(
+        self, task: PendingTask, header: pb.UploadHeader, num_examples: int, nbytes: int
+    ) -> None:
+        metrics = validation.parse_metrics(header.metrics_json)  # checked when the upload began
+        task.phase.results.append(SiteResult(task.site, num_examples, metrics))
         self.store.finish_participation(
             task.id,
             "accepted",
             num_examples=num_examples,
             metrics=metrics,
             duration_s=header.duration_s,
-            bytes_in=len(data),
+            bytes_in=nbytes,
         )
-        phase.finish(task)
+        task.phase.finish(task)
 
     def refuse(
         self,

@@ -263,3 +263,24 @@ def test_central_dp_clips_each_update_once_per_buffer_and_accounts_every_step(
             assert len(privacy["central"]["rounds"]) == 4
 
     asyncio.run(scenario())
+
+
+def test_uploads_queued_behind_the_last_step_make_no_further_step(tmp_path: pathlib.Path) -> None:
+    """K = 1 and six fast sites: uploads wait on the fold lock as the last step is made."""
+
+    async def scenario() -> None:
+        cfg = _async_config(rounds=3, buffer_size=1)
+        async with federation(tmp_path, [cfg]) as fed:
+            for name in "abcdef":
+                fed.add_site(name, "delta=1.0")
+            run = await fed.wait_run(timeout=60)
+            assert run["rounds_completed"] == 3
+            await _rounds(fed, run["id"], 3)
+            checkpoints = fed.server.coordinator.checkpoints
+            assert not checkpoints.model_path(run["id"], 4).exists()
+            model, state = checkpoints.load(run["id"], 3)
+            assert int(state["fedbuff.version"][0]) == 3 and run["model_digest"] == blobs.digest(
+                model
+            )
+
+    asyncio.run(scenario())

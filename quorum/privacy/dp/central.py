@@ -20,6 +20,8 @@ Async (DP-FedBuff): every update in a FedBuff buffer is clipped to C and counts 
 s(τ) <= 1, no example counts), each site has at most one update in a buffer (the driver offers
 no work to a site whose update waits in the open buffer), and the buffer's sum gets noise z·C:
 each server step is one such Gaussian mechanism, accounted like a sync round (sampling rate 1).
+As in DP-FedBuff, who trains when (hence the staleness weights) is treated as public: a site's
+update can be replaced in its slot by any other of norm at most C.
 Adaptive clipping is not offered there (a step's bits would need their own noise per buffer).
 
 Distributed DP: under secure aggregation the server never sees an update, so each of the n sites
