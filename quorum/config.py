@@ -186,19 +186,19 @@ class RunConfig(_Model):
                 "gossip runs have no aggregate for central DP or secure aggregation to protect: "
                 "each model travels end-to-end encrypted between two sites"
             )
-        if self.mode == "async" and self.central_dp.enabled and self.secagg.enabled:
-            raise ValueError(
-                "async runs take central DP with the server adding the noise; distributed DP "
-                "under secure aggregation is sync only for now"
-            )
         if self.mode == "async" and self.central_dp.enabled:
+            if self.secagg.enabled:
+                raise ValueError(
+                    "async runs take central DP with the server adding the noise; distributed "
+                    "DP under secure aggregation is sync only for now"
+                )
+            if self.central_dp.adaptive:
+                raise ValueError(
+                    "adaptive clipping is not available for async runs: set "
+                    "central_dp.adaptive = false (a fixed clipping_norm)"
+                )
             # a DP buffer takes K distinct sites: the run starts once it can fill one
             self.__dict__["min_available_sites"] = max(self.min_available_sites, self.buffer_size)
-        if self.mode == "async" and self.central_dp.enabled and self.central_dp.adaptive:
-            raise ValueError(
-                "adaptive clipping is not available for async runs: set central_dp.adaptive = "
-                "false (a fixed clipping_norm)"
-            )
         if self.mode == "async" and self.secagg.enabled and self.buffer_size < 2:
             raise ValueError("async with secagg aggregates a cohort of buffer_size >= 2 sites")
         dp, secagg = self.central_dp, self.secagg

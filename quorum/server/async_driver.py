@@ -322,12 +322,11 @@ class AsyncDriver:
     ) -> None:
         """Buffers one site's model (worker thread, under the shared fold lock); the K-th
         update applies the server step."""
-        if self.ended is not None:
-            raise UploadRejected("run_ended", f"the run {self.ended}: no more updates are taken")
-        if self.buffer.version >= self.config.rounds:  # uploads queued behind the last step
-            raise UploadRejected(
-                "run_ended", f"the run made its {self.config.rounds} steps: no more are taken"
-            )
+        # Asked afresh, not only `ended`: uploads queued on the fold lock behind the last step
+        # must not make one more before the event loop has ended the run.
+        ended = self.ended or self._end_reason()
+        if ended is not None:
+            raise UploadRejected("run_ended", f"the run {ended}: no more updates are taken")
         try:
             accepted = self.buffer.admit(base_version)
         except StaleUpdate as exc:
@@ -363,13 +362,12 @@ class AsyncDriver:
         """Applies the server step to the buffer, checkpoints and completes the round, opens the
         next one; then, on the event loop, starts the new model's evaluation."""
         version = self.buffer.version + 1
-        if self.central is None:
-            new, state = self.buffer.propose(self.vector)
-        else:
+        noise = None
+        if self.central is not None:
             noise, release = self.central.buffer_noise(self.layout.numel)
-            new, state = self.buffer.propose(self.vector, noise)
             # accounted before anything of the step is written: a crash counts it, never loses it
             record_release(self.co, self.run_id, self.central, version, self.attempt, release)
+        new, state = self.buffer.propose(self.vector, noise)
         model = blobs.encode_flat(new, self.layout)
         self.co.checkpoints.save(self.run_id, version, model, state)
         self.store.complete_round(

@@ -391,15 +391,12 @@ class Coordinator:
             if task.session_id == session.id
         ]
 
-    def on_download(self, session: Session, digest: str, nbytes: int) -> None:
-        """Counts a download against the task it served: the task's model, or a gossip parcel
-        relayed to the task's site."""
+    def on_download(self, session: Session, digest: str, nbytes: int, relayed: bool) -> None:
+        """Counts a download against the task it served: the task's model, or (`relayed`) a
+        gossip parcel for the site's open gossip task."""
         for task in self._open_tasks(session):
             phase = task.phase
-            relay = phase.relay if isinstance(phase, GossipPhase) else None
-            if phase.model_digest == digest or (
-                relay is not None and relay.parcel_for(session, digest) is not None
-            ):
+            if (relayed and isinstance(phase, GossipPhase)) or phase.model_digest == digest:
                 self.store.add_bytes_out(task.id, nbytes)
                 return
 

@@ -143,12 +143,14 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         session = self.co.sessions.get(request.session_id)
         if session is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or closed session")
+        assert session is not None  # abort raised otherwise
         data = self.co.blobs.get(request.digest)
-        if data is None and session is not None:
+        relayed = data is None
+        if relayed:
             data = self.co.relayed(session, request.digest)  # a gossip parcel for this site
         if data is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.digest!r} is served")
-        assert session is not None and data is not None
+        assert data is not None
         if request.offset > len(data):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, "offset is past the end of the blob")
         sent = 0
@@ -159,7 +161,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 yield pb.BlobChunk(offset=offset, total_size=len(data), data=bytes(chunk))
                 offset += len(chunk)
                 sent += len(chunk)
-        self.co.on_download(session, request.digest, sent)
+        self.co.on_download(session, request.digest, sent, relayed)
 
     async def Upload(
         self, request_iterator: AsyncIterator[pb.UploadMessage], context: Context

@@ -44,7 +44,7 @@ class SessionRegistry:
             old.close()
         session = Session(id=secrets.token_hex(32), site=site, task=task)
         self._by_id[session.id] = session
-        self._notify()
+        self.wake()
         return session
 
     def get(self, session_id: str) -> Session | None:
@@ -55,7 +55,7 @@ class SessionRegistry:
         session.close()
         if self._by_id.get(session.id) is session:
             del self._by_id[session.id]
-            self._notify()
+            self.wake()
 
     def connected(self) -> list[Session]:
         return sorted((s for s in self._by_id.values() if not s.closed), key=lambda s: s.site)
@@ -80,10 +80,8 @@ class SessionRegistry:
         return self.connected()
 
     def wake(self) -> None:
-        """Makes waiters check their `unless` again."""
-        self._notify()
+        """Makes waiters check again: at each change, and when an `unless` may hold."""
 
-    def _notify(self) -> None:
         async def notify() -> None:
             async with self._changed:
                 self._changed.notify_all()

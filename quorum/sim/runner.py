@@ -136,7 +136,7 @@ def run_simulation(
         # The run starts once every site is connected, as an operator would submit it: else
         # its first round could start without a site still starting up (on a loaded machine,
         # longer than the round's wait_timeout_s) and the simulation would not be the one asked.
-        _await_sites(admin, sim, children, started + sim.sim.timeout_s, console)
+        _await_sites(admin, sim, children, console, started)
         admin.post("/api/v1/runs", sim.run.model_dump(mode="json", exclude_none=True))
         run = _follow(admin, sim, server, console, started)
         rounds = admin.get(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
@@ -178,37 +178,39 @@ def _dp_flags(sim: SimFile, site: SimSite) -> list[str]:
     ]
 
 
+def _check(sim: SimFile, children: list[processes.Child], started: float, when: str) -> None:
+    """Fails when one of `children` has exited or the simulation has run out of time. Checked
+    before asking the admin API: a dead server would otherwise surface as a connection error."""
+    for child in children:
+        if not child.alive():
+            raise QuorumError(f"{child.name} exited {when}:\n{child.log_tail()}")
+    if time.monotonic() > started + sim.sim.timeout_s:
+        raise QuorumError(f"simulation exceeded sim.timeout_s = {sim.sim.timeout_s:.0f} s")
+
+
 def _await_sites(
     admin: AdminClient,
     sim: SimFile,
     children: list[processes.Child],
-    deadline: float,
     console: Console,
+    started: float,
 ) -> None:
     """Waits until every site of the simulation is connected; fails when a child exits first."""
     with console.status("waiting for the sites to connect…") as status:
         while True:
-            # checked first: a dead server would otherwise surface as a connection error
-            for child in children:
-                if not child.alive():
-                    raise QuorumError(
-                        f"{child.name} exited before the run started:\n{child.log_tail()}"
-                    )
+            _check(sim, children, started, "before the run started")
             connected = {s["name"] for s in admin.get("/api/v1/sites") if s["connected"]}
             if connected >= {site.name for site in sim.sites}:
                 return
             status.update(
                 f"waiting for the sites to connect ({len(connected)} of {len(sim.sites)})…"
             )
-            if time.monotonic() > deadline:
-                raise QuorumError(f"simulation exceeded sim.timeout_s = {sim.sim.timeout_s:.0f} s")
             time.sleep(0.2)
 
 
 def _follow(
     admin: AdminClient, sim: SimFile, server: processes.Child, console: Console, started: float
 ) -> dict[str, Any]:
-    deadline = started + sim.sim.timeout_s
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -220,8 +222,7 @@ def _follow(
     ) as progress:
         bar = progress.add_task(sim.run.name, total=sim.run.rounds, status="starting")
         while True:
-            if not server.alive():
-                raise QuorumError(f"the server exited early:\n{server.log_tail()}")
+            _check(sim, [server], started, "before the run ended")  # sites may be killed on purpose
             runs = admin.get("/api/v1/runs")
             if runs:
                 run: dict[str, Any] = runs[0]
@@ -230,8 +231,6 @@ def _follow(
                 progress.update(bar, completed=run["rounds_completed"], status=status)
                 if run["status"] in FINAL_STATES:
                     return run
-            if time.monotonic() > deadline:
-                raise QuorumError(f"simulation exceeded sim.timeout_s = {sim.sim.timeout_s:.0f} s")
             time.sleep(0.25)
 
 

@@ -143,21 +143,34 @@ def test_cancel_stops_every_rank(tmp_path: pathlib.Path) -> None:
     asyncio.run(scenario())
 
 
-def test_server_stop_ends_its_jobs(tmp_path: pathlib.Path) -> None:
-    async def scenario() -> list[psutil.Process]:
+def test_server_stop_ends_its_jobs_and_the_next_start_runs_the_queued_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    async def scenario() -> tuple[list[psutil.Process], str]:
         async with federation(tmp_path, []) as fed:
             job = (await post(fed, "/api/v1/baselines", heart_spec(steps=10_000_000))).json()
             tree = await ranks_of(fed, job["id"], 1)
-        return tree
+            # max_baseline_jobs = 1 (the default): the second job waits its turn
+            waiting = (await post(fed, "/api/v1/baselines", heart_spec(steps=5))).json()
+            assert waiting["status"] == "queued" and waiting["pid"] is None
+        return tree, waiting["id"]
 
-    tree = asyncio.run(scenario())
+    tree, waiting_id = asyncio.run(scenario())
     assert gone(tree)
     store = Store(tmp_path / "state" / "quorum.db")
     try:
-        (job,) = store.baselines()
+        job, waiting = store.baselines()
         assert job.status == "failed" and job.error == SERVER_STOPPED
+        assert waiting.status == "queued"  # never started: kept for the next start
     finally:
         store.close()
+
+    async def restarted() -> None:
+        async with federation(tmp_path, []) as fed:
+            done = await wait_job(fed, waiting_id, 180, "completed", "failed")
+            assert done["status"] == "completed", done["log_tail"]
+
+    asyncio.run(restarted())
 
 
 def test_roles_and_refusals(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
