@@ -296,8 +296,9 @@ def sim(
         list[str] | None,
         typer.Option(
             "--kill-site",
-            help="SITE@ROUND:STAGE: kill that site's process as it begins the stage (fit, "
-            "advertise-keys, share-keys, masked-input, unmask) of that round; repeatable",
+            help="SITE@ROUND:STAGE: that site vanishes (no answer, no goodbye) as it begins the "
+            "stage (fit, advertise-keys, share-keys, masked-input, unmask, gossip-keys, "
+            "gossip-send, gossip-mix) of that round; repeatable",
         ),
     ] = None,
     slow_site: Annotated[
@@ -308,8 +309,19 @@ def sim(
             "repeatable",
         ),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Run the site hosts as actors of this Ray cluster (HOST:PORT; sets "
+            "sim.backend = ray)",
+        ),
+    ] = None,
 ) -> None:
-    """Run a whole federation as local processes and report on it."""
+    """Run a whole federation on this machine (or a Ray cluster) and report on it.
+
+    Example: quorum sim --config examples/mnist/sim.toml --set sim.num_sites=1000
+    """
     from quorum.client.faults import parse_kill, parse_slowdown
     from quorum.config import SimFile, load
     from quorum.sim.runner import run_simulation
@@ -317,6 +329,9 @@ def sim(
     sim_file = load(SimFile, config, set_ or [])
     if seed is not None:
         sim_file.run.seed = seed
+    if ray_address is not None:
+        sim_file.sim.backend = "ray"
+        sim_file.sim.ray_address = ray_address
     kills = dict(parse_kill(k) for k in kill_site or [])
     slowdowns = dict(parse_slowdown(s) for s in slow_site or [])
     run_simulation(
@@ -327,6 +342,34 @@ def sim(
         kills=kills,
         slowdowns=slowdowns,
     )
+
+
+@app.command("sim-host", hidden=True)
+def sim_host(
+    spec: Annotated[pathlib.Path, typer.Option("--spec", help="The host's spec (JSON)")],
+    summary: Annotated[
+        pathlib.Path | None, typer.Option("--summary", help="Write what the host did here")
+    ] = None,
+    log_format: LogFormat = "text",
+) -> None:
+    """One site host of `quorum sim` (which starts it): many virtual sites in one process."""
+    import json
+
+    from quorum.sim.host import read_spec, serve
+
+    logs.setup(log_format)
+    host_spec = read_spec(spec)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        done = await serve(host_spec, stop)
+        if summary is not None:
+            summary.write_text(json.dumps(done))
+
+    asyncio.run(main())
 
 
 def main() -> None:

@@ -340,13 +340,33 @@ class SiteFile(_Model):
 
 class SimSite(_Model):
     name: str
-    data: str
+    data: str | None = Field(
+        None, description="this site's data (a generated site's own, when left out)"
+    )
     dp: SiteDPConfig | None = Field(None, description="this site's budget (overrides [site.dp])")
 
 
 class SimSiteDefaults(_Model):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     dp: SiteDPConfig | None = Field(None, description="every site's budget, unless it sets its own")
+
+
+PartitionKind = Literal["natural", "iid", "dirichlet", "shards", "quantity"]
+
+
+class PartitionConfig(_Model):
+    """How `quorum sim` splits a Partitionable task's data set among its virtual sites."""
+
+    kind: PartitionKind = Field(
+        "iid",
+        description="natural (the data's own owners: one site each), iid, dirichlet (label "
+        "skew), shards (label shards per site) or quantity (power-law sizes)",
+    )
+    alpha: float = Field(0.5, gt=0, description="dirichlet: concentration; lower is more skewed")
+    shards_per_site: int = Field(2, ge=1, description="shards: label-sorted shards per site")
+    power: float = Field(1.5, gt=0, description="quantity: exponent of the power-law sizes")
+    min_size: int = Field(1, ge=1, description="examples every site gets at least")
+    seed: int | None = Field(None, description="default: the run's seed")
 
 
 class SimOptions(_Model):
@@ -360,6 +380,62 @@ class SimOptions(_Model):
         "engine, nproc, steps...); its task is the run's, data 'pooled', seed the run's, "
         "device the sites'",
     )
+    num_sites: int | None = Field(
+        None,
+        ge=1,
+        description="virtual sites site-0000, site-0001, ... (default: the [[sites]] listed); "
+        "a [[sites]] entry of one of these names overrides that site",
+    )
+    data: str | None = Field(
+        None, description="the data set the partitioner splits (the task's examples(data))"
+    )
+    site_data: str | None = Field(
+        None,
+        description="each generated site's data string, '{index}' replaced by its number, for "
+        "tasks that take a site's data by name (instead of [sim.partition])",
+    )
+    partition: PartitionConfig | None = Field(
+        None, description="split `data` among the sites (the task must be Partitionable)"
+    )
+    hosts: int | None = Field(
+        None, ge=1, description="site-host processes (default: one per core, at most one per site)"
+    )
+    slots_per_host: int | None = Field(
+        None,
+        ge=1,
+        description="fits and evaluations running at once in a host (default: its "
+        "share of the cores, at least 1)",
+    )
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: host processes on this machine; ray: Ray actors"
+    )
+    ray_address: str | None = Field(
+        None, description="an existing Ray cluster (HOST:PORT); default: a local Ray instance"
+    )
+    host_num_cpus: float = Field(1.0, gt=0, description="ray: CPUs each host actor reserves")
+    host_num_gpus: float = Field(
+        0.0, ge=0, description="ray: GPUs (or a fraction of one) each host actor reserves"
+    )
+    tensorboard: pathlib.Path | None = Field(
+        None, description="also write the rounds' scalars as TensorBoard event files here"
+    )
+    table_every: int | None = Field(
+        None, ge=1, description="rounds between the rows of the printed table (default: ~20 rows)"
+    )
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> SimOptions:
+        if self.partition is not None and self.data is None:
+            raise ValueError("[sim.partition] splits the data set named by sim.data: set it")
+        if self.partition is not None and self.site_data is not None:
+            raise ValueError("sim.site_data and [sim.partition] are two ways to give sites data")
+        if (
+            (self.partition or self.site_data)
+            and self.num_sites is None
+            and (self.partition is None or self.partition.kind != "natural")
+        ):
+            raise ValueError("sim.num_sites says how many sites to generate")
+        return self
 
 
 class SimFile(_Model):
@@ -369,7 +445,21 @@ class SimFile(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     run: RunConfig
     site: SimSiteDefaults = Field(default_factory=SimSiteDefaults)
-    sites: list[SimSite] = Field(min_length=1)
+    sites: list[SimSite] = Field(
+        default_factory=list, description="sites by name; with sim.num_sites, overrides"
+    )
+
+    @model_validator(mode="after")
+    def _some_sites(self) -> SimFile:
+        generated = self.sim.num_sites is not None or (
+            self.sim.partition is not None and self.sim.partition.kind == "natural"
+        )
+        if not self.sites and not generated:
+            raise ValueError("a simulation needs sites: set sim.num_sites or list [[sites]]")
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError("[[sites]] names must be unique")
+        return self
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -27,6 +27,13 @@ def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def private_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The 32 raw bytes of the private key (a simulation host's spec carries its sites' keys)."""
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
 def write_keypair(key: Ed25519PrivateKey, private_path: pathlib.Path) -> pathlib.Path:
     """Writes the private key (PEM, mode 0600) and the public key beside it as NAME.pub."""
     public_path = private_path.with_suffix(".pub")

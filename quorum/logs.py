@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 import sys
 import time
+from typing import Any
 
 
 class _JsonFormatter(logging.Formatter):
@@ -24,8 +26,11 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(fields)
 
 
-def setup(fmt: str = "text", level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def setup(fmt: str = "text", level: int = logging.INFO, path: pathlib.Path | None = None) -> None:
+    """Logs to stderr, or appends to the file at `path`."""
+    handler: logging.Handler = (
+        logging.FileHandler(path) if path is not None else logging.StreamHandler(sys.stderr)
+    )
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -35,3 +40,11 @@ def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class SiteLog(logging.LoggerAdapter[logging.Logger]):
+    """Puts `site=NAME` first in each line: many virtual sites of a simulation host share one
+    log, and a line must say whose it is."""
+
+    def process(self, msg: object, kwargs: Any) -> tuple[object, Any]:
+        return f"site={self.extra['site'] if self.extra else '?'} {msg}", kwargs

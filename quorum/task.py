@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from quorum.errors import TaskError
 from quorum.wire.blobs import Params
 
@@ -57,6 +59,32 @@ class Baselines:
 
     pooled: dict[str, float]
     local: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """The examples of a data set that a simulation splits among virtual sites: one label per
+    example and, where the data has its own owners (a file, a writer, a speaker), one owner id
+    per example (the `natural` partition's sites)."""
+
+    labels: np.ndarray
+    owners: np.ndarray | None = None
+
+
+@runtime_checkable
+class Partitionable(Protocol):
+    """A task whose data `quorum sim` can split among many virtual sites (`[sim.partition]`).
+
+    `examples(data)` describes the whole data set named `data` (the `[sim] data` setting);
+    `site_of(data, indices, device, seed)` is the `SiteTask` of one site holding the examples
+    at `indices` (positions in `examples(data)`, shared read-only: a site keeps the indices,
+    not copies of the examples). Which of a site's examples it holds back for evaluation is the
+    task's rule; a rule per example (not per site) keeps the union of the sites' training
+    examples equal to the pooled baseline's training set."""
+
+    def examples(self, data: str) -> Examples: ...
+
+    def site_of(self, data: str, indices: np.ndarray, device: str, seed: int) -> SiteTask: ...
 
 
 @runtime_checkable

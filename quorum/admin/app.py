@@ -128,7 +128,7 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
         return Health(
             status="ok",
             version=__version__,
-            connected_sites=len(co.sessions.connected()),
+            connected_sites=co.sessions.count(),
             current_run=co.current_run,
         )
 

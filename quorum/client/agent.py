@@ -4,6 +4,7 @@ exponential backoff after any disconnect; tasks run one after another off the ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -17,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quorum import __version__
 from quorum.client import gossip, secure_fit
 from quorum.client.gossip_models import GossipModels
+from quorum.client.slots import Slots
 from quorum.client.transfer import BlobCache, download, upload
 from quorum.errors import AuthError, BudgetExhausted
 from quorum.identity import public_bytes, sign_join
+from quorum.logs import SiteLog
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.task import FitResult, SiteTask
@@ -64,9 +67,15 @@ class SiteAgent:
         backoff: Backoff = Backoff(),
         on_stage: StageHook | None = None,
         gossip_models: GossipModels | None = None,
+        channel: grpc.aio.Channel | None = None,
+        slots: Slots | None = None,
+        name: str | None = None,
     ) -> None:
         """`gossip_models` keeps this site's own model of each gossip run (in memory when
-        not given: a restarted agent then starts such a run again from its initial model)."""
+        not given: a restarted agent then starts such a run again from its initial model).
+        Many virtual sites of a simulation host share one `channel` (their sessions are
+        streams of one HTTP/2 connection; without it each session dials its own) and one
+        `slots` (their fits share the host's cores). `name` tags the agent's log lines."""
         self.server = server
         self.key = key
         self.task_ref = task_ref
@@ -76,6 +85,9 @@ class SiteAgent:
         self.backoff = backoff
         self.on_stage = on_stage
         self.gossip_models = gossip_models or GossipModels()
+        self.shared_channel = channel
+        self.slots = slots or Slots()
+        self.log: logging.Logger | SiteLog = SiteLog(log, {"site": name}) if name else log
         self._rng = random.Random()
         # Server messages for the secure-aggregation task in progress, by task id.
         self._inboxes: dict[str, asyncio.Queue[pb.ServerMessage]] = {}
@@ -89,18 +101,23 @@ class SiteAgent:
             try:
                 await self._session(stop)
             except (grpc.aio.AioRpcError, ConnectionError, OSError, StopAsyncIteration) as exc:
-                log.warning("event=disconnected server=%s error=%s", self.server, _describe(exc))
+                self.log.warning(
+                    "event=disconnected server=%s error=%s", self.server, _describe(exc)
+                )
             if time.monotonic() - started > 30:
                 failures = 0
             delay = self.backoff.delay(failures, self._rng)
             failures += 1
-            log.info("event=reconnect_wait seconds=%.2f", delay)
+            self.log.info("event=reconnect_wait seconds=%.2f", delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
                 pass
 
-    def _channel(self) -> grpc.aio.Channel:
+    def _channel(self) -> contextlib.AbstractAsyncContextManager[grpc.aio.Channel]:
+        """The session's channel: the shared one (left open), else a new one of its own."""
+        if self.shared_channel is not None:
+            return contextlib.nullcontext(self.shared_channel)
         if self.credentials is None:
             return grpc.aio.insecure_channel(self.server, options=GRPC_OPTIONS)
         return grpc.aio.secure_channel(self.server, self.credentials, options=GRPC_OPTIONS)
@@ -148,7 +165,7 @@ class SiteAgent:
                     raise AuthError(f"the server refused this site: {exc.details()}") from None
                 raise
             info = welcome.welcome
-            log.info("event=joined site=%s server=%s", info.site_name, self.server)
+            self.log.info("event=joined site=%s server=%s", info.site_name, self.server)
             tasks: asyncio.Queue[pb.TaskOffer] = asyncio.Queue()
             workers = [
                 asyncio.create_task(self._heartbeat(outbox, info.heartbeat_interval_s)),
@@ -179,7 +196,7 @@ class SiteAgent:
                         self._route(message.gossip.task_id, message)
                     elif kind == "notice":
                         self._route(message.notice.task_id, message)
-                        log.warning(
+                        self.log.warning(
                             "event=server_notice task_id=%s code=%s message=%s",
                             message.notice.task_id,
                             message.notice.code,
@@ -221,7 +238,7 @@ class SiteAgent:
             except (asyncio.CancelledError, grpc.aio.AioRpcError, SimulatedCrash):
                 raise
             except BudgetExhausted as exc:  # the site's own privacy budget: a refusal
-                log.warning("event=budget_exhausted task_id=%s detail=%s", offer.task_id, exc)
+                self.log.warning("event=budget_exhausted task_id=%s detail=%s", offer.task_id, exc)
                 _reply(
                     outbox,
                     offer,
@@ -230,7 +247,7 @@ class SiteAgent:
                     error=f"{BudgetExhausted.code}: {exc}",
                 )
             except Exception as exc:  # the user's task failed: report it, keep serving
-                log.exception("event=task_failed task_id=%s", offer.task_id)
+                self.log.exception("event=task_failed task_id=%s", offer.task_id)
                 _reply(
                     outbox,
                     offer,
@@ -268,22 +285,22 @@ class SiteAgent:
         model = await download(stub, session_id, offer.model_digest, offer.model_size, self.cache)
         params = blobs.decode(model)
         if offer.kind == pb.TASK_KIND_FIT:
-            fit = await asyncio.to_thread(self.site_task.fit, params, config)
+            fit = await self.slots.run(self.site_task.fit, params, config)
             data = await asyncio.to_thread(blobs.encode, fit.params)
             receipt = await _upload_update(
                 stub, session_id, offer, started, data, fit.metrics, fit.num_examples
             )
             if receipt.accepted:
-                log.info("event=update_accepted run_id=%s round=%d", offer.run_id, offer.round)
+                self.log.info("event=update_accepted run_id=%s round=%d", offer.run_id, offer.round)
             else:
-                log.warning(
+                self.log.warning(
                     "event=update_refused round=%d code=%s message=%s",
                     offer.round,
                     receipt.code,
                     receipt.message,
                 )
         else:
-            ev = await asyncio.to_thread(self.site_task.evaluate, params, config)
+            ev = await self.slots.run(self.site_task.evaluate, params, config)
             _reply(
                 outbox,
                 offer,
@@ -306,7 +323,7 @@ class SiteAgent:
             model = await download(
                 stub, session_id, offer.model_digest, offer.model_size, self.cache
             )
-            fit = await asyncio.to_thread(self.site_task.fit, blobs.decode(model), config)
+            fit = await self.slots.run(self.site_task.fit, blobs.decode(model), config)
             return model, fit
 
         async def send_masked(data: bytes, metrics: dict[str, float]) -> pb.UploadReceipt:
@@ -332,7 +349,7 @@ class SiteAgent:
             await asyncio.wait({training})
             if not training.cancelled():
                 training.exception()  # seen here; the stage error is the one reported
-        log.info("event=secure_update_done run_id=%s round=%d", offer.run_id, offer.round)
+        self.log.info("event=secure_update_done run_id=%s round=%d", offer.run_id, offer.round)
 
     async def _gossip(
         self,
@@ -358,6 +375,7 @@ class SiteAgent:
                 offer,
                 config,
                 self.site_task,
+                self.slots,
                 self.gossip_models,
                 link,
                 lambda stage: self._stage(offer.round, stage),

@@ -9,7 +9,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from quorum.client.agent import StageHook
+from quorum.client.agent import SimulatedCrash, StageHook
 from quorum.errors import ConfigError
 from quorum.task import EvalResult, FitResult, JSONConfig, SiteTask
 from quorum.wire.blobs import Params
@@ -65,6 +65,18 @@ def kill_hook(crash: Crash) -> StageHook:
     def hook(round_no: int, stage: str) -> None:
         if stage == crash.stage and round_no >= crash.round:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def crash_hook(crash: Crash) -> StageHook:
+    """The same crash point for a virtual site of a simulation host: the site vanishes
+    (`SimulatedCrash`: its session ends without an answer or a goodbye) and its neighbours in
+    the host process go on."""
+
+    def hook(round_no: int, stage: str) -> None:
+        if stage == crash.stage and round_no >= crash.round:
+            raise SimulatedCrash(f"crash point {crash}")
 
     return hook
 

@@ -27,6 +27,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum.client.gossip_models import GossipModels
+from quorum.client.slots import Slots
 from quorum.client.stages import unless_ended
 from quorum.client.transfer import BlobCache, download, upload
 from quorum.errors import BlobError, GossipError
@@ -84,18 +85,20 @@ async def run(
     offer: pb.TaskOffer,
     config: JSONConfig,
     site_task: SiteTask,
+    slots: Slots,
     models: GossipModels,
     link: Link,
     stage: Callable[[str], None],
     started: float,
 ) -> None:
     """Runs the round at this site and sends its report; raises GossipError when the server
-    ends the round or breaks the protocol (the agent then reports the task failed)."""
+    ends the round or breaks the protocol (the agent then reports the task failed). Training
+    and evaluation take one of `slots`."""
     setup = offer.gossip
-    training = asyncio.ensure_future(_train(offer, config, site_task, models, link))
+    training = asyncio.ensure_future(_train(offer, config, site_task, slots, models, link))
     try:
         await _exchange(
-            key, offer, setup, training, models, site_task, config, link, stage, started
+            key, offer, setup, training, models, site_task, slots, config, link, stage, started
         )
     finally:
         # A fit thread cannot be stopped: wait for it, so that no two fits ever run at once.
@@ -111,6 +114,7 @@ async def _exchange(
     training: asyncio.Future[tuple[bytes, FitResult]],
     models: GossipModels,
     site_task: SiteTask,
+    slots: Slots,
     config: JSONConfig,
     link: Link,
     stage: Callable[[str], None],
@@ -194,7 +198,7 @@ async def _exchange(
             skipped.setdefault(j, "no_parcel: the server named no model from this neighbour")
     mixed = await asyncio.to_thread(_mix, mine, setup.self_weight, received, peers, layout)
     models.save(run_id, round_no, mixed)
-    evaluation = await asyncio.to_thread(site_task.evaluate, blobs.decode(mixed), config)
+    evaluation = await slots.run(site_task.evaluate, blobs.decode(mixed), config)
     metrics: dict[str, Any] = {
         **evaluation.metrics,
         **{f"fit_{k}": v for k, v in fit.metrics.items()},
@@ -234,6 +238,7 @@ async def _train(
     offer: pb.TaskOffer,
     config: JSONConfig,
     site_task: SiteTask,
+    slots: Slots,
     models: GossipModels,
     link: Link,
 ) -> tuple[bytes, FitResult]:
@@ -248,7 +253,7 @@ async def _train(
         if blobs.read_layout(data).tensors == layout.tensors:
             model = data
             log.info("event=gossip_resume run_id=%s from_round=%d", offer.run_id, made)
-    fit = await asyncio.to_thread(site_task.fit, blobs.decode(model), config)
+    fit = await slots.run(site_task.fit, blobs.decode(model), config)
     trained = await asyncio.to_thread(_encode_like, fit.params, layout)
     return trained, fit
 

@@ -206,6 +206,24 @@ class Store:
         self.event("site_registered", site=name)
         return SiteRecord(name, public_key, now, None)
 
+    def add_sites(self, sites: list[tuple[str, bytes]]) -> None:
+        """Registers many sites (name, public key) in one transaction: all or none."""
+        now = time.time()
+        try:
+            with self._tx() as db:
+                db.executemany(
+                    "INSERT INTO sites (name, public_key, registered_at) VALUES (?, ?, ?)",
+                    [(name, key, now) for name, key in sites],
+                )
+                db.execute(
+                    "INSERT INTO events (at, kind, run_id, fields_json) VALUES (?, ?, ?, ?)",
+                    (now, "sites_registered", None, json.dumps({"count": len(sites)})),
+                )
+        except sqlite3.IntegrityError:
+            raise ConflictError(
+                "a site of this batch is already registered (by name or public key)"
+            ) from None
+
     def revoke_site(self, name: str) -> None:
         with self._tx() as db:
             cur = db.execute(

@@ -9,6 +9,11 @@ from typing import Any
 from rich.table import Table
 
 from quorum.config import SimFile
+from quorum.sim.plan import SitePlan
+
+KNOWN_EVALUATE = {"accuracy", "loss", "num_sites", "accuracy_mean_sites", "loss_mean_sites"}
+TABLE_ROWS = 20
+"""About this many rounds in the printed table of a long run (every k-th; the report has all)."""
 
 
 def build(
@@ -17,9 +22,12 @@ def build(
     rounds: list[dict[str, Any]],
     baselines: dict[str, Any] | None,
     privacy: dict[str, Any],
+    plan: SitePlan,
+    hosts: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """`privacy` is the run's privacy ledger from the admin API (`/runs/{id}/privacy`);
-    `baselines` the pooled job's results and the local-only ones (`quorum.sim.pooled.section`)."""
+    `baselines` the pooled job's results and the local-only ones (`quorum.sim.pooled.section`);
+    `hosts` what each site host reported at its end."""
     started = run["started_at"] or run["created_at"]
     completed = [r for r in rounds if r["status"] == "completed"]
     rows = []
@@ -42,6 +50,9 @@ def build(
                 "staleness_max": r["metrics"].get("fit", {}).get("staleness_max"),
                 "secagg": _secagg(r),
                 "gossip": _gossip(r),
+                # Every metric the task reported, as the round recorded it.
+                "evaluate": evaluate,
+                "fit": r["metrics"].get("fit", {}),
             }
         )
     last = rows[-1] if rows else {}
@@ -51,7 +62,9 @@ def build(
         "mode": sim.run.mode,
         "strategy": sim.run.strategy,
         "seed": sim.run.seed,
-        "sites": [s.name for s in sim.sites],
+        "sites": [s.name for s in plan.sites],
+        "partition": _partition(sim, plan),
+        "hosts": hosts,
         "rounds": rows,
         "aborted_rounds": [
             {
@@ -73,6 +86,30 @@ def build(
         "privacy": _privacy(privacy),
         "wall_time_s": (run["finished_at"] or started) - started,
         "config": sim.model_dump(mode="json"),
+    }
+
+
+def _partition(sim: SimFile, plan: SitePlan) -> dict[str, Any] | None:
+    """The partition's kind, each site's size and label histogram (and owner, when natural)."""
+    if plan.parts is None or plan.labels is None or sim.sim.partition is None:
+        return None
+    from quorum.sim import partition
+
+    classes, counts = partition.histogram(plan.labels, plan.parts)
+    by_part = {s.part: s for s in plan.sites if s.part is not None}
+    return {
+        **sim.sim.partition.model_dump(),
+        "data": sim.sim.data,
+        "classes": classes,
+        "sites": [
+            {
+                "site": by_part[i].name if i in by_part else None,
+                "owner": by_part[i].owner if i in by_part else None,
+                "size": len(part),
+                "labels": [int(c) for c in counts[i]],
+            }
+            for i, part in enumerate(plan.parts)
+        ],
     }
 
 
@@ -171,9 +208,84 @@ def _plot_consensus(ax: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def write(result: dict[str, Any], path: pathlib.Path) -> None:
+    """The JSON report, its plot beside it (PATH.png) and, for a partitioned simulation, the
+    sites' label histograms (PATH-partition.png)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     plot(result, path.with_suffix(".png"))
+    if result.get("partition"):
+        plot_partition(result["partition"], partition_plot_path(path))
+
+
+def partition_plot_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(f"{path.stem}-partition.png")
+
+
+def plot_partition(section: dict[str, Any], path: pathlib.Path) -> None:
+    """Each site's examples per label, stacked: the partition's label skew and sizes at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.array([s["labels"] for s in section["sites"]], dtype=np.int64)
+    sites = np.arange(len(counts))
+    fig, ax = plt.subplots(figsize=(min(14, 6 + len(counts) / 25), 4.2), dpi=120)
+    bottom = np.zeros(len(counts))
+    cmap = plt.get_cmap("tab20" if counts.shape[1] > 10 else "tab10")
+    for j, name in enumerate(section["classes"]):
+        ax.bar(
+            sites,
+            counts[:, j],
+            bottom=bottom,
+            width=1.0,
+            color=cmap(j % cmap.N),
+            label=str(name) if counts.shape[1] <= 20 else None,
+            linewidth=0,
+        )
+        bottom += counts[:, j]
+    detail = {
+        "dirichlet": f"alpha {section['alpha']:g}",
+        "shards": f"{section['shards_per_site']} shards per site",
+        "quantity": f"power {section['power']:g}",
+    }.get(section["kind"], "")
+    ax.set_title(
+        f"{section['data']}: {section['kind']} partition {detail} over {len(counts)} sites"
+    )
+    ax.set_xlabel("site")
+    ax.set_ylabel("examples per label")
+    ax.set_xlim(-0.5, len(counts) - 0.5)
+    if counts.shape[1] <= 20:
+        ax.legend(fontsize=6, ncol=2, loc="upper right", title="label", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def tensorboard(result: dict[str, Any], directory: pathlib.Path) -> None:
+    """The rounds' scalars (every evaluate and fit metric, ε, wall time) as TensorBoard event
+    files under DIRECTORY/RUN_ID."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from quorum.errors import ConfigError
+
+        raise ConfigError(
+            "sim.tensorboard needs the tensorboard package: pip install 'quorum-fl[tensorboard]'"
+        ) from None
+    writer = SummaryWriter(log_dir=str(directory / result["run_id"]))
+    try:
+        for row in result["rounds"]:
+            step = row["round"]
+            for phase in ("evaluate", "fit"):
+                for name, value in row[phase].items():
+                    writer.add_scalar(f"{phase}/{name}", value, step)
+            for name in ("central_epsilon", "wall_time_s"):
+                if row.get(name) is not None:
+                    writer.add_scalar(name, row[name], step)
+    finally:
+        writer.close()
 
 
 def plot(result: dict[str, Any], path: pathlib.Path) -> None:
@@ -208,6 +320,15 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
         marker="o",
         label=f"federated ({result['strategy']}), mean of site test sets",
     )
+    for i, name in enumerate(extra_metrics(result)):
+        ax.plot(
+            rounds,
+            [r["evaluate"].get(name) for r in result["rounds"]],
+            marker=".",
+            linestyle="-.",
+            color=f"C{6 + i % 4}",
+            label=f"federated {name}",
+        )
     baselines = result.get("baselines")
     if baselines:
         pooled = _pooled_accuracy(baselines)
@@ -266,13 +387,29 @@ def _plot_privacy(ax: Any, privacy: dict[str, Any]) -> None:
     ax.legend(fontsize=7, loc="upper left")
 
 
-def table(result: dict[str, Any]) -> Table:
+def extra_metrics(result: dict[str, Any]) -> list[str]:
+    """Evaluate metrics the task reports besides accuracy and loss (e.g. macro_f1)."""
+    names = {k for r in result["rounds"] for k in r["evaluate"]}
+    return sorted(n for n in names - KNOWN_EVALUATE if not n.endswith("_mean_sites"))
+
+
+def table(result: dict[str, Any], every: int | None = None) -> Table:
+    """Every round of a short run; of a long one every k-th (about TABLE_ROWS rows, and the
+    last), with the full list in the report."""
     out = Table(title=f"{result['strategy']} · seed {result['seed']} · {result['status']}")
+    rounds = result["rounds"]
+    every = every or max(1, -(-len(rounds) // TABLE_ROWS))
+    shown = [r for i, r in enumerate(rounds) if i % every == every - 1 or i == len(rounds) - 1]
+    if every > 1:
+        out.caption = f"every {every}th round; all {len(rounds)} in the report"
+    extra = extra_metrics(result)
     out.add_column("round", justify="right")
     out.add_column("acc (mean of sites)", justify="right")
     out.add_column("acc (pooled test)", justify="right")
     out.add_column("loss", justify="right")
     out.add_column("wall time s", justify="right")
+    for name in extra:
+        out.add_column(name, justify="right")
     secure = any(r["secagg"] for r in result["rounds"])
     if secure:
         out.add_column("secagg dropouts", overflow="fold")
@@ -288,7 +425,7 @@ def table(result: dict[str, Any]) -> Table:
         for site in gossip_sites:
             out.add_column(site[:8], justify="right")
         out.caption = "gossip: consensus = mean L2 distance between neighbours; per-site accuracy"
-    for r in result["rounds"]:
+    for r in shown:
         dropouts = [f"{d['site']}@{d['stage']}" for d in (r["secagg"] or {}).get("dropped", [])]
         out.add_row(
             str(r["round"]),
@@ -296,6 +433,7 @@ def table(result: dict[str, Any]) -> Table:
             _f(r["accuracy_pooled_test"]),
             _f(r["loss"]),
             f"{r['wall_time_s']:.1f}",
+            *(_f(r["evaluate"].get(name)) for name in extra),
             *([", ".join(dropouts) or "none"] if secure else []),
             *([_f(r.get("dp_epsilon"))] if site_dp else []),
             *([_f(r.get("central_epsilon"))] if central else []),
@@ -311,6 +449,7 @@ def table(result: dict[str, Any]) -> Table:
             _f(pooled.get("accuracy_pooled_test")),
             _f(pooled.get("eval_loss")),
             _f(pooled.get("wall_s")),
+            *(_f(pooled.get(name)) for name in extra),
             style="bold",
         )
         for site, values in sorted(baselines["local"].items()):

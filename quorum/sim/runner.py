@@ -1,12 +1,12 @@
-"""`quorum sim`: a real server process and one site-agent process per site, on loopback.
+"""`quorum sim`: a real server process and site hosts, each running many virtual sites, on
+loopback (or as Ray actors on a Ray cluster).
 
 The simulation drives and watches the federation only through the public surfaces a user has:
-the server config, `quorum client run`, and the admin API, from which the report is built.
+the server config, the sites' own sessions, and the admin API, from which the report is built.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 import secrets
 import shutil
@@ -21,13 +21,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from quorum import identity
 from quorum.admin.client import AdminClient
+from quorum.baseline.task import CentralisedTask
 from quorum.client.faults import Crash
-from quorum.config import ServerConfig, ServerFile, SimFile, SimSite, resolve_data
+from quorum.config import ServerConfig, ServerFile, SimFile
 from quorum.errors import ConfigError, QuorumError
 from quorum.ports import free_port
 from quorum.server.store import Store
-from quorum.sim import pooled, processes, report
-from quorum.task import HasBaselines, load_task
+from quorum.sim import hosts, plan, pooled, report
+from quorum.sim.host import HostSite, HostSpec
+from quorum.task import HasBaselines, import_ref, load_task
 
 FINAL_STATES = ("completed", "failed", "stopped")
 
@@ -41,16 +43,25 @@ def run_simulation(
     kills: Mapping[str, Crash] | None = None,
     slowdowns: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """`kills` names sites whose process is SIGKILLed at a round and stage (not restarted);
-    `slowdowns`, sites that train that many times slower."""
+    """`kills` names sites that vanish at a round and stage (not restarted); `slowdowns`,
+    sites that train that many times slower."""
     task = load_task(sim.run.task)  # fail before starting anything
-    baseline_spec = pooled.spec(sim) if sim.sim.baselines else None
     kills, slowdowns = kills or {}, slowdowns or {}
-    names = {s.name for s in sim.sites}
+    site_plan = plan.plan(sim, task, config_dir)
+    names = {s.name for s in site_plan.sites}
     for flag, named in (("--kill-site", kills), ("--slow-site", slowdowns)):
         unknown = sorted(set(named) - names)
         if unknown:
-            raise ConfigError(f"{flag} names sites that are not in the simulation: {unknown}")
+            raise ConfigError(f"{flag} names sites that are not in the simulation: {unknown[:5]}")
+    baseline_spec = None
+    if sim.sim.baselines:
+        if isinstance(import_ref(sim.run.task), CentralisedTask):
+            baseline_spec = pooled.spec(sim)
+        else:
+            console.print(
+                f"[yellow]task {sim.run.task!r} has no centralised-baseline interface "
+                "(quorum.baseline.task.CentralisedTask): the report has no pooled line"
+            )
     out = sim.sim.output_dir
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -68,78 +79,75 @@ def run_simulation(
             }
         ),
     )
+    partition_file = None
+    if site_plan.parts is not None:
+        from quorum.sim import partition
+
+        partition_file = (work / "partition.safetensors").resolve()
+        partition.save(partition_file, site_plan.parts)
+    keys = {s.name: identity.generate() for s in site_plan.sites}
     store = Store(state_dir / "quorum.db")
-    keys = work / "keys"
-    for site in sim.sites:
-        key = identity.generate()
-        identity.write_keypair(key, keys / f"{site.name}.key")
-        store.add_site(site.name, identity.public_bytes(key))
-    store.close()
+    try:
+        store.add_sites([(name, identity.public_bytes(key)) for name, key in keys.items()])
+    finally:
+        store.close()
     server_toml = work / "server.toml"
     server_toml.write_text(tomli_w.dumps(server_file.model_dump(mode="json", exclude_none=True)))
 
+    shape = plan.layout(sim, len(site_plan.sites))
+    specs = [
+        HostSpec(
+            host=k,
+            server=f"127.0.0.1:{fed_port}",
+            task=sim.run.task,
+            device=sim.site.device,
+            seed=sim.run.seed,
+            slots=shape.slots,
+            keep=shape.keep,
+            data=sim.sim.data,
+            partition=partition_file,
+            site_dir=(work / "sites").resolve(),
+            sites=[
+                HostSite(
+                    name=s.name,
+                    key=identity.private_bytes(keys[s.name]).hex(),
+                    data=s.data,
+                    part=s.part,
+                    dp=s.dp,
+                    crash=str(kills[s.name]) if s.name in kills else None,
+                    slowdown=slowdowns.get(s.name),
+                )
+                for s in dealt
+            ],
+        )
+        for k, dealt in enumerate(plan.deal(site_plan.sites, shape.hosts))
+    ]
     logs = work / "logs"
-    children: list[processes.Child] = []
     admin = AdminClient(f"http://127.0.0.1:{admin_port}", token)
     pool = ThreadPoolExecutor(max_workers=1)
     started = time.monotonic()
+    fleet: hosts.Fleet | None = None
     try:
-        server = processes.start(
-            "server", ["server", "start", "--config", str(server_toml), "--insecure"], logs
-        )
-        children.append(server)
-        for site in sim.sites:
-            children.append(
-                processes.start(
-                    f"site-{site.name}",
-                    [
-                        "client",
-                        "run",
-                        "--server",
-                        f"127.0.0.1:{fed_port}",
-                        "--site-key",
-                        str(keys / f"{site.name}.key"),
-                        "--task",
-                        sim.run.task,
-                        "--data",
-                        resolve_data(site.data, config_dir),
-                        "--device",
-                        sim.site.device,
-                        "--seed",
-                        str(sim.run.seed),
-                        "--insecure",
-                        *(["--crash-at", str(kills[site.name])] if site.name in kills else []),
-                        *(
-                            ["--slowdown", repr(slowdowns[site.name])]
-                            if site.name in slowdowns
-                            else []
-                        ),
-                        *_dp_flags(sim, site),
-                    ],
-                    logs,
-                    # Many agents share the machine's cores: one compute thread each avoids
-                    # oversubscription (a user's explicit setting wins).
-                    env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
-                )
-            )
+        fleet = hosts.start_server(server_toml, logs)
+        admin.wait_ready(60)
+        fleet.start_hosts(sim, specs, work)
         # The local-only baselines train in this process while the federation runs (torch
         # releases the GIL; the server and agents are mostly waiting on each other).
         pending = None
-        if sim.sim.baselines and isinstance(task, HasBaselines):
-            sites = {s.name: resolve_data(s.data, config_dir) for s in sim.sites}
+        local_sites = {s.name: s.data for s in site_plan.sites if s.data is not None}
+        if sim.sim.baselines and isinstance(task, HasBaselines) and site_plan.parts is None:
             pending = pool.submit(
-                pooled.local_baselines, task, sites, sim.site.device, sim.run.seed
+                pooled.local_baselines, task, local_sites, sim.site.device, sim.run.seed
             )
-        admin.wait_ready(60)
         # The pooled baseline is a baseline job of the server, like any operator's.
         job = pooled.submit(admin, baseline_spec) if baseline_spec is not None else None
         # The run starts once every site is connected, as an operator would submit it: else
         # its first round could start without a site still starting up (on a loaded machine,
         # longer than the round's wait_timeout_s) and the simulation would not be the one asked.
-        _await_sites(admin, sim, children, console, started)
+        _await_sites(admin, sim, fleet, len(site_plan.sites), console, started)
         admin.post("/api/v1/runs", sim.run.model_dump(mode="json", exclude_none=True))
-        run = _follow(admin, sim, server, console, started)
-        rounds = admin.get(f"/api/v1/runs/{run['id']}/rounds", limit=1000)
+        run = _follow(admin, sim, fleet, console, started)
+        rounds = _all_rounds(admin, run["id"])
         privacy = admin.get(f"/api/v1/runs/{run['id']}/privacy")
         if job is not None:
             job = pooled.wait(admin, job, console, started + sim.sim.timeout_s)
@@ -148,42 +156,38 @@ def run_simulation(
         baselines = pooled.section(job, pending.result() if pending is not None else None)
     finally:
         admin.close()
-        processes.stop(children)
+        if fleet is not None:
+            fleet.stop()
         pool.shutdown(cancel_futures=True)
 
-    result = report.build(sim, run, rounds, baselines, privacy)
+    assert fleet is not None  # else start() raised
+    result = report.build(sim, run, rounds, baselines, privacy, site_plan, fleet.summaries())
     report_path = report_path or out / "report.json"
     report.write(result, report_path)
-    Console(width=max(console.width, 100)).print(report.table(result))  # results on stdout
+    if sim.sim.tensorboard is not None:
+        report.tensorboard(result, sim.sim.tensorboard)
+    Console(width=max(console.width, 100)).print(report.table(result, sim.sim.table_every))
     console.print(f"report: {report_path}  plot: {report_path.with_suffix('.png')}  logs: {logs}")
     if run["status"] != "completed":
         raise QuorumError(f"run {run['id']} ended {run['status']}: {run.get('error')}")
     return result
 
 
-def _dp_flags(sim: SimFile, site: SimSite) -> list[str]:
-    """The site's own DP budget, else the simulation's default one, as client-run flags."""
-    budget = site.dp or sim.site.dp
-    if budget is None:
-        return []
-    return [
-        "--dp-epsilon",
-        repr(budget.epsilon),
-        "--dp-delta",
-        repr(budget.delta),
-        "--dp-max-grad-norm",
-        repr(budget.max_grad_norm),
-        "--dp-accountant",
-        budget.accountant,
-    ]
+def _all_rounds(admin: AdminClient, run_id: str) -> list[dict[str, Any]]:
+    """Every round record of the run (the API pages them by 1,000)."""
+    rounds: list[dict[str, Any]] = []
+    while True:
+        page = admin.get(f"/api/v1/runs/{run_id}/rounds", offset=len(rounds), limit=1000)
+        rounds.extend(page)
+        if len(page) < 1000:
+            return rounds
 
 
-def _check(sim: SimFile, children: list[processes.Child], started: float, when: str) -> None:
-    """Fails when one of `children` has exited or the simulation has run out of time. Checked
-    before asking the admin API: a dead server would otherwise surface as a connection error."""
-    for child in children:
-        if not child.alive():
-            raise QuorumError(f"{child.name} exited {when}:\n{child.log_tail()}")
+def _check(sim: SimFile, fleet: hosts.Fleet, started: float, when: str) -> None:
+    """Fails when the server or a host has exited or the simulation has run out of time.
+    Checked before asking the admin API: a dead server would otherwise surface as a connection
+    error."""
+    fleet.check(when)
     if time.monotonic() > started + sim.sim.timeout_s:
         raise QuorumError(f"simulation exceeded sim.timeout_s = {sim.sim.timeout_s:.0f} s")
 
@@ -191,26 +195,27 @@ def _check(sim: SimFile, children: list[processes.Child], started: float, when: 
 def _await_sites(
     admin: AdminClient,
     sim: SimFile,
-    children: list[processes.Child],
+    fleet: hosts.Fleet,
+    expected: int,
     console: Console,
     started: float,
 ) -> None:
-    """Waits until every site of the simulation is connected; fails when a child exits first."""
+    """Waits until every site of the simulation is connected; fails when a process exits
+    first."""
     with console.status("waiting for the sites to connect…") as status:
         while True:
-            _check(sim, children, started, "before the run started")
-            connected = {s["name"] for s in admin.get("/api/v1/sites") if s["connected"]}
-            if connected >= {site.name for site in sim.sites}:
+            _check(sim, fleet, started, "before the run started")
+            connected = admin.get("/api/v1/health")["connected_sites"]
+            if connected >= expected:
                 return
-            status.update(
-                f"waiting for the sites to connect ({len(connected)} of {len(sim.sites)})…"
-            )
+            status.update(f"waiting for the sites to connect ({connected} of {expected})…")
             time.sleep(0.2)
 
 
 def _follow(
-    admin: AdminClient, sim: SimFile, server: processes.Child, console: Console, started: float
+    admin: AdminClient, sim: SimFile, fleet: hosts.Fleet, console: Console, started: float
 ) -> dict[str, Any]:
+    seen_failures: set[tuple[int, int, str]] = set()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -222,11 +227,14 @@ def _follow(
     ) as progress:
         bar = progress.add_task(sim.run.name, total=sim.run.rounds, status="starting")
         while True:
-            _check(sim, [server], started, "before the run ended")  # sites may be killed on purpose
+            _check(sim, fleet, started, "before the run ended")
             runs = admin.get("/api/v1/runs")
             if runs:
                 run: dict[str, Any] = runs[0]
-                accuracy = _latest_accuracy(admin, run)
+                detail = _latest_round(admin, run)
+                if detail is not None:
+                    _print_failures(detail, fleet, progress.console, seen_failures)
+                accuracy = _accuracy(detail) if run["rounds_completed"] else None
                 status = run["status"] + (f" acc={accuracy:.3f}" if accuracy is not None else "")
                 progress.update(bar, completed=run["rounds_completed"], status=status)
                 if run["status"] in FINAL_STATES:
@@ -234,9 +242,48 @@ def _follow(
             time.sleep(0.25)
 
 
-def _latest_accuracy(admin: AdminClient, run: dict[str, Any]) -> float | None:
-    if not run["rounds_completed"]:
+def _latest_round(admin: AdminClient, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of the round in progress, else of the last one completed."""
+    if run["status"] == "queued":
         return None
-    detail = admin.get(f"/api/v1/runs/{run['id']}/rounds/{run['rounds_completed']}")
+    try:
+        detail: dict[str, Any] = admin.get(
+            f"/api/v1/runs/{run['id']}/rounds/{run['rounds_completed'] + 1}"
+        )
+        return detail
+    except QuorumError:  # not started yet, or the run is over
+        if not run["rounds_completed"]:
+            return None
+        last: dict[str, Any] = admin.get(
+            f"/api/v1/runs/{run['id']}/rounds/{run['rounds_completed']}"
+        )
+        return last
+
+
+def _accuracy(detail: dict[str, Any] | None) -> float | None:
+    if detail is None or detail["status"] != "completed":
+        return None
     value = detail["metrics"].get("evaluate", {}).get("accuracy_mean_sites")
     return float(value) if value is not None else None
+
+
+def _print_failures(
+    detail: dict[str, Any],
+    fleet: hosts.Fleet,
+    console: Console,
+    seen: set[tuple[int, int, str]],
+) -> None:
+    """A site whose task failed: its error, the end of its traceback and its host's log."""
+    for p in detail.get("participants", []):
+        key = (detail["round"], detail["attempt"], p["site"])
+        if p["status"] != "failed" or key in seen:
+            continue
+        seen.add(key)
+        log_path, lines = fleet.traceback(p["site"])
+        console.print(
+            f"[red]site {p['site']} failed its {p['kind']} task of round {detail['round']}: "
+            f"{p.get('error')}[/red]"
+        )
+        if lines:
+            console.print("\n".join(f"    {line}" for line in lines), markup=False)
+        console.print(f"    log: {log_path}")
