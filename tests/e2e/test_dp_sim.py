@@ -29,7 +29,7 @@ def test_heart_disease_sites_train_under_their_own_budget(tmp_path: pathlib.Path
     assert 0 < epsilons[0] < epsilons[1] < epsilons[2] <= 1.0 + 1e-9
     # Each site keeps its accountant beside its key, for restarts and later rounds.
     for site in SITES:
-        ledger = json.loads((out / "work" / "keys" / f"{site}.privacy.json").read_text())
+        ledger = json.loads((out / "work" / "sites" / f"{site}.privacy.json").read_text())
         assert result["run_id"] in json.dumps(ledger)
     privacy = result["privacy"]
     assert sorted(privacy["sites"]) == list(SITES)

@@ -338,7 +338,8 @@ def test_the_secure_threshold_is_a_majority_of_each_neighbourhood() -> None:
 
 
 def test_a_site_budget_overrides_the_default_one(sim_file: pathlib.Path) -> None:
-    from quorum.sim.runner import _dp_flags
+    from quorum.sim.plan import plan
+    from tests.vector_task import task
 
     text = sim_file.read_text().replace(
         'name = "hungary"\ndata = "hungary.csv"',
@@ -346,12 +347,12 @@ def test_a_site_budget_overrides_the_default_one(sim_file: pathlib.Path) -> None
     )
     sim_file.write_text(text)
     sim = load(SimFile, sim_file, ["site.dp.epsilon=1.0"])
-    by_name = {s.name: _dp_flags(sim, s) for s in sim.sites}
-    assert by_name["cleveland"][:2] == ["--dp-epsilon", "1.0"]
-    assert by_name["hungary"][:2] == ["--dp-epsilon", "3.0"]
-    assert by_name["hungary"][-2:] == ["--dp-accountant", "prv"]
+    by_name = {s.name: s.dp for s in plan(sim, task, sim_file.parent).sites}
+    assert by_name["cleveland"] is not None and by_name["cleveland"].epsilon == 1.0
+    assert by_name["hungary"] is not None and by_name["hungary"].epsilon == 3.0
+    assert by_name["hungary"].accountant == "prv"
     sim.site.dp = None
-    assert _dp_flags(sim, sim.sites[0]) == []
+    assert plan(sim, task, sim_file.parent).sites[0].dp is None
 
 
 @pytest.mark.parametrize(
