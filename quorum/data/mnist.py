@@ -1,11 +1,10 @@
 """MNIST from its original IDX files (gzip-compressed), for image examples and benchmarks.
 
-The team's data folder `shared/data/mnist/` holds the official test set
-(`t10k-images-idx3-ubyte.gz`, `t10k-labels-idx1-ubyte.gz`: 10,000 images of 28x28 pixels, labels
-0-9; provenance and licence, CC BY-SA 3.0, in `shared/data/README.md`) but not the 60,000 training
-images, so `load_split` divides those 10,000 images into disjoint train and test sets. The data is
-not bundled in the package: `default_folder()` is `../shared/data/mnist` beside a source checkout
-(where CI clones the repository); anything else must pass its own folder.
+The package bundles MNIST's official test set in `quorum/data/mnist/` (`default_folder()`):
+`t10k-images-idx3-ubyte.gz` and `t10k-labels-idx1-ubyte.gz`, 10,000 images of 28x28 pixels with
+labels 0-9 (provenance and licence, CC BY-SA 3.0, in `PROVENANCE.md` there). The 60,000 training
+images are not bundled (47 MB), so `load_split` divides those 10,000 images into disjoint train
+and test sets (`split_indices`). Pass another folder to read other copies of the IDX files.
 
 IDX format (http://yann.lecun.com/exdb/mnist/): two zero bytes, a type byte (0x08: unsigned byte,
 the only type MNIST uses), the number of dimensions, one big-endian uint32 per dimension, then the
@@ -53,8 +52,8 @@ class MnistSplit:
 
 
 def default_folder() -> pathlib.Path:
-    """`../shared/data/mnist` next to the source checkout this module lives in."""
-    return pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
+    """The copy bundled with the package: `quorum/data/mnist/`."""
+    return pathlib.Path(__file__).resolve().parent / "mnist"
 
 
 def read_idx(path: str | os.PathLike[str], ndim: int) -> np.ndarray:
@@ -132,8 +131,7 @@ def load_test_set(
     if not root.is_dir():
         raise TaskError(
             f"MNIST folder {root} not found: pass the folder that holds {IMAGES_FILE} and "
-            f"{LABELS_FILE} (the default, ../shared/data/mnist, exists only beside a source "
-            "checkout with the team's shared data)"
+            f"{LABELS_FILE} (or none, for the copy bundled with the package)"
         )
     images = load_images(root / IMAGES_FILE)
     labels = load_labels(root / LABELS_FILE)
@@ -165,19 +163,28 @@ def load_split(
     the last 5,000 (different writers), so an in-order cut would give unlike train and test sets.
     """
     images, labels = load_test_set(folder)
-    if n_train < 1 or n_test < 0 or n_train + n_test > len(images):
-        raise TaskError(
-            f"cannot draw {n_train} train and {n_test} test images from {len(images)} MNIST "
-            "images (need n_train >= 1, n_test >= 0 and n_train + n_test <= the images)"
-        )
-    order = np.random.default_rng(seed).permutation(len(images))
-    train_idx, test_idx = order[:n_train], order[n_train : n_train + n_test]
+    train_idx, test_idx = split_indices(len(images), n_train, n_test, seed)
     return MnistSplit(
         x_train=normalise(images[train_idx]),
         y_train=labels[train_idx].astype(np.int64),
         x_test=normalise(images[test_idx]),
         y_test=labels[test_idx].astype(np.int64),
     )
+
+
+def split_indices(
+    size: int, n_train: int = 8_000, n_test: int = 2_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The positions (int64) of `load_split`'s train and test images among `size` images: the
+    first `n_train` and the next `n_test` of a permutation seeded with `seed`. A rule per image,
+    so that any division of the images into groups divides each of the two sets the same way."""
+    if n_train < 1 or n_test < 0 or n_train + n_test > size:
+        raise TaskError(
+            f"cannot draw {n_train} train and {n_test} test images from {size} MNIST "
+            "images (need n_train >= 1, n_test >= 0 and n_train + n_test <= the images)"
+        )
+    order = np.random.default_rng(seed).permutation(size)
+    return order[:n_train], order[n_train : n_train + n_test]
 
 
 def _read_exact(stream: gzip.GzipFile, count: int, file: pathlib.Path, what: str) -> bytes:

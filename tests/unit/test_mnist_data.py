@@ -1,4 +1,4 @@
-"""The MNIST IDX loader: the real files in ../shared/data/mnist, and every kind of bad file."""
+"""The MNIST IDX loader: the copy bundled in quorum/data/mnist, and every kind of bad file."""
 
 from __future__ import annotations
 
@@ -16,11 +16,7 @@ from quorum.errors import TaskError
 TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 FIRST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
-real_data = pytest.mark.skipif(
-    not (mnist.default_folder() / mnist.IMAGES_FILE).is_file(),
-    reason=f"MNIST test set not found at {mnist.default_folder()} (the team's shared data folder "
-    "beside the checkout, ../shared/data/mnist)",
-)
+SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 def _idx(path: pathlib.Path, header: bytes, payload: bytes, *, compress: bool = True) -> None:
@@ -32,7 +28,6 @@ def _header(*shape: int, type_byte: int = 0x08) -> bytes:
     return bytes([0, 0, type_byte, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
 
 
-@real_data
 def test_real_test_set() -> None:
     images, labels = mnist.load_test_set()
     assert images.shape == (mnist.TEST_SET_SIZE, 28, 28) and images.dtype == np.uint8
@@ -49,7 +44,6 @@ def test_real_test_set() -> None:
     assert images.flags.writeable
 
 
-@real_data
 def test_real_split_is_disjoint_normalised_and_seeded() -> None:
     split = mnist.load_split(n_train=8000, n_test=2000, seed=0)
     assert split.x_train.shape == (8000, 1, 28, 28) and split.x_train.dtype == np.float32
@@ -69,6 +63,29 @@ def test_real_split_is_disjoint_normalised_and_seeded() -> None:
     assert not np.array_equal(other.y_train, split.y_train)
     with pytest.raises(TaskError, match="cannot draw 9000 train and 2000 test"):
         mnist.load_split(n_train=9000, n_test=2000)
+
+
+def test_bundled_copies() -> None:
+    folder = mnist.default_folder()
+    assert folder == pathlib.Path(mnist.__file__).resolve().parent / "mnist"
+    assert (folder / "PROVENANCE.md").is_file()
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is not there to compare with")
+    for name in (mnist.IMAGES_FILE, mnist.LABELS_FILE):
+        assert (folder / name).read_bytes() == (SHARED / name).read_bytes(), name
+
+
+def test_split_indices() -> None:
+    train, test = mnist.split_indices(10, n_train=6, n_test=3, seed=4)
+    assert len(train) == 6 and len(test) == 3
+    assert len(set(train.tolist()) | set(test.tolist())) == 9
+    split = mnist.load_split(n_train=8000, n_test=2000, seed=0)
+    train, test = mnist.split_indices(mnist.TEST_SET_SIZE, 8000, 2000, 0)
+    _, labels = mnist.load_test_set()
+    assert np.array_equal(labels[train], split.y_train)
+    assert np.array_equal(labels[test], split.y_test)
+    with pytest.raises(TaskError, match="cannot draw 0 train"):
+        mnist.split_indices(10, n_train=0, n_test=3)
 
 
 def test_reads_a_well_formed_file(tmp_path: pathlib.Path) -> None:
