@@ -5,6 +5,7 @@ received parameters plus `delta` everywhere with `num_examples = n` (after sleep
 seconds); evaluate reports accuracy `acc` on `n` examples. After R FedAvg rounds the global model
 is therefore exactly R times the example-weighted mean delta. `hold=PATH,hold_from=R` makes fits
 of round R or later wait while the file PATH exists, so a test can order sites without timing.
+`fail=TEXT` makes every fit raise `RuntimeError(TEXT)` (a bug in the site's training code).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ class VectorSite:
     sleep: float
     hold: pathlib.Path | None
     hold_from: int
+    fail: str | None = None
 
     def fit(self, params: Params, config: JSONConfig) -> FitResult:
+        if self.fail is not None:
+            raise RuntimeError(self.fail)
         round_no = int(config.get("round", 1))
         while self.hold is not None and round_no >= self.hold_from and self.hold.exists():
             time.sleep(0.05)
@@ -53,6 +57,7 @@ class VectorTask:
             sleep=float(fields.get("sleep", 0.0)),
             hold=pathlib.Path(fields["hold"]) if "hold" in fields else None,
             hold_from=int(fields.get("hold_from", 1)),
+            fail=fields.get("fail"),
         )
 
 

@@ -354,6 +354,8 @@ class Coordinator:
             if status is None:
                 raise UploadRejected("bad_status", "result status is unspecified")
             if status != "ok":
+                if status == "failed":
+                    task.phase.failures.append(result.error[:2000])
                 self.store.finish_participation(
                     task.id, status, duration_s=result.duration_s, error=result.error[:2000]
                 )

@@ -38,6 +38,11 @@ class RoundAborted(QuorumError):
     """A round that cannot produce a new model; the driver records it and tries again."""
 
 
+class RunFailed(RoundAborted):
+    """A round that no retry can mend (every site failed with the same error): recorded as
+    aborted, and the run fails at once with its reason."""
+
+
 @dataclass(eq=False)
 class PendingTask:
     id: str
@@ -69,6 +74,8 @@ class Phase:
     secagg: SecureFit | None = None
     tasks: dict[str, PendingTask] = field(default_factory=dict)
     results: list[SiteResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    """The errors of the tasks whose sites reported that they failed."""
     closed: bool = False
     fold_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _answered: asyncio.Event = field(default_factory=asyncio.Event)

@@ -16,7 +16,7 @@ from quorum.config import RunConfig
 from quorum.errors import QuorumError
 from quorum.privacy.dp.accounting import appended
 from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
-from quorum.server.phases import Kind, Phase, RoundAborted, SiteResult
+from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed, SiteResult
 from quorum.server.sessions import Session
 from quorum.task import load_task
 from quorum.wire import blobs
@@ -35,7 +35,8 @@ async def play_rounds(
 ) -> None:
     """Plays rounds `first`..`last` in order with `play(round, attempt)`, then marks the run
     completed. A round that raises RoundAborted is recorded as aborted with its reason and
-    tried again, up to MAX_ROUND_ATTEMPTS times in a row (then the run fails); an operator's
+    tried again, up to MAX_ROUND_ATTEMPTS times in a row (then the run fails; at once for
+    RunFailed); an operator's
     stop ends the run before the next round."""
     round_no, failures = first, 0
     while round_no <= last:
@@ -48,6 +49,8 @@ async def play_rounds(
         except RoundAborted as exc:
             co.store.abort_round(run_id, round_no, attempt, str(exc))
             log.warning("event=round_aborted run_id=%s round=%d reason=%s", run_id, round_no, exc)
+            if isinstance(exc, RunFailed):
+                raise QuorumError(str(exc)) from None
             if co.stop_requested(run_id):
                 continue  # stopped, not failed: the loop's top ends the run
             failures += 1

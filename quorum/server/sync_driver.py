@@ -21,7 +21,7 @@ from quorum.aggregation import Accumulator, Strategy, make_strategy
 from quorum.config import RunConfig
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
-from quorum.server.phases import Kind, Phase, RoundAborted
+from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed
 from quorum.server.rounds import (
     evaluate_metrics,
     model_phase,
@@ -124,13 +124,13 @@ class SyncDriver:
                 if self.central is not None and secure.summed is not None:
                     release = self.central.distributed_release(len(cohort), secure.summed)
                     await self._account(round_no, attempt, release)
-            self._check_enough(accepted, cohort)
+            self._check_enough(accepted, cohort, fit)
             weight, mean = float(examples), current + delta
         elif self.central is not None:
             fit = self._phase("fit", round_no, attempt, model, layout)
             clipped = fit.accumulator = self.central.collector(current)
             await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
-            self._check_enough(clipped.count, cohort)
+            self._check_enough(clipped.count, cohort, fit)
             delta, release = await asyncio.to_thread(self.central.release, clipped, len(cohort))
             # Accounted before the model leaves the server (evaluation sends it to the sites).
             await self._account(round_no, attempt, release)
@@ -139,7 +139,7 @@ class SyncDriver:
             fit = self._phase("fit", round_no, attempt, model, layout)
             total = fit.accumulator = Accumulator(layout.numel)
             await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
-            self._check_enough(total.count, cohort)
+            self._check_enough(total.count, cohort, fit)
             accepted, weight, mean = total.count, total.total_weight, total.mean()
         new_vector = self.strategy.step(current, mean)
         new_model = blobs.encode_flat(new_vector, layout)
@@ -191,7 +191,13 @@ class SyncDriver:
         if self.central is not None:
             self.central.load_state(state)
 
-    def _check_enough(self, accepted: int, cohort: list[Session]) -> None:
+    def _check_enough(self, accepted: int, cohort: list[Session], fit: Phase) -> None:
+        errors = set(fit.failures)
+        if accepted == 0 and len(fit.failures) == len(cohort) and len(errors) == 1:
+            raise RunFailed(
+                f"every site of the cohort ({len(cohort)}) failed its fit with the same error, "
+                f"which another attempt would repeat: {errors.pop()}"
+            )
         if accepted < self.config.min_fit_sites:
             raise RoundAborted(
                 f"{accepted} valid update(s) of {len(cohort)} offered; min_fit_sites is "

@@ -139,3 +139,33 @@ def test_uploads_queue_for_a_single_in_memory_slot(tmp_path: pathlib.Path) -> No
                 np.testing.assert_allclose(value, expected_fedavg(2, sites), rtol=1e-6)
 
     asyncio.run(scenario())
+
+
+def test_a_round_every_site_fails_alike_fails_the_run_at_once(tmp_path: pathlib.Path) -> None:
+    """The same error from every site is a bug another attempt would repeat: the run fails on
+    the first attempt with that error, instead of after five."""
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [run_config(rounds=3, min_fit_sites=2)]) as fed:
+            fed.add_site("a", "fail=no such column x")
+            fed.add_site("b", "fail=no such column x")
+            run = await fed.wait_run("failed")
+            assert "every site of the cohort (2) failed its fit with the same error" in run["error"]
+            assert "RuntimeError: no such column x" in run["error"]
+            rounds = await fed.api(f"/api/v1/runs/{run['id']}/rounds")
+            assert [(r["round"], r["attempt"], r["status"]) for r in rounds] == [
+                (1, 1, "aborted")
+            ]
+
+    asyncio.run(scenario())
+
+
+def test_a_round_whose_sites_fail_differently_is_tried_again(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path, [run_config(rounds=1, min_fit_sites=2)]) as fed:
+            fed.add_site("a", "fail=disk full")
+            fed.add_site("b", "fail=out of memory")
+            run = await fed.wait_run("failed", timeout=60)
+            assert "aborted 5 times" in run["error"]
+
+    asyncio.run(scenario())
