@@ -192,24 +192,22 @@ def test_a_host_killed_mid_round_costs_only_its_own_sites_updates(
     second = {f"b{i}": f"delta=5.0,n=10,hold={hold}" for i in range(5)}
 
     async def scenario() -> None:
-        config = run_config(
-            rounds=1, min_fit_sites=5, min_available_sites=10, round_timeout_s=120
-        )
+        config = run_config(rounds=1, min_fit_sites=5, min_available_sites=10, round_timeout_s=120)
         async with federation(tmp_path, [config]) as fed:
             processes = []
             for k, sites in enumerate((first, second)):
                 spec = host_spec(fed, tmp_path, sites, host=k, task="tests.vector_task:task")
                 path = tmp_path / f"host-{k}.json"
                 write_spec(spec, path)
-                log = open(tmp_path / f"host-{k}.log", "wb")  # noqa: SIM115
-                processes.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "quorum", "sim-host", "--spec", str(path)],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
+                with open(tmp_path / f"host-{k}.log", "wb") as log:  # the child keeps its copy
+                    processes.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "quorum", "sim-host", "--spec", str(path)],
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                        )
                     )
-                )
             try:
 
                 async def first_host_in() -> bool:

@@ -153,9 +153,7 @@ def test_a_round_every_site_fails_alike_fails_the_run_at_once(tmp_path: pathlib.
             assert "every site of the cohort (2) failed its fit with the same error" in run["error"]
             assert "RuntimeError: no such column x" in run["error"]
             rounds = await fed.api(f"/api/v1/runs/{run['id']}/rounds")
-            assert [(r["round"], r["attempt"], r["status"]) for r in rounds] == [
-                (1, 1, "aborted")
-            ]
+            assert [(r["round"], r["attempt"], r["status"]) for r in rounds] == [(1, 1, "aborted")]
 
     asyncio.run(scenario())
 
