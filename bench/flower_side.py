@@ -141,7 +141,10 @@ def submit(
     out_file: pathlib.Path,
     app_dir: pathlib.Path = APP_DIR,
     extra_config: Mapping[str, int | float | str] | None = None,
+    federation_config: str | None = None,
 ) -> str:
+    """Submits the app with `flwr run`; returns its run id. `federation_config` is passed as
+    `--federation-config` (the simulation engine's `num-supernodes=N ...`)."""
     run_cfg = (
         f"num-params={spec.params} num-nodes={spec.nodes} num-rounds={spec.rounds} "
         f"out-file='{out_file}'"
@@ -158,6 +161,7 @@ def submit(
             run_cfg,
             "--format",
             "json",
+            *(["--federation-config", federation_config] if federation_config else []),
         ],
         env=env,
         cwd=run_dir,
