@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli_w
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quorum import identity
@@ -215,7 +216,6 @@ def _await_sites(
 def _follow(
     admin: AdminClient, sim: SimFile, fleet: hosts.Fleet, console: Console, started: float
 ) -> dict[str, Any]:
-    seen_failures: set[tuple[int, int, str]] = set()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -226,6 +226,7 @@ def _follow(
         transient=False,
     ) as progress:
         bar = progress.add_task(sim.run.name, total=sim.run.rounds, status="starting")
+        failures = Failures(fleet, progress.console)
         while True:
             _check(sim, fleet, started, "before the run ended")
             runs = admin.get("/api/v1/runs")
@@ -233,11 +234,12 @@ def _follow(
                 run: dict[str, Any] = runs[0]
                 detail = _latest_round(admin, run)
                 if detail is not None:
-                    _print_failures(detail, fleet, progress.console, seen_failures)
+                    failures.check(detail)
                 accuracy = _accuracy(detail) if run["rounds_completed"] else None
                 status = run["status"] + (f" acc={accuracy:.3f}" if accuracy is not None else "")
                 progress.update(bar, completed=run["rounds_completed"], status=status)
                 if run["status"] in FINAL_STATES:
+                    failures.summary()
                     return run
             time.sleep(0.25)
 
@@ -267,23 +269,40 @@ def _accuracy(detail: dict[str, Any] | None) -> float | None:
     return float(value) if value is not None else None
 
 
-def _print_failures(
-    detail: dict[str, Any],
-    fleet: hosts.Fleet,
-    console: Console,
-    seen: set[tuple[int, int, str]],
-) -> None:
-    """A site whose task failed: its error, the end of its traceback and its host's log."""
-    for p in detail.get("participants", []):
-        key = (detail["round"], detail["attempt"], p["site"])
-        if p["status"] != "failed" or key in seen:
-            continue
-        seen.add(key)
-        log_path, lines = fleet.traceback(p["site"])
-        console.print(
-            f"[red]site {p['site']} failed its {p['kind']} task of round {detail['round']}: "
-            f"{p.get('error')}[/red]"
-        )
-        if lines:
-            console.print("\n".join(f"    {line}" for line in lines), markup=False)
-        console.print(f"    log: {log_path}")
+class Failures:
+    """Sites whose task failed, told on the console: the first site with each distinct error in
+    full (its error, the end of its traceback, its host's log), the next few in a line, the
+    rest counted (a thousand sites failing alike must not bury the console)."""
+
+    BRIEF = 3
+
+    def __init__(self, fleet: hosts.Fleet, console: Console) -> None:
+        self.fleet = fleet
+        self.console = console
+        self._seen: set[tuple[int, int, str]] = set()
+        self._by_error: dict[str, int] = {}
+
+    def check(self, detail: dict[str, Any]) -> None:
+        for p in detail.get("participants", []):
+            key = (detail["round"], detail["attempt"], p["site"])
+            if p["status"] != "failed" or key in self._seen:
+                continue
+            self._seen.add(key)
+            error = str(p.get("error"))
+            count = self._by_error[error] = self._by_error.get(error, 0) + 1
+            what = f"site {p['site']} failed its {p['kind']} task of round {detail['round']}"
+            if count == 1:
+                log_path, lines = self.fleet.traceback(p["site"])
+                self.console.print(f"[red]{what}: {escape(error)}[/red]")
+                if lines:
+                    self.console.print(
+                        "\n".join(f"    {line}" for line in lines), markup=False, soft_wrap=True
+                    )
+                self.console.print(f"    log: {log_path}", markup=False, soft_wrap=True)
+            elif count <= 1 + self.BRIEF:
+                self.console.print(f"[red]{what}[/red] (the same error)")
+
+    def summary(self) -> None:
+        for error, count in self._by_error.items():
+            if count > 1 + self.BRIEF:
+                self.console.print(f"[red]{count} failed tasks in all with: {escape(error)}")
