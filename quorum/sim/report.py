@@ -401,7 +401,7 @@ def table(result: dict[str, Any], every: int | None = None) -> Table:
     every = every or max(1, -(-len(rounds) // TABLE_ROWS))
     shown = [r for i, r in enumerate(rounds) if i % every == every - 1 or i == len(rounds) - 1]
     if every > 1:
-        out.caption = f"every {every}th round; all {len(rounds)} in the report"
+        out.caption = f"one round in {every}; all {len(rounds)} in the report"
     extra = extra_metrics(result)
     out.add_column("round", justify="right")
     out.add_column("acc (mean of sites)", justify="right")
