@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import pathlib
+import resource
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -189,6 +190,8 @@ async def serve(spec: HostSpec, stop: asyncio.Event) -> dict[str, object]:
         "crashed": crashed,
         "failed": failed,
         "built_at_end": len(built),
+        # ru_maxrss is in KiB on Linux: the host's own peak, for the memory per site it holds.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 

@@ -19,6 +19,17 @@ class Child:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def peak_rss_mb(self) -> float | None:
+        """The process's peak resident memory so far (Linux's VmHWM), None where unknown."""
+        try:
+            status = pathlib.Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -24,10 +24,12 @@ def build(
     privacy: dict[str, Any],
     plan: SitePlan,
     hosts: list[dict[str, Any]],
+    server_peak_rss_mb: float | None,
 ) -> dict[str, Any]:
     """`privacy` is the run's privacy ledger from the admin API (`/runs/{id}/privacy`);
     `baselines` the pooled job's results and the local-only ones (`quorum.sim.pooled.section`);
-    `hosts` what each site host reported at its end."""
+    `hosts` what each site host reported at its end (with its peak memory), beside the
+    server's peak memory."""
     started = run["started_at"] or run["created_at"]
     completed = [r for r in rounds if r["status"] == "completed"]
     rows = []
@@ -65,6 +67,7 @@ def build(
         "sites": [s.name for s in plan.sites],
         "partition": _partition(sim, plan),
         "hosts": hosts,
+        "server_peak_rss_mb": server_peak_rss_mb,
         "rounds": rows,
         "aborted_rounds": [
             {

@@ -155,6 +155,7 @@ def run_simulation(
         if pending is not None and not pending.done():
             console.print("finishing the local-only baselines…")
         baselines = pooled.section(job, pending.result() if pending is not None else None)
+        server_peak = fleet.server.peak_rss_mb()
     finally:
         admin.close()
         if fleet is not None:
@@ -162,7 +163,9 @@ def run_simulation(
         pool.shutdown(cancel_futures=True)
 
     assert fleet is not None  # else start() raised
-    result = report.build(sim, run, rounds, baselines, privacy, site_plan, fleet.summaries())
+    result = report.build(
+        sim, run, rounds, baselines, privacy, site_plan, fleet.summaries(), server_peak
+    )
     report_path = report_path or out / "report.json"
     report.write(result, report_path)
     if sim.sim.tensorboard is not None:
