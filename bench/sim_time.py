@@ -295,6 +295,10 @@ def quorum_rounds(report: dict[str, Any], spec: SimSpec) -> dict[str, Any]:
         "round_time_stats": stats(times[spec.warmup :]),
         "sites_per_round": [r.get("num_sites") for r in rounds],
         "aborted_rounds": report.get("aborted_rounds", []),
+        # Each process's own peak (the server's VmHWM, each host's ru_maxrss): what a
+        # registered site costs at the server and at the hosts.
+        "server_peak_rss_mb": report.get("server_peak_rss_mb"),
+        "hosts_peak_rss_mb": sum(h.get("peak_rss_mb") or 0.0 for h in report.get("hosts", [])),
     }
     return out
 
@@ -535,10 +539,41 @@ def table(results: dict[str, dict[str, dict[str, Any]]], params: int) -> str:
         for name, run in (("Flower", fl), ("Quorum", qu)):
             if run and run.get("errors"):
                 notes.append(f"- ({key}) {name} did not finish: {_first_line(run['errors'][0])}")
+    lines += per_site_memory(results)
     lines += ["", f"Round time: {ROUND_TIME_DEFINITION}.", f"Peak memory: {MEMORY_DEFINITION}."]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)
+
+
+def per_site_memory(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Quorum's server and hosts' own peaks per scenario, and what one more registered site
+    costs at each: the slope between the scenarios with the fewest and the most sites."""
+    runs = [
+        (SCENARIOS[key].sites, run)
+        for key, by in results.items()
+        if (run := by.get("quorum")) and not run.get("errors") and run.get("server_peak_rss_mb")
+    ]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "| Quorum | sites | server peak (MB) | hosts' peaks, summed (MB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for sites, run in sorted(runs, key=lambda r: r[0]):
+        lines.append(
+            f"| | {sites:,} | {run['server_peak_rss_mb']:.0f} | {run['hosts_peak_rss_mb']:.0f} |"
+        )
+    (low, a), (high, b) = min(runs, key=lambda r: r[0]), max(runs, key=lambda r: r[0])
+    if high > low:
+        server = (b["server_peak_rss_mb"] - a["server_peak_rss_mb"]) / (high - low) * 1024
+        hosts = (b["hosts_peak_rss_mb"] - a["hosts_peak_rss_mb"]) / (high - low) * 1024
+        lines.append(
+            f"\nPer registered site (from {low:,} to {high:,} sites): {server:.0f} KB at the "
+            f"server, {hosts:.0f} KB at the hosts."
+        )
+    return lines
 
 
 def _first_line(text: str) -> str:
