@@ -13,20 +13,9 @@ from typing import Any, TypeGuard
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from quorum.baseline.spec import BaselineSpec
+from quorum.baseline.spec import HEADLINE_METRICS, BaselineSpec
 from quorum.server.baselines import BaselineJobs
 from quorum.server.store import BaselineRecord, Store
-
-HEADLINE_METRICS = (
-    "train_loss",
-    "eval_loss",
-    "eval_accuracy",
-    "samples_per_s",
-    "tokens_per_s",
-    "wall_s",
-)
-"""The result fields a run's page shows of each baseline of its task (with every number of
-the task's own `eval_metrics`)."""
 
 
 class BaselineOut(BaseModel):

@@ -35,6 +35,18 @@ _TASK_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _OWNED_TORCHRUN_FLAGS = ("--nproc-per-node", "--nproc_per_node", "--standalone")
 
 
+HEADLINE_METRICS = (
+    "train_loss",
+    "eval_loss",
+    "eval_accuracy",
+    "samples_per_s",
+    "tokens_per_s",
+    "wall_s",
+)
+"""The result fields a run's page shows of each baseline of its task (with every number of
+the task's own `eval_metrics`)."""
+
+
 class BaselineSpec(BaseModel):
     """One centralised training job. See the module docstring for the rules between fields."""
 

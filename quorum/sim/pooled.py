@@ -18,9 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from rich.console import Console
 
-from quorum.admin.baselines import HEADLINE_METRICS
 from quorum.admin.client import AdminClient
-from quorum.baseline.spec import BaselineSpec, parse_spec
+from quorum.baseline.spec import HEADLINE_METRICS, BaselineSpec, parse_spec
 from quorum.config import SimFile
 from quorum.errors import ConfigError
 from quorum.task import HasBaselines

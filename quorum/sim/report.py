@@ -12,6 +12,8 @@ from quorum.config import SimFile
 from quorum.sim.plan import SitePlan
 
 KNOWN_EVALUATE = {"accuracy", "loss", "num_sites", "accuracy_mean_sites", "loss_mean_sites"}
+MAX_STACKED = 20
+"""Labels drawn as stacked bars in the partition plot; more are drawn as a heatmap."""
 TABLE_ROWS = 20
 """About this many rounds in the printed table of a long run (every k-th; the report has all)."""
 
@@ -225,7 +227,9 @@ def partition_plot_path(path: pathlib.Path) -> pathlib.Path:
 
 
 def plot_partition(section: dict[str, Any], path: pathlib.Path) -> None:
-    """Each site's examples per label, stacked: the partition's label skew and sizes at a glance."""
+    """Each site's examples per label: stacked bars for up to MAX_STACKED labels; past that (a
+    natural partition by speaker has hundreds) the sites' sizes above a heatmap of their label
+    shares, which draws in the same time whatever the number of labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,33 +238,53 @@ def plot_partition(section: dict[str, Any], path: pathlib.Path) -> None:
 
     counts = np.array([s["labels"] for s in section["sites"]], dtype=np.int64)
     sites = np.arange(len(counts))
-    fig, ax = plt.subplots(figsize=(min(14, 6 + len(counts) / 25), 4.2), dpi=120)
-    bottom = np.zeros(len(counts))
-    cmap = plt.get_cmap("tab20" if counts.shape[1] > 10 else "tab10")
-    for j, name in enumerate(section["classes"]):
-        ax.bar(
-            sites,
-            counts[:, j],
-            bottom=bottom,
-            width=1.0,
-            color=cmap(j % cmap.N),
-            label=str(name) if counts.shape[1] <= 20 else None,
-            linewidth=0,
-        )
-        bottom += counts[:, j]
+    width = min(14, 6 + len(counts) / 25)
     detail = {
         "dirichlet": f"alpha {section['alpha']:g}",
         "shards": f"{section['shards_per_site']} shards per site",
         "quantity": f"power {section['power']:g}",
     }.get(section["kind"], "")
-    ax.set_title(
-        f"{section['data']}: {section['kind']} partition {detail} over {len(counts)} sites"
-    )
-    ax.set_xlabel("site")
-    ax.set_ylabel("examples per label")
-    ax.set_xlim(-0.5, len(counts) - 0.5)
-    if counts.shape[1] <= 20:
+    title = f"{section['data']}: {section['kind']} partition{' ' + detail if detail else ''}"
+    title += f" over {len(counts)} sites"
+    if counts.shape[1] <= MAX_STACKED:
+        fig, ax = plt.subplots(figsize=(width, 4.2), dpi=120)
+        bottom = np.zeros(len(counts))
+        cmap = plt.get_cmap("tab20" if counts.shape[1] > 10 else "tab10")
+        for j, name in enumerate(section["classes"]):
+            ax.bar(
+                sites,
+                counts[:, j],
+                bottom=bottom,
+                width=1.0,
+                color=cmap(j),
+                label=str(name),
+                linewidth=0,
+            )
+            bottom += counts[:, j]
+        ax.set_ylabel("examples per label")
         ax.legend(fontsize=6, ncol=2, loc="upper right", title="label", title_fontsize=7)
+    else:
+        fig, (sizes, ax) = plt.subplots(
+            2, 1, figsize=(width, 6), dpi=120, sharex=True, height_ratios=[1, 3]
+        )
+        sizes.bar(sites, counts.sum(axis=1), width=1.0, linewidth=0, color="C0")
+        sizes.set_ylabel("examples")
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(
+            share.T,
+            aspect="auto",
+            origin="lower",
+            interpolation="nearest",
+            cmap="viridis",
+            extent=(-0.5, len(counts) - 0.5, -0.5, counts.shape[1] - 0.5),
+        )
+        fig.colorbar(image, ax=ax, label="share of the site's examples", pad=0.01)
+        ax.set_ylabel(f"label (of {counts.shape[1]})")
+        sizes.set_title(title)
+    ax.set_xlabel("site")
+    ax.set_xlim(-0.5, len(counts) - 0.5)
+    if counts.shape[1] <= MAX_STACKED:
+        ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

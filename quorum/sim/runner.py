@@ -22,7 +22,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from quorum import identity
 from quorum.admin.client import AdminClient
-from quorum.baseline.task import CentralisedTask
 from quorum.client.faults import Crash
 from quorum.config import ServerConfig, ServerFile, SimFile
 from quorum.errors import ConfigError, QuorumError
@@ -56,6 +55,9 @@ def run_simulation(
             raise ConfigError(f"{flag} names sites that are not in the simulation: {unknown[:5]}")
     baseline_spec = None
     if sim.sim.baselines:
+        # Imported here: it imports torch, which a simulation without baselines need not load.
+        from quorum.baseline.task import CentralisedTask
+
         if isinstance(import_ref(sim.run.task), CentralisedTask):
             baseline_spec = pooled.spec(sim)
         else:

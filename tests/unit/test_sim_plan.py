@@ -191,6 +191,17 @@ def test_the_partition_plot_and_tensorboard_scalars_are_written(tmp_path: pathli
     path = tmp_path / "partition.png"
     report.plot_partition(section, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    many = {  # a natural partition by speaker: a label per site, drawn as a heatmap
+        **section,
+        "kind": "natural",
+        "classes": [str(i) for i in range(300)],
+        "sites": [
+            {"site": f"s{i}", "size": 3, "labels": [3 * (j == i) for j in range(300)]}
+            for i in range(300)
+        ],
+    }
+    report.plot_partition(many, tmp_path / "many.png")
+    assert (tmp_path / "many.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     report.tensorboard(_result(4), tmp_path / "tb")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
