@@ -37,7 +37,7 @@ Evaluation reports `loss` (mean over examples, assuming `loss_fn` averages over 
 `accuracy`, with `predict` turning outputs into labels compared with the targets. The default rule:
 outputs of one logit per example (shape (n,) or (n, 1)) are binary, `sigmoid(logit) > 0.5`, compared
 with 0/1 targets; otherwise multi-class, `argmax` over the last dimension, compared with class
-indices.
+indices. A task without test examples reports `num_examples` 0 and no metrics.
 """
 
 from __future__ import annotations
@@ -521,6 +521,9 @@ class TorchTask:
         return FitResult(params=params_from_module(self.model), num_examples=n, metrics=metrics)
 
     def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
+        if len(self.test_batches) == 0:
+            # NaN metrics would spoil the round's example-weighted means, even at weight 0.
+            return EvalResult(num_examples=0)
         load_params(self.model, params)
         metrics = evaluate(self.model, self.test_batches, self.loss_fn, self.predict)
         return EvalResult(num_examples=len(self.test_batches), metrics=metrics)

@@ -38,7 +38,7 @@ from quorum.baseline.gpt import LinearFactory
 from quorum.baseline.task import evaluate, refuse_tensor_parallel
 from quorum.data import mnist
 from quorum.errors import TaskError
-from quorum.task import EvalResult, Examples, JSONConfig
+from quorum.task import Examples
 from quorum.torch_task import TorchTask, params_from_module, sgd
 from quorum.wire.blobs import Params
 
@@ -126,16 +126,6 @@ class Images(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.pool.images[j], self.pool.labels[j]
 
 
-class MnistSite(TorchTask):
-    """A `TorchTask` whose evaluation without test images reports nothing instead of NaN
-    metrics, which would spoil the round's example-weighted means."""
-
-    def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
-        if len(self.test_batches) == 0:
-            return EvalResult(num_examples=0)
-        return super().evaluate(params, config)
-
-
 class MnistTask:
     """`FederatedTask`, `Partitionable` and `CentralisedTask` for MNIST (see the module
     docstring)."""
@@ -147,7 +137,7 @@ class MnistTask:
     def initial_parameters(self, seed: int) -> Params:
         return params_from_module(make_model(seed))
 
-    def site(self, data: str, device: str, seed: int) -> MnistSite:
+    def site(self, data: str, device: str, seed: int) -> TorchTask:
         return self.site_of(DATA, _indices(data), device, seed)
 
     def examples(self, data: str) -> Examples:
@@ -155,7 +145,7 @@ class MnistTask:
         labels.flags.writeable = False
         return Examples(labels=labels)
 
-    def site_of(self, data: str, indices: np.ndarray, device: str, seed: int) -> MnistSite:
+    def site_of(self, data: str, indices: np.ndarray, device: str, seed: int) -> TorchTask:
         pool = _pool(data)
         own = np.asarray(indices)
         if own.ndim != 1 or (own.size and own.dtype.kind not in "iu"):
@@ -170,7 +160,7 @@ class MnistTask:
                 f"images, got values from {own.min()} to {own.max()}"
             )
         in_train = pool.is_train[own]
-        return MnistSite(
+        return TorchTask(
             make_model(seed),
             Images(pool, own[in_train]),
             Images(pool, own[~in_train]),

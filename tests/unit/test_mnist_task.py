@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from examples.mnist.task import N_TEST, N_TRAIN, SPLIT_SEED, Images, MnistSite, shared_pool, task
+from examples.mnist.task import N_TEST, N_TRAIN, SPLIT_SEED, Images, shared_pool, task
 from quorum.baseline.gpt import DenseLinears
 from quorum.baseline.task import CentralisedTask
 from quorum.data import mnist
 from quorum.errors import ConfigError, TaskError
 from quorum.task import FederatedTask, Partitionable
+from quorum.torch_task import TorchTask
 
 TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 TRAIN, TEST = mnist.split_indices(mnist.TEST_SET_SIZE, N_TRAIN, N_TEST, SPLIT_SEED)
@@ -22,7 +23,7 @@ class _SplitLinears(DenseLinears):
     parallel_size = 2
 
 
-def _datasets(site: MnistSite) -> tuple[Images, Images]:
+def _datasets(site: TorchTask) -> tuple[Images, Images]:
     train, test = site.train_batches.dataset, site.test_batches.dataset
     assert isinstance(train, Images) and isinstance(test, Images)
     return train, test

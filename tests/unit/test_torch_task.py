@@ -192,6 +192,13 @@ def test_evaluate_binary_accuracy_on_separable_data() -> None:
     assert flipped.metrics["accuracy"] == 0.0
 
 
+def test_a_task_without_test_examples_evaluates_to_nothing() -> None:
+    # NaN metrics at weight 0 would still make the round's weighted means NaN.
+    task = TorchTask(nn.Linear(5, 1), _data(), _data(0), nn.BCEWithLogitsLoss(), device="cpu")
+    result = task.evaluate(params_from_module(task.model), {})
+    assert result.num_examples == 0 and result.metrics == {}
+
+
 def test_evaluate_multiclass_accuracy_and_training_reaches_it() -> None:
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]])
