@@ -5,7 +5,8 @@ received parameters plus `delta` everywhere with `num_examples = n` (after sleep
 seconds); evaluate reports accuracy `acc` on `n` examples. After R FedAvg rounds the global model
 is therefore exactly R times the example-weighted mean delta. `hold=PATH,hold_from=R` makes fits
 of round R or later wait while the file PATH exists, so a test can order sites without timing.
-`fail=TEXT` makes every fit raise `RuntimeError(TEXT)` (a bug in the site's training code).
+`fail=TEXT` makes every fit raise `RuntimeError(TEXT)` (a bug in the site's training code);
+`held_out=0` makes evaluate report 0 examples and no metrics (a site with no test data).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class VectorSite:
     hold: pathlib.Path | None
     hold_from: int
     fail: str | None = None
+    held_out: bool = True
 
     def fit(self, params: Params, config: JSONConfig) -> FitResult:
         if self.fail is not None:
@@ -41,6 +43,8 @@ class VectorSite:
         return FitResult(out, self.n, {"loss": 1.0 / float(round_no)})
 
     def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
+        if not self.held_out:
+            return EvalResult(0, {})
         return EvalResult(self.n, {"accuracy": self.acc, "loss": 1.0 - self.acc})
 
 
@@ -58,6 +62,7 @@ class VectorTask:
             hold=pathlib.Path(fields["hold"]) if "hold" in fields else None,
             hold_from=int(fields.get("hold_from", 1)),
             fail=fields.get("fail"),
+            held_out=fields.get("held_out", "1") != "0",
         )
 
 

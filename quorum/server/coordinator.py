@@ -365,8 +365,15 @@ class Coordinator:
                 raise UploadRejected(
                     "wrong_kind", f"task {task.id!r} is a fit task; upload the update"
                 )
-            validation.check_num_examples(result.num_examples, task.phase.max_num_examples)
+            # A site may have nothing to evaluate (no held-out examples): 0, and no metrics.
+            validation.check_num_examples(
+                result.num_examples, task.phase.max_num_examples, minimum=0
+            )
             metrics = validation.parse_metrics(result.metrics_json)
+            if result.num_examples == 0 and metrics:
+                raise UploadRejected(
+                    "metrics_without_examples", "metrics reported for 0 examples evaluated"
+                )
         except UploadRejected as exc:
             self.refuse(session, result.task_id, exc)
             session.send(
@@ -375,7 +382,8 @@ class Coordinator:
                 )
             )
             return
-        task.phase.results.append(SiteResult(task.site, int(result.num_examples), metrics))
+        if result.num_examples:  # an empty evaluation does not count in the round's means
+            task.phase.results.append(SiteResult(task.site, int(result.num_examples), metrics))
         self.store.finish_participation(
             task.id,
             "ok",

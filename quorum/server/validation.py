@@ -17,11 +17,11 @@ HEADER_SLACK_BYTES = 64 * 1024
 """An update may differ from the global model only in its safetensors metadata."""
 
 
-def check_num_examples(num_examples: int, maximum: int) -> None:
-    if not 1 <= num_examples <= maximum:
+def check_num_examples(num_examples: int, maximum: int, minimum: int = 1) -> None:
+    if not minimum <= num_examples <= maximum:
         raise UploadRejected(
             "num_examples_out_of_range",
-            f"num_examples {num_examples} is outside the accepted range 1..{maximum}",
+            f"num_examples {num_examples} is outside the accepted range {minimum}..{maximum}",
         )
 
 

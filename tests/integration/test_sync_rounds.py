@@ -167,3 +167,19 @@ def test_a_round_whose_sites_fail_differently_is_tried_again(tmp_path: pathlib.P
             assert "aborted 5 times" in run["error"]
 
     asyncio.run(scenario())
+
+
+def test_a_site_with_nothing_to_evaluate_is_left_out_of_the_means(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path, [run_config(rounds=1, min_fit_sites=2)]) as fed:
+            fed.add_site("a", "n=10,acc=0.9")
+            fed.add_site("b", "n=30,acc=0.5,held_out=0")
+            run = await fed.wait_run()
+            detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            assert detail["rejected_uploads"] == []
+            evaluations = {p["site"]: p for p in detail["participants"] if p["kind"] == "evaluate"}
+            assert evaluations["b"]["status"] == "ok" and evaluations["b"]["num_examples"] == 0
+            assert detail["metrics"]["evaluate"]["num_sites"] == 1
+            assert detail["metrics"]["evaluate"]["accuracy_mean_sites"] == pytest.approx(0.9)
+
+    asyncio.run(scenario())
