@@ -6,9 +6,11 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
@@ -81,3 +83,13 @@ def write_json(path: pathlib.Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     tmp.replace(path)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a timeout, a kill) unwinds like Ctrl-C, so every run's `finally` stops its
+    processes."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)

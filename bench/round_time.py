@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
@@ -33,6 +31,7 @@ from bench.common import (
     ROUND_TIME_DEFINITION,
     RunSpec,
     quorum_revision,
+    stop_on_sigterm,
     write_json,
 )
 
@@ -81,11 +80,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds - args.warmup < 3:
         ap.error("need at least 3 measured rounds (--rounds - --warmup >= 3)")
     return args
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so every run's `finally` stops its processes.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_grid(args: argparse.Namespace) -> dict[tuple[str, int, int], dict[str, Any]]:
@@ -207,7 +201,7 @@ def _growth(qu: Cell, base: float | None, nodes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stop_on_sigterm()
     args = parse_args(argv)
     results = {} if args.table_only else run_grid(args)
     params, nodes = sorted(args.params), sorted(args.nodes)

@@ -25,14 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
@@ -45,6 +43,7 @@ from bench.common import (
     ROUND_TIME_DEFINITION,
     RunSpec,
     quorum_revision,
+    stop_on_sigterm,
     write_json,
 )
 
@@ -197,11 +196,6 @@ def plans(args: argparse.Namespace) -> list[Plan]:
             },
         ),
     ]
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so every run's `finally` stops its processes.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def result_path(spec: RunSpec, plan: Plan) -> Path:
@@ -513,7 +507,7 @@ def settings_text(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stop_on_sigterm()
     args = parse_args(argv)
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {}

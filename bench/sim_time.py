@@ -23,7 +23,6 @@ import os
 import pathlib
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,6 @@ import tomllib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from types import FrameType
 from typing import Any
 
 import psutil
@@ -42,7 +40,15 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench import flower_side
-from bench.common import VENV_BIN, WORK_DIR, RunSpec, child_env, quorum_revision, write_json
+from bench.common import (
+    VENV_BIN,
+    WORK_DIR,
+    RunSpec,
+    child_env,
+    quorum_revision,
+    stop_on_sigterm,
+    write_json,
+)
 from bench.procmon import MiB, Monitor, kill_tree, stats
 from bench.tasks import PARAMS_ENV
 from quorum.ports import free_port
@@ -462,11 +468,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every run's `finally` stops its processes.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_all(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
     spec = SimSpec(args.params, args.rounds, args.warmup, args.timeout, args.interval)
     runners: dict[str, Callable[[Scenario, pathlib.Path], dict[str, Any]]] = {
@@ -581,7 +582,7 @@ def _first_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stop_on_sigterm()
     args = parse_args(argv)
     started = time.time()
     results = run_all(args)

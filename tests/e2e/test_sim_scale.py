@@ -141,3 +141,30 @@ def test_a_task_without_a_centralised_interface_runs_without_the_pooled_line(
     assert done.stderr.count("has no centralised-baseline interface") == 1
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["status"] == "completed" and report["baselines"] is None
+
+
+def test_every_speaking_role_of_tiny_shakespeare_is_a_site(tmp_path: pathlib.Path) -> None:
+    """The natural partition of examples/shakespeare/sim-speakers.toml, in a small setting: one
+    round of 4 of the 308 speakers (the full run's figures are in the README)."""
+    report = tmp_path / "report.json"
+    done = quorum(
+        "sim",
+        "--config",
+        "examples/shakespeare/sim-speakers.toml",
+        "--report",
+        str(report),
+        *("--set", f"sim.output_dir={tmp_path / 'out'}", "--set", "sim.baselines=false"),
+        *("--set", "run.rounds=1", "--set", "run.max_fit_sites=4", "--set", "run.min_fit_sites=4"),
+        *("--set", "run.fraction_evaluate=0.02", "--set", "run.site_config.local_steps=1"),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(report.read_text())
+    assert result["status"] == "completed" and len(result["sites"]) == 308
+    partition = result["partition"]
+    assert partition["kind"] == "natural" and len(partition["sites"]) == 308
+    owners = [s["owner"] for s in partition["sites"]]
+    assert len(set(owners)) == 308 and owners[0] == "First Citizen"
+    # Each site's label histogram has exactly its own speaker's speeches.
+    assert all(sum(1 for c in s["labels"] if c) == 1 for s in partition["sites"])
+    assert result["rounds"][0]["fit"]["num_sites"] == 4
