@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import tomli_w
 from rich.console import Console
 from rich.markup import escape
@@ -27,7 +28,7 @@ from quorum.config import ServerConfig, ServerFile, SimFile
 from quorum.errors import ConfigError, QuorumError
 from quorum.ports import free_port
 from quorum.server.store import Store
-from quorum.sim import hosts, plan, pooled, report
+from quorum.sim import hosts, partition, plan, pooled, report
 from quorum.sim.host import HostSite, HostSpec
 from quorum.task import HasBaselines, import_ref, load_task
 
@@ -84,8 +85,6 @@ def run_simulation(
     )
     partition_file = None
     if site_plan.parts is not None:
-        from quorum.sim import partition
-
         partition_file = (work / "partition.safetensors").resolve()
         partition.save(partition_file, site_plan.parts)
     keys = {s.name: identity.generate() for s in site_plan.sites}
@@ -132,7 +131,7 @@ def run_simulation(
     fleet: hosts.Fleet | None = None
     try:
         fleet = hosts.start_server(server_toml, logs)
-        admin.wait_ready(60)
+        _await_server(admin, sim, fleet, console, started)
         fleet.start_hosts(sim, specs, work)
         # The local-only baselines train in this process while the federation runs (torch
         # releases the GIL; the server and agents are mostly waiting on each other).
@@ -196,6 +195,20 @@ def _check(sim: SimFile, fleet: hosts.Fleet, started: float, when: str) -> None:
     fleet.check(when)
     if time.monotonic() > started + sim.sim.timeout_s:
         raise QuorumError(f"simulation exceeded sim.timeout_s = {sim.sim.timeout_s:.0f} s")
+
+
+def _await_server(
+    admin: AdminClient, sim: SimFile, fleet: hosts.Fleet, console: Console, started: float
+) -> None:
+    """Waits until the admin API answers; a server that exits first fails with its log."""
+    with console.status("starting the server…"):
+        while True:
+            _check(sim, fleet, started, "at start-up")
+            try:
+                admin.get("/api/v1/health")
+                return
+            except (httpx.TransportError, QuorumError):
+                time.sleep(0.2)
 
 
 def _await_sites(
