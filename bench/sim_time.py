@@ -8,10 +8,13 @@ memory (the sum of RSS over every process of that framework, sampled from /proc 
 bench/procmon.py does) with Flower/Quorum ratios.
 
 Scenarios: a = 100 sites, all in every round; b = 1,000 sites, a cohort of 100 per round;
-c = 10,000 sites, a cohort of 100.
+c = 10,000 sites, a cohort of 100. m = real training: examples/mnist/sim.toml (the MNIST CNN, 100
+sites of a Dirichlet(0.5) split, 10 per round) with the bench's rounds, no baselines and no
+evaluation; Flower runs bench/flower_mnist_app, whose nodes train the same sites alike.
 
     python bench/sim_time.py --json bench/results/sim_time.json          # scenarios a and b
     python bench/sim_time.py --scenarios c --only quorum
+    python bench/sim_time.py --scenarios m --json bench/results/sim_time_mnist.json
     python bench/sim_time.py --quorum-set sim.hosts=4 --flower-client-cpus 1
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import platform
@@ -41,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 from bench import flower_side
 from bench.common import (
+    REPO,
     VENV_BIN,
     WORK_DIR,
     RunSpec,
@@ -75,17 +80,31 @@ class Scenario:
     sites: int
     cohort: int | None
     """Sites trained per round; None: every site."""
+    sim_toml: pathlib.Path | None = None
+    """A sim.toml to run (its task, data, partition and fit settings) instead of the generated
+    bench config; its site count and cohort must be `sites` and `cohort`."""
+    flower_app: pathlib.Path = flower_side.APP_DIR
+    workload: str = "bench task"
 
     @property
     def label(self) -> str:
         cohort = "all" if self.cohort is None else f"{self.cohort}"
-        return f"({self.key}) N={self.sites:,}, cohort {cohort}"
+        return f"({self.key}) {self.workload}, N={self.sites:,}, cohort {cohort}"
 
 
+MNIST_SIM_TOML = REPO / "examples" / "mnist" / "sim.toml"
 SCENARIOS = {
     "a": Scenario("a", 100, None),
     "b": Scenario("b", 1_000, 100),
     "c": Scenario("c", 10_000, 100),
+    "m": Scenario(
+        "m",
+        100,
+        10,
+        sim_toml=MNIST_SIM_TOML,
+        flower_app=pathlib.Path(__file__).resolve().parent / "flower_mnist_app",
+        workload="MNIST CNN",
+    ),
 }
 
 
@@ -178,7 +197,48 @@ def quorum_sim_config(
     scenario: Scenario, spec: SimSpec, output_dir: pathlib.Path, overrides: Iterable[str] = ()
 ) -> dict[str, Any]:
     """The sim.toml of a scenario: stock settings except what the workload fixes (the cohort, no
-    evaluation, no baselines, generous waits). `overrides` are `section.key=TOML-value`."""
+    evaluation, no baselines, generous waits); or the scenario's own sim.toml with the bench's
+    rounds, no evaluation and no baselines. `overrides` are `section.key=TOML-value`."""
+    config = (
+        given_sim_config(scenario, spec, output_dir)
+        if scenario.sim_toml is not None
+        else generated_sim_config(scenario, spec, output_dir)
+    )
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or len(path) < 2:
+            raise SystemExit(f"--quorum-set {item!r}: expected section.key=value")
+        table = config
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+        table[path[-1]] = tomllib.loads(f"v = {raw}")["v"]
+    return config
+
+
+def given_sim_config(scenario: Scenario, spec: SimSpec, output_dir: pathlib.Path) -> dict[str, Any]:
+    """The scenario's sim.toml as the bench runs it: its rounds, its sim timeout and output, no
+    baseline jobs and no federated evaluation (the Flower side evaluates nothing either)."""
+    assert scenario.sim_toml is not None
+    config = tomllib.loads(scenario.sim_toml.read_text())
+    sim, run = config["sim"], config["run"]
+    # The server's cohort size (quorum/server/sync_driver.py's _sample) with every site connected.
+    sites, fraction = int(sim["num_sites"]), float(run.get("fraction_fit", 1.0))
+    cohort = max(math.ceil(sites * fraction), int(run.get("min_fit_sites", 1)))
+    cohort = min(cohort, int(run.get("max_fit_sites", cohort)))
+    if sites != scenario.sites or cohort != (scenario.cohort or sites):
+        raise SystemExit(
+            f"{scenario.sim_toml}: {sites} sites, {cohort} per round; scenario {scenario.key} "
+            f"expects {scenario.sites} and {scenario.cohort}"
+        )
+    sim.update(baselines=False, timeout_s=spec.timeout_s, output_dir=str(output_dir))
+    run.update(rounds=spec.rounds, fraction_evaluate=0.0)
+    return config
+
+
+def generated_sim_config(
+    scenario: Scenario, spec: SimSpec, output_dir: pathlib.Path
+) -> dict[str, Any]:
     run: dict[str, Any] = {
         "name": "sim-bench",
         "task": TASK_REF,
@@ -204,15 +264,6 @@ def quorum_sim_config(
         "server": {},
         "run": run,
     }
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        path = key.strip().split(".")
-        if not sep or len(path) < 2:
-            raise SystemExit(f"--quorum-set {item!r}: expected section.key=value")
-        table = config
-        for part in path[:-1]:
-            table = table.setdefault(part, {})
-        table[path[-1]] = tomllib.loads(f"v = {raw}")["v"]
     return config
 
 
@@ -300,6 +351,8 @@ def quorum_rounds(report: dict[str, Any], spec: SimSpec) -> dict[str, Any]:
         "round_times_s": times,
         "round_time_stats": stats(times[spec.warmup :]),
         "sites_per_round": [r.get("num_sites") for r in rounds],
+        # The cohort's example-weighted mean training loss (the bench task reports none).
+        "fit_loss": [r.get("fit_loss") for r in rounds],
         "aborted_rounds": report.get("aborted_rounds", []),
         # Each process's own peak (the server's VmHWM, each host's ru_maxrss): what a
         # registered site costs at the server and at the hosts.
@@ -345,7 +398,7 @@ def run_flower(
     federation = f"num-supernodes={scenario.sites}"
     if client_cpus is not None:
         federation += f" client-resources-num-cpus={client_cpus:g}"
-    extra: dict[str, int | float | str] = {"cohort": scenario.cohort or 0}
+    extra = flower_run_config(scenario)
     run_spec = RunSpec(
         spec.params, scenario.sites, spec.rounds, spec.warmup, spec.timeout_s, spec.interval_s
     )
@@ -379,7 +432,13 @@ def run_flower(
         if not flower_side.wait_http(f"http://{address}/health", 60):
             raise RunFailed("superlink did not become healthy in 60 s")
         run_id = flower_side.submit(
-            run_spec, env, work, out_file, extra_config=extra, federation_config=federation
+            run_spec,
+            env,
+            work,
+            out_file,
+            app_dir=scenario.flower_app,
+            extra_config=extra,
+            federation_config=federation,
         )
         flower_side.wait_result(out_file, superlink, started + spec.timeout_s)
     except Exception as exc:  # recorded in the JSON; the next run goes on
@@ -405,12 +464,40 @@ def run_flower(
             round_times_s=times,
             round_time_stats=stats(times[spec.warmup :]),
             serverapp_maxrss_mb=serverapp["serverapp_maxrss_kb"] / 1024,
-            final_mean_drift_arr0=serverapp["final_mean_drift_arr0"],
+            # bench/flower_app's check of its trivial training; the MNIST app's training loss.
+            final_mean_drift_arr0=serverapp.get("final_mean_drift_arr0"),
+            fit_loss=serverapp.get("train_loss"),
             cohort=serverapp.get("cohort"),
             sampled_per_round=sampled_per_round(work / "serverapp.log"),
         )
     result["logs"] = str(work)
     return result
+
+
+def flower_run_config(scenario: Scenario) -> dict[str, int | float | str]:
+    """The app's run-config keys beyond the run's shape: the cohort and, for a scenario with a
+    sim.toml, the settings its Quorum run trains with, read from that file so that both sides
+    agree by construction (the partition seed defaults to the run's, as in quorum/sim/plan.py)."""
+    extra: dict[str, int | float | str] = {"cohort": scenario.cohort or 0}
+    if scenario.sim_toml is None:
+        return extra
+    config = tomllib.loads(scenario.sim_toml.read_text())
+    run, part = config["run"], config["sim"]["partition"]
+    fit = run["site_config"]
+    if part["kind"] != "dirichlet" or config["sim"]["data"] != "mnist":
+        raise SystemExit(f"{scenario.sim_toml}: the Flower app splits MNIST by Dirichlet only")
+    seed = int(run.get("seed", 0))
+    extra.update(
+        {
+            "seed": seed,
+            "partition-seed": int(part.get("seed", seed)),
+            "alpha": float(part["alpha"]),
+            "local-epochs": int(fit["local_epochs"]),
+            "batch-size": int(fit["batch_size"]),
+            "lr": float(fit["lr"]),
+        }
+    )
+    return extra
 
 
 def sampled_per_round(log: pathlib.Path) -> list[str]:
@@ -485,7 +572,10 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
             result = runners[framework](scenario, work)
             # The machine is shared: a high load average marks a run whose times are inflated.
             result.update(
-                scenario=asdict(scenario),
+                scenario={
+                    k: str(v) if isinstance(v, pathlib.Path) else v
+                    for k, v in asdict(scenario).items()
+                },
                 loadavg_before=load_before,
                 loadavg_after=os.getloadavg(),
             )
@@ -523,7 +613,9 @@ def _ratio(num: float | None, den: float | None) -> str:
 
 def table(results: dict[str, dict[str, dict[str, Any]]], params: int) -> str:
     lines = [
-        f"P = {params:,} float32 parameters, trivial local training, FedAvg, no evaluation.",
+        f"Bench task: P = {params:,} float32 parameters, trivial local training. MNIST CNN: "
+        "examples/mnist/sim.toml's CNN, partition and fit settings on both sides. FedAvg, no "
+        "evaluation.",
         "",
         "| scenario | Flower round (s) | Quorum round (s) | Flower/Quorum time "
         "| Flower peak memory (MB) | Quorum peak memory (MB) | Flower/Quorum memory |",

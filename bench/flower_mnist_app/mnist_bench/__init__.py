@@ -1,0 +1,1 @@
+"""mnist_bench: Flower's side of bench/sim_time.py's scenario m (the MNIST CNN, real training)."""
