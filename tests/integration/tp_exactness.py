@@ -14,6 +14,7 @@ from megatron.core import parallel_state
 
 from quorum.baseline.engines.megatron_engine import MegatronLinears, shard_from_dense
 from quorum.baseline.gpt import GPT, next_token_loss
+from quorum.baseline.worker import exit_now
 from tests.baseline_tasks import TINY
 
 STEPS = 3
@@ -50,6 +51,7 @@ def main() -> None:
         }
         pathlib.Path(sys.argv[1]).write_text(json.dumps(result))
     dist.destroy_process_group()
+    exit_now(0)  # not the interpreter's teardown, for the worker's reason (see exit_now)
 
 
 if __name__ == "__main__":
