@@ -4,9 +4,10 @@ Each virtual site is a real `SiteAgent` with its own identity key, its own sessi
 server, its own privacy ledger and its own SecAgg and gossip secrets: to the server it is a site
 like any other. What the sites of a host share is what a process loads once: the task module,
 torch, the data set (a site keeps only its indices into it), one HTTP/2 connection (each session
-is a stream of it) and a bounded number of fit slots. A site's `SiteTask` is built when the site
-is first asked to train or evaluate, and at most `keep` of them stay built (least recently used
-first out), so a dormant site costs its key, its indices and its session: kilobytes.
+is a stream of it), one cache of downloaded models and a bounded number of fit slots. A site's
+`SiteTask` is built when the site is first asked to train or evaluate, and at most `keep` of them
+stay built (least recently used first out), so a dormant site costs its key, its indices and its
+session: kilobytes.
 
 `quorum sim` starts hosts as processes (`quorum sim-host --spec FILE`) or as Ray actors; the
 spec, written by the simulator, is JSON (it holds the sites' private keys: mode 0600).
@@ -33,6 +34,7 @@ from quorum.client.faults import Crash, Slowed, crash_hook
 from quorum.client.gossip_models import GossipModels
 from quorum.client.privacy import enable_site_dp
 from quorum.client.slots import Slots
+from quorum.client.transfer import BlobCache
 from quorum.config import SiteDPConfig
 from quorum.errors import ConfigError
 from quorum.sim import partition
@@ -49,6 +51,10 @@ from quorum.wire.blobs import Params
 from quorum.wire.channel import GRPC_OPTIONS
 
 log = logging.getLogger("quorum.sim.host")
+
+HOST_CACHED_BLOBS = 4
+"""Models a host keeps: the current one and a few before it (async sites train on older
+versions)."""
 
 
 class HostSite(BaseModel):
@@ -155,6 +161,9 @@ async def serve(spec: HostSpec, stop: asyncio.Event) -> dict[str, object]:
     parts = partition.load(spec.partition) if spec.partition is not None else None
     built = BuiltSites(spec.keep)
     slots = Slots(spec.slots)
+    # One cache of models for the host, as blobs are content-addressed: a round's cohort
+    # shares the bytes of its model, and a site that trained once keeps no copy of its own.
+    cache = BlobCache(keep=HOST_CACHED_BLOBS)
     crashed: list[str] = []
     failed: dict[str, str] = {}
     async with grpc.aio.insecure_channel(spec.server, options=GRPC_OPTIONS) as channel:
@@ -165,6 +174,7 @@ async def serve(spec: HostSpec, stop: asyncio.Event) -> dict[str, object]:
                 Ed25519PrivateKey.from_private_bytes(bytes.fromhex(site.key)),
                 spec.task,
                 VirtualSite(site.name, builder(spec, site, task, parts), built),
+                cache=cache,
                 channel=channel,
                 slots=slots,
                 name=site.name,
