@@ -39,7 +39,6 @@ from typing import Any
 import psutil
 
 from quorum.baseline.spec import BaselineSpec
-from quorum.baseline.task import load_centralised_task
 from quorum.errors import ConfigError, ConflictError, QuorumError
 from quorum.server.store import BaselineRecord, Store
 
@@ -273,6 +272,10 @@ def check_engine(engine: str) -> None:
 def check_task(ref: str) -> None:
     """TaskError unless the server can import `module:attribute` and it can train centralised
     (its ranks import it the same way)."""
+    # Imported here, as the launcher is: it imports torch, which a server that runs no
+    # baseline job (or only numpy tasks) need not hold in memory.
+    from quorum.baseline.task import load_centralised_task
+
     load_centralised_task(ref)
 
 
