@@ -8,6 +8,7 @@ is taken as a plain string, so `--set run.strategy=fedyogi` works unquoted.
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 import tomllib
@@ -22,8 +23,14 @@ from quorum.errors import ConfigError
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
 
 
+MAX_SITE_CONFIG_BYTES = 1024 * 1024
+"""`site_config` travels in every task offer, a message of the session stream (8 MiB at most)."""
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Infinities and NaN are refused everywhere (a file, --set, the API): JSON cannot carry
+    # them, so a config that held one would not read back from the store as it was written.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SecAggConfig(_Model):
@@ -169,6 +176,31 @@ class RunConfig(_Model):
         description="gossip: the sites' lr (site_config.lr) is multiplied by this every round; "
         "with a constant lr the neighbours' models stay apart by their local drift",
     )
+
+    @model_validator(mode="after")
+    def _fits_the_wire(self) -> RunConfig:
+        """A run is stored as JSON and its site_config sent with every task: finite numbers,
+        UTF-8 text and a bounded size, or the store could not give it back and a task offer
+        could not carry it."""
+        try:
+            site_config = json.dumps(self.site_config, allow_nan=False, ensure_ascii=False)
+        except ValueError:
+            raise ValueError(
+                "site_config holds NaN or an infinity, which JSON cannot carry; use finite numbers"
+            ) from None
+        try:
+            json.dumps(self.model_dump(mode="json"), ensure_ascii=False).encode()
+            size = len(site_config.encode())
+        except UnicodeEncodeError:
+            raise ValueError(
+                "the run holds text that is not valid UTF-8 (an unpaired surrogate)"
+            ) from None
+        if size > MAX_SITE_CONFIG_BYTES:
+            raise ValueError(
+                f"site_config is {size:,} bytes; at most {MAX_SITE_CONFIG_BYTES:,} travel with "
+                "each task (ship large data to the sites another way)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_cohort(self) -> RunConfig:

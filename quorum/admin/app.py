@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
@@ -72,6 +74,19 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
         ),
     )
     store = co.store
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own answer echoes the input, which may hold what JSON cannot carry (NaN,
+        # an unpaired surrogate): it failed with a 500. Where and why is all the client needs.
+        problems = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        return Response(
+            json.dumps({"detail": problems}, ensure_ascii=True, default=str),
+            status_code=422,
+            media_type="application/json",
+        )
 
     @app.exception_handler(QuorumError)
     async def quorum_error(_: Request, exc: QuorumError) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 from typing import Any
 
@@ -93,5 +94,39 @@ def test_viewer_token_reads_but_cannot_submit(tmp_path: pathlib.Path) -> None:
                 headers={"Authorization": f"Bearer {TOKEN}"},
             )
             assert bad.status_code == 422 and "proximal_mu" in bad.text
+
+    asyncio.run(scenario())
+
+
+def test_a_run_the_store_or_the_wire_could_not_carry_is_refused_with_422(
+    tmp_path: pathlib.Path,
+) -> None:
+    """NaN in site_config, an unpaired surrogate in the task's name, a site_config past what a
+    task offer carries: each answered 422 naming the problem, nothing stored, and the runs
+    list and a restart of the server on its state still work."""
+    bodies = [
+        ({"task": "tests.vector_task:task", "site_config": {"lr": float("nan")}}, "NaN"),
+        ({"task": "tests.vector_task:\udcff"}, "UTF-8"),
+        ({"task": "tests.vector_task:task", "site_config": {"b": "x" * 2**21}}, "at most"),
+        ({"task": "tests.vector_task:task", "round_timeout_s": float("inf")}, "finite"),
+    ]
+
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            for body, needle in bodies:
+                response = await asyncio.to_thread(
+                    httpx.post,
+                    f"{fed.admin_url}/api/v1/runs",
+                    content=json.dumps(body),  # allow_nan: the bytes an attacker could send
+                    headers={
+                        "Authorization": f"Bearer {TOKEN}",
+                        "Content-Type": "application/json",
+                    },
+                )
+                assert response.status_code == 422, response.text
+                assert needle in response.text
+            assert await fed.api("/api/v1/runs") == []
+        async with federation(tmp_path, []) as again:  # the same state directory
+            assert await again.api("/api/v1/runs") == []
 
     asyncio.run(scenario())

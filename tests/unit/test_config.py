@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from quorum.config import RunConfig, ServerFile, SimFile, load, parse_override
+from quorum.config import RunConfig, ServerFile, SimFile, load, parse_override, validate
 from quorum.errors import ConfigError
 
 SIM_TOML = """
@@ -388,3 +388,34 @@ def test_async_and_gossip_defaults() -> None:
     assert run.max_concurrency is None and run.max_wall_time_s is None
     gossip = load(RunConfig, None, values={"task": "m:t", "mode": "gossip"})
     assert (gossip.topology, gossip.degree) == ("exponential", 2)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"site_config": {"lr": float("nan")}}, "NaN or an infinity"),
+        ({"site_config": {"w": [1.0, float("-inf")]}}, "NaN or an infinity"),
+        ({"site_config": {"name": "\udcff"}}, "not valid UTF-8"),
+        ({"task": "m:\udcff"}, "not valid UTF-8"),
+        ({"site_config": {"blob": "x" * (1024 * 1024)}}, "at most 1,048,576"),
+        ({"round_timeout_s": float("inf")}, "round_timeout_s: Input should be a finite number"),
+        ({"central_dp": {"noise_multiplier": float("nan")}}, "finite number"),
+    ],
+)
+def test_a_run_the_store_or_the_wire_could_not_carry_is_refused(
+    values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate(RunConfig, {"task": "m:t", **values}, "api")
+
+
+def test_infinities_are_refused_alike_from_a_file_and_from_set(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text("[server]\nheartbeat_interval_s = inf\n")
+    with pytest.raises(ConfigError, match="heartbeat_interval_s: Input should be a finite number"):
+        load(ServerFile, path)
+    path.write_text("[server]\n")
+    with pytest.raises(ConfigError, match="session_timeout_s: Input should be a finite number"):
+        load(ServerFile, path, ["server.session_timeout_s=nan"])
+    run = validate(RunConfig, {"task": "m:t", "site_config": {"x": -1e308}}, "api")
+    assert RunConfig.model_validate_json(run.model_dump_json()) == run  # reads back as written
