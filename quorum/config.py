@@ -267,6 +267,12 @@ class ServerConfig(_Model):
     max_baseline_jobs: int = Field(
         1, ge=1, description="baseline jobs running at once; later ones wait, queued, in order"
     )
+    keep_checkpoints: int = Field(
+        3,
+        ge=2,
+        description="newest rounds whose checkpoints each run keeps (and its initial model); "
+        "older ones are removed, so the state directory does not grow with rounds",
+    )
 
 
 class ServerFile(_Model):

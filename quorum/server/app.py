@@ -50,7 +50,10 @@ class Server:
         if ensure_admin_token(self.store, cfg.state_dir, cfg.admin_token):
             log.info("event=admin_token_created path=%s", cfg.state_dir / TOKEN_FILE)
         self.coordinator = Coordinator(
-            self.store, Checkpoints(cfg.state_dir / "checkpoints"), BlobStore(), SessionRegistry()
+            self.store,
+            Checkpoints(cfg.state_dir / "checkpoints", cfg.keep_checkpoints),
+            BlobStore(),
+            SessionRegistry(),
         )
         self.baselines = BaselineJobs(self.store, cfg.state_dir, max_running=cfg.max_baseline_jobs)
         known = {r.name for r in self.store.runs()}

@@ -183,3 +183,22 @@ def test_a_site_with_nothing_to_evaluate_is_left_out_of_the_means(tmp_path: path
             assert detail["metrics"]["evaluate"]["accuracy_mean_sites"] == pytest.approx(0.9)
 
     asyncio.run(scenario())
+
+
+def test_a_long_run_keeps_a_bounded_number_of_checkpoints(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        config = run_config(rounds=12, min_fit_sites=2, fraction_evaluate=0.0)
+        async with federation(tmp_path, [config], keep_checkpoints=2) as fed:
+            fed.add_site("a", "delta=1.0,n=1")
+            fed.add_site("b", "delta=1.0,n=1")
+            run = await fed.wait_run()
+            files = sorted(p.name for p in (fed.state_dir / "checkpoints" / run["id"]).iterdir())
+            assert [f.split(".")[0] for f in files[::2]] == [
+                "round-00000",
+                "round-00011",
+                "round-00012",
+            ]
+            for value in _final_model(fed, run["id"], 12).values():
+                np.testing.assert_allclose(value, 12.0)
+
+    asyncio.run(scenario())

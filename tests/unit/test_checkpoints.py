@@ -158,3 +158,24 @@ def test_write_atomic_every_read_sees_old_or_new(tmp_path: pathlib.Path) -> None
         reader.join()
     assert seen <= {a, b}
     assert seen  # the reader did read
+
+
+def test_a_run_keeps_its_newest_rounds_and_its_initial_model(tmp_path: pathlib.Path) -> None:
+    checkpoints = Checkpoints(tmp_path, keep=3)
+    for round_no in range(11):
+        checkpoints.save("run-a", round_no, MODEL, STATE)
+    checkpoints.save("run-b", 0, MODEL, STATE)
+    kept = sorted(p.name for p in (tmp_path / "run-a").iterdir())
+    assert kept == [
+        f"round-{r:05d}.{kind}.safetensors" for r in (0, 8, 9, 10) for kind in ("model", "strategy")
+    ]
+    assert checkpoints.load("run-a", 9)[0] == MODEL
+    assert checkpoints.exists("run-b", 0)  # another run's files are its own
+    with pytest.raises(StoreError, match="round 7 is missing"):
+        checkpoints.load("run-a", 7)
+    with pytest.raises(ValueError, match="at least its last two"):
+        Checkpoints(tmp_path, keep=1)
+    reader = Checkpoints(tmp_path)  # keeps everything it writes
+    for round_no in range(5):
+        reader.save("run-c", round_no, MODEL, STATE)
+    assert len(list((tmp_path / "run-c").iterdir())) == 10
