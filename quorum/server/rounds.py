@@ -113,7 +113,32 @@ def resume(
         model = blobs.encode(initial)
         co.checkpoints.save(run_id, 0, model, initial_state(model))
     model, state = co.checkpoints.load(run_id, done)
+    if done:
+        check_checkpoint(co, run_id, done, model, state)
     return done, model, state
+
+
+def check_checkpoint(
+    co: Coordinator, run_id: str, round_no: int, model: bytes, state: Mapping[str, np.ndarray]
+) -> None:
+    """A checkpoint damaged on disk is never served: its model must hash to the digest the
+    store recorded when the round completed, and hold finite values, as its strategy state
+    must. Fails the run with the file's name and what to do."""
+    path = co.checkpoints.model_path(run_id, round_no)
+    recorded = co.store.round_detail(run_id, round_no)["model_digest"]
+    problem = None
+    if recorded and blobs.digest(model) != recorded:
+        problem = "does not hash to the digest recorded when the round completed"
+    elif not blobs.all_finite(model, blobs.read_layout(model)):
+        problem = "holds NaN or infinite values"
+    elif not all(np.isfinite(v).all() for v in state.values() if v.dtype.kind == "f"):
+        problem = "has a strategy state with NaN or infinite values"
+    if problem is not None:
+        raise QuorumError(
+            f"the checkpoint of round {round_no} ({path}) {problem}: it is damaged, so the run "
+            "cannot resume from it. Restore the state directory from a backup, or submit the "
+            "run again to start it over"
+        )
 
 
 def model_phase(
@@ -126,7 +151,13 @@ def model_phase(
     layout: blobs.Layout,
     max_num_examples: int,
 ) -> Phase:
-    """A phase serving `model`; its uploads must have `layout`."""
+    """A phase serving `model`; its uploads must have `layout`. A model with NaN or infinite
+    values (a server step that diverged) is not sent: the round is aborted."""
+    if not blobs.all_finite(model, layout):
+        raise RoundAborted(
+            "the model to send holds NaN or infinite values (the server step diverged); "
+            "it was not sent"
+        )
     digest = co.blobs.put(model)
     return Phase(
         kind=kind,

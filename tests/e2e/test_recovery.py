@@ -126,3 +126,32 @@ def test_central_dp_accounting_and_clipping_norm_survive_a_server_kill(
     for before, after in itertools.pairwise(details):
         assert after["clipping_norm"] == pytest.approx(before["next_clipping_norm"])
     assert details[-1]["clipping_norm"] != 0.1  # it moved
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_fails_the_run_by_name_and_is_never_served(
+    deployment: Deployment,
+) -> None:
+    """The server is killed in round 3 and round 2's checkpoint is overwritten with NaN: on
+    restart the run fails with the file's name instead of serving the damaged model (which
+    every site's update would then be refused against, attempt after attempt)."""
+    d = deployment
+    d.run = run_settings(rounds=5)
+    server = d.start_server()
+    hold = d.root / "hold"
+    hold.touch()
+    d.start_site("a", f"delta=1.0,n=1,hold={hold},hold_from=3")
+    d.start_site("b", f"delta=3.0,n=3,hold={hold},hold_from=3")
+    d.kill_server_in_round(server, 3, hold)
+    (run_dir,) = (d.state_dir / "checkpoints").iterdir()
+    path = Checkpoints(d.state_dir / "checkpoints").model_path(run_dir.name, 2)
+    data = bytearray(path.read_bytes())
+    layout = blobs.read_layout(bytes(data))
+    data[layout.data_offset :] = np.full(layout.numel, np.nan, np.float32).tobytes()
+    path.write_bytes(bytes(data))
+    d.start_server()
+    run = d.wait_run(status="failed", timeout=90)
+    assert "round-00002.model.safetensors" in run["error"]
+    assert "does not hash to the digest recorded" in run["error"]
+    assert run["rounds_completed"] == 2
+    assert d.get("/api/v1/health")["status"] == "ok"  # one run failed, not the server

@@ -252,3 +252,13 @@ def test_layout_is_checked_before_values() -> None:
     data = _update(**{"fc.bias": np.array([np.nan, 1.0, 2.0], np.float32)})
     with _rejected("layout_mismatch"):
         validation.check_blob(data, blobs.digest(data), LAYOUT)
+
+
+def test_a_model_holding_nan_is_never_sent_to_the_sites() -> None:
+    from quorum.server.phases import RoundAborted
+    from quorum.server.rounds import model_phase
+
+    model = blobs.encode({"w": np.array([1.0, np.nan], np.float32)})
+    with pytest.raises(RoundAborted, match="NaN or infinite values"):
+        # The check comes before the coordinator is used: none is needed to reach it.
+        model_phase(None, "evaluate", "run-x", 1, 1, model, blobs.read_layout(model), 10)  # type: ignore[arg-type]
