@@ -98,6 +98,14 @@ def server_start(
     ] = False,
     set_: SetOption = None,
     log_format: LogFormat = "text",
+    init: Annotated[
+        bool,
+        typer.Option(
+            "--init",
+            help="Start afresh even though the state store does not know runs whose "
+            "checkpoints are in the state directory (they are moved aside)",
+        ),
+    ] = False,
 ) -> None:
     """Start the federation service and the admin API."""
     from quorum.config import ServerFile, load
@@ -106,7 +114,7 @@ def server_start(
     logs.setup(log_format)
     server_file = load(ServerFile, config, set_ or [])
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(server_file, insecure=insecure))
+        asyncio.run(serve(server_file, insecure=insecure, fresh_start=init))
 
 
 @client_app.command("run")

@@ -12,13 +12,14 @@ import uvicorn
 from quorum.admin.app import build_app
 from quorum.admin.auth import TOKEN_FILE, ensure_admin_token
 from quorum.config import ServerFile
-from quorum.errors import ConfigError
+from quorum.errors import ConfigError, StoreError
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.baselines import BaselineJobs
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.coordinator import Coordinator
 from quorum.server.federation import FederationService
+from quorum.server.integrity import check_state
 from quorum.server.sessions import SessionRegistry
 from quorum.server.store import Store
 from quorum.wire.channel import GRPC_OPTIONS
@@ -36,7 +37,9 @@ def split_address(address: str) -> tuple[str, int]:
 class Server:
     """Owns the store, the coordinator, the gRPC server and the admin API of one process."""
 
-    def __init__(self, config: ServerFile, *, insecure: bool) -> None:
+    def __init__(self, config: ServerFile, *, insecure: bool, fresh_start: bool = False) -> None:
+        """`fresh_start` (`--init`): start even when the store does not know runs whose
+        checkpoints are on disk, moving those aside (quorum.server.integrity)."""
         cfg = config.server
         if not insecure and (cfg.tls_cert is None or cfg.tls_key is None):
             raise ConfigError(
@@ -47,6 +50,11 @@ class Server:
         self.insecure = insecure
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.state_dir / "quorum.db")
+        try:
+            check_state(self.store, cfg.state_dir / "checkpoints", fresh_start)
+        except StoreError:
+            self.store.close()
+            raise
         if ensure_admin_token(self.store, cfg.state_dir, cfg.admin_token):
             log.info("event=admin_token_created path=%s", cfg.state_dir / TOKEN_FILE)
         self.coordinator = Coordinator(
@@ -130,8 +138,8 @@ class Server:
         log.info("event=server_stopped")
 
 
-async def serve(config: ServerFile, *, insecure: bool) -> None:
-    server = Server(config, insecure=insecure)
+async def serve(config: ServerFile, *, insecure: bool, fresh_start: bool = False) -> None:
+    server = Server(config, insecure=insecure, fresh_start=fresh_start)
     await server.start()
     try:
         await server.wait()

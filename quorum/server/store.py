@@ -170,6 +170,17 @@ class Store:
         self._lock = threading.RLock()
         self.path = path
 
+    def quick_check(self) -> str | None:
+        """None when SQLite's quick_check finds the database sound, else what it found."""
+        try:
+            rows = [r[0] for r in self._rows("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if rows == ["ok"] else "; ".join(str(r) for r in rows[:3])
+
+    def run_ids(self) -> set[str]:
+        return {r["id"] for r in self._rows("SELECT id FROM runs")}
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 from typing import Any
 
@@ -11,8 +12,9 @@ import pytest
 
 from quorum.privacy.dp.accounting import epsilon
 from quorum.server.checkpoints import Checkpoints
+from quorum.sim import processes
 from quorum.wire import blobs
-from tests.e2e.cli import Deployment, run_settings
+from tests.e2e.cli import Deployment, quorum, run_settings
 from tests.vector_task import expected_fedavg
 
 
@@ -155,3 +157,45 @@ def test_a_damaged_checkpoint_fails_the_run_by_name_and_is_never_served(
     assert "does not hash to the digest recorded" in run["error"]
     assert run["rounds_completed"] == 2
     assert d.get("/api/v1/health")["status"] == "ok"  # one run failed, not the server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["store removed", "write-ahead log garbage"])
+def test_a_store_that_lost_its_runs_refuses_to_start_until_init(
+    deployment: Deployment, damage: str
+) -> None:
+    """Never a silent fresh start: a store that does not know the runs whose checkpoints are in
+    the state directory stops the server with one line saying what to do; `--init` starts
+    afresh and moves those checkpoints aside."""
+    d = deployment
+    d.run = run_settings(rounds=2)
+    server = d.start_server()
+    d.start_site("a", "delta=1.0,n=1")
+    d.start_site("b", "delta=3.0,n=3")
+    d.wait_run()
+    server.process.send_signal(signal.SIGKILL)  # its write-ahead log stays as it was
+    server.process.wait()
+    db = d.state_dir / "quorum.db"
+    wal = db.with_name("quorum.db-wal")
+    if damage == "store removed":
+        for path in (db, wal, db.with_name("quorum.db-shm")):
+            path.unlink(missing_ok=True)
+    else:
+        assert wal.stat().st_size > 0
+        wal.write_bytes(os.urandom(wal.stat().st_size))
+    config = d.write_config()
+    refused = quorum("server", "start", "--config", str(config), "--insecure", timeout=60)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    message = " ".join(refused.stderr.split())
+    assert "restore quorum.db" in message and "--init" in message
+    assert "does not know 1 run(s)" in message or "is damaged" in message
+
+    started = processes.start(
+        "server-init",
+        ["server", "start", "--config", str(config), "--insecure", "--init"],
+        d.root / "logs",
+    )
+    d.children.append(started)
+    d.wait(lambda: d.run_record() is not None, 60, "the fresh start to answer")
+    (aside,) = d.state_dir.glob("checkpoints.before-init-*")
+    assert len(list(aside.iterdir())) == 1  # the lost run's checkpoints, kept
