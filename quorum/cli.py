@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from quorum import logs
 from quorum.baseline.cli import baseline_app
@@ -28,6 +29,8 @@ app.add_typer(site_app, name="site")
 app.add_typer(server_app, name="server")
 app.add_typer(client_app, name="client")
 app.add_typer(baseline_app, name="baseline")
+state_app = typer.Typer(no_args_is_help=True, help="The server's state directory.")
+app.add_typer(state_app, name="state")
 console = Console(stderr=True)
 
 SetOption = Annotated[
@@ -88,6 +91,64 @@ def site_list(state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")]) -
         )
     store.close()
     Console().print(table)
+
+
+@state_app.command("check")
+def state_check(
+    state_dir: Annotated[pathlib.Path, typer.Option("--state-dir", help="The server's state_dir")],
+) -> None:
+    """Check a state directory: the store's integrity (SQLite quick_check), that it knows every
+    run with checkpoints, and each kept checkpoint's model against its recorded digest.
+
+    Example: quorum state check --state-dir quorum-state
+    """
+    from quorum.server.integrity import damaged_checkpoints, lost_runs
+    from quorum.server.store import Store
+
+    db = state_dir / "quorum.db"
+    if not db.exists():
+        raise QuorumError(f"{db} does not exist")
+    store = Store(db)
+    try:
+        problems = [p for p in [store.quick_check()] if p is not None]
+        problems += [
+            f"the store does not know run {run}, whose checkpoints are kept"
+            for run in lost_runs(store, state_dir / "checkpoints")
+        ]
+        verified, damaged = damaged_checkpoints(store, state_dir / "checkpoints")
+        problems += damaged
+    finally:
+        store.close()
+    for problem in problems:
+        console.print(f"[red]problem:[/red] {escape(problem)}")
+    if problems:
+        raise QuorumError(
+            f"{len(problems)} problem(s) in {state_dir}: restore quorum.db or the named "
+            "checkpoints from a backup"
+        )
+    console.print(f"{state_dir}: the store is sound, {verified} kept checkpoint(s) verified")
+
+
+@state_app.command("backup")
+def state_backup(
+    state_dir: Annotated[pathlib.Path, typer.Option("--state-dir", help="The server's state_dir")],
+    out: Annotated[pathlib.Path, typer.Option("--out", help="Where to write the copy")],
+) -> None:
+    """Copy the state store, also while the server runs (SQLite's online backup).
+
+    Example: quorum state backup --state-dir quorum-state --out quorum-backup.db
+    """
+    from quorum.server.store import Store
+
+    db = state_dir / "quorum.db"
+    if not db.exists():
+        raise QuorumError(f"{db} does not exist")
+    store = Store(db)
+    try:
+        store.backup(out)
+    finally:
+        store.close()
+    console.print(f"wrote {out} (to restore: stop the server, put it in place as quorum.db)")
 
 
 @server_app.command("start")

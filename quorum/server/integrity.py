@@ -16,6 +16,7 @@ import time
 
 from quorum.errors import StoreError
 from quorum.server.store import Store
+from quorum.wire import blobs
 
 log = logging.getLogger("quorum.server")
 
@@ -33,8 +34,7 @@ def check_state(store: Store, checkpoints: pathlib.Path, fresh_start: bool) -> N
         raise StoreError(
             f"the state store {store.path} is damaged ({problem}): restore it from a backup"
         )
-    known = store.run_ids()
-    lost = sorted(p.name for p in _run_folders(checkpoints) if p.name not in known)
+    lost = lost_runs(store, checkpoints)
     if not lost:
         return
     if not fresh_start:
@@ -47,6 +47,30 @@ def check_state(store: Store, checkpoints: pathlib.Path, fresh_start: bool) -> N
     for name in lost:
         (checkpoints / name).rename(aside / name)
     log.warning("event=fresh_start runs_set_aside=%d folder=%s", len(lost), aside)
+
+
+def lost_runs(store: Store, checkpoints: pathlib.Path) -> list[str]:
+    """Runs whose checkpoints are on disk and whom the store does not know."""
+    known = store.run_ids()
+    return sorted(p.name for p in _run_folders(checkpoints) if p.name not in known)
+
+
+def damaged_checkpoints(store: Store, checkpoints: pathlib.Path) -> tuple[int, list[str]]:
+    """(model checkpoints verified, what is wrong with the others): each completed round's
+    model file on disk must hash to the digest the store recorded for it. Rounds whose files
+    were pruned (`keep_checkpoints`) are not looked for."""
+    verified, problems = 0, []
+    for run_id, round_no, digest in store.completed_models():
+        path = checkpoints / run_id / f"round-{round_no:05d}.model.safetensors"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        if blobs.digest(data) == digest:
+            verified += 1
+        else:
+            problems.append(f"{path} does not hash to the digest recorded for round {round_no}")
+    return verified, problems
 
 
 def _run_folders(checkpoints: pathlib.Path) -> list[pathlib.Path]:

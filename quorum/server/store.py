@@ -181,6 +181,29 @@ class Store:
     def run_ids(self) -> set[str]:
         return {r["id"] for r in self._rows("SELECT id FROM runs")}
 
+    def completed_models(self) -> list[tuple[str, int, str]]:
+        """(run id, round, model digest) of every completed round that recorded a model."""
+        return [
+            (r["run_id"], r["round"], r["model_digest"])
+            for r in self._rows(
+                "SELECT run_id, round, model_digest FROM rounds "
+                "WHERE status = 'completed' AND model_digest IS NOT NULL ORDER BY run_id, round"
+            )
+        ]
+
+    def backup(self, path: pathlib.Path) -> None:
+        """A consistent copy of the store at `path` while it is in use (SQLite's online backup),
+        written beside and renamed into place, so `path` is either whole or absent."""
+        partial = path.with_name(f".{path.name}.partial")
+        partial.unlink(missing_ok=True)
+        target = sqlite3.connect(partial)
+        try:
+            with self._lock:
+                self._db.backup(target)
+        finally:
+            target.close()
+        partial.replace(path)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

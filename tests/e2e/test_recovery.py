@@ -199,3 +199,39 @@ def test_a_store_that_lost_its_runs_refuses_to_start_until_init(
     d.wait(lambda: d.run_record() is not None, 60, "the fresh start to answer")
     (aside,) = d.state_dir.glob("checkpoints.before-init-*")
     assert len(list(aside.iterdir())) == 1  # the lost run's checkpoints, kept
+
+
+@pytest.mark.slow
+def test_state_check_finds_damage_and_a_backup_restores_the_store(deployment: Deployment) -> None:
+    """`quorum state backup` while the server runs, `quorum state check` before and after a
+    checkpoint is damaged, and the backup put back in place of a lost store."""
+    d = deployment
+    d.run = run_settings(rounds=2)
+    server = d.start_server()
+    d.start_site("a", "delta=1.0,n=1")
+    d.start_site("b", "delta=3.0,n=3")
+    run = d.wait_run()
+    backup = d.root / "backup.db"
+    state = ("--state-dir", str(d.state_dir))
+    done = quorum("state", "backup", *state, "--out", str(backup))
+    assert done.returncode == 0 and backup.exists(), done.stderr
+    sound = quorum("state", "check", *state)
+    assert sound.returncode == 0 and "2 kept checkpoint(s) verified" in sound.stderr, sound.stderr
+
+    model = Checkpoints(d.state_dir / "checkpoints").model_path(run["id"], 2)
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    damaged = quorum("state", "check", *state)
+    assert damaged.returncode == 2
+    assert "round-00002.model.safetensors" in " ".join(damaged.stderr.split())
+    model.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0xFF]))  # mended
+
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait()
+    for suffix in ("", "-wal", "-shm"):
+        (d.state_dir / f"quorum.db{suffix}").unlink(missing_ok=True)
+    backup.replace(d.state_dir / "quorum.db")
+    d.start_server()
+    restored = d.get(f"/api/v1/runs/{run['id']}")
+    assert restored["status"] == "completed" and restored["rounds_completed"] == 2
