@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,18 +111,26 @@ def load_task(ref: str) -> FederatedTask:
     return task
 
 
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
+
+
 def import_ref(ref: str) -> object:
     """The object `module:attribute` names, imported from the working directory first, then
     among installed packages (an operator-given name, never one read from the wire)."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise TaskError(f"task {ref!r} is not of the form module:attribute")
+    if not sep or not _MODULE.fullmatch(module_name) or not attr.isidentifier():
+        raise TaskError(
+            f"task {ref!r} is not of the form module:attribute (a dotted module path of "
+            "Python identifiers, then an identifier)"
+        )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TaskError(f"task {ref!r}: cannot import module {module_name!r}: {exc}") from None
+    except Exception as exc:  # ImportError, or whatever the module raised as it was imported
+        raise TaskError(
+            f"task {ref!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     try:
         return getattr(module, attr)
     except AttributeError:
