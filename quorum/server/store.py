@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quorum.config import RunConfig
-from quorum.errors import ConflictError, NotFoundError, StoreError
+from quorum.errors import ConfigError, ConflictError, NotFoundError, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -149,6 +150,18 @@ class RunRecord:
     error: str | None
 
 
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
+
+
+def check_site_name(name: str) -> None:
+    """A site's name names its files and log lines: letters, digits, '_', '.', '-'."""
+    if not SITE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"site name {name[:80]!r} is not valid: 1-128 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+
+
 class Store:
     def __init__(self, path: pathlib.Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,6 +239,7 @@ class Store:
     # ---- sites ----
 
     def add_site(self, name: str, public_key: bytes) -> SiteRecord:
+        check_site_name(name)
         now = time.time()
         try:
             with self._tx() as db:
@@ -242,6 +256,8 @@ class Store:
 
     def add_sites(self, sites: list[tuple[str, bytes]]) -> None:
         """Registers many sites (name, public key) in one transaction: all or none."""
+        for name, _ in sites:
+            check_site_name(name)
         now = time.time()
         try:
             with self._tx() as db:

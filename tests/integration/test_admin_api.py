@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import pathlib
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from quorum import identity
 from quorum.admin.auth import hash_token
 from quorum.admin.client import AdminClient
 from quorum.wire import blobs
@@ -128,5 +130,31 @@ def test_a_run_the_store_or_the_wire_could_not_carry_is_refused_with_422(
             assert await fed.api("/api/v1/runs") == []
         async with federation(tmp_path, []) as again:  # the same state directory
             assert await again.api("/api/v1/runs") == []
+
+    asyncio.run(scenario())
+
+
+def test_a_site_name_that_cannot_name_files_is_refused_with_422(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            key = base64.b64encode(identity.public_bytes(identity.generate())).decode()
+
+            async def register(name: str) -> httpx.Response:
+                return await asyncio.to_thread(
+                    httpx.post,
+                    f"{fed.admin_url}/api/v1/sites",
+                    content=json.dumps({"name": name, "public_key": key}),  # \udcff as sent
+                    headers={
+                        "Authorization": f"Bearer {TOKEN}",
+                        "Content-Type": "application/json",
+                    },
+                )
+
+            for name in ("\udcff", "../etc", "", "a b", "x" * 129):
+                response = await register(name)
+                assert response.status_code == 422, (name, response.text)
+                assert "is not valid" in response.text
+            assert await fed.api("/api/v1/sites") == []
+            assert (await register("site-0001.east_2")).status_code == 201
 
     asyncio.run(scenario())
