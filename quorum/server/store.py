@@ -239,23 +239,11 @@ class Store:
     # ---- sites ----
 
     def add_site(self, name: str, public_key: bytes) -> SiteRecord:
-        check_site_name(name)
-        now = time.time()
-        try:
-            with self._tx() as db:
-                db.execute(
-                    "INSERT INTO sites (name, public_key, registered_at) VALUES (?, ?, ?)",
-                    (name, public_key, now),
-                )
-        except sqlite3.IntegrityError:
-            raise ConflictError(
-                f"a site named {name!r} or with this public key is already registered"
-            ) from None
-        self.event("site_registered", site=name)
-        return SiteRecord(name, public_key, now, None)
+        return SiteRecord(name, public_key, self.add_sites([(name, public_key)]), None)
 
-    def add_sites(self, sites: list[tuple[str, bytes]]) -> None:
-        """Registers many sites (name, public key) in one transaction: all or none."""
+    def add_sites(self, sites: list[tuple[str, bytes]]) -> float:
+        """Registers sites (name, public key) in one transaction, all or none (a simulation
+        registers thousands at once); returns their registration time."""
         for name, _ in sites:
             check_site_name(name)
         now = time.time()
@@ -265,14 +253,20 @@ class Store:
                     "INSERT INTO sites (name, public_key, registered_at) VALUES (?, ?, ?)",
                     [(name, key, now) for name, key in sites],
                 )
-                db.execute(
+                db.executemany(
                     "INSERT INTO events (at, kind, run_id, fields_json) VALUES (?, ?, ?, ?)",
-                    (now, "sites_registered", None, json.dumps({"count": len(sites)})),
+                    [
+                        (now, "site_registered", None, json.dumps({"site": name}))
+                        for name, _ in sites
+                    ],
                 )
         except sqlite3.IntegrityError:
+            named = ", ".join(repr(name) for name, _ in sites[:3])
             raise ConflictError(
-                "a site of this batch is already registered (by name or public key)"
+                f"a site named {named}{' ...' if len(sites) > 3 else ''} or with its public key "
+                "is already registered"
             ) from None
+        return now
 
     def revoke_site(self, name: str) -> None:
         with self._tx() as db:
