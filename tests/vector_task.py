@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quorum.task import EvalResult, FitResult, JSONConfig
+from quorum.task import EvalResult, Examples, FitResult, JSONConfig
 from quorum.wire.blobs import Params
 
 
@@ -66,7 +66,20 @@ class VectorTask:
         )
 
 
+class LabelledVectorTask(VectorTask):
+    """A `Partitionable` vector task: its data set is 60 examples of 3 labels, owned by 4
+    writers; a site holding k examples trains as `n=k` with the default delta."""
+
+    def examples(self, data: str) -> Examples:
+        labels = np.arange(60) % 3
+        return Examples(labels, owners=np.array(["w", "x", "y", "z"])[np.arange(60) // 15])
+
+    def site_of(self, data: str, indices: np.ndarray, device: str, seed: int) -> VectorSite:
+        return self.site(f"n={len(indices)}", device, seed)
+
+
 task = VectorTask()
+labelled = LabelledVectorTask()
 
 
 def expected_fedavg(rounds: int, sites: list[tuple[float, int]]) -> float:

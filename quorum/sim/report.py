@@ -219,11 +219,7 @@ def write(result: dict[str, Any], path: pathlib.Path) -> None:
     path.write_text(json.dumps(result, indent=2))
     plot(result, path.with_suffix(".png"))
     if result.get("partition"):
-        plot_partition(result["partition"], partition_plot_path(path))
-
-
-def partition_plot_path(path: pathlib.Path) -> pathlib.Path:
-    return path.with_name(f"{path.stem}-partition.png")
+        plot_partition(result["partition"], path.with_name(f"{path.stem}-partition.png"))
 
 
 def plot_partition(section: dict[str, Any], path: pathlib.Path) -> None:

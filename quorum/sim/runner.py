@@ -136,8 +136,8 @@ def run_simulation(
         # The local-only baselines train in this process while the federation runs (torch
         # releases the GIL; the server and agents are mostly waiting on each other).
         pending = None
-        local_sites = {s.name: s.data for s in site_plan.sites if s.data is not None}
         if sim.sim.baselines and isinstance(task, HasBaselines) and site_plan.parts is None:
+            local_sites = {s.name: s.data for s in site_plan.sites if s.data is not None}
             pending = pool.submit(
                 pooled.local_baselines, task, local_sites, sim.site.device, sim.run.seed
             )

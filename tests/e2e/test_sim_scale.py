@@ -22,14 +22,16 @@ pytestmark = pytest.mark.slow
 
 
 def _sim(tmp_path: pathlib.Path, run: dict[str, Any], **sim: Any) -> pathlib.Path:
+    """A sim.toml of 200 vector sites; `sim` settings replace those, None leaves one out."""
+    options = {
+        "num_sites": 200,
+        "site_data": "delta=0.25,n=1",
+        "timeout_s": 400,
+        "output_dir": str(tmp_path / "out"),
+        **sim,
+    }
     config = {
-        "sim": {
-            "num_sites": 200,
-            "site_data": "delta=0.25,n=1",
-            "timeout_s": 400,
-            "output_dir": str(tmp_path / "out"),
-            **sim,
-        },
+        "sim": {key: value for key, value in options.items() if value is not None},
         "run": {
             "task": TASK,
             "wait_timeout_s": 60,
@@ -168,3 +170,34 @@ def test_every_speaking_role_of_tiny_shakespeare_is_a_site(tmp_path: pathlib.Pat
     # Each site's label histogram has exactly its own speaker's speeches.
     assert all(sum(1 for c in s["labels"] if c) == 1 for s in partition["sites"])
     assert result["rounds"][0]["fit"]["num_sites"] == 4
+
+
+def test_a_partitioned_sim_reports_its_split_and_writes_tensorboard_scalars(
+    tmp_path: pathlib.Path,
+) -> None:
+    """[sim.partition] over a Partitionable task, [sim] tensorboard and table_every, through
+    the CLI: the split's sizes and histograms in the report and its plot, the rounds' scalars
+    as TensorBoard events, one round in two in the printed table."""
+    config = _sim(
+        tmp_path,
+        {"task": "tests.vector_task:labelled", "rounds": 4, "min_fit_sites": 6},
+        num_sites=6,
+        site_data=None,
+        data="sixty",
+        partition={"kind": "dirichlet", "alpha": 1.0, "min_size": 2},
+        tensorboard=str(tmp_path / "tb"),
+        table_every=2,
+    )
+    done = quorum("sim", "--config", str(config), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    split = report["partition"]
+    assert split["kind"] == "dirichlet" and len(split["sites"]) == 6
+    assert sum(s["size"] for s in split["sites"]) == 60
+    assert all(sum(s["labels"]) == s["size"] >= 2 for s in split["sites"])
+    # Each site trains as n = its size: round 1's examples are the whole data set.
+    assert report["rounds"][0]["fit"]["num_examples"] == 60
+    assert (tmp_path / "out" / "report-partition.png").read_bytes()[:4] == b"\x89PNG"
+    events = list((tmp_path / "tb" / report["run_id"]).glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert "one round in 2; all 4 in the report" in " ".join(done.stdout.split())

@@ -12,20 +12,8 @@ import pytest
 from quorum.config import SimFile, load
 from quorum.errors import ConfigError
 from quorum.sim import plan, report
-from quorum.task import Examples
-from tests.vector_task import VectorSite, VectorTask
+from tests.vector_task import labelled
 from tests.vector_task import task as vector_task
-
-
-class LabelledTask(VectorTask):
-    """A vector task whose data set is 60 examples of 3 labels, owned by 4 writers."""
-
-    def examples(self, data: str) -> Examples:
-        labels = np.arange(60) % 3
-        return Examples(labels, owners=np.array(["w", "x", "y", "z"])[np.arange(60) // 15])
-
-    def site_of(self, data: str, indices: np.ndarray, device: str, seed: int) -> VectorSite:
-        return self.site(f"n={len(indices)}", device, seed)
 
 
 def sim(**settings: Any) -> SimFile:
@@ -58,7 +46,7 @@ def test_names_are_padded_to_sort_as_numbers() -> None:
 
 
 def test_a_partition_gives_each_site_its_part_and_natural_sites_their_owner() -> None:
-    task = LabelledTask()
+    task = labelled
     config = sim(
         sim={"num_sites": 6, "data": "d", "partition": {"kind": "dirichlet", "alpha": 1.0}}
     )
