@@ -4,27 +4,40 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from quorum import __version__
 from quorum.admin.auth import allows, hash_token
 from quorum.admin.baselines import BaselineLink, baseline_links, baselines_router
+from quorum.admin.dashboard.router import add_dashboard
+from quorum.admin.model_download import labelled_model
 from quorum.admin.privacy import PrivacyOut, privacy_ledger
+from quorum.admin.tokens import tokens_router
 from quorum.config import RunConfig
-from quorum.errors import ConfigError, ConflictError, NotFoundError, QuorumError, TaskError
+from quorum.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    QuorumError,
+    StoreError,
+    TaskError,
+)
 from quorum.identity import parse_public
 from quorum.server.baselines import BaselineJobs
 from quorum.server.coordinator import Coordinator
 from quorum.server.store import RunRecord, SiteRecord
 
 _bearer = HTTPBearer(auto_error=False)
+
+log = logging.getLogger("quorum.admin")
 
 
 class RunOut(BaseModel):
@@ -37,7 +50,8 @@ class RunOut(BaseModel):
     error: str | None
     rounds_completed: int
     model_digest: str | None
-    config: RunConfig
+    config: RunConfig | None
+    """None when the stored record no longer validates (then `error` says why)."""
     baselines: list[BaselineLink] = []
     """Baseline jobs of the run's task (`GET /api/v1/runs/{id}` only; see /api/v1/baselines)."""
 
@@ -90,9 +104,15 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
 
     @app.exception_handler(QuorumError)
     async def quorum_error(_: Request, exc: QuorumError) -> JSONResponse:
-        status = {NotFoundError: 404, ConflictError: 409, ConfigError: 422, TaskError: 422}.get(
-            type(exc), 400
-        )
+        status = {
+            NotFoundError: 404,
+            ConflictError: 409,
+            ConfigError: 422,
+            TaskError: 422,
+            StoreError: 503,
+        }.get(type(exc), 400)
+        if status >= 500:
+            log.error("event=admin_request_failed error=%s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     def role(needed: str) -> Callable[..., str]:
@@ -112,6 +132,7 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
 
     viewer = Depends(role("viewer"))
     operator = Depends(role("operator"))
+    admin = Depends(role("admin"))
 
     def run_out(record: RunRecord) -> RunOut:
         done = store.last_completed_round(record.id)
@@ -123,7 +144,7 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
             created_at=record.created_at,
             started_at=record.started_at,
             finished_at=record.finished_at,
-            error=record.error,
+            error=record.error or record.config_problem,
             rounds_completed=done,
             model_digest=digest,
             config=record.config,
@@ -159,7 +180,7 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
     async def get_run(run_id: str) -> RunOut:
         record = store.run(run_id)
         return run_out(record).model_copy(
-            update={"baselines": baseline_links(store, record.config.task)}
+            update={"baselines": baseline_links(store, record.config.task) if record.config else []}
         )
 
     @app.post("/api/v1/runs/{run_id}/stop", dependencies=[operator])
@@ -186,18 +207,16 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
         (user-level) ε when central DP is on."""
         return privacy_ledger(store, run_id)
 
-    @app.get("/api/v1/runs/{run_id}/model", dependencies=[viewer], response_class=FileResponse)
-    async def download_model(run_id: str) -> FileResponse:
-        store.run(run_id)
-        done = store.last_completed_round(run_id)
-        path = co.checkpoints.model_path(run_id, done)
-        if not path.exists():
-            raise NotFoundError(f"run {run_id!r} has no model yet")
-        return FileResponse(
-            path,
-            media_type="application/octet-stream",
-            filename=f"{run_id}-round-{done}.safetensors",
-        )
+    @app.get(
+        "/api/v1/runs/{run_id}/model",
+        dependencies=[viewer],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    async def download_model(run_id: str) -> StreamingResponse:
+        """The latest completed round's model (safetensors), its metadata naming the run, task,
+        round and model digest."""
+        return await labelled_model(store, co.checkpoints, run_id)
 
     @app.get("/api/v1/sites", dependencies=[viewer])
     async def list_sites() -> list[SiteOut]:
@@ -222,11 +241,15 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
     async def events(
         after: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+        run_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        return store.events(after, limit)
+        """Events after the id `after`, in order: all of them, or those of run `run_id`."""
+        return store.events(after, limit, run_id)
 
     if baselines is not None:
         app.include_router(baselines_router(baselines, viewer, operator))
+    app.include_router(tokens_router(store, admin))
+    add_dashboard(app, viewer)
     return app
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import pathlib
 import secrets
+from typing import Literal, get_args
 
 from quorum.atomic import write_atomic
 from quorum.server.store import Store
 
-ROLES = ("viewer", "operator", "admin")
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[str, ...] = get_args(Role)
 TOKEN_FILE = "admin.token"
 
 

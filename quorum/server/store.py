@@ -15,10 +15,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
 
 from quorum.config import RunConfig
 from quorum.errors import ConfigError, ConflictError, NotFoundError, StoreError
@@ -105,6 +107,7 @@ CREATE TABLE IF NOT EXISTS events (
     run_id TEXT,
     fields_json TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
 CREATE TABLE IF NOT EXISTS baselines (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -139,25 +142,49 @@ class SiteRecord:
 
 
 @dataclass(frozen=True)
+class TokenRecord:
+    """An admin bearer token as the store knows it: its name and role, never the secret."""
+
+    name: str
+    role: str
+    created_at: float
+
+
+@dataclass(frozen=True)
 class RunRecord:
     id: str
     name: str
-    config: RunConfig
+    config: RunConfig | None
+    """None when the stored configuration no longer validates (`config_problem` says why)."""
     status: str
     created_at: float
     started_at: float | None
     finished_at: float | None
     error: str | None
+    config_problem: str | None = None
+
+    @property
+    def checked_config(self) -> RunConfig:
+        """The run's configuration, or a StoreError that names the run and what is wrong with
+        its stored record (a state written by a damaged disk or an older, laxer version): the
+        run fails with this message, the server and every other run go on."""
+        if self.config is None:
+            raise StoreError(
+                f"run {self.id}: its stored configuration no longer validates "
+                f"({self.config_problem})"
+            )
+        return self.config
 
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
 
 
-def check_site_name(name: str) -> None:
-    """A site's name names its files and log lines: letters, digits, '_', '.', '-'."""
+def check_site_name(name: str, what: str = "site") -> None:
+    """A site's name names its files and log lines: letters, digits, '_', '.', '-'. Admin
+    tokens are named alike (`what`: "token")."""
     if not SITE_NAME.fullmatch(name):
         raise ConfigError(
-            f"site name {name[:80]!r} is not valid: 1-128 letters, digits, '_', '.' or '-', "
+            f"{what} name {name[:80]!r} is not valid: 1-128 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
         )
 
@@ -181,7 +208,15 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open state store {path}: {exc}") from None
         self._lock = threading.RLock()
+        self._event_listeners: list[Callable[[], None]] = []
         self.path = path
+
+    def ping(self) -> None:
+        """Raises StoreError unless the database answers a query."""
+        try:
+            self._rows("SELECT 1")
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.path} does not answer: {exc}") from None
 
     def quick_check(self) -> str | None:
         """None when SQLite's quick_check finds the database sound, else what it found."""
@@ -223,7 +258,7 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, _damage_reported(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -233,7 +268,7 @@ class Store:
             self._db.execute("COMMIT")
 
     def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, _damage_reported(self.path):
             return list(self._db.execute(sql, args).fetchall())
 
     # ---- sites ----
@@ -266,6 +301,7 @@ class Store:
                 f"a site named {named}{' ...' if len(sites) > 3 else ''} or with its public key "
                 "is already registered"
             ) from None
+        self._events_recorded()
         return now
 
     def revoke_site(self, name: str) -> None:
@@ -315,6 +351,41 @@ class Store:
 
     def has_tokens(self) -> bool:
         return bool(self._rows("SELECT 1 FROM tokens LIMIT 1"))
+
+    def create_token(self, name: str, role: str, token_hash: str) -> TokenRecord:
+        """A new named token (the API's `POST /api/v1/tokens`); names are unique."""
+        check_site_name(name, "token")
+        now = time.time()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM tokens WHERE name = ?", (name,)).fetchone():
+                raise ConflictError(f"a token named {name!r} exists; revoke it or pick another")
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)", (token_hash, role, name, now))
+        self.event("token_created", token=name, role=role)
+        return TokenRecord(name, role, now)
+
+    def tokens(self) -> list[TokenRecord]:
+        return [
+            TokenRecord(r["name"], r["role"], r["created_at"])
+            for r in self._rows("SELECT * FROM tokens ORDER BY created_at, name")
+        ]
+
+    def revoke_token(self, name: str) -> TokenRecord:
+        """Deletes the token called `name`: the next request that bears it is refused. The last
+        admin token stays, or no one could create tokens or revoke them again."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM tokens WHERE name = ?", (name,)).fetchall()
+            if not rows:
+                raise NotFoundError(f"no token named {name!r}")
+            (admins_left,) = db.execute(
+                "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND name != ?", (name,)
+            ).fetchone()
+            if admins_left == 0 and any(r["role"] == "admin" for r in rows):
+                raise ConflictError(
+                    f"token {name!r} is the last admin token; create another admin token first"
+                )
+            db.execute("DELETE FROM tokens WHERE name = ?", (name,))
+        self.event("token_revoked", token=name, role=rows[0]["role"])
+        return TokenRecord(name, rows[0]["role"], rows[0]["created_at"])
 
     # ---- runs ----
 
@@ -634,8 +705,23 @@ class Store:
                 "INSERT INTO events (at, kind, run_id, fields_json) VALUES (?, ?, ?, ?)",
                 (time.time(), kind, run_id, json.dumps(fields, default=str)),
             )
+        self._events_recorded()
 
-    def events(self, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    def watch_events(self, listener: Callable[[], None]) -> None:
+        """Calls `listener` after each commit that recorded events, in the thread that wrote
+        them (the live event stream wakes on it instead of polling)."""
+        self._event_listeners.append(listener)
+
+    def _events_recorded(self) -> None:
+        for listener in self._event_listeners:
+            listener()
+
+    def events(
+        self, after_id: int = 0, limit: int = 500, run_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Events after `after_id` in order, all of them or those of one run."""
+        where = "id > ?" if run_id is None else "id > ? AND run_id = ?"
+        args = (after_id,) if run_id is None else (after_id, run_id)
         return [
             {
                 "id": r["id"],
@@ -645,7 +731,7 @@ class Store:
                 **json.loads(r["fields_json"]),
             }
             for r in self._rows(
-                "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", after_id, limit
+                f"SELECT * FROM events WHERE {where} ORDER BY id LIMIT ?", *args, limit
             )
         ]
 
@@ -745,6 +831,106 @@ class Store:
             self.event("baseline_failed", baseline_id=row["id"], error=reason)
         return [_baseline(r) for r in rows]
 
+    # ---- totals (Prometheus /metrics) ----
+
+    def totals(self) -> Totals:
+        """What the server has recorded, summed: every value only grows while the server runs
+        and is the same after a restart, so counters read from here never reset."""
+        with self._lock:
+            q = self._rows
+            latest_site_epsilon: dict[tuple[str, str], float] = {}
+            for r in q(
+                "SELECT run_id, site, json_extract(metrics_json, '$.dp_epsilon') AS eps "
+                "FROM participations WHERE kind = 'fit' AND eps IS NOT NULL "
+                "ORDER BY round, attempt"
+            ):
+                latest_site_epsilon[(r["run_id"], r["site"])] = float(r["eps"])
+            central: dict[str, float] = {}
+            for r in q(
+                "SELECT run_id, value FROM metrics WHERE phase = 'central_dp' "
+                "AND name = 'epsilon' ORDER BY round, attempt"
+            ):
+                central[r["run_id"]] = float(r["value"])
+            return Totals(
+                runs=[(r["id"], r["name"], r["status"]) for r in q("SELECT * FROM runs")],
+                rounds=[
+                    (r["run_id"], r["status"], r["n"])
+                    for r in q(
+                        "SELECT run_id, status, COUNT(*) AS n FROM rounds "
+                        "WHERE status IN ('completed', 'aborted') GROUP BY run_id, status"
+                    )
+                ],
+                round_durations=[
+                    (r["run_id"], r["status"], r["d"])
+                    for r in q(
+                        "SELECT run_id, status, finished_at - started_at AS d FROM rounds "
+                        "WHERE finished_at IS NOT NULL"
+                    )
+                ],
+                task_durations=[
+                    (r["kind"], r["duration_s"])
+                    for r in q(
+                        "SELECT kind, duration_s FROM participations WHERE duration_s IS NOT NULL"
+                    )
+                ],
+                secagg=[
+                    json.loads(r["secagg"])
+                    for r in q("SELECT secagg FROM rounds WHERE secagg IS NOT NULL")
+                ],
+                traffic=[
+                    (r["run_id"], r["i"], r["o"])
+                    for r in q(
+                        "SELECT run_id, SUM(bytes_in) AS i, SUM(bytes_out) AS o "
+                        "FROM participations GROUP BY run_id"
+                    )
+                ],
+                refused=[
+                    (r["code"], r["n"])
+                    for r in q("SELECT code, COUNT(*) AS n FROM rejections GROUP BY code")
+                ],
+                staleness=[
+                    (r["run_id"], r["staleness"], r["n"])
+                    for r in q(
+                        "SELECT run_id, staleness, COUNT(*) AS n FROM participations "
+                        "WHERE staleness IS NOT NULL GROUP BY run_id, staleness"
+                    )
+                ],
+                site_epsilon=[(run, site, e) for (run, site), e in latest_site_epsilon.items()],
+                central_epsilon=list(central.items()),
+                baselines=[
+                    (r["status"], r["n"])
+                    for r in q("SELECT status, COUNT(*) AS n FROM baselines GROUP BY status")
+                ],
+            )
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Store.totals(): rows of label values and numbers, read in one go."""
+
+    runs: list[tuple[str, str, str]]
+    """(run id, name, status)"""
+    rounds: list[tuple[str, str, int]]
+    """(run id, completed|aborted, attempts)"""
+    round_durations: list[tuple[str, str, float]]
+    """(run id, status, seconds) of every finished attempt"""
+    task_durations: list[tuple[str, float]]
+    """(fit|evaluate, seconds) of every task a site reported on"""
+    secagg: list[dict[str, Any]]
+    """each SecAgg round's record (stages, their timings and dropouts)"""
+    traffic: list[tuple[str, int, int]]
+    """(run id, bytes received from sites, bytes sent to sites)"""
+    refused: list[tuple[str, int]]
+    """(refusal code, uploads refused)"""
+    staleness: list[tuple[str, int, int]]
+    """(run id, staleness, updates applied with it) of async runs"""
+    site_epsilon: list[tuple[str, str, float]]
+    """(run id, site, ε the site last reported spent)"""
+    central_epsilon: list[tuple[str, float]]
+    """(run id, the run's central ε so far)"""
+    baselines: list[tuple[str, int]]
+    """(status, jobs)"""
+
 
 def _insert_metrics(
     db: sqlite3.Connection,
@@ -769,17 +955,43 @@ def _site(row: sqlite3.Row) -> SiteRecord:
     )
 
 
+@contextmanager
+def _damage_reported(path: pathlib.Path) -> Iterator[None]:
+    """A database the disk damaged while the server runs (sqlite3.DatabaseError) becomes a
+    StoreError that names the store and the way out; a constraint (IntegrityError) stays what
+    it is for the caller that expects it."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"the state store {path} failed ({exc}): check it with `quorum state check`"
+        ) from exc
+
+
 def _run(row: sqlite3.Row) -> RunRecord:
+    try:
+        config, problem = RunConfig.model_validate_json(row["config_json"]), None
+    except ValidationError as exc:
+        config, problem = None, _first_problem(exc)
     return RunRecord(
         id=row["id"],
         name=row["name"],
-        config=RunConfig.model_validate_json(row["config_json"]),
+        config=config,
         status=row["status"],
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         error=row["error"],
+        config_problem=problem,
     )
+
+
+def _first_problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the record"
+    return f"{where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
 
 
 def _participation(row: sqlite3.Row) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import math
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from safetensors.numpy import save as _st_save
@@ -88,6 +89,31 @@ def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
         if value.dtype.str.lstrip("<>|=") not in {d.str.lstrip("<>|=") for d in _DTYPES.values()}:
             raise BlobError(f"tensor {name!r} has unsupported dtype {value.dtype}")
     return bytes(_st_save(arrays, metadata=dict(metadata) if metadata else None))
+
+
+def labelled_header(stream: BinaryIO, metadata: Mapping[str, str]) -> bytes:
+    """Reads a blob's header from `stream`, which is left at the blob's first tensor byte, and
+    returns the header again with `metadata` as its `__metadata__`: that and the rest of the
+    stream are the blob's tensors, byte for byte, labelled (a large model is never copied)."""
+    (header_len,) = struct.unpack("<Q", stream.read(8))
+    if header_len > MAX_HEADER_BYTES:
+        raise BlobError(f"header length {header_len} is over {MAX_HEADER_BYTES}")
+    header = json.loads(stream.read(header_len))
+    header["__metadata__"] = dict(metadata)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # tensors start 8-byte aligned, as safetensors writes them
+    return struct.pack("<Q", len(text)) + text
+
+
+def read_metadata(data: Buffer) -> dict[str, str]:
+    """A blob's `__metadata__` (string pairs; empty when it has none)."""
+    view = memoryview(data)
+    (header_len,) = struct.unpack("<Q", view[:8])
+    read_layout(data)  # checks the header
+    metadata = json.loads(bytes(view[8 : 8 + header_len])).get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise BlobError("the header's __metadata__ is not a JSON object")
+    return {str(k): str(v) for k, v in metadata.items()}
 
 
 def read_layout(data: Buffer) -> Layout:

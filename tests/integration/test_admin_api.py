@@ -35,8 +35,16 @@ def test_stop_download_and_paginate(tmp_path: pathlib.Path) -> None:
                 headers={"Authorization": f"Bearer {TOKEN}"},
             )
             assert response.status_code == 200
-            assert blobs.digest(response.content) == stopped["model_digest"]
+            # The checkpoint's tensors, labelled with what they are (quorum.admin.model_download)
             params = blobs.decode(response.content)
+            assert blobs.digest(blobs.encode(params)) == stopped["model_digest"]
+            assert blobs.read_metadata(response.content) == {
+                "quorum.run_id": run["id"],
+                "quorum.run_name": stopped["name"],
+                "quorum.task": stopped["config"]["task"],
+                "quorum.round": str(stopped["rounds_completed"]),
+                "quorum.model_digest": stopped["model_digest"],
+            }
             assert float(params["b"][0]) == stopped["rounds_completed"]
 
             page = await fed.api(f"/api/v1/runs/{run['id']}/rounds", offset=1, limit=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import load as st_load
 
 from quorum.errors import BlobError
 from quorum.wire import blobs
@@ -572,3 +574,18 @@ def test_digest_is_sha256_hex_of_any_buffer() -> None:
     assert len(expected) == 64 and set(expected) <= set("0123456789abcdef")
     assert blobs.digest(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert blobs.digest(data[:-1] + bytes([data[-1] ^ 1])) != expected
+
+
+def test_a_labelled_header_keeps_the_tensor_bytes_and_adds_the_metadata() -> None:
+    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array(3, np.int64)}
+    data = blobs.encode(params)
+    stream = io.BytesIO(data)
+    header = blobs.labelled_header(stream, {"quorum.round": "4"})
+    labelled = header + stream.read()
+    assert len(header) % 8 == 0  # the tensors stay 8-byte aligned
+    assert blobs.read_metadata(labelled) == {"quorum.round": "4"}
+    assert blobs.read_metadata(data) == {}
+    # safetensors reads it, and encoding its tensors again gives the unlabelled blob back
+    loaded = st_load(labelled)
+    assert loaded.keys() == params.keys() and all((loaded[k] == params[k]).all() for k in params)
+    assert blobs.encode(blobs.decode(labelled)) == data
