@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from quorum import logs
 from quorum.baseline.cli import baseline_app
+from quorum.certs_cli import certs_app
 from quorum.errors import QuorumError
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(site_app, name="site")
 app.add_typer(server_app, name="server")
 app.add_typer(client_app, name="client")
 app.add_typer(baseline_app, name="baseline")
+app.add_typer(certs_app, name="certs")
 state_app = typer.Typer(no_args_is_help=True, help="The server's state directory.")
 app.add_typer(state_app, name="state")
 console = Console(stderr=True)

@@ -1,46 +1,15 @@
-"""A self-signed TLS certificate for tests that run servers with TLS on loopback."""
+"""TLS material for tests that run servers with TLS on loopback, made as `quorum certs` makes it."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import pathlib
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from quorum import certs
 
 
-def self_signed(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.crt", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+def server_tls(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """A server certificate for localhost and 127.0.0.1 from a fresh CA: (certificate, key, the CA
+    bundle that clients trust)."""
+    certs.init_ca(directory / "ca", "Test CA", days=2)
+    issued = certs.issue_server(directory / "ca", ["localhost", "127.0.0.1"], 1, directory)
+    return issued.cert, issued.key, issued.bundle

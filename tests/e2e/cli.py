@@ -66,8 +66,10 @@ class Deployment:
     fed_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     children: list[processes.Child] = field(default_factory=list)
-    tls: tuple[pathlib.Path, pathlib.Path] | None = None
-    """(certificate, key) to serve both ports with TLS; plaintext (`--insecure`) otherwise."""
+    tls: tuple[pathlib.Path, pathlib.Path, pathlib.Path] | None = None
+    """(certificate, key, CA bundle) to serve both ports with TLS, the bundle trusted by the
+    sites and the admin client (`quorum certs issue` writes all three); plaintext
+    (`--insecure`) otherwise."""
 
     @property
     def state_dir(self) -> pathlib.Path:
@@ -144,7 +146,7 @@ class Deployment:
             data,
             "--device",
             "cpu",
-            *(["--root-cert", str(self.tls[0])] if self.tls else ["--insecure"]),
+            *(["--root-cert", str(self.tls[2])] if self.tls else ["--insecure"]),
         )
 
     def start_agent(self, log_name: str, *args: str) -> processes.Child:
@@ -189,7 +191,7 @@ class Deployment:
 
     def admin(self) -> AdminClient:
         if self.tls:
-            return AdminClient(f"https://127.0.0.1:{self.admin_port}", TOKEN, str(self.tls[0]))
+            return AdminClient(f"https://127.0.0.1:{self.admin_port}", TOKEN, str(self.tls[2]))
         return AdminClient(f"http://127.0.0.1:{self.admin_port}", TOKEN)
 
     def get(self, path: str, **params: Any) -> Any:

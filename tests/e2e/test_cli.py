@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.cli import TASK, Deployment, quorum, run_settings
-from tests.tls import self_signed
+from tests.tls import server_tls
 
 
 def test_keygen_writes_a_key_pair_and_site_add_registers_it(tmp_path: pathlib.Path) -> None:
@@ -138,7 +138,7 @@ def test_config_overrides_name_unknown_keys_and_bad_values(tmp_path: pathlib.Pat
 def test_rounds_run_over_tls_through_the_command_line(tmp_path: pathlib.Path) -> None:
     # `quorum server start` without --insecure serves both ports with the configured
     # certificate; `quorum client run --root-cert` trusts it.
-    deployment = Deployment(tmp_path, run_settings(rounds=2), tls=self_signed(tmp_path))
+    deployment = Deployment(tmp_path, run_settings(rounds=2), tls=server_tls(tmp_path))
     try:
         deployment.start_server()
         deployment.start_site("a", "delta=1.0,n=1")

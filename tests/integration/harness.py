@@ -116,7 +116,7 @@ async def federation(
     tmp_path: pathlib.Path, runs: list[RunConfig], **server: Any
 ) -> AsyncIterator[Federation]:
     fed_port, admin_port = free_port(), free_port()
-    tls = server.pop("tls", None)
+    tls = server.pop("tls", None)  # (certificate, key, CA bundle): tests.tls.server_tls
     config = ServerFile(
         server=ServerConfig(
             federation_address=f"127.0.0.1:{fed_port}",
@@ -138,7 +138,7 @@ async def federation(
         f"localhost:{fed_port}" if tls else f"127.0.0.1:{fed_port}",
         f"{scheme}://127.0.0.1:{admin_port}",
         tmp_path / "state",
-        credentials=grpc.ssl_channel_credentials(tls[0].read_bytes()) if tls else None,
+        credentials=grpc.ssl_channel_credentials(tls[2].read_bytes()) if tls else None,
     )
     try:
         yield fed

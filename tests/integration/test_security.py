@@ -10,17 +10,17 @@ import pytest
 from quorum.admin.client import AdminClient
 from quorum.errors import AuthError
 from tests.integration.harness import TOKEN, federation, run_config
-from tests.tls import self_signed
+from tests.tls import server_tls
 
 
 def test_rounds_run_over_tls_on_both_ports(tmp_path: pathlib.Path) -> None:
-    cert, key = self_signed(tmp_path)
+    cert, key, ca = server_tls(tmp_path)
 
     async def scenario() -> None:
-        async with federation(tmp_path, [run_config(rounds=2)], tls=(cert, key)) as fed:
+        async with federation(tmp_path, [run_config(rounds=2)], tls=(cert, key, ca)) as fed:
             fed.add_site("a", "delta=1.0,n=1")
             fed.add_site("b", "delta=1.0,n=1")
-            admin = AdminClient(fed.admin_url, TOKEN, verify=str(cert))
+            admin = AdminClient(fed.admin_url, TOKEN, verify=str(ca))
             assert fed.admin_url.startswith("https://")
             deadline = asyncio.get_running_loop().time() + 30
             while True:
