@@ -259,6 +259,11 @@ class ServerConfig(_Model):
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
     admin_token: str | None = Field(None, description="admin bearer token; generated if unset")
+    admin_token_file: pathlib.Path | None = Field(
+        None,
+        description="read admin_token from this file (a mounted Kubernetes or compose secret, "
+        "a systemd credential) instead of writing it in the config",
+    )
     heartbeat_interval_s: float = Field(5.0, gt=0)
     session_timeout_s: float = Field(30.0, gt=0, description="silence that ends a session")
     server_id: str = "quorum"
@@ -273,6 +278,25 @@ class ServerConfig(_Model):
         description="newest rounds whose checkpoints each run keeps (and its initial model); "
         "older ones are removed, so the state directory does not grow with rounds",
     )
+
+    @model_validator(mode="after")
+    def _read_admin_token_file(self) -> ServerConfig:
+        path = self.admin_token_file
+        if path is None:
+            return self
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read admin_token_file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"admin_token_file {path} is not UTF-8 text") from None
+        if not token:
+            raise ValueError(f"admin_token_file {path} is empty")
+        # (Equal when this model is validated again, after an assignment.)
+        if self.admin_token not in (None, token):
+            raise ValueError("set admin_token or admin_token_file, not both")
+        self.__dict__["admin_token"] = token  # assignment would validate (and read) again
+        return self
 
 
 class ServerFile(_Model):
@@ -558,22 +582,47 @@ def load(
 ) -> M:
     """Reads a TOML file (or starts empty), applies overrides, then `values` (typed settings by
     dotted key, such as a command's own flags, which win over both), and validates."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config {path} is not UTF-8 text") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    data = read_toml(path) if path is not None else {}
     for item in overrides:
         keys, value = parse_override(item)
         _apply(model, data, keys, value)
     for key, value in (values or {}).items():
         _apply(model, data, key.split("."), value)
     return validate(model, data, source=str(path) if path else "command line")
+
+
+def read_toml(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+
+
+def load_runs(path: pathlib.Path, overrides: Iterable[str] = ()) -> list[RunConfig]:
+    """The runs of a TOML file (`quorum runs submit`): a bare run table, a sim config's [run] or
+    a server config's [[runs]] (other tables are ignored); `--set key=value` overrides apply to
+    each run (`--set rounds=5`)."""
+    data = read_toml(path)
+    if "runs" in data or "run" in data:
+        tables = data.get("runs", [data.get("run")])
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise ConfigError(f"config {path}: [run] or [[runs]] is not a table")
+    else:
+        tables = [data]
+    if not tables:
+        raise ConfigError(f"config {path} has an empty [[runs]]")
+    runs = []
+    for i, table in enumerate(tables):
+        for item in overrides:
+            keys, value = parse_override(item)
+            _apply(RunConfig, table, keys, value)
+        source = f"{path}, run {i + 1}" if len(tables) > 1 else str(path)
+        runs.append(validate(RunConfig, table, source))
+    return runs
 
 
 def validate(model: type[M], data: Any, source: str) -> M:

@@ -419,3 +419,21 @@ def test_infinities_are_refused_alike_from_a_file_and_from_set(tmp_path: pathlib
         load(ServerFile, path, ["server.session_timeout_s=nan"])
     run = validate(RunConfig, {"task": "m:t", "site_config": {"x": -1e308}}, "api")
     assert RunConfig.model_validate_json(run.model_dump_json()) == run  # reads back as written
+
+
+def test_the_admin_token_may_come_from_a_file(tmp_path: pathlib.Path) -> None:
+    # A mounted secret (Kubernetes, compose, a systemd credential) keeps the token out of the
+    # config and the command line.
+    secret = tmp_path / "admin.token"
+    secret.write_text("s3cret-token\n")
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\nadmin_token_file = "{secret}"\n')
+    assert load(ServerFile, config).server.admin_token == "s3cret-token"
+    with pytest.raises(ConfigError, match="not both"):
+        load(ServerFile, config, ["server.admin_token=other"])
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load(ServerFile, config)
+    secret.unlink()
+    with pytest.raises(ConfigError, match=r"cannot read admin_token_file .*No such file"):
+        load(ServerFile, config)
