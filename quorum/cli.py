@@ -8,6 +8,7 @@ import pathlib
 import signal
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -39,7 +40,10 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
 ]
-LogFormat = Annotated[str, typer.Option("--log-format", help="text or json")]
+LogFormat = Annotated[
+    str,
+    typer.Option("--log-format", click_type=click.Choice(logs.FORMATS), help="text or json"),
+]
 
 
 @site_app.command("keygen")
@@ -262,7 +266,12 @@ def client_run(
         ),
     ] = None,
     log_format: Annotated[
-        str | None, typer.Option("--log-format", help="text or json (default: text)")
+        str | None,
+        typer.Option(
+            "--log-format",
+            click_type=click.Choice(logs.FORMATS),
+            help="text or json (default: text)",
+        ),
     ] = None,
     slowdown: Annotated[
         float | None,
@@ -450,7 +459,8 @@ def main() -> None:
         from rich.markup import escape
 
         # Messages quote TOML tables ("[client]"), which rich would take for markup and drop.
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        # One line however long, so that logs and scripts see the whole message in one place.
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2) from None
     except (typer.Abort, KeyboardInterrupt):
         raise SystemExit(130) from None

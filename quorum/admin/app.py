@@ -18,8 +18,13 @@ from quorum import __version__
 from quorum.admin.auth import allows, hash_token
 from quorum.admin.baselines import BaselineLink, baseline_links, baselines_router
 from quorum.admin.dashboard.router import add_dashboard
+from quorum.admin.docs import ASSET_PREFIX, docs_router
+from quorum.admin.docs import assets as docs_assets
+from quorum.admin.events import EventFeed, events_router
+from quorum.admin.metrics import metrics_router
 from quorum.admin.model_download import labelled_model
 from quorum.admin.privacy import PrivacyOut, privacy_ledger
+from quorum.admin.probes import probes_router
 from quorum.admin.tokens import tokens_router
 from quorum.config import RunConfig
 from quorum.errors import (
@@ -77,15 +82,26 @@ class Health(BaseModel):
     current_run: str | None
 
 
-def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI:
+def build_app(
+    co: Coordinator,
+    baselines: BaselineJobs | None = None,
+    *,
+    feed: EventFeed | None = None,
+    grpc_serving: Callable[[], bool] | None = None,
+) -> FastAPI:
     """Route handlers are coroutines: they run on the server's event loop, beside the
-    coordinator whose in-memory state (sessions, open rounds) some of them touch."""
+    coordinator whose in-memory state (sessions, open rounds) some of them touch. `feed` wakes
+    the live event streams (the server closes it at shutdown); `grpc_serving` says whether the
+    federation server beside the app serves (for /readyz; None: there is none to wait for)."""
     app = FastAPI(
         title="Quorum admin API",
         version=__version__,
         description=(
-            "Inspect and steer federated runs. Every route needs `Authorization: Bearer <token>`."
+            "Inspect and steer federated runs. Every route but the probes (/livez, /readyz) and "
+            "the documentation needs `Authorization: Bearer <token>`."
         ),
+        docs_url=None,
+        redoc_url=None,
     )
     store = co.store
 
@@ -248,6 +264,11 @@ def build_app(co: Coordinator, baselines: BaselineJobs | None = None) -> FastAPI
 
     if baselines is not None:
         app.include_router(baselines_router(baselines, viewer, operator))
+    app.include_router(events_router(feed or EventFeed(store), viewer))
+    app.include_router(metrics_router(store, co.sessions.count, viewer))
+    app.include_router(probes_router(store, grpc_serving or (lambda: True)))
+    app.include_router(docs_router(app.title))
+    app.mount(ASSET_PREFIX, docs_assets(), name="docs-assets")
     app.include_router(tokens_router(store, admin))
     add_dashboard(app, viewer)
     return app

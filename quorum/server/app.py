@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import grpc
 import uvicorn
 
 from quorum.admin.app import build_app
 from quorum.admin.auth import TOKEN_FILE, ensure_admin_token
+from quorum.admin.events import EventFeed
 from quorum.config import ServerFile
 from quorum.errors import ConfigError, StoreError
 from quorum.proto import federation_pb2_grpc as pb_grpc
@@ -73,6 +75,8 @@ class Server:
             FederationService(self.coordinator, cfg),
             self._grpc,
         )
+        self.feed = EventFeed(self.store)
+        self._grpc_serving = False
         self._admin: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -92,9 +96,16 @@ class Server:
             self._grpc.add_secure_port(f"{fed_host}:{fed_port}", credentials)
             certfile, keyfile = str(cfg.tls_cert), str(cfg.tls_key)
         await self._grpc.start()
-        self._admin = uvicorn.Server(
+        self._grpc_serving = True
+        self._admin = _AdminServer(
+            self.feed,
             uvicorn.Config(
-                build_app(self.coordinator, self.baselines),
+                build_app(
+                    self.coordinator,
+                    self.baselines,
+                    feed=self.feed,
+                    grpc_serving=lambda: self._grpc_serving,
+                ),
                 host=admin_host,
                 port=admin_port,
                 log_level="warning",
@@ -102,7 +113,7 @@ class Server:
                 ws="none",
                 ssl_certfile=certfile,
                 ssl_keyfile=keyfile,
-            )
+            ),
         )
         self._tasks = [
             asyncio.create_task(self._admin.serve()),
@@ -132,10 +143,24 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._grpc_serving = False
         await self._grpc.stop(grace=1.0)
         await self.baselines.shutdown()
         self.store.close()
         log.info("event=server_stopped")
+
+
+class _AdminServer(uvicorn.Server):
+    """Ends the live event streams when it shuts down, on a signal or on Server.stop: uvicorn
+    waits for every open response to finish, and a stream never would."""
+
+    def __init__(self, feed: EventFeed, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._feed = feed
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._feed.close()
+        await super().shutdown(sockets)
 
 
 async def serve(config: ServerFile, *, insecure: bool, fresh_start: bool = False) -> None:

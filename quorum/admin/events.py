@@ -1,0 +1,100 @@
+"""The live event stream (`GET /api/v1/events/stream`): server-sent events, resumable.
+
+Each event is sent as `id`, `event` (its kind) and `data` (the event as one line of JSON, the
+same object as an item of `GET /api/v1/events`). A client that reconnects with `Last-Event-ID`
+gets exactly the events after that one. Streams wake when the store records an event (no
+polling), send a comment line when idle so that proxies keep the connection, and end when the
+client goes away or the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from quorum.server.store import Store
+
+KEEPALIVE_S = 15.0
+BATCH = 500
+
+
+class EventFeed:
+    """Tells open streams that the store recorded events; `close()` ends them all."""
+
+    def __init__(self, store: Store, keepalive_s: float = KEEPALIVE_S) -> None:
+        self.store = store
+        self.keepalive_s = keepalive_s
+        self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+        store.watch_events(self._recorded)
+
+    def _recorded(self) -> None:
+        # The store may be written from a worker thread: hand the wake-up to the loop.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def close(self) -> None:
+        """Ends every stream (the server is shutting down: uvicorn waits for open responses)."""
+        self.closed = True
+        self._wake()
+
+    async def stream(self, after: int, run_id: str | None) -> AsyncIterator[str]:
+        self._loop = asyncio.get_running_loop()
+        last = after
+        while not self.closed:
+            changed = self._changed  # taken before reading, so no event slips between the two
+            batch = self.store.events(last, BATCH, run_id)
+            for event in batch:
+                yield _frame(event)
+            if batch:
+                last = batch[-1]["id"]
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), self.keepalive_s)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+
+
+def _frame(event: dict[str, Any]) -> str:
+    data = json.dumps(event, default=str)  # one line: JSON escapes newlines inside strings
+    return f"id: {event['id']}\nevent: {event['kind']}\ndata: {data}\n\n"
+
+
+def events_router(feed: EventFeed, viewer: Any) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(
+        "/api/v1/events/stream",
+        dependencies=[viewer],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def stream(
+        run_id: str | None = None,
+        after: Annotated[int, Query(ge=0)] = 0,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-sent events: the events after `after` (or after the `Last-Event-ID` header a
+        reconnecting client sends), then each new one as it is recorded; only `run_id`'s when
+        given. `: keep-alive` comment lines every 15 s when idle."""
+        start = after
+        if last_event_id is not None and last_event_id.strip().isdigit():
+            start = int(last_event_id)
+        return StreamingResponse(
+            feed.stream(start, run_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return router

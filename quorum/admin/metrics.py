@@ -1,0 +1,187 @@
+"""Prometheus metrics (`GET /metrics`), read from what the server records at each scrape.
+
+The counters are totals over the state store (rounds, participations, refusals, the privacy
+ledger, baseline jobs), so they are right from the first scrape after a restart instead of
+starting again at zero; the histograms are built from the recorded durations the same way.
+Each app has its own registry, so several servers in one process (tests) do not clash.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from quorum.server.store import Store
+
+ROUND_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+STAGE_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+STALENESS = (0, 1, 2, 3, 4, 5, 8, 10, 16, 32, 64)
+
+
+class QuorumCollector(Collector):
+    def __init__(self, store: Store, connected_sites: Callable[[], int]) -> None:
+        self._store = store
+        self._connected_sites = connected_sites
+
+    def collect(self) -> Iterator[Metric]:
+        t = self._store.totals()
+        yield _gauge(
+            "quorum_connected_sites",
+            "Sites with an open session now.",
+            [],
+            [((), self._connected_sites())],
+        )
+        yield _gauge(
+            "quorum_run_info",
+            "1 for each run, with its name and status.",
+            ["run_id", "name", "status"],
+            [((run_id, name, status), 1) for run_id, name, status in t.runs],
+        )
+        for status in ("completed", "aborted"):
+            yield _counter(
+                f"quorum_rounds_{status}",
+                f"Round attempts {status}, per run.",
+                ["run_id"],
+                [((run_id,), n) for run_id, s, n in t.rounds if s == status],
+            )
+        yield _histogram(
+            "quorum_round_duration_seconds",
+            "Wall time of finished round attempts (offer to completion or abort).",
+            ["run_id", "status"],
+            (((run_id, status), d, 1) for run_id, status, d in t.round_durations),
+            ROUND_SECONDS,
+        )
+        yield _histogram(
+            "quorum_site_task_duration_seconds",
+            "Time sites reported for their fit and evaluate tasks.",
+            ["kind"],
+            (((kind,), d, 1) for kind, d in t.task_durations),
+            STAGE_SECONDS,
+        )
+        stages = [s for report in t.secagg for s in report.get("stages", [])]
+        yield _histogram(
+            "quorum_secagg_stage_duration_seconds",
+            "Duration of each secure-aggregation stage.",
+            ["stage"],
+            (((s["stage"],), s["duration_s"], 1) for s in stages),
+            STAGE_SECONDS,
+        )
+        dropouts: dict[tuple[str, ...], float] = defaultdict(float)
+        for s in stages:
+            dropouts[(s["stage"],)] += len(s.get("dropped", []))
+        yield _counter(
+            "quorum_secagg_dropouts",
+            "Sites that dropped out of secure aggregation, by the stage they missed.",
+            ["stage"],
+            dropouts.items(),
+        )
+        yield _counter(
+            "quorum_received_bytes",
+            "Bytes received from sites (uploads), per run.",
+            ["run_id"],
+            [((run_id,), bytes_in) for run_id, bytes_in, _ in t.traffic],
+        )
+        yield _counter(
+            "quorum_sent_bytes",
+            "Bytes sent to sites (models, task offers), per run.",
+            ["run_id"],
+            [((run_id,), bytes_out) for run_id, _, bytes_out in t.traffic],
+        )
+        yield _counter(
+            "quorum_uploads_refused",
+            "Uploads and messages the server refused, by reason.",
+            ["reason"],
+            [((code,), n) for code, n in t.refused],
+        )
+        yield _histogram(
+            "quorum_async_staleness",
+            "Staleness (model versions behind) of the updates async runs applied.",
+            ["run_id"],
+            (((run_id,), staleness, n) for run_id, staleness, n in t.staleness),
+            STALENESS,
+        )
+        yield _gauge(
+            "quorum_site_epsilon",
+            "Site-level DP: the ε each site last reported spent in the run.",
+            ["run_id", "site"],
+            [((run_id, site), e) for run_id, site, e in t.site_epsilon],
+        )
+        yield _gauge(
+            "quorum_central_epsilon",
+            "Central DP: the run's user-level ε so far.",
+            ["run_id"],
+            [((run_id,), e) for run_id, e in t.central_epsilon],
+        )
+        yield _gauge(
+            "quorum_baseline_jobs",
+            "Centralised baseline jobs by state.",
+            ["state"],
+            [((status,), n) for status, n in t.baselines],
+        )
+
+
+def metrics_router(store: Store, connected_sites: Callable[[], int], viewer: Any) -> APIRouter:
+    """`GET /metrics` in Prometheus' text format, for a viewer token (Prometheus sends it with
+    `authorization: {type: Bearer, credentials_file: ...}` in its scrape config)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QuorumCollector(store, connected_sites))
+    router = APIRouter()
+
+    @router.get("/metrics", dependencies=[viewer], response_class=Response, tags=["metrics"])
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+Samples = Iterable[tuple[Sequence[str], float]]
+
+
+def _gauge(name: str, doc: str, labels: list[str], samples: Samples) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(list(values), value)
+    return family
+
+
+def _counter(name: str, doc: str, labels: list[str], samples: Samples) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(list(values), value)
+    return family
+
+
+def _histogram(
+    name: str,
+    doc: str,
+    labels: list[str],
+    observations: Iterable[tuple[tuple[str, ...], float, int]],
+    bounds: Sequence[float],
+) -> HistogramMetricFamily:
+    """Observations are (label values, value, how many times it was seen)."""
+    counts: dict[tuple[str, ...], list[int]] = {}
+    sums: dict[tuple[str, ...], float] = defaultdict(float)
+    for key, value, n in observations:
+        slots = counts.setdefault(key, [0] * (len(bounds) + 1))
+        slots[next((i for i, b in enumerate(bounds) if value <= b), len(bounds))] += n
+        sums[key] += value * n
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for key, slots in counts.items():
+        cumulative, buckets = 0, []
+        for bound, n in zip([*(str(float(b)) for b in bounds), "+Inf"], slots, strict=True):
+            cumulative += n
+            buckets.append((bound, float(cumulative)))
+        family.add_metric(list(key), buckets, sums[key])
+    return family
