@@ -98,6 +98,7 @@ def setup(fmt: str = "text", level: int = logging.INFO, path: pathlib.Path | Non
     )
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
+        _route_stray_output()
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
         formatter.converter = time.gmtime
@@ -105,6 +106,28 @@ def setup(fmt: str = "text", level: int = logging.INFO, path: pathlib.Path | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def _route_stray_output() -> None:
+    """What Python would print to stderr beside the log (an uncaught or unraisable exception,
+    such as gRPC's when it cancels streams at shutdown, and warnings) goes through logging
+    instead, so that every line stays one JSON object."""
+    stray = logging.getLogger("python")
+
+    def uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        stray.error("event=uncaught_exception type=%s", kind.__name__, exc_info=(kind, value, tb))
+
+    def unraisable(u: Any) -> None:
+        stray.error(
+            "event=unraisable_exception where=%s message=%s",
+            repr(u.object),
+            u.err_msg,
+            exc_info=(u.exc_type, u.exc_value, u.exc_traceback),
+        )
+
+    sys.excepthook = uncaught
+    sys.unraisablehook = unraisable
+    logging.captureWarnings(True)
 
 
 class SiteLog(logging.LoggerAdapter[logging.Logger]):

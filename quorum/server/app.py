@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 
 import grpc
 import uvicorn
@@ -144,6 +145,10 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._grpc_serving = False
+        # Sessions end their streams themselves (each records its site's disconnection while
+        # the store is open); cancelled by grpc's stop instead, they wrote to a closed store.
+        for session in self.coordinator.sessions.connected():
+            session.close()
         await self._grpc.stop(grace=1.0)
         await self.baselines.shutdown()
         self.store.close()
@@ -161,6 +166,15 @@ class _AdminServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._feed.close()
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn raises the SIGTERM or SIGINT it caught again once it has shut down, for an
+        # application around it to handle: that killed the process before Server.stop() could
+        # stop the gRPC server, the baseline jobs and the store. Server.wait() returns instead.
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 async def serve(config: ServerFile, *, insecure: bool, fresh_start: bool = False) -> None:

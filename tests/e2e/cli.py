@@ -117,11 +117,19 @@ class Deployment:
             assert done.returncode == 0, done.stderr
         return key
 
-    def start_server(self) -> processes.Child:
+    def start_server(self, *options: str) -> processes.Child:
+        """`quorum server start`, with `options` added (e.g. `--log-format json`)."""
         config = self.write_config()
         child = processes.start(
             f"server-{len(self.children)}",
-            ["server", "start", "--config", str(config), *([] if self.tls else ["--insecure"])],
+            [
+                "server",
+                "start",
+                "--config",
+                str(config),
+                *([] if self.tls else ["--insecure"]),
+                *options,
+            ],
             self.root / "logs",
         )
         self.children.append(child)

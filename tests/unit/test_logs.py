@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +29,15 @@ def json_log(tmp_path: pathlib.Path) -> Iterator[Any]:
     try:
         yield last
     finally:
-        logging.getLogger().handlers.clear()
+        _reset()
+
+
+def _reset() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.close()
+    logging.getLogger().handlers.clear()
+    sys.excepthook, sys.unraisablehook = sys.__excepthook__, sys.__unraisablehook__
+    logging.captureWarnings(False)
 
 
 def test_values_keep_their_types(json_log: Any) -> None:
@@ -97,3 +106,18 @@ def test_an_exception_is_one_field(capsys: pytest.CaptureFixture[str]) -> None:
 def test_an_unknown_format_is_refused(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError, match="xml"):
         logs.setup("xml", path=tmp_path / "log")
+
+
+def test_a_stray_traceback_becomes_one_json_line(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "log"
+    logs.setup("json", path=path)
+    try:
+        try:
+            raise ValueError("not handled")
+        except ValueError as exc:
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+    finally:
+        _reset()
+    (uncaught,) = (json.loads(line) for line in path.read_text().splitlines())
+    assert uncaught["event"] == "uncaught_exception" and uncaught["type"] == "ValueError"
+    assert "ValueError: not handled" in uncaught["exception"]
