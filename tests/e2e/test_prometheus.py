@@ -15,12 +15,15 @@ import httpx
 from quorum.ports import free_port
 from tests.e2e.cli import Deployment, run_settings
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMETHEUS = shutil.which("prometheus")
 
 
 def _start_prometheus(
     root: pathlib.Path, target: str, token: str
 ) -> tuple[subprocess.Popen[bytes], int]:
+    assert PROMETHEUS, (
+        "needs Debian's prometheus package: apt-get install prometheus (.ci/run does)"
+    )
     (root / "token").write_text(token)
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
