@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import pathlib
 import signal
@@ -13,9 +14,11 @@ from typing import Any
 
 import tomli_w
 
+from quorum import identity
 from quorum.admin.client import AdminClient
 from quorum.ports import free_port
 from quorum.sim import processes
+from tests.hostile_site import HostileSite
 
 TOKEN = "e2e-test-token"
 TASK = "tests.vector_task:task"
@@ -163,6 +166,18 @@ class Deployment:
         child = processes.start(log_name, ["client", "run", *args], self.root / "logs")
         self.children.append(child)
         return child
+
+    def join_hostile(self, name: str) -> HostileSite:
+        """Registers `name` through the admin API and joins it as a hand-written site that
+        sends whatever the test crafts (tests.hostile_site)."""
+        key = identity.generate()
+        admin = self.admin()
+        try:
+            public = base64.b64encode(identity.public_bytes(key)).decode()
+            admin.post("/api/v1/sites", {"name": name, "public_key": public})
+        finally:
+            admin.close()
+        return HostileSite(self.address, key, TASK)
 
     def submit(self, run: dict[str, Any]) -> dict[str, Any]:
         admin = self.admin()

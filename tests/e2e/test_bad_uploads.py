@@ -6,7 +6,6 @@ with the honest sites, and the final model proves that nothing bad was folded in
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from typing import Any
@@ -14,11 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quorum import identity
 from quorum.proto import federation_pb2 as pb
 from quorum.server.checkpoints import Checkpoints
 from quorum.wire import blobs
-from tests.e2e.cli import TASK, Deployment, run_settings
+from tests.e2e.cli import Deployment, run_settings
 from tests.hostile_site import HostileSite
 
 Upload = Callable[[HostileSite, pb.TaskOffer, bytes], pb.UploadReceipt]
@@ -72,18 +70,8 @@ def test_each_bad_upload_is_refused_and_never_aggregated(deployment: Deployment)
     d.start_server()
     d.start_site("honest-1", "delta=1.0,n=1")
     d.start_site("honest-2", "delta=1.0,n=1")
-    key = identity.generate()
-    admin = d.admin()
-    admin.post(
-        "/api/v1/sites",
-        {
-            "name": "mallory",
-            "public_key": base64.b64encode(identity.public_bytes(key)).decode(),
-        },
-    )
-    admin.close()
     d.wait_connected({"honest-1", "honest-2"})
-    mallory = HostileSite(d.address, key, TASK)
+    mallory = d.join_hostile("mallory")
     d.wait_connected({"honest-1", "honest-2", "mallory"})
     run = d.submit(
         run_settings(rounds=rounds, min_fit_sites=2, min_available_sites=3, round_timeout_s=20.0)
