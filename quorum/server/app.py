@@ -110,6 +110,7 @@ class Server:
                 host=admin_host,
                 port=admin_port,
                 log_level="warning",
+                log_config=None,  # uvicorn's lines go through our handler (text or JSON)
                 lifespan="off",
                 ws="none",
                 ssl_certfile=certfile,
