@@ -3,11 +3,13 @@
 The counters are totals over the state store (rounds, participations, refusals, the privacy
 ledger, baseline jobs), so they are right from the first scrape after a restart instead of
 starting again at zero; the histograms are built from the recorded durations the same way.
-Each app has its own registry, so several servers in one process (tests) do not clash.
+A scrape reads the store in a worker thread on a connection of its own (Store.totals), so a
+large state does not hold up the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -31,17 +33,20 @@ STALENESS = (0, 1, 2, 3, 4, 5, 8, 10, 16, 32, 64)
 
 
 class QuorumCollector(Collector):
-    def __init__(self, store: Store, connected_sites: Callable[[], int]) -> None:
+    """`connected_sites` is read on the event loop (the session registry lives there) before a
+    worker thread collects the rest from the store."""
+
+    def __init__(self, store: Store, connected_sites: int) -> None:
         self._store = store
         self._connected_sites = connected_sites
 
     def collect(self) -> Iterator[Metric]:
-        t = self._store.totals()
+        t = self._store.totals(STAGE_SECONDS)
         yield _gauge(
             "quorum_connected_sites",
             "Sites with an open session now.",
             [],
-            [((), self._connected_sites())],
+            [((), self._connected_sites)],
         )
         yield _gauge(
             "quorum_run_info",
@@ -60,14 +65,17 @@ class QuorumCollector(Collector):
             "quorum_round_duration_seconds",
             "Wall time of finished round attempts (offer to completion or abort).",
             ["run_id", "status"],
-            (((run_id, status), d, 1) for run_id, status, d in t.round_durations),
+            _observed(
+                [((run_id, status), d, 1) for run_id, status, d in t.round_durations],
+                ROUND_SECONDS,
+            ),
             ROUND_SECONDS,
         )
         yield _histogram(
             "quorum_site_task_duration_seconds",
             "Time sites reported for their fit and evaluate tasks.",
             ["kind"],
-            (((kind,), d, 1) for kind, d in t.task_durations),
+            [((kind,), bucket, n, total) for kind, bucket, n, total in t.task_durations],
             STAGE_SECONDS,
         )
         stages = [s for report in t.secagg for s in report.get("stages", [])]
@@ -75,7 +83,7 @@ class QuorumCollector(Collector):
             "quorum_secagg_stage_duration_seconds",
             "Duration of each secure-aggregation stage.",
             ["stage"],
-            (((s["stage"],), s["duration_s"], 1) for s in stages),
+            _observed([((s["stage"],), s["duration_s"], 1) for s in stages], STAGE_SECONDS),
             STAGE_SECONDS,
         )
         dropouts: dict[tuple[str, ...], float] = defaultdict(float)
@@ -109,7 +117,7 @@ class QuorumCollector(Collector):
             "quorum_async_staleness",
             "Staleness (model versions behind) of the updates async runs applied.",
             ["run_id"],
-            (((run_id,), staleness, n) for run_id, staleness, n in t.staleness),
+            _observed([((run_id,), s, n) for run_id, s, n in t.staleness], STALENESS),
             STALENESS,
         )
         yield _gauge(
@@ -132,16 +140,23 @@ class QuorumCollector(Collector):
         )
 
 
+def render(store: Store, connected_sites: int) -> bytes:
+    """The exposition text, from a registry of its own (several servers in one process, as in
+    tests, must not share prometheus-client's global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QuorumCollector(store, connected_sites))
+    return generate_latest(registry)
+
+
 def metrics_router(store: Store, connected_sites: Callable[[], int], viewer: Any) -> APIRouter:
     """`GET /metrics` in Prometheus' text format, for a viewer token (Prometheus sends it with
     `authorization: {type: Bearer, credentials_file: ...}` in its scrape config)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(QuorumCollector(store, connected_sites))
     router = APIRouter()
 
     @router.get("/metrics", dependencies=[viewer], response_class=Response, tags=["metrics"])
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        text = await asyncio.to_thread(render, store, connected_sites())
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return router
 
@@ -163,20 +178,28 @@ def _counter(name: str, doc: str, labels: list[str], samples: Samples) -> Counte
     return family
 
 
+Bucketed = Iterable[tuple[tuple[str, ...], int, int, float]]
+"""(label values, bucket index, observations, their sum)"""
+
+
+def _observed(
+    observations: Iterable[tuple[tuple[str, ...], float, int]], bounds: Sequence[float]
+) -> Bucketed:
+    """(label values, value, times seen) as bucketed rows."""
+    return [
+        (key, next((i for i, b in enumerate(bounds) if value <= b), len(bounds)), n, value * n)
+        for key, value, n in observations
+    ]
+
+
 def _histogram(
-    name: str,
-    doc: str,
-    labels: list[str],
-    observations: Iterable[tuple[tuple[str, ...], float, int]],
-    bounds: Sequence[float],
+    name: str, doc: str, labels: list[str], rows: Bucketed, bounds: Sequence[float]
 ) -> HistogramMetricFamily:
-    """Observations are (label values, value, how many times it was seen)."""
     counts: dict[tuple[str, ...], list[int]] = {}
     sums: dict[tuple[str, ...], float] = defaultdict(float)
-    for key, value, n in observations:
-        slots = counts.setdefault(key, [0] * (len(bounds) + 1))
-        slots[next((i for i, b in enumerate(bounds) if value <= b), len(bounds))] += n
-        sums[key] += value * n
+    for key, index, n, total in rows:
+        counts.setdefault(key, [0] * (len(bounds) + 1))[index] += n
+        sums[key] += total
     family = HistogramMetricFamily(name, doc, labels=labels)
     for key, slots in counts.items():
         cumulative, buckets = 0, []

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -206,9 +206,14 @@ class Store:
             if "staleness" not in columns:  # a state store from before async runs
                 self._db.execute("ALTER TABLE participations ADD COLUMN staleness INTEGER")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open state store {path}: {exc}") from None
+            raise StoreError(
+                f"cannot open state store {path}: {exc}; restore it from a backup "
+                "(`quorum state backup` makes one)"
+            ) from None
         self._lock = threading.RLock()
         self._event_listeners: list[Callable[[], None]] = []
+        self._reader: sqlite3.Connection | None = None  # Store.totals()' own connection
+        self._read_lock = threading.Lock()
         self.path = path
 
     def ping(self) -> None:
@@ -224,7 +229,13 @@ class Store:
             rows = [r[0] for r in self._rows("PRAGMA quick_check")]
         except sqlite3.DatabaseError as exc:
             return str(exc)
-        return None if rows == ["ok"] else "; ".join(str(r) for r in rows[:3])
+        if rows == ["ok"]:
+            return None
+        # A row may hold several lines ("*** in database main ***\nOn tree page ..."): what
+        # is found goes into one line of the refusal.
+        found = [line for row in rows for line in str(row).splitlines() if line.strip()]
+        more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
+        return "; ".join(found[:3]) + more
 
     def run_ids(self) -> set[str]:
         return {r["id"] for r in self._rows("SELECT id FROM runs")}
@@ -253,6 +264,9 @@ class Store:
         partial.replace(path)
 
     def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
         with self._lock:
             self._db.close()
 
@@ -833,75 +847,26 @@ class Store:
 
     # ---- totals (Prometheus /metrics) ----
 
-    def totals(self) -> Totals:
+    def totals(self, duration_bounds: Sequence[float]) -> Totals:
         """What the server has recorded, summed: every value only grows while the server runs
-        and is the same after a restart, so counters read from here never reset."""
-        with self._lock:
-            q = self._rows
-            latest_site_epsilon: dict[tuple[str, str], float] = {}
-            for r in q(
-                "SELECT run_id, site, json_extract(metrics_json, '$.dp_epsilon') AS eps "
-                "FROM participations WHERE kind = 'fit' AND eps IS NOT NULL "
-                "ORDER BY round, attempt"
-            ):
-                latest_site_epsilon[(r["run_id"], r["site"])] = float(r["eps"])
-            central: dict[str, float] = {}
-            for r in q(
-                "SELECT run_id, value FROM metrics WHERE phase = 'central_dp' "
-                "AND name = 'epsilon' ORDER BY round, attempt"
-            ):
-                central[r["run_id"]] = float(r["value"])
-            return Totals(
-                runs=[(r["id"], r["name"], r["status"]) for r in q("SELECT * FROM runs")],
-                rounds=[
-                    (r["run_id"], r["status"], r["n"])
-                    for r in q(
-                        "SELECT run_id, status, COUNT(*) AS n FROM rounds "
-                        "WHERE status IN ('completed', 'aborted') GROUP BY run_id, status"
-                    )
-                ],
-                round_durations=[
-                    (r["run_id"], r["status"], r["d"])
-                    for r in q(
-                        "SELECT run_id, status, finished_at - started_at AS d FROM rounds "
-                        "WHERE finished_at IS NOT NULL"
-                    )
-                ],
-                task_durations=[
-                    (r["kind"], r["duration_s"])
-                    for r in q(
-                        "SELECT kind, duration_s FROM participations WHERE duration_s IS NOT NULL"
-                    )
-                ],
-                secagg=[
-                    json.loads(r["secagg"])
-                    for r in q("SELECT secagg FROM rounds WHERE secagg IS NOT NULL")
-                ],
-                traffic=[
-                    (r["run_id"], r["i"], r["o"])
-                    for r in q(
-                        "SELECT run_id, SUM(bytes_in) AS i, SUM(bytes_out) AS o "
-                        "FROM participations GROUP BY run_id"
-                    )
-                ],
-                refused=[
-                    (r["code"], r["n"])
-                    for r in q("SELECT code, COUNT(*) AS n FROM rejections GROUP BY code")
-                ],
-                staleness=[
-                    (r["run_id"], r["staleness"], r["n"])
-                    for r in q(
-                        "SELECT run_id, staleness, COUNT(*) AS n FROM participations "
-                        "WHERE staleness IS NOT NULL GROUP BY run_id, staleness"
-                    )
-                ],
-                site_epsilon=[(run, site, e) for (run, site), e in latest_site_epsilon.items()],
-                central_epsilon=list(central.items()),
-                baselines=[
-                    (r["status"], r["n"])
-                    for r in q("SELECT status, COUNT(*) AS n FROM baselines GROUP BY status")
-                ],
-            )
+        and is the same after a restart, so counters read from here never reset.
+
+        Read in one transaction on a connection of its own (WAL readers do not wait for the
+        writer), so that a scrape may run in a worker thread while the event loop writes; the
+        sums are made by SQLite, since a long simulation records millions of participations.
+        `duration_bounds`: the upper bounds of the site task duration histogram's buckets."""
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
+                )
+                self._reader.row_factory = sqlite3.Row
+            db = self._reader
+            db.execute("BEGIN")
+            try:
+                return _totals(db, duration_bounds)
+            finally:
+                db.execute("COMMIT")
 
 
 @dataclass(frozen=True)
@@ -914,8 +879,9 @@ class Totals:
     """(run id, completed|aborted, attempts)"""
     round_durations: list[tuple[str, str, float]]
     """(run id, status, seconds) of every finished attempt"""
-    task_durations: list[tuple[str, float]]
-    """(fit|evaluate, seconds) of every task a site reported on"""
+    task_durations: list[tuple[str, int, int, float]]
+    """(fit|evaluate, bucket index into the bounds given, tasks, their seconds summed) of the
+    tasks sites reported on"""
     secagg: list[dict[str, Any]]
     """each SecAgg round's record (stages, their timings and dropouts)"""
     traffic: list[tuple[str, int, int]]
@@ -930,6 +896,84 @@ class Totals:
     """(run id, the run's central ε so far)"""
     baselines: list[tuple[str, int]]
     """(status, jobs)"""
+
+
+def _totals(db: sqlite3.Connection, duration_bounds: Sequence[float]) -> Totals:
+    def q(sql: str, *args: Any) -> list[sqlite3.Row]:
+        return list(db.execute(sql, args).fetchall())
+
+    bucket = " ".join(
+        f"WHEN duration_s <= {float(b)!r} THEN {i}" for i, b in enumerate(duration_bounds)
+    )
+    return Totals(
+        runs=[(r["id"], r["name"], r["status"]) for r in q("SELECT * FROM runs")],
+        rounds=[
+            (r["run_id"], r["status"], r["n"])
+            for r in q(
+                "SELECT run_id, status, COUNT(*) AS n FROM rounds "
+                "WHERE status IN ('completed', 'aborted') GROUP BY run_id, status"
+            )
+        ],
+        round_durations=[
+            (r["run_id"], r["status"], r["d"])
+            for r in q(
+                "SELECT run_id, status, finished_at - started_at AS d FROM rounds "
+                "WHERE finished_at IS NOT NULL"
+            )
+        ],
+        task_durations=[
+            (r["kind"], r["bucket"], r["n"], r["total"])
+            for r in q(
+                f"SELECT kind, CASE {bucket} ELSE {len(duration_bounds)} END AS bucket, "
+                "COUNT(*) AS n, SUM(duration_s) AS total FROM participations "
+                "WHERE duration_s IS NOT NULL GROUP BY kind, bucket"
+            )
+        ],
+        secagg=[
+            json.loads(r["secagg"]) for r in q("SELECT secagg FROM rounds WHERE secagg IS NOT NULL")
+        ],
+        traffic=[
+            (r["run_id"], r["i"], r["o"])
+            for r in q(
+                "SELECT run_id, SUM(bytes_in) AS i, SUM(bytes_out) AS o "
+                "FROM participations GROUP BY run_id"
+            )
+        ],
+        refused=[
+            (r["code"], r["n"])
+            for r in q("SELECT code, COUNT(*) AS n FROM rejections GROUP BY code")
+        ],
+        staleness=[
+            (r["run_id"], r["staleness"], r["n"])
+            for r in q(
+                "SELECT run_id, staleness, COUNT(*) AS n FROM participations "
+                "WHERE staleness IS NOT NULL GROUP BY run_id, staleness"
+            )
+        ],
+        # SQLite takes a bare column of an aggregate query from the row holding the MAX():
+        # the site's latest report.
+        site_epsilon=[
+            (r["run_id"], r["site"], float(r["eps"]))
+            for r in q(
+                "SELECT run_id, site, eps, MAX(round * 1000000 + attempt) FROM ("
+                "SELECT run_id, site, round, attempt, "
+                "json_extract(metrics_json, '$.dp_epsilon') AS eps FROM participations "
+                "WHERE kind = 'fit' AND metrics_json LIKE '%\"dp_epsilon\"%'"
+                ") WHERE eps IS NOT NULL GROUP BY run_id, site"
+            )
+        ],
+        central_epsilon=[
+            (r["run_id"], float(r["value"]))
+            for r in q(
+                "SELECT run_id, value, MAX(round * 1000000 + attempt) FROM metrics "
+                "WHERE phase = 'central_dp' AND name = 'epsilon' GROUP BY run_id"
+            )
+        ],
+        baselines=[
+            (r["status"], r["n"])
+            for r in q("SELECT status, COUNT(*) AS n FROM baselines GROUP BY status")
+        ],
+    )
 
 
 def _insert_metrics(

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pathlib
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from quorum.admin.metrics import QuorumCollector
+from quorum.admin.metrics import render
 from quorum.config import RunConfig
 from quorum.server.store import Store
 
@@ -16,9 +15,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def _scrape(store: Store, connected: int = 0) -> Samples:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(QuorumCollector(store, lambda: connected))
-    text = generate_latest(registry).decode()
+    text = render(store, connected).decode()
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
