@@ -860,7 +860,6 @@ class Store:
                 self._reader = sqlite3.connect(
                     f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
                 )
-                self._reader.row_factory = sqlite3.Row
             db = self._reader
             db.execute("BEGIN")
             try:
@@ -899,62 +898,44 @@ class Totals:
 
 
 def _totals(db: sqlite3.Connection, duration_bounds: Sequence[float]) -> Totals:
-    def q(sql: str, *args: Any) -> list[sqlite3.Row]:
-        return list(db.execute(sql, args).fetchall())
+    def q(sql: str) -> list[Any]:
+        """The rows as tuples of their columns, in order."""
+        return [tuple(r) for r in db.execute(sql).fetchall()]
 
     bucket = " ".join(
         f"WHEN duration_s <= {float(b)!r} THEN {i}" for i, b in enumerate(duration_bounds)
     )
     return Totals(
-        runs=[(r["id"], r["name"], r["status"]) for r in q("SELECT * FROM runs")],
-        rounds=[
-            (r["run_id"], r["status"], r["n"])
-            for r in q(
-                "SELECT run_id, status, COUNT(*) AS n FROM rounds "
-                "WHERE status IN ('completed', 'aborted') GROUP BY run_id, status"
-            )
-        ],
-        round_durations=[
-            (r["run_id"], r["status"], r["d"])
-            for r in q(
-                "SELECT run_id, status, finished_at - started_at AS d FROM rounds "
-                "WHERE finished_at IS NOT NULL"
-            )
-        ],
-        task_durations=[
-            (r["kind"], r["bucket"], r["n"], r["total"])
-            for r in q(
-                f"SELECT kind, CASE {bucket} ELSE {len(duration_bounds)} END AS bucket, "
-                "COUNT(*) AS n, SUM(duration_s) AS total FROM participations "
-                "WHERE duration_s IS NOT NULL GROUP BY kind, bucket"
-            )
-        ],
+        runs=q("SELECT id, name, status FROM runs"),
+        rounds=q(
+            "SELECT run_id, status, COUNT(*) FROM rounds "
+            "WHERE status IN ('completed', 'aborted') GROUP BY run_id, status"
+        ),
+        round_durations=q(
+            "SELECT run_id, status, finished_at - started_at FROM rounds "
+            "WHERE finished_at IS NOT NULL"
+        ),
+        task_durations=q(
+            f"SELECT kind, CASE {bucket} ELSE {len(duration_bounds)} END AS bucket, COUNT(*), "
+            "SUM(duration_s) FROM participations WHERE duration_s IS NOT NULL "
+            "GROUP BY kind, bucket"
+        ),
         secagg=[
-            json.loads(r["secagg"]) for r in q("SELECT secagg FROM rounds WHERE secagg IS NOT NULL")
+            json.loads(text) for (text,) in q("SELECT secagg FROM rounds WHERE secagg NOT NULL")
         ],
-        traffic=[
-            (r["run_id"], r["i"], r["o"])
-            for r in q(
-                "SELECT run_id, SUM(bytes_in) AS i, SUM(bytes_out) AS o "
-                "FROM participations GROUP BY run_id"
-            )
-        ],
-        refused=[
-            (r["code"], r["n"])
-            for r in q("SELECT code, COUNT(*) AS n FROM rejections GROUP BY code")
-        ],
-        staleness=[
-            (r["run_id"], r["staleness"], r["n"])
-            for r in q(
-                "SELECT run_id, staleness, COUNT(*) AS n FROM participations "
-                "WHERE staleness IS NOT NULL GROUP BY run_id, staleness"
-            )
-        ],
-        # SQLite takes a bare column of an aggregate query from the row holding the MAX():
-        # the site's latest report.
+        traffic=q(
+            "SELECT run_id, SUM(bytes_in), SUM(bytes_out) FROM participations GROUP BY run_id"
+        ),
+        refused=q("SELECT code, COUNT(*) FROM rejections GROUP BY code"),
+        staleness=q(
+            "SELECT run_id, staleness, COUNT(*) FROM participations "
+            "WHERE staleness IS NOT NULL GROUP BY run_id, staleness"
+        ),
+        # SQLite takes the bare columns of an aggregate query from the row that holds the
+        # MAX(): each site's latest report, each run's latest release.
         site_epsilon=[
-            (r["run_id"], r["site"], float(r["eps"]))
-            for r in q(
+            (run_id, site, float(eps))
+            for run_id, site, eps, _ in q(
                 "SELECT run_id, site, eps, MAX(round * 1000000 + attempt) FROM ("
                 "SELECT run_id, site, round, attempt, "
                 "json_extract(metrics_json, '$.dp_epsilon') AS eps FROM participations "
@@ -963,16 +944,13 @@ def _totals(db: sqlite3.Connection, duration_bounds: Sequence[float]) -> Totals:
             )
         ],
         central_epsilon=[
-            (r["run_id"], float(r["value"]))
-            for r in q(
+            (run_id, float(eps))
+            for run_id, eps, _ in q(
                 "SELECT run_id, value, MAX(round * 1000000 + attempt) FROM metrics "
                 "WHERE phase = 'central_dp' AND name = 'epsilon' GROUP BY run_id"
             )
         ],
-        baselines=[
-            (r["status"], r["n"])
-            for r in q("SELECT status, COUNT(*) AS n FROM baselines GROUP BY status")
-        ],
+        baselines=q("SELECT status, COUNT(*) FROM baselines GROUP BY status"),
     )
 
 
