@@ -275,12 +275,18 @@ function renderPrivacy(sites, central) {
   });
   const x = [...rounds].sort((a, b) => a - b);
   const series = [];
+  const budgets = new Set(sites.map((site) => site.budget).filter((b) => b != null));
   sites.forEach((site, i) => {
-    series.push({ label: `${site.site} ε`, values: x.map((r) => spent[i].get(r) ?? null), color: PALETTE[i % PALETTE.length] });
-    if (site.budget != null) {
-      series.push({ label: `${site.site} budget`, values: x.map(() => site.budget), dashed: true, color: PALETTE[i % PALETTE.length] });
+    const color = PALETTE[i % PALETTE.length];
+    series.push({ label: `${site.site} ε`, values: x.map((r) => spent[i].get(r) ?? null), color });
+    if (site.budget != null && budgets.size > 1) {
+      series.push({ label: `${site.site} budget`, values: x.map(() => site.budget), dashed: true, color });
     }
   });
+  if (budgets.size === 1) { // one line for a budget every site shares
+    const [budget] = budgets;
+    series.push({ label: "budget (each site)", values: x.map(() => budget), dashed: true, color: "#1d2330" });
+  }
   if (central) {
     const byRound = new Map(central.rounds.map((r) => [r.round, r.epsilon]));
     series.push({ label: `central ε (${central.mode})`, values: x.map((r) => byRound.get(r) ?? null), color: "#1d2330" });
@@ -300,6 +306,7 @@ function renderParticipation(details, total) {
     }
   }
   $("participation-note").textContent = total > rounds.length ? `(last ${rounds.length} of ${total} rounds)` : "";
+  $("panel-participation").classList.toggle("wide", rounds.length > 24); // else it fits a column
   if (!rounds.length) {
     $("participation").replaceChildren(Object.assign(document.createElement("p"), { className: "muted", textContent: "No rounds yet." }));
   } else {
