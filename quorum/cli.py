@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import pathlib
 import signal
-from typing import Annotated
+from typing import Annotated, get_args
 
 import click
 import typer
@@ -16,15 +16,23 @@ from rich.markup import escape
 from quorum import logs
 from quorum.baseline.cli import baseline_app
 from quorum.certs_cli import certs_app
+from quorum.config import SiteDPConfig
 from quorum.errors import QuorumError
+from quorum.operator.runs import rounds, runs_app
+from quorum.operator.sites import sites_app
+from quorum.operator.tokens import tokens_app
 
 app = typer.Typer(
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     help="Quorum: federated learning for hospitals and edge sites.",
 )
-site_app = typer.Typer(no_args_is_help=True, help="Site identities and registration.")
+site_app = typer.Typer(
+    no_args_is_help=True,
+    help="Site identities, and registration in a state directory (before the server starts; "
+    "`quorum sites ...` registers over the admin API).",
+)
 server_app = typer.Typer(no_args_is_help=True, help="The aggregation server.")
 client_app = typer.Typer(no_args_is_help=True, help="The site agent.")
 app.add_typer(site_app, name="site")
@@ -34,7 +42,33 @@ app.add_typer(baseline_app, name="baseline")
 app.add_typer(certs_app, name="certs")
 state_app = typer.Typer(no_args_is_help=True, help="The server's state directory.")
 app.add_typer(state_app, name="state")
-console = Console(stderr=True)
+app.add_typer(runs_app, name="runs")
+app.command("rounds")(rounds)
+app.add_typer(sites_app, name="sites")
+app.add_typer(tokens_app, name="tokens")
+# soft_wrap: a message is one line however long (logs and scripts read it whole).
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from quorum import __version__
+
+        print(f"quorum {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Quorum: federated learning for hospitals and edge sites."""
+
 
 SetOption = Annotated[
     list[str] | None,
@@ -53,7 +87,10 @@ def site_keygen(
     ],
     force: Annotated[bool, typer.Option(help="Overwrite an existing key.")] = False,
 ) -> None:
-    """Write a new Ed25519 site key pair."""
+    """Write a new Ed25519 site key pair.
+
+    Example: quorum site keygen --out keys/cleveland.key
+    """
     from quorum import identity
 
     if out.exists() and not force:
@@ -70,7 +107,10 @@ def site_add(
     name: Annotated[str, typer.Option("--name")],
     public_key: Annotated[pathlib.Path, typer.Option("--public-key")],
 ) -> None:
-    """Register a site's public key in the server's state store."""
+    """Register a site's public key in the server's state store.
+
+    Example: quorum site add --state-dir quorum-state --name cleveland --public-key cleveland.pub
+    """
     from quorum.identity import load_public
     from quorum.server.store import Store
 
@@ -84,7 +124,10 @@ def site_add(
 
 @site_app.command("list")
 def site_list(state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")]) -> None:
-    """List registered sites."""
+    """List registered sites.
+
+    Example: quorum site list --state-dir quorum-state
+    """
     from rich.table import Table
 
     from quorum.server.store import Store
@@ -108,7 +151,8 @@ def state_check(
 
     Example: quorum state check --state-dir quorum-state
     """
-    from quorum.server.integrity import damaged_checkpoints, lost_runs
+    from quorum.server.checkpoints import Checkpoints
+    from quorum.server.integrity import damaged_checkpoints, lost_runs, runs_behind
     from quorum.server.store import Store
 
     db = state_dir / "quorum.db"
@@ -121,6 +165,7 @@ def state_check(
             f"the store does not know run {run}, whose checkpoints are kept"
             for run in lost_runs(store, state_dir / "checkpoints")
         ]
+        problems += [what for _, what in runs_behind(store, Checkpoints(state_dir / "checkpoints"))]
         verified, damaged = damaged_checkpoints(store, state_dir / "checkpoints")
         problems += damaged
     finally:
@@ -169,12 +214,15 @@ def server_start(
         bool,
         typer.Option(
             "--init",
-            help="Start afresh even though the state store does not know runs whose "
-            "checkpoints are in the state directory (they are moved aside)",
+            help="Start afresh even though the state store is damaged or does not know runs "
+            "whose checkpoints are in the state directory (both are moved aside)",
         ),
     ] = False,
 ) -> None:
-    """Start the federation service and the admin API."""
+    """Start the federation service and the admin API.
+
+    Example: quorum server start --config examples/heart_disease/server.toml --insecure
+    """
     from quorum.config import ServerFile, load
     from quorum.server.app import serve
 
@@ -248,7 +296,11 @@ def client_run(
     ] = None,
     dp_accountant: Annotated[
         str | None,
-        typer.Option("--dp-accountant", help="rdp or prv (Opacus accountants; default: rdp)"),
+        typer.Option(
+            "--dp-accountant",
+            click_type=click.Choice(get_args(SiteDPConfig.model_fields["accountant"].annotation)),
+            help="rdp or prv (Opacus accountants; default: rdp)",
+        ),
     ] = None,
     dp_ledger: Annotated[
         pathlib.Path | None,
@@ -284,6 +336,9 @@ def client_run(
     """Join a federation and serve its tasks until interrupted.
 
     Every setting is a flag, or a key of a site config file (--config) that flags override.
+
+    Example: quorum client run --config examples/heart_disease/site.toml
+    --site-key keys/cleveland.key --data cleveland
     """
     import grpc
 
@@ -454,13 +509,12 @@ def sim_host(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="quorum")
     except QuorumError as exc:
         from rich.markup import escape
 
         # Messages quote TOML tables ("[client]"), which rich would take for markup and drop.
-        # One line however long, so that logs and scripts see the whole message in one place.
-        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise SystemExit(2) from None
     except (typer.Abort, KeyboardInterrupt):
         raise SystemExit(130) from None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,15 +15,20 @@ from quorum.errors import QuorumError
 
 class AdminClient:
     def __init__(
-        self, base_url: str, token: str, verify: bool | str | ssl.SSLContext = True
+        self,
+        base_url: str,
+        token: str,
+        verify: bool | str | ssl.SSLContext = True,
+        timeout: httpx.Timeout | float = 10.0,
     ) -> None:
         if isinstance(verify, str):  # a CA bundle for a self-signed server certificate
             verify = ssl.create_default_context(cafile=verify)
+        self.base_url = base_url
         self._http = httpx.Client(
             base_url=base_url,
             headers={"Authorization": f"Bearer {token}"},
             verify=verify,
-            timeout=10.0,
+            timeout=timeout,
         )
 
     def close(self) -> None:
@@ -36,6 +43,18 @@ class AdminClient:
         response = self._http.post(path, json=body)
         self._check(response)
         return response.json()
+
+    @contextlib.contextmanager
+    def stream(
+        self, path: str, headers: dict[str, str] | None = None, **params: Any
+    ) -> Iterator[httpx.Response]:
+        """A GET whose body is read as it arrives (a model download, an event stream); a
+        refusal raises as `get` does. The read timeout is the client's, per chunk."""
+        with self._http.stream("GET", path, params=params, headers=headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response)
+            yield response
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -55,6 +74,12 @@ class AdminClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
+            if isinstance(detail, list):  # a 422's problems: where, and what is wrong there
+                detail = "; ".join(
+                    f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}"
+                    for d in detail
+                    if isinstance(d, dict)
+                )
             raise QuorumError(
                 f"admin API {response.request.method} {response.request.url.path}: "
                 f"{response.status_code} {detail}"

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,6 +34,11 @@ _stdout = Console()
 LOG_FILE = "log.txt"
 
 
+def _choices(setting: str) -> tuple[str, ...]:
+    """The values a BaselineSpec setting allows (a Literal), for the flag's checked choices."""
+    return tuple(get_args(BaselineSpec.model_fields[setting].annotation))
+
+
 @baseline_app.command(
     "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
@@ -41,10 +47,20 @@ def run_command(
     task: Annotated[str, typer.Option(help="the task, module:attribute")],
     data: Annotated[str, typer.Option(help="the task's data (default: pooled)")] = "pooled",
     engine: Annotated[
-        str, typer.Option(help="ddp, deepspeed or megatron (the last two need quorum-fl[llm])")
+        str,
+        typer.Option(
+            click_type=click.Choice(_choices("engine")),
+            help="ddp, deepspeed or megatron (the last two need quorum-fl\\[llm])",
+        ),
     ] = "ddp",
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage, 0-3")] = 0,
-    offload: Annotated[str, typer.Option(help="DeepSpeed optimiser offload: none or cpu")] = "none",
+    offload: Annotated[
+        str,
+        typer.Option(
+            click_type=click.Choice(_choices("offload")),
+            help="DeepSpeed optimiser offload: none or cpu",
+        ),
+    ] = "none",
     tensor_parallel: Annotated[int, typer.Option(help="Megatron tensor-parallel ranks")] = 1,
     nproc: Annotated[int, typer.Option(help="ranks on this node")] = 1,
     steps: Annotated[int | None, typer.Option(help="optimiser steps (default 200)")] = None,
@@ -52,13 +68,18 @@ def run_command(
     batch_size: Annotated[int | None, typer.Option(help="global batch (task default)")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam's learning rate (task default)")] = None,
     seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    device: Annotated[
+        str, typer.Option(click_type=click.Choice(_choices("device")), help="auto, cpu or cuda")
+    ] = "auto",
     log_every: Annotated[int, typer.Option(help="steps between progress lines")] = 10,
     out: Annotated[
         pathlib.Path, typer.Option(help="the job's folder (spec, progress, result, log)")
     ] = pathlib.Path("baseline-output"),
 ) -> None:
-    """Train TASK's centralised baseline; arguments after `--` go to torchrun."""
+    """Train TASK's centralised baseline; arguments after `--` go to torchrun.
+
+    Example: quorum baseline run --task examples.heart_disease.task:task --engine ddp --nproc 2
+    """
     spec = parse_spec(
         {
             "task": task,

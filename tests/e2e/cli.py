@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -25,13 +26,17 @@ TASK = "tests.vector_task:task"
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def quorum(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def quorum(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`quorum ARGS`, with `env` added to this process's environment."""
     return subprocess.run(
         [sys.executable, "-m", "quorum", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env={**os.environ, **env} if env else None,
     )
 
 

@@ -1,0 +1,1 @@
+"""The operator's command line over the admin API (`quorum runs | rounds | sites | tokens`)."""
