@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from quorum.sim import processes
-from tests.e2e.cli import TOKEN, Deployment, run_settings
+from tests.e2e.cli import TOKEN, Deployment, quorum, run_settings
 from tests.sse import aframes
 
 
@@ -63,3 +63,12 @@ def test_json_logs_and_shutdown_with_an_open_stream(deployment: Deployment) -> N
     assert [r["round"] for r in completed] == [1, 2]  # numbers, not strings
     assert records[-1]["event"] == "server_stopped"  # stopped in order, not killed
     assert all(isinstance(r["updates"], int) for r in completed)
+
+
+def test_an_unknown_log_format_is_refused() -> None:
+    for command in (("server", "start", "--config", "server.toml"), ("client", "run")):
+        done = quorum(*command, "--log-format", "xml")
+        assert done.returncode == 2
+        assert "Invalid value for '--log-format': 'xml' is not one of 'text', 'json'" in (
+            done.stderr
+        )

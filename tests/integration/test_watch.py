@@ -89,11 +89,16 @@ def test_the_event_stream_needs_a_token_and_keeps_alive(tmp_path: pathlib.Path) 
                 for headers in ({}, {"Authorization": "Bearer wrong"}):
                     answer = await http.get("/api/v1/events/stream", headers=headers)
                     assert answer.status_code == 401
+                viewer = await http.post(
+                    "/api/v1/tokens", json={"name": "watcher", "role": "viewer"}, headers=AUTH
+                )
+                headers = {"Authorization": f"Bearer {viewer.json()['token']}"}
                 fed.server.feed.keepalive_s = 0.2
-                async with http.stream("GET", "/api/v1/events/stream", headers=AUTH) as response:
+                async with http.stream("GET", "/api/v1/events/stream", headers=headers) as response:
                     stream = aframes(response)
-                    first = await asyncio.wait_for(anext(stream), 10)
-                    assert first == {"comment": "keep-alive"}
+                    created = await asyncio.wait_for(anext(stream), 10)
+                    assert created["event"] == "token_created"
+                    assert await asyncio.wait_for(anext(stream), 10) == {"comment": "keep-alive"}
                     # an event recorded now reaches the open stream at once
                     fed.register("late")
                     frame = await asyncio.wait_for(anext(stream), 10)
