@@ -21,7 +21,7 @@ from quorum.admin.dashboard.router import add_dashboard
 from quorum.admin.docs import ASSET_PREFIX, docs_router
 from quorum.admin.docs import assets as docs_assets
 from quorum.admin.events import EventFeed, events_router
-from quorum.admin.metrics import metrics_router
+from quorum.admin.metrics import Live, metrics_router
 from quorum.admin.model_download import labelled_model
 from quorum.admin.privacy import PrivacyOut, privacy_ledger
 from quorum.admin.probes import probes_router
@@ -264,8 +264,11 @@ def build_app(
 
     if baselines is not None:
         app.include_router(baselines_router(baselines, viewer, operator))
-    app.include_router(events_router(feed or EventFeed(store), viewer))
-    app.include_router(metrics_router(store, co.sessions.count, viewer))
+    feed = feed or EventFeed(store)
+    app.include_router(events_router(feed, viewer))
+    app.include_router(
+        metrics_router(store, lambda: Live(co.sessions.count(), feed.open_streams), viewer)
+    )
     app.include_router(probes_router(store, grpc_serving or (lambda: True)))
     app.include_router(docs_router(app.title))
     app.mount(ASSET_PREFIX, docs_assets(), name="docs-assets")

@@ -32,6 +32,8 @@ class EventFeed:
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        self.open_streams = 0
+        """Streams being served now (a Prometheus gauge)."""
         store.watch_events(self._recorded)
 
     def _recorded(self) -> None:
@@ -51,19 +53,23 @@ class EventFeed:
 
     async def stream(self, after: int, run_id: str | None) -> AsyncIterator[str]:
         self._loop = asyncio.get_running_loop()
-        last = after
-        while not self.closed:
-            changed = self._changed  # taken before reading, so no event slips between the two
-            batch = self.store.events(last, BATCH, run_id)
-            for event in batch:
-                yield _frame(event)
-            if batch:
-                last = batch[-1]["id"]
-                continue
-            try:
-                await asyncio.wait_for(changed.wait(), self.keepalive_s)
-            except TimeoutError:
-                yield ": keep-alive\n\n"
+        self.open_streams += 1
+        try:
+            last = after
+            while not self.closed:
+                changed = self._changed  # taken before reading: no event slips in between
+                batch = self.store.events(last, BATCH, run_id)
+                for event in batch:
+                    yield _frame(event)
+                if batch:
+                    last = batch[-1]["id"]
+                    continue
+                try:
+                    await asyncio.wait_for(changed.wait(), self.keepalive_s)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+        finally:  # also when the client goes away: Starlette cancels the response
+            self.open_streams -= 1
 
 
 def _frame(event: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
@@ -32,13 +33,19 @@ STAGE_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 60
 STALENESS = (0, 1, 2, 3, 4, 5, 8, 10, 16, 32, 64)
 
 
-class QuorumCollector(Collector):
-    """`connected_sites` is read on the event loop (the session registry lives there) before a
-    worker thread collects the rest from the store."""
+@dataclass(frozen=True)
+class Live:
+    """What lives in the event loop's memory, read there before a worker thread collects the
+    rest from the store."""
 
-    def __init__(self, store: Store, connected_sites: int) -> None:
+    connected_sites: int
+    event_streams: int
+
+
+class QuorumCollector(Collector):
+    def __init__(self, store: Store, live: Live) -> None:
         self._store = store
-        self._connected_sites = connected_sites
+        self._live = live
 
     def collect(self) -> Iterator[Metric]:
         t = self._store.totals(STAGE_SECONDS)
@@ -46,7 +53,13 @@ class QuorumCollector(Collector):
             "quorum_connected_sites",
             "Sites with an open session now.",
             [],
-            [((), self._connected_sites)],
+            [((), self._live.connected_sites)],
+        )
+        yield _gauge(
+            "quorum_event_streams",
+            "Clients following the live event stream now.",
+            [],
+            [((), self._live.event_streams)],
         )
         yield _gauge(
             "quorum_run_info",
@@ -140,22 +153,22 @@ class QuorumCollector(Collector):
         )
 
 
-def render(store: Store, connected_sites: int) -> bytes:
+def render(store: Store, live: Live) -> bytes:
     """The exposition text, from a registry of its own (several servers in one process, as in
     tests, must not share prometheus-client's global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QuorumCollector(store, connected_sites))
+    registry.register(QuorumCollector(store, live))
     return generate_latest(registry)
 
 
-def metrics_router(store: Store, connected_sites: Callable[[], int], viewer: Any) -> APIRouter:
+def metrics_router(store: Store, live: Callable[[], Live], viewer: Any) -> APIRouter:
     """`GET /metrics` in Prometheus' text format, for a viewer token (Prometheus sends it with
     `authorization: {type: Bearer, credentials_file: ...}` in its scrape config)."""
     router = APIRouter()
 
     @router.get("/metrics", dependencies=[viewer], response_class=Response, tags=["metrics"])
     async def metrics() -> Response:
-        text = await asyncio.to_thread(render, store, connected_sites())
+        text = await asyncio.to_thread(render, store, live())
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quorum.admin.app import build_app
 from quorum.config import ServerConfig, ServerFile
 from quorum.server.app import Server
-from tests.integration.harness import TOKEN, Federation, federation, run_config
+from tests.integration.harness import TOKEN, Federation, federation, run_config, wait_for
 from tests.sse import aframes
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -106,8 +106,16 @@ def test_the_event_stream_needs_a_token_and_keeps_alive(tmp_path: pathlib.Path) 
                         frame = await asyncio.wait_for(anext(stream), 10)
                     assert frame["event"] == "site_registered"
                     assert frame["data"]["site"] == "late"
+                    streams = _samples((await http.get("/metrics", headers=AUTH)).text)
+                    assert streams[("quorum_event_streams", frozenset())] == 1
+                # The client went away: the server stops serving its stream.
+                await wait_for(lambda: _true(fed.server.feed.open_streams == 0), 10)
 
     asyncio.run(scenario())
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

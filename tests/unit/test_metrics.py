@@ -7,7 +7,7 @@ import pathlib
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from quorum.admin.metrics import render
+from quorum.admin.metrics import Live, render
 from quorum.config import RunConfig
 from quorum.server.store import Store
 
@@ -15,7 +15,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def _scrape(store: Store, connected: int = 0) -> Samples:
-    text = render(store, connected).decode()
+    text = render(store, Live(connected, 0)).decode()
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
