@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from selenium import webdriver
+from selenium.webdriver.chromium.remote_connection import ChromiumRemoteConnection
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
@@ -55,7 +56,11 @@ def chromium(
         ):
             options.add_argument(arg)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Remote(f"http://127.0.0.1:{port}", options=options)
+        # Chromium's connection knows chromedriver's own routes (DevTools commands, logs).
+        connection = ChromiumRemoteConnection(
+            f"http://127.0.0.1:{port}", "goog", "chrome", ignore_proxy=True
+        )
+        driver = webdriver.Remote(connection, options=options)
         try:
             yield driver
         finally:
@@ -98,6 +103,13 @@ class Dashboard:
 
     def by_id(self, element_id: str) -> Any:
         return self.driver.find_element(By.ID, element_id)
+
+    def before_each_page(self, script: str) -> None:
+        """Runs `script` in every page this browser opens, before the page's own scripts."""
+        self.driver.execute(
+            "executeCdpCommand",
+            {"cmd": "Page.addScriptToEvaluateOnNewDocument", "params": {"source": script}},
+        )
 
     def sign_in(self, token: str) -> str:
         """Opens the page (signed out) and signs in; returns the role it shows."""

@@ -35,7 +35,19 @@ def _cells(page: Dashboard, round_no: int) -> dict[str, str]:
     return {c.get_attribute("data-site"): c.get_attribute("data-status") for c in cells}
 
 
-def test_dashboard_follows_and_stops_a_run(deployment: Deployment) -> None:
+# A server without the stream route, as the page sees it: its fetch of the stream answers 404.
+NO_STREAM = """
+const realFetch = window.fetch;
+window.fetch = (url, options) => String(url).includes("/api/v1/events/stream")
+  ? Promise.resolve(new Response("", { status: 404 }))
+  : realFetch(url, options);
+"""
+
+
+@pytest.mark.parametrize("feed", ["stream", "polling"])
+def test_dashboard_follows_and_stops_a_run(deployment: Deployment, feed: str) -> None:
+    """`feed`: how the page follows the events: the server-sent stream, or polling
+    /api/v1/events where the server has no stream."""
     d = deployment
     # Fits of round 3 wait on `first`, those of round 4 on `second`: the test decides when
     # each round can complete, however slow the machine.
@@ -66,6 +78,8 @@ def test_dashboard_follows_and_stops_a_run(deployment: Deployment) -> None:
 
     with chromium(d.root / "chromium") as driver:
         page = Dashboard(driver, _url(d))
+        if feed == "polling":
+            page.before_each_page(NO_STREAM)
         assert page.sign_in(viewer) == "viewer"
         page.select_run(run["id"])
         page.until(lambda: page.chart("accuracy")[0] == [1, 2], "rounds 1 and 2 on the chart")
@@ -76,8 +90,7 @@ def test_dashboard_follows_and_stops_a_run(deployment: Deployment) -> None:
         assert refused[:3] == ["1", "mallory", "non_finite"]
         stop = page.by_id("stop")
         assert stop.is_displayed() and not stop.is_enabled()  # a viewer cannot press it
-        live = page.by_id("live").get_attribute("data-state")
-        assert live in ("stream", "polling"), live
+        page.until(lambda: page.by_id("live").get_attribute("data-state") == feed, feed)
 
         first.unlink()  # round 3 completes; round 4 waits on `second`
         page.until(lambda: page.chart("accuracy")[0] == [1, 2, 3], "round 3 on the chart")
