@@ -90,13 +90,14 @@ def privacy_ledger(store: Store, run_id: str) -> PrivacyOut:
         by_site.setdefault(p["site"], []).append(_site_round(p))
     sites = [_site(name, rounds) for name, rounds in sorted(by_site.items())]
     central = None
-    cfg = record.config.central_dp
+    config = record.checked_config
+    cfg = config.central_dp
     if cfg.enabled:
         released = store.phase_metrics(run_id, "central_dp")
         rounds = [_central_round(n, a, m) for n, a, m in released]
         last = released[-1][2] if released else {}
         central = CentralPrivacy(
-            mode="distributed" if record.config.secagg.enabled else "central",
+            mode="distributed" if config.secagg.enabled else "central",
             noise_multiplier=cfg.noise_multiplier,
             adaptive=cfg.adaptive,
             delta=cfg.delta,

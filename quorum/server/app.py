@@ -15,16 +15,15 @@ from quorum.admin.app import build_app
 from quorum.admin.auth import TOKEN_FILE, ensure_admin_token
 from quorum.admin.events import EventFeed
 from quorum.config import ServerFile
-from quorum.errors import ConfigError, StoreError
+from quorum.errors import ConfigError
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.baselines import BaselineJobs
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.coordinator import Coordinator
 from quorum.server.federation import FederationService
-from quorum.server.integrity import check_state
+from quorum.server.integrity import open_checked
 from quorum.server.sessions import SessionRegistry
-from quorum.server.store import Store
 from quorum.wire.channel import GRPC_OPTIONS
 
 log = logging.getLogger("quorum.server")
@@ -41,8 +40,8 @@ class Server:
     """Owns the store, the coordinator, the gRPC server and the admin API of one process."""
 
     def __init__(self, config: ServerFile, *, insecure: bool, fresh_start: bool = False) -> None:
-        """`fresh_start` (`--init`): start even when the store does not know runs whose
-        checkpoints are on disk, moving those aside (quorum.server.integrity)."""
+        """`fresh_start` (`--init`): start even when the store is damaged or does not know
+        runs whose checkpoints are on disk, moving those aside (quorum.server.integrity)."""
         cfg = config.server
         if not insecure and (cfg.tls_cert is None or cfg.tls_key is None):
             raise ConfigError(
@@ -52,12 +51,9 @@ class Server:
         self.config = config
         self.insecure = insecure
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(cfg.state_dir / "quorum.db")
-        try:
-            check_state(self.store, cfg.state_dir / "checkpoints", fresh_start)
-        except StoreError:
-            self.store.close()
-            raise
+        self.store = open_checked(
+            cfg.state_dir / "quorum.db", cfg.state_dir / "checkpoints", fresh_start
+        )
         if ensure_admin_token(self.store, cfg.state_dir, cfg.admin_token):
             log.info("event=admin_token_created path=%s", cfg.state_dir / TOKEN_FILE)
         self.coordinator = Coordinator(

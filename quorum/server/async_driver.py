@@ -64,7 +64,7 @@ class AsyncDriver:
         self.co = coordinator
         self.store = coordinator.store
         self.run_id = record.id
-        self.config = record.config
+        self.config = record.checked_config
         self.site_config = strategy_for(self.config).site_config()
         self.fold_lock = asyncio.Lock()  # every fit phase folds into the one buffer
         self.wake = asyncio.Event()

@@ -51,6 +51,18 @@ class Checkpoints:
         if self.keep is not None:
             self._prune(run_id, round_no, self.keep)
 
+    def newest_round(self, run_id: str) -> int | None:
+        """The newest round with a model checkpoint on disk, None when there is none."""
+        folder = self.root / run_id
+        if not folder.is_dir():
+            return None
+        rounds = [
+            int(m.group(1))
+            for m in map(_ROUND.match, (p.name for p in folder.iterdir()))
+            if m and m.group(2) == "model"
+        ]
+        return max(rounds, default=None)
+
     def _prune(self, run_id: str, newest: int, keep: int) -> None:
         """Removes the rounds older than the newest `keep`, round 0 apart."""
         for path in (self.root / run_id).iterdir():
@@ -63,12 +75,15 @@ class Checkpoints:
         try:
             model = model_path.read_bytes()
             state = state_path.read_bytes()
-            blobs.read_layout(model)
-            return model, {k: v.copy() for k, v in blobs.decode(state).items()}
         except OSError as exc:
             raise StoreError(f"checkpoint of {run_id} round {round_no} is missing: {exc}") from None
+        path = model_path
+        try:
+            blobs.read_layout(model)
+            path = state_path
+            return model, {k: v.copy() for k, v in blobs.decode(state).items()}
         except BlobError as exc:
-            raise StoreError(f"checkpoint of {run_id} round {round_no} is corrupt: {exc}") from None
+            raise StoreError(f"checkpoint {path} is corrupt: {exc}") from None
 
     def model_path(self, run_id: str, round_no: int) -> pathlib.Path:
         return self._paths(run_id, round_no)[0]

@@ -108,9 +108,10 @@ class Coordinator:
 
     def _driver(self, record: RunRecord) -> Driver:
         """The round loop of the run's mode."""
-        if record.config.mode == "async":
+        mode = record.checked_config.mode
+        if mode == "async":
             return AsyncDriver(self, record)
-        if record.config.mode == "gossip":
+        if mode == "gossip":
             return GossipDriver(self, record)
         return SyncDriver(self, record)
 

@@ -52,7 +52,7 @@ class GossipDriver:
         self.co = coordinator
         self.store = coordinator.store
         self.run_id = record.id
-        self.config = record.config
+        self.config = record.checked_config
 
     async def run(self) -> None:
         cfg = self.config

@@ -2,10 +2,12 @@
 says what to do, and a store that lost what the checkpoints show it held is never replaced by
 a fresh one in silence.
 
-SQLite reads past a damaged or missing write-ahead log as if it held nothing, and a missing
-`quorum.db` is created empty: either way the server would start with no sites and no runs and
-submit the config's `[[runs]]` again from round 1. The checkpoints folder is the witness: every
-run with checkpoints must be known to the store.
+SQLite reads past a damaged or missing write-ahead log as if it held nothing (or, when the log
+is cut short, as if it ended at the cut), and a missing `quorum.db` is created empty: the server
+would start with fewer sites, runs and rounds than it had and run them again. The checkpoints
+folder is the witness: every run with checkpoints must be known to the store, and a run's newest
+checkpoint may be at most one round past the store's last completed round (a server killed
+between writing a round's checkpoint and recording its completion runs that round again).
 """
 
 from __future__ import annotations
@@ -15,44 +17,106 @@ import pathlib
 import time
 
 from quorum.errors import StoreError
+from quorum.server.checkpoints import Checkpoints
 from quorum.server.store import Store
 from quorum.wire import blobs
 
 log = logging.getLogger("quorum.server")
 
+DAMAGED_HINT = (
+    "restore quorum.db from a backup (`quorum state backup` makes one), or start afresh with "
+    "`quorum server start --init` (the damaged store is moved aside)"
+)
 INIT_HINT = (
     "restore quorum.db (with quorum.db-wal, if there is one) from a backup, or start afresh "
     "with `quorum server start --init` (the old checkpoints are moved aside)"
 )
 
 
-def check_state(store: Store, checkpoints: pathlib.Path, fresh_start: bool) -> None:
-    """Raises StoreError when the store is damaged, or (unless `fresh_start`) when it does not
-    know runs whose checkpoints are on disk; a fresh start moves those checkpoints aside."""
-    problem = store.quick_check()
+def open_checked(path: pathlib.Path, checkpoints: pathlib.Path, fresh_start: bool) -> Store:
+    """Opens the store at `path` and checks it against the checkpoints. Raises StoreError when
+    the store is damaged, or when it lost runs or completed rounds that the checkpoints show it
+    held; a fresh start (`--init`) moves a damaged store and those runs' checkpoints aside and
+    fails the runs the store still knows."""
+    problem = _damage(path)
     if problem is not None:
-        raise StoreError(
-            f"the state store {store.path} is damaged ({problem}): restore it from a backup"
-        )
+        if not fresh_start:
+            raise StoreError(f"the state store {path} is damaged ({problem}): {DAMAGED_HINT}")
+        _set_aside(path)
+    store = Store(path)
+    try:
+        _check_runs(store, checkpoints, fresh_start)
+    except StoreError:
+        store.close()
+        raise
+    return store
+
+
+def _damage(path: pathlib.Path) -> str | None:
+    """What is wrong with the store at `path` (it cannot be opened, or SQLite's quick_check
+    finds damage), None when it is sound."""
+    try:
+        store = Store(path)
+    except StoreError as exc:
+        return str(exc)
+    try:
+        return store.quick_check()
+    finally:
+        store.close()
+
+
+def _set_aside(path: pathlib.Path) -> None:
+    """Moves a damaged store (and its log) aside for a fresh start."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.rename(part.with_name(f"{part.name}.damaged-{stamp}"))
+    log.warning("event=fresh_start damaged_store_set_aside=%s.damaged-%s", path, stamp)
+
+
+def _check_runs(store: Store, checkpoints: pathlib.Path, fresh_start: bool) -> None:
     lost = lost_runs(store, checkpoints)
-    if not lost:
+    behind = runs_behind(store, Checkpoints(checkpoints))
+    if not lost and not behind:
         return
     if not fresh_start:
+        first = f"first: {lost[0]}" if lost else behind[0][1]
         raise StoreError(
-            f"the state store {store.path} does not know {len(lost)} run(s) whose checkpoints "
-            f"are in {checkpoints} (first: {lost[0]}): it lost its data; {INIT_HINT}"
+            f"the state store {store.path} lost {len(lost)} run(s) and the completed rounds of "
+            f"{len(behind)} run(s) whose checkpoints are in {checkpoints} ({first}): {INIT_HINT}"
         )
     aside = checkpoints.with_name(f"checkpoints.before-init-{time.strftime('%Y%m%dT%H%M%S')}")
     aside.mkdir()
-    for name in lost:
+    for name in [*lost, *(run_id for run_id, _ in behind)]:
         (checkpoints / name).rename(aside / name)
-    log.warning("event=fresh_start runs_set_aside=%d folder=%s", len(lost), aside)
+    for run_id, what in behind:
+        store.set_run_status(run_id, "failed", f"{what}; its checkpoints are in {aside}")
+    log.warning("event=fresh_start runs_set_aside=%d folder=%s", len(lost) + len(behind), aside)
 
 
 def lost_runs(store: Store, checkpoints: pathlib.Path) -> list[str]:
     """Runs whose checkpoints are on disk and whom the store does not know."""
     known = store.run_ids()
     return sorted(p.name for p in _run_folders(checkpoints) if p.name not in known)
+
+
+def runs_behind(store: Store, checkpoints: Checkpoints) -> list[tuple[str, str]]:
+    """(run id, what is wrong) for each run the store knows whose checkpoints go more than one
+    round past the last round the store records as completed."""
+    behind = []
+    for run_id in sorted(store.run_ids()):
+        newest = checkpoints.newest_round(run_id)
+        done = store.last_completed_round(run_id)
+        if newest is not None and newest > done + 1:
+            behind.append(
+                (
+                    run_id,
+                    f"run {run_id} has checkpoints up to round {newest} but the store "
+                    f"records {done} completed round(s)",
+                )
+            )
+    return behind
 
 
 def damaged_checkpoints(store: Store, checkpoints: pathlib.Path) -> tuple[int, list[str]]:

@@ -206,10 +206,7 @@ class Store:
             if "staleness" not in columns:  # a state store from before async runs
                 self._db.execute("ALTER TABLE participations ADD COLUMN staleness INTEGER")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"cannot open state store {path}: {exc}; restore it from a backup "
-                "(`quorum state backup` makes one)"
-            ) from None
+            raise StoreError(f"cannot open state store {path}: {exc}") from None
         self._lock = threading.RLock()
         self._event_listeners: list[Callable[[], None]] = []
         self._reader: sqlite3.Connection | None = None  # Store.totals()' own connection

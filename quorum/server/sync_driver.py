@@ -62,7 +62,7 @@ class SyncDriver:
         self.co = coordinator
         self.store = coordinator.store
         self.run_id = record.id
-        self.config = record.config
+        self.config = record.checked_config
         self.strategy = strategy_for(self.config)
         self.central = CentralDP(self.config.central_dp) if self.config.central_dp.enabled else None
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from quorum.config import RunConfig
-from quorum.errors import ConflictError, NotFoundError
+from quorum.errors import ConflictError, NotFoundError, StoreError
 from quorum.server.store import SCHEMA, Store
 
 KEY_A = bytes(range(32))
@@ -531,3 +531,42 @@ def test_a_store_from_before_async_runs_gains_the_staleness_column(tmp_path: pat
         assert store.round_detail(run, 1)["participants"][0]["staleness"] == 0
     finally:
         store.close()
+
+
+def test_damage_found_while_serving_is_a_store_error_that_names_the_way_out(
+    db_path: pathlib.Path,
+) -> None:
+    """Damage that SQLite meets after the start-up check (a disk fault under a running server)
+    is a StoreError naming the store and `quorum state check`, which the admin API answers
+    with 503 and a run fails with, instead of a bare sqlite3.DatabaseError (HTTP 500)."""
+    first = Store(db_path)
+    first.add_sites([(f"site-{i}", bytes([i % 256, i // 256]) * 16) for i in range(2000)])
+    first.close()  # the log is folded into the main file
+    data = bytearray(db_path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    for start in range(2 * page, len(data), page):
+        data[start + 8 : start + page] = b"\xa5" * (page - 8)
+    db_path.write_bytes(bytes(data))
+    store = Store(db_path)
+    try:
+        with pytest.raises(StoreError, match=r"quorum\.db failed .*quorum state check"):
+            store.sites()
+    finally:
+        store.close()
+
+
+def test_a_stored_run_that_no_longer_validates_reads_back_with_its_problem(
+    store: Store, db_path: pathlib.Path
+) -> None:
+    run = store.create_run(RunConfig(name="r", task="tests.vector_task:task"))
+    good = store.create_run(RunConfig(name="s", task="tests.vector_task:task"))
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "UPDATE runs SET config_json = json_set(config_json, '$.rounds', 'many') WHERE id = ?",
+            (run.id,),
+        )
+    damaged, fine = store.runs()
+    assert damaged.config is None and fine.config is not None and fine.id == good.id
+    assert damaged.config_problem is not None and damaged.config_problem.startswith("rounds:")
+    with pytest.raises(StoreError, match=rf"run {run.id}: its stored configuration"):
+        _ = damaged.checked_config
