@@ -166,7 +166,6 @@ def state_check(
             for run in lost_runs(store, state_dir / "checkpoints")
         ]
         problems += [what for _, what in runs_behind(store, Checkpoints(state_dir / "checkpoints"))]
-        problems += [what for _, what in runs_behind(store, Checkpoints(state_dir / "checkpoints"))]
         verified, damaged = damaged_checkpoints(store, state_dir / "checkpoints")
         problems += damaged
     finally:
