@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 from httpx_sse import EventSource
-from rich.markup import escape
 
 from quorum.admin.client import AdminClient
 from quorum.errors import QuorumError
@@ -74,4 +73,4 @@ def print_event(event: dict[str, Any]) -> None:
         for k, v in event.items()
         if k not in ("id", "at", "kind", "run_id") and v is not None
     )
-    stdout.print(f"{when(event['at'])}  {event['kind']:<16} {escape(details)}", highlight=False)
+    stdout.print(f"{when(event['at'])}  {event['kind']:<16} {details}")

@@ -15,7 +15,8 @@ import typer
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-stdout = Console(soft_wrap=False)
+# What the commands print is data (names, errors that quote "[server]"), never rich markup.
+stdout = Console(markup=False, highlight=False)
 
 
 class Output(enum.StrEnum):

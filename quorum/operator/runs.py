@@ -209,6 +209,7 @@ def pull(
     Example: quorum runs pull run-0123456789ab -o model.safetensors
     """
     partial = out.with_name(f".{out.name}.partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with api.stream(f"/api/v1/runs/{run_id}/model") as response, partial.open("wb") as fh:
             for chunk in response.iter_bytes():
