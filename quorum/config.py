@@ -278,6 +278,15 @@ class ServerConfig(_Model):
         description="newest rounds whose checkpoints each run keeps (and its initial model); "
         "older ones are removed, so the state directory does not grow with rounds",
     )
+    backup_every_s: float = Field(
+        3600.0,
+        ge=0,
+        description="seconds between online backups of the state store (0: none)",
+    )
+    backup_dir: pathlib.Path | None = Field(
+        None, description="where backups go (default: STATE_DIR/backups)"
+    )
+    keep_backups: int = Field(24, ge=1, description="newest backups kept; older ones removed")
 
     @model_validator(mode="after")
     def _read_admin_token_file(self) -> ServerConfig:

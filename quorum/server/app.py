@@ -17,6 +17,7 @@ from quorum.admin.events import EventFeed
 from quorum.config import ServerFile
 from quorum.errors import ConfigError
 from quorum.proto import federation_pb2_grpc as pb_grpc
+from quorum.server.backups import back_up_forever
 from quorum.server.baselines import BaselineJobs
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
@@ -117,6 +118,13 @@ class Server:
             asyncio.create_task(self._admin.serve()),
             asyncio.create_task(self.coordinator.run_forever()),
         ]
+        if cfg.backup_every_s > 0:
+            folder = cfg.backup_dir or cfg.state_dir / "backups"
+            self._tasks.append(
+                asyncio.create_task(
+                    back_up_forever(self.store, folder, cfg.backup_every_s, cfg.keep_backups)
+                )
+            )
         while not self._admin.started and not self._tasks[0].done():
             await asyncio.sleep(0.02)
         if self._admin.started:

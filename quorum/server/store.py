@@ -254,7 +254,7 @@ class Store:
         partial.unlink(missing_ok=True)
         target = sqlite3.connect(partial)
         try:
-            with self._lock:
+            with self._lock, _damage_reported(self.path):
                 self._db.backup(target)
         finally:
             target.close()
