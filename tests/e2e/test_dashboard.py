@@ -94,6 +94,13 @@ def test_dashboard_follows_and_stops_a_run(deployment: Deployment, feed: str) ->
 
         first.unlink()  # round 3 completes; round 4 waits on `second`
         page.until(lambda: page.chart("accuracy")[0] == [1, 2, 3], "round 3 on the chart")
+        page.until(
+            lambda: any(
+                "round_completed" in li.text and "round=3 " in li.text
+                for li in driver.find_elements(By.CSS_SELECTOR, "#events li")
+            ),
+            "round 3's event in the list",
+        )
         assert d.run_record()["rounds_completed"] == 3  # type: ignore[index]
         page.until(lambda: _cells(page, 3).get("a") == "accepted", "round 3's participation")
         assert _cells(page, 3) == {"a": "accepted", "b": "accepted", "mallory": "absent"}

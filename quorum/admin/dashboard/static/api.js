@@ -61,6 +61,24 @@ const sleep = (ms, signal) =>
     signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
   });
 
+/**
+ * The id of the newest event (0 when there is none), in a few small requests however long the
+ * log: the smallest `after` that lists nothing, found by doubling then halving.
+ */
+export async function lastEventId() {
+  const any = async (after) => (await api(`/api/v1/events?after=${after}&limit=1`)).length > 0;
+  if (!(await any(0))) return 0;
+  let lo = 0;
+  let hi = 1;
+  while (await any(hi)) [lo, hi] = [hi, hi * 2];
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (await any(mid)) lo = mid;
+    else hi = mid;
+  }
+  return hi;
+}
+
 /** The events stored after `after`, read to the end in pages; returns the last id seen. */
 export async function catchUp(after, onEvent) {
   const limit = 5000;

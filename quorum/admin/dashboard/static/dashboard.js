@@ -1,5 +1,5 @@
 // The dashboard: sign-in, runs, sites, the selected run's charts and tables, live updates.
-import { ApiError, all, api, catchUp, follow, token } from "./api.js";
+import { ApiError, all, api, catchUp, follow, lastEventId, token } from "./api.js";
 import { LineChart, PALETTE, participationGrid } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -113,7 +113,7 @@ async function loadRuns() {
     const running = runs.find((r) => r.status === "running");
     select((running ?? runs[runs.length - 1]).id);
   }
-  fill("runs", runs.map(runRow), "runs-empty");
+  fill("runs", runs.map(runRow).reverse(), "runs-empty"); // newest first
 }
 
 function runRow(run) {
@@ -410,7 +410,9 @@ async function signIn(value) {
   state.feed = feed;
   refresh("runs", "sites", "run");
   try {
-    const last = await catchUp(0, showEvent);
+    // The latest events for the list, then every new one as it comes.
+    const newest = await lastEventId();
+    const last = await catchUp(Math.max(0, newest - EVENTS_SHOWN), showEvent);
     follow(last, {
       onEvent,
       onState: liveState,
