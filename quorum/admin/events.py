@@ -14,9 +14,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
+from quorum.admin.auth import hash_token
 from quorum.server.store import Store
 
 KEEPALIVE_S = 15.0
@@ -51,12 +52,18 @@ class EventFeed:
         self.closed = True
         self._wake()
 
-    async def stream(self, after: int, run_id: str | None) -> AsyncIterator[str]:
+    async def stream(
+        self, after: int, run_id: str | None, token_hash: str | None = None
+    ) -> AsyncIterator[str]:
+        """`token_hash`: the stream ends once that token is revoked (every event wakes it,
+        and revoking one is an event)."""
         self._loop = asyncio.get_running_loop()
         self.open_streams += 1
         try:
             last = after
-            while not self.closed:
+            while not self.closed and (
+                token_hash is None or self.store.token_role(token_hash) is not None
+            ):
                 changed = self._changed  # taken before reading: no event slips in between
                 batch = self.store.events(last, BATCH, run_id)
                 for event in batch:
@@ -87,6 +94,7 @@ def events_router(feed: EventFeed, viewer: Any) -> APIRouter:
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def stream(
+        request: Request,
         run_id: str | None = None,
         after: Annotated[int, Query(ge=0)] = 0,
         last_event_id: Annotated[str | None, Header()] = None,
@@ -98,7 +106,10 @@ def events_router(feed: EventFeed, viewer: Any) -> APIRouter:
         if last_event_id is not None and last_event_id.strip().isdigit():
             start = int(last_event_id)
         return StreamingResponse(
-            feed.stream(start, run_id),
+            # `viewer` checked the header: "Bearer TOKEN", read as HTTPBearer reads it
+            feed.stream(
+                start, run_id, hash_token(request.headers["authorization"].partition(" ")[2])
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

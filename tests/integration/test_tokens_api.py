@@ -9,6 +9,7 @@ import pathlib
 import httpx
 
 from tests.integration.harness import TOKEN, federation
+from tests.sse import aframes
 
 
 def test_tokens_are_created_listed_and_revoked_by_an_admin(tmp_path: pathlib.Path) -> None:
@@ -69,5 +70,28 @@ def test_tokens_are_created_listed_and_revoked_by_an_admin(tmp_path: pathlib.Pat
                 events = (await http.get("/api/v1/events", headers=other)).json()
                 kinds = [e["kind"] for e in events]
                 assert kinds.count("token_created") == 2 and kinds.count("token_revoked") == 2
+
+    asyncio.run(scenario())
+
+
+def test_an_open_event_stream_ends_when_its_token_is_revoked(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            admin = {"Authorization": f"Bearer {TOKEN}"}
+            async with httpx.AsyncClient(base_url=fed.admin_url, timeout=10.0) as http:
+                made = await http.post(
+                    "/api/v1/tokens", json={"name": "watcher", "role": "viewer"}, headers=admin
+                )
+                viewer = {"Authorization": f"Bearer {made.json()['token']}"}
+                async with http.stream("GET", "/api/v1/events/stream", headers=viewer) as stream:
+                    frames = aframes(stream)
+                    created = await anext(frames)  # the stream is open and serving
+                    assert created["event"] == "token_created"
+                    revoked = await http.post("/api/v1/tokens/watcher/revoke", headers=admin)
+                    assert revoked.status_code == 200
+                    # the revocation is an event: it wakes the stream, which ends (a read
+                    # timeout here if it went on)
+                    rest = [f async for f in frames]
+                    assert all(f.get("event") != "token_revoked" for f in rest)
 
     asyncio.run(scenario())
