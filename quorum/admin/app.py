@@ -97,8 +97,9 @@ def build_app(
         title="Quorum admin API",
         version=__version__,
         description=(
-            "Inspect and steer federated runs. Every route but the probes (/livez, /readyz) and "
-            "the documentation needs `Authorization: Bearer <token>`."
+            "Inspect and steer federated runs. Every route but the probes (/livez, /readyz), "
+            "the documentation and the dashboard's page (/dashboard) needs "
+            "`Authorization: Bearer <token>`."
         ),
         docs_url=None,
         redoc_url=None,
