@@ -265,7 +265,7 @@ def client_run(
         ),
     ] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu or cuda (default: auto)")
+        str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plaintext gRPC (loopback only).")
