@@ -25,6 +25,7 @@ from quorum.server.coordinator import Coordinator
 from quorum.server.federation import FederationService
 from quorum.server.integrity import open_checked
 from quorum.server.sessions import SessionRegistry
+from quorum.server.undecodable import RefuseUndecodable
 from quorum.wire.channel import GRPC_OPTIONS
 
 log = logging.getLogger("quorum.server")
@@ -68,7 +69,7 @@ class Server:
         for run in config.runs:
             if run.name not in known:
                 self.coordinator.submit(run)
-        self._grpc = grpc.aio.server(options=GRPC_OPTIONS)
+        self._grpc = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[RefuseUndecodable()])
         pb_grpc.add_FederationServicer_to_server(
             FederationService(self.coordinator, cfg),
             self._grpc,

@@ -125,8 +125,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                             )
                         )
                     )
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
-            pass
+        except (grpc.aio.AioRpcError, grpc.aio.AbortError, asyncio.CancelledError):
+            pass  # the peer went away, or sent what the call was refused for
         finally:
             session.close()
 
