@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chromium.remote_connection import ChromiumRemoteConnection
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -91,7 +92,10 @@ class Dashboard:
 
     def until(self, condition: Callable[[], Any], what: str) -> Any:
         try:
-            return WebDriverWait(self.driver, self.timeout, 0.1).until(lambda _: condition())
+            wait = WebDriverWait(
+                self.driver, self.timeout, 0.1, ignored_exceptions=[StaleElementReferenceException]
+            )
+            return wait.until(lambda _: condition())
         except Exception as exc:
             # chromedriver keeps the console (goog:loggingPrefs) behind WebDriver's legacy route
             entries = self.driver.execute("getLog", {"type": "browser"})["value"]
@@ -125,9 +129,41 @@ class Dashboard:
         self.by_id("sign-out").click()
         self.until(lambda: self.by_id("token").is_displayed(), "the sign-in form")
 
+    # The page redraws its tables, lists and grid whole: each read below is one script, so that
+    # it never holds an element the page has just replaced.
+
+    def texts(self, selector: str) -> list[str]:
+        """The text of every element `selector` matches."""
+        texts: list[str] = self.driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent)",
+            selector,
+        )
+        return texts
+
+    def rows(self, table_id: str) -> list[list[str]]:
+        """The text of each cell of each row of a table's body."""
+        rows: list[list[str]] = self.driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])]"
+            ".map(r => [...r.cells].map(c => c.textContent))",
+            f"#{table_id} tbody tr",
+        )
+        return rows
+
+    def participation(self, round_no: int) -> dict[str, str]:
+        """Each site's status in round `round_no` of the participation grid."""
+        cells: dict[str, str] = self.driver.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('#participation rect')]"
+            ".filter(r => r.dataset.round === arguments[0])"
+            ".map(r => [r.dataset.site, r.dataset.status]))",
+            str(round_no),
+        )
+        return cells
+
     def run_ids(self) -> list[str]:
-        rows = self.driver.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
-        return [r.get_attribute("data-run-id") for r in rows]
+        ids: list[str] = self.driver.execute_script(
+            "return [...document.querySelectorAll('#runs tbody tr')].map(r => r.dataset.runId)"
+        )
+        return ids
 
     def select_run(self, run_id: str) -> None:
         self.until(lambda: run_id in self.run_ids(), f"run {run_id} in the list")

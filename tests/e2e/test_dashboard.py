@@ -9,7 +9,6 @@ import pathlib
 
 import numpy as np
 import pytest
-from selenium.webdriver.common.by import By
 
 from quorum.wire import blobs
 from tests.e2e.browser import Dashboard, chromium
@@ -21,18 +20,6 @@ from tests.e2e.test_secagg_sim import _vector_sim
 
 def _url(d: Deployment) -> str:
     return f"http://127.0.0.1:{d.admin_port}"
-
-
-def _rows(page: Dashboard, table: str) -> list[list[str]]:
-    rows = page.driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")
-    return [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]
-
-
-def _cells(page: Dashboard, round_no: int) -> dict[str, str]:
-    cells = page.driver.find_elements(
-        By.CSS_SELECTOR, f'#participation rect[data-round="{round_no}"]'
-    )
-    return {c.get_attribute("data-site"): c.get_attribute("data-status") for c in cells}
 
 
 # A server without the stream route, as the page sees it: its fetch of the stream answers 404.
@@ -85,8 +72,8 @@ def test_dashboard_follows_and_stops_a_run(deployment: Deployment, feed: str) ->
         page.until(lambda: page.chart("accuracy")[0] == [1, 2], "rounds 1 and 2 on the chart")
         assert page.chart("accuracy")[1] == ["federated"]
         assert page.run_status() == "running"
-        assert _cells(page, 1) == {"a": "accepted", "b": "accepted", "mallory": "rejected"}
-        [refused] = _rows(page, "refused")
+        assert page.participation(1) == {"a": "accepted", "b": "accepted", "mallory": "rejected"}
+        [refused] = page.rows("refused")
         assert refused[:3] == ["1", "mallory", "non_finite"]
         stop = page.by_id("stop")
         assert stop.is_displayed() and not stop.is_enabled()  # a viewer cannot press it
@@ -96,14 +83,13 @@ def test_dashboard_follows_and_stops_a_run(deployment: Deployment, feed: str) ->
         page.until(lambda: page.chart("accuracy")[0] == [1, 2, 3], "round 3 on the chart")
         page.until(
             lambda: any(
-                "round_completed" in li.text and "round=3 " in li.text
-                for li in driver.find_elements(By.CSS_SELECTOR, "#events li")
+                "round_completed" in e and "round=3 " in e for e in page.texts("#events li")
             ),
             "round 3's event in the list",
         )
         assert d.run_record()["rounds_completed"] == 3  # type: ignore[index]
-        page.until(lambda: _cells(page, 3).get("a") == "accepted", "round 3's participation")
-        assert _cells(page, 3) == {"a": "accepted", "b": "accepted", "mallory": "absent"}
+        page.until(lambda: page.participation(3).get("a") == "accepted", "round 3's participation")
+        assert page.participation(3) == {"a": "accepted", "b": "accepted", "mallory": "absent"}
 
         page.sign_out()
         assert page.sign_in(operator) == "operator"
@@ -145,10 +131,9 @@ def test_dashboard_shows_secagg_dropouts_and_central_epsilon(tmp_path: pathlib.P
             page.sign_in(TOKEN)
             page.select_run(run["id"])
             page.until(lambda: page.by_id("panel-secagg").is_displayed(), "the SecAgg panel")
-            head = page.driver.find_elements(By.CSS_SELECTOR, "#secagg thead th")
-            stages = [th.text for th in head]
+            stages = page.texts("#secagg thead th")
             assert stages[0] == "round" and "masked-input" in stages
-            [row] = _rows(page, "secagg")  # only round 2 lost a site
+            [row] = page.rows("secagg")  # only round 2 lost a site
             assert row[0] == "2" and row[stages.index("masked-input")] == "1 of 4"
             assert page.by_id("panel-privacy").is_displayed()
             assert page.chart("privacy") == ([1, 2, 3], ["central ε (distributed)"])
