@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pathlib
 import signal
 from typing import Annotated, get_args
@@ -106,6 +107,12 @@ def site_add(
     state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")],
     name: Annotated[str, typer.Option("--name")],
     public_key: Annotated[pathlib.Path, typer.Option("--public-key")],
+    init: Annotated[
+        bool,
+        typer.Option(
+            "--init", help="Create the state store if the directory holds none (before a server)"
+        ),
+    ] = False,
 ) -> None:
     """Register a site's public key in the server's state store.
 
@@ -114,7 +121,14 @@ def site_add(
     from quorum.identity import load_public
     from quorum.server.store import Store
 
-    store = Store(state_dir / "quorum.db")
+    db = state_dir / "quorum.db"
+    if not init and not db.exists():
+        # A mistyped directory would otherwise get a new, empty store that no server reads.
+        raise QuorumError(
+            f"{state_dir} holds no state store (quorum.db): give the server's state_dir, or "
+            "pass --init to create one there"
+        )
+    store = Store(db)
     try:
         store.add_site(name, load_public(public_key))
     finally:
@@ -277,6 +291,14 @@ def client_run(
     cache_dir: Annotated[
         pathlib.Path | None, typer.Option("--cache-dir", help="Keep downloaded models here")
     ] = None,
+    give_up_after: Annotated[
+        float | None,
+        typer.Option(
+            "--give-up-after",
+            help="Exit with an error after this many seconds without a session (for scripts; "
+            "default: keep trying)",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="(default: 0)")] = None,
     dp_epsilon: Annotated[
         float | None,
@@ -364,6 +386,7 @@ def client_run(
             "client.insecure": insecure or None,
             "client.root_cert": root_cert,
             "client.cache_dir": cache_dir,
+            "client.give_up_after_s": give_up_after,
             "client.seed": seed,
             "client.log_format": log_format,
             "dp.epsilon": dp_epsilon,
@@ -404,6 +427,7 @@ def client_run(
             if client.cache_dir
             else client.site_key.with_suffix(".gossip")
         ),
+        give_up_after_s=client.give_up_after_s,
     )
 
     async def main() -> None:
@@ -508,6 +532,9 @@ def sim_host(
 
 
 def main() -> None:
+    # gRPC's C core prints each failed TLS handshake as OpenSSL text; the agent says it once,
+    # with the flag to change (quorum.client.reachability).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         app(standalone_mode=False, prog_name="quorum")
     except QuorumError as exc:

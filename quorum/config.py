@@ -343,6 +343,9 @@ class ClientConfig(_Model):
         None, description="CA bundle for the server's TLS certificate (default: the system's)"
     )
     cache_dir: pathlib.Path | None = Field(None, description="keep downloaded models here")
+    give_up_after_s: float | None = Field(
+        None, gt=0, description="exit after this long without a session (default: keep trying)"
+    )
     seed: int = 0
     log_format: Literal["text", "json"] = "text"
 

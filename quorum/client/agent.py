@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quorum import __version__
 from quorum.client import gossip, secure_fit
 from quorum.client.gossip_models import GossipModels
+from quorum.client.reachability import describe
 from quorum.client.slots import Slots
 from quorum.client.transfer import BlobCache, download, upload
-from quorum.errors import AuthError, BudgetExhausted
+from quorum.errors import AuthError, BudgetExhausted, QuorumError
 from quorum.identity import public_bytes, sign_join
 from quorum.logs import SiteLog
 from quorum.proto import federation_pb2 as pb
@@ -70,6 +71,7 @@ class SiteAgent:
         channel: grpc.aio.Channel | None = None,
         slots: Slots | None = None,
         name: str | None = None,
+        give_up_after_s: float | None = None,
     ) -> None:
         """`gossip_models` keeps this site's own model of each gossip run (in memory when
         not given: a restarted agent then starts such a run again from its initial model).
@@ -88,22 +90,38 @@ class SiteAgent:
         self.shared_channel = channel
         self.slots = slots or Slots()
         self.log: logging.Logger | SiteLog = SiteLog(log, {"site": name}) if name else log
+        self.give_up_after_s = give_up_after_s
+        self._joined = False  # whether the current session got as far as the server's welcome
         self._rng = random.Random()
         # Server messages for the secure-aggregation task in progress, by task id.
         self._inboxes: dict[str, asyncio.Queue[pb.ServerMessage]] = {}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serves until `stop` is set; reconnects after every disconnect."""
+        """Serves until `stop` is set; reconnects after every disconnect. With
+        `give_up_after_s`, raises QuorumError once that long has passed without a session."""
         stop = stop or asyncio.Event()
         failures = 0
+        last_session = time.monotonic()
         while not stop.is_set():
             started = time.monotonic()
+            self._joined = False
             try:
                 await self._session(stop)
             except (grpc.aio.AioRpcError, ConnectionError, OSError, StopAsyncIteration) as exc:
-                self.log.warning(
-                    "event=disconnected server=%s error=%s", self.server, _describe(exc)
-                )
+                problem = describe(exc, tls=self.credentials is not None)
+                self.log.warning("event=disconnected server=%s error=%s", self.server, problem)
+                if self._joined:
+                    last_session = time.monotonic()
+                elif (
+                    self.give_up_after_s is not None
+                    and time.monotonic() - last_session > self.give_up_after_s
+                ):
+                    raise QuorumError(
+                        f"no session with {self.server} for {self.give_up_after_s:g} s, giving "
+                        f"up; last error: {problem}"
+                    ) from None
+            else:
+                last_session = time.monotonic()
             if time.monotonic() - started > 30:
                 failures = 0
             delay = self.backoff.delay(failures, self._rng)
@@ -165,6 +183,7 @@ class SiteAgent:
                     raise AuthError(f"the server refused this site: {exc.details()}") from None
                 raise
             info = welcome.welcome
+            self._joined = True
             self.log.info("event=joined site=%s server=%s", info.site_name, self.server)
             tasks: asyncio.Queue[pb.TaskOffer] = asyncio.Queue()
             workers = [
@@ -434,9 +453,3 @@ def _reply(
             )
         )
     )
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc) or type(exc).__name__

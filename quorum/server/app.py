@@ -21,6 +21,7 @@ from quorum.server.backups import back_up_forever
 from quorum.server.baselines import BaselineJobs
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
+from quorum.server.claims import NO_PORT_SHARING, StateLock, bind
 from quorum.server.coordinator import Coordinator
 from quorum.server.federation import FederationService
 from quorum.server.integrity import open_checked
@@ -53,9 +54,14 @@ class Server:
         self.config = config
         self.insecure = insecure
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = open_checked(
-            cfg.state_dir / "quorum.db", cfg.state_dir / "checkpoints", fresh_start
-        )
+        self._state_lock = StateLock(cfg.state_dir)
+        try:
+            self.store = open_checked(
+                cfg.state_dir / "quorum.db", cfg.state_dir / "checkpoints", fresh_start
+            )
+        except BaseException:
+            self._state_lock.release()
+            raise
         if ensure_admin_token(self.store, cfg.state_dir, cfg.admin_token):
             log.info("event=admin_token_created path=%s", cfg.state_dir / TOKEN_FILE)
         self.coordinator = Coordinator(
@@ -69,7 +75,9 @@ class Server:
         for run in config.runs:
             if run.name not in known:
                 self.coordinator.submit(run)
-        self._grpc = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[RefuseUndecodable()])
+        self._grpc = grpc.aio.server(
+            options=[*GRPC_OPTIONS, NO_PORT_SHARING], interceptors=[RefuseUndecodable()]
+        )
         pb_grpc.add_FederationServicer_to_server(
             FederationService(self.coordinator, cfg),
             self._grpc,
@@ -83,17 +91,31 @@ class Server:
         cfg = self.config.server
         fed_host, fed_port = split_address(cfg.federation_address)
         admin_host, admin_port = split_address(cfg.admin_address)
+        admin_socket = bind(admin_host, admin_port, "the admin API")
+        try:
+            bind(fed_host, fed_port, "the federation service").close()
+        except ConfigError:
+            admin_socket.close()
+            raise
         certfile = keyfile = None
-        if self.insecure:
-            self._grpc.add_insecure_port(f"{fed_host}:{fed_port}")
-            log.warning("event=insecure_mode detail=plaintext gRPC and HTTP; use on loopback only")
-        else:
-            assert cfg.tls_cert is not None and cfg.tls_key is not None
-            credentials = grpc.ssl_server_credentials(
-                [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())]
-            )
-            self._grpc.add_secure_port(f"{fed_host}:{fed_port}", credentials)
-            certfile, keyfile = str(cfg.tls_cert), str(cfg.tls_key)
+        try:
+            if self.insecure:
+                bound = self._grpc.add_insecure_port(f"{fed_host}:{fed_port}")
+                log.warning(
+                    "event=insecure_mode detail=plaintext gRPC and HTTP; use on loopback only"
+                )
+            else:
+                assert cfg.tls_cert is not None and cfg.tls_key is not None
+                credentials = grpc.ssl_server_credentials(
+                    [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())]
+                )
+                bound = self._grpc.add_secure_port(f"{fed_host}:{fed_port}", credentials)
+                certfile, keyfile = str(cfg.tls_cert), str(cfg.tls_key)
+        except RuntimeError:  # taken between the check and here
+            bound = 0
+        if not bound:
+            admin_socket.close()
+            raise ConfigError(f"cannot listen on {cfg.federation_address}: address in use")
         await self._grpc.start()
         self._grpc_serving = True
         self._admin = _AdminServer(
@@ -116,7 +138,7 @@ class Server:
             ),
         )
         self._tasks = [
-            asyncio.create_task(self._admin.serve()),
+            asyncio.create_task(self._admin.serve(sockets=[admin_socket])),
             asyncio.create_task(self.coordinator.run_forever()),
         ]
         if cfg.backup_every_s > 0:
@@ -157,8 +179,14 @@ class Server:
             session.close()
         await self._grpc.stop(grace=1.0)
         await self.baselines.shutdown()
-        self.store.close()
+        self.close()
         log.info("event=server_stopped")
+
+    def close(self) -> None:
+        """Closes what construction opened, the store and the state directory's lock (all
+        there is to close of a server that was never started)."""
+        self.store.close()
+        self._state_lock.release()
 
 
 class _AdminServer(uvicorn.Server):

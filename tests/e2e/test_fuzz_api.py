@@ -65,7 +65,7 @@ def test_no_request_gets_a_server_error(state_dir: pathlib.Path) -> None:
 
             fuzz()
     finally:
-        server.store.close()
+        server.close()
     assert failures == []
     assert sent >= 100  # the fuzz reached the routes
 
@@ -81,4 +81,4 @@ def test_a_server_restarted_on_the_fuzzed_state_answers_every_listing(
             for run in client.get("/api/v1/runs", headers=AUTH).json():
                 assert client.get(f"/api/v1/runs/{run['id']}", headers=AUTH).status_code == 200
     finally:
-        server.store.close()
+        server.close()
