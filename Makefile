@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CORE_STAMP := $(VENV)/.installed-core
 
 .PHONY: demo test lint typecheck proto bench bench-secagg bench-dp bench-async clean
 
@@ -13,7 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 	DS_BUILD_OPS=0 $(BIN)/pip install --quiet -c constraints.txt -e '.[dev,flower,llm,ray,tensorboard,bench]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs the package alone: no development, Flower or large-model extras.
+$(CORE_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $(CORE_STAMP)
+
+demo: $(CORE_STAMP)
 	$(BIN)/quorum sim --config examples/heart_disease/sim.toml --report demo-output/report.json
 
 lint: $(STAMP)
