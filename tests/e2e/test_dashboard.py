@@ -12,7 +12,7 @@ import pytest
 
 from quorum.wire import blobs
 from tests.e2e.browser import Dashboard, chromium
-from tests.e2e.cli import TOKEN, Deployment, quorum, run_settings
+from tests.e2e.cli import TOKEN, Deployment, heart_disease_sim, quorum, run_settings
 from tests.e2e.test_async_runs import _async
 from tests.e2e.test_gossip_runs import gossip_settings
 from tests.e2e.test_secagg_sim import _vector_sim
@@ -138,6 +138,38 @@ def test_dashboard_shows_secagg_dropouts_and_central_epsilon(tmp_path: pathlib.P
             assert page.by_id("panel-privacy").is_displayed()
             assert page.chart("privacy") == ([1, 2, 3], ["central ε (distributed)"])
             assert not page.by_id("panel-staleness").is_displayed()
+    finally:
+        d.stop()
+
+
+@pytest.mark.slow
+def test_dashboard_draws_the_baseline_and_each_sites_budget(tmp_path: pathlib.Path) -> None:
+    """The heart-disease simulation, its hospitals under DP-SGD with ε = 3 each, with its pooled
+    baseline job; then a server on its state: the baseline is drawn with the federated accuracy
+    and loss, each site's ε with the budget."""
+    out = tmp_path / "out"
+    settings = ("run.rounds=3", "sim.baseline.epochs=2", "site.dp.epsilon=3")
+    heart_disease_sim(out, *[x for s in settings for x in ("--set", s)], baselines=True)
+    d = Deployment(out / "work", None)
+    try:
+        d.start_server()
+        run = d.run_record()
+        assert run
+        [job] = d.get(f"/api/v1/runs/{run['id']}")["baselines"]
+        assert job["status"] == "completed" and "eval_accuracy" in job["metrics"]
+        baseline = f"baseline ddp {job['id'].removeprefix('baseline-')[:6]}"
+        with chromium(tmp_path / "chromium") as driver:
+            page = Dashboard(driver, _url(d))
+            page.sign_in(TOKEN)
+            page.select_run(run["id"])
+            page.until(lambda: page.chart("accuracy")[0] == [1, 2, 3], "the accuracy chart")
+            assert page.chart("accuracy")[1] == ["federated", baseline]
+            assert page.chart("loss")[1] == ["federated (evaluate)", "training (fit)", baseline]
+            sites = ["cleveland", "hungarian", "switzerland", "va"]
+            assert page.chart("privacy") == (
+                [1, 2, 3],
+                [f"{s} ε" for s in sites] + ["budget (each site)"],
+            )
     finally:
         d.stop()
 
