@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from quorum.server.store import Store
+from quorum.server.store import BASELINE_ACTIVE, BASELINE_FINAL, Store
 
 ROUND_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STAGE_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -67,12 +67,13 @@ class QuorumCollector(Collector):
             ["run_id", "name", "status"],
             [((run_id, name, status), 1) for run_id, name, status in t.runs],
         )
+        attempts = {(run_id, status): n for run_id, status, n in t.rounds}
         for status in ("completed", "aborted"):
-            yield _counter(
+            yield _counter(  # every run has both, from 0: a query finds a run before its rounds
                 f"quorum_rounds_{status}",
                 f"Round attempts {status}, per run.",
                 ["run_id"],
-                [((run_id,), n) for run_id, s, n in t.rounds if s == status],
+                [((run_id,), attempts.get((run_id, status), 0)) for run_id, _, _ in t.runs],
             )
         yield _histogram(
             "quorum_round_duration_seconds",
@@ -145,11 +146,12 @@ class QuorumCollector(Collector):
             ["run_id"],
             [((run_id,), e) for run_id, e in t.central_epsilon],
         )
+        jobs = dict(t.baselines)
         yield _gauge(
             "quorum_baseline_jobs",
             "Centralised baseline jobs by state.",
             ["state"],
-            [((status,), n) for status, n in t.baselines],
+            [((s,), jobs.get(s, 0)) for s in (*BASELINE_ACTIVE, *BASELINE_FINAL)],
         )
 
 

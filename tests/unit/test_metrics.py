@@ -92,6 +92,7 @@ def test_every_family_carries_what_the_store_recorded(tmp_path: pathlib.Path) ->
     assert _value(samples, "quorum_site_epsilon", run_id=run, site="a") == 0.9  # the latest
     assert _value(samples, "quorum_central_epsilon", run_id=run) == 3.0
     assert _value(samples, "quorum_baseline_jobs", state="queued") == 1
+    assert _value(samples, "quorum_baseline_jobs", state="running") == 0
     store.close()
 
     # A restarted server reads the same totals: no counter starts again at zero.
