@@ -21,10 +21,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def _collect(
-    fed: Federation, until: str, run_id: str | None = None, **headers: str
+    fed: Federation, until: str, params: dict[str, Any] | None = None, **headers: str
 ) -> list[dict[str, Any]]:
     """The stream's events until one of kind `until` (included)."""
-    params = {"run_id": run_id} if run_id else {}
     out: list[dict[str, Any]] = []
     async with (
         httpx.AsyncClient(base_url=fed.admin_url, headers=AUTH, timeout=30) as http,
@@ -46,7 +45,7 @@ def test_the_event_stream_follows_a_run_and_resumes(tmp_path: pathlib.Path) -> N
         async with federation(tmp_path, [run_config(rounds=3)]) as fed:
             (run,) = await fed.api("/api/v1/runs")
             following = asyncio.create_task(
-                asyncio.wait_for(_collect(fed, "run_completed", run["id"]), 60)
+                asyncio.wait_for(_collect(fed, "run_completed", {"run_id": run["id"]}), 60)
             )
             fed.add_site("a", "delta=1.0,n=1,sleep=0.05")
             fed.add_site("b", "delta=1.0,n=1,sleep=0.05")
@@ -67,11 +66,14 @@ def test_the_event_stream_follows_a_run_and_resumes(tmp_path: pathlib.Path) -> N
 
             # A client that reconnects with Last-Event-ID gets exactly the events after it.
             second = next(f for f in live if f["event"] == "round_completed")
+            after = {"run_id": run["id"]}
             resumed = await asyncio.wait_for(
-                _collect(fed, "run_completed", run["id"], **{"Last-Event-ID": str(second["id"])}),
-                30,
+                _collect(fed, "run_completed", after, **{"Last-Event-ID": str(second["id"])}), 30
             )
             assert resumed == [f for f in live if f["id"] > second["id"]]
+            # `after=N` starts there too (Last-Event-ID wins when a reconnecting client sends it)
+            after = {"run_id": run["id"], "after": second["id"]}
+            assert await asyncio.wait_for(_collect(fed, "run_completed", after), 30) == resumed
 
             # Unfiltered, the sites' registrations (no run) are there too, before the run's.
             everything = await asyncio.wait_for(_collect(fed, "run_completed"), 30)
