@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
 
@@ -94,7 +95,21 @@ def print_json_line(value: Any) -> None:
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    return Table(*columns, title=title, title_justify="left")
+    # Light rules and no outer padding: a listing fits a terminal of 80 columns.
+    out = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True)
+    for name in columns:
+        out.add_column(name, overflow="fold")
+    return out
+
+
+def whole(out: Table, *names: str) -> Table:
+    """Keeps the columns called `names` (ids, times) whole, never cut or wrapped: on a narrow
+    terminal the others (names, errors, metrics) wrap instead."""
+    for column in out.columns:
+        if column.header in names:
+            column.no_wrap = True
+            column.min_width = max((len(str(cell)) for cell in column.cells), default=None)
+    return out
 
 
 def fields(rows: Iterable[tuple[str, Any]], title: str | None = None) -> Table:

@@ -28,6 +28,7 @@ from quorum.operator.render import (
     stdout,
     table,
     when,
+    whole,
 )
 from quorum.server.store import RUN_ACTIVE
 from quorum.wire import blobs
@@ -48,20 +49,18 @@ def _rounds_done(run: dict[str, Any]) -> str:
 
 
 def _runs_table(runs: list[dict[str, Any]]) -> Table:
-    out = table("id", "name", "status", "mode", "rounds", "created", "time", "error")
+    out = table("id", "name", "status", "rounds", "started", "time", "error")
     for run in runs:
-        config = run.get("config") or {}
         out.add_row(
             run["id"],
             run["name"],
             run["status"],
-            config.get("mode", ""),
             _rounds_done(run),
-            when(run["created_at"]),
+            when(run["started_at"]),
             duration(run["started_at"], run["finished_at"]),
-            (run["error"] or "")[:60],
+            (run["error"] or "")[:80],
         )
-    return out
+    return whole(out, "id", "name", "status", "rounds")
 
 
 @runs_app.command("submit")
@@ -275,7 +274,7 @@ def _rounds_table(every: list[dict[str, Any]]) -> Table:
             duration(r["started_at"], r["finished_at"]),
             metrics_text(r["metrics"]),
         )
-    return out
+    return whole(out, "round", "attempt", "status")
 
 
 def _round_detail(detail: dict[str, Any]) -> Group:

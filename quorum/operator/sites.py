@@ -12,7 +12,7 @@ from rich.table import Table
 from quorum.admin.client import AdminClient
 from quorum.errors import ConfigError
 from quorum.operator.client import with_api
-from quorum.operator.render import Output, OutputOption, emit, table, when
+from quorum.operator.render import Output, OutputOption, emit, table, when, whole
 
 sites_app = typer.Typer(
     no_args_is_help=True,
@@ -32,7 +32,7 @@ def _sites_table(sites: list[dict[str, Any]]) -> Table:
             "yes" if site["connected"] else "no",
             when(site["registered_at"]),
         )
-    return out
+    return whole(out, "name", "status", "registered")
 
 
 @sites_app.command("list")

@@ -12,7 +12,7 @@ from rich.text import Text
 from quorum.admin.auth import ROLES
 from quorum.admin.client import AdminClient
 from quorum.operator.client import with_api
-from quorum.operator.render import Output, OutputOption, emit, stdout, table, when
+from quorum.operator.render import Output, OutputOption, emit, stdout, table, when, whole
 
 tokens_app = typer.Typer(
     no_args_is_help=True,
@@ -68,7 +68,7 @@ def _tokens_table(tokens: list[dict[str, Any]]) -> Table:
     out = table("name", "role", "created")
     for token in tokens:
         out.add_row(token["name"], token["role"], when(token["created_at"]))
-    return out
+    return whole(out, "name", "role", "created")
 
 
 @tokens_app.command("revoke")
