@@ -145,8 +145,8 @@ def test_dashboard_shows_secagg_dropouts_and_central_epsilon(tmp_path: pathlib.P
 @pytest.mark.slow
 def test_dashboard_draws_the_baseline_and_each_sites_budget(tmp_path: pathlib.Path) -> None:
     """The heart-disease simulation (2 rounds), its hospitals under DP-SGD with ε = 3 each, with
-    its pooled baseline job (1 epoch); then a server on its state: the baseline is drawn with the federated accuracy
-    and loss, each site's ε with the budget."""
+    its pooled baseline job (1 epoch); then a server on its state: the baseline is drawn with
+    the federated accuracy and loss, each site's ε with the budget."""
     out = tmp_path / "out"
     settings = ("run.rounds=2", "sim.baseline.epochs=1", "site.dp.epsilon=3")
     heart_disease_sim(out, *[x for s in settings for x in ("--set", s)], baselines=True)
