@@ -190,6 +190,9 @@ def test_server_statefulset_has_state_volume_probes_and_secrets() -> None:
         "ca.crt",
     }
     token_secret = secrets[volumes["admin-token"]["secret"]["secretName"]]
+    # Secret files are root's; fsGroup makes them the image's group's, which must read them.
+    for volume in ("tls", "admin-token"):
+        assert volumes[volume]["secret"]["defaultMode"] & 0o040
     assert token_secret["data"]["token"]
     assert set(mounts) <= set(volumes) | {claim["metadata"]["name"]}
     # Services for both ports select the server's pods.
