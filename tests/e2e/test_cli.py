@@ -32,7 +32,7 @@ def test_keygen_writes_a_key_pair_and_site_add_registers_it(tmp_path: pathlib.Pa
         "--public-key",
         str(key.with_suffix(".pub")),
     )
-    assert quorum(*args).returncode == 0
+    assert quorum(*args, "--init").returncode == 0  # before any server: the store is new
     duplicate = quorum(*args)
     assert duplicate.returncode == 2 and "already registered" in duplicate.stderr
     listed = quorum("site", "list", "--state-dir", str(state))
