@@ -380,6 +380,9 @@ def test_compose_commands_are_quorum_commands(tmp_path: pathlib.Path) -> None:
         site_mounts = mounts(site)
         assert site_mounts[str(params["root_cert"].parent)] == "trust"
         assert site_mounts[str(params["site_key"].parent)] == "keys"
+    script = DEPLOY / "compose" / "setup.sh"
+    syntax = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
     init = list(setup_script_commands("init"))
     enrol = list(setup_script_commands("enrol"))
     assert [c[:2] for c in init] == [["certs", "init"], ["certs", "issue"], ["site", "keygen"]]
