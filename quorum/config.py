@@ -18,9 +18,21 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from quorum.aggregation.robust import ROBUST_RULES, RobustRule
 from quorum.errors import ConfigError
 
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+]
 
 
 MAX_SITE_CONFIG_BYTES = 1024 * 1024
@@ -131,6 +143,28 @@ class RunConfig(_Model):
     beta2: float = Field(0.99, ge=0, lt=1)
     tau: float = Field(1e-3, gt=0)
     proximal_mu: float = Field(0.0, ge=0)
+    # ---- Byzantine-robust aggregation (sync, without secagg or central DP) ----
+    beta: float = Field(
+        0.2, ge=0, lt=0.5, description="fedtrimmedavg: fraction trimmed at each end, per value"
+    )
+    num_malicious_nodes: int = Field(
+        0, ge=0, description="krum, multikrum, bulyan: f, the hostile sites the rule withstands"
+    )
+    num_nodes_to_select: int = Field(
+        0, ge=0, description="multikrum: m, the updates averaged (0: n - f)"
+    )
+    norm_bound: float | None = Field(
+        None,
+        gt=0,
+        description="clip every update (relative to the global model) to this L2 norm before "
+        "the mean or the robust rule",
+    )
+    robust_memory_mb: float = Field(
+        2048.0,
+        gt=0,
+        description="robust strategies keep every update of a round (max_fit_sites × "
+        "parameters × 4 bytes): a run needing more is refused",
+    )
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_sites: int = Field(1, ge=1)
     max_fit_sites: int | None = Field(None, ge=1)
@@ -208,6 +242,7 @@ class RunConfig(_Model):
             raise ValueError("max_fit_sites is below min_fit_sites")
         if self.min_available_sites < self.min_fit_sites:
             self.__dict__["min_available_sites"] = self.min_fit_sites
+        self._check_robust()
         if self.mode != "sync" and self.strategy not in ("fedavg", "fedprox"):
             raise ValueError(
                 f"strategy {self.strategy!r} is a sync server optimiser; {self.mode} runs take "
@@ -250,6 +285,68 @@ class RunConfig(_Model):
                 f"{dp.noise_multiplier:g} it must be at least {needed:.4g}"
             )
         return self
+
+    @property
+    def robust_rule(self) -> RobustRule:
+        """How the sync rounds combine their updates: the plain mean or a robust rule."""
+        return RobustRule(
+            self.strategy if self.strategy in ROBUST_RULES else None,
+            beta=self.beta,
+            num_malicious_nodes=self.num_malicious_nodes,
+            num_nodes_to_select=self.num_nodes_to_select,
+            norm_bound=self.norm_bound,
+        )
+
+    def _check_robust(self) -> None:
+        robust = self.strategy in ROBUST_RULES
+        what = f"strategy {self.strategy!r}" if robust else "norm_bound"
+        if not robust and self.norm_bound is None:
+            if self.num_malicious_nodes or self.num_nodes_to_select:
+                raise ValueError(
+                    "num_malicious_nodes and num_nodes_to_select apply to krum, multikrum and "
+                    f"bulyan, not {self.strategy}"
+                )
+            return
+        if self.secagg.enabled:
+            raise ValueError(
+                f"{what} needs each site's update, but under secure aggregation the server "
+                "sees only their sum: disable secagg or choose fedavg without norm_bound"
+            )
+        if self.mode != "sync":
+            raise ValueError(
+                f"{what} combines every update of a round at once; "
+                + (
+                    "async runs step on a few buffered updates at a time"
+                    if self.mode == "async"
+                    else "gossip runs have no server aggregate (each site mixes its neighbours)"
+                )
+                + ": use mode = sync"
+            )
+        if self.central_dp.enabled:
+            raise ValueError(
+                f"{what} does not combine with central DP, which clips every update to "
+                "central_dp.clipping_norm and noises their sum (its guarantee is for that sum)"
+            )
+        if not robust:
+            return
+        if self.max_fit_sites is None:
+            raise ValueError(
+                f"strategy {self.strategy!r} keeps every update of a round in memory: set "
+                "max_fit_sites to bound the cohort (checked against robust_memory_mb)"
+            )
+        f, m = self.num_malicious_nodes, self.num_nodes_to_select
+        if (f or m) and self.strategy in ("fedmedian", "fedtrimmedavg"):
+            raise ValueError(
+                f"num_malicious_nodes and num_nodes_to_select apply to krum, multikrum and "
+                f"bulyan, not {self.strategy}"
+            )
+        if m and self.strategy != "multikrum":
+            raise ValueError(f"num_nodes_to_select applies to multikrum, not {self.strategy}")
+        least, why = self.robust_rule.minimum_updates()
+        if self.max_fit_sites < least:
+            raise ValueError(
+                f"{why}, at least {least} updates a round; max_fit_sites is {self.max_fit_sites}"
+            )
 
 
 class ServerConfig(_Model):

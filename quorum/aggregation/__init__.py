@@ -1,4 +1,5 @@
-"""Server-side aggregation: a streaming weighted accumulator and the server strategies.
+"""Server-side aggregation: a streaming weighted accumulator, the Byzantine-robust rules that
+keep a round's updates instead, and the server strategies.
 
 Pure numpy: no gRPC, asyncio or database. Models are flat 1-D vectors (see
 `quorum.wire.blobs.as_flat` / `from_flat`).
@@ -7,15 +8,27 @@ Pure numpy: no gRPC, asyncio or database. Models are flat 1-D vectors (see
 from quorum.aggregation.accumulator import Accumulator, UpdateSum
 from quorum.aggregation.fedavg import FedAvg
 from quorum.aggregation.fedopt import BIAS_CORRECTIONS, FedOpt
+from quorum.aggregation.robust import (
+    ROBUST_RULES,
+    RobustRule,
+    RoundSum,
+    check_memory,
+    round_sum,
+)
 from quorum.aggregation.strategies import STRATEGY_NAMES, Strategy, make_strategy
 
 __all__ = [
     "BIAS_CORRECTIONS",
+    "ROBUST_RULES",
     "STRATEGY_NAMES",
     "Accumulator",
     "FedAvg",
     "FedOpt",
+    "RobustRule",
+    "RoundSum",
     "Strategy",
     "UpdateSum",
+    "check_memory",
     "make_strategy",
+    "round_sum",
 ]

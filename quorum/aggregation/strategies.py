@@ -9,6 +9,7 @@ import numpy as np
 
 from quorum.aggregation.fedavg import FedAvg
 from quorum.aggregation.fedopt import BIAS_CORRECTIONS, FedOpt
+from quorum.aggregation.robust import ROBUST_RULES
 from quorum.errors import ConfigError
 
 
@@ -35,7 +36,7 @@ class Strategy(Protocol):
         ...
 
 
-STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", *ROBUST_RULES)
 
 
 def make_strategy(
@@ -70,7 +71,8 @@ def make_strategy(
         raise ConfigError(
             f"unknown bias_correction {bias_correction!r}; valid: {', '.join(BIAS_CORRECTIONS)}"
         )
-    if key in ("fedavg", "fedprox"):
+    if key in ("fedavg", "fedprox", *ROBUST_RULES):
+        # A robust rule replaces the mean (`quorum.aggregation.robust`); the step is FedAvg's.
         if bias_correction != "flwr":
             raise ConfigError(f"bias_correction only applies to the adaptive strategies, not {key}")
         return FedAvg(key, server_learning_rate=server_learning_rate, proximal_mu=proximal_mu)

@@ -24,7 +24,7 @@ from quorum.server.phases import PendingTask, Phase, SiteResult, fold_in_thread
 from quorum.server.rounds import STOPPED
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import RunRecord, Store
-from quorum.server.sync_driver import SyncDriver, strategy_for
+from quorum.server.sync_driver import SyncDriver, check_update_memory, strategy_for
 from quorum.task import load_task
 from quorum.wire import blobs
 
@@ -70,7 +70,8 @@ class Coordinator:
 
     def submit(self, config: RunConfig) -> RunRecord:
         strategy_for(config)  # refuse settings the strategy cannot take
-        load_task(config.task)  # and a task this server cannot import
+        task = load_task(config.task)  # and a task this server cannot import
+        check_update_memory(config, task)  # and a robust cohort beyond its memory budget
         record = self.store.create_run(config)
         self._wakeup.set()
         return record

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from quorum.aggregation import Accumulator, Strategy, make_strategy
+from quorum.aggregation import Strategy, check_memory, make_strategy, round_sum
 from quorum.config import RunConfig
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
@@ -37,6 +37,7 @@ from quorum.server.rounds import (
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
+from quorum.task import FederatedTask
 from quorum.wire import blobs
 
 if TYPE_CHECKING:
@@ -57,6 +58,15 @@ def strategy_for(config: RunConfig) -> Strategy:
     )
 
 
+def check_update_memory(config: RunConfig, task: FederatedTask) -> None:
+    """Refuses a robust strategy whose round would keep more updates than its memory budget
+    (`robust_memory_mb`): max_fit_sites updates of the task's model size."""
+    rule = config.robust_rule
+    if rule.keeps_updates and config.max_fit_sites is not None:
+        numel = sum(v.size for v in task.initial_parameters(config.seed).values())
+        check_memory(rule, config.max_fit_sites, numel, config.robust_memory_mb)
+
+
 class SyncDriver:
     def __init__(self, coordinator: Coordinator, record: RunRecord) -> None:
         self.co = coordinator
@@ -64,6 +74,7 @@ class SyncDriver:
         self.run_id = record.id
         self.config = record.checked_config
         self.strategy = strategy_for(self.config)
+        self.rule = self.config.robust_rule
         self.central = CentralDP(self.config.central_dp) if self.config.central_dp.enabled else None
 
     async def run(self) -> None:
@@ -137,10 +148,13 @@ class SyncDriver:
             accepted, weight, mean = clipped.count, clipped.total_weight, current + delta
         else:
             fit = self._phase("fit", round_no, attempt, model, layout)
-            total = fit.accumulator = Accumulator(layout.numel)
+            # The plain streaming sum, or the round's updates kept for a robust rule.
+            total = fit.accumulator = round_sum(self.rule, current, len(cohort))
             await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
             self._check_enough(total.count, cohort, fit)
-            accepted, weight, mean = total.count, total.total_weight, total.mean()
+            # A robust rule's aggregate (Krum's distances, per-value sorts) takes a while.
+            mean = await asyncio.to_thread(total.mean)
+            accepted, weight = total.count, total.total_weight
         new_vector = self.strategy.step(current, mean)
         new_model = blobs.encode_flat(new_vector, layout)
         metrics: dict[str, dict[str, float]] = {
@@ -203,6 +217,9 @@ class SyncDriver:
                 f"{accepted} valid update(s) of {len(cohort)} offered; min_fit_sites is "
                 f"{self.config.min_fit_sites}"
             )
+        least, why = self.rule.minimum_updates()
+        if accepted < least:
+            raise RoundAborted(f"{accepted} valid update(s) of {len(cohort)} offered; {why}")
 
     def _phase(
         self, kind: Kind, round_no: int, attempt: int, model: bytes, layout: blobs.Layout

@@ -390,6 +390,55 @@ def test_async_and_gossip_defaults() -> None:
     assert (gossip.topology, gossip.degree) == ("exponential", 2)
 
 
+ROBUST = {"task": "m:t", "max_fit_sites": 10}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"strategy": "krum", "secagg": {"enabled": True}},
+            "under secure aggregation the server sees only their sum",
+        ),
+        ({"norm_bound": 1.0, "secagg": {"enabled": True}}, "sees only their sum"),
+        ({"strategy": "fedmedian", "mode": "async"}, "async runs step on a few buffered"),
+        ({"strategy": "fedtrimmedavg", "mode": "gossip"}, "gossip runs have no server aggregate"),
+        ({"norm_bound": 1.0, "mode": "async"}, "use mode = sync"),
+        ({"strategy": "krum", "central_dp": {"enabled": True}}, "does not combine with central"),
+        ({"strategy": "fedmedian", "max_fit_sites": None}, "set max_fit_sites"),
+        ({"strategy": "krum", "num_malicious_nodes": 4}, "needs n > 2f \\+ 2.*max_fit_sites is 10"),
+        ({"strategy": "bulyan", "num_malicious_nodes": 2}, "needs n >= 4f \\+ 3, at least 11"),
+        ({"strategy": "fedmedian", "num_malicious_nodes": 2}, "apply to krum, multikrum"),
+        ({"strategy": "fedavg", "num_malicious_nodes": 2}, "apply to krum, multikrum"),
+        ({"strategy": "krum", "num_nodes_to_select": 2}, "applies to multikrum"),
+        ({"strategy": "fedtrimmedavg", "beta": 0.5}, "beta"),
+    ],
+)
+def test_robust_settings_that_do_not_fit_are_refused(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(RunConfig, None, values={**ROBUST, **settings})
+
+
+def test_robust_settings_are_read_with_flowers_names() -> None:
+    run = load(
+        RunConfig,
+        None,
+        values={
+            **ROBUST,
+            "strategy": "multikrum",
+            "num_malicious_nodes": 2,
+            "num_nodes_to_select": 5,
+        },
+    )
+    rule = run.robust_rule
+    assert (rule.rule, rule.num_malicious_nodes, rule.num_nodes_to_select) == ("multikrum", 2, 5)
+    assert run.robust_memory_mb == 2048
+    fedavg = load(RunConfig, None, values={"task": "m:t", "norm_bound": 2.5}).robust_rule
+    assert (fedavg.rule, fedavg.norm_bound, fedavg.keeps_updates) == (None, 2.5, False)
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
