@@ -98,7 +98,7 @@ def table(*columns: str, title: str | None = None) -> Table:
     # Light rules and no outer padding: a listing fits a terminal of 80 columns.
     out = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True)
     for name in columns:
-        out.add_column(name, overflow="fold")
+        out.add_column(name)
     return out
 
 

@@ -264,17 +264,32 @@ def rounds(
 
 
 def _rounds_table(every: list[dict[str, Any]]) -> Table:
-    out = table("round", "attempt", "status", "started", "time", "metrics")
+    """A column per metric the rounds report (counts and per-site means left to the detail)."""
+    shown = sorted(
+        {
+            (phase, name)
+            for r in every
+            for phase, values in r["metrics"].items()
+            for name in values
+            if name not in ("num_sites", "num_examples") and not name.endswith("_mean_sites")
+        }
+    )
+    headers = [f"{'eval' if phase == 'evaluate' else phase} {name}" for phase, name in shown]
+    out = table("round", "status", "started", "time", "sites", *headers, "note")
     for r in every:
+        metrics = r["metrics"]
+        sites = metrics.get("fit", {}).get("num_sites")
+        note = [f"attempt {r['attempt']}"] if r["attempt"] > 1 else []
         out.add_row(
             str(r["round"]),
-            str(r["attempt"]),
-            r["status"] if r["status"] != "aborted" else f"aborted: {r['abort_reason']}",
+            r["status"],
             when(r["started_at"]),
             duration(r["started_at"], r["finished_at"]),
-            metrics_text(r["metrics"]),
+            "" if sites is None else number(int(sites)),
+            *[number(metrics.get(phase, {}).get(name, "")) for phase, name in shown],
+            "; ".join(note + ([r["abort_reason"]] if r["abort_reason"] else [])),
         )
-    return whole(out, "round", "attempt", "status")
+    return whole(out, "round", "status", "started", "sites", *headers)
 
 
 def _round_detail(detail: dict[str, Any]) -> Group:

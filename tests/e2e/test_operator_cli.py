@@ -104,7 +104,7 @@ def test_a_run_submitted_watched_and_pulled_through_the_cli(deployment: Deployme
     assert json.loads(ok(op(d, "runs", "show", run_id, "--output", "json")))["id"] == run_id
 
     rounds = ok(op(d, "rounds", run_id))
-    assert rounds.count("completed") == 3 and "evaluate.accuracy" in rounds
+    assert rounds.count("completed") == 3 and "eval accuracy" in rounds
     every = json.loads(ok(op(d, "rounds", run_id, "--output", "json")))
     assert [r["round"] for r in every] == [1, 2, 3] and is_iso(every[0]["started_at"])
     detail = ok(op(d, "rounds", run_id, "2"))
