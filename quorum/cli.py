@@ -476,6 +476,15 @@ def sim(
             "sim.backend = ray)",
         ),
     ] = None,
+    byzantine: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--byzantine",
+            help="SITE_OR_FRACTION=ATTACK[:PARAM]: hostile sites (0.2=signflip, "
+            "site-0007=scale:10); attacks signflip, scale, noise, labelflip, alie; adds to "
+            "sim.byzantine; repeatable",
+        ),
+    ] = None,
 ) -> None:
     """Run a whole federation on this machine (or a Ray cluster) and report on it.
 
@@ -491,6 +500,7 @@ def sim(
     if ray_address is not None:
         sim_file.sim.backend = "ray"
         sim_file.sim.ray_address = ray_address
+    sim_file.sim.byzantine = [*sim_file.sim.byzantine, *(byzantine or [])]
     kills = dict(parse_kill(k) for k in kill_site or [])
     slowdowns = dict(parse_slowdown(s) for s in slow_site or [])
     run_simulation(

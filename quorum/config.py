@@ -593,6 +593,12 @@ class SimOptions(_Model):
     table_every: int | None = Field(
         None, ge=1, description="rounds between the rows of the printed table (default: ~20 rows)"
     )
+    byzantine: list[str] = Field(
+        default_factory=list,
+        description="hostile sites, SITE_OR_FRACTION=ATTACK[:PARAM] each (0.2=signflip, "
+        "site-0007=scale:10); attacks: signflip, scale, noise, labelflip, alie "
+        "(quorum.sim.attacks)",
+    )
 
     @model_validator(mode="after")
     def _check_sources(self) -> SimOptions:

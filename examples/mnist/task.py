@@ -112,18 +112,23 @@ def _load_pool() -> Pool:
 
 
 class Images(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """The images of `pool` at `indices` (views into the shared tensors, never copies)."""
+    """The images of `pool` at `indices` (views into the shared tensors, never copies); with
+    `relabel`, label l reads as relabel[l] (a site whose data was poisoned)."""
 
-    def __init__(self, pool: Pool, indices: np.ndarray) -> None:
+    def __init__(
+        self, pool: Pool, indices: np.ndarray, relabel: torch.Tensor | None = None
+    ) -> None:
         self.pool = pool
         self.indices = indices
+        self.relabel = relabel
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         j = int(self.indices[i])
-        return self.pool.images[j], self.pool.labels[j]
+        label = self.pool.labels[j]
+        return self.pool.images[j], label if self.relabel is None else self.relabel[label]
 
 
 class MnistTask:
@@ -146,6 +151,25 @@ class MnistTask:
         return Examples(labels=labels)
 
     def site_of(self, data: str, indices: np.ndarray, device: str, seed: int) -> TorchTask:
+        return self._site_of(data, indices, device, seed, None)
+
+    def poisoned_site_of(
+        self, data: str, indices: np.ndarray, device: str, seed: int, relabel: np.ndarray
+    ) -> TorchTask:
+        """The site at `indices` training on labels mapped by `relabel` (`quorum sim`'s
+        labelflip attack); it evaluates on its true labels."""
+        return self._site_of(
+            data, indices, device, seed, torch.from_numpy(relabel.astype(np.int64))
+        )
+
+    def _site_of(
+        self,
+        data: str,
+        indices: np.ndarray,
+        device: str,
+        seed: int,
+        relabel: torch.Tensor | None,
+    ) -> TorchTask:
         pool = _pool(data)
         own = np.asarray(indices)
         if own.ndim != 1 or (own.size and own.dtype.kind not in "iu"):
@@ -162,7 +186,7 @@ class MnistTask:
         in_train = pool.is_train[own]
         return TorchTask(
             make_model(seed),
-            Images(pool, own[in_train]),
+            Images(pool, own[in_train], relabel),
             Images(pool, own[~in_train]),
             nn.CrossEntropyLoss(),
             sgd,

@@ -38,6 +38,7 @@ from quorum.client.transfer import BlobCache
 from quorum.config import SiteDPConfig
 from quorum.errors import ConfigError
 from quorum.sim import partition
+from quorum.sim.attacks import Attack, Attacked, Colluders, LabelPoisonable, flipped_labels
 from quorum.task import (
     EvalResult,
     FederatedTask,
@@ -67,6 +68,7 @@ class HostSite(BaseModel):
     dp: SiteDPConfig | None = None
     crash: str | None = Field(None, description="ROUND:STAGE at which the site vanishes")
     slowdown: float | None = None
+    attack: str | None = Field(None, description="ATTACK[:PARAM]: a hostile site (sim.attacks)")
 
 
 class HostSpec(BaseModel):
@@ -128,10 +130,15 @@ class VirtualSite:
 
 
 def builder(
-    spec: HostSpec, site: HostSite, task: FederatedTask, parts: Sequence[np.ndarray] | None
+    spec: HostSpec,
+    site: HostSite,
+    task: FederatedTask,
+    parts: Sequence[np.ndarray] | None,
+    colluders: Colluders,
 ) -> Callable[[], SiteTask]:
     """How the site's SiteTask is made: from its part of the partition or its data string,
-    with its own DP ledger and its slowdown."""
+    with its own DP ledger, its attack if it is hostile, and its slowdown."""
+    attack = Attack.parse(site.attack) if site.attack is not None else None
 
     def build() -> SiteTask:
         built: SiteTask
@@ -140,13 +147,22 @@ def builder(
                 raise ConfigError(f"site {site.name} has a part but the host has no partition")
             if not isinstance(task, Partitionable):
                 raise ConfigError(f"task {spec.task!r} is not Partitionable")
-            built = task.site_of(spec.data, parts[site.part], spec.device, spec.seed)
+            indices = parts[site.part]
+            if attack is not None and attack.name == "labelflip":
+                if not isinstance(task, LabelPoisonable):
+                    raise ConfigError(f"task {spec.task!r} cannot be poisoned (labelflip)")
+                relabel = flipped_labels(task.examples(spec.data).labels)
+                built = task.poisoned_site_of(spec.data, indices, spec.device, spec.seed, relabel)
+            else:
+                built = task.site_of(spec.data, indices, spec.device, spec.seed)
         elif site.data is not None:
             built = task.site(site.data, spec.device, spec.seed)
         else:
             raise ConfigError(f"site {site.name} has neither data nor a part of a partition")
         if site.dp is not None:
             enable_site_dp(built, site.dp, spec.site_dir / f"{site.name}.privacy.json")
+        if attack is not None and attack.name != "labelflip":
+            built = Attacked(built, attack, site.name, spec.seed, colluders)
         if site.slowdown is not None:
             built = Slowed(built, site.slowdown)
         return built
@@ -164,6 +180,7 @@ async def serve(spec: HostSpec, stop: asyncio.Event) -> dict[str, object]:
     # One cache of models for the host, as blobs are content-addressed: a round's cohort
     # shares the bytes of its model, and a site that trained once keeps no copy of its own.
     cache = BlobCache(keep=HOST_CACHED_BLOBS)
+    colluders = Colluders()  # the host's alie sites pool their honest updates
     crashed: list[str] = []
     failed: dict[str, str] = {}
     async with grpc.aio.insecure_channel(spec.server, options=GRPC_OPTIONS) as channel:
@@ -173,7 +190,7 @@ async def serve(spec: HostSpec, stop: asyncio.Event) -> dict[str, object]:
                 spec.server,
                 Ed25519PrivateKey.from_private_bytes(bytes.fromhex(site.key)),
                 spec.task,
-                VirtualSite(site.name, builder(spec, site, task, parts), built),
+                VirtualSite(site.name, builder(spec, site, task, parts, colluders), built),
                 cache=cache,
                 channel=channel,
                 slots=slots,

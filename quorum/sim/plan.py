@@ -3,7 +3,8 @@
 Sites come from `[[sites]]` (each with its own data string), from `[sim] num_sites` with a data
 string per site (`site_data`, `{index}` replaced by the site's number), or from a partition of
 one data set (`[sim.partition]` over the task's `examples(sim.data)`); a `[[sites]]` entry
-named like a generated site (`site-0007`) overrides that site's data or DP budget.
+named like a generated site (`site-0007`) overrides that site's data or DP budget. `[sim]
+byzantine` makes some of them hostile (`quorum.sim.attacks`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from quorum.config import SimFile, SiteDPConfig, resolve_data
 from quorum.errors import ConfigError
 from quorum.sim import partition
+from quorum.sim.attacks import Attack, LabelPoisonable, assign
 from quorum.task import FederatedTask, Partitionable
 
 
@@ -29,6 +31,8 @@ class PlannedSite:
     dp: SiteDPConfig | None
     owner: str | None = None
     """The data's own owner of a natural partition's site (a speaker, a writer)."""
+    attack: Attack | None = None
+    """What the site does if it is hostile (`[sim] byzantine`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,8 +118,21 @@ def plan(sim: SimFile, task: FederatedTask, config_dir: pathlib.Path) -> SitePla
             "[sim.partition] (a split of sim.data)"
         )
     default_dp = sim.site.dp
+    attacks = assign(sim.sim.byzantine, list(sites), sim.run.seed)
+    poisoned = [name for name, a in attacks.items() if a.name == "labelflip"]
+    if poisoned and not isinstance(task, LabelPoisonable):
+        raise ConfigError(
+            f"labelflip poisons a site's labels, which task {sim.run.task!r} cannot do: it "
+            "needs poisoned_site_of(data, indices, device, seed, relabel) "
+            "(quorum.sim.attacks.LabelPoisonable; the MNIST example has it)"
+        )
+    unsplit = [name for name in poisoned if sites[name].part is None]
+    if unsplit:
+        raise ConfigError(
+            f"labelflip poisons a site's part of [sim.partition]; {unsplit[0]} has its own data"
+        )
     return SitePlan(
-        [replace(s, dp=s.dp or default_dp) for s in sites.values()],
+        [replace(s, dp=s.dp or default_dp, attack=attacks.get(s.name)) for s in sites.values()],
         parts,
         labels,
     )

@@ -67,6 +67,8 @@ def build(
         "strategy": sim.run.strategy,
         "seed": sim.run.seed,
         "sites": [s.name for s in plan.sites],
+        # Hostile sites (`[sim] byzantine`): site -> ATTACK[:PARAM], as they ran.
+        "byzantine": {s.name: str(s.attack) for s in plan.sites if s.attack is not None},
         "partition": _partition(sim, plan),
         "hosts": hosts,
         "server_peak_rss_mb": server_peak_rss_mb,

@@ -50,6 +50,10 @@ def run_simulation(
     kills, slowdowns = kills or {}, slowdowns or {}
     site_plan = plan.plan(sim, task, config_dir)
     names = {s.name for s in site_plan.sites}
+    hostile = [s for s in site_plan.sites if s.attack is not None]
+    if hostile:
+        kinds = sorted({str(s.attack) for s in hostile})
+        console.print(f"byzantine: {len(hostile)} hostile site(s) ({', '.join(kinds)})")
     for flag, named in (("--kill-site", kills), ("--slow-site", slowdowns)):
         unknown = sorted(set(named) - names)
         if unknown:
@@ -118,6 +122,7 @@ def run_simulation(
                     dp=s.dp,
                     crash=str(kills[s.name]) if s.name in kills else None,
                     slowdown=slowdowns.get(s.name),
+                    attack=str(s.attack) if s.attack is not None else None,
                 )
                 for s in dealt
             ],
