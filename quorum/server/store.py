@@ -223,7 +223,8 @@ class Store:
     def quick_check(self) -> str | None:
         """None when SQLite's quick_check finds the database sound, else what it found."""
         try:
-            rows = [r[0] for r in self._rows("PRAGMA quick_check")]
+            with self._lock:  # not _rows: damage is this method's answer, not its error
+                rows = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
         except sqlite3.DatabaseError as exc:
             return str(exc)
         if rows == ["ok"]:

@@ -92,6 +92,10 @@ def test_prometheus_scrapes_the_round_counter(
                 return _query(port, promql) or None
             except httpx.TransportError:  # not listening yet
                 return None
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code == 503:  # listening, its storage not ready yet
+                    return None
+                raise
 
         deadline = time.monotonic() + 90
         result = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import pathlib
+import random
 import signal
 import sqlite3
 from typing import Any
@@ -190,8 +191,9 @@ def _damage_store(state_dir: pathlib.Path, damage: str) -> None:
     else:  # pages damaged: every page after the first two overwritten past its header
         data = bytearray(db.read_bytes())
         page = int.from_bytes(data[16:18], "big")
+        garbage = random.Random(damage)  # the same damage on every run
         for start in range(2 * page, len(data), page):
-            data[start + 8 : start + page] = os.urandom(page - 8)
+            data[start + 8 : start + page] = garbage.randbytes(page - 8)
         db.write_bytes(bytes(data))
 
 
