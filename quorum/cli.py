@@ -354,6 +354,15 @@ def client_run(
             help="Simulate a slower machine: every fit takes this many times as long (>= 1)",
         ),
     ] = None,
+    flower_app: Annotated[
+        str | None,
+        typer.Option(
+            "--flower-app",
+            help="module:attribute of a Flower ClientApp (or client_fn) that trains and "
+            "evaluates in place of the task's site; --data is its node config "
+            "('partition-id=0 num-partitions=2')",
+        ),
+    ] = None,
 ) -> None:
     """Join a federation and serve its tasks until interrupted.
 
@@ -370,7 +379,7 @@ def client_run(
     from quorum.client.transfer import BlobCache
     from quorum.config import load_site
     from quorum.identity import load_private
-    from quorum.task import load_task
+    from quorum.task import SiteTask, load_task
 
     # A flag left out is None, so the file (or the default) decides; --insecure can only be
     # turned on here (a file says `insecure = false` by leaving it out).
@@ -389,6 +398,7 @@ def client_run(
             "client.give_up_after_s": give_up_after,
             "client.seed": seed,
             "client.log_format": log_format,
+            "client.flower_app": flower_app,
             "dp.epsilon": dp_epsilon,
             "dp.delta": dp_delta,
             "dp.max_grad_norm": dp_max_grad_norm,
@@ -400,7 +410,14 @@ def client_run(
     logs.setup(client.log_format)
     hook = kill_hook(Crash.parse(crash_at)) if crash_at else None
     key = load_private(client.site_key)
-    site_task = load_task(client.task).site(client.data, client.device, client.seed)
+    site_task: SiteTask
+    if client.flower_app is not None:
+        from quorum.client.flower import FlowerSite, load_flower_app
+
+        initial = load_task(client.task).initial_parameters(client.seed)
+        site_task = FlowerSite(load_flower_app(client.flower_app), initial, client.data)
+    else:
+        site_task = load_task(client.task).site(client.data, client.device, client.seed)
     if site.dp is not None:
         from quorum.client.privacy import enable_site_dp
 

@@ -445,6 +445,12 @@ class ClientConfig(_Model):
     )
     seed: int = 0
     log_format: Literal["text", "json"] = "text"
+    flower_app: str | None = Field(
+        None,
+        description="module:attribute of a Flower ClientApp (or client_fn) that serves this "
+        "site's fit and evaluate tasks in place of the task's own; `data` is then its "
+        "node_config (`partition-id=0 num-partitions=2`)",
+    )
 
     @model_validator(mode="before")
     @classmethod
