@@ -18,12 +18,8 @@ def train_fn(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     trainloader, _ = load_data(partition_id, num_partitions)
-    train_loss = train(
-        model,
-        trainloader,
-        int(context.run_config["local-epochs"]),
-        float(msg.content["config"]["lr"]),
-    )
+    config = msg.content["config"]
+    train_loss = train(model, trainloader, int(config["local-epochs"]), float(config["lr"]))
     metrics = {"train_loss": train_loss, "num-examples": len(trainloader.dataset)}
     content = RecordDict(
         {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}

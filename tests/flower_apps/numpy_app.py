@@ -23,17 +23,18 @@ def set_weights(net: Net, parameters: list[np.ndarray]) -> None:
 
 
 class FlowerClient(NumPyClient):
-    def __init__(self, net: Net, trainloader: Any, valloader: Any, local_epochs: int) -> None:
+    def __init__(self, net: Net, trainloader: Any, valloader: Any) -> None:
         self.net = net
         self.trainloader = trainloader
         self.valloader = valloader
-        self.local_epochs = local_epochs
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         set_weights(self.net, parameters)
-        train_loss = train(self.net, self.trainloader, self.local_epochs, float(config["lr"]))
+        train_loss = train(
+            self.net, self.trainloader, int(config["local-epochs"]), float(config["lr"])
+        )
         return get_weights(self.net), len(self.trainloader.dataset), {"train_loss": train_loss}
 
     def evaluate(
@@ -48,8 +49,7 @@ def client_fn(context: Context) -> Client:
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     trainloader, valloader = load_data(partition_id, num_partitions)
-    local_epochs = int(context.run_config["local-epochs"])
-    return FlowerClient(Net(), trainloader, valloader, local_epochs).to_client()
+    return FlowerClient(Net(), trainloader, valloader).to_client()
 
 
 app = ClientApp(client_fn=client_fn)

@@ -1,0 +1,67 @@
+"""Flower apps run unchanged on Quorum: each test Flower app (tests/flower_apps) serves two real
+site agents (`quorum client run --flower-app`) of a real server running FedAvg, and reaches the
+accuracy it reaches under Flower's own simulation (Ray backend) in the same test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.cli import REPO, Deployment, run_settings
+
+ROUNDS = 5
+LR = 0.1
+TASK = "tests.flower_apps.quorum_task:task"
+ACCURACY = {"numpy": "accuracy", "message": "eval_acc"}  # the metric each app reports
+
+
+def flower_simulation(kind: str) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.flower_apps.flower_sim", kind, str(ROUNDS), str(LR)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("kind", ["numpy", "message"])
+def test_a_flower_app_trains_on_quorum_as_under_flowers_simulation(
+    deployment: Deployment, kind: str
+) -> None:
+    d = deployment
+    d.run = run_settings(task=TASK, rounds=ROUNDS, site_config={"lr": LR, "local-epochs": 1})
+    d.start_server()
+    for partition in range(2):
+        key = d.keygen_and_add(f"flower-{partition}")
+        d.start_agent(
+            f"site-flower-{partition}",
+            *("--server", d.address, "--site-key", str(key), "--insecure"),
+            *("--task", TASK, "--flower-app", f"tests.flower_apps.{kind}_app:app"),
+            *("--data", f"partition-id={partition} num-partitions=2"),
+        )
+    run = d.wait_run(timeout=120)
+    assert run["rounds_completed"] == ROUNDS
+    metric = ACCURACY[kind]
+    accuracies = []
+    for round_no in range(1, ROUNDS + 1):
+        detail = d.get(f"/api/v1/runs/{run['id']}/rounds/{round_no}")
+        assert detail["status"] == "completed"
+        fitted = {p["site"] for p in detail["participants"] if p["kind"] == "fit"}
+        assert fitted == {"flower-0", "flower-1"}
+        accuracies.append(detail["metrics"]["evaluate"][metric])
+    print(kind, "quorum", accuracies)
+    assert accuracies[-1] >= 0.72, accuracies
+
+    flower = flower_simulation(kind)
+    print(kind, "flower", flower)
+    assert (
+        abs(flower[metric] - accuracies[-1]) <= 0.011
+    )  # two of 193 test examples, (flower, accuracies)
