@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,6 +12,7 @@ from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
 from quorum.client.flower import FlowerSite, flower_config, load_flower_app
+from quorum.config import load_site
 from quorum.errors import TaskError
 from tests.flower_apps.quorum_task import task
 
@@ -136,3 +138,19 @@ def test_a_bare_client_fn_is_wrapped_and_anything_else_refused() -> None:
         load_flower_app("tests.flower_apps.task:NUM_FEATURES")
     with pytest.raises(TaskError, match="--flower-app"):
         task.site("x", "cpu", 0)
+
+
+def test_a_site_config_names_the_flower_app(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        "[client]\n"
+        'server = "127.0.0.1:8600"\n'
+        'site_key = "site.key"\n'
+        'task = "tests.flower_apps.quorum_task:task"\n'
+        'flower_app = "tests.flower_apps.message_app:app"\n'
+        f'data = "{NODE}"\n'
+    )
+    client = load_site(path, [], {"client.flower_app": None}).client
+    assert (client.flower_app, client.data) == ("tests.flower_apps.message_app:app", NODE)
+    flag = load_site(path, [], {"client.flower_app": "tests.flower_apps.numpy_app:app"})
+    assert flag.client.flower_app == "tests.flower_apps.numpy_app:app"
