@@ -521,6 +521,11 @@ class SimSite(_Model):
         None, description="this site's data (a generated site's own, when left out)"
     )
     dp: SiteDPConfig | None = Field(None, description="this site's budget (overrides [site.dp])")
+    flower_app: str | None = Field(
+        None,
+        description="module:attribute of a Flower ClientApp serving this site in place of the "
+        "task's site (`data` is then its node_config), as `quorum client run --flower-app`",
+    )
 
 
 class SimSiteDefaults(_Model):

@@ -69,6 +69,7 @@ class HostSite(BaseModel):
     crash: str | None = Field(None, description="ROUND:STAGE at which the site vanishes")
     slowdown: float | None = None
     attack: str | None = Field(None, description="ATTACK[:PARAM]: a hostile site (sim.attacks)")
+    flower_app: str | None = Field(None, description="a Flower ClientApp serving the site")
 
 
 class HostSpec(BaseModel):
@@ -142,7 +143,12 @@ def builder(
 
     def build() -> SiteTask:
         built: SiteTask
-        if site.part is not None:
+        if site.flower_app is not None:
+            from quorum.client.flower import FlowerSite, load_flower_app
+
+            initial = task.initial_parameters(spec.seed)
+            built = FlowerSite(load_flower_app(site.flower_app), initial, site.data or "")
+        elif site.part is not None:
             if parts is None or spec.data is None:
                 raise ConfigError(f"site {site.name} has a part but the host has no partition")
             if not isinstance(task, Partitionable):

@@ -33,6 +33,8 @@ class PlannedSite:
     """The data's own owner of a natural partition's site (a speaker, a writer)."""
     attack: Attack | None = None
     """What the site does if it is hostile (`[sim] byzantine`)."""
+    flower_app: str | None = None
+    """The Flower ClientApp that serves the site (`quorum.client.flower`), if any."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,7 +103,9 @@ def plan(sim: SimFile, task: FederatedTask, config_dir: pathlib.Path) -> SitePla
         if known is None:
             if data is None:
                 raise ConfigError(f"[[sites]] {entry.name!r} needs its data")
-            sites[entry.name] = PlannedSite(entry.name, data, None, entry.dp)
+            sites[entry.name] = PlannedSite(
+                entry.name, data, None, entry.dp, flower_app=entry.flower_app
+            )
         else:
             # A listed data string replaces the generated site's part or string.
             sites[entry.name] = replace(
@@ -109,6 +113,7 @@ def plan(sim: SimFile, task: FederatedTask, config_dir: pathlib.Path) -> SitePla
                 data=data if data is not None else known.data,
                 part=None if data is not None else known.part,
                 dp=entry.dp,
+                flower_app=entry.flower_app,
             )
     missing = [s.name for s in sites.values() if s.data is None and s.part is None]
     if missing:

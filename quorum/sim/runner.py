@@ -123,6 +123,7 @@ def run_simulation(
                     crash=str(kills[s.name]) if s.name in kills else None,
                     slowdown=slowdowns.get(s.name),
                     attack=str(s.attack) if s.attack is not None else None,
+                    flower_app=s.flower_app,
                 )
                 for s in dealt
             ],
@@ -142,7 +143,12 @@ def run_simulation(
         # releases the GIL; the server and agents are mostly waiting on each other).
         pending = None
         if sim.sim.baselines and isinstance(task, HasBaselines) and site_plan.parts is None:
-            local_sites = {s.name: s.data for s in site_plan.sites if s.data is not None}
+            # A Flower app's site has no data of the task's (its data is the app's node config).
+            local_sites = {
+                s.name: s.data
+                for s in site_plan.sites
+                if s.data is not None and s.flower_app is None
+            }
             pending = pool.submit(
                 pooled.local_baselines, task, local_sites, sim.site.device, sim.run.seed
             )

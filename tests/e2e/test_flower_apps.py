@@ -5,12 +5,14 @@ accuracy it reaches under Flower's own simulation (Ray backend) in the same test
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
+import tomli_w
 
-from tests.e2e.cli import REPO, Deployment, run_settings
+from tests.e2e.cli import REPO, Deployment, quorum, run_settings
 
 ROUNDS = 5
 LR = 0.1
@@ -65,3 +67,44 @@ def test_a_flower_app_trains_on_quorum_as_under_flowers_simulation(
     assert (
         abs(flower[metric] - accuracies[-1]) <= 0.011
     )  # two of 193 test examples, (flower, accuracies)
+
+
+def test_a_flower_app_site_in_a_quorum_sim_beside_native_sites(tmp_path: pathlib.Path) -> None:
+    """The legacy app (its arrays matched to the native task's by order) serves the va
+    hospital of the heart-disease federation; cleveland and hungarian are native sites."""
+    config = {
+        "sim": {"timeout_s": 240, "output_dir": str(tmp_path / "out"), "baselines": False},
+        "run": {
+            "name": "flower-beside-native",
+            "task": "examples.heart_disease.task:task",
+            "rounds": 4,
+            "min_fit_sites": 3,
+            "min_available_sites": 3,
+            "wait_timeout_s": 60,
+            "round_timeout_s": 60,
+            "site_config": {"lr": LR, "local-epochs": 1, "local_epochs": 1, "batch_size": 8},
+        },
+        "site": {"device": "cpu"},
+        "sites": [
+            {"name": "cleveland", "data": "cleveland"},
+            {"name": "hungarian", "data": "hungarian"},
+            {
+                "name": "flower-va",
+                "data": "partition-id=3 num-partitions=4",
+                "flower_app": "tests.flower_apps.numpy_app:app",
+            },
+        ],
+    }
+    path = tmp_path / "sim.toml"
+    path.write_text(tomli_w.dumps(config))
+    report = tmp_path / "report.json"
+    done = quorum("sim", "--config", str(path), "--report", str(report), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(report.read_text())
+    assert result["status"] == "completed" and len(result["rounds"]) == 4
+    for row in result["rounds"]:
+        # 199 + 172 + 85 training examples: va's came through the Flower app, whose fit reports
+        # `train_loss` (the native sites report `loss`).
+        assert row["fit"]["num_examples"] == 456 and row["fit"]["num_sites"] == 3
+        assert "train_loss" in row["fit"] and row["evaluate"]["num_sites"] == 3
+    assert result["final"]["accuracy_pooled_test"] > 0.7
