@@ -28,6 +28,7 @@ and Flower's secure aggregation mods (Quorum's SecAgg+ applies instead). The app
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 import zlib
@@ -84,6 +85,8 @@ class FlowerSite:
         from flwr.common.config import parse_config_args
 
         self.app = app
+        # One message at a time, as a SuperNode runs its ClientApp: the Context is shared.
+        self.lock = threading.Lock()
         self.legacy = _is_legacy(app)
         self.shapes = {name: value.shape for name, value in initial.items()}
         self.context = Context(
@@ -153,6 +156,10 @@ class FlowerSite:
 
     def _call(self, kind: str, content: Any, config: JSONConfig) -> Any:
         """Sends `content` to the app as a `kind` message; its reply's RecordDict."""
+        with self.lock:
+            return self._call_locked(kind, content, config)
+
+    def _call_locked(self, kind: str, content: Any, config: JSONConfig) -> Any:
         from flwr.app import DEFAULT_TTL, Message, Metadata
 
         self.context.run_config = {

@@ -1,13 +1,15 @@
 """Runs one of the test Flower apps under Flower's own simulation (Ray backend), two
 supernodes, FedAvg, as a Flower project's ServerApp would; prints the last round's evaluation
-metrics (weighted by each node's examples, as Flower aggregates them) as JSON.
+metrics (weighted by each node's examples, as Flower aggregates them) as JSON to OUT (not to
+stdout, where Ray forwards its workers' output).
 
-    python -m tests.flower_apps.flower_sim {numpy,message} ROUNDS LR
+    python -m tests.flower_apps.flower_sim {numpy,message} ROUNDS LR OUT
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 from typing import Any
 
@@ -70,7 +72,7 @@ def main() -> None:
         num_supernodes=SUPERNODES,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
-    print(json.dumps(last))
+    pathlib.Path(sys.argv[4]).write_text(json.dumps(last))
 
 
 if __name__ == "__main__":
