@@ -79,9 +79,13 @@ def test_a_flower_app_trains_on_quorum_as_under_flowers_simulation(
     )  # two of 193 test examples, (flower, accuracies)
 
 
-def test_a_flower_app_site_in_a_quorum_sim_beside_native_sites(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("secagg", [False, True])
+def test_a_flower_app_site_in_a_quorum_sim_beside_native_sites(
+    tmp_path: pathlib.Path, secagg: bool
+) -> None:
     """The legacy app (its arrays matched to the native task's by order) serves the va
-    hospital of the heart-disease federation; cleveland and hungarian are native sites."""
+    hospital of the heart-disease federation; cleveland and hungarian are native sites; with
+    and without SecAgg+."""
     config = {
         "sim": {"timeout_s": 240, "output_dir": str(tmp_path / "out"), "baselines": False},
         "run": {
@@ -93,6 +97,7 @@ def test_a_flower_app_site_in_a_quorum_sim_beside_native_sites(tmp_path: pathlib
             "wait_timeout_s": 60,
             "round_timeout_s": 60,
             "site_config": {"lr": LR, "local-epochs": 1, "local_epochs": 1, "batch_size": 8},
+            "secagg": {"enabled": secagg},
         },
         "site": {"device": "cpu"},
         "sites": [
@@ -117,4 +122,5 @@ def test_a_flower_app_site_in_a_quorum_sim_beside_native_sites(tmp_path: pathlib
         # `train_loss` (the native sites report `loss`).
         assert row["fit"]["num_examples"] == 456 and row["fit"]["num_sites"] == 3
         assert "train_loss" in row["fit"] and row["evaluate"]["num_sites"] == 3
+        assert bool(row["secagg"] and row["secagg"]["recovered"]) == secagg
     assert result["final"]["accuracy_pooled_test"] > 0.7
