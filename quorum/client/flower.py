@@ -28,6 +28,7 @@ and Flower's secure aggregation mods (Quorum's SecAgg+ applies instead). The app
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 import uuid
@@ -60,6 +61,15 @@ def _is_legacy(app: Any) -> bool:
     # A ClientApp built around a client_fn answers in Flower's legacy record layout
     # ("fitins.parameters", ...); one with @app.train() handlers in the Message API's.
     return getattr(app, "_call", None) is not None
+
+
+def _recorddict_compat() -> Any:
+    """Flower's conversions between its legacy messages (FitIns, ...) and records: in
+    `flwr.compat` in recent releases, in `flwr.common` in older ones (1.21)."""
+    try:
+        return importlib.import_module("flwr.compat.common.recorddict_compat")
+    except ImportError:
+        return importlib.import_module("flwr.common.recorddict_compat")
 
 
 def flower_config(config: JSONConfig) -> dict[str, Any]:
@@ -100,14 +110,11 @@ class FlowerSite:
     def fit(self, params: Params, config: JSONConfig) -> FitResult:
         if self.legacy:
             from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
-            from flwr.compat.common.recorddict_compat import (
-                fitins_to_recorddict,
-                recorddict_to_fitres,
-            )
 
+            compat = _recorddict_compat()
             ins = FitIns(ndarrays_to_parameters(self._ordered(params)), flower_config(config))
-            reply = self._call("train", fitins_to_recorddict(ins, keep_input=False), config)
-            res = recorddict_to_fitres(reply, keep_input=False)
+            reply = self._call("train", compat.fitins_to_recorddict(ins, keep_input=False), config)
+            res = compat.recorddict_to_fitres(reply, keep_input=False)
             self._check_status(res.status)
             arrays = self._named(dict(enumerate(parameters_to_ndarrays(res.parameters))))
             return FitResult(arrays, int(res.num_examples), _scalars(res.metrics))
@@ -126,14 +133,11 @@ class FlowerSite:
     def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
         if self.legacy:
             from flwr.common import EvaluateIns, ndarrays_to_parameters
-            from flwr.compat.common.recorddict_compat import (
-                evaluateins_to_recorddict,
-                recorddict_to_evaluateres,
-            )
 
+            compat = _recorddict_compat()
             ins = EvaluateIns(ndarrays_to_parameters(self._ordered(params)), flower_config(config))
-            reply = self._call("evaluate", evaluateins_to_recorddict(ins, keep_input=False), config)
-            res = recorddict_to_evaluateres(reply)
+            content = compat.evaluateins_to_recorddict(ins, keep_input=False)
+            res = compat.recorddict_to_evaluateres(self._call("evaluate", content, config))
             self._check_status(res.status)
             return EvalResult(
                 int(res.num_examples), {"loss": float(res.loss), **_scalars(res.metrics)}
@@ -160,7 +164,8 @@ class FlowerSite:
             return self._call_locked(kind, content, config)
 
     def _call_locked(self, kind: str, content: Any, config: JSONConfig) -> Any:
-        from flwr.app import DEFAULT_TTL, Message, Metadata
+        from flwr.app import Message
+        from flwr.common import DEFAULT_TTL, Metadata
 
         self.context.run_config = {
             k: v for k, v in flower_config(config).items() if not isinstance(v, list)
