@@ -213,7 +213,10 @@ def state_backup(
         store.backup(out)
     finally:
         store.close()
-    console.print(f"wrote {out} (to restore: stop the server, put it in place as quorum.db)")
+    console.print(
+        f"wrote {out} (to restore: stop the server, put it in place as quorum.db and delete "
+        "quorum.db-wal and quorum.db-shm beside it)"
+    )
 
 
 @server_app.command("start")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 
 from fastapi.responses import StreamingResponse
@@ -49,7 +50,7 @@ async def labelled_model(store: Store, checkpoints: Checkpoints, run_id: str) ->
         if record.config is not None:
             metadata[TASK] = record.config.task
         header = blobs.labelled_header(stream, metadata)
-        size = path.stat().st_size - stream.tell()
+        size = os.fstat(stream.fileno()).st_size - stream.tell()
     except BaseException:
         stream.close()
         raise

@@ -3,6 +3,7 @@ kubelet has none, and nothing in the answers that a token would guard."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from fastapi import APIRouter
@@ -10,6 +11,8 @@ from fastapi.responses import JSONResponse
 
 from quorum.errors import StoreError
 from quorum.server.store import Store
+
+log = logging.getLogger("quorum.admin")
 
 
 def probes_router(store: Store, grpc_serving: Callable[[], bool]) -> APIRouter:
@@ -27,7 +30,8 @@ def probes_router(store: Store, grpc_serving: Callable[[], bool]) -> APIRouter:
         try:
             store.ping()
         except StoreError as exc:
-            problems.append(f"state store: {exc}")
+            log.error("event=not_ready error=%s", exc)  # paths stay out of an open route
+            problems.append("state store: not answering")
         if not grpc_serving():
             problems.append("federation server: not serving")
         if problems:

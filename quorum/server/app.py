@@ -170,8 +170,12 @@ class Server:
         for task in self._tasks[1:]:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the part that ended the server: the rest still stops in order
+                log.exception("event=server_part_failed")
         self._grpc_serving = False
         # Sessions end their streams themselves (each records its site's disconnection while
         # the store is open); cancelled by grpc's stop instead, they wrote to a closed store.
@@ -207,13 +211,19 @@ class _AdminServer(uvicorn.Server):
         # application around it to handle: that killed the process before Server.stop() could
         # stop the gRPC server, the baseline jobs and the store. Server.wait() returns instead.
         with super().capture_signals():
-            yield
-            self._captured_signals.clear()
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 async def serve(config: ServerFile, *, insecure: bool, fresh_start: bool = False) -> None:
     server = Server(config, insecure=insecure, fresh_start=fresh_start)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        server.close()
+        raise
     try:
         await server.wait()
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
+import sqlite3
 import time
 
 from quorum.errors import StoreError
@@ -28,7 +29,7 @@ async def back_up_forever(store: Store, folder: pathlib.Path, every_s: float, ke
         await asyncio.sleep(every_s)
         try:
             path = await asyncio.to_thread(back_up, store, folder, keep)
-        except (OSError, StoreError) as exc:
+        except (OSError, sqlite3.Error, StoreError) as exc:
             log.error("event=backup_failed folder=%s error=%s", folder, exc)
         else:
             log.info("event=backup_written path=%s", path)

@@ -250,15 +250,23 @@ class Store:
 
     def backup(self, path: pathlib.Path) -> None:
         """A consistent copy of the store at `path` while it is in use (SQLite's online backup),
-        written beside and renamed into place, so `path` is either whole or absent."""
+        written beside and renamed into place, so `path` is either whole or absent. It reads
+        through a connection of its own, never the store's lock: a long copy must not hold up
+        the server (WAL lets it read beside the writer)."""
         partial = path.with_name(f".{path.name}.partial")
         partial.unlink(missing_ok=True)
-        target = sqlite3.connect(partial)
         try:
-            with self._lock, _damage_reported(self.path):
-                self._db.backup(target)
-        finally:
-            target.close()
+            with _damage_reported(self.path):
+                source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+                target = sqlite3.connect(partial)
+                try:
+                    source.backup(target)
+                finally:
+                    target.close()
+                    source.close()
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(path)
 
     def close(self) -> None:
