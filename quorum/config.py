@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from quorum.aggregation.robust import ROBUST_RULES, RobustRule
+from quorum.aggregation.strategies import Strategy, make_strategy
 from quorum.errors import ConfigError
 
 StrategyName = Literal[
@@ -295,6 +296,18 @@ class RunConfig(_Model):
             num_malicious_nodes=self.num_malicious_nodes,
             num_nodes_to_select=self.num_nodes_to_select,
             norm_bound=self.norm_bound,
+        )
+
+    def server_strategy(self) -> Strategy:
+        """A fresh server strategy for the run (it keeps optimiser state, so one per driver);
+        raises ConfigError for settings that do not fit it."""
+        return make_strategy(
+            self.strategy,
+            server_learning_rate=self.server_learning_rate,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            tau=self.tau,
+            proximal_mu=self.proximal_mu,
         )
 
     def _check_robust(self) -> None:

@@ -47,7 +47,6 @@ from quorum.server.rounds import (
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
-from quorum.server.sync_driver import strategy_for
 from quorum.wire import blobs
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ class AsyncDriver:
         self.store = coordinator.store
         self.run_id = record.id
         self.config = record.checked_config
-        self.site_config = strategy_for(self.config).site_config()
+        self.site_config = self.config.server_strategy().site_config()
         self.fold_lock = asyncio.Lock()  # every fit phase folds into the one buffer
         self.wake = asyncio.Event()
         self.evaluations: set[asyncio.Task[None]] = set()

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+from quorum.aggregation import check_memory
 from quorum.config import RunConfig
 from quorum.errors import QuorumError, UploadRejected
 from quorum.proto import federation_pb2 as pb
@@ -24,8 +25,8 @@ from quorum.server.phases import PendingTask, Phase, SiteResult, fold_in_thread
 from quorum.server.rounds import STOPPED
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import RunRecord, Store
-from quorum.server.sync_driver import SyncDriver, check_update_memory, strategy_for
-from quorum.task import load_task
+from quorum.server.sync_driver import SyncDriver
+from quorum.task import FederatedTask, load_task
 from quorum.wire import blobs
 
 log = logging.getLogger("quorum.server")
@@ -38,6 +39,15 @@ _STATUS = {
     pb.RESULT_STATUS_FAILED: "failed",
     pb.RESULT_STATUS_REFUSED: "refused",
 }
+
+
+def _check_update_memory(config: RunConfig, task: FederatedTask) -> None:
+    """Refuses a robust strategy whose round would keep more updates than its memory budget
+    (`robust_memory_mb`): max_fit_sites updates of the task's model size."""
+    rule = config.robust_rule
+    if rule.keeps_updates and config.max_fit_sites is not None:
+        numel = sum(v.size for v in task.initial_parameters(config.seed).values())
+        check_memory(rule, config.max_fit_sites, numel, config.robust_memory_mb)
 
 
 class Driver(Protocol):
@@ -69,9 +79,9 @@ class Coordinator:
     # ---- runs ----
 
     def submit(self, config: RunConfig) -> RunRecord:
-        strategy_for(config)  # refuse settings the strategy cannot take
+        config.server_strategy()  # refuse settings the strategy cannot take
         task = load_task(config.task)  # and a task this server cannot import
-        check_update_memory(config, task)  # and a robust cohort beyond its memory budget
+        _check_update_memory(config, task)  # and a robust cohort beyond its memory budget
         record = self.store.create_run(config)
         self._wakeup.set()
         return record

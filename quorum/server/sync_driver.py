@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from quorum.aggregation import Strategy, check_memory, make_strategy, round_sum
-from quorum.config import RunConfig
+from quorum.aggregation import round_sum
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
 from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed
@@ -37,7 +36,6 @@ from quorum.server.rounds import (
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
-from quorum.task import FederatedTask
 from quorum.wire import blobs
 
 if TYPE_CHECKING:
@@ -46,34 +44,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("quorum.server")
 
 
-def strategy_for(config: RunConfig) -> Strategy:
-    """The run's server strategy; raises ConfigError for settings that do not fit it."""
-    return make_strategy(
-        config.strategy,
-        server_learning_rate=config.server_learning_rate,
-        beta1=config.beta1,
-        beta2=config.beta2,
-        tau=config.tau,
-        proximal_mu=config.proximal_mu,
-    )
-
-
-def check_update_memory(config: RunConfig, task: FederatedTask) -> None:
-    """Refuses a robust strategy whose round would keep more updates than its memory budget
-    (`robust_memory_mb`): max_fit_sites updates of the task's model size."""
-    rule = config.robust_rule
-    if rule.keeps_updates and config.max_fit_sites is not None:
-        numel = sum(v.size for v in task.initial_parameters(config.seed).values())
-        check_memory(rule, config.max_fit_sites, numel, config.robust_memory_mb)
-
-
 class SyncDriver:
     def __init__(self, coordinator: Coordinator, record: RunRecord) -> None:
         self.co = coordinator
         self.store = coordinator.store
         self.run_id = record.id
         self.config = record.checked_config
-        self.strategy = strategy_for(self.config)
+        self.strategy = self.config.server_strategy()
         self.rule = self.config.robust_rule
         self.central = CentralDP(self.config.central_dp) if self.config.central_dp.enabled else None
 
