@@ -15,12 +15,20 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from quorum.aggregation.robust import ROBUST_RULES, RobustRule
 from quorum.aggregation.strategies import Strategy, make_strategy
 from quorum.errors import ConfigError
+from quorum.fitconfig import FitConfig
 
 StrategyName = Literal[
     "fedavg",
@@ -236,6 +244,12 @@ class RunConfig(_Model):
                 "each task (ship large data to the sites another way)"
             )
         return self
+
+    @field_validator("site_config")
+    @classmethod
+    def _fits_quorum_entries(cls, site_config: dict[str, Any]) -> dict[str, Any]:
+        FitConfig.check_settings(site_config)
+        return site_config
 
     @model_validator(mode="after")
     def _check_cohort(self) -> RunConfig:

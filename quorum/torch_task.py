@@ -19,6 +19,9 @@ Fit config keys (a JSON object sent by the server with each task):
   number of fits this task has done so far is used.
 - `seed` (int, optional): the run's seed (the server sends it); without it, the task's own.
 
+`round`, `seed`, `proximal_mu` and the two DP keys below are Quorum's own entries, read (and
+checked) as `quorum.fitconfig.FitConfig`; the others are this task's settings.
+
 With differential privacy enabled (`TorchTask.enable_dp(ledger)`), a fit trains with DP-SGD
 (Opacus: per-example gradients clipped to the ledger's `max_grad_norm`, Gaussian noise, Poisson
 sampling of each training example with probability `batch_size / N` at every step) and needs two
@@ -55,6 +58,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from quorum.errors import TaskError
+from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.accounting import opacus_module
 from quorum.privacy.dp.ledger import PrivacyLedger
 from quorum.task import EvalResult, FitResult, JSONConfig
@@ -424,10 +428,9 @@ class TorchTask:
 
     def fit(self, params: Params, config: JSONConfig) -> FitResult:
         load_params(self.model, params)
+        entries = FitConfig.read(config)
         lr = _number(config, "lr", self.lr)
-        mu = _number(config, "proximal_mu", 0.0)
-        if mu < 0:
-            raise TaskError(f"proximal_mu must not be negative, got {mu}")
+        mu = entries.proximal_mu or 0.0
         steps = _count(config, "local_steps")
         epochs = _count(config, "local_epochs")
         if steps is not None and epochs is not None:
@@ -438,19 +441,17 @@ class TorchTask:
         batches = self.train_batches
         if batch_size is not None:
             batches = batches.with_batch_size(batch_size)
-        round_index = _count(config, "round")
         # The run's seed (sent with every task) drives sampling, so a run is reproducible
         # whatever seed each agent was started with.
-        seed = _count(config, "seed")
         generator = round_generator(
-            self.seed if seed is None else seed,
-            self._fits if round_index is None else round_index,
+            self.seed if entries.seed is None else entries.seed,
+            self._fits if entries.round is None else entries.round,
         )
         self._fits += 1
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer(trainable, lr)
         if self._dp is not None:
-            return self._fit_dp(self._dp, config, batches, optimizer, steps, epochs, mu, generator)
+            return self._fit_dp(self._dp, entries, batches, optimizer, steps, epochs, mu, generator)
         with _seeded_torch(generator, self.device):
             loss = train(
                 self.model,
@@ -471,7 +472,7 @@ class TorchTask:
     def _fit_dp(
         self,
         ledger: PrivacyLedger,
-        config: JSONConfig,
+        entries: FitConfig,
         batches: Batches,
         optimizer: torch.optim.Optimizer,
         steps: int | None,
@@ -481,17 +482,13 @@ class TorchTask:
     ) -> FitResult:
         if mu > 0:
             raise TaskError("FedProx (proximal_mu > 0) is not supported with differential privacy")
-        run_id = config.get("run_id")
-        if not isinstance(run_id, str) or not run_id:
+        run_id, rounds = entries.run_id, entries.rounds
+        if run_id is None:
+            raise TaskError("fit config 'run_id' is required with differential privacy")
+        if rounds is None:
             raise TaskError(
-                f"fit config 'run_id' (a non-empty string) is required with differential privacy,"
-                f" got {run_id!r}"
-            )
-        rounds = _count(config, "rounds")
-        if rounds is None or rounds < 1:
-            raise TaskError(
-                "fit config 'rounds' (the run's planned number of rounds, at least 1) is required"
-                f" with differential privacy, got {rounds!r}"
+                "fit config 'rounds' (the run's planned number of rounds) is required with "
+                "differential privacy"
             )
         n = len(batches)
         if n == 0:

@@ -22,6 +22,7 @@ from quorum.client.reachability import describe
 from quorum.client.slots import Slots
 from quorum.client.transfer import BlobCache, download, upload
 from quorum.errors import AuthError, BudgetExhausted, QuorumError
+from quorum.fitconfig import FitConfig
 from quorum.identity import public_bytes, sign_join
 from quorum.logs import SiteLog
 from quorum.proto import federation_pb2 as pb
@@ -292,7 +293,7 @@ class SiteAgent:
                 error=f"this agent runs task {self.task_ref!r}, not {offer.task!r}",
             )
             return
-        config = json.loads(offer.config_json or "{}")
+        config = FitConfig.from_json(offer.config_json).as_mapping()
         if offer.kind == pb.TASK_KIND_FIT:
             self._stage(offer.round, "fit")
         if offer.kind == pb.TASK_KIND_FIT and offer.HasField("secagg"):

@@ -20,7 +20,6 @@ interrupted round is recorded as aborted with how many updates it held.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -31,6 +30,7 @@ import numpy as np
 
 from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
 from quorum.errors import NotFoundError, UploadRejected
+from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import CentralDP, clip_in_place
 from quorum.server.phases import Phase, RoundAborted
 from quorum.server.rounds import (
@@ -255,17 +255,16 @@ class AsyncDriver:
                 f"the run {reason}; {held} buffered update(s) discarded",
             )
 
-    def _fit_config(self, round_no: int, version: int) -> dict[str, object]:
+    def _fit_config(self, round_no: int, version: int) -> FitConfig:
         cfg = self.config
-        return {
-            **cfg.site_config,
-            **self.site_config,
-            "round": round_no,
-            "seed": cfg.seed,
-            "run_id": self.run_id,
-            "rounds": cfg.rounds,
-            "model_version": version,
-        }
+        return FitConfig.for_fit(
+            {**cfg.site_config, **self.site_config},
+            round_no=round_no,
+            seed=cfg.seed,
+            run_id=self.run_id,
+            rounds=cfg.rounds,
+            model_version=version,
+        )
 
     # ---- plain FedBuff ----
 
@@ -410,7 +409,7 @@ class AsyncDriver:
             self.layout,
             cfg.max_num_examples,
         )
-        config = {**cfg.site_config, "round": version}
+        config = FitConfig.for_evaluate(cfg.site_config, round_no=version)
         await run_phase(self.co, phase, evaluators, config, cfg.task, cfg.evaluate_timeout_s)
         if phase.results:
             metrics = evaluate_metrics(phase.results)
@@ -471,7 +470,7 @@ class AsyncDriver:
                 secure = SecureFit(self.co, phase, cohort, cfg, rng, self.layout.numel)
                 try:
                     delta, _, summed = await secure.run(
-                        json.dumps(self._fit_config(round_no, version)), cfg.task
+                        self._fit_config(round_no, version), cfg.task
                     )
                     # Its sites are done: they train in later cohorts while this one waits
                     # for its turn (holding them would starve an earlier cohort's refill).

@@ -14,6 +14,7 @@ from typing import Protocol
 from quorum.aggregation import check_memory
 from quorum.config import RunConfig
 from quorum.errors import QuorumError, UploadRejected
+from quorum.fitconfig import FitConfig
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
 from quorum.server.async_driver import AsyncDriver
@@ -132,7 +133,7 @@ class Coordinator:
         self,
         phase: Phase,
         sessions: list[Session],
-        config_json: str,
+        config: FitConfig,
         task: str,
         deadline_s: float,
         setups: dict[str, pb.SecAggSetup] | None = None,
@@ -167,7 +168,7 @@ class Coordinator:
                         task=task,
                         model_digest=phase.model_digest,
                         model_size=phase.model_size,
-                        config_json=config_json,
+                        config_json=config.to_json(),
                         deadline_s=deadline_s,
                         secagg=setups[session.id] if setups else None,
                         gossip=gossip[session.id] if gossip else None,

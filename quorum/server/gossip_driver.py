@@ -34,6 +34,7 @@ import numpy as np
 
 from quorum.aggregation import gossip
 from quorum.errors import ConfigError
+from quorum.fitconfig import FitConfig
 from quorum.server.gossip_relay import GossipPhase, GossipRound, check_cohort
 from quorum.server.phases import RoundAborted
 from quorum.server.rounds import play_rounds, task_sites, wait_for_sites
@@ -95,15 +96,14 @@ class GossipDriver:
             max_num_examples=cfg.max_num_examples,
         )
         relay = GossipRound(self.co, phase, cohort, cfg, mixing)
-        site_config = {
-            **cfg.site_config,
-            **self._decayed_lr(round_no),
-            "round": round_no,
-            "seed": cfg.seed,
-            "run_id": self.run_id,
-            "rounds": cfg.rounds,
-        }
-        await relay.run(json.dumps(site_config), cfg.task)
+        fit_config = FitConfig.for_fit(
+            {**cfg.site_config, **self._decayed_lr(round_no)},
+            round_no=round_no,
+            seed=cfg.seed,
+            run_id=self.run_id,
+            rounds=cfg.rounds,
+        )
+        await relay.run(fit_config, cfg.task)
         reported = len(relay.reports)
         if reported < cfg.min_fit_sites:
             raise RoundAborted(

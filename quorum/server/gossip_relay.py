@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from quorum.aggregation.gossip import Mixing
 from quorum.config import RunConfig
 from quorum.errors import GossipError, UploadRejected
+from quorum.fitconfig import FitConfig
 from quorum.privacy import gossip_channel as channel
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
@@ -97,14 +98,14 @@ class GossipRound:
 
     # ---- the stages (the driver's side) ----
 
-    async def run(self, config_json: str, task_ref: str) -> None:
+    async def run(self, config: FitConfig, task_ref: str) -> None:
         """Runs the round's stages; the sites' reports are in `reports` afterwards."""
         settings = self.config
         try:
             self.co.open_phase(
                 self.phase,
                 self.cohort,
-                config_json,
+                config,
                 task_ref,
                 settings.round_timeout_s + 2 * settings.gossip_stage_timeout_s,
                 gossip={s.id: self._setup(i) for i, s in enumerate(self.cohort)},

@@ -5,7 +5,6 @@ run from its last checkpoint, and the means of the sites' metrics."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ import numpy as np
 
 from quorum.config import RunConfig
 from quorum.errors import QuorumError
+from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.accounting import appended
 from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
 from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed, SiteResult
@@ -175,12 +175,12 @@ async def run_phase(
     co: Coordinator,
     phase: Phase,
     sessions: list[Session],
-    site_config: Mapping[str, object],
+    config: FitConfig,
     task: str,
     timeout: float,
 ) -> None:
     """Offers the phase's tasks and waits until they are answered or the deadline passes."""
-    co.open_phase(phase, sessions, json.dumps(site_config), task, timeout)
+    co.open_phase(phase, sessions, config, task, timeout)
     try:
         await phase.wait(timeout)
     finally:

@@ -23,6 +23,7 @@ import numpy as np
 
 from quorum.config import RunConfig
 from quorum.errors import SecAggError, UploadRejected
+from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import DP_CLIPPING_METRIC, DP_NOISE_METRIC
 from quorum.privacy.secagg import (
     MASKED_TENSOR,
@@ -118,7 +119,7 @@ class SecureFit:
 
     # ---- the stages (the driver's side) ----
 
-    async def run(self, config_json: str, task_ref: str) -> tuple[np.ndarray, int, int]:
+    async def run(self, config: FitConfig, task_ref: str) -> tuple[np.ndarray, int, int]:
         """Runs the phase; returns (the example-weighted mean delta, the summed weight, the
         number of sites summed). Raises RoundAborted when the sum cannot be recovered."""
         try:
@@ -126,7 +127,7 @@ class SecureFit:
             self.co.open_phase(
                 self.phase,
                 self.cohort,
-                config_json,
+                config,
                 task_ref,
                 self.masked_timeout_s + 3 * self.settings.stage_timeout_s,
                 setups={s.id: self._setup(i) for i, s in enumerate(self.cohort)},

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from quorum.aggregation import round_sum
+from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
 from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed
@@ -88,15 +89,13 @@ class SyncDriver:
             available, cfg.fraction_fit, cfg.min_fit_sites, cfg.max_fit_sites, rng
         )
 
-        site_config = {
-            **cfg.site_config,
-            **self.strategy.site_config(),
-            "round": round_no,
-            "seed": cfg.seed,
-            # A site under DP calibrates its noise for the whole run and keys its budget by it.
-            "run_id": self.run_id,
-            "rounds": cfg.rounds,
-        }
+        fit_config = FitConfig.for_fit(
+            {**cfg.site_config, **self.strategy.site_config()},
+            round_no=round_no,
+            seed=cfg.seed,
+            run_id=self.run_id,
+            rounds=cfg.rounds,
+        )
         current = blobs.as_flat(model, layout)
         if cfg.secagg.enabled:
             fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
@@ -105,7 +104,7 @@ class SyncDriver:
                 noise = (self.central.clipping_norm, self.central.site_noise_stddev(len(cohort)))
             secure = SecureFit(self.co, fit, cohort, cfg, rng, layout.numel, noise)
             try:
-                delta, examples, accepted = await secure.run(json.dumps(site_config), cfg.task)
+                delta, examples, accepted = await secure.run(fit_config, cfg.task)
             finally:
                 # The server has seen the noised sum once it is unmasked, even when the round
                 # then aborts: that release is accounted.
@@ -117,7 +116,7 @@ class SyncDriver:
         elif self.central is not None:
             fit = self._phase("fit", round_no, attempt, model, layout)
             clipped = fit.accumulator = self.central.collector(current)
-            await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
+            await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(clipped.count, cohort, fit)
             delta, release = await asyncio.to_thread(self.central.release, clipped, len(cohort))
             # Accounted before the model leaves the server (evaluation sends it to the sites).
@@ -127,7 +126,7 @@ class SyncDriver:
             fit = self._phase("fit", round_no, attempt, model, layout)
             # The plain streaming sum, or the round's updates kept for a robust rule.
             total = fit.accumulator = round_sum(self.rule, current, len(cohort))
-            await self._run_phase(fit, cohort, site_config, cfg.round_timeout_s)
+            await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(total.count, cohort, fit)
             # A robust rule's aggregate (Krum's distances, per-value sorts) takes a while.
             mean = await asyncio.to_thread(total.mean)
@@ -150,7 +149,10 @@ class SyncDriver:
         if evaluators:
             ev = self._phase("evaluate", round_no, attempt, new_model, layout)
             await self._run_phase(
-                ev, evaluators, {**cfg.site_config, "round": round_no}, cfg.evaluate_timeout_s
+                ev,
+                evaluators,
+                FitConfig.for_evaluate(cfg.site_config, round_no=round_no),
+                cfg.evaluate_timeout_s,
             )
             if ev.results:
                 metrics["evaluate"] = evaluate_metrics(ev.results)
@@ -213,9 +215,9 @@ class SyncDriver:
         )
 
     async def _run_phase(
-        self, phase: Phase, sessions: list[Session], site_config: dict[str, object], timeout: float
+        self, phase: Phase, sessions: list[Session], config: FitConfig, timeout: float
     ) -> None:
-        await run_phase(self.co, phase, sessions, site_config, self.config.task, timeout)
+        await run_phase(self.co, phase, sessions, config, self.config.task, timeout)
 
     @staticmethod
     def _sample(
