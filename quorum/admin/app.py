@@ -37,7 +37,7 @@ from quorum.errors import (
 )
 from quorum.identity import parse_public
 from quorum.server.baselines import BaselineJobs
-from quorum.server.coordinator import Coordinator
+from quorum.server.runtime import Runtime
 from quorum.server.store import RunRecord, SiteRecord
 
 _bearer = HTTPBearer(auto_error=False)
@@ -83,14 +83,14 @@ class Health(BaseModel):
 
 
 def build_app(
-    co: Coordinator,
+    runtime: Runtime,
     baselines: BaselineJobs | None = None,
     *,
     feed: EventFeed | None = None,
     grpc_serving: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """Route handlers are coroutines: they run on the server's event loop, beside the
-    coordinator whose in-memory state (sessions, open rounds) some of them touch. `feed` wakes
+    coordinator whose in-memory state (sessions, open rounds) `runtime` touches. `feed` wakes
     the live event streams (the server closes it at shutdown); `grpc_serving` says whether the
     federation server beside the app serves (for /readyz; None: there is none to wait for)."""
     app = FastAPI(
@@ -104,7 +104,7 @@ def build_app(
         docs_url=None,
         redoc_url=None,
     )
-    store = co.store
+    store = runtime.store
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
@@ -173,7 +173,7 @@ def build_app(
             public_key=base64.b64encode(record.public_key).decode(),
             registered_at=record.registered_at,
             revoked=not record.active,
-            connected=co.sessions.by_site(record.name) is not None,
+            connected=runtime.is_connected(record.name),
         )
 
     @app.get("/api/v1/health", dependencies=[viewer])
@@ -181,8 +181,8 @@ def build_app(
         return Health(
             status="ok",
             version=__version__,
-            connected_sites=co.sessions.count(),
-            current_run=co.current_run,
+            connected_sites=runtime.connected_sites(),
+            current_run=runtime.current_run,
         )
 
     @app.get("/api/v1/runs", dependencies=[viewer])
@@ -191,7 +191,7 @@ def build_app(
 
     @app.post("/api/v1/runs", status_code=201, dependencies=[operator])
     async def submit_run(config: RunConfig) -> RunOut:
-        return run_out(co.submit(config))
+        return run_out(runtime.submit(config))
 
     @app.get("/api/v1/runs/{run_id}", dependencies=[viewer])
     async def get_run(run_id: str) -> RunOut:
@@ -202,7 +202,7 @@ def build_app(
 
     @app.post("/api/v1/runs/{run_id}/stop", dependencies=[operator])
     async def stop_run(run_id: str) -> RunOut:
-        co.stop(run_id)
+        runtime.stop(run_id)
         return run_out(store.run(run_id))
 
     @app.get("/api/v1/runs/{run_id}/rounds", dependencies=[viewer])
@@ -233,7 +233,7 @@ def build_app(
     async def download_model(run_id: str) -> StreamingResponse:
         """The latest completed round's model (safetensors), its metadata naming the run, task,
         round and model digest."""
-        return await labelled_model(store, co.checkpoints, run_id)
+        return await labelled_model(store, runtime.checkpoints, run_id)
 
     @app.get("/api/v1/sites", dependencies=[viewer])
     async def list_sites() -> list[SiteOut]:
@@ -247,11 +247,7 @@ def build_app(
 
     @app.post("/api/v1/sites/{name}/revoke", dependencies=[operator])
     async def revoke_site(name: str) -> SiteOut:
-        store.revoke_site(name)
-        session = co.sessions.by_site(name)
-        if session is not None:
-            co.sessions.drop(session)
-            co.on_disconnect(session)
+        runtime.revoke_site(name)
         return site_out(store.site(name))
 
     @app.get("/api/v1/events", dependencies=[viewer])
@@ -268,7 +264,7 @@ def build_app(
     feed = feed or EventFeed(store)
     app.include_router(events_router(feed, viewer))
     app.include_router(
-        metrics_router(store, lambda: Live(co.sessions.count(), feed.open_streams), viewer)
+        metrics_router(store, lambda: Live(runtime.connected_sites(), feed.open_streams), viewer)
     )
     app.include_router(probes_router(store, grpc_serving or (lambda: True)))
     app.include_router(docs_router(app.title))

@@ -25,6 +25,7 @@ from quorum.server.claims import NO_PORT_SHARING, StateLock, bind
 from quorum.server.coordinator import Coordinator
 from quorum.server.federation import FederationService
 from quorum.server.integrity import open_checked
+from quorum.server.runtime import Runtime
 from quorum.server.sessions import SessionRegistry
 from quorum.server.undecodable import RefuseUndecodable
 from quorum.wire.channel import GRPC_OPTIONS
@@ -70,6 +71,7 @@ class Server:
             BlobStore(),
             SessionRegistry(),
         )
+        self.runtime = Runtime(self.coordinator)
         self.baselines = BaselineJobs(self.store, cfg.state_dir, max_running=cfg.max_baseline_jobs)
         known = {r.name for r in self.store.runs()}
         for run in config.runs:
@@ -122,7 +124,7 @@ class Server:
             self.feed,
             uvicorn.Config(
                 build_app(
-                    self.coordinator,
+                    self.runtime,
                     self.baselines,
                     feed=self.feed,
                     grpc_serving=lambda: self._grpc_serving,

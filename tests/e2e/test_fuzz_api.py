@@ -38,7 +38,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 def test_no_request_gets_a_server_error(state_dir: pathlib.Path) -> None:
     server = _server(state_dir)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", build_app(server.coordinator))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", build_app(server.runtime))
     failures: list[str] = []
     sent = 0
 
@@ -75,7 +75,7 @@ def test_a_server_restarted_on_the_fuzzed_state_answers_every_listing(
 ) -> None:
     server = _server(state_dir)
     try:
-        with TestClient(build_app(server.coordinator)) as client:
+        with TestClient(build_app(server.runtime)) as client:
             for path in ("/api/v1/health", "/api/v1/runs", "/api/v1/sites", "/api/v1/events"):
                 assert client.get(path, headers=AUTH).status_code == 200, path
             for run in client.get("/api/v1/runs", headers=AUTH).json():

@@ -202,7 +202,7 @@ def test_readyz_says_what_is_not_ready(tmp_path: pathlib.Path) -> None:
     async def scenario() -> None:
         config = ServerFile(server=ServerConfig(state_dir=tmp_path, admin_token=TOKEN))
         server = Server(config, insecure=True)  # constructed, not started
-        app = build_app(server.coordinator, grpc_serving=lambda: False)
+        app = build_app(server.runtime, grpc_serving=lambda: False)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
             answer = await client.get("/readyz")
