@@ -377,6 +377,7 @@ def client_run(
     import grpc
 
     from quorum.client.agent import SiteAgent
+    from quorum.client.compression import Residuals
     from quorum.client.faults import Crash, kill_hook
     from quorum.client.gossip_models import GossipModels
     from quorum.client.transfer import BlobCache
@@ -448,6 +449,12 @@ def client_run(
             else client.site_key.with_suffix(".gossip")
         ),
         give_up_after_s=client.give_up_after_s,
+        # A compressed run's error feedback: kept across restarts, beside the gossip models.
+        residuals=Residuals(
+            client.cache_dir / "residuals"
+            if client.cache_dir
+            else client.site_key.with_suffix(".residuals")
+        ),
     )
 
     async def main() -> None:

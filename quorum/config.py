@@ -29,6 +29,7 @@ from quorum.aggregation.robust import ROBUST_RULES, RobustRule
 from quorum.aggregation.strategies import Strategy, make_strategy
 from quorum.errors import ConfigError
 from quorum.fitconfig import FitConfig
+from quorum.wire.codecs import CompressionConfig
 
 StrategyName = Literal[
     "fedavg",
@@ -187,6 +188,7 @@ class RunConfig(_Model):
         default_factory=dict, description="settings sent to every site with each task"
     )
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
     central_dp: CentralDPConfig = Field(default_factory=CentralDPConfig)
     # ---- async (FedBuff); `rounds` counts server steps ----
     buffer_size: int = Field(
@@ -251,6 +253,20 @@ class RunConfig(_Model):
         FitConfig.check_settings(site_config)
         return site_config
 
+    def _check_compression(self) -> None:
+        codec = self.compression.upload
+        if codec != "none" and self.secagg.enabled:
+            raise ValueError(
+                f"compression.upload = {codec!r} does not combine with secure aggregation: SecAgg "
+                "already quantises the updates, and the server cannot decode masked vectors; "
+                "set compression.upload = 'none' or secagg.enabled = false"
+            )
+        if codec != "none" and self.mode == "gossip":
+            raise ValueError(
+                f"compression.upload = {codec!r} applies to updates sent to the server; gossip "
+                "runs exchange whole models between sites: set compression.upload = 'none'"
+            )
+
     @model_validator(mode="after")
     def _check_cohort(self) -> RunConfig:
         if self.max_fit_sites is not None and self.max_fit_sites < self.min_fit_sites:
@@ -258,6 +274,7 @@ class RunConfig(_Model):
         if self.min_available_sites < self.min_fit_sites:
             self.__dict__["min_available_sites"] = self.min_fit_sites
         self._check_robust()
+        self._check_compression()
         if self.mode != "sync" and self.strategy not in ("fedavg", "fedprox"):
             raise ValueError(
                 f"strategy {self.strategy!r} is a sync server optimiser; {self.mode} runs take "

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quorum.errors import TaskError
+from quorum.wire.codecs import CompressionConfig
 
 
 class FitConfig(BaseModel):
@@ -45,6 +46,9 @@ class FitConfig(BaseModel):
         None, ge=0, description="async: the version of the model the fit starts from"
     )
     proximal_mu: float | None = Field(None, ge=0, description="FedProx: the proximal term's mu")
+    compression: CompressionConfig | None = Field(
+        None, description="how the site encodes its update (absent: the trained model as is)"
+    )
 
     @classmethod
     def for_fit(
@@ -56,6 +60,7 @@ class FitConfig(BaseModel):
         run_id: str,
         rounds: int,
         model_version: int | None = None,
+        compression: CompressionConfig | None = None,
     ) -> FitConfig:
         """A fit task's config: the run's settings (and the strategy's, such as FedProx's
         `proximal_mu`) with the round's entries on top."""
@@ -67,6 +72,8 @@ class FitConfig(BaseModel):
         }
         if model_version is not None:
             entries["model_version"] = model_version
+        if compression is not None and compression.upload != "none":
+            entries["compression"] = compression.model_dump()
         return cls.model_validate({**settings, **entries})
 
     @classmethod
@@ -101,12 +108,13 @@ class FitConfig(BaseModel):
             raise ValueError(_problems(exc)) from None
 
     def as_mapping(self) -> dict[str, Any]:
-        """The config as a `SiteTask` receives it: every entry the server sent, and no other."""
-        return self.model_dump(exclude_unset=True)
+        """The config as a `SiteTask` receives it: every entry the server sent, and no other,
+        but `compression` (how the agent encodes the update is no business of the task's)."""
+        return self.model_dump(exclude_unset=True, exclude={"compression"})
 
     def to_json(self) -> str:
         """The wire form (`TaskOffer.config_json`)."""
-        return json.dumps(self.as_mapping())
+        return json.dumps(self.model_dump(exclude_unset=True))
 
 
 def _problems(exc: ValidationError) -> str:

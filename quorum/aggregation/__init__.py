@@ -2,10 +2,16 @@
 keep a round's updates instead, and the server strategies.
 
 Pure numpy: no gRPC, asyncio or database. Models are flat 1-D vectors (see
-`quorum.wire.blobs.as_flat` / `from_flat`).
+`quorum.wire.blobs.as_flat` / `from_flat`), folded whole or block by block.
 """
 
-from quorum.aggregation.accumulator import Accumulator, UpdateSum
+from quorum.aggregation.accumulator import (
+    Accumulator,
+    FlatBlocks,
+    Update,
+    UpdateBlocks,
+    UpdateSum,
+)
 from quorum.aggregation.fedavg import FedAvg
 from quorum.aggregation.fedopt import BIAS_CORRECTIONS, FedOpt
 from quorum.aggregation.robust import (
@@ -24,9 +30,12 @@ __all__ = [
     "Accumulator",
     "FedAvg",
     "FedOpt",
+    "FlatBlocks",
     "RobustRule",
     "RoundSum",
     "Strategy",
+    "Update",
+    "UpdateBlocks",
     "UpdateSum",
     "check_memory",
     "make_strategy",

@@ -1,29 +1,104 @@
-"""A streaming, example-weighted sum of flat model vectors."""
+"""A streaming, example-weighted sum of site models, folded block by block.
+
+What a round folds is an `Update`: a flat vector (a plain upload's view of its bytes), or any
+source of consecutive blocks (`UpdateBlocks`: a compressed upload decoded a block at a time,
+`quorum.wire.codecs.DecodedUpdate`), so that no sum needs a float copy of a whole update.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 
+FOLD_BLOCK = 1 << 16
+"""Values a plain vector is folded at a time (512 KiB of float64 scratch)."""
+
+
+class UpdateBlocks(Protocol):
+    """A site's model, flat, as consecutive blocks: `blocks()` yields (start, values) covering
+    0..numel in order, each values array (any float dtype) valid until the next is asked for.
+    It may be iterated more than once (central DP reads an update's norm first)."""
+
+    @property
+    def numel(self) -> int: ...
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]: ...
+
+
+class FlatBlocks:
+    """A flat vector as blocks: views, no copies."""
+
+    def __init__(self, vector: np.ndarray, block: int = FOLD_BLOCK) -> None:
+        if vector.ndim != 1:
+            raise ValueError(f"a flat vector is required, got shape {vector.shape}")
+        if not np.issubdtype(vector.dtype, np.floating):
+            raise ValueError(f"vector has dtype {vector.dtype}; a float dtype is required")
+        self.vector = vector
+        self.block = block
+
+    @property
+    def numel(self) -> int:
+        return int(self.vector.shape[0])
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.numel, self.block):
+            yield start, self.vector[start : start + self.block]
+
+
+Update = np.ndarray | UpdateBlocks
+
+
+def blocks_of(update: Update, numel: int) -> UpdateBlocks:
+    """`update` as blocks, checked to hold `numel` values."""
+    if isinstance(update, np.ndarray):
+        if update.shape != (numel,):
+            raise ValueError(
+                f"an update of shape {update.shape} does not fit a sum of shape ({numel},); "
+                "flatten the model first"
+            )
+        return FlatBlocks(update)
+    if update.numel != numel:
+        raise ValueError(f"an update of {update.numel} values does not fit a sum of {numel}")
+    return update
+
+
+def subtract_into(out: np.ndarray, update: UpdateBlocks, reference: np.ndarray) -> None:
+    """out = update - reference, block by block, in out's dtype (a robust round's float32 row,
+    an async update's float64 delta)."""
+    for start, values in update.blocks():
+        end = start + values.shape[0]
+        np.subtract(
+            values, reference[start:end], out=out[start:end], dtype=out.dtype, casting="same_kind"
+        )
+
+
+def check_weight(weight: float) -> float:
+    weight = float(weight)
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ValueError(f"weight must be a positive finite number, got {weight}")
+    return weight
+
 
 class UpdateSum(Protocol):
     """Where a round folds each site's validated model as it arrives: the plain weighted sum
-    below, or central DP's clipped sum (`quorum.privacy.dp.central.ClippedSum`)."""
+    below, central DP's clipped sum (`quorum.privacy.dp.central.ClippedSum`), the robust rules'
+    (`quorum.aggregation.robust`), an async run's buffer."""
 
     @property
     def count(self) -> int: ...
 
-    def fold(self, vector: np.ndarray, weight: float, /) -> None: ...
+    def fold(self, update: Update, weight: float, /) -> None: ...
 
 
 class Accumulator:
     """Streaming example-weighted sum: memory is O(numel) whatever the number of sites.
 
-    Two float64 buffers of `numel` values are allocated once: the running sum and a scratch
-    buffer. Folding a vector of any float dtype creates no other temporary of that size, so the
-    server holds one model's worth of float64 state (twice) however many sites report.
+    One float64 buffer of `numel` values (the running sum) and one block of float64 scratch:
+    folding an update of any float dtype, whole or in blocks, creates no other temporary, so the
+    server holds one model's worth of float64 state however many sites report.
     """
 
     def __init__(self, numel: int) -> None:
@@ -31,7 +106,7 @@ class Accumulator:
             raise ValueError(f"numel must be non-negative, got {numel}")
         self._numel = int(numel)
         self._sum = np.zeros(self._numel, dtype=np.float64)
-        self._scratch = np.empty(self._numel, dtype=np.float64)
+        self._scratch = np.empty(min(self._numel, FOLD_BLOCK), dtype=np.float64)
         self._count = 0
         self._total_weight = 0.0
 
@@ -41,7 +116,7 @@ class Accumulator:
 
     @property
     def count(self) -> int:
-        """How many vectors were folded."""
+        """How many updates were folded."""
         return self._count
 
     @property
@@ -49,25 +124,22 @@ class Accumulator:
         """The sum of the weights folded so far."""
         return self._total_weight
 
-    def fold(self, vector: np.ndarray, weight: float) -> None:
-        """Adds `weight * vector` to the sum, computed in float64 into the scratch buffer."""
-        if vector.shape != (self._numel,):
-            raise ValueError(
-                f"vector of shape {vector.shape} does not fit an accumulator of shape "
-                f"({self._numel},); flatten the model first"
-            )
-        if not np.issubdtype(vector.dtype, np.floating):
-            raise ValueError(f"vector has dtype {vector.dtype}; a float dtype is required")
-        weight = float(weight)
-        if not (weight > 0 and math.isfinite(weight)):
-            raise ValueError(f"weight must be a positive finite number, got {weight}")
-        np.multiply(vector, weight, out=self._scratch, dtype=np.float64)
-        np.add(self._sum, self._scratch, out=self._sum)
+    def fold(self, update: Update, weight: float, /) -> None:
+        """Adds `weight * update` to the sum, block by block, in float64."""
+        source = blocks_of(update, self._numel)
+        weight = check_weight(weight)
+        for start, values in source.blocks():
+            if values.shape[0] > self._scratch.shape[0]:  # a source with larger blocks
+                self._scratch = np.empty(values.shape[0], dtype=np.float64)
+            scratch = self._scratch[: values.shape[0]]
+            np.multiply(values, weight, out=scratch, dtype=np.float64)
+            target = self._sum[start : start + values.shape[0]]
+            np.add(target, scratch, out=target)
         self._count += 1
         self._total_weight += weight
 
     def mean(self) -> np.ndarray:
-        """The weighted mean of the folded vectors, as a new float64 array."""
+        """The weighted mean of the folded updates, as a new float64 array."""
         if self._count == 0:
             raise ValueError("nothing was folded: the mean of no updates is undefined")
         return np.divide(self._sum, self._total_weight)

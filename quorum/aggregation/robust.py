@@ -24,13 +24,19 @@ budget. The rules themselves work on blocks of columns, so their temporaries sta
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from quorum.aggregation.accumulator import Accumulator, UpdateSum
+from quorum.aggregation.accumulator import (
+    Accumulator,
+    Update,
+    UpdateSum,
+    blocks_of,
+    check_weight,
+    subtract_into,
+)
 from quorum.errors import ConfigError
 
 ROBUST_RULES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
@@ -236,16 +242,13 @@ class UpdateMatrix:
     def total_weight(self) -> float:
         return float(self._weights[: self._count].sum())
 
-    def fold(self, vector: np.ndarray, weight: float, /) -> None:
-        if vector.shape != self.current.shape:
-            raise ValueError(f"vector of shape {vector.shape}, expected {self.current.shape}")
-        weight = float(weight)
-        if not (weight > 0 and math.isfinite(weight)):
-            raise ValueError(f"weight must be a positive finite number, got {weight}")
+    def fold(self, update: Update, weight: float, /) -> None:
+        source = blocks_of(update, self.current.shape[0])
+        weight = check_weight(weight)
         if self._count == len(self._rows):
             raise ValueError(f"the round's cohort has {len(self._rows)} sites: no room for more")
-        # A copy: `vector` may be a view of an upload's bytes, released after the fold.
-        np.subtract(vector, self.current, out=self._rows[self._count], casting="same_kind")
+        # A copy: `update` may be a view of an upload's bytes, released after the fold.
+        subtract_into(self._rows[self._count], source, self.current)
         self._weights[self._count] = weight
         self._count += 1
 
@@ -275,8 +278,8 @@ class BoundedSum:
     def total_weight(self) -> float:
         return self._sum.total_weight
 
-    def fold(self, vector: np.ndarray, weight: float, /) -> None:
-        np.subtract(vector, self.current, out=self._row[0], casting="same_kind")
+    def fold(self, update: Update, weight: float, /) -> None:
+        subtract_into(self._row[0], blocks_of(update, self.current.shape[0]), self.current)
         clip_rows(self._row, self.norm_bound)
         self._sum.fold(self._row[0], weight)
 

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum import __version__
 from quorum.client import gossip, secure_fit
+from quorum.client.compression import Residuals, encode_update
 from quorum.client.gossip_models import GossipModels
 from quorum.client.reachability import describe
 from quorum.client.slots import Slots
@@ -30,6 +31,7 @@ from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.task import FitResult, SiteTask
 from quorum.wire import blobs
 from quorum.wire.channel import GRPC_OPTIONS, STREAM_END
+from quorum.wire.codecs import make_codec
 
 log = logging.getLogger("quorum.client")
 
@@ -73,12 +75,15 @@ class SiteAgent:
         slots: Slots | None = None,
         name: str | None = None,
         give_up_after_s: float | None = None,
+        residuals: Residuals | None = None,
     ) -> None:
         """`gossip_models` keeps this site's own model of each gossip run (in memory when
         not given: a restarted agent then starts such a run again from its initial model).
         Many virtual sites of a simulation host share one `channel` (their sessions are
         streams of one HTTP/2 connection; without it each session dials its own) and one
-        `slots` (their fits share the host's cores). `name` tags the agent's log lines."""
+        `slots` (their fits share the host's cores). `name` tags the agent's log lines.
+        `residuals` keeps the error feedback of compressed runs across restarts (in memory
+        when not given)."""
         self.server = server
         self.key = key
         self.task_ref = task_ref
@@ -92,6 +97,8 @@ class SiteAgent:
         self.slots = slots or Slots()
         self.log: logging.Logger | SiteLog = SiteLog(log, {"site": name}) if name else log
         self.give_up_after_s = give_up_after_s
+        self.residuals = residuals or Residuals()
+        self.residuals.log = self.log  # its lines name the site
         self._joined = False  # whether the current session got as far as the server's welcome
         self._rng = random.Random()
         # Server messages for the secure-aggregation task in progress, by task id.
@@ -293,7 +300,8 @@ class SiteAgent:
                 error=f"this agent runs task {self.task_ref!r}, not {offer.task!r}",
             )
             return
-        config = FitConfig.from_json(offer.config_json).as_mapping()
+        offered = FitConfig.from_json(offer.config_json)
+        config = offered.as_mapping()
         if offer.kind == pb.TASK_KIND_FIT:
             self._stage(offer.round, "fit")
         if offer.kind == pb.TASK_KIND_FIT and offer.HasField("secagg"):
@@ -306,7 +314,19 @@ class SiteAgent:
         params = blobs.decode(model)
         if offer.kind == pb.TASK_KIND_FIT:
             fit = await self.slots.run(self.site_task.fit, params, config)
-            data = await asyncio.to_thread(blobs.encode, fit.params)
+            codec = make_codec(offered.compression) if offered.compression else None
+            if codec is None:
+                data = await asyncio.to_thread(blobs.encode, fit.params)
+            else:
+                data = await asyncio.to_thread(
+                    encode_update,
+                    codec,
+                    model,
+                    fit.params,
+                    self.residuals,
+                    offer.run_id,
+                    offer.round,
+                )
             receipt = await _upload_update(
                 stub, session_id, offer, started, data, fit.metrics, fit.num_examples
             )

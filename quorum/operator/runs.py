@@ -292,6 +292,15 @@ def _rounds_table(every: list[dict[str, Any]]) -> Table:
     return whole(out, "round", "status", "started", "sites", *headers)
 
 
+def _uncompressed(detail: dict[str, Any]) -> str | None:
+    """What the uploads would have been without the run's compression; None when they were
+    not compressed (or the server predates compression)."""
+    raw, wire = detail.get("bytes_in_uncompressed"), detail["bytes_in"]
+    if not raw or raw == wire:
+        return None
+    return f"{raw:,} ({raw / max(wire, 1):.1f}x the bytes on the wire)"
+
+
 def _round_detail(detail: dict[str, Any]) -> Group:
     summary = fields(
         [
@@ -304,6 +313,7 @@ def _round_detail(detail: dict[str, Any]) -> Group:
             ("model digest", detail["model_digest"]),
             ("cohort", ", ".join(detail["cohort"])),
             ("bytes in / out", f"{detail['bytes_in']:,} / {detail['bytes_out']:,}"),
+            ("uploads uncompressed", _uncompressed(detail)),
             ("metrics", metrics_text(detail["metrics"])),
             ("earlier attempts", len(detail["earlier_attempts"]) or None),
         ]

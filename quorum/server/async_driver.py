@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from quorum.aggregation.accumulator import Update, blocks_of, subtract_into
 from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
 from quorum.errors import NotFoundError, UploadRejected
 from quorum.fitconfig import FitConfig
@@ -48,6 +49,7 @@ from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
 from quorum.wire import blobs
+from quorum.wire.codecs import make_codec
 
 if TYPE_CHECKING:
     from quorum.server.coordinator import Coordinator
@@ -264,6 +266,7 @@ class AsyncDriver:
             run_id=self.run_id,
             rounds=cfg.rounds,
             model_version=version,
+            compression=cfg.compression,
         )
 
     # ---- plain FedBuff ----
@@ -296,6 +299,8 @@ class AsyncDriver:
         )
         phase.fold_lock = self.fold_lock
         phase.accumulator = _Buffered(self, phase, version, vector)
+        # A compressed update is a delta from the version its site trained from.
+        phase.codec, phase.reference = make_codec(self.config.compression), vector
         return phase
 
     async def _fit(self, phase: Phase, session: Session) -> None:
@@ -315,7 +320,7 @@ class AsyncDriver:
         phase: Phase,
         base_version: int,
         base: np.ndarray,
-        vector: np.ndarray,
+        update: Update,
         examples: float,
     ) -> None:
         """Buffers one site's model (worker thread, under the shared fold lock); the K-th
@@ -330,7 +335,8 @@ class AsyncDriver:
         except StaleUpdate as exc:
             raise UploadRejected("stale_update", str(exc)) from None
         try:
-            delta = vector.astype(np.float64) - base
+            delta = np.empty(base.shape[0], np.float64)
+            subtract_into(delta, blocks_of(update, base.shape[0]), base)
             if self.central is not None:  # DP-FedBuff: each update clipped, counting once
                 clip_in_place(delta, self.central.clipping_norm)
                 examples = 1.0
@@ -540,6 +546,6 @@ class _Buffered:
     def count(self) -> int:
         return self._count
 
-    def fold(self, vector: np.ndarray, weight: float, /) -> None:
-        self.driver.fold(self.phase, self.base_version, self.base, vector, weight)
+    def fold(self, update: Update, weight: float, /) -> None:
+        self.driver.fold(self.phase, self.base_version, self.base, update, weight)
         self._count += 1

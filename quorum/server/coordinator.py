@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from quorum.aggregation import check_memory
+from quorum.aggregation import Update, check_memory
 from quorum.config import RunConfig
 from quorum.errors import QuorumError, UploadRejected
 from quorum.fitconfig import FitConfig
@@ -256,7 +256,16 @@ class Coordinator:
             raise UploadRejected(
                 "size_mismatch", f"received {len(data)} bytes, header declared {header.size}"
             )
-        layout = await asyncio.to_thread(validation.check_blob, data, header.digest, phase.layout)
+        update: Update | None = None
+        if phase.codec is not None:
+            assert phase.reference is not None
+            update = await asyncio.to_thread(
+                validation.check_encoded, data, header.digest, phase.codec, phase.reference
+            )
+        else:
+            layout = await asyncio.to_thread(
+                validation.check_blob, data, header.digest, phase.layout
+            )
         async with phase.fold_lock:
             if phase.closed:
                 raise UploadRejected(
@@ -267,14 +276,16 @@ class Coordinator:
                 num_examples = 0
             else:
                 assert phase.accumulator is not None
-                vector = blobs.as_flat(data, layout)
+                if update is None:
+                    update = blobs.as_flat(data, layout)
                 num_examples = int(header.num_examples)
                 accumulator = phase.accumulator
                 folded = False
 
                 def fold() -> None:
                     nonlocal folded
-                    accumulator.fold(vector, float(num_examples))
+                    assert update is not None
+                    accumulator.fold(update, float(num_examples))
                     folded = True
 
                 try:
@@ -288,6 +299,8 @@ class Coordinator:
     def _accepted(
         self, task: PendingTask, header: pb.UploadHeader, num_examples: int, nbytes: int
     ) -> None:
+        """Records an accepted upload: `nbytes` on the wire, against what the update would
+        have been uncompressed (the model's size) when the run compresses its uploads."""
         metrics = validation.parse_metrics(header.metrics_json)  # checked when the upload began
         task.phase.results.append(SiteResult(task.site, num_examples, metrics))
         self.store.finish_participation(
@@ -297,6 +310,7 @@ class Coordinator:
             metrics=metrics,
             duration_s=header.duration_s,
             bytes_in=nbytes,
+            bytes_in_uncompressed=task.phase.model_size if task.phase.codec else None,
         )
         task.phase.finish(task)
 

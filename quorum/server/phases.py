@@ -12,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
 from quorum.aggregation import UpdateSum
 from quorum.errors import QuorumError
 from quorum.wire.blobs import Layout
+from quorum.wire.codecs import Codec
 
 if TYPE_CHECKING:
     from quorum.server.secure_fit import SecureFit
@@ -71,6 +74,10 @@ class Phase:
     layout: Layout
     max_num_examples: int
     accumulator: UpdateSum | None = None
+    codec: Codec | None = None
+    """How a fit phase's uploads are encoded (the run's compression); None: plain models."""
+    reference: np.ndarray | None = None
+    """The flat model a compressed fit phase serves: its uploads are deltas from it."""
     secagg: SecureFit | None = None
     tasks: dict[str, PendingTask] = field(default_factory=dict)
     results: list[SiteResult] = field(default_factory=list)

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from quorum.config import RunConfig
 from quorum.errors import ConfigError, ConflictError, NotFoundError, StoreError
+from quorum.server.records import Participation, RejectedUpload, RoundDetail, RoundSummary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS participations (
     error TEXT,
     offered_at REAL NOT NULL,
     finished_at REAL,
-    staleness INTEGER
+    staleness INTEGER,
+    bytes_in_uncompressed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS participations_round ON participations(run_id, round, attempt);
 CREATE TABLE IF NOT EXISTS rejections (
@@ -205,6 +207,13 @@ class Store:
             columns = {r["name"] for r in self._db.execute("PRAGMA table_info(participations)")}
             if "staleness" not in columns:  # a state store from before async runs
                 self._db.execute("ALTER TABLE participations ADD COLUMN staleness INTEGER")
+            if "bytes_in_uncompressed" not in columns:  # a state store from before compression
+                self._db.execute(
+                    "ALTER TABLE participations ADD COLUMN bytes_in_uncompressed INTEGER NOT NULL "
+                    "DEFAULT 0"
+                )
+                # Uploads were the model itself then: on the wire as large as uncompressed.
+                self._db.execute("UPDATE participations SET bytes_in_uncompressed = bytes_in")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open state store {path}: {exc}") from None
         self._lock = threading.RLock()
@@ -538,7 +547,7 @@ class Store:
         )
         return int(rows[0]["r"])
 
-    def rounds(self, run_id: str, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def rounds(self, run_id: str, offset: int = 0, limit: int = 100) -> list[RoundSummary]:
         self.run(run_id)
         rows = self._rows(
             "SELECT * FROM rounds WHERE run_id = ? ORDER BY round, attempt LIMIT ? OFFSET ?",
@@ -548,38 +557,44 @@ class Store:
         )
         return [self._round_summary(r) for r in rows]
 
-    def round_detail(self, run_id: str, round_no: int) -> dict[str, Any]:
+    def round_detail(self, run_id: str, round_no: int) -> RoundDetail:
         rows = self._rows(
             "SELECT * FROM rounds WHERE run_id = ? AND round = ? ORDER BY attempt", run_id, round_no
         )
         if not rows:
             raise NotFoundError(f"run {run_id!r} has no round {round_no}")
         latest = self._round_summary(rows[-1])
-        parts = self._rows(
-            "SELECT * FROM participations WHERE run_id = ? AND round = ? AND attempt = ? "
-            "ORDER BY kind, site",
-            run_id,
-            round_no,
-            latest["attempt"],
-        )
-        latest["cohort"] = sorted({p["site"] for p in parts if p["kind"] == "fit"})
-        latest["participants"] = [_participation(p) for p in parts]
-        latest["rejected_uploads"] = [
-            {k: r[k] for k in ("site", "task_id", "code", "message", "at")}
-            for r in self._rows(
-                "SELECT * FROM rejections WHERE run_id = ? AND round = ? AND attempt = ? "
-                "ORDER BY id",
+        parts = [
+            _participation(p)
+            for p in self._rows(
+                "SELECT * FROM participations WHERE run_id = ? AND round = ? AND attempt = ? "
+                "ORDER BY kind, site",
                 run_id,
                 round_no,
-                latest["attempt"],
+                latest.attempt,
             )
         ]
-        latest["bytes_in"] = sum(p["bytes_in"] for p in parts)
-        latest["bytes_out"] = sum(p["bytes_out"] for p in parts)
-        latest["earlier_attempts"] = [self._round_summary(r) for r in rows[:-1]]
-        return latest
+        rejected = self._rows(
+            "SELECT * FROM rejections WHERE run_id = ? AND round = ? AND attempt = ? ORDER BY id",
+            run_id,
+            round_no,
+            latest.attempt,
+        )
+        return RoundDetail(
+            **vars(latest),
+            cohort=sorted({p.site for p in parts if p.kind == "fit"}),
+            participants=parts,
+            rejected_uploads=[
+                RejectedUpload(r["site"], r["task_id"], r["code"], r["message"], r["at"])
+                for r in rejected
+            ],
+            bytes_in=sum(p.bytes_in for p in parts),
+            bytes_in_uncompressed=sum(p.bytes_in_uncompressed for p in parts),
+            bytes_out=sum(p.bytes_out for p in parts),
+            earlier_attempts=[self._round_summary(r) for r in rows[:-1]],
+        )
 
-    def _round_summary(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _round_summary(self, row: sqlite3.Row) -> RoundSummary:
         metrics: dict[str, dict[str, float]] = {}
         for m in self._rows(
             "SELECT phase, name, value FROM metrics WHERE run_id = ? AND round = ? AND attempt = ?",
@@ -589,19 +604,19 @@ class Store:
         ):
             metrics.setdefault(m["phase"], {})[m["name"]] = m["value"]
         finished = row["finished_at"]
-        return {
-            "run_id": row["run_id"],
-            "round": row["round"],
-            "attempt": row["attempt"],
-            "status": row["status"],
-            "started_at": row["started_at"],
-            "finished_at": finished,
-            "duration_s": None if finished is None else finished - row["started_at"],
-            "model_digest": row["model_digest"],
-            "abort_reason": row["abort_reason"],
-            "metrics": metrics,
-            "secagg": None if row["secagg"] is None else json.loads(row["secagg"]),
-        }
+        return RoundSummary(
+            run_id=row["run_id"],
+            round=row["round"],
+            attempt=row["attempt"],
+            status=row["status"],
+            started_at=row["started_at"],
+            finished_at=finished,
+            duration_s=None if finished is None else finished - row["started_at"],
+            model_digest=row["model_digest"],
+            abort_reason=row["abort_reason"],
+            metrics=metrics,
+            secagg=None if row["secagg"] is None else json.loads(row["secagg"]),
+        )
 
     def record_metrics(
         self, run_id: str, round_no: int, attempt: int, phase: str, values: Mapping[str, float]
@@ -624,15 +639,16 @@ class Store:
             out.setdefault((row["round"], row["attempt"]), {})[row["name"]] = row["value"]
         return [(r, a, values) for (r, a), values in out.items()]
 
-    def fit_participations(self, run_id: str) -> list[dict[str, Any]]:
-        """Every fit task of the run, of every attempt, in round, attempt and site order."""
+    def fit_participations(self, run_id: str) -> list[tuple[int, int, Participation]]:
+        """(round, attempt, task) of every fit task of the run, of every attempt, in round,
+        attempt and site order."""
         self.run(run_id)
         rows = self._rows(
             "SELECT * FROM participations WHERE run_id = ? AND kind = 'fit' "
             "ORDER BY round, attempt, site",
             run_id,
         )
-        return [{"round": r["round"], "attempt": r["attempt"], **_participation(r)} for r in rows]
+        return [(r["round"], r["attempt"], _participation(r)) for r in rows]
 
     # ---- participations and rejections ----
 
@@ -680,12 +696,16 @@ class Store:
         metrics: Mapping[str, float] | None = None,
         duration_s: float | None = None,
         bytes_in: int = 0,
+        bytes_in_uncompressed: int | None = None,
         error: str | None = None,
     ) -> None:
+        """`bytes_in` came on the wire; `bytes_in_uncompressed` is what the update would have
+        been without the run's compression (None: `bytes_in`, nothing was compressed)."""
         with self._tx() as db:
             db.execute(
                 "UPDATE participations SET status = ?, num_examples = ?, metrics_json = ?, "
-                "duration_s = ?, bytes_in = bytes_in + ?, error = ?, finished_at = ? "
+                "duration_s = ?, bytes_in = bytes_in + ?, "
+                "bytes_in_uncompressed = bytes_in_uncompressed + ?, error = ?, finished_at = ? "
                 "WHERE task_id = ?",
                 (
                     status,
@@ -693,6 +713,7 @@ class Store:
                     json.dumps(dict(metrics)) if metrics else None,
                     duration_s,
                     bytes_in,
+                    bytes_in if bytes_in_uncompressed is None else bytes_in_uncompressed,
                     error,
                     time.time(),
                     task_id,
@@ -1022,22 +1043,23 @@ def _first_problem(exc: ValidationError) -> str:
     return f"{where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
 
 
-def _participation(row: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "site": row["site"],
-        "task_id": row["task_id"],
-        "kind": row["kind"],
-        "status": row["status"],
-        "num_examples": row["num_examples"],
-        "metrics": json.loads(row["metrics_json"]) if row["metrics_json"] else {},
-        "duration_s": row["duration_s"],
-        "bytes_in": row["bytes_in"],
-        "bytes_out": row["bytes_out"],
-        "error": row["error"],
-        "staleness": row["staleness"],
-        "offered_at": row["offered_at"],
-        "finished_at": row["finished_at"],
-    }
+def _participation(row: sqlite3.Row) -> Participation:
+    return Participation(
+        site=row["site"],
+        task_id=row["task_id"],
+        kind=row["kind"],
+        status=row["status"],
+        num_examples=row["num_examples"],
+        metrics=json.loads(row["metrics_json"]) if row["metrics_json"] else {},
+        duration_s=row["duration_s"],
+        bytes_in=row["bytes_in"],
+        bytes_in_uncompressed=row["bytes_in_uncompressed"],
+        bytes_out=row["bytes_out"],
+        error=row["error"],
+        staleness=row["staleness"],
+        offered_at=row["offered_at"],
+        finished_at=row["finished_at"],
+    )
 
 
 # ---- baselines ----

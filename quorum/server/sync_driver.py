@@ -38,6 +38,7 @@ from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
 from quorum.wire import blobs
+from quorum.wire.codecs import make_codec
 
 if TYPE_CHECKING:
     from quorum.server.coordinator import Coordinator
@@ -95,6 +96,7 @@ class SyncDriver:
             seed=cfg.seed,
             run_id=self.run_id,
             rounds=cfg.rounds,
+            compression=cfg.compression,
         )
         current = blobs.as_flat(model, layout)
         if cfg.secagg.enabled:
@@ -114,7 +116,7 @@ class SyncDriver:
             self._check_enough(accepted, cohort, fit)
             weight, mean = float(examples), current + delta
         elif self.central is not None:
-            fit = self._phase("fit", round_no, attempt, model, layout)
+            fit = self._fit_phase(round_no, attempt, model, layout, current)
             clipped = fit.accumulator = self.central.collector(current)
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(clipped.count, cohort, fit)
@@ -123,7 +125,7 @@ class SyncDriver:
             await self._account(round_no, attempt, release)
             accepted, weight, mean = clipped.count, clipped.total_weight, current + delta
         else:
-            fit = self._phase("fit", round_no, attempt, model, layout)
+            fit = self._fit_phase(round_no, attempt, model, layout, current)
             # The plain streaming sum, or the round's updates kept for a robust rule.
             total = fit.accumulator = round_sum(self.rule, current, len(cohort))
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
@@ -199,6 +201,15 @@ class SyncDriver:
         least, why = self.rule.minimum_updates()
         if accepted < least:
             raise RoundAborted(f"{accepted} valid update(s) of {len(cohort)} offered; {why}")
+
+    def _fit_phase(
+        self, round_no: int, attempt: int, model: bytes, layout: blobs.Layout, current: np.ndarray
+    ) -> Phase:
+        """A fit phase taking the sites' models, or their deltas from `current` encoded by the
+        run's codec."""
+        fit = self._phase("fit", round_no, attempt, model, layout)
+        fit.codec, fit.reference = make_codec(self.config.compression), current
+        return fit
 
     def _phase(
         self, kind: Kind, round_no: int, attempt: int, model: bytes, layout: blobs.Layout

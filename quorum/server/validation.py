@@ -10,8 +10,11 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+
 from quorum.errors import BlobError, UploadRejected
-from quorum.wire import blobs
+from quorum.wire import blobs, codecs
+from quorum.wire.codecs import Codec, DecodedUpdate
 
 HEADER_SLACK_BYTES = 64 * 1024
 """An update may differ from the global model only in its safetensors metadata."""
@@ -56,36 +59,68 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def check_blob(data: blobs.Buffer, declared_digest: str, expected: blobs.Layout) -> blobs.Layout:
-    """Digest, format, tensor names/shapes/dtypes against the global model, finite values."""
+def check_digest(data: blobs.Buffer, declared_digest: str) -> None:
     actual = blobs.digest(data)
     if actual != declared_digest:
         raise UploadRejected(
             "digest_mismatch",
             f"upload hashes to {actual[:16]}…, header declared {declared_digest[:16]}…",
         )
+
+
+def _read_layout(data: blobs.Buffer) -> blobs.Layout:
     try:
-        layout = blobs.read_layout(data)
+        return blobs.read_layout(data)
     except BlobError as exc:
         raise UploadRejected("malformed_blob", str(exc)) from None
+
+
+def check_blob(data: blobs.Buffer, declared_digest: str, expected: blobs.Layout) -> blobs.Layout:
+    """Digest, format, tensor names/shapes/dtypes against the global model, finite values."""
+    check_digest(data, declared_digest)
+    layout = _read_layout(data)
     if layout.tensors != expected.tensors:
-        raise UploadRejected("layout_mismatch", _layout_difference(layout, expected))
+        raise UploadRejected(
+            "layout_mismatch", _layout_difference(layout.describe(), expected.describe())
+        )
     if not blobs.all_finite(data, layout):
         raise UploadRejected("non_finite", "the update holds NaN or infinite values")
     return layout
 
 
-def _layout_difference(got: blobs.Layout, expected: blobs.Layout) -> str:
-    have, want = got.describe(), expected.describe()
+def check_encoded(
+    data: blobs.Buffer, declared_digest: str, codec: Codec, reference: np.ndarray
+) -> DecodedUpdate:
+    """A compressed update: digest, format, exactly the tensors `codec` makes of a delta of the
+    global model's size, and what the codec checks of their values (finite values and scales,
+    a top-k bitmap marking exactly k values). Returns it ready to fold, block by block."""
+    check_digest(data, declared_digest)
+    layout = _read_layout(data)
+    numel = int(reference.shape[0])
+    want = codec.layout(numel)
+    if layout.describe() != want:
+        raise UploadRejected(
+            "layout_mismatch",
+            f"{codec.name} update: "
+            + _layout_difference(layout.describe(), want, f"{codec.name} encoding"),
+        )
+    tensors = blobs.decode(data, layout)
+    codec.check(tensors, numel)
+    return DecodedUpdate(codec, tensors, reference)
+
+
+def _layout_difference(
+    have: codecs.TensorLayout, want: codecs.TensorLayout, of: str = "global model"
+) -> str:
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
     if missing or extra:
-        return f"tensor names differ from the global model: missing {missing}, unexpected {extra}"
+        return f"tensor names differ from the {of}: missing {missing}, unexpected {extra}"
     for name, (dtype, shape) in want.items():
         if have[name] != (dtype, shape):
             got_dtype, got_shape = have[name]
             return (
-                f"tensor {name!r} is {got_dtype} {list(got_shape)}, the global model has "
+                f"tensor {name!r} is {got_dtype} {list(got_shape)}, the {of} has "
                 f"{dtype} {list(shape)}"
             )
-    return "tensor byte layout differs from the global model"
+    return f"tensor byte layout differs from the {of}"

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from quorum.client.agent import SimulatedCrash, SiteAgent
+from quorum.client.compression import Residuals
 from quorum.client.faults import Crash, Slowed, crash_hook
 from quorum.client.gossip_models import GossipModels
 from quorum.client.privacy import enable_site_dp
@@ -203,6 +204,7 @@ async def serve(spec: HostSpec, stop: asyncio.Event) -> dict[str, object]:
                 name=site.name,
                 on_stage=crash_hook(Crash.parse(site.crash)) if site.crash else None,
                 gossip_models=GossipModels(spec.site_dir / site.name / "gossip"),
+                residuals=Residuals(spec.site_dir / site.name / "residuals"),
             )
             try:
                 await agent.run(stop)

@@ -289,6 +289,7 @@ def test_round_detail(store: Store) -> None:
         metrics={"loss": 0.3},
         duration_s=1.5,
         bytes_in=80,
+        bytes_in_uncompressed=320,  # a compressed update: 4x smaller on the wire
     )
     store.finish_participation("fit-b", "rejected", bytes_in=40, error="non_finite")
     store.reject(
@@ -324,6 +325,7 @@ def test_round_detail(store: Store) -> None:
         "metrics": {"loss": 0.3},
         "duration_s": 1.5,
         "bytes_in": 80,
+        "bytes_in_uncompressed": 320,
         "bytes_out": 125,
         "error": None,
     }
@@ -340,6 +342,7 @@ def test_round_detail(store: Store) -> None:
         }
     ]
     assert detail["bytes_in"] == 80 + 40
+    assert detail["bytes_in_uncompressed"] == 320 + 40  # uncompressed: as large as on the wire
     assert detail["bytes_out"] == 125 + 100 + 100 + 100
     (earlier,) = detail["earlier_attempts"]
     assert earlier["attempt"] == 1
@@ -516,7 +519,11 @@ def test_a_store_from_before_async_runs_gains_the_staleness_column(tmp_path: pat
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(
-        SCHEMA.replace("    finished_at REAL,\n    staleness INTEGER\n", "    finished_at REAL\n")
+        SCHEMA.replace(
+            "    finished_at REAL,\n    staleness INTEGER,\n"
+            "    bytes_in_uncompressed INTEGER NOT NULL DEFAULT 0\n",
+            "    finished_at REAL\n",
+        )
     )
     db.close()
     assert "staleness" not in {
@@ -529,6 +536,30 @@ def test_a_store_from_before_async_runs_gains_the_staleness_column(tmp_path: pat
         store.offer("t", run, 1, attempt, "a", "fit", 1)
         store.apply_update("t", 1, attempt, 0)
         assert store.round_detail(run, 1)["participants"][0]["staleness"] == 0
+    finally:
+        store.close()
+
+
+def test_a_store_from_before_compression_counts_its_uploads_as_uncompressed(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "old.db"
+    old = SCHEMA.replace(",\n    bytes_in_uncompressed INTEGER NOT NULL DEFAULT 0\n", "\n")
+    assert old != SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(old)
+    db.execute(
+        "INSERT INTO participations (task_id, run_id, round, attempt, site, kind, status, "
+        "bytes_in, offered_at) VALUES ('t', 'r', 1, 1, 'a', 'fit', 'ok', 500, 0)"
+    )
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        ((uncompressed,),) = store._db.execute(
+            "SELECT bytes_in_uncompressed FROM participations WHERE task_id = 't'"
+        )
+        assert uncompressed == 500
     finally:
         store.close()
 

@@ -36,11 +36,12 @@ sampling, not Mironov's snapping mechanism).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from quorum.aggregation.accumulator import FOLD_BLOCK, Update, blocks_of
 from quorum.config import CentralDPConfig
 from quorum.errors import ConfigError, StoreError
 from quorum.privacy.dp.accounting import HistoryEntry, appended, epsilon
@@ -79,7 +80,8 @@ def clip_in_place(delta: np.ndarray, norm_bound: float) -> bool:
 
 class ClippedSum:
     """Streaming sum of site updates relative to `reference` (the round's global model), each
-    clipped to `clipping_norm` and counted once. Memory: two float64 vectors."""
+    clipped to `clipping_norm` and counted once. Memory: one float64 vector and one block of
+    scratch; an update is read twice, block by block (its norm, then its clipped sum)."""
 
     def __init__(self, reference: np.ndarray, clipping_norm: float) -> None:
         if reference.ndim != 1:
@@ -87,18 +89,30 @@ class ClippedSum:
         self.reference = reference
         self.clipping_norm = float(clipping_norm)
         self.sum = np.zeros(reference.shape[0], dtype=np.float64)
-        self._scratch = np.empty(reference.shape[0], dtype=np.float64)
+        self._scratch = np.empty(min(reference.shape[0], FOLD_BLOCK), dtype=np.float64)
         self.count = 0
         self.unclipped = 0
         self.total_weight = 0.0
         """The examples the sites reported: a statistic, never a weight of the mean."""
 
-    def fold(self, vector: np.ndarray, weight: float, /) -> None:
-        if vector.shape != self.reference.shape:
-            raise ValueError(f"vector of shape {vector.shape}, expected {self.reference.shape}")
-        np.subtract(vector, self.reference, out=self._scratch, dtype=np.float64)
-        self.unclipped += clip_in_place(self._scratch, self.clipping_norm)
-        self.sum += self._scratch
+    def _deltas(self, update: Update) -> Iterator[tuple[int, np.ndarray]]:
+        for start, values in blocks_of(update, self.reference.shape[0]).blocks():
+            n = values.shape[0]
+            if n > self._scratch.shape[0]:
+                self._scratch = np.empty(n, dtype=np.float64)
+            delta = self._scratch[:n]
+            np.subtract(values, self.reference[start : start + n], out=delta, dtype=np.float64)
+            yield start, delta
+
+    def fold(self, update: Update, weight: float, /) -> None:
+        # math.hypot over the blocks' norms: no overflow where a sum of squares would.
+        norm = math.hypot(*(l2_norm(delta) for _, delta in self._deltas(update)))
+        scale = 1.0 if norm <= self.clipping_norm else self.clipping_norm / norm
+        self.unclipped += norm <= self.clipping_norm
+        for start, delta in self._deltas(update):
+            if scale != 1.0:
+                delta *= scale
+            self.sum[start : start + delta.shape[0]] += delta
         self.count += 1
         self.total_weight += float(weight)
 
