@@ -87,9 +87,7 @@ def run_sim(mode: str, seed: int, slow: str, out: pathlib.Path) -> dict[str, Any
         detail = store.round_detail(result["run_id"], 1)
         # The first offers of either mode are for round 1 (async updates move to the round
         # they were applied in, and the first K stay in round 1).
-        training_started = min(
-            p["offered_at"] for p in detail["participants"] if p["kind"] == "fit"
-        )
+        training_started = min(p.offered_at for p in detail.participants if p.kind == "fit")
         started = run.started_at or training_started
     finally:
         store.close()

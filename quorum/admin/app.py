@@ -37,6 +37,7 @@ from quorum.errors import (
 )
 from quorum.identity import parse_public
 from quorum.server.baselines import BaselineJobs
+from quorum.server.records import RoundDetail, RoundSummary
 from quorum.server.runtime import Runtime
 from quorum.server.store import RunRecord, SiteRecord
 
@@ -153,7 +154,7 @@ def build_app(
 
     def run_out(record: RunRecord) -> RunOut:
         done = store.last_completed_round(record.id)
-        digest = store.round_detail(record.id, done)["model_digest"] if done else None
+        digest = store.round_detail(record.id, done).model_digest if done else None
         return RunOut(
             id=record.id,
             name=record.name,
@@ -210,11 +211,11 @@ def build_app(
         run_id: str,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RoundSummary]:
         return store.rounds(run_id, offset, limit)
 
     @app.get("/api/v1/runs/{run_id}/rounds/{round_no}", dependencies=[viewer])
-    async def get_round(run_id: str, round_no: int) -> dict[str, Any]:
+    async def get_round(run_id: str, round_no: int) -> RoundDetail:
         store.run(run_id)
         return store.round_detail(run_id, round_no)
 

@@ -168,11 +168,9 @@ class AsyncDriver:
             detail = self.store.round_detail(self.run_id, round_no)
         except NotFoundError:
             return 0
-        if detail["status"] != "running":
+        if detail.status != "running":
             return 0
-        return sum(
-            1 for p in detail["participants"] if p["kind"] == "fit" and p["status"] == "accepted"
-        )
+        return sum(1 for p in detail.participants if p.kind == "fit" and p.status == "accepted")
 
     def _end_reason(self) -> str | None:
         cfg = self.config
@@ -189,8 +187,8 @@ class AsyncDriver:
         if version == 0:
             return
         last = self.store.round_detail(self.run_id, version)
-        if "evaluate" not in last["metrics"]:
-            self._evaluate_later(version, last["attempt"], self.model)
+        if "evaluate" not in last.metrics:
+            self._evaluate_later(version, last.attempt, self.model)
 
     def _free_sites(self) -> list[Session]:
         limit = self.config.max_concurrency

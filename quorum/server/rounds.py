@@ -125,7 +125,7 @@ def check_checkpoint(
     store recorded when the round completed, and hold finite values, as its strategy state
     must. Fails the run with the file's name and what to do."""
     path = co.checkpoints.model_path(run_id, round_no)
-    recorded = co.store.round_detail(run_id, round_no)["model_digest"]
+    recorded = co.store.round_detail(run_id, round_no).model_digest
     problem = None
     if recorded and blobs.digest(model) != recorded:
         problem = "does not hash to the digest recorded when the round completed"

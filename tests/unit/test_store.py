@@ -10,6 +10,7 @@ import pytest
 
 from quorum.config import RunConfig
 from quorum.errors import ConflictError, NotFoundError, StoreError
+from quorum.server.records import Participation, RejectedUpload
 from quorum.server.store import SCHEMA, Store
 
 KEY_A = bytes(range(32))
@@ -179,7 +180,7 @@ def test_attempts_are_numbered_per_round(store: Store) -> None:
     assert store.start_round(run, 2) == 1
     assert store.start_round(other, 1) == 1
     assert store.start_round(run, 1) == 3
-    assert [(r["round"], r["attempt"]) for r in store.rounds(run)] == [
+    assert [(r.round, r.attempt) for r in store.rounds(run)] == [
         (1, 1),
         (1, 2),
         (1, 3),
@@ -191,17 +192,17 @@ def test_complete_round_with_metrics(store: Store) -> None:
     run = _run(store)
     attempt = store.start_round(run, 1)
     (running,) = store.rounds(run)
-    assert running["status"] == "running"
-    assert running["finished_at"] is None and running["duration_s"] is None
+    assert running.status == "running"
+    assert running.finished_at is None and running.duration_s is None
     store.complete_round(
         run, 1, attempt, "ab" * 32, {"fit": {"loss": 0.5}, "evaluate": {"loss": 0.7, "acc": 1}}
     )
     (done,) = store.rounds(run)
-    assert done["status"] == "completed"
-    assert done["model_digest"] == "ab" * 32
-    assert done["metrics"] == {"fit": {"loss": 0.5}, "evaluate": {"loss": 0.7, "acc": 1.0}}
-    assert done["duration_s"] is not None and done["duration_s"] >= 0
-    assert done["abort_reason"] is None
+    assert done.status == "completed"
+    assert done.model_digest == "ab" * 32
+    assert done.metrics == {"fit": {"loss": 0.5}, "evaluate": {"loss": 0.7, "acc": 1.0}}
+    assert done.duration_s is not None and done.duration_s >= 0
+    assert done.abort_reason is None
     assert store.last_completed_round(run) == 1
     assert store.events()[-1]["kind"] == "round_completed"
 
@@ -215,9 +216,9 @@ def test_abort_round_and_last_completed_round(store: Store) -> None:
     store.abort_round(run, 3, attempt, "too few sites")
     assert store.last_completed_round(run) == 2  # the aborted round does not count
     aborted = store.rounds(run)[-1]
-    assert aborted["status"] == "aborted"
-    assert aborted["abort_reason"] == "too few sites"
-    assert aborted["finished_at"] is not None
+    assert aborted.status == "aborted"
+    assert aborted.abort_reason == "too few sites"
+    assert aborted.finished_at is not None
     last = store.events()[-1]
     assert last["kind"] == "round_aborted" and last["reason"] == "too few sites"
     assert last["round"] == 3
@@ -232,8 +233,8 @@ def test_rounds_pagination_and_unknown_run(store: Store) -> None:
     run = _run(store)
     for r in range(1, 6):
         store.start_round(run, r)
-    assert [x["round"] for x in store.rounds(run, offset=1, limit=2)] == [2, 3]
-    assert [x["round"] for x in store.rounds(run, offset=4)] == [5]
+    assert [x.round for x in store.rounds(run, offset=1, limit=2)] == [2, 3]
+    assert [x.round for x in store.rounds(run, offset=4)] == [5]
     assert store.rounds(run, offset=10) == []
     with pytest.raises(NotFoundError):
         store.rounds("run-missing")
@@ -251,16 +252,16 @@ def test_abort_interrupted_rounds(store: Store) -> None:
 
     assert store.abort_interrupted_rounds(run, "server restarted") == 1
     rounds = store.rounds(run)
-    assert [(r["round"], r["status"]) for r in rounds] == [(1, "completed"), (2, "aborted")]
-    assert rounds[1]["abort_reason"] == "server restarted"
-    assert rounds[1]["finished_at"] is not None
-    parts = {p["task_id"]: p for p in store.round_detail(run, 2)["participants"]}
-    assert parts["t-b"]["status"] == "lost"
-    assert parts["t-b"]["error"] == "server restarted"
-    assert parts["t-a"]["status"] == "ok" and parts["t-a"]["error"] is None
+    assert [(r.round, r.status) for r in rounds] == [(1, "completed"), (2, "aborted")]
+    assert rounds[1].abort_reason == "server restarted"
+    assert rounds[1].finished_at is not None
+    parts = {p.task_id: p for p in store.round_detail(run, 2).participants}
+    assert parts["t-b"].status == "lost"
+    assert parts["t-b"].error == "server restarted"
+    assert parts["t-a"].status == "ok" and parts["t-a"].error is None
     # another run is untouched
-    assert store.rounds(other)[0]["status"] == "running"
-    assert store.round_detail(other, 1)["participants"][0]["status"] == "offered"
+    assert store.rounds(other)[0].status == "running"
+    assert store.round_detail(other, 1).participants[0].status == "offered"
     last = store.events()[-1]
     assert (last["kind"], last["round"], last["attempt"]) == ("round_aborted", 2, attempt)
     # nothing left to abort; the completed round is still the last one
@@ -305,49 +306,50 @@ def test_round_detail(store: Store) -> None:
     store.complete_round(run, 1, attempt, "digest-1", {"fit": {"loss": 0.3}})
 
     detail = store.round_detail(run, 1)
-    assert detail["attempt"] == attempt == 2
-    assert detail["status"] == "completed"
-    assert detail["model_digest"] == "digest-1"
-    assert detail["metrics"] == {"fit": {"loss": 0.3}}
-    assert detail["cohort"] == ["a", "b", "c"]  # fit tasks only, sorted
-    participants = {p["task_id"]: p for p in detail["participants"]}
+    assert detail.attempt == attempt == 2
+    assert detail.status == "completed"
+    assert detail.model_digest == "digest-1"
+    assert detail.metrics == {"fit": {"loss": 0.3}}
+    assert detail.cohort == ["a", "b", "c"]  # fit tasks only, sorted
+    participants = {p.task_id: p for p in detail.participants}
     assert set(participants) == {"fit-a", "fit-b", "fit-c", "ev-d"}  # this attempt only
     a = participants["fit-a"]
     # a sync participation has no staleness; it was offered before it finished
-    assert a.pop("staleness") is None
-    assert a.pop("offered_at") <= a.pop("finished_at")
-    assert a == {
-        "site": "a",
-        "task_id": "fit-a",
-        "kind": "fit",
-        "status": "ok",
-        "num_examples": 12,
-        "metrics": {"loss": 0.3},
-        "duration_s": 1.5,
-        "bytes_in": 80,
-        "bytes_in_uncompressed": 320,
-        "bytes_out": 125,
-        "error": None,
-    }
-    assert participants["fit-c"]["status"] == "offered"
-    assert participants["fit-c"]["metrics"] == {}
-    assert participants["ev-d"]["kind"] == "evaluate"
-    assert detail["rejected_uploads"] == [
-        {
-            "site": "b",
-            "task_id": "fit-b",
-            "code": "non_finite",
-            "message": "the update holds NaN",
-            "at": pytest.approx(detail["rejected_uploads"][0]["at"]),
-        }
-    ]
-    assert detail["bytes_in"] == 80 + 40
-    assert detail["bytes_in_uncompressed"] == 320 + 40  # uncompressed: as large as on the wire
-    assert detail["bytes_out"] == 125 + 100 + 100 + 100
-    (earlier,) = detail["earlier_attempts"]
-    assert earlier["attempt"] == 1
-    assert earlier["status"] == "aborted"
-    assert earlier["abort_reason"] == "deadline"
+    assert a.finished_at is not None and a.offered_at <= a.finished_at
+    assert a == Participation(
+        site="a",
+        task_id="fit-a",
+        kind="fit",
+        status="ok",
+        num_examples=12,
+        metrics={"loss": 0.3},
+        duration_s=1.5,
+        bytes_in=80,
+        bytes_in_uncompressed=320,
+        bytes_out=125,
+        error=None,
+        staleness=None,
+        offered_at=a.offered_at,
+        finished_at=a.finished_at,
+    )
+    assert participants["fit-c"].status == "offered"
+    assert participants["fit-c"].metrics == {}
+    assert participants["ev-d"].kind == "evaluate"
+    (rejected,) = detail.rejected_uploads
+    assert rejected == RejectedUpload(
+        site="b",
+        task_id="fit-b",
+        code="non_finite",
+        message="the update holds NaN",
+        at=rejected.at,
+    )
+    assert detail.bytes_in == 80 + 40
+    assert detail.bytes_in_uncompressed == 320 + 40  # uncompressed: as large as on the wire
+    assert detail.bytes_out == 125 + 100 + 100 + 100
+    (earlier,) = detail.earlier_attempts
+    assert earlier.attempt == 1
+    assert earlier.status == "aborted"
+    assert earlier.abort_reason == "deadline"
     with pytest.raises(NotFoundError, match="has no round 9"):
         store.round_detail(run, 9)
 
@@ -403,11 +405,11 @@ def test_a_new_store_reads_what_another_wrote(db_path: pathlib.Path) -> None:
         assert reader.run(run.id) == writer.run(run.id)
         assert reader.run(run.id).config.rounds == 2
         assert reader.last_completed_round(run.id) == 1
-        assert reader.rounds(run.id)[0]["metrics"] == {"fit": {"loss": 1.0}}
+        assert reader.rounds(run.id)[0].metrics == {"fit": {"loss": 1.0}}
         assert reader.events() == writer.events()
         # recovery from the new store: the interrupted round is aborted, its task lost
         assert reader.abort_interrupted_rounds(run.id, "restart") == 1
-        assert writer.round_detail(run.id, 2)["participants"][0]["status"] == "lost"
+        assert writer.round_detail(run.id, 2).participants[0].status == "lost"
     finally:
         reader.close()
         writer.close()
@@ -415,7 +417,7 @@ def test_a_new_store_reads_what_another_wrote(db_path: pathlib.Path) -> None:
     again = Store(db_path)
     try:
         assert [s.name for s in again.sites()] == ["a"]
-        assert again.rounds(run.id)[-1]["status"] == "aborted"
+        assert again.rounds(run.id)[-1].status == "aborted"
         assert again.next_active_run() is not None
     finally:
         again.close()
@@ -510,9 +512,9 @@ def test_an_async_update_moves_to_the_round_it_was_applied_in(store: Store) -> N
     second = store.start_round(run, 2)
     store.apply_update("slow", 2, second, 1)
     store.finish_participation("slow", "accepted", num_examples=3)
-    assert store.round_detail(run, 1)["participants"] == []
-    (moved,) = store.round_detail(run, 2)["participants"]
-    assert (moved["task_id"], moved["status"], moved["staleness"]) == ("slow", "accepted", 1)
+    assert store.round_detail(run, 1).participants == []
+    (moved,) = store.round_detail(run, 2).participants
+    assert (moved.task_id, moved.status, moved.staleness) == ("slow", "accepted", 1)
 
 
 def test_a_store_from_before_async_runs_gains_the_staleness_column(tmp_path: pathlib.Path) -> None:
@@ -535,7 +537,7 @@ def test_a_store_from_before_async_runs_gains_the_staleness_column(tmp_path: pat
         attempt = store.start_round(run, 1)
         store.offer("t", run, 1, attempt, "a", "fit", 1)
         store.apply_update("t", 1, attempt, 0)
-        assert store.round_detail(run, 1)["participants"][0]["staleness"] == 0
+        assert store.round_detail(run, 1).participants[0].staleness == 0
     finally:
         store.close()
 
