@@ -17,8 +17,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -584,10 +584,7 @@ class Store:
             **vars(latest),
             cohort=sorted({p.site for p in parts if p.kind == "fit"}),
             participants=parts,
-            rejected_uploads=[
-                RejectedUpload(r["site"], r["task_id"], r["code"], r["message"], r["at"])
-                for r in rejected
-            ],
+            rejected_uploads=[_record(RejectedUpload, r) for r in rejected],
             bytes_in=sum(p.bytes_in for p in parts),
             bytes_in_uncompressed=sum(p.bytes_in_uncompressed for p in parts),
             bytes_out=sum(p.bytes_out for p in parts),
@@ -604,16 +601,10 @@ class Store:
         ):
             metrics.setdefault(m["phase"], {})[m["name"]] = m["value"]
         finished = row["finished_at"]
-        return RoundSummary(
-            run_id=row["run_id"],
-            round=row["round"],
-            attempt=row["attempt"],
-            status=row["status"],
-            started_at=row["started_at"],
-            finished_at=finished,
+        return _record(
+            RoundSummary,
+            row,
             duration_s=None if finished is None else finished - row["started_at"],
-            model_digest=row["model_digest"],
-            abort_reason=row["abort_reason"],
             metrics=metrics,
             secagg=None if row["secagg"] is None else json.loads(row["secagg"]),
         )
@@ -1044,21 +1035,17 @@ def _first_problem(exc: ValidationError) -> str:
 
 
 def _participation(row: sqlite3.Row) -> Participation:
-    return Participation(
-        site=row["site"],
-        task_id=row["task_id"],
-        kind=row["kind"],
-        status=row["status"],
-        num_examples=row["num_examples"],
-        metrics=json.loads(row["metrics_json"]) if row["metrics_json"] else {},
-        duration_s=row["duration_s"],
-        bytes_in=row["bytes_in"],
-        bytes_in_uncompressed=row["bytes_in_uncompressed"],
-        bytes_out=row["bytes_out"],
-        error=row["error"],
-        staleness=row["staleness"],
-        offered_at=row["offered_at"],
-        finished_at=row["finished_at"],
+    metrics = json.loads(row["metrics_json"]) if row["metrics_json"] else {}
+    return _record(Participation, row, metrics=metrics)
+
+
+R = TypeVar("R", Participation, RejectedUpload, RoundSummary)
+
+
+def _record(cls: type[R], row: sqlite3.Row, **computed: Any) -> R:
+    """A record whose fields are the row's columns of the same names, but those `computed`."""
+    return cls(
+        **{f.name: computed[f.name] if f.name in computed else row[f.name] for f in fields(cls)}
     )
 
 
