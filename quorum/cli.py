@@ -241,7 +241,7 @@ def server_start(
     Example: quorum server start --config examples/heart_disease/server.toml --insecure
     """
     from quorum.config import ServerFile, load
-    from quorum.server.app import serve
+    from quorum.server_process import serve
 
     logs.setup(log_format)
     server_file = load(ServerFile, config, set_ or [])

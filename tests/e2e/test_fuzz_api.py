@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 
 from quorum.admin.app import build_app
 from quorum.config import ServerConfig, ServerFile
-from quorum.server.app import Server
+from quorum.server_process import Server
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

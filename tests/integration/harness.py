@@ -17,7 +17,7 @@ from quorum.admin.client import AdminClient
 from quorum.client.agent import Backoff, SiteAgent, StageHook
 from quorum.config import RunConfig, ServerConfig, ServerFile
 from quorum.ports import free_port
-from quorum.server.app import Server
+from quorum.server_process import Server
 from quorum.task import SiteTask
 from tests.vector_task import task as vector_task
 

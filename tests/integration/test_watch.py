@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quorum.admin.app import build_app
 from quorum.config import ServerConfig, ServerFile
-from quorum.server.app import Server
+from quorum.server_process import Server
 from tests.integration.harness import TOKEN, Federation, federation, run_config, wait_for
 from tests.sse import aframes
 

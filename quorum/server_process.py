@@ -1,4 +1,8 @@
-"""The server process: gRPC federation service, admin API and coordinator in one event loop."""
+"""The server process: gRPC federation service, admin API and coordinator in one event loop.
+
+The composition root: it builds the parts of `quorum.server` and the admin API of
+`quorum.admin` (which steers the server through `quorum.server.runtime`), so it sits above both.
+"""
 
 from __future__ import annotations
 
