@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -93,3 +94,32 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def run_sim(
+    config: str,
+    out: pathlib.Path,
+    sets: list[str],
+    extra: list[str] | None = None,
+    timeout: float = 900,
+) -> tuple[dict[str, Any] | None, str, float]:
+    """`quorum sim --config CONFIG` without baselines, writing under `out`, with `--set` for each
+    of `sets` and `extra` arguments: its JSON report (None when it wrote none), the tail of its
+    stderr and its wall time in seconds."""
+    report = out / "report.json"
+    report.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "quorum", "sim", "--config", config, "--report", str(report)]
+    for item in ["sim.baselines=false", f"sim.output_dir={out}", *sets]:
+        command += ["--set", item]
+    started = time.monotonic()
+    done = subprocess.run(
+        [*command, *(extra or [])],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    wall = round(time.monotonic() - started, 1)
+    result = json.loads(report.read_text()) if report.exists() else None
+    return result, done.stderr[-2000:], wall

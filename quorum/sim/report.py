@@ -50,6 +50,9 @@ def build(
                 # Central DP: the run's user-level ε after this round.
                 "central_epsilon": r["metrics"].get("central_dp", {}).get("epsilon"),
                 "wall_time_s": r["finished_at"] - started,
+                # The sites' uploads: bytes on the wire, and what they were uncompressed.
+                "upload_bytes": r.get("bytes_in"),
+                "upload_bytes_uncompressed": r.get("bytes_in_uncompressed"),
                 # Async: how many versions old the oldest update of this server step was.
                 "staleness_max": r["metrics"].get("fit", {}).get("staleness_max"),
                 "secagg": _secagg(r),

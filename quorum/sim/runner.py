@@ -161,6 +161,11 @@ def run_simulation(
         admin.post("/api/v1/runs", sim.run.model_dump(mode="json", exclude_none=True))
         run = _follow(admin, sim, fleet, console, started)
         rounds = _all_rounds(admin, run["id"])
+        for r in rounds:  # the uploads' bytes, on the wire and uncompressed, are the detail's
+            if r["status"] == "completed":
+                detail = admin.get(f"/api/v1/runs/{run['id']}/rounds/{r['round']}")
+                r["bytes_in"] = detail["bytes_in"]
+                r["bytes_in_uncompressed"] = detail["bytes_in_uncompressed"]
         privacy = admin.get(f"/api/v1/runs/{run['id']}/privacy")
         if job is not None:
             job = pooled.wait(admin, job, console, started + sim.sim.timeout_s)
