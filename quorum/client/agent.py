@@ -326,6 +326,8 @@ class SiteAgent:
                     self.residuals,
                     offer.run_id,
                     offer.round,
+                    # a sync round may run again; async fits share round numbers
+                    offered.model_version is None,
                 )
             receipt = await _upload_update(
                 stub, session_id, offer, started, data, fit.metrics, fit.num_examples

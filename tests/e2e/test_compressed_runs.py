@@ -40,7 +40,7 @@ def test_topk_error_feedback_survives_a_site_restart(deployment: Deployment) -> 
             compression={"upload": "topk", "fraction": 1 / 3},
         )
     )
-    residual_file = key_a.with_suffix(".residuals") / f"{run['id']}.safetensors"
+    residual_file = key_a.with_suffix(".residuals") / run["id"] / "round-2.safetensors"
 
     def round_3_offered_to_a() -> bool:
         record = d.run_record()
@@ -68,7 +68,8 @@ def test_topk_error_feedback_survives_a_site_restart(deployment: Deployment) -> 
     }
     assert fits == {"a": "lost", "b": "accepted"}
     loaded = re.search(
-        r"event=residual_loaded run_id=\S+ numel=15 norm=(\S+)", restarted.log_path.read_text()
+        r"event=residual_loaded run_id=\S+ round=2 numel=15 norm=(\S+)",
+        restarted.log_path.read_text(),
     )
     assert loaded, restarted.log_tail(40)
     assert float(loaded.group(1)) == pytest.approx(float(np.linalg.norm(stored)), rel=1e-5)

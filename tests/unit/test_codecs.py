@@ -236,6 +236,25 @@ def test_the_residual_survives_a_new_store_and_a_new_run_starts_from_zero(
     np.testing.assert_allclose(sent, [0, 0, 0, 0, 0, 0, 0, 14, 0, 0] + np.eye(10)[6] * 12)
 
 
+def test_a_round_run_again_starts_from_the_residual_from_before_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    model = blobs.encode({"w": np.zeros(10, np.float32)})
+    trained = {"w": np.arange(10, dtype=np.float32)}
+    residuals = Residuals(tmp_path)
+    encode_update(TopK(0.2), model, trained, residuals, "run-a", 1)
+    first = encode_update(TopK(0.2), model, trained, residuals, "run-a", 2)
+    # the server aborted round 2 (or restarted in it): its next attempt sends the same
+    assert encode_update(TopK(0.2), model, trained, residuals, "run-a", 2) == first
+    # async fits share round numbers: each takes the newest residual
+    again = encode_update(TopK(0.2), model, trained, residuals, "run-a", 2, rerun_safe=False)
+    assert again != first
+    assert sorted(p.name for p in (tmp_path / "run-a").iterdir()) == [
+        "round-1.safetensors",
+        "round-2.safetensors",
+    ]
+
+
 # ---- configuration ----
 
 
