@@ -178,10 +178,12 @@ class Coordinator:
 
     def close_phase(self, phase: Phase) -> None:
         """Records the tasks nobody answered before the deadline. The phase is remembered with
-        its tasks (to refuse late answers), so it lets go of its sum: the driver holds it."""
+        its tasks (to refuse late answers), so it lets go of its sum (the driver holds it) and
+        of the model its compressed uploads were deltas from."""
         self._open_phases.remove(phase)
         phase.closed = True  # also when its driver was cancelled before the deadline
         phase.accumulator = None
+        phase.reference = None
         for task in phase.unanswered():
             self.store.finish_participation(
                 task.id, "timed_out", error="no answer before the deadline"
@@ -215,9 +217,7 @@ class Coordinator:
         if task.state in ("receiving", "done"):
             raise UploadRejected("duplicate", f"task {task_id!r} was already answered")
         if task.phase.closed:
-            raise UploadRejected(
-                "task_closed", f"task {task_id!r} closed (its deadline passed or its run ended)"
-            )
+            raise _task_closed(task_id)
         return task
 
     def admit_upload(self, session: Session, header: pb.UploadHeader) -> PendingTask:
@@ -258,7 +258,8 @@ class Coordinator:
             )
         update: Update | None = None
         if phase.codec is not None:
-            assert phase.reference is not None
+            if phase.reference is None:  # closed while the upload came in
+                raise _task_closed(task.id)
             update = await asyncio.to_thread(
                 validation.check_encoded, data, header.digest, phase.codec, phase.reference
             )
@@ -268,9 +269,7 @@ class Coordinator:
             )
         async with phase.fold_lock:
             if phase.closed:
-                raise UploadRejected(
-                    "task_closed", f"task {task.id!r} closed (its deadline passed or its run ended)"
-                )
+                raise _task_closed(task.id)
             if phase.secagg is not None:
                 await phase.secagg.add_masked(task, data, layout)
                 num_examples = 0
@@ -500,3 +499,9 @@ class Coordinator:
             if task.state == "offered":
                 self.store.finish_participation(task.id, "lost", error="the site disconnected")
                 task.phase.finish(task)
+
+
+def _task_closed(task_id: str) -> UploadRejected:
+    return UploadRejected(
+        "task_closed", f"task {task_id!r} closed (its deadline passed or its run ended)"
+    )
