@@ -85,8 +85,10 @@ def encode_update(
         raise TaskError(
             "the trained model's tensors (names, dtypes, shapes) differ from the global model's"
         )
-    delta = blobs.as_flat(plain, trained_layout).astype(np.float64)
-    delta -= blobs.as_flat(model, layout)
+    trained_flat, reference = blobs.as_flat(plain, trained_layout), blobs.as_flat(model, layout)
+    # In the model's precision (float32 for most): exact for nearby values (Sterbenz), and far
+    # below what any codec keeps; float64 would double the memory traffic of a large model.
+    delta = np.subtract(trained_flat, reference, dtype=np.result_type(reference, np.float32))
     if codec.error_feedback:
         delta += residuals.load(run_id, layout.numel, round_no if rerun_safe else None)
     tensors = codec.encode(delta)

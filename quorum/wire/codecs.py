@@ -185,13 +185,16 @@ class Int8:
 
     def encode(self, delta: np.ndarray) -> Params:
         numel = delta.shape[0]
-        padded = np.zeros(-(-numel // self.block) * self.block, np.float64)
-        padded[:numel] = delta
-        rows = padded.reshape(-1, self.block)
-        scales = (np.max(np.abs(rows), axis=1) / 127).astype(np.float32)
-        safe = np.where(scales > 0, scales, 1).astype(np.float64)
-        quantised = np.clip(np.rint(rows / safe[:, None]), -127, 127).astype(np.int8)
-        return {"delta": quantised.reshape(-1)[:numel], "scales": scales}
+        values = np.asarray(delta, np.float32)  # float32 throughout: half the memory traffic
+        if numel % self.block:
+            values = np.pad(values, (0, -numel % self.block))
+        rows = values.reshape(-1, self.block)
+        scales = np.max(np.abs(rows), axis=1) / np.float32(127)
+        # Divided, not multiplied by 1/scale, which overflows for subnormal scales.
+        scaled = np.divide(rows, np.where(scales > 0, scales, np.float32(1))[:, None])
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, -127, 127, out=scaled)
+        return {"delta": scaled.astype(np.int8).reshape(-1)[:numel], "scales": scales}
 
     def check(self, tensors: Params, numel: int) -> None:
         scales = tensors["scales"]

@@ -74,7 +74,7 @@ def test_int8_is_within_half_a_scale_of_each_block(delta: np.ndarray, block: int
     out = _round_trip(Int8(block), delta)
     for start in range(0, delta.shape[0], block):
         piece = delta[start : start + block]
-        bound = float(np.max(np.abs(piece))) / 127 * (0.5 + 1e-5)
+        bound = float(np.max(np.abs(piece))) / 127 * (0.5 + 1e-4)  # float32 arithmetic
         # (+ what float32 scales lose below their smallest subnormal)
         assert np.all(np.abs(out[start : start + block] - piece) <= bound + 2e-43)
 
