@@ -30,6 +30,13 @@ class FedAvg:
 
     def step(self, current: np.ndarray, mean: np.ndarray) -> np.ndarray:
         _check_pair(current, mean)
+        self.begin_step(current.shape[0])
+        return self.step_block(current, mean, 0)
+
+    def begin_step(self, numel: int) -> None:
+        pass  # no state: every block's step is the same function
+
+    def step_block(self, current: np.ndarray, mean: np.ndarray, start: int) -> np.ndarray:
         if self.server_learning_rate == 1.0:
             return mean.astype(current.dtype)
         new = np.subtract(mean, current, dtype=np.float64)

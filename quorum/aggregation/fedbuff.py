@@ -18,12 +18,16 @@ Pure numpy: memory is one float64 sum, whatever K is.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from quorum.aggregation.accumulator import Update, blocks_of
 from quorum.errors import ConfigError, StoreError
+
+BLOCK = 1 << 20
+"""Values the momentum is updated at a time (8 MiB of float64 temporaries)."""
 
 
 def staleness_weight(staleness: int, exponent: float) -> float:
@@ -76,7 +80,7 @@ class FedBuff:
         self.version = version
         self._sum = np.zeros(numel, np.float64)
         self._examples = 0.0
-        self._momentum = np.zeros(numel, np.float64)
+        self._momentum: np.ndarray | None = np.zeros(numel, np.float64) if self.beta else None
         self.buffered: list[Accepted] = []
 
     def admit(self, base_version: int) -> Accepted:
@@ -94,15 +98,31 @@ class FedBuff:
             )
         return Accepted(staleness, staleness_weight(staleness, self.exponent))
 
-    def add(self, delta: np.ndarray, accepted: Accepted, examples: float = 1.0) -> bool:
-        """Buffers `s(τ) · examples · delta`; True when the buffer is full (call `step`)."""
-        if delta.shape != (self.numel,):
-            raise ValueError(f"delta of shape {delta.shape}, expected ({self.numel},)")
+    def add(
+        self,
+        delta: Update,
+        accepted: Accepted,
+        examples: float = 1.0,
+        base: np.ndarray | None = None,
+    ) -> bool:
+        """Buffers `s(τ) · examples · delta`, where delta is `delta - base` when a `base` (the
+        model the site trained from) is given; True when the buffer is full (call `step`).
+        Block by block: no temporary of the model's size."""
+        source = blocks_of(delta, self.numel)
         if self.full:
             raise ValueError("the buffer is full: apply the server step first")
         if not (examples > 0 and math.isfinite(examples)):
             raise ValueError(f"an update's example count must be positive, got {examples}")
-        self._sum += (accepted.weight * examples) * delta.astype(np.float64, copy=False)
+        scale = accepted.weight * examples
+        for start, values in source.blocks():
+            end = start + values.shape[0]
+            block = np.empty(values.shape[0], np.float64)
+            if base is None:
+                block[:] = values
+            else:  # in the values' dtype, then widened, as a whole-vector subtraction would be
+                np.subtract(values, base[start:end], out=block, casting="same_kind")
+            block *= scale
+            self._sum[start:end] += block
         self._examples += examples
         self.buffered.append(accepted)
         return self.full
@@ -115,27 +135,39 @@ class FedBuff:
         """Applies the server step to `current` (flat, any float dtype) with exactly the K
         buffered updates; returns the new model (of `current`'s dtype) and empties the
         buffer."""
-        new, state = self.propose(current)
+        state = self.propose()
+        (new,) = self.stepped([(0, current)], state)
         self.load_state(state)
         return new
 
-    def propose(
-        self, current: np.ndarray, noise: np.ndarray | None = None
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The server step without applying it: the new model and the state after it (to
-        checkpoint first; `load_state` then applies it and empties the buffer), so that a
-        failed checkpoint leaves the buffer as it was. `noise` is added to the weighted sum
-        (central DP)."""
+    def propose(self, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The state after the server step, without applying it (to checkpoint first, with
+        the new model `stepped` writes; `load_state` then applies it and empties the buffer),
+        so that a failed checkpoint leaves the buffer as it was. `noise` is added to the
+        weighted sum (central DP)."""
         if not self.full:
             raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
-        total = self._sum if noise is None else self._sum + noise
-        momentum = self.beta * self._momentum + total / self._examples
-        new = current.astype(np.float64) + self.lr * momentum
-        state = {
+        # One new vector, the momentum to checkpoint; no other temporary of the model's size.
+        momentum = np.divide(self._sum, self._examples) if noise is None else self._sum + noise
+        if noise is not None:
+            momentum /= self._examples
+        if self._momentum is not None:
+            for start in range(0, self.numel, BLOCK):
+                momentum[start : start + BLOCK] += self.beta * self._momentum[start : start + BLOCK]
+        return {
             "fedbuff.version": np.array([self.version + 1], np.int64),
             "fedbuff.momentum": momentum,
         }
-        return new.astype(current.dtype), state
+
+    def stepped(
+        self, current: Iterable[tuple[int, np.ndarray]], state: Mapping[str, np.ndarray]
+    ) -> Iterator[np.ndarray]:
+        """The new model x + η m, from consecutive (start, values) blocks of the current one
+        (in its dtype) and the state `propose` returned."""
+        momentum = state["fedbuff.momentum"]
+        for start, values in current:
+            step = momentum[start : start + values.shape[0]]
+            yield (values.astype(np.float64) + self.lr * step).astype(values.dtype)
 
     def discard(self) -> int:
         """Empties the buffer without a step (a restart loses a partial buffer); returns how
@@ -149,7 +181,11 @@ class FedBuff:
     def state(self) -> dict[str, np.ndarray]:
         return {
             "fedbuff.version": np.array([self.version], np.int64),
-            "fedbuff.momentum": self._momentum.copy(),
+            "fedbuff.momentum": (
+                np.zeros(self.numel, np.float64)
+                if self._momentum is None
+                else self._momentum.copy()
+            ),
         }
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -161,5 +197,6 @@ class FedBuff:
         if momentum.shape != (self.numel,):
             raise StoreError(f"checkpointed momentum of shape {momentum.shape} does not fit")
         self.version = version
-        self._momentum = momentum.astype(np.float64)
+        # Without momentum (β = 0) the last step's mean never enters a step: it is not kept.
+        self._momentum = momentum.astype(np.float64, copy=False) if self.beta else None
         self.discard()

@@ -56,20 +56,32 @@ class FedOpt:
         self._m: np.ndarray | None = None
         self._v: np.ndarray | None = None
         self._t = 0
+        self._eta = self.server_learning_rate
+        """The learning rate of the step under way (FedAdam's bias correction depends on t)."""
 
     def site_config(self) -> dict[str, float]:
         return {}
 
     def step(self, current: np.ndarray, mean: np.ndarray) -> np.ndarray:
         _check_pair(current, mean)
+        self.begin_step(current.shape[0])
+        return self.step_block(current, mean, 0)
+
+    def begin_step(self, numel: int) -> None:
         if self._m is None or self._v is None:
-            self._m = np.zeros(current.shape, dtype=np.float64)
-            self._v = np.zeros(current.shape, dtype=np.float64)
-        elif self._m.shape != current.shape:
+            self._m = np.zeros(numel, dtype=np.float64)
+            self._v = np.zeros(numel, dtype=np.float64)
+        elif self._m.shape != (numel,):
             raise ValueError(
-                f"model of shape {current.shape} does not match optimiser state {self._m.shape}"
+                f"model of shape ({numel},) does not match optimiser state {self._m.shape}"
             )
-        m, v = self._m, self._v
+        self._t += 1
+        self._eta = self._learning_rate()
+
+    def step_block(self, current: np.ndarray, mean: np.ndarray, start: int) -> np.ndarray:
+        assert self._m is not None and self._v is not None, "begin_step comes first"
+        stop = start + current.shape[0]
+        m, v = self._m[start:stop], self._v[start:stop]  # views: updated in place
         b1, b2 = self.beta1, self.beta2
         delta = np.subtract(mean, current, dtype=np.float64)
         tmp = np.multiply(delta, 1.0 - b1)
@@ -88,11 +100,10 @@ class FedOpt:
             tmp *= sq
             tmp *= 1.0 - b2
             v -= tmp
-        self._t += 1
         np.sqrt(v, out=tmp)
         tmp += self.tau
         np.divide(m, tmp, out=tmp)
-        tmp *= self._learning_rate()
+        tmp *= self._eta
         tmp += current
         result: np.ndarray = tmp.astype(current.dtype, copy=False)
         return result

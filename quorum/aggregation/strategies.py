@@ -27,6 +27,15 @@ class Strategy(Protocol):
         """The new global model, of `current`'s dtype, from the current one and the mean."""
         ...
 
+    def begin_step(self, numel: int) -> None:
+        """Starts a step taken block by block (a large model's new values go to its file as
+        they are computed): then `step_block` for consecutive blocks covering 0..numel."""
+        ...
+
+    def step_block(self, current: np.ndarray, mean: np.ndarray, start: int) -> np.ndarray:
+        """The new values of [start, start + len(current)) of the step begun."""
+        ...
+
     def state(self) -> dict[str, np.ndarray]:
         """The server-optimiser state to checkpoint (copies)."""
         ...

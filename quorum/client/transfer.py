@@ -3,6 +3,7 @@ uploads with a header."""
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 from collections import OrderedDict
 
@@ -19,9 +20,13 @@ DOWNLOAD_ATTEMPTS = 3
 
 
 class BlobCache:
-    """Recently used blobs in memory, and optionally on disk, keyed by their SHA-256."""
+    """Recently used blobs in memory, and optionally on disk, keyed by their SHA-256.
 
-    def __init__(self, directory: pathlib.Path | None = None, keep: int = 2) -> None:
+    One in memory by default: a sync round's fit model is the model its sites evaluated at the
+    end of the round before, so the newest is the one asked for again, and a site holds no
+    second copy of a large model."""
+
+    def __init__(self, directory: pathlib.Path | None = None, keep: int = 1) -> None:
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._dir = directory
         self._keep = keep
@@ -53,28 +58,36 @@ class BlobCache:
 async def download(
     stub: pb_grpc.FederationStub, session_id: str, key: str, size: int, cache: BlobCache
 ) -> bytes:
-    """Fetches a blob by digest, resuming from the last byte received if the stream breaks."""
+    """Fetches a blob by digest, resuming from the last byte received if the stream breaks.
+    The bytes are written in place into one buffer of the announced size and hashed as they
+    arrive: the blob is held once, never grown and copied."""
     cached = cache.get(key)
     if cached is not None:
         return cached
-    buffer = bytearray()
+    buffer = blobs.sized_buffer(size)
+    sha = hashlib.sha256()
+    received = 0
     for attempt in range(DOWNLOAD_ATTEMPTS):
         try:
             call = stub.Download(
-                pb.DownloadRequest(session_id=session_id, digest=key, offset=len(buffer))
+                pb.DownloadRequest(session_id=session_id, digest=key, offset=received)
             )
             async for chunk in call:
-                if chunk.offset != len(buffer):
-                    raise BlobError(f"chunk at offset {chunk.offset}, expected {len(buffer)}")
-                buffer += chunk.data
+                if chunk.offset != received:
+                    raise BlobError(f"chunk at offset {chunk.offset}, expected {received}")
+                if received + len(chunk.data) > size:
+                    raise BlobError(f"the blob {key[:16]}… is longer than its {size} bytes")
+                buffer.write(chunk.data)
+                sha.update(chunk.data)
+                received += len(chunk.data)
             break
         except grpc.aio.AioRpcError as exc:
             retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
             if not retryable or attempt == DOWNLOAD_ATTEMPTS - 1:
                 raise
-    data = bytes(buffer)
-    if len(data) != size or blobs.digest(data) != key:
-        raise BlobError(f"downloaded blob does not match digest {key[:16]}… ({len(data)} bytes)")
+    if received != size or sha.hexdigest() != key:
+        raise BlobError(f"downloaded blob does not match digest {key[:16]}… ({received} bytes)")
+    data = buffer.getvalue()
     cache.put(key, data)
     return data
 

@@ -33,6 +33,7 @@ from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
 from quorum.errors import NotFoundError, UploadRejected
 from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import CentralDP, clip_in_place
+from quorum.server.model_files import write_model
 from quorum.server.phases import Phase, RoundAborted
 from quorum.server.rounds import (
     STOPPED,
@@ -48,7 +49,7 @@ from quorum.server.rounds import (
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
-from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import make_codec
 
 if TYPE_CHECKING:
@@ -101,13 +102,14 @@ class AsyncDriver:
             self.co,
             self.run_id,
             cfg,
-            lambda initial: self._new_buffer(blobs.read_layout(initial).numel, 0).state(),
+            lambda initial: self._new_buffer(initial.layout.numel, 0).state(),
             reason,
         )
-        self.layout = blobs.read_layout(model)
+        self.layout = model.layout
         self.buffer = self._new_buffer(self.layout.numel, done)
         self.buffer.load_state(state)
-        self.model, self.vector = model, blobs.as_flat(model, self.layout)
+        # The model's file, mapped: deltas read it; the step reads the file in blocks.
+        self.model, self.vector = model, model.flat()
         self.published = (done, model, self.vector, 0)
         """(version, model, flat model, attempt of the round it feeds) that new fit tasks get:
         replaced as a whole once a step is checkpointed and its next round opened, since the
@@ -333,17 +335,19 @@ class AsyncDriver:
         except StaleUpdate as exc:
             raise UploadRejected("stale_update", str(exc)) from None
         try:
-            delta = np.empty(base.shape[0], np.float64)
-            subtract_into(delta, blocks_of(update, base.shape[0]), base)
             if self.central is not None:  # DP-FedBuff: each update clipped, counting once
+                delta = np.empty(base.shape[0], np.float64)
+                subtract_into(delta, blocks_of(update, base.shape[0]), base)
                 clip_in_place(delta, self.central.clipping_norm)
-                examples = 1.0
+                update, reference, examples = delta, None, 1.0
+            else:  # folded block by block, no delta of the model's size
+                reference = base
             ((task_id, task),) = phase.tasks.items()
             self.store.apply_update(
                 task_id, self.buffer.version + 1, self.attempt, accepted.staleness
             )
             self.in_buffer.add(task.site)
-            if self.buffer.add(delta, accepted, examples):
+            if self.buffer.add(update, accepted, examples, reference):
                 staleness = [a.staleness for a in self.buffer.buffered]
                 self._step(
                     {
@@ -369,20 +373,21 @@ class AsyncDriver:
             noise, release = self.central.buffer_noise(self.layout.numel)
             # accounted before anything of the step is written: a crash counts it, never loses it
             record_release(self.co, self.run_id, self.central, version, self.attempt, release)
-        new, state = self.buffer.propose(self.vector, noise)
-        model = blobs.encode_flat(new, self.layout)
+        state = self.buffer.propose(noise)
+        values = self.buffer.stepped(self.model.values(), state)
+        model = write_model(self.co.checkpoints, self.run_id, version, self.model, values)
         self.co.checkpoints.save(self.run_id, version, model, state)
         self.store.complete_round(
-            self.run_id, version, self.attempt, blobs.digest(model), {"fit": fit_metrics}
+            self.run_id, version, self.attempt, model.digest, {"fit": fit_metrics}
         )
         self.buffer.load_state(state)  # applied (and the buffer emptied) once it is durable
         self.in_buffer.clear()
         attempt = self.attempt
-        self.model, self.vector = model, new
+        self.model, self.vector = model, model.flat()
         # A cohort opens its own round; plain FedBuff opens the next buffer's here.
         if version < self.config.rounds and not self.config.secagg.enabled:
             self.attempt = self.store.start_round(self.run_id, version + 1)
-        self.published = (version, model, new, self.attempt)
+        self.published = (version, model, self.vector, self.attempt)
         log.info(
             "event=round_completed run_id=%s round=%d staleness_max=%g",
             self.run_id,
@@ -391,13 +396,13 @@ class AsyncDriver:
         )
         self.loop.call_soon_threadsafe(self._evaluate_later, version, attempt, model)
 
-    def _evaluate_later(self, version: int, attempt: int, model: bytes) -> None:
+    def _evaluate_later(self, version: int, attempt: int, model: BlobFile) -> None:
         self.wake.set()
         task = asyncio.ensure_future(self._evaluate(version, attempt, model))
         self.evaluations.add(task)
         task.add_done_callback(self.evaluations.discard)
 
-    async def _evaluate(self, version: int, attempt: int, model: bytes) -> None:
+    async def _evaluate(self, version: int, attempt: int, model: BlobFile) -> None:
         cfg = self.config
         sites = task_sites(self.co, cfg.task)
         evaluators = self._rng.sample(sites, math.ceil(cfg.fraction_evaluate * len(sites)))

@@ -6,6 +6,10 @@ crash leaves either the old file or the new one, never a torn one. Round 0 is th
 A run keeps its newest `keep` rounds (the last is the run's model, and the one before it is
 what a restart resumes from when the server stops between saving a round and recording it) and
 round 0 (a gossip run serves it every round): the state directory does not grow with rounds.
+
+Files are written and read as streams (`quorum.wire.blobfiles`), never whole in memory: a round's
+new model is written once, to its temporary name (`stage`), served from there while the round
+evaluates it, and renamed into place when the round is saved.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from quorum.atomic import write_atomic
+from quorum.atomic import publish, temp_path, write_atomic
 from quorum.errors import BlobError, StoreError
 from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile, BlobWriter
 
 _ROUND = re.compile(r"^round-(\d+)\.(model|strategy)\.safetensors$")
 
@@ -42,12 +47,42 @@ class Checkpoints:
     def exists(self, run_id: str, round_no: int) -> bool:
         return all(p.exists() for p in self._paths(run_id, round_no))
 
+    def stage(self, run_id: str, round_no: int) -> BlobWriter:
+        """A writer of the round's model to its temporary name; `save` gives the finished file
+        its name. Writing a round again replaces its staged file (readers of the old one keep
+        it until they let go)."""
+        return BlobWriter(temp_path(self._paths(run_id, round_no)[0]))
+
+    def stage_params(
+        self, run_id: str, round_no: int, params: Mapping[str, np.ndarray]
+    ) -> BlobFile:
+        """The round's model staged from its tensors (a run's initial model)."""
+        with self.stage(run_id, round_no) as writer:
+            blobs.write(params, writer)
+            return writer.finish()
+
     def save(
-        self, run_id: str, round_no: int, model: bytes, strategy_state: Mapping[str, np.ndarray]
+        self,
+        run_id: str,
+        round_no: int,
+        model: blobs.Buffer | BlobFile,
+        strategy_state: Mapping[str, np.ndarray],
     ) -> None:
+        """Saves the round: its model (bytes, or the file `stage` wrote, renamed into place)
+        and its strategy state, each atomically; the model first, so that a round whose
+        state is on disk has its model too."""
         model_path, state_path = self._paths(run_id, round_no)
-        write_atomic(model_path, model)
-        write_atomic(state_path, blobs.encode(strategy_state))
+        if isinstance(model, BlobFile):
+            if model.path != temp_path(model_path):
+                raise ValueError(f"{model.path} is not the staged model of round {round_no}")
+            publish(model.path, model_path)
+            model.path = model_path
+        else:
+            write_atomic(model_path, bytes(model))
+        with BlobWriter(temp_path(state_path)) as state:
+            blobs.write(strategy_state, state)
+            state.finish()
+        publish(temp_path(state_path), state_path)
         if self.keep is not None:
             self._prune(run_id, round_no, self.keep)
 
@@ -70,20 +105,24 @@ class Checkpoints:
             if match and 0 < int(match.group(1)) <= newest - keep:
                 path.unlink(missing_ok=True)
 
-    def load(self, run_id: str, round_no: int) -> tuple[bytes, dict[str, np.ndarray]]:
+    def open(self, run_id: str, round_no: int) -> tuple[BlobFile, dict[str, np.ndarray]]:
+        """The round's model file, opened (its digest read from it) and its strategy state."""
         model_path, state_path = self._paths(run_id, round_no)
-        try:
-            model = model_path.read_bytes()
-            state = state_path.read_bytes()
-        except OSError as exc:
-            raise StoreError(f"checkpoint of {run_id} round {round_no} is missing: {exc}") from None
         path = model_path
         try:
-            blobs.read_layout(model)
+            model = BlobFile(model_path)
             path = state_path
-            return model, {k: v.copy() for k, v in blobs.decode(state).items()}
+            state = BlobFile(state_path).params()
+            return model, {k: v.copy() for k, v in state.items()}
+        except OSError as exc:
+            raise StoreError(f"checkpoint of {run_id} round {round_no} is missing: {exc}") from None
         except BlobError as exc:
             raise StoreError(f"checkpoint {path} is corrupt: {exc}") from None
+
+    def load(self, run_id: str, round_no: int) -> tuple[bytes, dict[str, np.ndarray]]:
+        """The round's model bytes and strategy state (for readers of small models)."""
+        model, state = self.open(run_id, round_no)
+        return model.read_all(), state
 
     def model_path(self, run_id: str, round_no: int) -> pathlib.Path:
         return self._paths(run_id, round_no)[0]

@@ -144,24 +144,24 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         if session is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or closed session")
         assert session is not None  # abort raised otherwise
-        data = self.co.blobs.get(request.digest)
-        relayed = data is None
-        if relayed:
-            data = self.co.relayed(session, request.digest)  # a gossip parcel for this site
-        if data is None:
+        model = self.co.blobs.get(request.digest)
+        parcel = None if model is not None else self.co.relayed(session, request.digest)
+        size = len(model) if model is not None else len(parcel) if parcel is not None else -1
+        if size < 0:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.digest!r} is served")
-        assert data is not None
-        if request.offset > len(data):
+        if request.offset > size:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, "offset is past the end of the blob")
         sent = 0
         offset = request.offset
+        # A model is read from its file a chunk at a time; a gossip parcel is held in memory.
+        chunks = model.chunks(offset) if model is not None else blobs.chunks(parcel or b"", offset)
         # Bounded like uploads: chunks queued for slow readers cost server memory per stream.
         async with self._downloads:
-            for chunk in blobs.chunks(data, offset):
-                yield pb.BlobChunk(offset=offset, total_size=len(data), data=bytes(chunk))
+            for chunk in chunks:
+                yield pb.BlobChunk(offset=offset, total_size=size, data=bytes(chunk))
                 offset += len(chunk)
                 sent += len(chunk)
-        self.co.on_download(session, request.digest, sent, relayed)
+        self.co.on_download(session, request.digest, sent, relayed=parcel is not None)
 
     async def Upload(
         self, request_iterator: AsyncIterator[pb.UploadMessage], context: Context

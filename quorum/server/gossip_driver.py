@@ -40,7 +40,7 @@ from quorum.server.phases import RoundAborted
 from quorum.server.rounds import play_rounds, task_sites, wait_for_sites
 from quorum.server.store import RunRecord
 from quorum.task import load_task
-from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
 
 if TYPE_CHECKING:
     from quorum.server.coordinator import Coordinator
@@ -62,10 +62,11 @@ class GossipDriver:
             log.warning("event=round_recovered run_id=%s resume_after=%d", self.run_id, done)
         if not self.co.checkpoints.exists(self.run_id, 0):
             initial = load_task(cfg.task).initial_parameters(cfg.seed)
-            self.co.checkpoints.save(self.run_id, 0, blobs.encode(initial), {})
+            staged = self.co.checkpoints.stage_params(self.run_id, 0, initial)
+            self.co.checkpoints.save(self.run_id, 0, staged, {})
         # The initial model is public (every site could compute it); it is the only model the
         # server ever holds.
-        model, _ = self.co.checkpoints.load(self.run_id, 0)
+        model, _ = self.co.checkpoints.open(self.run_id, 0)
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s mode=gossip from_round=%d", self.run_id, done + 1)
 
@@ -74,7 +75,7 @@ class GossipDriver:
 
         await play_rounds(self.co, self.run_id, done + 1, cfg.rounds, play)
 
-    async def _round(self, round_no: int, attempt: int, model: bytes) -> None:
+    async def _round(self, round_no: int, attempt: int, model: BlobFile) -> None:
         cfg = self.config
         await wait_for_sites(self.co, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s)
         cohort = task_sites(self.co, cfg.task)
@@ -92,7 +93,7 @@ class GossipDriver:
             attempt=attempt,
             model_digest=self.co.blobs.put(model),
             model_size=len(model),
-            layout=blobs.read_layout(model),
+            layout=model.layout,
             max_num_examples=cfg.max_num_examples,
         )
         relay = GossipRound(self.co, phase, cohort, cfg, mixing)

@@ -20,6 +20,7 @@ from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed, SiteResul
 from quorum.server.sessions import Session
 from quorum.task import load_task
 from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
 
 if TYPE_CHECKING:
     from quorum.server.coordinator import Coordinator
@@ -99,9 +100,9 @@ def resume(
     co: Coordinator,
     run_id: str,
     config: RunConfig,
-    initial_state: Callable[[bytes], Mapping[str, np.ndarray]],
+    initial_state: Callable[[BlobFile], Mapping[str, np.ndarray]],
     interrupted: str,
-) -> tuple[int, bytes, dict[str, np.ndarray]]:
+) -> tuple[int, BlobFile, dict[str, np.ndarray]]:
     """(last completed round, its model, its strategy state). The first start checkpoints the
     task's initial model as round 0 with `initial_state(model)`; a restart records the round it
     interrupted as aborted with the reason `interrupted`."""
@@ -110,16 +111,16 @@ def resume(
         log.warning("event=round_recovered run_id=%s resume_after=%d", run_id, done)
     if done == 0 and not co.checkpoints.exists(run_id, 0):
         initial = load_task(config.task).initial_parameters(config.seed)
-        model = blobs.encode(initial)
-        co.checkpoints.save(run_id, 0, model, initial_state(model))
-    model, state = co.checkpoints.load(run_id, done)
+        staged = co.checkpoints.stage_params(run_id, 0, initial)
+        co.checkpoints.save(run_id, 0, staged, initial_state(staged))
+    model, state = co.checkpoints.open(run_id, done)
     if done:
         check_checkpoint(co, run_id, done, model, state)
     return done, model, state
 
 
 def check_checkpoint(
-    co: Coordinator, run_id: str, round_no: int, model: bytes, state: Mapping[str, np.ndarray]
+    co: Coordinator, run_id: str, round_no: int, model: BlobFile, state: Mapping[str, np.ndarray]
 ) -> None:
     """A checkpoint damaged on disk is never served: its model must hash to the digest the
     store recorded when the round completed, and hold finite values, as its strategy state
@@ -127,9 +128,9 @@ def check_checkpoint(
     path = co.checkpoints.model_path(run_id, round_no)
     recorded = co.store.round_detail(run_id, round_no).model_digest
     problem = None
-    if recorded and blobs.digest(model) != recorded:
+    if recorded and model.digest != recorded:
         problem = "does not hash to the digest recorded when the round completed"
-    elif not blobs.all_finite(model, blobs.read_layout(model)):
+    elif not model.all_finite():
         problem = "holds NaN or infinite values"
     elif not all(np.isfinite(v).all() for v in state.values() if v.dtype.kind == "f"):
         problem = "has a strategy state with NaN or infinite values"
@@ -147,13 +148,13 @@ def model_phase(
     run_id: str,
     round_no: int,
     attempt: int,
-    model: bytes,
+    model: BlobFile,
     layout: blobs.Layout,
     max_num_examples: int,
 ) -> Phase:
     """A phase serving `model`; its uploads must have `layout`. A model with NaN or infinite
     values (a server step that diverged) is not sent: the round is aborted."""
-    if not blobs.all_finite(model, layout):
+    if not model.all_finite():
         raise RoundAborted(
             "the model to send holds NaN or infinite values (the server step diverged); "
             "it was not sent"

@@ -21,6 +21,7 @@ from quorum.aggregation import round_sum
 from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
+from quorum.server.model_files import strategy_step, write_model
 from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed
 from quorum.server.rounds import (
     evaluate_metrics,
@@ -38,6 +39,7 @@ from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
 from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import make_codec
 
 if TYPE_CHECKING:
@@ -75,9 +77,9 @@ class SyncDriver:
 
         await play_rounds(self.co, self.run_id, done + 1, cfg.rounds, play)
 
-    async def _round(self, round_no: int, attempt: int, model: bytes) -> bytes:
+    async def _round(self, round_no: int, attempt: int, model: BlobFile) -> BlobFile:
         cfg = self.config
-        layout = blobs.read_layout(model)
+        layout = model.layout
         await wait_for_sites(self.co, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s)
         available = task_sites(self.co, cfg.task)
         if len(available) < cfg.min_fit_sites:
@@ -98,7 +100,9 @@ class SyncDriver:
             rounds=cfg.rounds,
             compression=cfg.compression,
         )
-        current = blobs.as_flat(model, layout)
+        # A view of the model's file: only what needs every value (central DP's clipping, a
+        # robust rule, a codec's deltas) reads it whole; the step below reads it in blocks.
+        current = model.flat()
         if cfg.secagg.enabled:
             fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
             noise = None
@@ -114,7 +118,7 @@ class SyncDriver:
                     release = self.central.distributed_release(len(cohort), secure.summed)
                     await self._account(round_no, attempt, release)
             self._check_enough(accepted, cohort, fit)
-            weight, mean = float(examples), current + delta
+            weight, mean, of_delta = float(examples), delta, True
         elif self.central is not None:
             fit = self._fit_phase(round_no, attempt, model, layout, current)
             clipped = fit.accumulator = self.central.collector(current)
@@ -123,7 +127,7 @@ class SyncDriver:
             delta, release = await asyncio.to_thread(self.central.release, clipped, len(cohort))
             # Accounted before the model leaves the server (evaluation sends it to the sites).
             await self._account(round_no, attempt, release)
-            accepted, weight, mean = clipped.count, clipped.total_weight, current + delta
+            accepted, weight, mean, of_delta = clipped.count, clipped.total_weight, delta, True
         else:
             fit = self._fit_phase(round_no, attempt, model, layout, current)
             # The plain streaming sum, or the round's updates kept for a robust rule.
@@ -131,10 +135,16 @@ class SyncDriver:
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(total.count, cohort, fit)
             # A robust rule's aggregate (Krum's distances, per-value sorts) takes a while.
-            mean = await asyncio.to_thread(total.mean)
+            mean, of_delta = await asyncio.to_thread(total.mean), False
             accepted, weight = total.count, total.total_weight
-        new_vector = self.strategy.step(current, mean)
-        new_model = blobs.encode_flat(new_vector, layout)
+        new_model = await asyncio.to_thread(
+            write_model,
+            self.co.checkpoints,
+            self.run_id,
+            round_no,
+            model,
+            strategy_step(self.strategy, model, mean, delta=of_delta),
+        )
         metrics: dict[str, dict[str, float]] = {
             "fit": {
                 # Under SecAgg the sites' metrics are plain, but their weights are masked.
@@ -160,7 +170,7 @@ class SyncDriver:
                 metrics["evaluate"] = evaluate_metrics(ev.results)
 
         self.co.checkpoints.save(self.run_id, round_no, new_model, self._state())
-        self.store.complete_round(self.run_id, round_no, attempt, blobs.digest(new_model), metrics)
+        self.store.complete_round(self.run_id, round_no, attempt, new_model.digest, metrics)
         log.info(
             "event=round_completed run_id=%s round=%d updates=%d metrics=%s",
             self.run_id,
@@ -203,7 +213,12 @@ class SyncDriver:
             raise RoundAborted(f"{accepted} valid update(s) of {len(cohort)} offered; {why}")
 
     def _fit_phase(
-        self, round_no: int, attempt: int, model: bytes, layout: blobs.Layout, current: np.ndarray
+        self,
+        round_no: int,
+        attempt: int,
+        model: BlobFile,
+        layout: blobs.Layout,
+        current: np.ndarray,
     ) -> Phase:
         """A fit phase taking the sites' models, or their deltas from `current` encoded by the
         run's codec."""
@@ -212,7 +227,7 @@ class SyncDriver:
         return fit
 
     def _phase(
-        self, kind: Kind, round_no: int, attempt: int, model: bytes, layout: blobs.Layout
+        self, kind: Kind, round_no: int, attempt: int, model: BlobFile, layout: blobs.Layout
     ) -> Phase:
         return model_phase(
             self.co,

@@ -9,15 +9,15 @@ received bytes, so decoding copies nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
-from safetensors.numpy import save as _st_save
 
 from quorum.errors import BlobError
 
@@ -81,14 +81,89 @@ def digest(data: Buffer) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_FILE_ORDER = ("I64", "F64", "F32", "U32", "I32", "F16", "I16", "I8", "U8", "BOOL")
+"""safetensors' order of tensors in a file: by dtype (its Dtype enum, descending), then name."""
+
+
+class Writable(Protocol):
+    def write(self, data: Buffer, /) -> object: ...
+
+
+def dtype_name(array: np.ndarray) -> str:
+    """The safetensors name of an array's dtype; raises BlobError for one it cannot hold."""
+    for name, dtype in _DTYPES.items():
+        if array.dtype.kind == dtype.kind and array.dtype.itemsize == dtype.itemsize:
+            return name
+    raise BlobError(f"unsupported dtype {array.dtype}")
+
+
+def plan(
+    params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> tuple[bytes, list[np.ndarray]]:
+    """The safetensors header of `params` (length prefix included) and their arrays in file
+    order, little-endian and C-contiguous (copies only of arrays that are neither): the header
+    is byte for byte the one `safetensors.numpy.save` writes."""
+    arrays: list[tuple[str, str, np.ndarray]] = []
+    for name, value in params.items():
+        try:
+            kind = dtype_name(value)
+        except BlobError:
+            raise BlobError(f"tensor {name!r} has unsupported dtype {value.dtype}") from None
+        # np.ascontiguousarray would turn 0-d tensors into 1-d ones; np.require keeps the shape.
+        arrays.append((name, kind, np.require(value, _DTYPES[kind], requirements="C")))
+    arrays.sort(key=lambda entry: (_FILE_ORDER.index(entry[1]), entry[0]))
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, kind, value in arrays:
+        header[name] = {
+            "dtype": kind,
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + value.nbytes],
+        }
+        offset += value.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # tensors start 8-byte aligned, as safetensors writes them
+    return struct.pack("<Q", len(text)) + text, [value for _, _, value in arrays]
+
+
+def raw(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy."""
+    return array.reshape(-1).data.cast("B")
+
+
+def write(
+    params: Mapping[str, np.ndarray], out: Writable, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Writes `params` as a safetensors blob to `out`, tensor by tensor: no copy of the model
+    (safetensors' own `save` copies every tensor, then the whole file, into bytes)."""
+    _write_planned(*plan(params, metadata), out)
+
+
+def _write_planned(header: bytes, arrays: list[np.ndarray], out: Writable) -> None:
+    out.write(header)
+    for value in arrays:
+        out.write(raw(value))
+
+
 def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
-    """Serialises tensors to safetensors bytes (contiguous copies are made as needed)."""
-    # np.ascontiguousarray would turn 0-d tensors into 1-d ones; np.require keeps the shape.
-    arrays = {name: np.require(value, requirements="C") for name, value in params.items()}
-    for name, value in arrays.items():
-        if value.dtype.str.lstrip("<>|=") not in {d.str.lstrip("<>|=") for d in _DTYPES.values()}:
-            raise BlobError(f"tensor {name!r} has unsupported dtype {value.dtype}")
-    return bytes(_st_save(arrays, metadata=dict(metadata) if metadata else None))
+    """Serialises tensors to safetensors bytes: one copy of the model, the bytes themselves
+    (large models the server writes to files, `quorum.wire.blobfiles`)."""
+    header, arrays = plan(params, metadata)
+    out = sized_buffer(len(header) + sum(a.nbytes for a in arrays))
+    _write_planned(header, arrays, out)
+    return out.getvalue()
+
+
+def sized_buffer(size: int) -> io.BytesIO:
+    """An in-memory file of `size` bytes allocated at once. Written in order to its end, its
+    `getvalue()` is a bytes object made without a copy (BytesIO hands over its buffer when the
+    data fills it), where growing it chunk by chunk and copying out would cost the data twice."""
+    out = io.BytesIO()
+    if size:
+        out.seek(size - 1)
+        out.write(b"\0")
+        out.seek(0)
+    return out
 
 
 def labelled_header(stream: BinaryIO, metadata: Mapping[str, str]) -> bytes:
@@ -119,11 +194,26 @@ def read_metadata(data: Buffer) -> dict[str, str]:
 def read_layout(data: Buffer) -> Layout:
     """Parses and checks a blob's header; raises BlobError naming the first problem found."""
     view = memoryview(data)
-    if len(view) < 8:
-        raise BlobError(f"blob of {len(view)} bytes is shorter than the 8-byte header length")
-    (header_len,) = struct.unpack("<Q", view[:8])
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(view):
-        raise BlobError(f"header length {header_len} does not fit a blob of {len(view)} bytes")
+    return layout_of(view[: 8 + header_length(view[:8], len(view))], len(view))
+
+
+def header_length(prefix: Buffer, size: int) -> int:
+    """The header length a blob of `size` bytes declares in its first 8 bytes, checked."""
+    if size < 8 or len(prefix) < 8:
+        raise BlobError(f"blob of {size} bytes is shorter than the 8-byte header length")
+    (header_len,) = struct.unpack("<Q", memoryview(prefix)[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        raise BlobError(f"header length {header_len} does not fit a blob of {size} bytes")
+    return int(header_len)
+
+
+def layout_of(head: Buffer, size: int) -> Layout:
+    """The layout of a blob of `size` bytes from its first bytes (`head`: the length prefix
+    and the header), checked against that size: a file's layout without reading its tensors."""
+    view = memoryview(head)
+    header_len = header_length(view, size)
+    if len(view) < 8 + header_len:
+        raise BlobError(f"header of {header_len} bytes is cut short at {len(view) - 8}")
     try:
         header = json.loads(bytes(view[8 : 8 + header_len]))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
@@ -144,9 +234,9 @@ def read_layout(data: Buffer) -> Layout:
             )
         expected = spec.end
     data_offset = 8 + header_len
-    if data_offset + expected != len(view):
+    if data_offset + expected != size:
         raise BlobError(
-            f"tensors cover {expected} bytes but the blob holds {len(view) - data_offset} after "
+            f"tensors cover {expected} bytes but the blob holds {size - data_offset} after "
             "its header"
         )
     return Layout(tuple(specs), data_offset)
@@ -226,8 +316,33 @@ def from_flat(vector: np.ndarray, layout: Layout) -> Params:
     return out
 
 
-def encode_flat(vector: np.ndarray, layout: Layout) -> bytes:
-    return encode(from_flat(vector, layout))
+def dtype_of(name: str) -> np.dtype:
+    """The numpy dtype of a safetensors dtype name ("F32", ...)."""
+    return _DTYPES[name]
+
+
+def write_flat(out: Writable, header: bytes, layout: Layout, blocks: Iterable[np.ndarray]) -> None:
+    """Writes a blob of `layout` (whose `header` it starts with) from consecutive blocks of
+    flat values, each cast to its tensor's dtype as `from_flat` casts: the new model goes to
+    its file a block at a time."""
+    out.write(header)
+    tensors = iter(layout.tensors)
+    tensor, left = None, 0
+    for block in blocks:
+        while block.shape[0]:
+            while left == 0:
+                tensor = next(tensors, None)
+                if tensor is None:
+                    raise BlobError(f"more values than the layout's {layout.numel}")
+                left = tensor.numel
+            assert tensor is not None
+            piece, block = block[:left], block[left:]
+            if tensor.dtype not in FLOAT_DTYPES:
+                piece = np.rint(piece)
+            out.write(raw(np.require(piece, _DTYPES[tensor.dtype], requirements="C")))
+            left -= piece.shape[0]
+    if left or any(t.numel for t in tensors):
+        raise BlobError(f"fewer values than the layout's {layout.numel}")
 
 
 def all_finite(data: Buffer, layout: Layout) -> bool:

@@ -16,6 +16,7 @@ from quorum.privacy.secagg import ServerRound, encode_update, error_bound
 from quorum.proto import federation_pb2 as pb
 from quorum.server.sessions import Session
 from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobWriter
 from tests.integration.harness import Federation, federation, first_aborted, run_config
 from tests.vector_task import expected_fedavg
 
@@ -227,16 +228,21 @@ def test_a_key_substituted_by_the_relay_is_refused_by_every_neighbour(
     asyncio.run(scenario())
 
 
-def _send_site_e_another_model(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def _send_site_e_another_model(
+    monkeypatch: pytest.MonkeyPatch, folder: pathlib.Path
+) -> dict[str, Any]:
     """Makes the server offer site "e" a different global model from the rest of its cohort."""
     server: dict[str, Any] = {}
     original_send = Session.send
 
     def send(self: Session, message: pb.ServerMessage) -> None:
         if self.site == "e" and message.WhichOneof("kind") == "task":
-            other = blobs.encode({"w": np.ones((4, 3), np.float32), "b": np.ones(3, np.float32)})
-            message.task.model_digest = server["coordinator"].blobs.put(other)
-            message.task.model_size = len(other)
+            with BlobWriter(folder / "other.safetensors") as writer:
+                other = {"w": np.ones((4, 3), np.float32), "b": np.ones(3, np.float32)}
+                blobs.write(other, writer)
+                served = writer.finish()
+            message.task.model_digest = server["coordinator"].blobs.put(served)
+            message.task.model_size = len(served)
         original_send(self, message)
 
     monkeypatch.setattr(Session, "send", send)
@@ -246,7 +252,7 @@ def _send_site_e_another_model(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
 def test_a_site_sent_another_global_model_is_refused_at_advertise(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = _send_site_e_another_model(monkeypatch)
+    server = _send_site_e_another_model(monkeypatch, tmp_path)
 
     async def scenario() -> None:
         async with federation(tmp_path, [one_round()]) as fed:
@@ -270,7 +276,7 @@ def test_without_the_servers_check_the_cohort_itself_catches_another_model(
     # A server that relays keys unchecked (as a malicious one would): the sites' own check of
     # their neighbours' signatures is what stops the round.
     monkeypatch.setattr("quorum.privacy.secagg.server.verify_keys", lambda *args: None)
-    server = _send_site_e_another_model(monkeypatch)
+    server = _send_site_e_another_model(monkeypatch, tmp_path)
 
     async def scenario() -> None:
         async with federation(tmp_path, [one_round()]) as fed:

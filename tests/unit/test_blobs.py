@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from quorum.errors import BlobError
 from quorum.wire import blobs
@@ -395,7 +396,7 @@ def test_mutated_header_values_only_raise_blob_error(data: st.DataObject) -> Non
     _check_read_layout(_raw(header, body))
 
 
-# --- as_flat / from_flat / encode_flat ---------------------------------------------------------
+# --- as_flat / from_flat / write_flat ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
@@ -464,7 +465,7 @@ def test_as_flat_of_one_integer_dtype_is_a_float64_copy() -> None:
     ],
     ids=["float32", "float64", "mixed"],
 )
-def test_from_flat_and_encode_flat_invert_as_flat(params: dict[str, np.ndarray]) -> None:
+def test_from_flat_and_write_flat_invert_as_flat(params: dict[str, np.ndarray]) -> None:
     data = blobs.encode(params)
     layout = blobs.read_layout(data)
     flat = blobs.as_flat(data, layout)
@@ -474,8 +475,45 @@ def test_from_flat_and_encode_flat_invert_as_flat(params: dict[str, np.ndarray])
         assert back[t.name].dtype == params[t.name].dtype
         assert back[t.name].shape == params[t.name].shape
         np.testing.assert_array_equal(back[t.name], params[t.name])
-    assert blobs.encode_flat(flat, layout) == data
-    assert blobs.read_layout(blobs.encode_flat(flat, layout)) == layout
+    # Written block by block (odd blocks that cross tensors), the blob comes back byte for byte.
+    out = io.BytesIO()
+    blocks = [flat[i : i + 3] for i in range(0, flat.shape[0], 3)]
+    blobs.write_flat(out, data[: layout.data_offset], layout, blocks)
+    assert out.getvalue() == data
+
+
+def test_write_flat_refuses_a_wrong_number_of_values() -> None:
+    data = blobs.encode(_model())
+    layout = blobs.read_layout(data)
+    flat = blobs.as_flat(data, layout)
+    with pytest.raises(BlobError, match="fewer values"):
+        blobs.write_flat(io.BytesIO(), b"", layout, [flat[:-1]])
+    with pytest.raises(BlobError, match="more values"):
+        blobs.write_flat(io.BytesIO(), b"", layout, [flat, flat[:1]])
+
+
+def test_encode_writes_what_safetensors_writes() -> None:
+    """Byte for byte, for every dtype and safetensors' order of them, 0-d tensors, a
+    non-contiguous and a big-endian array: readers of the format load Quorum's blobs."""
+    params = {
+        "b": np.arange(3, dtype=np.float32),
+        "a": np.arange(2, dtype=">i8"),
+        "c": np.array(1.5, np.float16),
+        "d": np.array([True, False]),
+        "e": np.arange(3, dtype=np.uint8),
+        "f": np.arange(2, dtype=np.float64),
+        "g": np.arange(2, dtype=np.int32),
+        "h": np.arange(2, dtype=np.uint32),
+        "i": np.arange(2, dtype=np.int16),
+        "j": np.arange(2, dtype=np.int8),
+        "t": np.arange(12, dtype=np.float32).reshape(3, 4).T,
+    }
+    ours = blobs.encode(params, metadata={"round": "3"})
+    theirs = st_save(
+        {k: np.require(v, v.dtype.newbyteorder("<"), requirements="C") for k, v in params.items()},
+        metadata={"round": "3"},
+    )
+    assert ours == theirs
 
 
 def test_from_flat_rounds_to_integers_and_casts_to_each_dtype() -> None:

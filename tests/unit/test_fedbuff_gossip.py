@@ -179,6 +179,7 @@ def test_fedbuff_noise_joins_the_weighted_sum_before_the_mean() -> None:
     fresh = buffer.admit(0)
     buffer.add(np.array([1.0, 0.0]), fresh)
     buffer.add(np.array([0.0, 1.0]), fresh)
-    new, _ = buffer.propose(np.ones(2), np.array([0.2, -0.4]))
+    state = buffer.propose(np.array([0.2, -0.4]))
+    (new,) = buffer.stepped([(0, np.ones(2))], state)
     # x + η (Σ s·Δ + noise) / K
     np.testing.assert_allclose(new, [1 + 0.5 * 1.2 / 2, 1 + 0.5 * 0.6 / 2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import struct
 
@@ -254,11 +255,14 @@ def test_layout_is_checked_before_values() -> None:
         validation.check_blob(data, blobs.digest(data), LAYOUT)
 
 
-def test_a_model_holding_nan_is_never_sent_to_the_sites() -> None:
+def test_a_model_holding_nan_is_never_sent_to_the_sites(tmp_path: pathlib.Path) -> None:
     from quorum.server.phases import RoundAborted
     from quorum.server.rounds import model_phase
+    from quorum.wire.blobfiles import BlobWriter
 
-    model = blobs.encode({"w": np.array([1.0, np.nan], np.float32)})
+    with BlobWriter(tmp_path / "model") as writer:
+        blobs.write({"w": np.array([1.0, np.nan], np.float32)}, writer)
+        model = writer.finish()
     with pytest.raises(RoundAborted, match="NaN or infinite values"):
         # The check comes before the coordinator is used: none is needed to reach it.
-        model_phase(None, "evaluate", "run-x", 1, 1, model, blobs.read_layout(model), 10)  # type: ignore[arg-type]
+        model_phase(None, "evaluate", "run-x", 1, 1, model, model.layout, 10)  # type: ignore[arg-type]

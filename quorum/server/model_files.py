@@ -1,0 +1,43 @@
+"""A round's new global model, computed block by block straight into its file.
+
+The server never holds a whole model in memory: the current one is read from its checkpoint a
+block at a time, each block's new values are computed and written to the round's staged
+checkpoint (`Checkpoints.stage`), which is then served to the sites and renamed into place when
+the round is saved. The new model is encoded once, and its digest taken as it is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from quorum.aggregation import Strategy
+from quorum.server.checkpoints import Checkpoints
+from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
+
+
+def write_model(
+    checkpoints: Checkpoints,
+    run_id: str,
+    round_no: int,
+    model: BlobFile,
+    values: Iterable[np.ndarray],
+) -> BlobFile:
+    """The round's new model, of `model`'s layout, written from consecutive blocks of flat
+    values (cast to each tensor's dtype) to the round's staged checkpoint."""
+    with checkpoints.stage(run_id, round_no) as writer:
+        blobs.write_flat(writer, model.header(), model.layout, values)
+        return writer.finish()
+
+
+def strategy_step(
+    strategy: Strategy, model: BlobFile, target: np.ndarray, *, delta: bool = False
+) -> Iterator[np.ndarray]:
+    """The strategy's step over the model's file, block by block: `target` is the sites' mean
+    (`delta`: the mean's difference to the model, as SecAgg and central DP release it)."""
+    strategy.begin_step(model.layout.numel)
+    for start, current in model.values():
+        mean = target[start : start + current.shape[0]]
+        yield strategy.step_block(current, current + mean if delta else mean, start)

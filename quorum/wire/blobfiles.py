@@ -1,0 +1,154 @@
+"""Blobs in files: written as a stream with their SHA-256 taken on the way, read back chunk by
+chunk or block by block, never loaded whole.
+
+A large model (the global model every site downloads, a checkpoint) lives in its file: the server
+serves it with `pread` (the kernel's page cache, not the process's memory), reads it a block at
+a time for its checks and its server step, and writes the new model straight to a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import pathlib
+import weakref
+from collections.abc import Iterator
+from types import TracebackType
+
+import numpy as np
+
+from quorum.errors import BlobError
+from quorum.wire import blobs
+
+READ_BYTES = 8 * 1024 * 1024
+"""Bytes read at a time when a file is hashed or its values are read in blocks."""
+
+
+class BlobFile:
+    """A blob file opened read-only. The open descriptor keeps the bytes while the path is
+    renamed or unlinked (a served model outlives the pruning of its checkpoint); it is closed
+    when the last reference goes. `digest` is the writer's, else read from the file when first
+    asked for."""
+
+    def __init__(self, path: pathlib.Path, digest: str | None = None) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+        self.size = os.fstat(self._fd).st_size
+        head_len = blobs.header_length(self.read(0, 8), self.size)
+        self.layout = blobs.layout_of(self.read(0, 8 + head_len), self.size)
+        self._digest = digest
+        self._map: mmap.mmap | None = None
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = self._hash()
+        return self._digest
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to `length` bytes from `offset` (fewer only at the end of the file)."""
+        parts = []
+        while length > 0:
+            part = os.pread(self._fd, min(length, 1 << 30), offset)
+            if not part:
+                break
+            parts.append(part)
+            offset += len(part)
+            length -= len(part)
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def chunks(self, offset: int = 0, size: int = blobs.CHUNK_BYTES) -> Iterator[bytes]:
+        for start in range(offset, self.size, size):
+            yield self.read(start, size)
+
+    def header(self) -> bytes:
+        """The length prefix and the JSON header: a blob of the same layout starts so."""
+        return self.read(0, self.layout.data_offset)
+
+    def read_all(self) -> bytes:
+        return self.read(0, self.size)
+
+    def _hash(self) -> str:
+        sha = hashlib.sha256()
+        for chunk in self.chunks(size=READ_BYTES):
+            sha.update(chunk)
+        return sha.hexdigest()
+
+    def values(self, block_bytes: int = READ_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+        """The flat values in `blobs.as_flat`'s order and dtype, as (start, values) blocks read
+        into one reused buffer (each valid until the next is asked for)."""
+        dtypes = {t.dtype for t in self.layout.tensors}
+        single = len(dtypes) == 1 and dtypes <= blobs.FLOAT_DTYPES
+        position = 0
+        for tensor in self.layout.tensors:
+            dtype = blobs.dtype_of(tensor.dtype)
+            per_block = max(1, block_bytes // dtype.itemsize)
+            buffer = np.empty(min(per_block, tensor.numel), dtype)
+            for first in range(0, tensor.numel, per_block):
+                piece = buffer[: min(per_block, tensor.numel - first)]
+                offset = self.layout.data_offset + tensor.start + first * dtype.itemsize
+                if os.preadv(self._fd, [blobs.raw(piece)], offset) != piece.nbytes:
+                    raise BlobError(f"{self.path} ended before its tensor {tensor.name!r}")
+                yield position, piece if single else piece.astype(np.float64)
+                position += piece.shape[0]
+
+    def all_finite(self) -> bool:
+        """No NaN or infinity in a float tensor, read block by block."""
+        return all(np.isfinite(values).all() for _, values in self.values())
+
+    def _mapped(self) -> memoryview:
+        if self._map is None:
+            self._map = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
+        return memoryview(self._map)
+
+    def flat(self) -> np.ndarray:
+        """All values as one vector (`blobs.as_flat`) over a read-only map of the file: for
+        the code that needs the whole model at once; pages are read as they are touched."""
+        return blobs.as_flat(self._mapped(), self.layout)
+
+    def params(self) -> blobs.Params:
+        """The tensors (`blobs.decode`): read-only views over a map of the file."""
+        return blobs.decode(self._mapped(), self.layout)
+
+
+class BlobWriter:
+    """Writes a blob to `path` (created or replaced) as a stream, hashing it on the way.
+    `finish` flushes it to disk and opens it read-only; leaving the block without finishing
+    removes the partial file."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # A file of that name may still be served (an earlier attempt of the round): it keeps
+        # its bytes, unlinked, for its readers; this blob is a new file.
+        path.unlink(missing_ok=True)
+        self._file = open(path, "xb")  # closed by finish() or __exit__
+        self._sha = hashlib.sha256()
+
+    def write(self, data: blobs.Buffer, /) -> None:
+        self._sha.update(data)
+        self._file.write(data)
+
+    def finish(self) -> BlobFile:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return BlobFile(self.path, self._sha.hexdigest())
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self._file.closed:
+            self._file.close()
+            self.path.unlink(missing_ok=True)
