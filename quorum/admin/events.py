@@ -1,4 +1,5 @@
-"""The live event stream (`GET /api/v1/events/stream`): server-sent events, resumable.
+"""Events in the admin API: the recorded events (`GET /api/v1/events`) and their live stream
+(`GET /api/v1/events/stream`): server-sent events, resumable.
 
 Each event is sent as `id`, `event` (its kind) and `data` (the event as one line of JSON, the
 same object as an item of `GET /api/v1/events`). A client that reconnects with `Last-Event-ID`
@@ -86,6 +87,15 @@ def _frame(event: dict[str, Any]) -> str:
 
 def events_router(feed: EventFeed, viewer: Any) -> APIRouter:
     router = APIRouter()
+
+    @router.get("/api/v1/events", dependencies=[viewer])
+    async def events(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+        run_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Events after the id `after`, in order: all of them, or those of run `run_id`."""
+        return feed.store.events(after, limit, run_id)
 
     @router.get(
         "/api/v1/events/stream",
