@@ -73,17 +73,24 @@ def test_a_stop_ends_a_run_that_waits_for_sites(tmp_path: pathlib.Path, mode: st
             fed.add_site("a", "delta=1.0,n=1")
             run = await fed.wait_run("running")
             await wait_for(lambda: _connected(fed, 1), 10)
+            health = await fed.api("/api/v1/health")
+            assert (health["current_run"], health["connected_sites"]) == (run["id"], 1)
             admin = AdminClient(fed.admin_url, TOKEN)
             await asyncio.to_thread(admin.post, f"/api/v1/runs/{run['id']}/stop")
             admin.close()
             stopped = await fed.wait_run("stopped", timeout=15)
             assert stopped["rounds_completed"] == 0 and stopped["error"] == "stopped by an operator"
+            await wait_for(lambda: _no_current_run(fed), 10)
 
     asyncio.run(scenario())
 
 
 async def _connected(fed: Federation, count: int) -> bool:
     return len(fed.server.coordinator.sessions.connected()) >= count
+
+
+async def _no_current_run(fed: Federation) -> bool:
+    return (await fed.api("/api/v1/health"))["current_run"] is None
 
 
 def test_viewer_token_reads_but_cannot_submit(tmp_path: pathlib.Path) -> None:
