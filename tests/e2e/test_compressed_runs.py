@@ -4,6 +4,7 @@ for compression under secure aggregation is refused with the reason."""
 
 from __future__ import annotations
 
+import pathlib
 import re
 import signal
 
@@ -13,7 +14,7 @@ import tomli_w
 
 from quorum.server.checkpoints import Checkpoints
 from quorum.wire import blobs
-from tests.e2e.cli import Deployment, run_settings
+from tests.e2e.cli import Deployment, heart_disease_sim, run_settings
 from tests.e2e.test_operator_cli import failed, ok, op
 
 
@@ -93,3 +94,22 @@ def test_compression_with_secure_aggregation_is_refused(deployment: Deployment) 
     refused = op(d, "runs", "submit", str(run_file), "--set", "compression.upload=int8")
     failed(refused, "SecAgg already quantises", "compression.upload")
     assert op(d, "runs", "list", "--output", "json").stdout.strip() == "[]"
+
+
+def test_quorum_sim_runs_a_compressed_run_set_on_its_command_line(tmp_path: pathlib.Path) -> None:
+    _, report = heart_disease_sim(
+        tmp_path,
+        "--set",
+        "run.rounds=2",
+        "--set",
+        "run.compression.upload=topk",
+        "--set",
+        "run.compression.fraction=0.5",
+    )
+    assert report["status"] == "completed"
+    assert report["config"]["run"]["compression"]["upload"] == "topk"
+    for row in report["rounds"]:
+        # 4 hospitals, 14 parameters: 7 float16 values and a 2-byte bitmap instead of 56 bytes
+        assert row["upload_bytes"] < row["upload_bytes_uncompressed"]
+    kept = sorted((tmp_path / "work" / "sites").glob(f"*/residuals/{report['run_id']}/*"))
+    assert [p.name for p in kept] == ["round-1.safetensors", "round-2.safetensors"] * 4
