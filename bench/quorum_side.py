@@ -49,6 +49,8 @@ class Options:
     """The run's `secagg` table (`enabled`, `threshold`, `neighbours`, ...); None: plain."""
     crash_at: Mapping[int, str] = field(default_factory=dict)
     """Site index -> `ROUND:STAGE` passed to that site as `--crash-at` (SIGKILL there)."""
+    run: Mapping[str, Any] = field(default_factory=dict)
+    """More settings of the run's table (e.g. `mode = "async"`, `buffer_size`)."""
 
 
 def register_sites(state_dir: pathlib.Path, keys: pathlib.Path, nodes: int) -> None:
@@ -69,9 +71,10 @@ def server_config(
     admin_port: int,
     token: str,
     secagg: Mapping[str, Any] | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stock settings except what the workload fixes: all N sites every round, no evaluation,
-    and the run's `secagg` table when one is given."""
+    the run's `secagg` table when one is given, and any other `run` settings."""
     config: dict[str, Any] = {
         "server": {
             "federation_address": f"127.0.0.1:{fed_port}",
@@ -95,6 +98,7 @@ def server_config(
     }
     if secagg is not None:
         config["runs"][0]["secagg"] = dict(secagg)
+    config["runs"][0].update(run or {})
     return config
 
 
@@ -228,7 +232,9 @@ def run(spec: RunSpec, options: Options | None = None) -> dict[str, Any]:
     fed_port, admin_port = free_port(), free_port()
     token = secrets.token_urlsafe(24)
     (work / "server.toml").write_text(
-        tomli_w.dumps(server_config(spec, state_dir, fed_port, admin_port, token, options.secagg))
+        tomli_w.dumps(
+            server_config(spec, state_dir, fed_port, admin_port, token, options.secagg, options.run)
+        )
     )
     result: dict[str, Any] = {
         "framework": "quorum",
@@ -263,6 +269,7 @@ def run(spec: RunSpec, options: Options | None = None) -> dict[str, Any]:
             result["crash_at"] = {f"site{i}": point for i, point in options.crash_at.items()}
             result["secagg_rounds"] = secagg_records(result["round_details"])
         server_hwm = vm_hwm(server.process.pid)
+        result["sites_vmhwm_mb"] = [(vm_hwm(c.process.pid) or 0) / MiB for c in children[1:]]
         result["final_mean_drift_arr0"] = final_mean_drift(
             state_dir, run_info["id"], int(run_info["rounds_completed"])
         )
