@@ -48,6 +48,25 @@ def test_each_codec_makes_the_model_plain_uploads_make(tmp_path: pathlib.Path, c
     asyncio.run(scenario())
 
 
+def test_central_dp_clips_the_decoded_updates(tmp_path: pathlib.Path) -> None:
+    """Each site's decoded delta is clipped to norm 0.25·√15 (a's 0.25 everywhere passes,
+    b's 0.5 is halved) and counts once; the noise (z·C = 1e-6·0.97) is far below rtol."""
+
+    async def scenario() -> None:
+        clip = 0.25 * 15**0.5
+        cfg = run_config(
+            compression={"upload": "int8"},
+            central_dp={"enabled": True, "noise_multiplier": 1e-6, "clipping_norm": clip},
+        )
+        async with federation(tmp_path, [cfg]) as fed:
+            for name, data in SITES:
+                fed.add_site(name, data)
+            run = await fed.wait_run()
+            np.testing.assert_allclose(_final(fed, run["id"], 3), 3 * 0.25, rtol=1e-4)
+
+    asyncio.run(scenario())
+
+
 def test_topk_sends_what_it_left_out_in_later_rounds(tmp_path: pathlib.Path) -> None:
     """15 values, k = 5, every site adds 0.5 to each value every round: round 1 sends 0.5 on
     five values; round 2 the ten left out have 1.0 accumulated and five of them go; round 3
