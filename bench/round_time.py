@@ -8,6 +8,7 @@ bench/results/table.md).
 
     python bench/round_time.py                       # the full grid, both frameworks
     python bench/round_time.py --params 1000000 --nodes 2 --only quorum
+    python bench/round_time.py --params 10000000 --nodes 10 --compression int8   # Quorum only
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bench.common import (
     stop_on_sigterm,
     write_json,
 )
+from quorum.wire.codecs import CODEC_NAMES
 
 FRAMEWORKS = ("quorum", "flower")
 RUNNERS: dict[str, Callable[[RunSpec], dict[str, Any]]] = {
@@ -67,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     ap.add_argument("--interval", type=float, default=0.25, help="RSS sampling period (s)")
     ap.add_argument(
+        "--compression",
+        choices=[c for c in CODEC_NAMES if c != "none"],
+        help="Quorum only: the sites upload their updates encoded so (run.compression.upload, "
+        "top-k at 10%%); results go to quorum_P<P>_N<N>_compression-<CODEC>.json",
+    )
+    ap.add_argument(
         "--table-only",
         action="store_true",
         help="run nothing: print the table from bench/results JSON (implies --reuse)",
@@ -77,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fill table cells not run now from earlier bench/results JSON",
     )
     args = ap.parse_args(argv)
+    if args.compression:
+        args.only = "quorum"
     if args.rounds - args.warmup < 3:
         ap.error("need at least 3 measured rounds (--rounds - --warmup >= 3)")
     return args
@@ -89,16 +99,23 @@ def run_grid(args: argparse.Namespace) -> dict[tuple[str, int, int], dict[str, A
         for nodes in args.nodes:
             spec = RunSpec(params, nodes, args.rounds, args.warmup, args.timeout, args.interval)
             for framework in frameworks:
-                results[(framework, params, nodes)] = run_one(framework, spec)
+                results[(framework, params, nodes)] = run_one(framework, spec, args.compression)
     return results
 
 
-def run_one(framework: str, spec: RunSpec) -> dict[str, Any]:
-    print(f"# {spec.tag(framework)}: {spec.rounds} rounds ...", file=sys.stderr, flush=True)
+def run_one(framework: str, spec: RunSpec, compression: str | None = None) -> dict[str, Any]:
+    variant = f"compression-{compression}" if compression else ""
+    print(
+        f"# {spec.tag(framework, variant)}: {spec.rounds} rounds ...", file=sys.stderr, flush=True
+    )
     started = time.monotonic()
     load_before = os.getloadavg()
     revision = quorum_revision()
-    result = RUNNERS[framework](spec)
+    if compression:
+        run = {"compression": {"upload": compression}}
+        result = quorum_side.run(spec, quorum_side.Options(variant=variant, run=run))
+    else:
+        result = RUNNERS[framework](spec)
     # The machine is shared: a high load average marks a run whose times are inflated.
     result.update(
         quorum_revision=revision,
@@ -111,7 +128,7 @@ def run_one(framework: str, spec: RunSpec) -> dict[str, Any]:
         wall_s=time.monotonic() - started,
         finished_unix=time.time(),
     )
-    write_json(RESULTS_DIR / f"{spec.tag(framework)}.json", result)
+    write_json(RESULTS_DIR / f"{spec.tag(framework, variant)}.json", result)
     median = result.get("round_time_stats", {}).get("median")
     print(
         f"#   median round {_fmt(median, '.3f')} s, server peak RSS "
@@ -210,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             if key not in results and (previous := load_previous(key)) is not None:
                 results[key] = previous
     text = table(results, params, nodes)
-    (RESULTS_DIR / "table.md").write_text(text + "\n")
+    if not args.compression:  # the table compares plain runs with Flower's
+        (RESULTS_DIR / "table.md").write_text(text + "\n")
     print(text)
     failed = [r["tag"] for r in results.values() if r.get("errors")]
     return 1 if failed else 0
