@@ -261,7 +261,12 @@ class Coordinator:
             if phase.reference is None:  # closed while the upload came in
                 raise _task_closed(task.id)
             update = await asyncio.to_thread(
-                validation.check_encoded, data, header.digest, phase.codec, phase.reference
+                validation.check_encoded,
+                data,
+                header.digest,
+                phase.codec,
+                phase.reference,
+                phase.layout,
             )
         else:
             layout = await asyncio.to_thread(

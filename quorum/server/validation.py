@@ -89,15 +89,26 @@ def check_blob(data: blobs.Buffer, declared_digest: str, expected: blobs.Layout)
 
 
 def check_encoded(
-    data: blobs.Buffer, declared_digest: str, codec: Codec, reference: np.ndarray
+    data: blobs.Buffer,
+    declared_digest: str,
+    codec: Codec,
+    reference: np.ndarray,
+    model: blobs.Layout,
 ) -> DecodedUpdate:
-    """A compressed update: digest, format, exactly the tensors `codec` makes of a delta of the
-    global model's size, and what the codec checks of their values (finite values and scales,
-    a top-k bitmap marking exactly k values). Returns it ready to fold, block by block."""
+    """A compressed update of the global `model` (flat: `reference`): digest, format, exactly
+    the tensors `codec` makes of a delta of its size, and what the codec checks of their values
+    (finite values and scales, a top-k bitmap marking exactly k values). Returns it ready to
+    fold, block by block."""
     check_digest(data, declared_digest)
     layout = _read_layout(data)
     numel = int(reference.shape[0])
     want = codec.layout(numel)
+    if layout.describe() == model.describe():
+        raise UploadRejected(
+            "layout_mismatch",
+            f"the upload is a whole model; this run takes {codec.name}-encoded deltas "
+            "(run.compression): is the site's agent older than update compression?",
+        )
     if layout.describe() != want:
         raise UploadRejected(
             "layout_mismatch",

@@ -163,7 +163,7 @@ def test_hostile_encodings_are_refused_and_the_round_goes_on(tmp_path: pathlib.P
             codes = await asyncio.to_thread(_hostile_uploads, mallory)
             run = await fed.wait_run(timeout=60)
             assert [c for c, _ in codes] == ["layout_mismatch", "bad_encoding", "non_finite"]
-            assert "topk update: tensor names differ from the topk encoding" in codes[0][1]
+            assert "the upload is a whole model; this run takes topk-encoded" in codes[0][1]
             assert "marks 16 positions for 8 values" in codes[1][1]
             for r, code in enumerate(["layout_mismatch", "bad_encoding", "non_finite"], 1):
                 detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/{r}")

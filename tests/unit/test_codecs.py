@@ -34,6 +34,8 @@ from quorum.wire.codecs import (
 )
 
 SMALL_BLOCKS = 64  # decoded blocks of 64 values: the examples cross block boundaries
+MODEL = blobs.read_layout(blobs.encode({"a": np.zeros(2, np.float64), "b": np.zeros(1)}))
+"""A global model that no encoded update looks like (its size is each test's own)."""
 
 deltas = hnp.arrays(
     np.float64,
@@ -46,7 +48,7 @@ def _round_trip(codec: Codec, delta: np.ndarray) -> np.ndarray:
     """Encodes, goes through the bytes of a blob and the server's checks, decodes."""
     data = blobs.encode(codec.encode(delta))
     numel = delta.shape[0]
-    update = validation.check_encoded(data, blobs.digest(data), codec, np.zeros(numel))
+    update = validation.check_encoded(data, blobs.digest(data), codec, np.zeros(numel), MODEL)
     out = np.empty(numel)
     for start, values in update.blocks():
         out[start : start + values.shape[0]] = values
@@ -128,7 +130,7 @@ def test_topk_clamps_to_float16_and_the_error_feedback_keeps_the_rest() -> None:
 def _refused(codec: Codec, tensors: dict[str, np.ndarray], numel: int) -> UploadRejected:
     data = blobs.encode(tensors)
     with pytest.raises(UploadRejected) as caught:
-        validation.check_encoded(data, blobs.digest(data), codec, np.zeros(numel, np.float32))
+        validation.check_encoded(data, blobs.digest(data), codec, np.zeros(numel, F32), MODEL)
     assert caught.value.message
     return caught.value
 
@@ -179,10 +181,18 @@ def test_a_hostile_encoding_is_refused(
 def test_a_compressed_upload_with_the_wrong_digest_or_bytes_is_refused() -> None:
     data = blobs.encode(Float16().encode(np.zeros(3)))
     with pytest.raises(UploadRejected, match="digest_mismatch"):
-        validation.check_encoded(data, "0" * 64, Float16(), np.zeros(3))
+        validation.check_encoded(data, "0" * 64, Float16(), np.zeros(3), MODEL)
     junk = b"\xff" * 40
     with pytest.raises(UploadRejected, match="malformed_blob"):
-        validation.check_encoded(junk, blobs.digest(junk), Float16(), np.zeros(3))
+        validation.check_encoded(junk, blobs.digest(junk), Float16(), np.zeros(3), MODEL)
+
+
+def test_a_whole_model_sent_to_a_compressed_run_is_refused_with_a_hint() -> None:
+    plain = blobs.encode({"w": np.zeros((1, 3), np.float32)})
+    model = blobs.read_layout(plain)
+    with pytest.raises(UploadRejected, match="older than update compression") as caught:
+        validation.check_encoded(plain, blobs.digest(plain), Int8(), np.zeros(3), model)
+    assert caught.value.code == "layout_mismatch"
 
 
 # ---- the fold seam: every sum folds decoded blocks as it folds whole vectors ----
