@@ -42,6 +42,8 @@ FOLD_VALUES = 1 << 16
 """Values per block the server decodes and folds at a time (a multiple of 8 and of the int8
 block): 512 KiB of float64 scratch."""
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+MAX_INT8_SCALE = float(np.finfo(np.float32).max) / 128
+"""Above it, a scale times 127 might round to infinity in float32."""
 
 TensorLayout = dict[str, tuple[str, tuple[int, ...]]]
 """Tensor name -> (safetensors dtype, shape), as `blobs.Layout.describe` gives it."""
@@ -148,7 +150,9 @@ class BFloat16:
         rounded = (bits + (((bits >> 16) & 1) + 0x7FFF).astype(np.uint32)) >> 16
         high = rounded.astype(np.uint16)
         if np.any((high & _BF16_EXPONENT) == _BF16_EXPONENT):
-            raise TaskError("the update has values beyond bfloat16's range (float32's)")
+            raise TaskError(
+                "the update has values that are not finite or beyond bfloat16's range (float32's)"
+            )
         return {"delta": high.view(np.int16)}
 
     def check(self, tensors: Params, numel: int) -> None:
@@ -201,6 +205,12 @@ class Int8:
         _refuse_non_finite(scales, "the int8 scales", _all_finite)
         if scales.size and float(scales.min()) < 0:
             raise UploadRejected("bad_encoding", "an int8 scale is negative")
+        if scales.size and float(scales.max()) > MAX_INT8_SCALE:
+            # 127 times it would not be a finite float32 (an honest scale is at most 3.4e38/127)
+            raise UploadRejected(
+                "bad_encoding",
+                f"an int8 scale is {float(scales.max()):.3g}, over {MAX_INT8_SCALE:.3g}",
+            )
         for piece in _each_block(tensors["delta"], FOLD_VALUES):
             if piece.size and int(piece.min()) < -127:
                 raise UploadRejected(

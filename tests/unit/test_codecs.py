@@ -160,6 +160,7 @@ def _bf16(bits: list[int]) -> dict[str, np.ndarray]:
         (BFloat16(), _bf16([0, 0xFFC1, 0]), "non_finite", "bfloat16"),  # a NaN
         (Int8(8), _int8([0, 0, 0], [np.inf]), "non_finite", "scales"),
         (Int8(8), _int8([0, 0, 0], [-1.0]), "bad_encoding", "negative"),
+        (Int8(8), _int8([127, 0, 0], [3e38]), "bad_encoding", "an int8 scale is 3e+38"),
         (Int8(8), _int8([0, -128, 0], [1.0]), "bad_encoding", "-128"),
         (Int8(8), {"delta": np.zeros(3, I8)}, "layout_mismatch", "missing ['scales']"),
         (Int8(8), _int8([0, 0, 0], [1.0, 1.0]), "layout_mismatch", "scales"),
