@@ -315,10 +315,11 @@ class SiteAgent:
         if offer.kind == pb.TASK_KIND_FIT:
             fit = await self.slots.run(self.site_task.fit, params, config)
             codec = make_codec(offered.compression) if offered.compression else None
+            residual = None  # what a compressed upload left out, for the site's next ones
             if codec is None:
                 data = await asyncio.to_thread(blobs.encode, fit.params)
             else:
-                data = await asyncio.to_thread(
+                data, residual = await asyncio.to_thread(
                     encode_update,
                     codec,
                     model,
@@ -333,6 +334,10 @@ class SiteAgent:
                 stub, session_id, offer, started, data, fit.metrics, fit.num_examples
             )
             if receipt.accepted:
+                if residual is not None:  # kept once taken: a refused update loses only itself
+                    await asyncio.to_thread(
+                        self.residuals.save, offer.run_id, offer.round, residual
+                    )
                 self.log.info("event=update_accepted run_id=%s round=%d", offer.run_id, offer.round)
             else:
                 self.log.warning(

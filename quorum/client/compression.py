@@ -4,8 +4,9 @@ sent, and, for codecs with error feedback (top-k), the residual it carries acros
 Error feedback (Seide et al. 2014; Stich et al. 2018): the site encodes `delta + residual` and
 keeps what the encoding lost, `residual ← (delta + residual) - decoded`, for its next update, so
 that nothing it computed is lost, only delayed. The residual is the state of the run at the
-site: it is written (safetensors, atomically) after every update it encodes, under the run's id
-and the round, and read back by a restarted agent; a run with no file starts from zero.
+site: it is written (safetensors, atomically) after every update the server accepts, under the
+run's id and the round, and read back by a restarted agent; a run with no file starts from
+zero.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ def encode_update(
     run_id: str,
     round_no: int,
     rerun_safe: bool = True,
-) -> bytes:
-    """The upload of a compressed fit: `trained` less the global `model`, encoded (with the
-    run's residual added, and the new one kept, when the codec feeds its error back). With
+) -> tuple[bytes, np.ndarray | None]:
+    """The upload of a compressed fit, `trained` less the global `model` encoded, and, when the
+    codec feeds its error back, the new residual: the run's residual is added to the delta
+    first, and what the encoding left out is to be kept (`Residuals.save`) once the server has
+    accepted the upload, so that a refused or lost one costs its own delta only. With
     `rerun_safe` (sync rounds) the residual is the one from before `round_no`; async fits,
     several of which may share a round number, take the newest."""
     layout = blobs.read_layout(model)
@@ -92,7 +95,7 @@ def encode_update(
     if codec.error_feedback:
         delta += residuals.load(run_id, layout.numel, round_no if rerun_safe else None)
     tensors = codec.encode(delta)
-    if codec.error_feedback:
-        delta -= decode(codec, tensors, layout.numel)
-        residuals.save(run_id, round_no, delta)
-    return blobs.encode(tensors)
+    if not codec.error_feedback:
+        return blobs.encode(tensors), None
+    delta -= decode(codec, tensors, layout.numel)
+    return blobs.encode(tensors), delta

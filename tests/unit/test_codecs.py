@@ -120,8 +120,9 @@ def test_topk_clamps_to_float16_and_the_error_feedback_keeps_the_rest() -> None:
     residuals = Residuals()
     model = blobs.encode({"w": np.zeros(4, np.float32)})
     trained = {"w": np.array([1e5, 1.0, 0.0, 0.0], np.float32)}
-    encode_update(TopK(0.25), model, trained, residuals, "run-1", 1)
-    np.testing.assert_allclose(residuals.load("run-1", 4), [1e5 - 65504, 1.0, 0, 0])
+    _, residual = encode_update(TopK(0.25), model, trained, residuals, "run-1", 1)
+    assert residual is not None
+    np.testing.assert_allclose(residual, [1e5 - 65504, 1.0, 0, 0])
 
 
 # ---- hostile encodings: refused with a stable code and a message naming the problem ----
@@ -230,40 +231,55 @@ def test_the_plain_accumulators_scratch_is_one_block() -> None:
 
 # ---- error feedback at the site ----
 
+MODEL_10 = blobs.encode({"w": np.zeros(10, np.float32)})
+TRAINED_10 = {"w": np.arange(10, dtype=np.float32)}
+
+
+def _accepted(residuals: Residuals, round_no: int, rerun_safe: bool = True) -> bytes:
+    """A top-k 20% upload of TRAINED_10 that the server accepted: its residual is kept."""
+    data, residual = encode_update(
+        TopK(0.2), MODEL_10, TRAINED_10, residuals, "run-a", round_no, rerun_safe
+    )
+    assert residual is not None
+    residuals.save("run-a", round_no, residual)
+    return data
+
 
 def test_the_residual_survives_a_new_store_and_a_new_run_starts_from_zero(
     tmp_path: pathlib.Path,
 ) -> None:
-    model = blobs.encode({"w": np.zeros(10, np.float32)})
-    trained = {"w": np.arange(10, dtype=np.float32)}
-    encode_update(TopK(0.2), model, trained, Residuals(tmp_path), "run-a", 1)
+    _accepted(Residuals(tmp_path), 1)
     again = Residuals(tmp_path)  # an agent restarted
     np.testing.assert_allclose(again.load("run-a", 10), [0, 1, 2, 3, 4, 5, 6, 7, 0, 0])
     assert not again.load("run-b", 10).any()
     assert not again.load("run-a", 11).any()  # made for another model: not used
     # The residual is added to the next update: its largest values go out now.
-    data = encode_update(TopK(0.2), model, trained, again, "run-a", 2)
-    sent = decode(TopK(0.2), blobs.decode(data), 10)
+    sent = decode(TopK(0.2), blobs.decode(_accepted(again, 2)), 10)
     np.testing.assert_allclose(sent, [0, 0, 0, 0, 0, 0, 0, 14, 0, 0] + np.eye(10)[6] * 12)
 
 
 def test_a_round_run_again_starts_from_the_residual_from_before_it(
     tmp_path: pathlib.Path,
 ) -> None:
-    model = blobs.encode({"w": np.zeros(10, np.float32)})
-    trained = {"w": np.arange(10, dtype=np.float32)}
     residuals = Residuals(tmp_path)
-    encode_update(TopK(0.2), model, trained, residuals, "run-a", 1)
-    first = encode_update(TopK(0.2), model, trained, residuals, "run-a", 2)
+    _accepted(residuals, 1)
+    first = _accepted(residuals, 2)
     # the server aborted round 2 (or restarted in it): its next attempt sends the same
-    assert encode_update(TopK(0.2), model, trained, residuals, "run-a", 2) == first
+    assert _accepted(residuals, 2) == first
     # async fits share round numbers: each takes the newest residual
-    again = encode_update(TopK(0.2), model, trained, residuals, "run-a", 2, rerun_safe=False)
-    assert again != first
+    assert _accepted(residuals, 2, rerun_safe=False) != first
     assert sorted(p.name for p in (tmp_path / "run-a").iterdir()) == [
         "round-1.safetensors",
         "round-2.safetensors",
     ]
+
+
+def test_a_refused_upload_leaves_the_residual_as_it_was(tmp_path: pathlib.Path) -> None:
+    residuals = Residuals(tmp_path)
+    _accepted(residuals, 1)
+    refused, _ = encode_update(TopK(0.2), MODEL_10, TRAINED_10, residuals, "run-a", 2, False)
+    # not saved: the next fit starts from round 1's residual, as if round 2 never trained
+    assert _accepted(residuals, 3, rerun_safe=False) == refused
 
 
 # ---- configuration ----
