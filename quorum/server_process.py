@@ -81,13 +81,8 @@ class Server:
         for run in config.runs:
             if run.name not in known:
                 self.coordinator.submit(run)
-        self._grpc = grpc.aio.server(
-            options=[*GRPC_OPTIONS, NO_PORT_SHARING], interceptors=[RefuseUndecodable()]
-        )
-        pb_grpc.add_FederationServicer_to_server(
-            FederationService(self.coordinator, cfg),
-            self._grpc,
-        )
+        # Made in start(): grpc.aio binds a server to the event loop current when it is made.
+        self._grpc: grpc.aio.Server | None = None
         self.feed = EventFeed(self.store)
         self._grpc_serving = False
         self._admin: uvicorn.Server | None = None
@@ -103,6 +98,12 @@ class Server:
         except ConfigError:
             admin_socket.close()
             raise
+        self._grpc = grpc.aio.server(
+            options=[*GRPC_OPTIONS, NO_PORT_SHARING], interceptors=[RefuseUndecodable()]
+        )
+        pb_grpc.add_FederationServicer_to_server(
+            FederationService(self.coordinator, cfg), self._grpc
+        )
         certfile = keyfile = None
         try:
             if self.insecure:
@@ -187,7 +188,8 @@ class Server:
         # the store is open); cancelled by grpc's stop instead, they wrote to a closed store.
         for session in self.coordinator.sessions.connected():
             session.close()
-        await self._grpc.stop(grace=1.0)
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
         await self.baselines.shutdown()
         self.close()
         log.info("event=server_stopped")
