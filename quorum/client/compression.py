@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from quorum.client.gossip_models import GossipModels
 from quorum.errors import TaskError
@@ -82,16 +84,31 @@ def encode_update(
     `rerun_safe` (sync rounds) the residual is the one from before `round_no`; async fits,
     several of which may share a round number, take the newest."""
     layout = blobs.read_layout(model)
-    plain = blobs.encode(trained)
-    trained_layout = blobs.read_layout(plain)
-    if trained_layout.tensors != layout.tensors:
+    sent = blobs.decode(model, layout)
+    if set(trained) != set(sent) or any(
+        np.asarray(trained[k]).shape != v.shape or np.asarray(trained[k]).dtype != v.dtype
+        for k, v in sent.items()
+    ):
         raise TaskError(
             "the trained model's tensors (names, dtypes, shapes) differ from the global model's"
         )
-    trained_flat, reference = blobs.as_flat(plain, trained_layout), blobs.as_flat(model, layout)
-    # In the model's precision (float32 for most): exact for nearby values (Sterbenz), and far
-    # below what any codec keeps; float64 would double the memory traffic of a large model.
-    delta = np.subtract(trained_flat, reference, dtype=np.result_type(reference, np.float32))
+    # Tensor by tensor into one flat delta, in the model's precision when it is float32 (exact
+    # for nearby values, Sterbenz; far below what any codec keeps): float64 would double the
+    # memory traffic of a large model.
+    dtypes = {v.dtype for v in sent.values()}
+    delta: npt.NDArray[np.floating[Any]] = np.empty(
+        layout.numel, np.float32 if dtypes == {np.dtype("<f4")} else np.float64
+    )
+    start = 0
+    for name, reference in sent.items():
+        end = start + reference.size
+        np.subtract(
+            np.asarray(trained[name]).reshape(-1),
+            reference.reshape(-1),
+            out=delta[start:end],
+            dtype=delta.dtype,
+        )
+        start = end
     if codec.error_feedback:
         delta += residuals.load(run_id, layout.numel, round_no if rerun_safe else None)
     tensors = codec.encode(delta)

@@ -83,14 +83,16 @@ class Codec(Protocol):
         ...
 
 
-def _each_block(values: np.ndarray, block: int) -> Iterator[np.ndarray]:
-    for start in range(0, values.shape[0], block):
-        yield values[start : start + block]
+def _chunks(values: np.ndarray, size: int = FOLD_VALUES) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, values[start:start+size]): an encoder's working set stays a chunk's, not a
+    model's (a large model's float temporaries would each cost a fresh allocation)."""
+    for start in range(0, values.shape[0], size):
+        yield start, values[start : start + size]
 
 
 def _refuse_non_finite(values: np.ndarray, what: str, finite: Callable[[np.ndarray], bool]) -> None:
-    for start in range(0, values.shape[0], FOLD_VALUES):
-        if not finite(values[start : start + FOLD_VALUES]):
+    for _, piece in _chunks(values):
+        if not finite(piece):
             raise UploadRejected("non_finite", f"{what} holds NaN or infinite values")
 
 
@@ -110,23 +112,26 @@ class Float16:
         return {"delta": ("F16", (numel,))}
 
     def encode(self, delta: np.ndarray) -> Params:
-        largest = float(np.max(np.abs(delta))) if delta.size else 0.0
-        if largest > FLOAT16_MAX:
-            raise TaskError(
-                f"the update changes a value by {largest:.3g}, beyond float16's range "
-                f"(±{FLOAT16_MAX:g}): use bf16 or int8 for this run"
-            )
-        return {"delta": delta.astype(np.float16)}
+        out = np.empty(delta.shape[0], np.float16)
+        for start, piece in _chunks(delta):
+            largest = float(np.max(np.abs(piece)))
+            if largest > FLOAT16_MAX:
+                raise TaskError(
+                    f"the update changes a value by {largest:.3g}, beyond float16's range "
+                    f"(±{FLOAT16_MAX:g}): use bf16 or int8 for this run"
+                )
+            out[start : start + piece.shape[0]] = piece
+        return {"delta": out}
 
     def check(self, tensors: Params, numel: int) -> None:
         _refuse_non_finite(tensors["delta"], "the float16 delta", _all_finite)
 
     def blocks(self, tensors: Params, numel: int) -> Iterator[tuple[int, np.ndarray]]:
         out = np.empty(min(self.fold_block, numel), np.float32)
-        for i, piece in enumerate(_each_block(tensors["delta"], self.fold_block)):
+        for start, piece in _chunks(tensors["delta"], self.fold_block):
             view = out[: piece.shape[0]]
             view[...] = piece
-            yield i * self.fold_block, view
+            yield start, view
 
 
 _BF16_EXPONENT = 0x7F80
@@ -146,14 +151,17 @@ class BFloat16:
         return {"delta": ("I16", (numel,))}
 
     def encode(self, delta: np.ndarray) -> Params:
-        bits = np.ascontiguousarray(delta, dtype=np.float32).view(np.uint32)
-        rounded = (bits + (((bits >> 16) & 1) + 0x7FFF).astype(np.uint32)) >> 16
-        high = rounded.astype(np.uint16)
-        if np.any((high & _BF16_EXPONENT) == _BF16_EXPONENT):
-            raise TaskError(
-                "the update has values that are not finite or beyond bfloat16's range (float32's)"
-            )
-        return {"delta": high.view(np.int16)}
+        out = np.empty(delta.shape[0], np.uint16)
+        for start, piece in _chunks(delta):
+            bits = np.ascontiguousarray(piece, dtype=np.float32).view(np.uint32)
+            high = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+            if np.any((high & _BF16_EXPONENT) == _BF16_EXPONENT):
+                raise TaskError(
+                    "the update has values that are not finite or beyond bfloat16's range "
+                    "(float32's)"
+                )
+            out[start : start + piece.shape[0]] = high
+        return {"delta": out.view(np.int16)}
 
     def check(self, tensors: Params, numel: int) -> None:
         _refuse_non_finite(
@@ -164,10 +172,10 @@ class BFloat16:
 
     def blocks(self, tensors: Params, numel: int) -> Iterator[tuple[int, np.ndarray]]:
         wide = np.empty(min(self.fold_block, numel), np.uint32)
-        for i, piece in enumerate(_each_block(tensors["delta"], self.fold_block)):
+        for start, piece in _chunks(tensors["delta"], self.fold_block):
             view = wide[: piece.shape[0]]
             np.left_shift(piece.view(np.uint16), 16, out=view, dtype=np.uint32)
-            yield i * self.fold_block, view.view(np.float32)
+            yield start, view.view(np.float32)
 
 
 @dataclass(frozen=True)
@@ -189,16 +197,28 @@ class Int8:
 
     def encode(self, delta: np.ndarray) -> Params:
         numel = delta.shape[0]
-        values = np.asarray(delta, np.float32)  # float32 throughout: half the memory traffic
-        if numel % self.block:
-            values = np.pad(values, (0, -numel % self.block))
-        rows = values.reshape(-1, self.block)
-        scales = np.max(np.abs(rows), axis=1) / np.float32(127)
-        # Divided, not multiplied by 1/scale, which overflows for subnormal scales.
-        scaled = np.divide(rows, np.where(scales > 0, scales, np.float32(1))[:, None])
-        np.rint(scaled, out=scaled)
-        np.clip(scaled, -127, 127, out=scaled)
-        return {"delta": scaled.astype(np.int8).reshape(-1)[:numel], "scales": scales}
+        out = np.empty(numel, np.int8)
+        scales = np.empty(-(-numel // self.block), np.float32)
+        # One chunk of whole blocks at a time, in float32, in one scratch buffer.
+        work = np.empty(min(self.fold_block, scales.shape[0] * self.block), np.float32)
+        for start, piece in _chunks(delta, self.fold_block):
+            n = piece.shape[0]
+            chunk = work[: -(-n // self.block) * self.block]
+            chunk[:n] = piece
+            chunk[n:] = 0
+            rows = chunk.reshape(-1, self.block)
+            first = start // self.block
+            block_scales = scales[first : first + rows.shape[0]]
+            np.max(np.abs(rows), axis=1, out=block_scales)
+            block_scales /= np.float32(127)
+            # Divided, not multiplied by 1/scale, which overflows for subnormal scales.
+            np.divide(
+                rows, np.where(block_scales > 0, block_scales, np.float32(1))[:, None], out=rows
+            )
+            np.rint(rows, out=rows)
+            np.clip(rows, -127, 127, out=rows)
+            out[start : start + n] = chunk[:n]
+        return {"delta": out, "scales": scales}
 
     def check(self, tensors: Params, numel: int) -> None:
         scales = tensors["scales"]
@@ -211,7 +231,7 @@ class Int8:
                 "bad_encoding",
                 f"an int8 scale is {float(scales.max()):.3g}, over {MAX_INT8_SCALE:.3g}",
             )
-        for piece in _each_block(tensors["delta"], FOLD_VALUES):
+        for _, piece in _chunks(tensors["delta"]):
             if piece.size and int(piece.min()) < -127:
                 raise UploadRejected(
                     "bad_encoding", "an int8 value is -128; values are in -127..127"
@@ -221,12 +241,12 @@ class Int8:
         step = self.fold_block
         out = np.empty(min(step, numel), np.float32)
         scales = tensors["scales"]
-        for i, piece in enumerate(_each_block(tensors["delta"], step)):
+        for start, piece in _chunks(tensors["delta"], step):
             n = piece.shape[0]
-            first = i * step // self.block
+            first = start // self.block
             per_value = np.repeat(scales[first : first + -(-n // self.block)], self.block)[:n]
             np.multiply(piece, per_value, out=out[:n], dtype=np.float32)
-            yield i * step, out[:n]
+            yield start, out[:n]
 
 
 @dataclass(frozen=True)
@@ -257,7 +277,7 @@ class TopK:
     def check(self, tensors: Params, numel: int) -> None:
         mask, values = tensors["mask"], tensors["values"]
         _refuse_non_finite(values, "the top-k values", _all_finite)
-        marked = sum(int(np.bitwise_count(p).sum()) for p in _each_block(mask, FOLD_VALUES))
+        marked = sum(int(np.bitwise_count(p).sum()) for _, p in _chunks(mask))
         if marked != values.shape[0]:
             raise UploadRejected(
                 "bad_encoding",
