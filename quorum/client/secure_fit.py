@@ -105,6 +105,17 @@ def _masked_blob(
 ) -> tuple[bytes, dict[str, float]]:
     """The update as a masked uint32 vector: (trained - global), clipped and quantised after
     scaling by the site's weight share, with the weight as the last element."""
+    # The delta and its quantised form are gone (the function returned) before the blob is made.
+    masked, metrics = _masked_vector(machine, model, fit, setup)
+    return blobs.encode({MASKED_TENSOR: masked}), metrics
+
+
+def _masked_vector(
+    machine: ClientRound,
+    model: bytes,
+    fit: FitResult,
+    setup: pb.SecAggSetup,
+) -> tuple[np.ndarray, dict[str, float]]:
     layout = blobs.read_layout(model)
     if {n: np.shape(v) for n, v in fit.params.items()} != {t.name: t.shape for t in layout.tensors}:
         raise SecAggError("the trained parameters do not have the global model's tensors")
@@ -124,9 +135,8 @@ def _masked_blob(
         setup.quantization_bits,
         setup.max_weight,
     )
-    masked = machine.mask(vector)
     metrics = {**fit.metrics, **dp, "secagg_clipped_fraction": clipped / max(delta.size, 1)}
-    return blobs.encode({MASKED_TENSOR: masked}), metrics
+    return machine.mask(vector), metrics
 
 
 def add_distributed_noise(

@@ -269,7 +269,8 @@ class ClientRound:
         self._stage = _Stage.MASK
 
     def mask(self, update: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
-        """The masked update (a new array): update + the mask, modulo 2^32."""
+        """The masked update (a new array): update + the mask, modulo 2^32, computed in the
+        mask's own buffer (which is not needed again), so no third vector is made."""
         self._begin(_Stage.MASK)
         if (
             not isinstance(update, np.ndarray)
@@ -280,7 +281,7 @@ class ClientRound:
                 f"site {self._index}: the update must be a uint32 vector of length "
                 f"{self._setup.vector_length}"
             )
-        masked = np.add(update, self._mask, dtype=np.uint32)
+        masked = np.add(self._mask, update, out=self._mask, dtype=np.uint32)
         self._mask = np.zeros(0, dtype=np.uint32)
         self._stage = _Stage.UNMASK
         return masked

@@ -53,6 +53,11 @@ def quantize(
     return out
 
 
+QUANTIZE_BLOCK = 1 << 20
+"""Values quantised at a time: the float64 steps and the uniform draws are one block's, not a
+temporary of the update's size (three times a float32 model) on every site each round."""
+
+
 def _quantize_into(
     values: npt.NDArray[np.floating],
     factor: float,
@@ -63,23 +68,26 @@ def _quantize_into(
 ) -> int:
     """Quantises `factor * values` into `out`; returns how many elements were clipped.
 
-    A handful of passes over the data, in place: this runs on every site's whole update each
-    round."""
+    A handful of passes over each block, in place; the uniform draws come in the order a
+    whole-vector draw would give them."""
     top = levels(bits)
     _check_clip(clip)
-    scaled = np.multiply(values, factor * top / clip, dtype=np.float64)  # in steps
-    if scaled.size == 0:
-        return 0
-    highest, lowest = float(scaled.max()), float(scaled.min())
-    if math.isnan(highest) or math.isnan(lowest):
-        raise SecAggError("cannot quantise an update that contains NaN")
+    generator = rng or np.random.default_rng()
+    flat_values, flat_out = values.reshape(-1), out.reshape(-1)
     clipped = 0
-    if highest > top or lowest < -top:  # only then walk the data to count and clip
-        clipped = int(np.count_nonzero(scaled > top)) + int(np.count_nonzero(scaled < -top))
-        np.clip(scaled, -top, top, out=scaled)
-    scaled += (rng or np.random.default_rng()).random(scaled.shape, dtype=np.float32)
-    np.floor(scaled, out=scaled)  # U < 1: the result stays within [-top, top]
-    np.copyto(out.view(np.int32), scaled, casting="unsafe")
+    for start in range(0, flat_values.shape[0], QUANTIZE_BLOCK):
+        block = flat_values[start : start + QUANTIZE_BLOCK]
+        scaled = np.multiply(block, factor * top / clip, dtype=np.float64)  # in steps
+        highest, lowest = float(scaled.max()), float(scaled.min())
+        if math.isnan(highest) or math.isnan(lowest):
+            raise SecAggError("cannot quantise an update that contains NaN")
+        if highest > top or lowest < -top:  # only then walk the block to count and clip
+            clipped += int(np.count_nonzero(scaled > top)) + int(np.count_nonzero(scaled < -top))
+            np.clip(scaled, -top, top, out=scaled)
+        scaled += generator.random(scaled.shape, dtype=np.float32)
+        np.floor(scaled, out=scaled)  # U < 1: the result stays within [-top, top]
+        target = flat_out[start : start + QUANTIZE_BLOCK]
+        np.copyto(target.view(np.int32), scaled, casting="unsafe")
     return clipped
 
 
