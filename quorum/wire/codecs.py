@@ -11,7 +11,7 @@ tensors as an ordinary safetensors blob, flat, whatever the model's tensors:
                                                 positions as a bitmap (1 bit a value)
 
 Top-k is meant with error feedback: what a site leaves out (and float16's rounding of what it
-keeps) is added to its next update (`quorum.client.residuals`). Its positions travel as a
+keeps) is added to its next update (`quorum.client.compression`). Its positions travel as a
 bitmap rather than as indices: for the usual fractions (k/P above 1/32) the bitmap is smaller
 than 32-bit indices, and it is valid by construction (in range, increasing, no duplicates);
 what is checked is that it marks exactly k values.
@@ -268,10 +268,17 @@ class TopK:
     def encode(self, delta: np.ndarray) -> Params:
         numel = delta.shape[0]
         k = self.kept(numel)
-        chosen = np.sort(np.argpartition(np.abs(delta), numel - k)[numel - k :])
-        mask = np.zeros(numel, np.bool_)
-        mask[chosen] = True
-        values = np.clip(delta[chosen], -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+        magnitude = np.abs(delta)
+        if 0 < k < numel:
+            # The k-th largest magnitude by a partition of the values (no index array of P
+            # int64s, as an argpartition would make); ties at it are taken first come.
+            threshold = np.partition(magnitude, numel - k)[numel - k]
+            mask = magnitude > threshold
+            ties = np.flatnonzero(magnitude == threshold)[: k - int(np.count_nonzero(mask))]
+            mask[ties] = True
+        else:
+            mask = np.full(numel, k == numel)
+        values = np.clip(delta[mask], -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
         return {"mask": np.packbits(mask, bitorder="little"), "values": values}
 
     def check(self, tensors: Params, numel: int) -> None:
@@ -342,8 +349,9 @@ def make_codec(settings: CompressionConfig) -> Codec | None:
 
 
 def decode(codec: Codec, tensors: Params, numel: int) -> np.ndarray:
-    """The whole delta as float64 (the site's view of what the server will read)."""
-    out = np.empty(numel, np.float64)
+    """The whole delta (the site's view of what the server will read); float32 holds every
+    codec's values exactly."""
+    out = np.empty(numel, np.float32)
     for start, values in codec.blocks(tensors, numel):
         out[start : start + values.shape[0]] = values
     return out
