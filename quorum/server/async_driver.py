@@ -298,7 +298,7 @@ class AsyncDriver:
             self.config.max_num_examples,
         )
         phase.fold_lock = self.fold_lock
-        phase.accumulator = _Buffered(self, phase, version, vector)
+        phase.accumulator = _Buffered(self, phase, version, model)
         # A compressed update is a delta from the version its site trained from.
         phase.codec, phase.reference = make_codec(self.config.compression), vector
         return phase
@@ -537,7 +537,7 @@ class _Buffered:
     """A fit phase's sink: folds its one upload into the driver's FedBuff buffer."""
 
     def __init__(
-        self, driver: AsyncDriver, phase: Phase, base_version: int, base: np.ndarray
+        self, driver: AsyncDriver, phase: Phase, base_version: int, base: BlobFile
     ) -> None:
         self.driver = driver
         self.phase = phase
@@ -550,5 +550,10 @@ class _Buffered:
         return self._count
 
     def fold(self, update: Update, weight: float, /) -> None:
-        self.driver.fold(self.phase, self.base_version, self.base, update, weight)
+        try:
+            self.driver.fold(self.phase, self.base_version, self.base.flat(), update, weight)
+        finally:
+            # The version's model was read whole (through a map of its file) for this update;
+            # its pages are the page cache's again, not held by the server per version.
+            self.base.drop_pages()
         self._count += 1

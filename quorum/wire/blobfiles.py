@@ -111,6 +111,13 @@ class BlobFile:
         the code that needs the whole model at once; pages are read as they are touched."""
         return blobs.as_flat(self._mapped(), self.layout)
 
+    def drop_pages(self) -> None:
+        """Lets go of the map's pages this process has touched: they stay in the kernel's page
+        cache and a later read maps them again, so a model read whole for one update does not
+        stay in the process's resident memory."""
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
+
     def params(self) -> blobs.Params:
         """The tensors (`blobs.decode`): read-only views over a map of the file."""
         return blobs.decode(self._mapped(), self.layout)
