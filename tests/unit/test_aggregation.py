@@ -384,3 +384,27 @@ def test_make_strategy_unknown_name_lists_valid_ones() -> None:
 def test_make_strategy_rejects_bad_settings(name: str, kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         make_strategy(name, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedadam", "fedyogi", "fedadagrad"])
+def test_a_step_taken_block_by_block_is_the_whole_step(name: str) -> None:
+    """The server writes a large model's new values a block at a time: the same values, and
+    the same optimiser state after it, as one whole-vector step, round after round."""
+    rng = np.random.default_rng(3)
+    whole = make_strategy(name, server_learning_rate=0.5)
+    blocks = make_strategy(name, server_learning_rate=0.5)
+    current = rng.standard_normal(1000).astype(np.float32)
+    for _ in range(3):
+        mean = current + rng.standard_normal(1000) * 0.1
+        expected = whole.step(current, mean)
+        blocks.begin_step(current.shape[0])
+        got = np.concatenate(
+            [
+                blocks.step_block(current[s : s + 64], mean[s : s + 64], s)
+                for s in range(0, 1000, 64)
+            ]
+        )
+        np.testing.assert_array_equal(got, expected)
+        for key, value in whole.state().items():
+            np.testing.assert_array_equal(blocks.state()[key], value)
+        current = expected
