@@ -49,6 +49,8 @@ def test_topk_error_feedback_survives_a_site_restart(deployment: Deployment) -> 
             return False
         return "a" in d.get(f"/api/v1/runs/{run['id']}/rounds/3")["cohort"]
 
+    # Round 2's residual is on disk by now: a wrote it once its upload was accepted, before it
+    # took round 2's evaluate task (one task at a time), which round 2 waited for.
     d.wait(round_3_offered_to_a, 60, "round 3 to offer a its task")
     stored = blobs.decode(residual_file.read_bytes())["residual"]
     # what a left out: 0.5 on A (sent in round 1), nothing on B, 1.0 on C (never sent)
