@@ -140,6 +140,12 @@ class Accumulator:
 
     def mean(self) -> np.ndarray:
         """The weighted mean of the folded updates, as a new float64 array."""
+        return self.mean_part(0, self._numel)
+
+    def mean_part(self, start: int, stop: int) -> np.ndarray:
+        """Values [start, stop) of `mean()`, as a new float64 array: the server steps a large
+        model block by block, and a whole float64 mean beside the sum would double its
+        largest buffer."""
         if self._count == 0:
             raise ValueError("nothing was folded: the mean of no updates is undefined")
-        return np.divide(self._sum, self._total_weight)
+        return np.divide(self._sum[start:stop], self._total_weight)

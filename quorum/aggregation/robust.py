@@ -221,6 +221,11 @@ class RoundSum(UpdateSum, Protocol):
 
     def mean(self) -> np.ndarray: ...
 
+    def mean_part(self, start: int, stop: int) -> np.ndarray:
+        """Values [start, stop) of `mean()` (the plain and the bounded sums compute only
+        those)."""
+        ...
+
 
 class UpdateMatrix:
     """Keeps every update of a round (relative to `current`, float32, one row per site):
@@ -233,6 +238,7 @@ class UpdateMatrix:
         self._rows = np.empty((capacity, current.shape[0]), dtype=np.float32)
         self._weights = np.empty(capacity, dtype=np.float64)
         self._count = 0
+        self._aggregate: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -257,6 +263,12 @@ class UpdateMatrix:
         delta = aggregate(self.rule, self._rows[:n], self._weights[:n])
         delta += self.current
         return delta
+
+    def mean_part(self, start: int, stop: int) -> np.ndarray:
+        # Krum's distances need whole rows: the aggregate is made once, then read in parts.
+        if self._aggregate is None:
+            self._aggregate = self.mean()
+        return self._aggregate[start:stop]
 
 
 class BoundedSum:
@@ -284,8 +296,11 @@ class BoundedSum:
         self._sum.fold(self._row[0], weight)
 
     def mean(self) -> np.ndarray:
-        mean = self._sum.mean()
-        mean += self.current
+        return self.mean_part(0, self.current.shape[0])
+
+    def mean_part(self, start: int, stop: int) -> np.ndarray:
+        mean = self._sum.mean_part(start, stop)
+        mean += self.current[start:stop]
         return mean
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from quorum.aggregation import Strategy
+from quorum.aggregation import RoundSum, Strategy
 from quorum.server.checkpoints import Checkpoints
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
@@ -33,11 +33,16 @@ def write_model(
 
 
 def strategy_step(
-    strategy: Strategy, model: BlobFile, target: np.ndarray, *, delta: bool = False
+    strategy: Strategy, model: BlobFile, target: np.ndarray | RoundSum, *, delta: bool = False
 ) -> Iterator[np.ndarray]:
     """The strategy's step over the model's file, block by block: `target` is the sites' mean
-    (`delta`: the mean's difference to the model, as SecAgg and central DP release it)."""
+    (`delta`: the mean's difference to the model, as SecAgg and central DP release it), or the
+    round's sum, whose mean is then read a block at a time."""
     strategy.begin_step(model.layout.numel)
     for start, current in model.values():
-        mean = target[start : start + current.shape[0]]
+        stop = start + current.shape[0]
+        if isinstance(target, np.ndarray):
+            mean = target[start:stop]
+        else:
+            mean = target.mean_part(start, stop)
         yield strategy.step_block(current, current + mean if delta else mean, start)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from quorum.aggregation import round_sum
+from quorum.aggregation import RoundSum, round_sum
 from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
@@ -103,6 +103,7 @@ class SyncDriver:
         # A view of the model's file: only what needs every value (central DP's clipping, a
         # robust rule, a codec's deltas) reads it whole; the step below reads it in blocks.
         current = model.flat()
+        mean: np.ndarray | RoundSum  # the sites' mean, or the round's sum to read it from
         if cfg.secagg.enabled:
             fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
             noise = None
@@ -134,8 +135,8 @@ class SyncDriver:
             total = fit.accumulator = round_sum(self.rule, current, len(cohort))
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(total.count, cohort, fit)
-            # A robust rule's aggregate (Krum's distances, per-value sorts) takes a while.
-            mean, of_delta = await asyncio.to_thread(total.mean), False
+            # Its mean is read block by block as the new model is written, in a thread.
+            mean, of_delta = total, False
             accepted, weight = total.count, total.total_weight
         new_model = await asyncio.to_thread(
             write_model,

@@ -237,3 +237,19 @@ def test_krum_never_chooses_a_far_hostile_update(
     updates[hostile] = (sign * scale * rng.uniform(1, 2, size=(f, 6))).astype(np.float32)
     chosen = krum_select(updates, f, n - f)
     assert not set(chosen.tolist()) & set(hostile.tolist())
+
+
+@pytest.mark.parametrize(
+    "rule", [RobustRule(), RobustRule(None, norm_bound=1.0), RobustRule("fedmedian")]
+)
+def test_a_round_sum_gives_its_mean_in_parts(rule: RobustRule) -> None:
+    """The server reads a round's mean a block at a time as it writes the new model: the parts
+    are the whole mean's values, whatever the rule."""
+    rng = np.random.default_rng(3)
+    current = rng.normal(size=11).astype(np.float32)
+    total = round_sum(rule, current, 3)
+    for weight in (1.0, 2.0, 5.0):
+        total.fold((current + rng.normal(size=11)).astype(np.float32), weight)
+    whole = total.mean()
+    parts = np.concatenate([total.mean_part(a, min(a + 4, 11)) for a in range(0, 11, 4)])
+    np.testing.assert_allclose(parts, whole, rtol=0, atol=1e-12)
