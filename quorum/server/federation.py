@@ -64,7 +64,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             reader.cancel()
             watchdog.cancel()
             self.co.sessions.drop(session)
-            self.co.on_disconnect(session)
+            self.co.book.on_disconnect(session)
             self.co.store.event("site_disconnected", site=session.site)
             log.info("event=site_disconnected site=%s", session.site)
 
@@ -111,11 +111,11 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 session.last_seen = time.monotonic()
                 kind = message.WhichOneof("kind")
                 if kind == "result":
-                    self.co.on_result(session, message.result)
+                    self.co.book.on_result(session, message.result)
                 elif kind == "secagg":
-                    self.co.on_secagg(session, message.secagg)
+                    self.co.book.on_secagg(session, message.secagg)
                 elif kind == "gossip":
-                    self.co.on_gossip(session, message.gossip)
+                    self.co.book.on_gossip(session, message.gossip)
                 elif kind != "heartbeat":
                     session.send(
                         pb.ServerMessage(
@@ -145,7 +145,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or closed session")
         assert session is not None  # abort raised otherwise
         model = self.co.blobs.get(request.digest)
-        parcel = None if model is not None else self.co.relayed(session, request.digest)
+        parcel = None if model is not None else self.co.book.relayed(session, request.digest)
         size = len(model) if model is not None else len(parcel) if parcel is not None else -1
         if size < 0:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.digest!r} is served")
@@ -161,7 +161,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 yield pb.BlobChunk(offset=offset, total_size=size, data=bytes(chunk))
                 offset += len(chunk)
                 sent += len(chunk)
-        self.co.on_download(session, request.digest, sent, relayed=parcel is not None)
+        self.co.book.on_download(session, request.digest, sent, relayed=parcel is not None)
 
     async def Upload(
         self, request_iterator: AsyncIterator[pb.UploadMessage], context: Context
@@ -182,15 +182,15 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         try:
             if session is None:
                 raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
-            task = self.co.admit_upload(session, header)
+            task = self.co.book.admit_upload(session, header)
             async with self._inflight:
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
                 data = await _receive(incoming, header.size)
-                await self.co.complete_upload(task, header, data)
+                await self.co.book.complete_upload(task, header, data)
         except UploadRejected as exc:
-            self.co.refuse(session, header.task_id, exc, claimed=(header.run_id, header.round))
+            self.co.book.refuse(session, header.task_id, exc, claimed=(header.run_id, header.round))
             yield _refused(exc)
             return
         yield pb.UploadReply(receipt=pb.UploadReceipt(accepted=True))

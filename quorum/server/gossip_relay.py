@@ -102,7 +102,7 @@ class GossipRound:
         """Runs the round's stages; the sites' reports are in `reports` afterwards."""
         settings = self.config
         try:
-            self.co.open_phase(
+            self.co.book.open_phase(
                 self.phase,
                 self.cohort,
                 config,
@@ -126,7 +126,7 @@ class GossipRound:
         finally:
             self.stage = "done"
             self.phase.closed = True
-            self.co.close_phase(self.phase)
+            self.co.book.close_phase(self.phase)
             # The ciphertexts are let go with the round.
             self.parcels.clear()
 

@@ -181,11 +181,11 @@ async def run_phase(
     timeout: float,
 ) -> None:
     """Offers the phase's tasks and waits until they are answered or the deadline passes."""
-    co.open_phase(phase, sessions, config, task, timeout)
+    co.book.open_phase(phase, sessions, config, task, timeout)
     try:
         await phase.wait(timeout)
     finally:
-        co.close_phase(phase)
+        co.book.close_phase(phase)
 
 
 def evaluate_metrics(results: list[SiteResult]) -> dict[str, float]:

@@ -44,4 +44,4 @@ class Runtime:
         session = self._sessions.by_site(name)
         if session is not None:
             self._sessions.drop(session)
-            self._co.on_disconnect(session)
+            self._co.book.on_disconnect(session)

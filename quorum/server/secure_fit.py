@@ -124,7 +124,7 @@ class SecureFit:
         number of sites summed). Raises RoundAborted when the sum cannot be recovered."""
         try:
             self.server = self._check_cohort()
-            self.co.open_phase(
+            self.co.book.open_phase(
                 self.phase,
                 self.cohort,
                 config,
@@ -144,7 +144,7 @@ class SecureFit:
             finally:
                 self.stage = "done"
                 self.phase.closed = True
-                self.co.close_phase(self.phase)
+                self.co.book.close_phase(self.phase)
                 # The phase is remembered with its tasks (to refuse late answers): it lets go of
                 # the round's sum and ciphertexts.
                 self.server = None

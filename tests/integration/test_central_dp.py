@@ -47,7 +47,7 @@ def test_central_dp_clips_noises_and_accounts(tmp_path: pathlib.Path, secure: bo
         async with federation(tmp_path, [config]) as fed:
             co = fed.server.coordinator
             accounted_at_evaluation: list[tuple[int, list[int]]] = []
-            open_phase = co.open_phase
+            open_phase = co.book.open_phase
 
             def spy(phase: Any, *args: Any, **kwargs: Any) -> None:
                 if phase.kind == "evaluate":  # the round's model leaves the server here
@@ -55,7 +55,7 @@ def test_central_dp_clips_noises_and_accounts(tmp_path: pathlib.Path, secure: bo
                     accounted_at_evaluation.append((phase.round, [r for r, _, _ in released]))
                 open_phase(phase, *args, **kwargs)
 
-            co.open_phase = spy
+            co.book.open_phase = spy
             for name, data in SITES.items():
                 fed.add_site(name, data)
             run = await fed.wait_run(timeout=60)

@@ -1,0 +1,429 @@
+"""The task book: every task offered to a site and what became of it. It opens and closes a
+round's phases (one task per site), and it is where every answer from a site (an upload, a
+result, a secure-aggregation or gossip message, a download, a disconnect) is checked against
+its task and recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+
+from quorum.aggregation import Update
+from quorum.errors import UploadRejected
+from quorum.fitconfig import FitConfig
+from quorum.proto import federation_pb2 as pb
+from quorum.server import validation
+from quorum.server.gossip_relay import GossipPhase
+from quorum.server.phases import PendingTask, Phase, SiteResult, fold_in_thread
+from quorum.server.sessions import Session, SessionRegistry
+from quorum.server.store import Store
+from quorum.wire import blobs
+
+log = logging.getLogger("quorum.server")
+
+REMEMBERED_TASKS = 10_000
+
+_KIND = {"fit": pb.TASK_KIND_FIT, "evaluate": pb.TASK_KIND_EVALUATE}
+_STATUS = {
+    pb.RESULT_STATUS_OK: "ok",
+    pb.RESULT_STATUS_FAILED: "failed",
+    pb.RESULT_STATUS_REFUSED: "refused",
+}
+
+
+class TaskBook:
+    def __init__(self, store: Store, sessions: SessionRegistry) -> None:
+        self.store = store
+        self.sessions = sessions
+        self._open_phases: list[Phase] = []
+        # Open tasks, and the most recent closed ones so that late or replayed answers are
+        # refused with the right reason and counted against their round.
+        self._tasks: OrderedDict[str, PendingTask] = OrderedDict()
+
+    # ---- phases ----
+
+    def open_phase(
+        self,
+        phase: Phase,
+        sessions: list[Session],
+        config: FitConfig,
+        task: str,
+        deadline_s: float,
+        setups: dict[str, pb.SecAggSetup] | None = None,
+        gossip: dict[str, pb.GossipSetup] | None = None,
+    ) -> None:
+        """Creates one task per session, records it and sends the offer (with the session's
+        secure-aggregation setup, under SecAgg; its neighbours, in a gossip round)."""
+        self._open_phases.append(phase)
+        for session in sessions:
+            task_id = secrets.token_hex(12)
+            pending = PendingTask(id=task_id, site=session.site, session_id=session.id, phase=phase)
+            phase.tasks[task_id] = pending
+            self._tasks[task_id] = pending
+            if len(self._tasks) > REMEMBERED_TASKS:
+                self._tasks.popitem(last=False)
+            self.store.offer(
+                task_id,
+                phase.run_id,
+                phase.round,
+                phase.attempt,
+                session.site,
+                phase.kind,
+                bytes_out=0,
+            )
+            session.send(
+                pb.ServerMessage(
+                    task=pb.TaskOffer(
+                        task_id=task_id,
+                        run_id=phase.run_id,
+                        round=phase.round,
+                        kind=_KIND[phase.kind],
+                        task=task,
+                        model_digest=phase.model_digest,
+                        model_size=phase.model_size,
+                        config_json=config.to_json(),
+                        deadline_s=deadline_s,
+                        secagg=setups[session.id] if setups else None,
+                        gossip=gossip[session.id] if gossip else None,
+                    )
+                )
+            )
+
+    def close_phase(self, phase: Phase) -> None:
+        """Records the tasks nobody answered before the deadline. The phase is remembered with
+        its tasks (to refuse late answers), so it lets go of its sum (the driver holds it) and
+        of the model its compressed uploads were deltas from."""
+        self._open_phases.remove(phase)
+        phase.closed = True  # also when its driver was cancelled before the deadline
+        phase.accumulator = None
+        phase.reference = None
+        for task in phase.unanswered():
+            self.store.finish_participation(
+                task.id, "timed_out", error="no answer before the deadline"
+            )
+            task.state = "expired"
+
+    # ---- what sites send ----
+
+    def _task_for(
+        self, session: Session, task_id: str, run_id: str | None = None, round_no: int | None = None
+    ) -> PendingTask:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UploadRejected(
+                "unknown_task", f"no open task {task_id!r} (closed or never offered)"
+            )
+        if task.session_id != session.id:
+            raise UploadRejected(
+                "wrong_session", f"task {task_id!r} was offered to another session"
+            )
+        if run_id is not None and run_id != task.phase.run_id:
+            raise UploadRejected(
+                "wrong_run",
+                f"task {task_id!r} belongs to run {task.phase.run_id!r}, not {run_id!r}",
+            )
+        if round_no is not None and round_no != task.phase.round:
+            raise UploadRejected(
+                "wrong_round",
+                f"task {task_id!r} belongs to round {task.phase.round}, not {round_no}",
+            )
+        if task.state in ("receiving", "done"):
+            raise UploadRejected("duplicate", f"task {task_id!r} was already answered")
+        if task.phase.closed:
+            raise _task_closed(task_id)
+        return task
+
+    def admit_upload(self, session: Session, header: pb.UploadHeader) -> PendingTask:
+        """Checks an upload's header before any of its bytes are read."""
+        task = self._task_for(session, header.task_id, header.run_id, header.round)
+        phase = task.phase
+        if isinstance(phase, GossipPhase) or header.HasField("gossip"):
+            if not isinstance(phase, GossipPhase) or phase.relay is None:
+                raise UploadRejected("not_gossip", f"task {task.id!r} is not a gossip round's")
+            phase.relay.admit_parcel(task, header)  # the task stays open for more parcels
+            return task
+        if phase.kind != "fit":
+            raise UploadRejected(
+                "wrong_kind", f"task {task.id!r} is an evaluate task; send a result"
+            )
+        metrics = validation.parse_metrics(header.metrics_json)
+        if phase.secagg is not None:
+            phase.secagg.admit_masked(task, metrics)  # the weight is masked: not read
+        else:
+            validation.check_num_examples(header.num_examples, phase.max_num_examples)
+        validation.check_declared_size(header.size, phase.layout.size)
+        task.state = "receiving"
+        return task
+
+    async def complete_upload(
+        self, task: PendingTask, header: pb.UploadHeader, data: blobs.Buffer
+    ) -> None:
+        """Validates the bytes and folds them into the round's sum; raises UploadRejected."""
+        phase = task.phase
+        if isinstance(phase, GossipPhase) and phase.relay is not None:
+            await phase.relay.add_parcel(task, header, data)  # a sealed model, kept as is
+            return
+        if self.sessions.get(task.session_id) is None:
+            raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
+        if len(data) != header.size:
+            raise UploadRejected(
+                "size_mismatch", f"received {len(data)} bytes, header declared {header.size}"
+            )
+        update: Update | None = None
+        if phase.codec is not None:
+            if phase.reference is None:  # closed while the upload came in
+                raise _task_closed(task.id)
+            update = await asyncio.to_thread(
+                validation.check_encoded,
+                data,
+                header.digest,
+                phase.codec,
+                phase.reference,
+                phase.layout,
+            )
+        else:
+            layout = await asyncio.to_thread(
+                validation.check_blob, data, header.digest, phase.layout
+            )
+        async with phase.fold_lock:
+            if phase.closed:
+                raise _task_closed(task.id)
+            if phase.secagg is not None:
+                await phase.secagg.add_masked(task, data, layout)
+                num_examples = 0
+            else:
+                assert phase.accumulator is not None
+                if update is None:
+                    update = blobs.as_flat(data, layout)
+                num_examples = int(header.num_examples)
+                accumulator = phase.accumulator
+                folded = False
+
+                def fold() -> None:
+                    nonlocal folded
+                    assert update is not None
+                    accumulator.fold(update, float(num_examples))
+                    folded = True
+
+                try:
+                    await fold_in_thread(fold)
+                except asyncio.CancelledError:
+                    if folded:  # the site hung up, yet its update is in the sum: record it so
+                        self._accepted(task, header, num_examples, len(data))
+                    raise
+        self._accepted(task, header, num_examples, len(data))
+
+    def _accepted(
+        self, task: PendingTask, header: pb.UploadHeader, num_examples: int, nbytes: int
+    ) -> None:
+        """Records an accepted upload: `nbytes` on the wire, against what the update would
+        have been uncompressed (the model's size) when the run compresses its uploads."""
+        metrics = validation.parse_metrics(header.metrics_json)  # checked when the upload began
+        task.phase.results.append(SiteResult(task.site, num_examples, metrics))
+        self.store.finish_participation(
+            task.id,
+            "accepted",
+            num_examples=num_examples,
+            metrics=metrics,
+            duration_s=header.duration_s,
+            bytes_in=nbytes,
+            bytes_in_uncompressed=task.phase.model_size if task.phase.codec else None,
+        )
+        task.phase.finish(task)
+
+    def refuse(
+        self,
+        session: Session | None,
+        task_id: str,
+        exc: UploadRejected,
+        claimed: tuple[str, int] | None = None,
+    ) -> None:
+        """Records a refused upload or result against the round it names. When it answers an
+        open task of this session, that task ends as rejected: the site gave its answer and it
+        was bad, so the round need not wait for it. Unknown tasks, other sessions' tasks and
+        second answers are only counted; an unknown task is counted against the open round
+        its sender `claimed` (run id, round), if there is one."""
+        task = self._tasks.get(task_id)
+        phase = task.phase if task is not None else None
+        if task is not None and session is not None and task.session_id == session.id:
+            if task.phase.secagg is not None:
+                task.phase.secagg.drop(task, f"refused: {exc.code}: {exc.message}")
+        if phase is None and claimed is not None:
+            phase = next((p for p in self._open_phases if (p.run_id, p.round) == claimed), None)
+        self.store.reject(
+            exc.code,
+            exc.message,
+            run_id=phase.run_id if phase else None,
+            round_no=phase.round if phase else None,
+            attempt=phase.attempt if phase else None,
+            site=session.site if session else None,
+            task_id=task_id or None,
+        )
+        if (
+            task is not None
+            and session is not None
+            and task.session_id == session.id
+            and task.state in ("offered", "receiving")
+            and not task.phase.closed
+            and exc.code != "duplicate"  # the first answer of the task is still in flight
+            and task.phase.ends_on_refusal(exc.code)
+        ):
+            self.store.finish_participation(task.id, "rejected", error=f"{exc.code}: {exc.message}")
+            task.phase.finish(task)
+        log.warning(
+            "event=refused code=%s site=%s task_id=%s message=%s",
+            exc.code,
+            session.site if session else "?",
+            task_id,
+            exc.message,
+        )
+
+    def on_result(self, session: Session, result: pb.TaskResult) -> None:
+        """An evaluate answer, or a site's report that it failed or refused a task."""
+        task = self._tasks.get(result.task_id)
+        if (
+            task is not None
+            and task.session_id == session.id
+            and task.phase.secagg is not None
+            and result.status != pb.RESULT_STATUS_OK
+        ):
+            # A site may leave a secure-aggregation task at any stage, even after its masked
+            # vector was accepted; it is a dropout from then on.
+            task.phase.secagg.drop(task, f"the site reported: {result.error[:500]}")
+            if task.state in ("receiving", "done") or task.phase.closed:
+                return
+        try:
+            task = self._task_for(session, result.task_id)
+            status = _STATUS.get(result.status)
+            if status is None:
+                raise UploadRejected("bad_status", "result status is unspecified")
+            if status != "ok":
+                if status == "failed":
+                    task.phase.failures.append(result.error[:2000])
+                self.store.finish_participation(
+                    task.id, status, duration_s=result.duration_s, error=result.error[:2000]
+                )
+                task.phase.finish(task)
+                return
+            if task.phase.kind != "evaluate":
+                raise UploadRejected(
+                    "wrong_kind", f"task {task.id!r} is a fit task; upload the update"
+                )
+            # A site may have nothing to evaluate (no held-out examples): 0, and no metrics.
+            validation.check_num_examples(
+                result.num_examples, task.phase.max_num_examples, minimum=0
+            )
+            metrics = validation.parse_metrics(result.metrics_json)
+            if result.num_examples == 0 and metrics:
+                raise UploadRejected(
+                    "metrics_without_examples", "metrics reported for 0 examples evaluated"
+                )
+        except UploadRejected as exc:
+            self.refuse(session, result.task_id, exc)
+            session.send(
+                pb.ServerMessage(
+                    notice=pb.Notice(task_id=result.task_id, code=exc.code, message=exc.message)
+                )
+            )
+            return
+        if result.num_examples:  # an empty evaluation does not count in the round's means
+            task.phase.results.append(SiteResult(task.site, int(result.num_examples), metrics))
+        self.store.finish_participation(
+            task.id,
+            "ok",
+            num_examples=int(result.num_examples),
+            metrics=metrics,
+            duration_s=result.duration_s,
+        )
+        task.phase.finish(task)
+
+    def _open_tasks(self, session: Session) -> list[PendingTask]:
+        return [
+            task
+            for phase in self._open_phases
+            for task in phase.tasks.values()
+            if task.session_id == session.id
+        ]
+
+    def on_download(self, session: Session, digest: str, nbytes: int, relayed: bool) -> None:
+        """Counts a download against the task it served: the task's model, or (`relayed`) a
+        gossip parcel for the site's open gossip task."""
+        for task in self._open_tasks(session):
+            phase = task.phase
+            if (relayed and isinstance(phase, GossipPhase)) or phase.model_digest == digest:
+                self.store.add_bytes_out(task.id, nbytes)
+                return
+
+    def on_secagg(self, session: Session, reply: pb.SecAggReply) -> None:
+        """A secure-aggregation message: keys, key shares or unmask shares."""
+
+        def receive(task: PendingTask) -> None:
+            if task.phase.secagg is None:
+                raise UploadRejected(
+                    "unknown_task", f"no secure-aggregation task {reply.task_id!r} is open"
+                )
+            task.phase.secagg.receive(task, reply)
+
+        self._on_stage_reply(session, reply.task_id, "secure-aggregation", receive)
+
+    def on_gossip(self, session: Session, reply: pb.GossipReply) -> None:
+        """A gossip round's message: a site's signed round key, or its report."""
+
+        def receive(task: PendingTask) -> None:
+            if not isinstance(task.phase, GossipPhase) or task.phase.relay is None:
+                raise UploadRejected("unknown_task", f"no gossip task {reply.task_id!r} is open")
+            task.phase.relay.receive(task, reply)
+
+        self._on_stage_reply(session, reply.task_id, "gossip", receive)
+
+    def _on_stage_reply(
+        self, session: Session, task_id: str, what: str, receive: Callable[[PendingTask], None]
+    ) -> None:
+        """A multi-stage task's message on the session stream: checked against its open task,
+        handed to `receive`; a refusal is recorded and told to the site."""
+        task = self._tasks.get(task_id)
+        try:
+            if task is None:
+                raise UploadRejected("unknown_task", f"no {what} task {task_id!r} is open")
+            if task.session_id != session.id:
+                raise UploadRejected(
+                    "wrong_session", f"task {task_id!r} was offered to another session"
+                )
+            if task.phase.closed:
+                raise UploadRejected("task_closed", f"task {task_id!r} has ended")
+            receive(task)
+        except UploadRejected as exc:
+            self.refuse(session, task_id, exc)
+            session.send(
+                pb.ServerMessage(
+                    notice=pb.Notice(task_id=task_id, code=exc.code, message=exc.message)
+                )
+            )
+
+    def relayed(self, session: Session, digest: str) -> bytes | None:
+        """A gossip ciphertext addressed to this session's site, if one is held."""
+        for phase in self._open_phases:
+            if isinstance(phase, GossipPhase) and phase.relay is not None:
+                data = phase.relay.parcel_for(session, digest)
+                if data is not None:
+                    return data
+        return None
+
+    def on_disconnect(self, session: Session) -> None:
+        """The site's open tasks will not be answered: record them so the round need not wait."""
+        for task in self._open_tasks(session):
+            if task.phase.secagg is not None:
+                task.phase.secagg.drop(task, "the site disconnected")
+            if task.state == "offered":
+                self.store.finish_participation(task.id, "lost", error="the site disconnected")
+                task.phase.finish(task)
+
+
+def _task_closed(task_id: str) -> UploadRejected:
+    return UploadRejected(
+        "task_closed", f"task {task_id!r} closed (its deadline passed or its run ended)"
+    )
