@@ -102,7 +102,7 @@ class Server:
             options=[*GRPC_OPTIONS, NO_PORT_SHARING], interceptors=[RefuseUndecodable()]
         )
         pb_grpc.add_FederationServicer_to_server(
-            FederationService(self.coordinator, cfg), self._grpc
+            FederationService(self.coordinator.services, cfg), self._grpc
         )
         certfile = keyfile = None
         try:

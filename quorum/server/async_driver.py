@@ -24,7 +24,6 @@ import logging
 import math
 import random
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,13 +46,11 @@ from quorum.server.rounds import (
     wait_for_sites,
 )
 from quorum.server.secure_fit import SecureFit, masked_layout
+from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import make_codec
-
-if TYPE_CHECKING:
-    from quorum.server.coordinator import Coordinator
 
 log = logging.getLogger("quorum.server")
 
@@ -62,9 +59,9 @@ POLL_S = 0.5
 
 
 class AsyncDriver:
-    def __init__(self, coordinator: Coordinator, record: RunRecord) -> None:
-        self.co = coordinator
-        self.store = coordinator.store
+    def __init__(self, services: RoundServices, record: RunRecord) -> None:
+        self.services = services
+        self.store = services.store
         self.run_id = record.id
         self.config = record.checked_config
         self.site_config = self.config.server_strategy().site_config()
@@ -99,7 +96,7 @@ class AsyncDriver:
         unit = "cohort" if cfg.secagg.enabled else f"{discarded} of {cfg.buffer_size} update(s)"
         reason = f"the server stopped with {unit} buffered; discarded"
         done, model, state = resume(
-            self.co,
+            self.services,
             self.run_id,
             cfg,
             lambda initial: self._new_buffer(initial.layout.numel, 0).state(),
@@ -120,13 +117,17 @@ class AsyncDriver:
         # Training starts once enough sites are there, as a sync round's would: the first
         # versions are not left to whichever site connected first.
         try:
-            await wait_for_sites(self.co, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s)
+            await wait_for_sites(
+                self.services, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s
+            )
         except RoundAborted:  # no round is open yet: nothing to abort
             self.store.set_run_status(self.run_id, "stopped", STOPPED)
             return
         # A site may still be downloading a model a few versions old: keep those.
-        kept = self.co.blobs.keep
-        self.co.blobs.keep = max(kept, 2 + min(cfg.max_concurrency or 64, cfg.max_staleness + 1))
+        kept = self.services.blobs.keep
+        self.services.blobs.keep = max(
+            kept, 2 + min(cfg.max_concurrency or 64, cfg.max_staleness + 1)
+        )
         log.info("event=run_started run_id=%s mode=async from_version=%d", self.run_id, done)
         self._evaluate_if_missing(done)
         try:
@@ -138,7 +139,7 @@ class AsyncDriver:
             for work in list(self.open):
                 work.cancel()
             await asyncio.gather(*self.open, return_exceptions=True)
-            self.co.blobs.keep = kept
+            self.services.blobs.keep = kept
         await wait_all(self.evaluations)
         if self.ended == STOPPED:
             self.store.set_run_status(self.run_id, "stopped", self.ended)
@@ -176,7 +177,7 @@ class AsyncDriver:
 
     def _end_reason(self) -> str | None:
         cfg = self.config
-        if self.co.stop_requested(self.run_id):
+        if self.services.stop_requested(self.run_id):
             return STOPPED
         if self.buffer.version >= cfg.rounds:
             return f"reached {cfg.rounds} server steps"
@@ -197,7 +198,7 @@ class AsyncDriver:
         now = time.monotonic()
         sites = [
             s
-            for s in task_sites(self.co, self.config.task)
+            for s in task_sites(self.services, self.config.task)
             if s.site not in self.busy
             and self.cooldown.get(s.site, (0, 0.0))[1] <= now
             and not (self.central is not None and s.site in self.in_buffer)
@@ -288,7 +289,7 @@ class AsyncDriver:
     def _fit_phase(self) -> Phase:
         version, model, vector, attempt = self.published
         phase = model_phase(
-            self.co,
+            self.services,
             "fit",
             self.run_id,
             version + 1,
@@ -306,7 +307,7 @@ class AsyncDriver:
     async def _fit(self, phase: Phase, session: Session) -> None:
         config = self._fit_config(phase.round, phase.round - 1)
         await run_phase(
-            self.co, phase, [session], config, self.config.task, self.config.round_timeout_s
+            self.services, phase, [session], config, self.config.task, self.config.round_timeout_s
         )
         if phase.results:
             self.cooldown.pop(session.site, None)
@@ -372,11 +373,11 @@ class AsyncDriver:
         if self.central is not None:
             noise, release = self.central.buffer_noise(self.layout.numel)
             # accounted before anything of the step is written: a crash counts it, never loses it
-            record_release(self.co, self.run_id, self.central, version, self.attempt, release)
+            record_release(self.services, self.run_id, self.central, version, self.attempt, release)
         state = self.buffer.propose(noise)
         values = self.buffer.stepped(self.model.values(), state)
-        model = write_model(self.co.checkpoints, self.run_id, version, self.model, values)
-        self.co.checkpoints.save(self.run_id, version, model, state)
+        model = write_model(self.services.checkpoints, self.run_id, version, self.model, values)
+        self.services.checkpoints.save(self.run_id, version, model, state)
         self.store.complete_round(
             self.run_id, version, self.attempt, model.digest, {"fit": fit_metrics}
         )
@@ -404,12 +405,12 @@ class AsyncDriver:
 
     async def _evaluate(self, version: int, attempt: int, model: BlobFile) -> None:
         cfg = self.config
-        sites = task_sites(self.co, cfg.task)
+        sites = task_sites(self.services, cfg.task)
         evaluators = self._rng.sample(sites, math.ceil(cfg.fraction_evaluate * len(sites)))
         if not evaluators:
             return
         phase = model_phase(
-            self.co,
+            self.services,
             "evaluate",
             self.run_id,
             version,
@@ -419,7 +420,7 @@ class AsyncDriver:
             cfg.max_num_examples,
         )
         config = FitConfig.for_evaluate(cfg.site_config, round_no=version)
-        await run_phase(self.co, phase, evaluators, config, cfg.task, cfg.evaluate_timeout_s)
+        await run_phase(self.services, phase, evaluators, config, cfg.task, cfg.evaluate_timeout_s)
         if phase.results:
             metrics = evaluate_metrics(phase.results)
             self.store.record_metrics(self.run_id, version, attempt, "evaluate", metrics)
@@ -465,7 +466,7 @@ class AsyncDriver:
                 version, model = self.buffer.version, self.model
                 attempt = self.store.start_round(self.run_id, round_no)
                 phase = model_phase(
-                    self.co,
+                    self.services,
                     "fit",
                     self.run_id,
                     round_no,
@@ -476,7 +477,7 @@ class AsyncDriver:
                 )
                 phases[:] = [phase]
                 rng = random.Random(f"{cfg.seed}/{round_no}/{attempt}")
-                secure = SecureFit(self.co, phase, cohort, cfg, rng, self.layout.numel)
+                secure = SecureFit(self.services, phase, cohort, cfg, rng, self.layout.numel)
                 try:
                     delta, _, summed = await secure.run(
                         self._fit_config(round_no, version), cfg.task
@@ -521,7 +522,7 @@ class AsyncDriver:
     async def _refill(self, cohort: list[Session]) -> None:
         """Keeps the cohort's connected sites and tops it up to `buffer_size` with free ones,
         so that its round (the cohort's place in the order of steps) is kept."""
-        alive = [s for s in cohort if self.co.sessions.get(s.id) is not None]
+        alive = [s for s in cohort if self.services.sessions.get(s.id) is not None]
         self.busy -= {s.site for s in cohort} - {s.site for s in alive}
         cohort[:] = alive
         while len(cohort) < self.config.buffer_size:

@@ -17,6 +17,7 @@ from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.gossip_driver import GossipDriver
 from quorum.server.rounds import STOPPED
+from quorum.server.services import RoundServices
 from quorum.server.sessions import SessionRegistry
 from quorum.server.store import RunRecord, Store
 from quorum.server.sync_driver import SyncDriver
@@ -57,6 +58,9 @@ class Coordinator:
         self._wakeup = asyncio.Event()
         self._stop_requested: set[str] = set()
         self.current_run: str | None = None
+        self.services = RoundServices(
+            store, checkpoints, blob_store, sessions, self.book, self.stop_requested
+        )
 
     # ---- runs ----
 
@@ -103,7 +107,7 @@ class Coordinator:
         """The round loop of the run's mode."""
         mode = record.checked_config.mode
         if mode == "async":
-            return AsyncDriver(self, record)
+            return AsyncDriver(self.services, record)
         if mode == "gossip":
-            return GossipDriver(self, record)
-        return SyncDriver(self, record)
+            return GossipDriver(self.services, record)
+        return SyncDriver(self.services, record)

@@ -16,7 +16,7 @@ from quorum.errors import AuthError, UploadRejected
 from quorum.identity import verify_join
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
-from quorum.server.coordinator import Coordinator
+from quorum.server.services import RoundServices
 from quorum.server.sessions import Session as SiteSession
 from quorum.wire import blobs
 
@@ -28,10 +28,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
     def __init__(
         self,
-        coordinator: Coordinator,
+        services: RoundServices,
         config: ServerConfig,
     ) -> None:
-        self.co = coordinator
+        self.services = services
         self.server_id = config.server_id
         self.heartbeat_interval_s = config.heartbeat_interval_s
         self.session_timeout_s = config.session_timeout_s
@@ -63,9 +63,9 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         finally:
             reader.cancel()
             watchdog.cancel()
-            self.co.sessions.drop(session)
-            self.co.book.on_disconnect(session)
-            self.co.store.event("site_disconnected", site=session.site)
+            self.services.sessions.drop(session)
+            self.services.book.on_disconnect(session)
+            self.services.store.event("site_disconnected", site=session.site)
             log.info("event=site_disconnected site=%s", session.site)
 
     async def _join(
@@ -77,10 +77,10 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             return None
         if first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
-        site = self.co.store.site_by_key(first.hello.public_key)
+        site = self.services.store.site_by_key(first.hello.public_key)
         if site is None or not site.active:
             reason = "is not registered" if site is None else "was revoked"
-            self.co.store.event("join_refused", reason=reason)
+            self.services.store.event("join_refused", reason=reason)
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"this site key {reason}; ask the operator to run `quorum site add`",
@@ -98,10 +98,10 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         except (StopAsyncIteration, TimeoutError):
             return None
         except AuthError as exc:
-            self.co.store.event("join_refused", site=site.name, reason=str(exc))
+            self.services.store.event("join_refused", site=site.name, reason=str(exc))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        session = self.co.sessions.open(site.name, first.hello.task)
-        self.co.store.event("site_joined", site=site.name, task=first.hello.task)
+        session = self.services.sessions.open(site.name, first.hello.task)
+        self.services.store.event("site_joined", site=site.name, task=first.hello.task)
         log.info("event=site_joined site=%s task=%s", site.name, first.hello.task)
         return session
 
@@ -111,11 +111,11 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 session.last_seen = time.monotonic()
                 kind = message.WhichOneof("kind")
                 if kind == "result":
-                    self.co.book.on_result(session, message.result)
+                    self.services.book.on_result(session, message.result)
                 elif kind == "secagg":
-                    self.co.book.on_secagg(session, message.secagg)
+                    self.services.book.on_secagg(session, message.secagg)
                 elif kind == "gossip":
-                    self.co.book.on_gossip(session, message.gossip)
+                    self.services.book.on_gossip(session, message.gossip)
                 elif kind != "heartbeat":
                     session.send(
                         pb.ServerMessage(
@@ -140,12 +140,12 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
     async def Download(
         self, request: pb.DownloadRequest, context: Context
     ) -> AsyncIterator[pb.BlobChunk]:
-        session = self.co.sessions.get(request.session_id)
+        session = self.services.sessions.get(request.session_id)
         if session is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or closed session")
         assert session is not None  # abort raised otherwise
-        model = self.co.blobs.get(request.digest)
-        parcel = None if model is not None else self.co.book.relayed(session, request.digest)
+        model = self.services.blobs.get(request.digest)
+        parcel = None if model is not None else self.services.book.relayed(session, request.digest)
         size = len(model) if model is not None else len(parcel) if parcel is not None else -1
         if size < 0:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.digest!r} is served")
@@ -161,7 +161,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 yield pb.BlobChunk(offset=offset, total_size=size, data=bytes(chunk))
                 offset += len(chunk)
                 sent += len(chunk)
-        self.co.book.on_download(session, request.digest, sent, relayed=parcel is not None)
+        self.services.book.on_download(session, request.digest, sent, relayed=parcel is not None)
 
     async def Upload(
         self, request_iterator: AsyncIterator[pb.UploadMessage], context: Context
@@ -178,19 +178,21 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             )
             return
         header = first.header
-        session = self.co.sessions.get(header.session_id)
+        session = self.services.sessions.get(header.session_id)
         try:
             if session is None:
                 raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
-            task = self.co.book.admit_upload(session, header)
+            task = self.services.book.admit_upload(session, header)
             async with self._inflight:
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
                 data = await _receive(incoming, header.size)
-                await self.co.book.complete_upload(task, header, data)
+                await self.services.book.complete_upload(task, header, data)
         except UploadRejected as exc:
-            self.co.book.refuse(session, header.task_id, exc, claimed=(header.run_id, header.round))
+            self.services.book.refuse(
+                session, header.task_id, exc, claimed=(header.run_id, header.round)
+            )
             yield _refused(exc)
             return
         yield pb.UploadReply(receipt=pb.UploadReceipt(accepted=True))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,20 +37,18 @@ from quorum.fitconfig import FitConfig
 from quorum.server.gossip_relay import GossipPhase, GossipRound, check_cohort
 from quorum.server.phases import RoundAborted
 from quorum.server.rounds import play_rounds, task_sites, wait_for_sites
+from quorum.server.services import RoundServices
 from quorum.server.store import RunRecord
 from quorum.task import load_task
 from quorum.wire.blobfiles import BlobFile
-
-if TYPE_CHECKING:
-    from quorum.server.coordinator import Coordinator
 
 log = logging.getLogger("quorum.server")
 
 
 class GossipDriver:
-    def __init__(self, coordinator: Coordinator, record: RunRecord) -> None:
-        self.co = coordinator
-        self.store = coordinator.store
+    def __init__(self, services: RoundServices, record: RunRecord) -> None:
+        self.services = services
+        self.store = services.store
         self.run_id = record.id
         self.config = record.checked_config
 
@@ -60,25 +57,27 @@ class GossipDriver:
         done = self.store.last_completed_round(self.run_id)
         if self.store.abort_interrupted_rounds(self.run_id, "the server stopped during the round"):
             log.warning("event=round_recovered run_id=%s resume_after=%d", self.run_id, done)
-        if not self.co.checkpoints.exists(self.run_id, 0):
+        if not self.services.checkpoints.exists(self.run_id, 0):
             initial = load_task(cfg.task).initial_parameters(cfg.seed)
-            staged = self.co.checkpoints.stage_params(self.run_id, 0, initial)
-            self.co.checkpoints.save(self.run_id, 0, staged, {})
+            staged = self.services.checkpoints.stage_params(self.run_id, 0, initial)
+            self.services.checkpoints.save(self.run_id, 0, staged, {})
         # The initial model is public (every site could compute it); it is the only model the
         # server ever holds.
-        model, _ = self.co.checkpoints.open(self.run_id, 0)
+        model, _ = self.services.checkpoints.open(self.run_id, 0)
         self.store.set_run_status(self.run_id, "running")
         log.info("event=run_started run_id=%s mode=gossip from_round=%d", self.run_id, done + 1)
 
         async def play(round_no: int, attempt: int) -> None:
             await self._round(round_no, attempt, model)
 
-        await play_rounds(self.co, self.run_id, done + 1, cfg.rounds, play)
+        await play_rounds(self.services, self.run_id, done + 1, cfg.rounds, play)
 
     async def _round(self, round_no: int, attempt: int, model: BlobFile) -> None:
         cfg = self.config
-        await wait_for_sites(self.co, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s)
-        cohort = task_sites(self.co, cfg.task)
+        await wait_for_sites(
+            self.services, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s
+        )
+        cohort = task_sites(self.services, cfg.task)
         check_cohort([s.site for s in cohort], cfg.min_fit_sites)
         try:
             mixing = gossip.mixing(
@@ -91,12 +90,12 @@ class GossipDriver:
             run_id=self.run_id,
             round=round_no,
             attempt=attempt,
-            model_digest=self.co.blobs.put(model),
+            model_digest=self.services.blobs.put(model),
             model_size=len(model),
             layout=model.layout,
             max_num_examples=cfg.max_num_examples,
         )
-        relay = GossipRound(self.co, phase, cohort, cfg, mixing)
+        relay = GossipRound(self.services, phase, cohort, cfg, mixing)
         fit_config = FitConfig.for_fit(
             {**cfg.site_config, **self._decayed_lr(round_no)},
             round_no=round_no,

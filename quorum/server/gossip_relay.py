@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from quorum.aggregation.gossip import Mixing
 from quorum.config import RunConfig
@@ -28,11 +28,9 @@ from quorum.privacy import gossip_channel as channel
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
 from quorum.server.phases import PendingTask, Phase, RoundAborted
+from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 from quorum.wire import blobs
-
-if TYPE_CHECKING:
-    from quorum.server.coordinator import Coordinator
 
 STAGES = ("keys", "send", "mix")
 _MESSAGE_OF_STAGE = {"keys": "key", "mix": "report"}
@@ -41,9 +39,8 @@ LEFT = "the site left the round (it disconnected, failed or was refused)"
 
 @dataclass(eq=False)
 class GossipPhase(Phase):
-    """A fit phase whose tasks are a gossip round's: the relay runs its stages."""
-
-    relay: GossipRound | None = None
+    """A fit phase whose tasks are a gossip round's: the relay (`Phase.relay`) runs its
+    stages."""
 
     def ends_on_refusal(self, code: str) -> bool:
         # A parcel that missed the send deadline is not relayed, but its site still mixes what
@@ -63,19 +60,19 @@ class Parcel:
 class GossipRound:
     def __init__(
         self,
-        coordinator: Coordinator,
+        services: RoundServices,
         phase: GossipPhase,
         cohort: list[Session],
         config: RunConfig,
         mixing: Mixing,
     ) -> None:
-        self.co = coordinator
+        self.services = services
         self.phase = phase
         self.cohort = cohort
         self.config = config
         self.mixing = mixing
         self.names = [s.site for s in cohort]
-        self.identity_keys = [coordinator.store.site(name).public_key for name in self.names]
+        self.identity_keys = [services.store.site(name).public_key for name in self.names]
         n = len(cohort)
         # Site i mixes the models of the sites in its row: each of them sends to i.
         self.senders = {
@@ -102,7 +99,7 @@ class GossipRound:
         """Runs the round's stages; the sites' reports are in `reports` afterwards."""
         settings = self.config
         try:
-            self.co.book.open_phase(
+            self.services.book.open_phase(
                 self.phase,
                 self.cohort,
                 config,
@@ -126,7 +123,7 @@ class GossipRound:
         finally:
             self.stage = "done"
             self.phase.closed = True
-            self.co.book.close_phase(self.phase)
+            self.services.book.close_phase(self.phase)
             # The ciphertexts are let go with the round.
             self.parcels.clear()
 
@@ -224,7 +221,7 @@ class GossipRound:
         stage.task_id = self.tasks[i].id
         self.cohort[i].send(pb.ServerMessage(gossip=stage))
 
-    # ---- what the sites send (called by the coordinator) ----
+    # ---- what the sites send (called by the task book) ----
 
     def receive(self, task: PendingTask, reply: pb.GossipReply) -> None:
         """A site's round key or its report; raises UploadRejected."""
@@ -274,7 +271,7 @@ class GossipRound:
                 raise UploadRejected("gossip_protocol", f"a skip of non-neighbour {s.index}")
         self.reports[i] = report
         named = {f"distance_to:{self.names[d.index]}": d.distance for d in report.distances}
-        self.co.store.finish_participation(
+        self.services.store.finish_participation(
             task.id,
             "ok",
             num_examples=int(report.num_examples),
@@ -285,7 +282,7 @@ class GossipRound:
         phase = self.phase
         for s in report.skipped:
             code, _, message = s.reason.partition(": ")
-            self.co.store.reject(
+            self.services.store.reject(
                 code or "skipped",
                 f"{self.names[i]} did not mix the model of {self.names[s.index]}: "
                 f"{message or s.reason}",
@@ -295,7 +292,7 @@ class GossipRound:
                 site=self.names[i],
                 task_id=task.id,
             )
-            self.co.store.event(
+            self.services.store.event(
                 "gossip_pair_skipped",
                 run_id=phase.run_id,
                 round=phase.round,
@@ -330,7 +327,7 @@ class GossipRound:
         self, task: PendingTask, header: pb.UploadHeader, data: blobs.Buffer
     ) -> None:
         """Keeps a received ciphertext for its receiver, exactly as it arrived."""
-        if self.co.sessions.get(task.session_id) is None:
+        if self.services.sessions.get(task.session_id) is None:
             raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
         if len(data) != header.size:
             raise UploadRejected(

@@ -10,19 +10,47 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from quorum.aggregation import UpdateSum
 from quorum.errors import QuorumError
+from quorum.proto import federation_pb2 as pb
+from quorum.server.sessions import Session
+from quorum.wire import blobs
 from quorum.wire.blobs import Layout
 from quorum.wire.codecs import Codec
 
-if TYPE_CHECKING:
-    from quorum.server.secure_fit import SecureFit
-
 Kind = Literal["fit", "evaluate"]
+
+
+class SecureStages(Protocol):
+    """A secure-aggregation fit phase's protocol (`quorum.server.secure_fit.SecureFit`): the
+    task book hands it what the phase's sites send."""
+
+    def admit_masked(self, task: PendingTask, metrics: dict[str, float]) -> None: ...
+
+    async def add_masked(self, task: PendingTask, data: blobs.Buffer, layout: Layout) -> None: ...
+
+    def drop(self, task: PendingTask, reason: str) -> None: ...
+
+    def receive(self, task: PendingTask, reply: pb.SecAggReply) -> None: ...
+
+
+class Relay(Protocol):
+    """A gossip round's relay (`quorum.server.gossip_relay.GossipRound`): the task book hands it
+    the round's parcels and replies, and asks it for a site's parcels."""
+
+    def admit_parcel(self, task: PendingTask, header: pb.UploadHeader) -> None: ...
+
+    async def add_parcel(
+        self, task: PendingTask, header: pb.UploadHeader, data: blobs.Buffer
+    ) -> None: ...
+
+    def receive(self, task: PendingTask, reply: pb.GossipReply) -> None: ...
+
+    def parcel_for(self, session: Session, digest: str) -> bytes | None: ...
 
 
 async def fold_in_thread(fold: Callable[[], None]) -> None:
@@ -78,7 +106,9 @@ class Phase:
     """How a fit phase's uploads are encoded (the run's compression); None: plain models."""
     reference: np.ndarray | None = None
     """The flat model a compressed fit phase serves: its uploads are deltas from it."""
-    secagg: SecureFit | None = None
+    secagg: SecureStages | None = None
+    relay: Relay | None = None
+    """Set on a gossip round's fit phase: its tasks are the relay's."""
     tasks: dict[str, PendingTask] = field(default_factory=dict)
     results: list[SiteResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,13 +16,11 @@ from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.accounting import appended
 from quorum.privacy.dp.central import CentralDP, RoundRelease, history_of
 from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed, SiteResult
+from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 from quorum.task import load_task
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
-
-if TYPE_CHECKING:
-    from quorum.server.coordinator import Coordinator
 
 log = logging.getLogger("quorum.server")
 
@@ -32,7 +29,11 @@ STOPPED = "stopped by an operator"
 
 
 async def play_rounds(
-    co: Coordinator, run_id: str, first: int, last: int, play: Callable[[int, int], Awaitable[None]]
+    services: RoundServices,
+    run_id: str,
+    first: int,
+    last: int,
+    play: Callable[[int, int], Awaitable[None]],
 ) -> None:
     """Plays rounds `first`..`last` in order with `play(round, attempt)`, then marks the run
     completed. A round that raises RoundAborted is recorded as aborted with its reason and
@@ -41,18 +42,18 @@ async def play_rounds(
     stop ends the run before the next round."""
     round_no, failures = first, 0
     while round_no <= last:
-        if co.stop_requested(run_id):
-            co.store.set_run_status(run_id, "stopped", STOPPED)
+        if services.stop_requested(run_id):
+            services.store.set_run_status(run_id, "stopped", STOPPED)
             return
-        attempt = co.store.start_round(run_id, round_no)
+        attempt = services.store.start_round(run_id, round_no)
         try:
             await play(round_no, attempt)
         except RoundAborted as exc:
-            co.store.abort_round(run_id, round_no, attempt, str(exc))
+            services.store.abort_round(run_id, round_no, attempt, str(exc))
             log.warning("event=round_aborted run_id=%s round=%d reason=%s", run_id, round_no, exc)
             if isinstance(exc, RunFailed):
                 raise QuorumError(str(exc)) from None
-            if co.stop_requested(run_id):
+            if services.stop_requested(run_id):
                 continue  # stopped, not failed: the loop's top ends the run
             failures += 1
             if failures >= MAX_ROUND_ATTEMPTS:
@@ -62,20 +63,20 @@ async def play_rounds(
             continue
         failures = 0
         round_no += 1
-    co.store.set_run_status(run_id, "completed")
+    services.store.set_run_status(run_id, "completed")
     log.info("event=run_completed run_id=%s", run_id)
 
 
-async def wait_for_sites(co: Coordinator, run_id: str, count: int, timeout: float) -> None:
+async def wait_for_sites(services: RoundServices, run_id: str, count: int, timeout: float) -> None:
     """A round's wait for `count` connected sites (or `timeout`); an operator's stop ends the
     wait, and the attempt, at once."""
-    await co.sessions.wait_for(count, timeout, unless=lambda: co.stop_requested(run_id))
-    if co.stop_requested(run_id):
+    await services.sessions.wait_for(count, timeout, unless=lambda: services.stop_requested(run_id))
+    if services.stop_requested(run_id):
         raise RoundAborted(STOPPED)
 
 
 def record_release(
-    co: Coordinator,
+    services: RoundServices,
     run_id: str,
     central: CentralDP,
     round_no: int,
@@ -85,19 +86,19 @@ def record_release(
     """Stores a central-DP release with its attempt at once, as the attempt's `central_dp`
     metrics (ε over every release so far): the store is the accountant's record, so a restart
     counts every release, whatever became of its round, and nothing twice."""
-    released = [m for _, _, m in co.store.phase_metrics(run_id, "central_dp")]
+    released = [m for _, _, m in services.store.phase_metrics(run_id, "central_dp")]
     history = appended(history_of(released), release.entry())
     metrics = central.metrics(release, history)
-    co.store.record_metrics(run_id, round_no, attempt, "central_dp", metrics)
+    services.store.record_metrics(run_id, round_no, attempt, "central_dp", metrics)
 
 
-def task_sites(co: Coordinator, task: str) -> list[Session]:
+def task_sites(services: RoundServices, task: str) -> list[Session]:
     """Connected sites whose agents run `task`."""
-    return [s for s in co.sessions.connected() if s.task == task]
+    return [s for s in services.sessions.connected() if s.task == task]
 
 
 def resume(
-    co: Coordinator,
+    services: RoundServices,
     run_id: str,
     config: RunConfig,
     initial_state: Callable[[BlobFile], Mapping[str, np.ndarray]],
@@ -106,27 +107,31 @@ def resume(
     """(last completed round, its model, its strategy state). The first start checkpoints the
     task's initial model as round 0 with `initial_state(model)`; a restart records the round it
     interrupted as aborted with the reason `interrupted`."""
-    done = co.store.last_completed_round(run_id)
-    if co.store.abort_interrupted_rounds(run_id, interrupted):
+    done = services.store.last_completed_round(run_id)
+    if services.store.abort_interrupted_rounds(run_id, interrupted):
         log.warning("event=round_recovered run_id=%s resume_after=%d", run_id, done)
-    if done == 0 and not co.checkpoints.exists(run_id, 0):
+    if done == 0 and not services.checkpoints.exists(run_id, 0):
         initial = load_task(config.task).initial_parameters(config.seed)
-        staged = co.checkpoints.stage_params(run_id, 0, initial)
-        co.checkpoints.save(run_id, 0, staged, initial_state(staged))
-    model, state = co.checkpoints.open(run_id, done)
+        staged = services.checkpoints.stage_params(run_id, 0, initial)
+        services.checkpoints.save(run_id, 0, staged, initial_state(staged))
+    model, state = services.checkpoints.open(run_id, done)
     if done:
-        check_checkpoint(co, run_id, done, model, state)
+        check_checkpoint(services, run_id, done, model, state)
     return done, model, state
 
 
 def check_checkpoint(
-    co: Coordinator, run_id: str, round_no: int, model: BlobFile, state: Mapping[str, np.ndarray]
+    services: RoundServices,
+    run_id: str,
+    round_no: int,
+    model: BlobFile,
+    state: Mapping[str, np.ndarray],
 ) -> None:
     """A checkpoint damaged on disk is never served: its model must hash to the digest the
     store recorded when the round completed, and hold finite values, as its strategy state
     must. Fails the run with the file's name and what to do."""
-    path = co.checkpoints.model_path(run_id, round_no)
-    recorded = co.store.round_detail(run_id, round_no).model_digest
+    path = services.checkpoints.model_path(run_id, round_no)
+    recorded = services.store.round_detail(run_id, round_no).model_digest
     problem = None
     if recorded and model.digest != recorded:
         problem = "does not hash to the digest recorded when the round completed"
@@ -143,7 +148,7 @@ def check_checkpoint(
 
 
 def model_phase(
-    co: Coordinator,
+    services: RoundServices,
     kind: Kind,
     run_id: str,
     round_no: int,
@@ -159,7 +164,7 @@ def model_phase(
             "the model to send holds NaN or infinite values (the server step diverged); "
             "it was not sent"
         )
-    digest = co.blobs.put(model)
+    digest = services.blobs.put(model)
     return Phase(
         kind=kind,
         run_id=run_id,
@@ -173,7 +178,7 @@ def model_phase(
 
 
 async def run_phase(
-    co: Coordinator,
+    services: RoundServices,
     phase: Phase,
     sessions: list[Session],
     config: FitConfig,
@@ -181,11 +186,11 @@ async def run_phase(
     timeout: float,
 ) -> None:
     """Offers the phase's tasks and waits until they are answered or the deadline passes."""
-    co.book.open_phase(phase, sessions, config, task, timeout)
+    services.book.open_phase(phase, sessions, config, task, timeout)
     try:
         await phase.wait(timeout)
     finally:
-        co.book.close_phase(phase)
+        services.book.close_phase(phase)
 
 
 def evaluate_metrics(results: list[SiteResult]) -> dict[str, float]:

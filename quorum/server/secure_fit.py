@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from quorum.privacy.secagg import (
 )
 from quorum.proto import federation_pb2 as pb
 from quorum.server.phases import PendingTask, Phase, RoundAborted, fold_in_thread
+from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 from quorum.wire import blobs
 from quorum.wire.secagg import (
@@ -44,9 +45,6 @@ from quorum.wire.secagg import (
     shares_from_pb,
     shares_to_pb,
 )
-
-if TYPE_CHECKING:
-    from quorum.server.coordinator import Coordinator
 
 T = TypeVar("T")
 
@@ -71,7 +69,7 @@ def threshold_for(setting: int | float, neighbourhood: int) -> int:
 class SecureFit:
     def __init__(
         self,
-        coordinator: Coordinator,
+        services: RoundServices,
         phase: Phase,
         cohort: list[Session],
         config: RunConfig,
@@ -82,12 +80,12 @@ class SecureFit:
         """`dp_noise` = (clipping norm, noise standard deviation per site) of distributed DP:
         every site clips its update and adds its share of the noise, and counts once."""
         settings = config.secagg
-        self.co = coordinator
+        self.services = services
         self.phase = phase
         self.settings = settings
         self.cohort = cohort
         self.names = [s.site for s in cohort]
-        self.identity_keys = [coordinator.store.site(name).public_key for name in self.names]
+        self.identity_keys = [services.store.site(name).public_key for name in self.names]
         n = len(cohort)
         self.graph = neighbours(n, settings.neighbours, rng)
         smallest = min(len(g) for g in self.graph) + 1
@@ -124,7 +122,7 @@ class SecureFit:
         number of sites summed). Raises RoundAborted when the sum cannot be recovered."""
         try:
             self.server = self._check_cohort()
-            self.co.book.open_phase(
+            self.services.book.open_phase(
                 self.phase,
                 self.cohort,
                 config,
@@ -144,7 +142,7 @@ class SecureFit:
             finally:
                 self.stage = "done"
                 self.phase.closed = True
-                self.co.book.close_phase(self.phase)
+                self.services.book.close_phase(self.phase)
                 # The phase is remembered with its tasks (to refuse late answers): it lets go of
                 # the round's sum and ciphertexts.
                 self.server = None
@@ -164,7 +162,7 @@ class SecureFit:
             self.report["recovered"] = True
             self.report["survivors"] = count
         finally:
-            self.co.store.set_round_secagg(
+            self.services.store.set_round_secagg(
                 self.phase.run_id, self.phase.round, self.phase.attempt, self.report
             )
         return mean, weight, count
@@ -306,7 +304,7 @@ class SecureFit:
             )
         )
 
-    # ---- what the sites send (called by the coordinator) ----
+    # ---- what the sites send (called by the task book) ----
 
     def receive(self, task: PendingTask, reply: pb.SecAggReply) -> None:
         """A site's keys, shares or unmask shares; raises UploadRejected."""

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import random
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,22 +35,20 @@ from quorum.server.rounds import (
     weighted,
 )
 from quorum.server.secure_fit import SecureFit, masked_layout
+from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 from quorum.server.store import RunRecord
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import make_codec
 
-if TYPE_CHECKING:
-    from quorum.server.coordinator import Coordinator
-
 log = logging.getLogger("quorum.server")
 
 
 class SyncDriver:
-    def __init__(self, coordinator: Coordinator, record: RunRecord) -> None:
-        self.co = coordinator
-        self.store = coordinator.store
+    def __init__(self, services: RoundServices, record: RunRecord) -> None:
+        self.services = services
+        self.store = services.store
         self.run_id = record.id
         self.config = record.checked_config
         self.strategy = self.config.server_strategy()
@@ -61,7 +58,7 @@ class SyncDriver:
     async def run(self) -> None:
         cfg = self.config
         done, model, state = resume(
-            self.co,
+            self.services,
             self.run_id,
             cfg,
             lambda _: self._state(),
@@ -75,13 +72,15 @@ class SyncDriver:
             nonlocal model
             model = await self._round(round_no, attempt, model)
 
-        await play_rounds(self.co, self.run_id, done + 1, cfg.rounds, play)
+        await play_rounds(self.services, self.run_id, done + 1, cfg.rounds, play)
 
     async def _round(self, round_no: int, attempt: int, model: BlobFile) -> BlobFile:
         cfg = self.config
         layout = model.layout
-        await wait_for_sites(self.co, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s)
-        available = task_sites(self.co, cfg.task)
+        await wait_for_sites(
+            self.services, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s
+        )
+        available = task_sites(self.services, cfg.task)
         if len(available) < cfg.min_fit_sites:
             raise RoundAborted(
                 f"{len(available)} site(s) connected for task {cfg.task!r}; min_fit_sites is "
@@ -109,7 +108,7 @@ class SyncDriver:
             noise = None
             if self.central is not None:
                 noise = (self.central.clipping_norm, self.central.site_noise_stddev(len(cohort)))
-            secure = SecureFit(self.co, fit, cohort, cfg, rng, layout.numel, noise)
+            secure = SecureFit(self.services, fit, cohort, cfg, rng, layout.numel, noise)
             try:
                 delta, examples, accepted = await secure.run(fit_config, cfg.task)
             finally:
@@ -140,7 +139,7 @@ class SyncDriver:
             accepted, weight = total.count, total.total_weight
         new_model = await asyncio.to_thread(
             write_model,
-            self.co.checkpoints,
+            self.services.checkpoints,
             self.run_id,
             round_no,
             model,
@@ -156,7 +155,7 @@ class SyncDriver:
         }
 
         connected = task_sites(
-            self.co, cfg.task
+            self.services, cfg.task
         )  # sites that joined during the fit phase evaluate too
         evaluators = rng.sample(connected, math.ceil(cfg.fraction_evaluate * len(connected)))
         if evaluators:
@@ -170,7 +169,7 @@ class SyncDriver:
             if ev.results:
                 metrics["evaluate"] = evaluate_metrics(ev.results)
 
-        self.co.checkpoints.save(self.run_id, round_no, new_model, self._state())
+        self.services.checkpoints.save(self.run_id, round_no, new_model, self._state())
         self.store.complete_round(self.run_id, round_no, attempt, new_model.digest, metrics)
         log.info(
             "event=round_completed run_id=%s round=%d updates=%d metrics=%s",
@@ -184,7 +183,7 @@ class SyncDriver:
     async def _account(self, round_no: int, attempt: int, release: RoundRelease) -> None:
         assert self.central is not None
         await asyncio.to_thread(
-            record_release, self.co, self.run_id, self.central, round_no, attempt, release
+            record_release, self.services, self.run_id, self.central, round_no, attempt, release
         )
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -231,7 +230,7 @@ class SyncDriver:
         self, kind: Kind, round_no: int, attempt: int, model: BlobFile, layout: blobs.Layout
     ) -> Phase:
         return model_phase(
-            self.co,
+            self.services,
             kind,
             self.run_id,
             round_no,
@@ -244,7 +243,7 @@ class SyncDriver:
     async def _run_phase(
         self, phase: Phase, sessions: list[Session], config: FitConfig, timeout: float
     ) -> None:
-        await run_phase(self.co, phase, sessions, config, self.config.task, timeout)
+        await run_phase(self.services, phase, sessions, config, self.config.task, timeout)
 
     @staticmethod
     def _sample(

@@ -17,7 +17,6 @@ from quorum.errors import UploadRejected
 from quorum.fitconfig import FitConfig
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
-from quorum.server.gossip_relay import GossipPhase
 from quorum.server.phases import PendingTask, Phase, SiteResult, fold_in_thread
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import Store
@@ -141,8 +140,8 @@ class TaskBook:
         """Checks an upload's header before any of its bytes are read."""
         task = self._task_for(session, header.task_id, header.run_id, header.round)
         phase = task.phase
-        if isinstance(phase, GossipPhase) or header.HasField("gossip"):
-            if not isinstance(phase, GossipPhase) or phase.relay is None:
+        if phase.relay is not None or header.HasField("gossip"):
+            if phase.relay is None:
                 raise UploadRejected("not_gossip", f"task {task.id!r} is not a gossip round's")
             phase.relay.admit_parcel(task, header)  # the task stays open for more parcels
             return task
@@ -164,7 +163,7 @@ class TaskBook:
     ) -> None:
         """Validates the bytes and folds them into the round's sum; raises UploadRejected."""
         phase = task.phase
-        if isinstance(phase, GossipPhase) and phase.relay is not None:
+        if phase.relay is not None:
             await phase.relay.add_parcel(task, header, data)  # a sealed model, kept as is
             return
         if self.sessions.get(task.session_id) is None:
@@ -354,7 +353,7 @@ class TaskBook:
         gossip parcel for the site's open gossip task."""
         for task in self._open_tasks(session):
             phase = task.phase
-            if (relayed and isinstance(phase, GossipPhase)) or phase.model_digest == digest:
+            if (relayed and phase.relay is not None) or phase.model_digest == digest:
                 self.store.add_bytes_out(task.id, nbytes)
                 return
 
@@ -374,7 +373,7 @@ class TaskBook:
         """A gossip round's message: a site's signed round key, or its report."""
 
         def receive(task: PendingTask) -> None:
-            if not isinstance(task.phase, GossipPhase) or task.phase.relay is None:
+            if task.phase.relay is None:
                 raise UploadRejected("unknown_task", f"no gossip task {reply.task_id!r} is open")
             task.phase.relay.receive(task, reply)
 
@@ -407,7 +406,7 @@ class TaskBook:
     def relayed(self, session: Session, digest: str) -> bytes | None:
         """A gossip ciphertext addressed to this session's site, if one is held."""
         for phase in self._open_phases:
-            if isinstance(phase, GossipPhase) and phase.relay is not None:
+            if phase.relay is not None:
                 data = phase.relay.parcel_for(session, digest)
                 if data is not None:
                     return data
