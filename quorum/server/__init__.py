@@ -1,1 +1,2 @@
-"""The server: federation service, sessions, coordinator and drivers, state store, checkpoints."""
+"""The server: federation service, sessions, the run queue (coordinator), the task book, the
+round services and drivers, state store, checkpoints."""

@@ -264,5 +264,5 @@ def test_a_model_holding_nan_is_never_sent_to_the_sites(tmp_path: pathlib.Path) 
         blobs.write({"w": np.array([1.0, np.nan], np.float32)}, writer)
         model = writer.finish()
     with pytest.raises(RoundAborted, match="NaN or infinite values"):
-        # The check comes before the coordinator is used: none is needed to reach it.
+        # The check comes before the round services are used: none are needed to reach it.
         model_phase(None, "evaluate", "run-x", 1, 1, model, model.layout, 10)  # type: ignore[arg-type]
