@@ -18,6 +18,7 @@ from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session as SiteSession
+from quorum.server.upload_budget import UploadBudget
 from quorum.wire import blobs
 
 log = logging.getLogger("quorum.server")
@@ -35,7 +36,9 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         self.server_id = config.server_id
         self.heartbeat_interval_s = config.heartbeat_interval_s
         self.session_timeout_s = config.session_timeout_s
-        self._inflight = asyncio.Semaphore(config.max_inflight_uploads)
+        self._uploads = UploadBudget(
+            config.max_inflight_uploads, config.max_inflight_upload_mb * 1_000_000
+        )
         self._downloads = asyncio.Semaphore(config.max_inflight_downloads)
 
     async def Session(
@@ -183,7 +186,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             if session is None:
                 raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
             task = self.services.book.admit_upload(session, header)
-            async with self._inflight:
+            async with self._uploads.hold(header.size):
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
