@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -19,6 +20,7 @@ from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session as SiteSession
 from quorum.server.upload_budget import UploadBudget
+from quorum.server.validation import Received
 from quorum.wire import blobs
 
 log = logging.getLogger("quorum.server")
@@ -190,8 +192,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
-                data = await _receive(incoming, header.size)
-                await self.services.book.complete_upload(task, header, data)
+                upload = await _receive(incoming, header.size)
+                await self.services.book.complete_upload(task, header, upload)
         except UploadRejected as exc:
             self.services.book.refuse(
                 session, header.task_id, exc, claimed=(header.run_id, header.round)
@@ -201,10 +203,12 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         yield pb.UploadReply(receipt=pb.UploadReceipt(accepted=True))
 
 
-async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> bytearray:
+async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> Received:
     buffer = bytearray(size)
     view = memoryview(buffer)
     received = 0
+    sha = hashlib.sha256()
+    hashing: asyncio.Future[None] | None = None
     async for message in incoming:
         if message.WhichOneof("kind") != "chunk":
             raise UploadRejected("bad_chunk", "a second header arrived inside the upload")
@@ -213,9 +217,17 @@ async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> byte
             raise UploadRejected("oversized", f"upload exceeds its declared size of {size} bytes")
         view[received : received + len(chunk)] = chunk
         received += len(chunk)
+        # Each chunk is hashed in a worker thread (hashlib lets go of the GIL) while the next
+        # one arrives, in order: the digest is ready with the last byte, and checking it is no
+        # second pass over the upload.
+        if hashing is not None:
+            await hashing
+        hashing = asyncio.ensure_future(asyncio.to_thread(sha.update, chunk))
+    if hashing is not None:
+        await hashing
     if received != size:
         raise UploadRejected("size_mismatch", f"received {received} bytes, header declared {size}")
-    return buffer
+    return Received(buffer, sha.hexdigest())
 
 
 def _refused(exc: UploadRejected) -> pb.UploadReply:

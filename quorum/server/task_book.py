@@ -159,9 +159,10 @@ class TaskBook:
         return task
 
     async def complete_upload(
-        self, task: PendingTask, header: pb.UploadHeader, data: blobs.Buffer
+        self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
     ) -> None:
         """Validates the bytes and folds them into the round's sum; raises UploadRejected."""
+        data = upload.data
         phase = task.phase
         if phase.relay is not None:
             await phase.relay.add_parcel(task, header, data)  # a sealed model, kept as is
@@ -178,7 +179,7 @@ class TaskBook:
                 raise _task_closed(task.id)
             update = await asyncio.to_thread(
                 validation.check_encoded,
-                data,
+                upload,
                 header.digest,
                 phase.codec,
                 phase.reference,
@@ -186,7 +187,7 @@ class TaskBook:
             )
         else:
             layout = await asyncio.to_thread(
-                validation.check_blob, data, header.digest, phase.layout
+                validation.check_blob, upload, header.digest, phase.layout
             )
         async with phase.fold_lock:
             if phase.closed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,20 @@ from quorum.wire.codecs import Codec, DecodedUpdate
 
 HEADER_SLACK_BYTES = 64 * 1024
 """An update may differ from the global model only in its safetensors metadata."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """An upload's bytes and their SHA-256, taken as they arrived: checking the declared digest
+    is then a comparison, not a second pass over the whole update."""
+
+    data: blobs.Buffer
+    digest: str
+
+    @classmethod
+    def of(cls, data: blobs.Buffer) -> Received:
+        """Bytes already whole (a test's, a tool's), hashed now."""
+        return cls(data, blobs.digest(data))
 
 
 def check_num_examples(num_examples: int, maximum: int, minimum: int = 1) -> None:
@@ -59,8 +74,8 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def check_digest(data: blobs.Buffer, declared_digest: str) -> None:
-    actual = blobs.digest(data)
+def check_digest(upload: Received, declared_digest: str) -> None:
+    actual = upload.digest
     if actual != declared_digest:
         raise UploadRejected(
             "digest_mismatch",
@@ -75,9 +90,10 @@ def _read_layout(data: blobs.Buffer) -> blobs.Layout:
         raise UploadRejected("malformed_blob", str(exc)) from None
 
 
-def check_blob(data: blobs.Buffer, declared_digest: str, expected: blobs.Layout) -> blobs.Layout:
+def check_blob(upload: Received, declared_digest: str, expected: blobs.Layout) -> blobs.Layout:
     """Digest, format, tensor names/shapes/dtypes against the global model, finite values."""
-    check_digest(data, declared_digest)
+    check_digest(upload, declared_digest)
+    data = upload.data
     layout = _read_layout(data)
     if layout.tensors != expected.tensors:
         raise UploadRejected(
@@ -89,7 +105,7 @@ def check_blob(data: blobs.Buffer, declared_digest: str, expected: blobs.Layout)
 
 
 def check_encoded(
-    data: blobs.Buffer,
+    upload: Received,
     declared_digest: str,
     codec: Codec,
     reference: np.ndarray,
@@ -99,7 +115,8 @@ def check_encoded(
     the tensors `codec` makes of a delta of its size, and what the codec checks of their values
     (finite values and scales, a top-k bitmap marking exactly k values). Returns it ready to
     fold, block by block."""
-    check_digest(data, declared_digest)
+    check_digest(upload, declared_digest)
+    data = upload.data
     layout = _read_layout(data)
     numel = int(reference.shape[0])
     want = codec.layout(numel)

@@ -48,7 +48,9 @@ def _round_trip(codec: Codec, delta: np.ndarray) -> np.ndarray:
     """Encodes, goes through the bytes of a blob and the server's checks, decodes."""
     data = blobs.encode(codec.encode(delta))
     numel = delta.shape[0]
-    update = validation.check_encoded(data, blobs.digest(data), codec, np.zeros(numel), MODEL)
+    update = validation.check_encoded(
+        validation.Received.of(data), blobs.digest(data), codec, np.zeros(numel), MODEL
+    )
     out = np.empty(numel)
     for start, values in update.blocks():
         out[start : start + values.shape[0]] = values
@@ -131,7 +133,9 @@ def test_topk_clamps_to_float16_and_the_error_feedback_keeps_the_rest() -> None:
 def _refused(codec: Codec, tensors: dict[str, np.ndarray], numel: int) -> UploadRejected:
     data = blobs.encode(tensors)
     with pytest.raises(UploadRejected) as caught:
-        validation.check_encoded(data, blobs.digest(data), codec, np.zeros(numel, F32), MODEL)
+        validation.check_encoded(
+            validation.Received.of(data), blobs.digest(data), codec, np.zeros(numel, F32), MODEL
+        )
     assert caught.value.message
     return caught.value
 
@@ -183,17 +187,23 @@ def test_a_hostile_encoding_is_refused(
 def test_a_compressed_upload_with_the_wrong_digest_or_bytes_is_refused() -> None:
     data = blobs.encode(Float16().encode(np.zeros(3)))
     with pytest.raises(UploadRejected, match="digest_mismatch"):
-        validation.check_encoded(data, "0" * 64, Float16(), np.zeros(3), MODEL)
+        validation.check_encoded(
+            validation.Received.of(data), "0" * 64, Float16(), np.zeros(3), MODEL
+        )
     junk = b"\xff" * 40
     with pytest.raises(UploadRejected, match="malformed_blob"):
-        validation.check_encoded(junk, blobs.digest(junk), Float16(), np.zeros(3), MODEL)
+        validation.check_encoded(
+            validation.Received.of(junk), blobs.digest(junk), Float16(), np.zeros(3), MODEL
+        )
 
 
 def test_a_whole_model_sent_to_a_compressed_run_is_refused_with_a_hint() -> None:
     plain = blobs.encode({"w": np.zeros((1, 3), np.float32)})
     model = blobs.read_layout(plain)
     with pytest.raises(UploadRejected, match="older than update compression") as caught:
-        validation.check_encoded(plain, blobs.digest(plain), Int8(), np.zeros(3), model)
+        validation.check_encoded(
+            validation.Received.of(plain), blobs.digest(plain), Int8(), np.zeros(3), model
+        )
     assert caught.value.code == "layout_mismatch"
 
 

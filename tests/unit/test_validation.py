@@ -128,14 +128,14 @@ def test_hostile_metrics_are_bad_metrics(text: str) -> None:
 
 def test_a_valid_update_passes_and_returns_its_layout() -> None:
     data = _update()
-    layout = validation.check_blob(data, blobs.digest(data), LAYOUT)
+    layout = validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
     assert layout == LAYOUT
     assert layout.size == len(data)
 
 
 def test_an_update_with_its_own_metadata_passes() -> None:
     data = blobs.encode({k: v + 2 for k, v in _global_params().items()}, metadata={"site": "a"})
-    layout = validation.check_blob(data, blobs.digest(data), LAYOUT)
+    layout = validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
     assert layout.tensors == LAYOUT.tensors
     assert layout.data_offset != LAYOUT.data_offset
 
@@ -143,14 +143,17 @@ def test_an_update_with_its_own_metadata_passes() -> None:
 def test_a_buffer_of_any_kind_is_checked() -> None:
     data = _update()
     for buffer in (bytearray(data), memoryview(data)):
-        assert validation.check_blob(buffer, blobs.digest(data), LAYOUT) == LAYOUT
+        assert (
+            validation.check_blob(validation.Received.of(buffer), blobs.digest(data), LAYOUT)
+            == LAYOUT
+        )
 
 
 def test_digest_mismatch() -> None:
     data = _update()
     declared = blobs.digest(data + b"x")
     with _rejected("digest_mismatch") as info:
-        validation.check_blob(data, declared, LAYOUT)
+        validation.check_blob(validation.Received.of(data), declared, LAYOUT)
     assert info.value.code == "digest_mismatch"
     assert declared[:16] in info.value.message
     assert blobs.digest(data)[:16] in info.value.message
@@ -158,7 +161,9 @@ def test_digest_mismatch() -> None:
 
 def test_digest_is_checked_before_the_format() -> None:
     with _rejected("digest_mismatch"):
-        validation.check_blob(b"not a blob", blobs.digest(b"something else"), LAYOUT)
+        validation.check_blob(
+            validation.Received.of(b"not a blob"), blobs.digest(b"something else"), LAYOUT
+        )
 
 
 @pytest.mark.parametrize(
@@ -174,7 +179,7 @@ def test_digest_is_checked_before_the_format() -> None:
 )
 def test_malformed_blob(data: bytes, message: str) -> None:
     with _rejected("malformed_blob") as info:
-        validation.check_blob(data, blobs.digest(data), LAYOUT)
+        validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
     assert info.value.code == "malformed_blob"
     assert re.search(message, info.value.message)
 
@@ -183,7 +188,7 @@ def test_hostile_header_is_malformed_blob_not_a_crash() -> None:
     head = json.dumps({"t": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}).encode()
     data = struct.pack("<Q", len(head)) + head + b"\0" * 4
     with _rejected("malformed_blob"):
-        validation.check_blob(data, blobs.digest(data), LAYOUT)
+        validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
 
 
 @pytest.mark.parametrize(
@@ -226,7 +231,7 @@ def test_layout_mismatch_names_the_tensor(
 ) -> None:
     data = _update(**changes)
     with _rejected("layout_mismatch") as info:
-        validation.check_blob(data, blobs.digest(data), LAYOUT)
+        validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
     assert info.value.code == "layout_mismatch"
     assert needle in info.value.message
 
@@ -234,7 +239,7 @@ def test_layout_mismatch_names_the_tensor(
 def test_an_empty_update_is_a_layout_mismatch() -> None:
     data = blobs.encode({})
     with _rejected("layout_mismatch") as info:
-        validation.check_blob(data, blobs.digest(data), LAYOUT)
+        validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
     assert "missing ['fc.bias', 'fc.weight', 'steps']" in info.value.message
 
 
@@ -245,14 +250,14 @@ def test_non_finite(bad: float, tensor: str) -> None:
     params[tensor].reshape(-1)[-1] = bad
     data = blobs.encode(params)
     with _rejected("non_finite") as info:
-        validation.check_blob(data, blobs.digest(data), LAYOUT)
+        validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
     assert info.value.code == "non_finite"
 
 
 def test_layout_is_checked_before_values() -> None:
     data = _update(**{"fc.bias": np.array([np.nan, 1.0, 2.0], np.float32)})
     with _rejected("layout_mismatch"):
-        validation.check_blob(data, blobs.digest(data), LAYOUT)
+        validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
 
 
 def test_a_model_holding_nan_is_never_sent_to_the_sites(tmp_path: pathlib.Path) -> None:
