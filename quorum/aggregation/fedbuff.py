@@ -12,7 +12,8 @@ buffer's mean is example-weighted as a sync FedAvg round's is (with equal counts
 paper's (1/K) Σ s(τ_k) Δ_k); a site with a handful of examples does not pull the model as far
 as one with hundreds. Under central DP the driver passes clipped updates with n_k = 1 and the
 step adds Gaussian noise to the weighted sum before dividing (`propose(current, noise)`).
-Pure numpy: memory is one float64 sum, whatever K is.
+Pure numpy: memory is one float64 sum, whatever K is, and with momentum one float64 momentum;
+the step makes the new momentum in the sum's buffer, so no third vector of the model's size.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class FedBuff:
         self.beta = server_momentum
         self.version = version
         self._sum = np.zeros(numel, np.float64)
+        self._scratch = np.empty(0, np.float64)
         self._examples = 0.0
         self._momentum: np.ndarray | None = np.zeros(numel, np.float64) if self.beta else None
         self.buffered: list[Accepted] = []
@@ -116,7 +118,9 @@ class FedBuff:
         scale = accepted.weight * examples
         for start, values in source.blocks():
             end = start + values.shape[0]
-            block = np.empty(values.shape[0], np.float64)
+            if self._scratch.shape[0] < values.shape[0]:
+                self._scratch = np.empty(values.shape[0], np.float64)
+            block = self._scratch[: values.shape[0]]
             if base is None:
                 block[:] = values
             else:  # in the values' dtype, then widened, as a whole-vector subtraction would be
@@ -141,16 +145,16 @@ class FedBuff:
         return new
 
     def propose(self, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The state after the server step, without applying it (to checkpoint first, with
-        the new model `stepped` writes; `load_state` then applies it and empties the buffer),
-        so that a failed checkpoint leaves the buffer as it was. `noise` is added to the
-        weighted sum (central DP)."""
+        """The state after the server step, to checkpoint (with the new model `stepped`
+        writes) before `load_state` applies it and empties the buffer. The new momentum is
+        made in the sum's buffer: after a failed checkpoint the buffer is spent (`discard` it;
+        a restart does). `noise` is added to the weighted sum (central DP)."""
         if not self.full:
             raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
-        # One new vector, the momentum to checkpoint; no other temporary of the model's size.
-        momentum = np.divide(self._sum, self._examples) if noise is None else self._sum + noise
+        momentum = self._sum
         if noise is not None:
-            momentum /= self._examples
+            momentum += noise
+        momentum /= self._examples
         if self._momentum is not None:
             for start in range(0, self.numel, BLOCK):
                 momentum[start : start + BLOCK] += self.beta * self._momentum[start : start + BLOCK]
@@ -197,6 +201,11 @@ class FedBuff:
         if momentum.shape != (self.numel,):
             raise StoreError(f"checkpointed momentum of shape {momentum.shape} does not fit")
         self.version = version
-        # Without momentum (β = 0) the last step's mean never enters a step: it is not kept.
-        self._momentum = momentum.astype(np.float64, copy=False) if self.beta else None
+        if not self.beta:  # the last step's mean never enters a step: it is not kept
+            self._momentum = None
+        elif momentum is self._sum:  # `propose`'s: the old momentum's buffer takes the next sum
+            assert self._momentum is not None
+            self._sum, self._momentum = self._momentum, momentum
+        else:
+            self._momentum = momentum.astype(np.float64, copy=False)
         self.discard()

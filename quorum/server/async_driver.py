@@ -24,10 +24,11 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
-from quorum.aggregation.accumulator import Update, blocks_of, subtract_into
+from quorum.aggregation.accumulator import Update, UpdateBlocks, blocks_of, subtract_into
 from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
 from quorum.errors import NotFoundError, UploadRejected
 from quorum.fitconfig import FitConfig
@@ -56,6 +57,10 @@ log = logging.getLogger("quorum.server")
 
 POLL_S = 0.5
 """How often the driver looks for sites that connected or became free, at the latest."""
+
+DROP_VALUES = 8 << 20
+"""Values of an update folded between two drops of its base model's pages (32 MiB of float32):
+dropping more often would walk the map's page tables more for little memory."""
 
 
 class AsyncDriver:
@@ -95,16 +100,8 @@ class AsyncDriver:
         discarded = self._buffered(done + 1)
         unit = "cohort" if cfg.secagg.enabled else f"{discarded} of {cfg.buffer_size} update(s)"
         reason = f"the server stopped with {unit} buffered; discarded"
-        done, model, state = resume(
-            self.services,
-            self.run_id,
-            cfg,
-            lambda initial: self._new_buffer(initial.layout.numel, 0).state(),
-            reason,
-        )
+        done, model = self._resume(reason)
         self.layout = model.layout
-        self.buffer = self._new_buffer(self.layout.numel, done)
-        self.buffer.load_state(state)
         # The model's file, mapped: deltas read it; the step reads the file in blocks.
         self.model, self.vector = model, model.flat()
         self.published = (done, model, self.vector, 0)
@@ -151,6 +148,20 @@ class AsyncDriver:
             self.buffer.version,
             self.ended,
         )
+
+    def _resume(self, interrupted: str) -> tuple[int, BlobFile]:
+        """The last completed version and its model; the buffer made from its state (which is
+        not kept beyond it: its momentum is a vector of the model's size)."""
+        done, model, state = resume(
+            self.services,
+            self.run_id,
+            self.config,
+            lambda initial: self._new_buffer(initial.layout.numel, 0).state(),
+            interrupted,
+        )
+        self.buffer = self._new_buffer(model.layout.numel, done)
+        self.buffer.load_state(state)
+        return done, model
 
     def _new_buffer(self, numel: int, version: int) -> FedBuff:
         cfg = self.config
@@ -320,12 +331,13 @@ class AsyncDriver:
         self,
         phase: Phase,
         base_version: int,
-        base: np.ndarray,
+        base_file: BlobFile,
         update: Update,
         examples: float,
     ) -> None:
         """Buffers one site's model (worker thread, under the shared fold lock); the K-th
-        update applies the server step."""
+        update applies the server step. The version it was trained from is read through a map
+        of its file whose pages are let go as the fold goes, never resident whole."""
         # Asked afresh, not only `ended`: uploads queued on the fold lock behind the last step
         # must not make one more before the event loop has ended the run.
         ended = self.ended or self._end_reason()
@@ -335,10 +347,12 @@ class AsyncDriver:
             accepted = self.buffer.admit(base_version)
         except StaleUpdate as exc:
             raise UploadRejected("stale_update", str(exc)) from None
+        base = base_file.flat()
+        update = LettingGo(blocks_of(update, base.shape[0]), base_file)
         try:
             if self.central is not None:  # DP-FedBuff: each update clipped, counting once
                 delta = np.empty(base.shape[0], np.float64)
-                subtract_into(delta, blocks_of(update, base.shape[0]), base)
+                subtract_into(delta, update, base)
                 clip_in_place(delta, self.central.clipping_norm)
                 update, reference, examples = delta, None, 1.0
             else:  # folded block by block, no delta of the model's size
@@ -348,7 +362,9 @@ class AsyncDriver:
                 task_id, self.buffer.version + 1, self.attempt, accepted.staleness
             )
             self.in_buffer.add(task.site)
-            if self.buffer.add(update, accepted, examples, reference):
+            full = self.buffer.add(update, accepted, examples, reference)
+            base_file.drop_pages()
+            if full:
                 staleness = [a.staleness for a in self.buffer.buffered]
                 self._step(
                     {
@@ -552,9 +568,29 @@ class _Buffered:
 
     def fold(self, update: Update, weight: float, /) -> None:
         try:
-            self.driver.fold(self.phase, self.base_version, self.base.flat(), update, weight)
-        finally:
-            # The version's model was read whole (through a map of its file) for this update;
-            # its pages are the page cache's again, not held by the server per version.
+            self.driver.fold(self.phase, self.base_version, self.base, update, weight)
+        finally:  # however the fold ended, the version's pages are the page cache's again
             self.base.drop_pages()
         self._count += 1
+
+
+class LettingGo:
+    """An update's blocks, which drop the pages of its base model's map (read for the update's
+    delta, and by a codec's decoder) every `DROP_VALUES` values: the version a site trained
+    from is never resident whole in the server (its pages stay in the page cache)."""
+
+    def __init__(self, update: UpdateBlocks, base: BlobFile) -> None:
+        self.update = update
+        self.base = base
+
+    @property
+    def numel(self) -> int:
+        return self.update.numel
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        dropped = 0
+        for start, values in self.update.blocks():
+            yield start, values  # folded by the time the next block is asked for
+            if start + values.shape[0] - dropped >= DROP_VALUES:
+                self.base.drop_pages()
+                dropped = start + values.shape[0]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quorum.aggregation.fedbuff import FedBuff, StaleUpdate, staleness_weight
+from quorum.aggregation.fedbuff import BLOCK, FedBuff, StaleUpdate, staleness_weight
 from quorum.aggregation.gossip import mix, mixing, without
 from quorum.errors import ConfigError, StoreError
 
@@ -92,6 +93,27 @@ def test_fedbuff_state_round_trip_and_refusals() -> None:
     for bad in ({"buffer_size": 0}, {"server_momentum": 1.0}, {"max_staleness": -1}):
         with pytest.raises(ConfigError):
             FedBuff(2, **{"buffer_size": 1, **bad})  # type: ignore[arg-type]
+
+
+def test_fedbuff_step_makes_no_vector_of_the_models_size() -> None:
+    """The new momentum is made in the sum's buffer, and the old momentum's buffer takes the
+    next sum: a step with momentum allocates no float64 vector of the model's size."""
+    numel = 4 * BLOCK  # the momentum is added a block at a time: one block of temporaries
+    buffer = FedBuff(numel, buffer_size=1, server_momentum=0.5)
+    for step in range(1, 3):
+        buffer.add(np.full(numel, 2.0, np.float32), buffer.admit(step - 1))
+        tracemalloc.start()
+        try:
+            state = buffer.propose()
+            buffer.load_state(state)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak <= BLOCK * 8 + 4096
+        momentum = 2.0 if step == 1 else 0.5 * 2.0 + 2.0
+        np.testing.assert_array_equal(buffer.state()["fedbuff.momentum"][:3], [momentum] * 3)
+        np.testing.assert_array_equal(state["fedbuff.momentum"][:3], [momentum] * 3)
+        assert buffer.version == step and not buffer.buffered
 
 
 def _distance(models: dict[int, np.ndarray] | list[np.ndarray]) -> float:

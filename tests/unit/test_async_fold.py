@@ -1,0 +1,76 @@
+"""Unit tests of an async update's fold (quorum.server.async_driver.LettingGo): the base model
+the update is a delta from is read through a map of its file whose pages are dropped as the
+fold goes, so the server never holds a version whole; the fold's values are unchanged."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from quorum.aggregation.accumulator import FlatBlocks
+from quorum.aggregation.fedbuff import FedBuff
+from quorum.server import async_driver
+from quorum.server.async_driver import LettingGo
+from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile, BlobWriter
+
+DROP = 1 << 20
+NUMEL = 4 * DROP
+
+
+def _resident_kib(path: pathlib.Path) -> int:
+    """KiB of `path`'s maps resident in this process (its Rss lines in /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if not fields[0].endswith(":"):  # a mapping's first line: range, perms, ..., path
+                inside = fields[-1] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+class _Sampled:
+    """An update's blocks that note how much of the base's file is resident before each."""
+
+    def __init__(self, update: FlatBlocks, path: pathlib.Path) -> None:
+        self.update, self.path, self.peak_kib = update, path, 0
+
+    @property
+    def numel(self) -> int:
+        return self.update.numel
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start, values in self.update.blocks():
+            if start % (DROP // 2) == 0:
+                self.peak_kib = max(self.peak_kib, _resident_kib(self.path))
+            yield start, values
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/smaps")
+def test_an_updates_base_is_never_resident_whole(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(async_driver, "DROP_VALUES", DROP)
+    base_values = np.linspace(-1, 1, NUMEL, dtype=np.float32)
+    with BlobWriter(tmp_path / "base") as writer:
+        blobs.write({"w": base_values}, writer)
+        base = writer.finish()
+    trained = base_values + np.float32(0.5)
+    dropping = _Sampled(FlatBlocks(trained, block=1 << 16), base.path)
+    buffer = FedBuff(NUMEL, buffer_size=1)
+    assert buffer.add(LettingGo(dropping, base), buffer.admit(0), base=base.flat())
+    # The same fold read through a map that keeps its pages: the sampling sees them
+    whole = BlobFile(base.path)
+    keeping = _Sampled(FlatBlocks(trained, block=1 << 16), base.path)
+    reference = FedBuff(NUMEL, buffer_size=1)
+    reference.add(keeping, reference.admit(0), base=whole.flat())
+    stretch_kib = DROP * 4 // 1024
+    assert 0 < dropping.peak_kib <= stretch_kib + 64  # one stretch between drops, at most
+    assert keeping.peak_kib >= 3 * stretch_kib
+    np.testing.assert_array_equal(buffer.step(base_values), reference.step(base_values))
