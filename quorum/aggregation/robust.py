@@ -276,12 +276,10 @@ class BoundedSum:
     `norm_bound`, and `mean()` is `current` plus the example-weighted mean of the clipped
     updates. Memory: an `Accumulator` and one float32 row."""
 
-    def __init__(
-        self, current: np.ndarray, norm_bound: float, storage: np.ndarray | None = None
-    ) -> None:
+    def __init__(self, current: np.ndarray, norm_bound: float) -> None:
         self.current = current
         self.norm_bound = norm_bound
-        self._sum = Accumulator(current.shape[0], storage)
+        self._sum = Accumulator(current.shape[0])
         self._row = np.empty((1, current.shape[0]), dtype=np.float32)
 
     @property
@@ -306,13 +304,10 @@ class BoundedSum:
         return mean
 
 
-def round_sum(
-    rule: RobustRule, current: np.ndarray, cohort: int, storage: np.ndarray | None = None
-) -> RoundSum:
-    """What a round of `cohort` sites folds its updates into under `rule`; a streaming sum
-    folds into `storage` when given (`Accumulator`)."""
+def round_sum(rule: RobustRule, current: np.ndarray, cohort: int) -> RoundSum:
+    """What a round of `cohort` sites folds its updates into under `rule`."""
     if rule.keeps_updates:
         return UpdateMatrix(rule, current, cohort)
     if rule.norm_bound is not None:
-        return BoundedSum(current, rule.norm_bound, storage)
-    return Accumulator(current.shape[0], storage)
+        return BoundedSum(current, rule.norm_bound)
+    return Accumulator(current.shape[0])

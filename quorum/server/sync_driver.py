@@ -54,7 +54,6 @@ class SyncDriver:
         self.strategy = self.config.server_strategy()
         self.rule = self.config.robust_rule
         self.central = CentralDP(self.config.central_dp) if self.config.central_dp.enabled else None
-        self._storage: np.ndarray | None = None
 
     async def run(self) -> None:
         cfg = self.config
@@ -132,9 +131,7 @@ class SyncDriver:
         else:
             fit = self._fit_phase(round_no, attempt, model, layout, current)
             # The plain streaming sum, or the round's updates kept for a robust rule.
-            total = fit.accumulator = round_sum(
-                self.rule, current, len(cohort), self._sum_storage(layout.numel)
-            )
+            total = fit.accumulator = round_sum(self.rule, current, len(cohort))
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(total.count, cohort, fit)
             # Its mean is read block by block as the new model is written, in a thread.
@@ -188,16 +185,6 @@ class SyncDriver:
         await asyncio.to_thread(
             record_release, self.services, self.run_id, self.central, round_no, attempt, release
         )
-
-    def _sum_storage(self, numel: int) -> np.ndarray | None:
-        """The float64 vector each round's streaming sum is folded into, kept across rounds:
-        its pages stay resident, where a fresh one would fault in 8 bytes per value again every
-        round. None for a rule that keeps the updates instead of a sum."""
-        if self.rule.keeps_updates:
-            return None
-        if self._storage is None or self._storage.shape[0] != numel:
-            self._storage = np.empty(numel, dtype=np.float64)
-        return self._storage
 
     def _state(self) -> dict[str, np.ndarray]:
         """What a checkpoint keeps beside the model: the server optimiser's state and the

@@ -93,26 +93,16 @@ def test_accumulator_negative_numel() -> None:
         Accumulator(-1)
 
 
-def test_accumulator_folds_into_reused_storage_as_into_a_fresh_sum() -> None:
-    # A sync server keeps the sum's vector across rounds: what the last round left in it
-    # must not reach this round's mean, bit for bit.
-    rng = np.random.default_rng(0)
-    updates = [rng.standard_normal(300_000).astype(np.float32) for _ in range(3)]
-    storage = np.full(300_000, np.nan)
-    reused, fresh = Accumulator(300_000, storage), Accumulator(300_000)
-    for weight, update in zip((3.0, 1.0, 7.5), updates, strict=True):
-        reused.fold(update, weight)
-        fresh.fold(update, weight)
-    assert np.array_equal(reused.mean(), fresh.mean())
-    expected = np.average(np.array(updates, np.float64), axis=0, weights=[3.0, 1.0, 7.5])
-    np.testing.assert_allclose(reused.mean(), expected, rtol=1e-12)
-
-
-def test_accumulator_refuses_storage_of_another_size_or_dtype() -> None:
-    with pytest.raises(ValueError, match="cannot hold"):
-        Accumulator(3, np.zeros(4))
-    with pytest.raises(ValueError, match="cannot hold"):
-        Accumulator(3, np.zeros(3, np.float32))
+def test_accumulator_never_reads_its_vector_before_the_first_fold() -> None:
+    # The sum's vector is allocated uninitialised; memory an array of NaN just gave back is
+    # likely handed out again, and none of it may reach the mean.
+    for _ in range(20):
+        junk = np.full(1000, np.nan)
+        del junk
+        acc = Accumulator(1000)
+        acc.fold(np.full(1000, 3.0, np.float32), 2.0)
+        acc.fold(np.ones(1000, np.float32), 1.0)
+        assert np.array_equal(acc.mean(), np.full(1000, 7.0 / 3.0))
 
 
 _NUMEL = 5
