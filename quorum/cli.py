@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from quorum import logs
+from quorum import heap, logs
 from quorum.baseline.cli import baseline_app
 from quorum.certs_cli import certs_app
 from quorum.config import SiteDPConfig
@@ -572,6 +572,8 @@ def main() -> None:
     # gRPC's C core prints each failed TLS handshake as OpenSSL text; the agent says it once,
     # with the flag to change (quorum.client.reachability).
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # Freed model-sized work (blocks of uploads, downloads, masks) goes back to the kernel.
+    heap.return_large_blocks()
     try:
         app(standalone_mode=False, prog_name="quorum")
     except QuorumError as exc:

@@ -373,7 +373,7 @@ class SiteAgent:
             fit = await self.slots.run(self.site_task.fit, blobs.decode(model), config)
             return model, fit
 
-        async def send_masked(data: bytes, metrics: dict[str, float]) -> pb.UploadReceipt:
+        async def send_masked(data: blobs.Buffer, metrics: dict[str, float]) -> pb.UploadReceipt:
             # The weight is inside the masked vector: the header's num_examples stays 0.
             return await _upload_update(stub, session_id, offer, started, data, metrics, 0)
 
@@ -437,7 +437,7 @@ async def _upload_update(
     session_id: str,
     offer: pb.TaskOffer,
     started: float,
-    data: bytes,
+    data: blobs.Buffer,
     metrics: dict[str, float],
     num_examples: int,
 ) -> pb.UploadReceipt:

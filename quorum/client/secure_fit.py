@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import NoReturn
 
 import numpy as np
@@ -27,8 +27,9 @@ from quorum.privacy.secagg import (
     RoundContext,
     Setup,
     UnmaskRequest,
-    encode_update,
+    add_encoded_update,
 )
+from quorum.privacy.secagg.quantize import QUANTIZE_BLOCK
 from quorum.proto import federation_pb2 as pb
 from quorum.task import FitResult
 from quorum.wire import blobs
@@ -40,7 +41,7 @@ from quorum.wire.secagg import (
     shares_to_pb,
 )
 
-Upload = Callable[[bytes, dict[str, float]], Awaitable[pb.UploadReceipt]]
+Upload = Callable[[blobs.Buffer, dict[str, float]], Awaitable[pb.UploadReceipt]]
 """Sends a masked blob with the site's metrics; returns the server's receipt."""
 
 
@@ -79,7 +80,6 @@ async def run(
     shares = machine.share_keys([keys_from_pb(k) for k in keys])
     send(pb.SecAggReply(task_id=offer.task_id, shares=shares_to_pb(shares)))
     routed = shares_from_pb((await _next(inbox, "shares", quick)).shares)
-    # The mask does not depend on the update: it is expanded while the model trains.
     await asyncio.to_thread(machine.receive_shares, routed)
     model, fit = await unless_ended(training, inbox, _raise_unexpected, "the masked-input stage")
 
@@ -98,45 +98,59 @@ async def run(
 
 
 def _masked_blob(
-    machine: ClientRound,
-    model: bytes,
-    fit: FitResult,
-    setup: pb.SecAggSetup,
-) -> tuple[bytes, dict[str, float]]:
-    """The update as a masked uint32 vector: (trained - global), clipped and quantised after
-    scaling by the site's weight share, with the weight as the last element."""
-    # The delta and its quantised form are gone (the function returned) before the blob is made.
-    masked, metrics = _masked_vector(machine, model, fit, setup)
-    return blobs.encode({MASKED_TENSOR: masked}), metrics
-
-
-def _masked_vector(
-    machine: ClientRound,
-    model: bytes,
-    fit: FitResult,
-    setup: pb.SecAggSetup,
-) -> tuple[np.ndarray, dict[str, float]]:
+    machine: ClientRound, model: bytes, fit: FitResult, setup: pb.SecAggSetup
+) -> tuple[blobs.Buffer, dict[str, float]]:
+    """The upload: the masked uint32 vector of (trained - global), clipped and quantised after
+    scaling by the site's weight share, with the weight as the last element; and the metrics
+    it carries. Made in the upload's own bytes: the encoded update is added in a block at a
+    time while each trained tensor is let go once read (their float copies, `fit.params`, are
+    emptied), then the mask is expanded into it. Its pages are touched as they are written, so
+    the site holds its global model, its trained one and about one tensor more: no delta, no
+    quantised vector and no mask beside the upload (the mask is expanded after training
+    rather than during it, a pass of AES per neighbour)."""
     layout = blobs.read_layout(model)
     if {n: np.shape(v) for n, v in fit.params.items()} != {t.name: t.shape for t in layout.tensors}:
         raise SecAggError("the trained parameters do not have the global model's tensors")
-    trained = [np.asarray(fit.params[t.name]).reshape(-1) for t in layout.tensors]
     # In the model's own dtype when it has one (a difference of nearby floats is exact).
-    delta = np.concatenate(trained, dtype=np.result_type(*trained)) if trained else np.zeros(0)
-    delta -= blobs.as_flat(model, layout)
+    dtypes = [np.asarray(v).dtype for v in fit.params.values()]
+    dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
+    reference = blobs.as_flat(model, layout)
+    names = [t.name for t in layout.tensors]
+    parts = _delta_parts(fit.params, names, reference, dtype)
     dp: dict[str, float] = {}
     if setup.dp_clipping_norm or setup.dp_noise_stddev:
+        # Clipping to an L2 norm needs the whole delta: distributed DP holds it once.
+        delta = np.concatenate(list(parts)) if names else np.zeros(0)
         add_distributed_noise(delta, setup.dp_clipping_norm, setup.dp_noise_stddev)
+        parts = iter([delta])
         # The server refuses a masked vector whose site does not say it applied them.
         dp = {DP_CLIPPING_METRIC: setup.dp_clipping_norm, DP_NOISE_METRIC: setup.dp_noise_stddev}
-    vector, _, clipped = encode_update(
-        delta,
+    blob, vector = blobs.blank(MASKED_TENSOR, "U32", (setup.vector_length,))
+    _, clipped = add_encoded_update(
+        vector,
+        parts,
         fit.num_examples,
         setup.clip_range,
         setup.quantization_bits,
         setup.max_weight,
     )
-    metrics = {**fit.metrics, **dp, "secagg_clipped_fraction": clipped / max(delta.size, 1)}
-    return machine.mask(vector), metrics
+    machine.mask_in_place(vector)
+    return blob, {**fit.metrics, **dp, "secagg_clipped_fraction": clipped / max(reference.size, 1)}
+
+
+def _delta_parts(
+    params: dict[str, np.ndarray], names: list[str], reference: np.ndarray, dtype: np.dtype
+) -> Iterator[np.ndarray]:
+    """trained - reference in `dtype`, one block of one tensor at a time, in the blob's order;
+    each trained tensor is taken out of `params` as it is read, so it is freed once read."""
+    start = 0
+    for name in names:
+        values = np.asarray(params.pop(name)).reshape(-1)
+        for offset in range(0, values.shape[0], QUANTIZE_BLOCK):
+            part = values[offset : offset + QUANTIZE_BLOCK].astype(dtype)
+            part -= reference[start : start + part.shape[0]]
+            start += part.shape[0]
+            yield part
 
 
 def add_distributed_noise(

@@ -93,7 +93,7 @@ async def download(
 
 
 async def upload(
-    stub: pb_grpc.FederationStub, header: pb.UploadHeader, data: bytes
+    stub: pb_grpc.FederationStub, header: pb.UploadHeader, data: blobs.Buffer
 ) -> pb.UploadReceipt:
     """Sends the header, waits for the server's grant (or refusal), then the bytes."""
     call = stub.Upload()

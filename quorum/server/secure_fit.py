@@ -55,7 +55,7 @@ _MESSAGE_OF_STAGE = {"advertise-keys": "keys", "share-keys": "shares", "unmask":
 @functools.lru_cache(maxsize=4)
 def masked_layout(length: int) -> blobs.Layout:
     """The layout of a masked upload: one uint32 vector of `length` elements."""
-    return blobs.read_layout(blobs.encode({MASKED_TENSOR: np.zeros(length, np.uint32)}))
+    return blobs.one_tensor_layout(MASKED_TENSOR, "U32", (length,))[1]
 
 
 def threshold_for(setting: int | float, neighbourhood: int) -> int:

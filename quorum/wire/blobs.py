@@ -112,18 +112,44 @@ def plan(
         # np.ascontiguousarray would turn 0-d tensors into 1-d ones; np.require keeps the shape.
         arrays.append((name, kind, np.require(value, _DTYPES[kind], requirements="C")))
     arrays.sort(key=lambda entry: (_FILE_ORDER.index(entry[1]), entry[0]))
+    header = _header([(name, kind, value.shape) for name, kind, value in arrays], metadata)
+    return header, [value for _, _, value in arrays]
+
+
+def _header(
+    tensors: Iterable[tuple[str, str, tuple[int, ...]]], metadata: Mapping[str, str] | None
+) -> bytes:
+    """The safetensors header (length prefix included) of tensors named with their dtype
+    names and shapes, laid out back to back in the order given."""
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
-    for name, kind, value in arrays:
+    for name, kind, shape in tensors:
+        nbytes = math.prod(shape) * _DTYPES[kind].itemsize
         header[name] = {
             "dtype": kind,
-            "shape": list(value.shape),
-            "data_offsets": [offset, offset + value.nbytes],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
         }
-        offset += value.nbytes
+        offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # tensors start 8-byte aligned, as safetensors writes them
-    return struct.pack("<Q", len(text)) + text, [value for _, _, value in arrays]
+    return struct.pack("<Q", len(text)) + text
+
+
+def one_tensor_layout(name: str, kind: str, shape: tuple[int, ...]) -> tuple[bytes, Layout]:
+    """The header and layout of a blob holding one tensor, without the tensor."""
+    header = _header([(name, kind, shape)], None)
+    return header, layout_of(header, len(header) + math.prod(shape) * _DTYPES[kind].itemsize)
+
+
+def blank(name: str, kind: str, shape: tuple[int, ...]) -> tuple[memoryview, np.ndarray]:
+    """A one-tensor blob, header written and tensor zero, and a writeable view of its tensor:
+    what is computed in the view is the blob, sent as it is (no encoding copy). The zeros are
+    the kernel's: a page takes memory when it is first written, not before."""
+    header, layout = one_tensor_layout(name, kind, shape)
+    data = np.zeros(layout.size, dtype=np.uint8)
+    data[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    return data.data, data[len(header) :].view(_DTYPES[kind]).reshape(shape)
 
 
 def raw(array: np.ndarray) -> memoryview:

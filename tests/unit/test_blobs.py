@@ -627,3 +627,14 @@ def test_a_labelled_header_keeps_the_tensor_bytes_and_adds_the_metadata() -> Non
     loaded = st_load(labelled)
     assert loaded.keys() == params.keys() and all((loaded[k] == params[k]).all() for k in params)
     assert blobs.encode(blobs.decode(labelled)) == data
+
+
+@pytest.mark.parametrize("length", [1, 3, 1000])
+def test_a_blank_blob_filled_through_its_view_is_the_encoded_tensor(length: int) -> None:
+    data, view = blobs.blank("masked", "U32", (length,))
+    assert not view.any()
+    view[:] = np.arange(length, dtype=np.uint32) * 7
+    expected = blobs.encode({"masked": np.arange(length, dtype=np.uint32) * 7})
+    assert bytes(data) == expected
+    header, layout = blobs.one_tensor_layout("masked", "U32", (length,))
+    assert expected.startswith(header) and layout == blobs.read_layout(expected)

@@ -10,6 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from quorum.errors import SecAggError
 from quorum.privacy.secagg.quantize import (
+    add_encoded_update,
     decode_sum,
     dequantize_sum,
     encode_update,
@@ -183,3 +184,24 @@ def test_decode_sum_refuses_a_forged_total_weight() -> None:
     total[-1] = 2 * 10 + 1  # two sites can weigh at most 2 x max_weight = 20
     with pytest.raises(SecAggError, match=r"outside 2\.\.20"):
         decode_sum(total, 2, 1.0, 16, 10)
+
+
+def test_adding_the_update_in_parts_equals_the_whole_encoding_added() -> None:
+    """A site adds its update into its upload in parts cut at tensor and block boundaries: the
+    result is bit for bit the whole-vector encoding plus what `out` held, modulo 2^32."""
+    delta = np.random.default_rng(3).normal(0.0, 0.4, 5_003).astype(np.float32)
+    delta[17] = 50.0  # clipped
+    whole, weight, clipped = encode_update(delta, 37, 1.0, 20, 100, np.random.default_rng(11))
+    held = np.random.default_rng(5).integers(0, RING, delta.size + 1, dtype=np.uint32)
+    out = held.copy()
+    parts = [delta[:3], delta[3:3], delta[3:4_000], delta[4_000:]]
+    assert add_encoded_update(out, parts, 37, 1.0, 20, 100, np.random.default_rng(11)) == (
+        weight,
+        clipped,
+    )
+    assert clipped == 1
+    assert np.array_equal(out - held, whole)  # uint32 arithmetic wraps: the difference is exact
+    with pytest.raises(SecAggError, match="do not fill"):
+        add_encoded_update(out, [delta[:-1]], 37, 1.0, 20, 100)
+    with pytest.raises(SecAggError, match="overrun"):
+        add_encoded_update(out, [delta, delta[:1]], 37, 1.0, 20, 100)

@@ -31,6 +31,7 @@ from quorum.privacy.secagg.messages import (
     UnmaskRequest,
 )
 from quorum.privacy.secagg.quantize import (
+    add_encoded_update,
     decode_sum,
     dequantize_sum,
     encode_update,
@@ -56,6 +57,7 @@ __all__ = [
     "Setup",
     "ShareKind",
     "UnmaskRequest",
+    "add_encoded_update",
     "add_prg",
     "agree",
     "crypto",

@@ -122,7 +122,6 @@ class ClientRound:
         self._pairwise: dict[int, bytes] = {}  # neighbour -> pairwise mask seed
         self._seed = b""
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (seed share, key share)
-        self._mask: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
 
     @property
     def index(self) -> int:
@@ -230,9 +229,9 @@ class ClientRound:
         return body[: shamir.SHARE_BYTES], body[shamir.SHARE_BYTES :]
 
     def receive_shares(self, shares: Sequence[EncryptedShare]) -> None:
-        """Takes the shares addressed to this site and expands its whole mask: its self mask
-        plus the pairwise masks with every neighbour that shared keys. The update is not needed
-        yet, so a site does this while it trains."""
+        """Takes the shares addressed to this site and settles its mask: its self mask plus
+        the pairwise masks with every neighbour that shared keys, expanded when it is added
+        (`mask_in_place`)."""
         self._begin(_Stage.RECEIVE_SHARES)
         received: dict[int, tuple[bytes, bytes]] = {}
         for share in shares:
@@ -256,21 +255,21 @@ class ClientRound:
                 f"site {self._index}: only {len(u2)} sites of its neighbourhood (itself "
                 f"included) shared keys, threshold {self._threshold}"
             )
-        mask = np.zeros(self._setup.vector_length, dtype=np.uint32)
-        crypto.add_prg(mask, self._seed)
-        for j in sorted(u2 - {self._index}):
-            crypto.add_prg(mask, self._pairwise[j], subtract=self._index > j)
-        self._mask = mask
         self._held.update(received)
         self._u2 = u2
-        # The seeds are no longer needed: this site's own share of them is what it keeps.
-        self._seed = b""
-        self._pairwise.clear()
+        self._pairwise = {j: self._pairwise[j] for j in u2 - {self._index}}
         self._stage = _Stage.MASK
 
     def mask(self, update: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
-        """The masked update (a new array): update + the mask, modulo 2^32, computed in the
-        mask's own buffer (which is not needed again), so no third vector is made."""
+        """The masked update, a new vector: update + the mask, modulo 2^32."""
+        if isinstance(update, np.ndarray) and update.dtype == np.uint32:
+            update = update.copy()
+        return self.mask_in_place(update)
+
+    def mask_in_place(self, update: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
+        """Adds the mask into `update` (modulo 2^32) and returns it: the keystreams are
+        expanded straight into the vector, so no mask vector is ever held beside it (a site
+        passes its upload's own tensor)."""
         self._begin(_Stage.MASK)
         if (
             not isinstance(update, np.ndarray)
@@ -281,10 +280,14 @@ class ClientRound:
                 f"site {self._index}: the update must be a uint32 vector of length "
                 f"{self._setup.vector_length}"
             )
-        masked = np.add(self._mask, update, out=self._mask, dtype=np.uint32)
-        self._mask = np.zeros(0, dtype=np.uint32)
+        crypto.add_prg(update, self._seed)
+        for j in sorted(self._pairwise):
+            crypto.add_prg(update, self._pairwise[j], subtract=self._index > j)
+        # The seeds are no longer needed: this site's own share of them is what it keeps.
+        self._seed = b""
+        self._pairwise.clear()
         self._stage = _Stage.UNMASK
-        return masked
+        return update
 
     def unmask(self, request: UnmaskRequest) -> list[RevealedShare]:
         self._begin(_Stage.UNMASK)

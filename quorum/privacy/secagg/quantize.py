@@ -15,6 +15,7 @@ weight, so the server learns the weighted sum and the total weight, and never on
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -48,8 +49,8 @@ def quantize(
     bits: int,
     rng: np.random.Generator | None = None,
 ) -> npt.NDArray[np.uint32]:
-    out = np.empty(np.shape(values), dtype=np.uint32)
-    _quantize_into(np.asarray(values), 1.0, clip, bits, out, rng)
+    out = np.zeros(np.shape(values), dtype=np.uint32)
+    _quantize_into([np.asarray(values).reshape(-1)], 1.0, clip, bits, out.reshape(-1), rng)
     return out
 
 
@@ -59,35 +60,45 @@ temporary of the update's size (three times a float32 model) on every site each 
 
 
 def _quantize_into(
-    values: npt.NDArray[np.floating],
+    parts: Iterable[npt.NDArray[np.floating]],
     factor: float,
     clip: float,
     bits: int,
     out: npt.NDArray[np.uint32],
     rng: np.random.Generator | None,
 ) -> int:
-    """Quantises `factor * values` into `out`; returns how many elements were clipped.
+    """Adds the quantised `factor * values` into `out` (modulo 2^32), where `parts` are the
+    values' consecutive 1-D pieces, of any lengths, filling `out` exactly; returns how many
+    elements were clipped. Into zeros that is the quantised vector; into a site's mask, the
+    masked vector, without a vector of either beside it.
 
     A handful of passes over each block, in place; the uniform draws come in the order a
-    whole-vector draw would give them."""
+    whole-vector draw would give them, so the result does not depend on how `parts` is cut."""
     top = levels(bits)
     _check_clip(clip)
     generator = rng or np.random.default_rng()
-    flat_values, flat_out = values.reshape(-1), out.reshape(-1)
-    clipped = 0
-    for start in range(0, flat_values.shape[0], QUANTIZE_BLOCK):
-        block = flat_values[start : start + QUANTIZE_BLOCK]
-        scaled = np.multiply(block, factor * top / clip, dtype=np.float64)  # in steps
-        highest, lowest = float(scaled.max()), float(scaled.min())
-        if math.isnan(highest) or math.isnan(lowest):
-            raise SecAggError("cannot quantise an update that contains NaN")
-        if highest > top or lowest < -top:  # only then walk the block to count and clip
-            clipped += int(np.count_nonzero(scaled > top)) + int(np.count_nonzero(scaled < -top))
-            np.clip(scaled, -top, top, out=scaled)
-        scaled += generator.random(scaled.shape, dtype=np.float32)
-        np.floor(scaled, out=scaled)  # U < 1: the result stays within [-top, top]
-        target = flat_out[start : start + QUANTIZE_BLOCK]
-        np.copyto(target.view(np.int32), scaled, casting="unsafe")
+    clipped, start = 0, 0
+    for part in parts:
+        for offset in range(0, part.shape[0], QUANTIZE_BLOCK):
+            block = part[offset : offset + QUANTIZE_BLOCK]
+            scaled = np.multiply(block, factor * top / clip, dtype=np.float64)  # in steps
+            highest, lowest = float(scaled.max()), float(scaled.min())
+            if math.isnan(highest) or math.isnan(lowest):
+                raise SecAggError("cannot quantise an update that contains NaN")
+            if highest > top or lowest < -top:  # only then walk the block to count and clip
+                clipped += int(np.count_nonzero(scaled > top))
+                clipped += int(np.count_nonzero(scaled < -top))
+                np.clip(scaled, -top, top, out=scaled)
+            scaled += generator.random(scaled.shape, dtype=np.float32)
+            np.floor(scaled, out=scaled)  # U < 1: the result stays within [-top, top]
+            target = out[start : start + scaled.shape[0]]
+            if target.shape != scaled.shape:
+                raise SecAggError(f"the values overrun the {out.shape[0]} of the vector")
+            # Two's complement: adding the int32's bits is adding it modulo 2^32.
+            np.add(target, scaled.astype(np.int32).view(np.uint32), out=target)
+            start += scaled.shape[0]
+    if start != out.shape[0]:
+        raise SecAggError(f"{start} values do not fill the vector of {out.shape[0]}")
     return clipped
 
 
@@ -130,17 +141,35 @@ def encode_update(
     The weight is capped at `max_weight`, so no site can dominate the mean by claiming a huge
     example count, and the scaled delta stays within the clipping range.
     """
-    if num_examples < 1:
-        raise SecAggError(f"num_examples must be at least 1, got {num_examples}")
-    _check_max_weight(max_weight)
     delta = np.asarray(delta)
     if delta.ndim != 1:
         raise SecAggError(f"the delta must be a flat 1-D vector, got shape {delta.shape}")
-    weight = min(num_examples, max_weight)
-    vector = np.empty(delta.shape[0] + 1, dtype=np.uint32)
-    clipped = _quantize_into(delta, weight / max_weight, clip, bits, vector[:-1], rng)
-    vector[-1] = weight
+    vector = np.zeros(delta.shape[0] + 1, dtype=np.uint32)
+    weight, clipped = add_encoded_update(vector, [delta], num_examples, clip, bits, max_weight, rng)
     return vector, weight, clipped
+
+
+def add_encoded_update(
+    out: npt.NDArray[np.uint32],
+    parts: Iterable[npt.NDArray[np.floating]],
+    num_examples: int,
+    clip: float,
+    bits: int,
+    max_weight: int,
+    rng: np.random.Generator | None = None,
+) -> tuple[int, int]:
+    """Adds `encode_update`'s vector into `out` (modulo 2^32) from the delta's consecutive
+    1-D `parts`: a site adds it into its mask a block at a time, so neither its delta nor its
+    quantised vector is ever whole. Returns the weight and the number of elements clipped."""
+    if num_examples < 1:
+        raise SecAggError(f"num_examples must be at least 1, got {num_examples}")
+    _check_max_weight(max_weight)
+    if out.dtype != np.uint32 or out.ndim != 1 or out.shape[0] < 1:
+        raise SecAggError("the encoded update goes into a non-empty 1-D uint32 vector")
+    weight = min(num_examples, max_weight)
+    clipped = _quantize_into(parts, weight / max_weight, clip, bits, out[:-1], rng)
+    np.add(out[-1:], np.uint32(weight), out=out[-1:])  # modulo 2^32, as the rest
+    return weight, clipped
 
 
 def decode_sum(
