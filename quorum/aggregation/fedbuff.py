@@ -140,7 +140,7 @@ class FedBuff:
         buffered updates; returns the new model (of `current`'s dtype) and empties the
         buffer."""
         state = self.propose()
-        (new,) = self.stepped([(0, current)], state)
+        (new,) = self.stepped([(0, current)])
         self.load_state(state)
         return new
 
@@ -148,7 +148,8 @@ class FedBuff:
         """The state after the server step, to checkpoint (with the new model `stepped`
         writes) before `load_state` applies it and empties the buffer. The new momentum is
         made in the sum's buffer: after a failed checkpoint the buffer is spent (`discard` it;
-        a restart does). `noise` is added to the weighted sum (central DP)."""
+        a restart does). `noise` is added to the weighted sum (central DP). Without momentum
+        (β = 0) the state is the version alone: the step's mean never enters a later step."""
         if not self.full:
             raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
         momentum = self._sum
@@ -158,17 +159,12 @@ class FedBuff:
         if self._momentum is not None:
             for start in range(0, self.numel, BLOCK):
                 momentum[start : start + BLOCK] += self.beta * self._momentum[start : start + BLOCK]
-        return {
-            "fedbuff.version": np.array([self.version + 1], np.int64),
-            "fedbuff.momentum": momentum,
-        }
+        return self._state(self.version + 1, momentum)
 
-    def stepped(
-        self, current: Iterable[tuple[int, np.ndarray]], state: Mapping[str, np.ndarray]
-    ) -> Iterator[np.ndarray]:
+    def stepped(self, current: Iterable[tuple[int, np.ndarray]]) -> Iterator[np.ndarray]:
         """The new model x + η m, from consecutive (start, values) blocks of the current one
-        (in its dtype) and the state `propose` returned."""
-        momentum = state["fedbuff.momentum"]
+        (in its dtype), between `propose` and `load_state`."""
+        momentum = self._sum
         for start, values in current:
             step = momentum[start : start + values.shape[0]]
             yield (values.astype(np.float64) + self.lr * step).astype(values.dtype)
@@ -183,25 +179,29 @@ class FedBuff:
         return count
 
     def state(self) -> dict[str, np.ndarray]:
-        return {
-            "fedbuff.version": np.array([self.version], np.int64),
-            "fedbuff.momentum": (
-                np.zeros(self.numel, np.float64)
-                if self._momentum is None
-                else self._momentum.copy()
-            ),
-        }
+        return self._state(self.version, None if self._momentum is None else self._momentum.copy())
+
+    def _state(self, version: int, momentum: np.ndarray | None) -> dict[str, np.ndarray]:
+        state = {"fedbuff.version": np.array([version], np.int64)}
+        if self.beta:
+            state["fedbuff.momentum"] = (
+                np.zeros(self.numel, np.float64) if momentum is None else momentum
+            )
+        return state
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Applies a checkpoint's (or `propose`'s) state. Without momentum (β = 0) a
+        checkpoint's momentum (checkpoints written before the state went without it hold
+        one) is ignored."""
         try:
             version = int(state["fedbuff.version"][0])
-            momentum = state["fedbuff.momentum"]
+            momentum = state["fedbuff.momentum"] if self.beta else None
         except (KeyError, IndexError):
             raise StoreError("the checkpoint has no FedBuff version and momentum") from None
-        if momentum.shape != (self.numel,):
+        if momentum is not None and momentum.shape != (self.numel,):
             raise StoreError(f"checkpointed momentum of shape {momentum.shape} does not fit")
         self.version = version
-        if not self.beta:  # the last step's mean never enters a step: it is not kept
+        if momentum is None:
             self._momentum = None
         elif momentum is self._sum:  # `propose`'s: the old momentum's buffer takes the next sum
             assert self._momentum is not None

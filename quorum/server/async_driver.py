@@ -391,7 +391,7 @@ class AsyncDriver:
             # accounted before anything of the step is written: a crash counts it, never loses it
             record_release(self.services, self.run_id, self.central, version, self.attempt, release)
         state = self.buffer.propose(noise)
-        values = self.buffer.stepped(self.model.values(), state)
+        values = self.buffer.stepped(self.model.values())
         model = write_model(self.services.checkpoints, self.run_id, version, self.model, values)
         self.services.checkpoints.save(self.run_id, version, model, state)
         self.store.complete_round(

@@ -90,6 +90,12 @@ def test_fedbuff_state_round_trip_and_refusals() -> None:
     np.testing.assert_array_equal(other.state()["fedbuff.momentum"], [1.0, 1.0])
     with pytest.raises(StoreError):
         other.load_state({})
+    with pytest.raises(StoreError, match="momentum"):
+        other.load_state({"fedbuff.version": np.array([2])})
+    plain = FedBuff(2, buffer_size=1)  # β = 0: the version alone; an older state's momentum
+    assert set(plain.state()) == {"fedbuff.version"}
+    plain.load_state({"fedbuff.version": np.array([3]), "fedbuff.momentum": np.zeros(2)})
+    assert plain.version == 3 and set(plain.state()) == {"fedbuff.version"}
     for bad in ({"buffer_size": 0}, {"server_momentum": 1.0}, {"max_staleness": -1}):
         with pytest.raises(ConfigError):
             FedBuff(2, **{"buffer_size": 1, **bad})  # type: ignore[arg-type]
@@ -202,6 +208,7 @@ def test_fedbuff_noise_joins_the_weighted_sum_before_the_mean() -> None:
     buffer.add(np.array([1.0, 0.0]), fresh)
     buffer.add(np.array([0.0, 1.0]), fresh)
     state = buffer.propose(np.array([0.2, -0.4]))
-    (new,) = buffer.stepped([(0, np.ones(2))], state)
+    assert set(state) == {"fedbuff.version"}  # no momentum (β = 0): the version alone
+    (new,) = buffer.stepped([(0, np.ones(2))])
     # x + η (Σ s·Δ + noise) / K
     np.testing.assert_allclose(new, [1 + 0.5 * 1.2 / 2, 1 + 0.5 * 0.6 / 2])
