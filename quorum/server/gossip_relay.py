@@ -14,7 +14,6 @@ its neighbours renormalise their weights around it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from quorum.server import validation
 from quorum.server.phases import PendingTask, Phase, RoundAborted
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
-from quorum.wire import blobs
 
 STAGES = ("keys", "send", "mix")
 _MESSAGE_OF_STAGE = {"keys": "key", "mix": "report"}
@@ -324,16 +322,16 @@ class GossipRound:
             raise UploadRejected("oversized", f"a parcel of this model is at most {limit} bytes")
 
     async def add_parcel(
-        self, task: PendingTask, header: pb.UploadHeader, data: blobs.Buffer
+        self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
     ) -> None:
         """Keeps a received ciphertext for its receiver, exactly as it arrived."""
+        data, digest = upload.data, upload.digest
         if self.services.sessions.get(task.session_id) is None:
             raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
         if len(data) != header.size:
             raise UploadRejected(
                 "size_mismatch", f"received {len(data)} bytes, header declared {header.size}"
             )
-        digest = await asyncio.to_thread(blobs.digest, data)
         if digest != header.digest:
             raise UploadRejected("digest_mismatch", "the parcel does not hash to its digest")
         i, r = self.index[task.id], header.gossip.receiver

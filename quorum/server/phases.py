@@ -18,6 +18,7 @@ from quorum.aggregation import UpdateSum
 from quorum.errors import QuorumError
 from quorum.proto import federation_pb2 as pb
 from quorum.server.sessions import Session
+from quorum.server.validation import Received
 from quorum.wire import blobs
 from quorum.wire.blobs import Layout
 from quorum.wire.codecs import Codec
@@ -45,7 +46,7 @@ class Relay(Protocol):
     def admit_parcel(self, task: PendingTask, header: pb.UploadHeader) -> None: ...
 
     async def add_parcel(
-        self, task: PendingTask, header: pb.UploadHeader, data: blobs.Buffer
+        self, task: PendingTask, header: pb.UploadHeader, upload: Received
     ) -> None: ...
 
     def receive(self, task: PendingTask, reply: pb.GossipReply) -> None: ...

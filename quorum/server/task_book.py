@@ -165,7 +165,7 @@ class TaskBook:
         data = upload.data
         phase = task.phase
         if phase.relay is not None:
-            await phase.relay.add_parcel(task, header, data)  # a sealed model, kept as is
+            await phase.relay.add_parcel(task, header, upload)  # a sealed model, kept as is
             return
         if self.sessions.get(task.session_id) is None:
             raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")

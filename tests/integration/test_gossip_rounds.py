@@ -21,6 +21,7 @@ from quorum.client.gossip_models import GossipModels
 from quorum.errors import BlobError
 from quorum.privacy import gossip_channel as channel
 from quorum.server.gossip_relay import GossipRound, Parcel
+from quorum.server.validation import Received
 from quorum.wire import blobs
 from tests.integration.harness import TASK, Federation, federation, run_config
 from tests.vector_task import task as vector_task
@@ -101,10 +102,10 @@ async def test_gossip_sites_mix_exactly_and_the_relay_holds_only_ciphertext(
     held: list[bytes] = []
     original = GossipRound.add_parcel
 
-    async def spy(self: GossipRound, task: Any, header: Any, data: blobs.Buffer) -> None:
-        await original(self, task, header, data)
+    async def spy(self: GossipRound, task: Any, header: Any, upload: Received) -> None:
+        await original(self, task, header, upload)
         stored = self.parcels[(self.index[task.id], header.gossip.receiver)]
-        assert stored.data == bytes(data)  # kept exactly as the sender uploaded it
+        assert stored.data == bytes(upload.data)  # kept exactly as the sender uploaded it
         held.append(stored.data)
 
     monkeypatch.setattr(GossipRound, "add_parcel", spy)
@@ -159,8 +160,8 @@ async def test_a_tampered_ciphertext_is_detected_and_the_pair_skipped(
 ) -> None:
     original = GossipRound.add_parcel
 
-    async def tamper(self: GossipRound, task: Any, header: Any, data: blobs.Buffer) -> None:
-        await original(self, task, header, data)
+    async def tamper(self: GossipRound, task: Any, header: Any, upload: Received) -> None:
+        await original(self, task, header, upload)
         pair = (self.index[task.id], header.gossip.receiver)
         if self.phase.round == 1 and pair == (1, 0):  # b's model on its way to a
             flipped = bytearray(self.parcels[pair].data)
