@@ -205,3 +205,5 @@ def test_adding_the_update_in_parts_equals_the_whole_encoding_added() -> None:
         add_encoded_update(out, [delta[:-1]], 37, 1.0, 20, 100)
     with pytest.raises(SecAggError, match="overrun"):
         add_encoded_update(out, [delta, delta[:1]], 37, 1.0, 20, 100)
+    with pytest.raises(SecAggError, match="overrun"):
+        add_encoded_update(np.zeros(3, np.uint32), [delta], 37, 1.0, 20, 100)

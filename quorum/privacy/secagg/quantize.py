@@ -77,11 +77,19 @@ def _quantize_into(
     top = levels(bits)
     _check_clip(clip)
     generator = rng or np.random.default_rng()
+    # One block's scratch for the whole vector: no fresh temporaries (each a new mapping of the
+    # process's heap, quorum.heap) for every block.
+    room = min(QUANTIZE_BLOCK, out.shape[0])
+    steps, draws, whole = np.empty(room), np.empty(room, np.float32), np.empty(room, np.int32)
     clipped, start = 0, 0
     for part in parts:
         for offset in range(0, part.shape[0], QUANTIZE_BLOCK):
             block = part[offset : offset + QUANTIZE_BLOCK]
-            scaled = np.multiply(block, factor * top / clip, dtype=np.float64)  # in steps
+            target = out[start : start + block.shape[0]]
+            if target.shape != block.shape:
+                raise SecAggError(f"the values overrun the {out.shape[0]} of the vector")
+            scaled = steps[: block.shape[0]]
+            np.multiply(block, factor * top / clip, out=scaled, dtype=np.float64)  # in steps
             highest, lowest = float(scaled.max()), float(scaled.min())
             if math.isnan(highest) or math.isnan(lowest):
                 raise SecAggError("cannot quantise an update that contains NaN")
@@ -89,13 +97,12 @@ def _quantize_into(
                 clipped += int(np.count_nonzero(scaled > top))
                 clipped += int(np.count_nonzero(scaled < -top))
                 np.clip(scaled, -top, top, out=scaled)
-            scaled += generator.random(scaled.shape, dtype=np.float32)
+            scaled += generator.random(dtype=np.float32, out=draws[: scaled.shape[0]])
             np.floor(scaled, out=scaled)  # U < 1: the result stays within [-top, top]
-            target = out[start : start + scaled.shape[0]]
-            if target.shape != scaled.shape:
-                raise SecAggError(f"the values overrun the {out.shape[0]} of the vector")
+            steps_int = whole[: scaled.shape[0]]
+            np.copyto(steps_int, scaled, casting="unsafe")
             # Two's complement: adding the int32's bits is adding it modulo 2^32.
-            np.add(target, scaled.astype(np.int32).view(np.uint32), out=target)
+            np.add(target, steps_int.view(np.uint32), out=target)
             start += scaled.shape[0]
     if start != out.shape[0]:
         raise SecAggError(f"{start} values do not fill the vector of {out.shape[0]}")
