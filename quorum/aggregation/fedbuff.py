@@ -11,7 +11,7 @@ Sites train on whatever global model version was newest when they became free an
 buffer's mean is example-weighted as a sync FedAvg round's is (with equal counts it is the
 paper's (1/K) Σ s(τ_k) Δ_k); a site with a handful of examples does not pull the model as far
 as one with hundreds. Under central DP the driver passes clipped updates with n_k = 1 and the
-step adds Gaussian noise to the weighted sum before dividing (`propose(current, noise)`).
+step adds Gaussian noise to the weighted sum before dividing (`propose(noise)`).
 Pure numpy: memory is one float64 sum, whatever K is, and with momentum one float64 momentum;
 the step makes the new momentum in the sum's buffer, so no third vector of the model's size.
 """
