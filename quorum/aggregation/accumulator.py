@@ -13,8 +13,10 @@ from typing import Protocol
 
 import numpy as np
 
-FOLD_BLOCK = 1 << 16
-"""Values a plain vector is folded at a time (512 KiB of float64 scratch)."""
+from quorum.wire.codecs import FOLD_VALUES
+
+FOLD_BLOCK = FOLD_VALUES
+"""A plain vector is folded in the blocks a compressed update is decoded in: one scratch size."""
 
 
 class UpdateBlocks(Protocol):
