@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from quorum.baseline.spec import HEADLINE_METRICS, BaselineSpec
 from quorum.server.baselines import BaselineJobs
-from quorum.server.store import BaselineRecord, Store
+from quorum.server.records import BaselineRecord
+from quorum.server.store import Store
 
 
 class BaselineOut(BaseModel):

@@ -26,7 +26,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from quorum.server.store import BASELINE_ACTIVE, BASELINE_FINAL, Store
+from quorum.server.records import BASELINE_ACTIVE, BASELINE_FINAL
+from quorum.server.store import Store
 
 ROUND_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 STAGE_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -13,9 +13,8 @@ from quorum.admin.baselines import BaselineLink, baseline_links
 from quorum.admin.model_download import labelled_model
 from quorum.admin.privacy import PrivacyOut, privacy_ledger
 from quorum.config import RunConfig
-from quorum.server.records import RoundDetail, RoundSummary
+from quorum.server.records import RoundDetail, RoundSummary, RunRecord
 from quorum.server.runtime import Runtime
-from quorum.server.store import RunRecord
 
 
 class RunOut(BaseModel):

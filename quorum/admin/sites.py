@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from quorum.errors import ConfigError
 from quorum.identity import parse_public
+from quorum.server.records import SiteRecord
 from quorum.server.runtime import Runtime
-from quorum.server.store import SiteRecord
 
 
 class SiteOut(BaseModel):

@@ -15,7 +15,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from quorum.admin.auth import Role, hash_token
-from quorum.server.store import Store, TokenRecord
+from quorum.server.records import TokenRecord
+from quorum.server.store import Store
 
 
 class TokenIn(BaseModel):

@@ -30,7 +30,7 @@ from quorum.operator.render import (
     when,
     whole,
 )
-from quorum.server.store import RUN_ACTIVE
+from quorum.server.records import RUN_ACTIVE
 from quorum.wire import blobs
 
 runs_app = typer.Typer(

@@ -35,6 +35,7 @@ from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import CentralDP, clip_in_place
 from quorum.server.model_files import write_model
 from quorum.server.phases import Phase, RoundAborted
+from quorum.server.records import RunRecord
 from quorum.server.rounds import (
     STOPPED,
     evaluate_metrics,
@@ -49,7 +50,6 @@ from quorum.server.rounds import (
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
-from quorum.server.store import RunRecord
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import make_codec
 

@@ -40,7 +40,8 @@ import psutil
 
 from quorum.baseline.spec import BaselineSpec
 from quorum.errors import ConfigError, ConflictError, QuorumError
-from quorum.server.store import BaselineRecord, Store
+from quorum.server.records import BaselineRecord
+from quorum.server.store import Store
 
 log = logging.getLogger("quorum.server.baselines")
 

@@ -16,10 +16,11 @@ from quorum.server.async_driver import AsyncDriver
 from quorum.server.blobstore import BlobStore
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.gossip_driver import GossipDriver
+from quorum.server.records import RunRecord
 from quorum.server.rounds import STOPPED
 from quorum.server.services import RoundServices
 from quorum.server.sessions import SessionRegistry
-from quorum.server.store import RunRecord, Store
+from quorum.server.store import Store
 from quorum.server.sync_driver import SyncDriver
 from quorum.server.task_book import TaskBook
 from quorum.task import FederatedTask, load_task

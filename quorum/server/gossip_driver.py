@@ -36,9 +36,9 @@ from quorum.errors import ConfigError
 from quorum.fitconfig import FitConfig
 from quorum.server.gossip_relay import GossipPhase, GossipRound, check_cohort
 from quorum.server.phases import RoundAborted
+from quorum.server.records import RunRecord
 from quorum.server.rounds import play_rounds, task_sites, wait_for_sites
 from quorum.server.services import RoundServices
-from quorum.server.store import RunRecord
 from quorum.task import load_task
 from quorum.wire.blobfiles import BlobFile
 

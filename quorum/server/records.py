@@ -1,11 +1,65 @@
-"""What the store answers about rounds: typed records, read by attribute in the drivers and
-answered as they are by the admin API (their fields, in order, are the JSON it sends).
+"""What the store answers: typed records of sites, admin tokens, runs, rounds, baseline jobs
+and the totals a metrics scrape reads. The drivers read them by attribute; the admin API answers
+the round records as they are (their fields, in order, are the JSON it sends) and builds its
+other response models from them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from quorum.config import RunConfig
+from quorum.errors import StoreError
+
+RUN_ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    name: str
+    public_key: bytes
+    registered_at: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An admin bearer token as the store knows it: its name and role, never the secret."""
+
+    name: str
+    role: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    name: str
+    config: RunConfig | None
+    """None when the stored configuration no longer validates (`config_problem` says why)."""
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    config_problem: str | None = None
+
+    @property
+    def checked_config(self) -> RunConfig:
+        """The run's configuration, or a StoreError that names the run and what is wrong with
+        its stored record (a state written by a damaged disk or an older, laxer version): the
+        run fails with this message, the server and every other run go on."""
+        if self.config is None:
+            raise StoreError(
+                f"run {self.id}: its stored configuration no longer validates "
+                f"({self.config_problem})"
+            )
+        return self.config
 
 
 @dataclass(frozen=True)
@@ -73,3 +127,59 @@ class RoundDetail(RoundSummary):
     bytes_in_uncompressed: int
     bytes_out: int
     earlier_attempts: list[RoundSummary]
+
+
+BASELINE_ACTIVE = ("queued", "running")
+BASELINE_FINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class BaselineRecord:
+    """A centralised baseline job: its spec as submitted, where it stands, what it produced."""
+
+    id: str
+    task: str
+    spec: dict[str, Any]
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    pid: int | None
+    out_dir: str | None
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    log_tail: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.status in BASELINE_ACTIVE
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Store.totals(): rows of label values and numbers, read in one go."""
+
+    runs: list[tuple[str, str, str]]
+    """(run id, name, status)"""
+    rounds: list[tuple[str, str, int]]
+    """(run id, completed|aborted, attempts)"""
+    round_durations: list[tuple[str, str, float]]
+    """(run id, status, seconds) of every finished attempt"""
+    task_durations: list[tuple[str, int, int, float]]
+    """(fit|evaluate, bucket index into the bounds given, tasks, their seconds summed) of the
+    tasks sites reported on"""
+    secagg: list[dict[str, Any]]
+    """each SecAgg round's record (stages, their timings and dropouts)"""
+    traffic: list[tuple[str, int, int]]
+    """(run id, bytes received from sites, bytes sent to sites)"""
+    refused: list[tuple[str, int]]
+    """(refusal code, uploads refused)"""
+    staleness: list[tuple[str, int, int]]
+    """(run id, staleness, updates applied with it) of async runs"""
+    site_epsilon: list[tuple[str, str, float]]
+    """(run id, site, ε the site last reported spent)"""
+    central_epsilon: list[tuple[str, float]]
+    """(run id, the run's central ε so far)"""
+    baselines: list[tuple[str, int]]
+    """(status, jobs)"""

@@ -8,7 +8,8 @@ from __future__ import annotations
 from quorum.config import RunConfig
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.coordinator import Coordinator
-from quorum.server.store import RunRecord, Store
+from quorum.server.records import RunRecord
+from quorum.server.store import Store
 
 
 class Runtime:

@@ -17,14 +17,25 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from quorum.config import RunConfig
 from quorum.errors import ConfigError, ConflictError, NotFoundError, StoreError
-from quorum.server.records import Participation, RejectedUpload, RoundDetail, RoundSummary
+from quorum.server.records import (
+    BASELINE_FINAL,
+    BaselineRecord,
+    Participation,
+    RejectedUpload,
+    RoundDetail,
+    RoundSummary,
+    RunRecord,
+    SiteRecord,
+    TokenRecord,
+    Totals,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -127,56 +138,6 @@ CREATE TABLE IF NOT EXISTS baselines (
     log_tail TEXT
 );
 """
-
-RUN_ACTIVE = ("queued", "running")
-
-
-@dataclass(frozen=True)
-class SiteRecord:
-    name: str
-    public_key: bytes
-    registered_at: float
-    revoked_at: float | None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-
-@dataclass(frozen=True)
-class TokenRecord:
-    """An admin bearer token as the store knows it: its name and role, never the secret."""
-
-    name: str
-    role: str
-    created_at: float
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    id: str
-    name: str
-    config: RunConfig | None
-    """None when the stored configuration no longer validates (`config_problem` says why)."""
-    status: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-    config_problem: str | None = None
-
-    @property
-    def checked_config(self) -> RunConfig:
-        """The run's configuration, or a StoreError that names the run and what is wrong with
-        its stored record (a state written by a damaged disk or an older, laxer version): the
-        run fails with this message, the server and every other run go on."""
-        if self.config is None:
-            raise StoreError(
-                f"run {self.id}: its stored configuration no longer validates "
-                f"({self.config_problem})"
-            )
-        return self.config
-
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
 
@@ -394,7 +355,7 @@ class Store:
 
     def tokens(self) -> list[TokenRecord]:
         return [
-            TokenRecord(r["name"], r["role"], r["created_at"])
+            _record(TokenRecord, r)
             for r in self._rows("SELECT * FROM tokens ORDER BY created_at, name")
         ]
 
@@ -414,7 +375,7 @@ class Store:
                 )
             db.execute("DELETE FROM tokens WHERE name = ?", (name,))
         self.event("token_revoked", token=name, role=rows[0]["role"])
-        return TokenRecord(name, rows[0]["role"], rows[0]["created_at"])
+        return _record(TokenRecord, rows[0])
 
     # ---- runs ----
 
@@ -886,35 +847,6 @@ class Store:
                 db.execute("COMMIT")
 
 
-@dataclass(frozen=True)
-class Totals:
-    """Store.totals(): rows of label values and numbers, read in one go."""
-
-    runs: list[tuple[str, str, str]]
-    """(run id, name, status)"""
-    rounds: list[tuple[str, str, int]]
-    """(run id, completed|aborted, attempts)"""
-    round_durations: list[tuple[str, str, float]]
-    """(run id, status, seconds) of every finished attempt"""
-    task_durations: list[tuple[str, int, int, float]]
-    """(fit|evaluate, bucket index into the bounds given, tasks, their seconds summed) of the
-    tasks sites reported on"""
-    secagg: list[dict[str, Any]]
-    """each SecAgg round's record (stages, their timings and dropouts)"""
-    traffic: list[tuple[str, int, int]]
-    """(run id, bytes received from sites, bytes sent to sites)"""
-    refused: list[tuple[str, int]]
-    """(refusal code, uploads refused)"""
-    staleness: list[tuple[str, int, int]]
-    """(run id, staleness, updates applied with it) of async runs"""
-    site_epsilon: list[tuple[str, str, float]]
-    """(run id, site, ε the site last reported spent)"""
-    central_epsilon: list[tuple[str, float]]
-    """(run id, the run's central ε so far)"""
-    baselines: list[tuple[str, int]]
-    """(status, jobs)"""
-
-
 def _totals(db: sqlite3.Connection, duration_bounds: Sequence[float]) -> Totals:
     def q(sql: str) -> list[Any]:
         """The rows as tuples of their columns, in order."""
@@ -990,9 +922,7 @@ def _insert_metrics(
 
 
 def _site(row: sqlite3.Row) -> SiteRecord:
-    return SiteRecord(
-        row["name"], bytes(row["public_key"]), row["registered_at"], row["revoked_at"]
-    )
+    return _record(SiteRecord, row, public_key=bytes(row["public_key"]))
 
 
 @contextmanager
@@ -1015,17 +945,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
         config, problem = RunConfig.model_validate_json(row["config_json"]), None
     except ValidationError as exc:
         config, problem = None, _first_problem(exc)
-    return RunRecord(
-        id=row["id"],
-        name=row["name"],
-        config=config,
-        status=row["status"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        error=row["error"],
-        config_problem=problem,
-    )
+    return _record(RunRecord, row, config=config, config_problem=problem)
 
 
 def _first_problem(exc: ValidationError) -> str:
@@ -1039,7 +959,16 @@ def _participation(row: sqlite3.Row) -> Participation:
     return _record(Participation, row, metrics=metrics)
 
 
-R = TypeVar("R", Participation, RejectedUpload, RoundSummary)
+R = TypeVar(
+    "R",
+    BaselineRecord,
+    Participation,
+    RejectedUpload,
+    RoundSummary,
+    RunRecord,
+    SiteRecord,
+    TokenRecord,
+)
 
 
 def _record(cls: type[R], row: sqlite3.Row, **computed: Any) -> R:
@@ -1049,51 +978,14 @@ def _record(cls: type[R], row: sqlite3.Row, **computed: Any) -> R:
     )
 
 
-# ---- baselines ----
-
-BASELINE_ACTIVE = ("queued", "running")
-BASELINE_FINAL = ("completed", "failed", "cancelled")
-
-
-@dataclass(frozen=True)
-class BaselineRecord:
-    """A centralised baseline job: its spec as submitted, where it stands, what it produced."""
-
-    id: str
-    task: str
-    spec: dict[str, Any]
-    status: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    pid: int | None
-    out_dir: str | None
-    progress: dict[str, Any] | None
-    result: dict[str, Any] | None
-    error: str | None
-    log_tail: str | None
-
-    @property
-    def active(self) -> bool:
-        return self.status in BASELINE_ACTIVE
-
-
 def _baseline(row: sqlite3.Row) -> BaselineRecord:
     def load(text: str | None) -> dict[str, Any] | None:
         return None if text is None else dict(json.loads(text))
 
-    return BaselineRecord(
-        id=row["id"],
-        task=row["task"],
+    return _record(
+        BaselineRecord,
+        row,
         spec=dict(json.loads(row["spec_json"])),
-        status=row["status"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        pid=row["pid"],
-        out_dir=row["out_dir"],
         progress=load(row["progress_json"]),
         result=load(row["result_json"]),
-        error=row["error"],
-        log_tail=row["log_tail"],
     )

@@ -22,6 +22,7 @@ from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
 from quorum.server.model_files import strategy_step, write_model
 from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed
+from quorum.server.records import RunRecord
 from quorum.server.rounds import (
     evaluate_metrics,
     model_phase,
@@ -37,7 +38,6 @@ from quorum.server.rounds import (
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
-from quorum.server.store import RunRecord
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import make_codec
