@@ -78,8 +78,17 @@ class LabelledVectorTask(VectorTask):
         return self.site(f"n={len(indices)}", device, seed)
 
 
+class MixedVectorTask(VectorTask):
+    """The vector task's model with an int64 tensor beside the float32 ones (a BatchNorm
+    counter's kind): a model of several dtypes, whose flat vector is a float64 copy."""
+
+    def initial_parameters(self, seed: int) -> Params:
+        return {**super().initial_parameters(seed), "steps": np.zeros(2, np.int64)}
+
+
 task = VectorTask()
 labelled = LabelledVectorTask()
+mixed = MixedVectorTask()
 
 
 def expected_fedavg(rounds: int, sites: list[tuple[float, int]]) -> float:

@@ -310,7 +310,7 @@ class AsyncDriver:
             self.config.max_num_examples,
         )
         phase.fold_lock = self.fold_lock
-        phase.accumulator = _Buffered(self, phase, version, model)
+        phase.accumulator = _Buffered(self, phase, version, model, vector)
         # A compressed update is a delta from the version its site trained from.
         phase.codec, phase.reference = make_codec(self.config.compression), vector
         return phase
@@ -332,12 +332,15 @@ class AsyncDriver:
         phase: Phase,
         base_version: int,
         base_file: BlobFile,
+        base: np.ndarray,
         update: Update,
         examples: float,
     ) -> None:
         """Buffers one site's model (worker thread, under the shared fold lock); the K-th
-        update applies the server step. The version it was trained from is read through a map
-        of its file whose pages are let go as the fold goes, never resident whole."""
+        update applies the server step. `base` is the flat vector published with the version
+        it was trained from (`base_file`): for a model of one float dtype a map of the file,
+        whose pages are let go as the fold goes, never resident whole; for several dtypes the
+        float64 copy made once when the version was published, never one per upload."""
         # Asked afresh, not only `ended`: uploads queued on the fold lock behind the last step
         # must not make one more before the event loop has ended the run.
         ended = self.ended or self._end_reason()
@@ -347,7 +350,6 @@ class AsyncDriver:
             accepted = self.buffer.admit(base_version)
         except StaleUpdate as exc:
             raise UploadRejected("stale_update", str(exc)) from None
-        base = base_file.flat()
         update = LettingGo(blocks_of(update, base.shape[0]), base_file)
         try:
             if self.central is not None:  # DP-FedBuff: each update clipped, counting once
@@ -554,12 +556,19 @@ class _Buffered:
     """A fit phase's sink: folds its one upload into the driver's FedBuff buffer."""
 
     def __init__(
-        self, driver: AsyncDriver, phase: Phase, base_version: int, base: BlobFile
+        self,
+        driver: AsyncDriver,
+        phase: Phase,
+        base_version: int,
+        base: BlobFile,
+        vector: np.ndarray,
     ) -> None:
         self.driver = driver
         self.phase = phase
         self.base_version = base_version
         self.base = base
+        self.vector = vector
+        """The version's flat values as published (`BlobFile.flat`, made once per version)."""
         self._count = 0
 
     @property
@@ -568,7 +577,7 @@ class _Buffered:
 
     def fold(self, update: Update, weight: float, /) -> None:
         try:
-            self.driver.fold(self.phase, self.base_version, self.base, update, weight)
+            self.driver.fold(self.phase, self.base_version, self.base, self.vector, update, weight)
         finally:  # however the fold ended, the version's pages are the page cache's again
             self.base.drop_pages()
         self._count += 1

@@ -19,6 +19,7 @@ from quorum.config import RunConfig
 from quorum.privacy.dp.accounting import epsilon
 from quorum.privacy.secagg import error_bound
 from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
 from tests.integration.harness import Federation, federation, run_config, wait_for
 
 DELTAS = {"a": 1.0, "b": 2.0, "c": -1.0}
@@ -82,6 +83,44 @@ def test_fedbuff_applies_exactly_k_weighted_updates_per_step(tmp_path: pathlib.P
                 np.testing.assert_allclose(value, expected, rtol=1e-5)
             # every version was evaluated by the sites
             assert all("evaluate" in d["metrics"] for d in details)
+
+    asyncio.run(scenario())
+
+
+def test_a_model_of_several_dtypes_is_made_flat_once_per_version_not_per_upload(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int64 tensor beside float32 ones: the model's flat vector is a float64 copy of it.
+    Each fold reads the vector published with its version; none makes another per upload."""
+    made: list[str] = []
+    flat = BlobFile.flat
+
+    def counted(model: BlobFile) -> np.ndarray:
+        made.append(model.path.name)
+        return flat(model)
+
+    monkeypatch.setattr(BlobFile, "flat", counted)
+
+    async def scenario() -> None:
+        cfg = _async_config(task="tests.vector_task:mixed", rounds=3, buffer_size=2)
+        async with federation(tmp_path, [cfg]) as fed:
+            for name in ("a", "b"):
+                fed.add_site(name, "delta=1.0,n=10", task_ref="tests.vector_task:mixed")
+            run = await fed.wait_run(timeout=60)
+            details = await _rounds(fed, run["id"], 3)
+            folded = [
+                [p for p in d["participants"] if p["kind"] == "fit" and p["status"] == "accepted"]
+                for d in details
+            ]
+            assert sum(map(len, folded)) == 6
+            assert len(made) == 4, made  # the resumed version and the three steps' models
+            # each step's mean update (δ = 1); the int64 counter takes it rounded, step by step
+            means = [sum(staleness_weight(p["staleness"], 0.5) for p in f) / 2 for f in folded]
+            model, _ = fed.server.coordinator.checkpoints.open(run["id"], 3)
+            params = model.params()
+            assert params["steps"].dtype == np.int64
+            np.testing.assert_allclose(params["w"], sum(means), rtol=1e-5)
+            np.testing.assert_array_equal(params["steps"], sum(np.rint(means)))
 
     asyncio.run(scenario())
 
