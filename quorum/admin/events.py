@@ -17,12 +17,30 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
 
 from quorum.admin.auth import hash_token
+from quorum.server.records import Event
 from quorum.server.store import Store
 
 KEEPALIVE_S = 15.0
 BATCH = 500
+
+
+class EventOut(BaseModel):
+    """An event: its id, time, kind and run, then the fields its kind carries (a site, a round
+    and attempt, an error...), each a key of its own."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    at: float
+    kind: str
+    run_id: str | None
+
+    @classmethod
+    def of(cls, event: Event) -> EventOut:
+        return cls.model_validate(event.flat())
 
 
 class EventFeed:
@@ -70,7 +88,7 @@ class EventFeed:
                 for event in batch:
                     yield _frame(event)
                 if batch:
-                    last = batch[-1]["id"]
+                    last = batch[-1].id
                     continue
                 try:
                     await asyncio.wait_for(changed.wait(), self.keepalive_s)
@@ -80,9 +98,9 @@ class EventFeed:
             self.open_streams -= 1
 
 
-def _frame(event: dict[str, Any]) -> str:
-    data = json.dumps(event, default=str)  # one line: JSON escapes newlines inside strings
-    return f"id: {event['id']}\nevent: {event['kind']}\ndata: {data}\n\n"
+def _frame(event: Event) -> str:
+    data = json.dumps(event.flat(), default=str)  # one line: JSON escapes newlines in strings
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
 def events_router(feed: EventFeed, viewer: Any) -> APIRouter:
@@ -93,9 +111,9 @@ def events_router(feed: EventFeed, viewer: Any) -> APIRouter:
         after: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
         run_id: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[EventOut]:
         """Events after the id `after`, in order: all of them, or those of run `run_id`."""
-        return feed.store.events(after, limit, run_id)
+        return [EventOut.of(e) for e in feed.store.events(after, limit, run_id)]
 
     @router.get(
         "/api/v1/events/stream",

@@ -1,7 +1,7 @@
-"""What the store answers: typed records of sites, admin tokens, runs, rounds, baseline jobs
-and the totals a metrics scrape reads. The drivers read them by attribute; the admin API answers
-the round records as they are (their fields, in order, are the JSON it sends) and builds its
-other response models from them.
+"""What the store answers: typed records of sites, admin tokens, runs, rounds, events,
+baseline jobs and the totals a metrics scrape reads. The drivers read them by attribute; the
+admin API answers the round records as they are (their fields, in order, are the JSON it sends)
+and builds its other response models from them.
 """
 
 from __future__ import annotations
@@ -127,6 +127,28 @@ class RoundDetail(RoundSummary):
     bytes_in_uncompressed: int
     bytes_out: int
     earlier_attempts: list[RoundSummary]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One recorded event: what happened (`kind`), when, to which run if any, and the fields
+    its kind carries (a site, a round and attempt, an error...)."""
+
+    id: int
+    at: float
+    kind: str
+    run_id: str | None
+    fields: dict[str, Any]
+
+    def flat(self) -> dict[str, Any]:
+        """The event as the admin API sends it: its fields beside id, at, kind and run_id."""
+        return {
+            "id": self.id,
+            "at": self.at,
+            "kind": self.kind,
+            "run_id": self.run_id,
+            **self.fields,
+        }
 
 
 BASELINE_ACTIVE = ("queued", "running")

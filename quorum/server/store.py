@@ -27,6 +27,7 @@ from quorum.errors import ConfigError, ConflictError, NotFoundError, StoreError
 from quorum.server.records import (
     BASELINE_FINAL,
     BaselineRecord,
+    Event,
     Participation,
     RejectedUpload,
     RoundDetail,
@@ -709,20 +710,12 @@ class Store:
         for listener in self._event_listeners:
             listener()
 
-    def events(
-        self, after_id: int = 0, limit: int = 500, run_id: str | None = None
-    ) -> list[dict[str, Any]]:
+    def events(self, after_id: int = 0, limit: int = 500, run_id: str | None = None) -> list[Event]:
         """Events after `after_id` in order, all of them or those of one run."""
         where = "id > ?" if run_id is None else "id > ? AND run_id = ?"
         args = (after_id,) if run_id is None else (after_id, run_id)
         return [
-            {
-                "id": r["id"],
-                "at": r["at"],
-                "kind": r["kind"],
-                "run_id": r["run_id"],
-                **json.loads(r["fields_json"]),
-            }
+            _record(Event, r, fields=json.loads(r["fields_json"]))
             for r in self._rows(
                 f"SELECT * FROM events WHERE {where} ORDER BY id LIMIT ?", *args, limit
             )
@@ -962,6 +955,7 @@ def _participation(row: sqlite3.Row) -> Participation:
 R = TypeVar(
     "R",
     BaselineRecord,
+    Event,
     Participation,
     RejectedUpload,
     RoundSummary,

@@ -34,7 +34,7 @@ def _run(store: Store, name: str = "run", **kw: object) -> str:
 
 
 def _kinds(store: Store) -> list[str]:
-    return [e["kind"] for e in store.events()]
+    return [e.kind for e in store.events()]
 
 
 # --- sites -------------------------------------------------------------------------------------
@@ -113,9 +113,9 @@ def test_create_run(store: Store) -> None:
     assert record.started_at is None and record.finished_at is None and record.error is None
     assert store.run(record.id) == record
     events = store.events()
-    assert events[-1]["kind"] == "run_submitted"
-    assert events[-1]["run_id"] == record.id
-    assert events[-1]["name"] == "heart"
+    assert events[-1].kind == "run_submitted"
+    assert events[-1].run_id == record.id
+    assert events[-1].fields == {"name": "heart"}
     with pytest.raises(NotFoundError, match="'run-nope'"):
         store.run("run-nope")
 
@@ -158,7 +158,7 @@ def test_next_active_run_and_status_transitions(store: Store) -> None:
     assert failed.finished_at is not None
     assert failed.started_at is None  # it never ran
     assert store.next_active_run() is None
-    assert [e["kind"] for e in store.events() if e["kind"].startswith("run_")] == [
+    assert [e.kind for e in store.events() if e.kind.startswith("run_")] == [
         "run_submitted",
         "run_submitted",
         "run_running",
@@ -166,7 +166,7 @@ def test_next_active_run_and_status_transitions(store: Store) -> None:
         "run_completed",
         "run_failed",
     ]
-    assert store.events()[-1]["error"] == "task import failed"
+    assert store.events()[-1].fields["error"] == "task import failed"
 
 
 # --- rounds ------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_complete_round_with_metrics(store: Store) -> None:
     assert done.duration_s is not None and done.duration_s >= 0
     assert done.abort_reason is None
     assert store.last_completed_round(run) == 1
-    assert store.events()[-1]["kind"] == "round_completed"
+    assert store.events()[-1].kind == "round_completed"
 
 
 def test_abort_round_and_last_completed_round(store: Store) -> None:
@@ -220,8 +220,8 @@ def test_abort_round_and_last_completed_round(store: Store) -> None:
     assert aborted.abort_reason == "too few sites"
     assert aborted.finished_at is not None
     last = store.events()[-1]
-    assert last["kind"] == "round_aborted" and last["reason"] == "too few sites"
-    assert last["round"] == 3
+    assert last.kind == "round_aborted"
+    assert last.fields == {"round": 3, "attempt": attempt, "reason": "too few sites"}
     # a re-run of round 3 is attempt 2
     assert store.start_round(run, 3) == 2
     assert store.last_completed_round(run) == 2
@@ -263,7 +263,11 @@ def test_abort_interrupted_rounds(store: Store) -> None:
     assert store.rounds(other)[0].status == "running"
     assert store.round_detail(other, 1).participants[0].status == "offered"
     last = store.events()[-1]
-    assert (last["kind"], last["round"], last["attempt"]) == ("round_aborted", 2, attempt)
+    assert (last.kind, last.fields["round"], last.fields["attempt"]) == (
+        "round_aborted",
+        2,
+        attempt,
+    )
     # nothing left to abort; the completed round is still the last one
     assert store.abort_interrupted_rounds(run, "again") == 0
     assert store.last_completed_round(run) == 1
@@ -362,17 +366,19 @@ def test_events(store: Store) -> None:
     store.event("second")
     store.event("third", value=1.5)
     events = store.events()
-    assert [e["kind"] for e in events] == ["custom", "second", "third"]
-    ids = [e["id"] for e in events]
+    assert [e.kind for e in events] == ["custom", "second", "third"]
+    ids = [e.id for e in events]
     assert ids == sorted(ids) and len(set(ids)) == 3
     first = events[0]
-    assert first["run_id"] == "run-x"
-    assert (first["site"], first["n"], first["when"]) == ("a", 3, "p")  # str() for the rest
-    assert events[1]["run_id"] is None
-    assert [e["kind"] for e in store.events(after_id=ids[0])] == ["second", "third"]
-    assert [e["kind"] for e in store.events(limit=2)] == ["custom", "second"]
+    assert first.run_id == "run-x"
+    assert first.fields == {"site": "a", "n": 3, "when": "p"}  # str() for the rest
+    # the admin API's form: the fields beside the record's own keys, in that order
+    assert list(first.flat()) == ["id", "at", "kind", "run_id", "site", "n", "when"]
+    assert events[1].run_id is None
+    assert [e.kind for e in store.events(after_id=ids[0])] == ["second", "third"]
+    assert [e.kind for e in store.events(limit=2)] == ["custom", "second"]
     assert store.events(after_id=ids[-1]) == []
-    assert events[0]["at"] <= events[1]["at"] <= events[2]["at"]
+    assert events[0].at <= events[1].at <= events[2].at
 
 
 # --- durability --------------------------------------------------------------------------------
