@@ -9,10 +9,11 @@ the round is saved. The new model is encoded once, and its digest taken as it is
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import numpy as np
 
-from quorum.aggregation import RoundSum, Strategy
+from quorum.aggregation import Strategy
 from quorum.server.checkpoints import Checkpoints
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
@@ -32,12 +33,19 @@ def write_model(
         return writer.finish()
 
 
+class MeanParts(Protocol):
+    """A mean read a block at a time, never whole: a round's sum (`RoundSum`), or a SecAgg
+    round's unmasked sum (`DecodedSum`, the mean's difference to the model)."""
+
+    def mean_part(self, start: int, stop: int) -> np.ndarray: ...
+
+
 def strategy_step(
-    strategy: Strategy, model: BlobFile, target: np.ndarray | RoundSum, *, delta: bool = False
+    strategy: Strategy, model: BlobFile, target: np.ndarray | MeanParts, *, delta: bool = False
 ) -> Iterator[np.ndarray]:
     """The strategy's step over the model's file, block by block: `target` is the sites' mean
-    (`delta`: the mean's difference to the model, as SecAgg and central DP release it), or the
-    round's sum, whose mean is then read a block at a time."""
+    (`delta`: the mean's difference to the model, as SecAgg and central DP release it), whole
+    or read a block at a time."""
     strategy.begin_step(model.layout.numel)
     for start, current in model.values():
         stop = start + current.shape[0]

@@ -27,9 +27,9 @@ from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import DP_CLIPPING_METRIC, DP_NOISE_METRIC
 from quorum.privacy.secagg import (
     MASKED_TENSOR,
+    DecodedSum,
     RoundContext,
     ServerRound,
-    decode_sum,
     max_sites,
     neighbours,
 )
@@ -117,9 +117,10 @@ class SecureFit:
 
     # ---- the stages (the driver's side) ----
 
-    async def run(self, config: FitConfig, task_ref: str) -> tuple[np.ndarray, int, int]:
-        """Runs the phase; returns (the example-weighted mean delta, the summed weight, the
-        number of sites summed). Raises RoundAborted when the sum cannot be recovered."""
+    async def run(self, config: FitConfig, task_ref: str) -> tuple[DecodedSum, int, int]:
+        """Runs the phase; returns (the example-weighted mean delta, read a block at a time
+        from the unmasked sum, the summed weight, the number of sites summed). Raises
+        RoundAborted when the sum cannot be recovered."""
         try:
             self.server = self._check_cohort()
             self.services.book.open_phase(
@@ -150,8 +151,8 @@ class SecureFit:
             # A site can put any weight in its masked vector: a total outside the range the
             # sites' weights allow is refused (SecAgg hides each site's values, so no more
             # than that can be checked).
-            mean, weight = self._close(
-                lambda: decode_sum(
+            mean = self._close(
+                lambda: DecodedSum(
                     total,
                     count,
                     settings.clip_range,
@@ -165,7 +166,7 @@ class SecureFit:
             self.services.store.set_round_secagg(
                 self.phase.run_id, self.phase.round, self.phase.attempt, self.report
             )
-        return mean, weight, count
+        return mean, mean.weight, count
 
     def _check_cohort(self) -> ServerRound:
         n = len(self.cohort)

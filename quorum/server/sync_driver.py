@@ -16,11 +16,11 @@ import random
 
 import numpy as np
 
-from quorum.aggregation import RoundSum, round_sum
+from quorum.aggregation import round_sum
 from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
-from quorum.server.model_files import strategy_step, write_model
+from quorum.server.model_files import MeanParts, strategy_step, write_model
 from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed
 from quorum.server.records import RunRecord
 from quorum.server.rounds import (
@@ -102,7 +102,7 @@ class SyncDriver:
         # A view of the model's file: only what needs every value (central DP's clipping, a
         # robust rule, a codec's deltas) reads it whole; the step below reads it in blocks.
         current = model.flat()
-        mean: np.ndarray | RoundSum  # the sites' mean, or the round's sum to read it from
+        mean: np.ndarray | MeanParts  # the sites' mean, or a sum to read it from by blocks
         if cfg.secagg.enabled:
             fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
             noise = None
@@ -110,7 +110,7 @@ class SyncDriver:
                 noise = (self.central.clipping_norm, self.central.site_noise_stddev(len(cohort)))
             secure = SecureFit(self.services, fit, cohort, cfg, rng, layout.numel, noise)
             try:
-                delta, examples, accepted = await secure.run(fit_config, cfg.task)
+                decoded, examples, accepted = await secure.run(fit_config, cfg.task)
             finally:
                 # The server has seen the noised sum once it is unmasked, even when the round
                 # then aborts: that release is accounted.
@@ -118,7 +118,7 @@ class SyncDriver:
                     release = self.central.distributed_release(len(cohort), secure.summed)
                     await self._account(round_no, attempt, release)
             self._check_enough(accepted, cohort, fit)
-            weight, mean, of_delta = float(examples), delta, True
+            weight, mean, of_delta = float(examples), decoded, True
         elif self.central is not None:
             fit = self._fit_phase(round_no, attempt, model, layout, current)
             clipped = fit.accumulator = self.central.collector(current)

@@ -24,6 +24,7 @@ from quorum.errors import SecAggError
 from quorum.privacy.secagg import (
     AdvertisedKeys,
     ClientRound,
+    DecodedSum,
     EncryptedShare,
     Peer,
     RevealedShare,
@@ -31,9 +32,12 @@ from quorum.privacy.secagg import (
     ServerRound,
     Setup,
     UnmaskRequest,
+    encode_update,
     generate_keypair,
+    levels,
     neighbours,
     prg,
+    quantize,
     reconstruct,
 )
 from quorum.privacy.secagg._encoding import keys_transcript
@@ -812,3 +816,64 @@ def test_survivors_split_into_unconnected_groups_abort_before_unmasking() -> Non
         server.add_masked(i, mask_update(clients[i], inbox[i], np.zeros(4, np.uint32)))
     with pytest.raises(SecAggError, match="not connected"):
         server.close_masked()
+
+
+# --- decoding the unmasked sum ------------------------------------------------------------------
+
+
+def whole_vector_decode(
+    total: Vector, clip: float, bits: int, max_weight: int
+) -> npt.NDArray[np.float64]:
+    """The mean as the server decoded it before it read it a block at a time (commit 1ce6d1d,
+    `decode_sum`): one float64 vector of the whole model."""
+    mean = np.asarray(total[:-1], dtype=np.uint32).view(np.int32).astype(np.float64)
+    mean *= clip / levels(bits)
+    mean *= max_weight / int(total[-1])
+    return mean
+
+
+@pytest.mark.parametrize(
+    ("n", "degree", "threshold", "drop", "bits", "max_weight"),
+    [
+        (5, 4, 3, {}, 24, 1000),
+        (8, 4, 3, {0: 1, 2: 3}, 16, 1000),
+        (8, 4, 3, {3: 4}, 29, 7),  # max_sites(29) is 8: sums reach the int32 range's edge
+        (10, 6, 2, {0: 1, 3: 2, 6: 3, 9: 4}, 20, 1),
+    ],
+)
+def test_the_unmasked_sum_decodes_block_by_block_bit_for_bit_as_whole(
+    monkeypatch: pytest.MonkeyPatch,
+    n: int,
+    degree: int,
+    threshold: int,
+    drop: dict[int, int],
+    bits: int,
+    max_weight: int,
+) -> None:
+    """The server's step reads the mean a block at a time (`DecodedSum.mean_part`, the async
+    buffer through `blocks()`): every block, at any cut, is the bytes of the whole-vector decode,
+    for sums of encoded updates recovered despite dropouts."""
+    clip, length = 0.75, 2_501
+    rng = np.random.default_rng(n + bits)
+    updates = []
+    for _ in range(n):
+        delta = rng.normal(0.0, clip / 2, length).astype(np.float32)
+        delta[:3] = [10 * clip, -10 * clip, 0.0]  # clipped to +-levels by every site, and zero
+        vector, _, _ = encode_update(delta, int(rng.integers(1, 5_000)), clip, bits, max_weight)
+        updates.append(vector)
+    cohort = make_cohort(n, degree, threshold, length=length + 1, seed=n)
+    outcome = run(cohort, updates, drop)
+    assert outcome.error is None and outcome.total is not None, str(outcome.error)
+    count = len(cohort.server.masked)
+    assert count == sum(1 for i in range(n) if drop.get(i) not in (1, 2, 3))
+    whole = whole_vector_decode(outcome.total, clip, bits, max_weight).tobytes()
+
+    decoded = DecodedSum(outcome.total, count, clip, bits, max_weight)
+    assert decoded.numel == length and decoded.weight == int(outcome.total[-1])
+    for block in (1, 7, 1_000, length, length + 5):
+        parts = [decoded.mean_part(s, s + block) for s in range(0, length, block)]
+        assert b"".join(p.tobytes() for p in parts) == whole
+    monkeypatch.setattr(quantize, "DECODE_BLOCK", 333)
+    starts, parts = zip(*((s, p.copy()) for s, p in decoded.blocks()), strict=True)
+    assert list(starts) == list(range(0, length, 333))
+    assert b"".join(p.tobytes() for p in parts) == whole

@@ -10,8 +10,8 @@ from hypothesis.extra import numpy as hnp
 
 from quorum.errors import SecAggError
 from quorum.privacy.secagg.quantize import (
+    DecodedSum,
     add_encoded_update,
-    decode_sum,
     dequantize_sum,
     encode_update,
     error_bound,
@@ -139,7 +139,8 @@ def test_decoded_sum_is_the_example_weighted_mean(
         assert w == min(n, max_weight) == int(vector[-1])
         weights.append(w)
         total += vector
-    mean, weight = decode_sum(total, count, clip, bits, max_weight)
+    decoded = DecodedSum(total, count, clip, bits, max_weight)
+    mean, weight = decoded.mean_part(0, decoded.numel), decoded.weight
     assert weight == sum(weights)
     expected = np.average(np.stack(deltas), axis=0, weights=weights)
     bound = error_bound(clip, bits, count) * max_weight / weight
@@ -158,14 +159,14 @@ def test_encode_update_caps_the_weight_and_refuses_bad_counts() -> None:
         encode_update(np.zeros((2, 2)), 1, 1.0, 16, 10)
 
 
-def test_decode_sum_refuses_zero_weight_and_possible_wrap() -> None:
+def test_decoding_refuses_zero_weight_and_possible_wrap() -> None:
     total = np.zeros(3, dtype=np.uint32)
     with pytest.raises(SecAggError, match="summed weight 0 is outside"):
-        decode_sum(total, 1, 1.0, 16, 10)
+        DecodedSum(total, 1, 1.0, 16, 10)
     with pytest.raises(SecAggError, match="wrapped"):
-        decode_sum(total, 2, 1.0, 16, 2**31)
+        DecodedSum(total, 2, 1.0, 16, 2**31)
     with pytest.raises(SecAggError, match="wrap"):
-        decode_sum(total, max_sites(16) + 1, 1.0, 16, 10)
+        DecodedSum(total, max_sites(16) + 1, 1.0, 16, 10)
 
 
 def test_encode_update_counts_the_clipped_elements() -> None:
@@ -179,11 +180,11 @@ def test_encode_update_counts_the_clipped_elements() -> None:
         encode_update(np.array([np.nan, 0.0]), 1, 1.0, 16, 10)
 
 
-def test_decode_sum_refuses_a_forged_total_weight() -> None:
+def test_decoding_refuses_a_forged_total_weight() -> None:
     total = np.zeros(3, dtype=np.uint32)
     total[-1] = 2 * 10 + 1  # two sites can weigh at most 2 x max_weight = 20
     with pytest.raises(SecAggError, match=r"outside 2\.\.20"):
-        decode_sum(total, 2, 1.0, 16, 10)
+        DecodedSum(total, 2, 1.0, 16, 10)
 
 
 def test_adding_the_update_in_parts_equals_the_whole_encoding_added() -> None:

@@ -31,8 +31,8 @@ from quorum.privacy.secagg.messages import (
     UnmaskRequest,
 )
 from quorum.privacy.secagg.quantize import (
+    DecodedSum,
     add_encoded_update,
-    decode_sum,
     dequantize_sum,
     encode_update,
     error_bound,
@@ -49,6 +49,7 @@ __all__ = [
     "SHARE_BYTES",
     "AdvertisedKeys",
     "ClientRound",
+    "DecodedSum",
     "EncryptedShare",
     "Peer",
     "RevealedShare",
@@ -61,7 +62,6 @@ __all__ = [
     "add_prg",
     "agree",
     "crypto",
-    "decode_sum",
     "decrypt",
     "dequantize_sum",
     "encode_update",

@@ -15,7 +15,7 @@ weight, so the server learns the weighted sum and the total weight, and never on
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -124,8 +124,13 @@ def dequantize_sum(
     """The sum of `count` clipped vectors, from the sum of their quantised forms."""
     _check_count(count, bits)
     _check_clip(clip)
-    out = np.asarray(total, dtype=np.uint32).view(np.int32).astype(np.float64)
-    out *= clip / levels(bits)
+    return _dequantize(np.asarray(total, dtype=np.uint32), clip / levels(bits))
+
+
+def _dequantize(total: npt.NDArray[np.uint32], step: float) -> npt.NDArray[np.float64]:
+    """The int32 reading of `total` in units of `step`, as a new float64 array."""
+    out = total.view(np.int32).astype(np.float64)
+    out *= step
     return out
 
 
@@ -179,31 +184,60 @@ def add_encoded_update(
     return weight, clipped
 
 
-def decode_sum(
-    total: npt.NDArray[np.uint32], count: int, clip: float, bits: int, max_weight: int
-) -> tuple[npt.NDArray[np.float64], int]:
-    """The example-weighted mean delta of `count` sites, and their total weight."""
-    _check_max_weight(max_weight)
-    _check_count(count, bits)
-    if count * max_weight >= _RING:
-        raise SecAggError(
-            f"a sum of {count} weights up to {max_weight} may have wrapped modulo 2^32: "
-            "lower max_weight"
-        )
-    total = np.asarray(total)
-    if total.ndim != 1 or total.shape[0] < 1:
-        raise SecAggError(f"the sum must be a non-empty 1-D vector, got shape {total.shape}")
-    weight = int(total[-1])
-    if not count <= weight <= count * max_weight:
-        # Every site's weight is 1..max_weight: a total outside that range was forged (or
-        # wrapped) by some site, and dividing by it would scale the mean arbitrarily.
-        raise SecAggError(
-            f"the summed weight {weight} is outside {count}..{count * max_weight}, the range of "
-            f"{count} sites' weights"
-        )
-    mean = dequantize_sum(total[:-1], count, clip, bits)
-    mean *= max_weight / weight
-    return mean, weight
+DECODE_BLOCK = QUANTIZE_BLOCK
+"""Values decoded at a time by `DecodedSum.blocks`."""
+
+
+class DecodedSum:
+    """The example-weighted mean delta of `count` sites (`mean_part`) and their total weight,
+    read from the sum of their encoded vectors (`add_encoded_update`) a block at a time.
+
+    The server's step takes the mean block by block as it writes the new model: a whole float64
+    mean would be twice a float32 model beside the uint32 sum. Each block is bit for bit that
+    block of the whole-vector decode (the same two products, in the same order, per element).
+    `numel` and `blocks()` make it an update an async buffer folds
+    (`quorum.aggregation.UpdateBlocks`)."""
+
+    def __init__(
+        self, total: npt.NDArray[np.uint32], count: int, clip: float, bits: int, max_weight: int
+    ) -> None:
+        _check_max_weight(max_weight)
+        _check_count(count, bits)
+        _check_clip(clip)
+        if count * max_weight >= _RING:
+            raise SecAggError(
+                f"a sum of {count} weights up to {max_weight} may have wrapped modulo 2^32: "
+                "lower max_weight"
+            )
+        total = np.asarray(total, dtype=np.uint32)
+        if total.ndim != 1 or total.shape[0] < 1:
+            raise SecAggError(f"the sum must be a non-empty 1-D vector, got shape {total.shape}")
+        weight = int(total[-1])
+        if not count <= weight <= count * max_weight:
+            # Every site's weight is 1..max_weight: a total outside that range was forged (or
+            # wrapped) by some site, and dividing by it would scale the mean arbitrarily.
+            raise SecAggError(
+                f"the summed weight {weight} is outside {count}..{count * max_weight}, the "
+                f"range of {count} sites' weights"
+            )
+        self.weight = weight
+        self._values = total[:-1]
+        self._step = clip / levels(bits)
+        self._scale = max_weight / weight
+
+    @property
+    def numel(self) -> int:
+        return int(self._values.shape[0])
+
+    def mean_part(self, start: int, stop: int) -> npt.NDArray[np.float64]:
+        """Values [start, stop) of the mean delta, as a new float64 array."""
+        out = _dequantize(self._values[start:stop], self._step)
+        out *= self._scale
+        return out
+
+    def blocks(self) -> Iterator[tuple[int, npt.NDArray[np.float64]]]:
+        for start in range(0, self.numel, DECODE_BLOCK):
+            yield start, self.mean_part(start, start + DECODE_BLOCK)
 
 
 def error_bound(clip: float, bits: int, count: int) -> float:
