@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quorum.aggregation.accumulator import Update, blocks_of
-from quorum.errors import ConfigError, StoreError
+from quorum.errors import ConfigError, ConflictError, StoreError
 
 BLOCK = 1 << 20
 """Values the momentum is updated at a time (8 MiB of float64 temporaries)."""
@@ -84,6 +84,9 @@ class FedBuff:
         self._examples = 0.0
         self._momentum: np.ndarray | None = np.zeros(numel, np.float64) if self.beta else None
         self.buffered: list[Accepted] = []
+        self._spent = False
+        """`propose` made the sum the new momentum: no update may join it and no step be
+        proposed from it until `load_state` applies the state or `discard` empties it."""
 
     def admit(self, base_version: int) -> Accepted:
         """The weight of an update trained on `base_version`; raises StaleUpdate when it must
@@ -111,6 +114,7 @@ class FedBuff:
         model the site trained from) is given; True when the buffer is full (call `step`).
         Block by block: no temporary of the model's size."""
         source = blocks_of(delta, self.numel)
+        self._refuse_spent("add an update")
         if self.full:
             raise ValueError("the buffer is full: apply the server step first")
         if not (examples > 0 and math.isfinite(examples)):
@@ -147,11 +151,15 @@ class FedBuff:
     def propose(self, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The state after the server step, to checkpoint (with the new model `stepped`
         writes) before `load_state` applies it and empties the buffer. The new momentum is
-        made in the sum's buffer: after a failed checkpoint the buffer is spent (`discard` it;
-        a restart does). `noise` is added to the weighted sum (central DP). Without momentum
-        (β = 0) the state is the version alone: the step's mean never enters a later step."""
+        made in the sum's buffer: the buffer is spent (`add` and `propose` refuse with a
+        ConflictError) until `load_state` applies the state or, after a failed checkpoint,
+        `discard` empties it (a restart does). `noise` is added to the weighted sum (central
+        DP). Without momentum (β = 0) the state is the version alone: the step's mean never
+        enters a later step."""
+        self._refuse_spent("propose a step")
         if not self.full:
             raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
+        self._spent = True
         momentum = self._sum
         if noise is not None:
             momentum += noise
@@ -160,6 +168,14 @@ class FedBuff:
             for start in range(0, self.numel, BLOCK):
                 momentum[start : start + BLOCK] += self.beta * self._momentum[start : start + BLOCK]
         return self._state(self.version + 1, momentum)
+
+    def _refuse_spent(self, what: str) -> None:
+        if self._spent:
+            raise ConflictError(
+                f"cannot {what}: propose() made this buffer's sum the proposed momentum; "
+                "load_state() the proposed state once it is checkpointed, or discard() the "
+                "buffer, first"
+            )
 
     def stepped(self, current: Iterable[tuple[int, np.ndarray]]) -> Iterator[np.ndarray]:
         """The new model x + η m, from consecutive (start, values) blocks of the current one
@@ -176,6 +192,7 @@ class FedBuff:
         self._sum[:] = 0.0
         self._examples = 0.0
         self.buffered = []
+        self._spent = False
         return count
 
     def state(self) -> dict[str, np.ndarray]:

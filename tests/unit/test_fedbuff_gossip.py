@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from quorum.aggregation.fedbuff import BLOCK, FedBuff, StaleUpdate, staleness_weight
 from quorum.aggregation.gossip import mix, mixing, without
-from quorum.errors import ConfigError, StoreError
+from quorum.errors import ConfigError, ConflictError, StoreError
 
 
 def test_staleness_weights_and_drops() -> None:
@@ -212,3 +212,32 @@ def test_fedbuff_noise_joins_the_weighted_sum_before_the_mean() -> None:
     (new,) = buffer.stepped([(0, np.ones(2))])
     # x + η (Σ s·Δ + noise) / K
     np.testing.assert_allclose(new, [1 + 0.5 * 1.2 / 2, 1 + 0.5 * 0.6 / 2])
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_a_proposed_buffer_is_spent_until_its_state_is_loaded(momentum: float) -> None:
+    """`propose` turns the sum into the momentum in place: adding to it or proposing again
+    would step from a momentum, so both are refused until `load_state` applies the state."""
+    buffer = FedBuff(2, buffer_size=1, server_momentum=momentum)
+    buffer.add(np.array([1.0, 2.0]), buffer.admit(0))
+    state = buffer.propose()
+    with pytest.raises(ConflictError, match="cannot add an update: propose"):
+        buffer.add(np.ones(2), buffer.admit(0))
+    with pytest.raises(ConflictError, match="cannot propose a step: propose"):
+        buffer.propose()
+    (new,) = buffer.stepped([(0, np.zeros(2))])  # the step's model is still read from it
+    np.testing.assert_allclose(new, [1.0, 2.0])
+    buffer.load_state(state)  # the step applied: a new buffer
+    assert buffer.version == 1
+    buffer.add(np.array([2.0, 2.0]), buffer.admit(1))
+    np.testing.assert_allclose(buffer.step(np.zeros(2)), [2.0 + momentum, 2.0 + 2 * momentum])
+
+
+def test_a_spent_buffer_discarded_after_a_failed_checkpoint_takes_updates_again() -> None:
+    buffer = FedBuff(2, buffer_size=1, server_momentum=0.5)
+    buffer.add(np.array([1.0, 2.0]), buffer.admit(0))
+    buffer.propose()  # its checkpoint failed: the state is never loaded
+    assert buffer.discard() == 1 and buffer.version == 0
+    buffer.add(np.array([4.0, 4.0]), buffer.admit(0))
+    # the momentum the failed step proposed never entered: x + η (β·0 + Δ)
+    np.testing.assert_allclose(buffer.step(np.zeros(2)), [4.0, 4.0])
