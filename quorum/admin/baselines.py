@@ -19,29 +19,6 @@ from quorum.server.records import BaselineRecord
 from quorum.server.store import Store
 
 
-class BaselineOut(BaseModel):
-    id: str
-    task: str
-    status: str
-    """queued, running, completed, failed or cancelled."""
-    spec: dict[str, Any]
-    """The BaselineSpec the job was submitted with."""
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    pid: int | None
-    """The launcher's process (it leads the job's process group)."""
-    out_dir: str | None
-    progress: dict[str, Any] | None
-    """The worker's latest progress line: step, loss, elapsed_s, samples_per_s, tokens_per_s."""
-    result: dict[str, Any] | None
-    """The worker's result.json: train and eval loss, eval accuracy and the task's other eval
-    metrics, throughput, peak memory and state bytes per rank, wall time."""
-    error: str | None
-    log_tail: str | None
-    """The last 4 KB of the job's log, once it has ended."""
-
-
 class BaselineLink(BaseModel):
     """A baseline of a run's task, as `GET /api/v1/runs/{id}` lists it."""
 
@@ -50,24 +27,6 @@ class BaselineLink(BaseModel):
     engine: str | None
     data: str | None
     metrics: dict[str, float]
-
-
-def baseline_out(record: BaselineRecord) -> BaselineOut:
-    return BaselineOut(
-        id=record.id,
-        task=record.task,
-        status=record.status,
-        spec=record.spec,
-        created_at=record.created_at,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-        pid=record.pid,
-        out_dir=record.out_dir,
-        progress=record.progress,
-        result=record.result,
-        error=record.error,
-        log_tail=record.log_tail,
-    )
 
 
 def baseline_links(store: Store, task: str) -> list[BaselineLink]:
@@ -98,23 +57,23 @@ def baselines_router(jobs: BaselineJobs, viewer: Any, operator: Any) -> APIRoute
     store = jobs.store
 
     @router.post("", status_code=201, dependencies=[operator])
-    async def submit_baseline(spec: BaselineSpec) -> BaselineOut:
+    async def submit_baseline(spec: BaselineSpec) -> BaselineRecord:
         """Starts the centralised baseline of `spec.task` as a child process of the server.
         Refused (422) when the server cannot import the task or lacks the engine's extra."""
-        return baseline_out(await jobs.submit(spec))
+        return await jobs.submit(spec)
 
     @router.get("", dependencies=[viewer])
-    async def list_baselines(task: str | None = None) -> list[BaselineOut]:
-        return [baseline_out(r) for r in store.baselines(task=task)]
+    async def list_baselines(task: str | None = None) -> list[BaselineRecord]:
+        return store.baselines(task=task)
 
     @router.get("/{baseline_id}", dependencies=[viewer])
-    async def get_baseline(baseline_id: str) -> BaselineOut:
-        return baseline_out(store.baseline(baseline_id))
+    async def get_baseline(baseline_id: str) -> BaselineRecord:
+        return store.baseline(baseline_id)
 
     @router.post("/{baseline_id}/cancel", dependencies=[operator])
-    async def cancel_baseline(baseline_id: str) -> BaselineOut:
+    async def cancel_baseline(baseline_id: str) -> BaselineRecord:
         """Stops every rank of the job (SIGTERM, then SIGKILL after a grace period); 409 when
         it has already ended."""
-        return baseline_out(await jobs.cancel(baseline_id))
+        return await jobs.cancel(baseline_id)
 
     return router

@@ -157,21 +157,29 @@ BASELINE_FINAL = ("completed", "failed", "cancelled")
 
 @dataclass(frozen=True)
 class BaselineRecord:
-    """A centralised baseline job: its spec as submitted, where it stands, what it produced."""
+    """A centralised baseline job: its spec as submitted, where it stands, what it produced (the
+    admin API answers it as it is)."""
 
     id: str
     task: str
-    spec: dict[str, Any]
     status: str
+    """queued, running, completed, failed or cancelled."""
+    spec: dict[str, Any]
+    """The BaselineSpec the job was submitted with."""
     created_at: float
     started_at: float | None
     finished_at: float | None
     pid: int | None
+    """The launcher's process (it leads the job's process group)."""
     out_dir: str | None
     progress: dict[str, Any] | None
+    """The worker's latest progress line: step, loss, elapsed_s, samples_per_s, tokens_per_s."""
     result: dict[str, Any] | None
+    """The worker's result.json: train and eval loss, eval accuracy and the task's other eval
+    metrics, throughput, peak memory and state bytes per rank, wall time."""
     error: str | None
     log_tail: str | None
+    """The last 4 KB of the job's log, once it has ended."""
 
     @property
     def active(self) -> bool:
