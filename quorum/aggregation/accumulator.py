@@ -77,6 +77,25 @@ def subtract_into(out: np.ndarray, update: UpdateBlocks, reference: np.ndarray) 
         )
 
 
+class Scratch:
+    """One block of float64 scratch, reused for every block of every update a sum folds:
+    grown only when a source's blocks are larger (a codec decoding in bigger blocks), never
+    allocated per block (a fresh MB-sized temporary per block is a fresh mapping)."""
+
+    def __init__(self, size: int = 0) -> None:
+        self._buffer = np.empty(size, np.float64)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._buffer.nbytes)
+
+    def take(self, size: int) -> np.ndarray:
+        """`size` values of scratch, their contents undefined, valid until the next take."""
+        if size > self._buffer.shape[0]:
+            self._buffer = np.empty(size, np.float64)
+        return self._buffer[:size]
+
+
 def check_weight(weight: float) -> float:
     weight = float(weight)
     if not (weight > 0 and math.isfinite(weight)):
@@ -112,7 +131,7 @@ class Accumulator:
             raise ValueError(f"numel must be non-negative, got {numel}")
         self._numel = int(numel)
         self._sum = np.empty(self._numel, dtype=np.float64)
-        self._scratch = np.empty(min(self._numel, FOLD_BLOCK), dtype=np.float64)
+        self._scratch = Scratch(min(self._numel, FOLD_BLOCK))
         self._count = 0
         self._total_weight = 0.0
 
@@ -139,9 +158,7 @@ class Accumulator:
             if self._count == 0:
                 np.multiply(values, weight, out=target, dtype=np.float64)
                 continue
-            if values.shape[0] > self._scratch.shape[0]:  # a source with larger blocks
-                self._scratch = np.empty(values.shape[0], dtype=np.float64)
-            scratch = self._scratch[: values.shape[0]]
+            scratch = self._scratch.take(values.shape[0])
             np.multiply(values, weight, out=scratch, dtype=np.float64)
             np.add(target, scratch, out=target)
         self._count += 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quorum.aggregation.accumulator import Update, blocks_of
+from quorum.aggregation.accumulator import Scratch, Update, blocks_of
 from quorum.errors import ConfigError, ConflictError, StoreError
 
 BLOCK = 1 << 20
@@ -80,7 +80,7 @@ class FedBuff:
         self.beta = server_momentum
         self.version = version
         self._sum = np.zeros(numel, np.float64)
-        self._scratch = np.empty(0, np.float64)
+        self._scratch = Scratch()
         self._examples = 0.0
         self._momentum: np.ndarray | None = np.zeros(numel, np.float64) if self.beta else None
         self.buffered: list[Accepted] = []
@@ -122,9 +122,7 @@ class FedBuff:
         scale = accepted.weight * examples
         for start, values in source.blocks():
             end = start + values.shape[0]
-            if self._scratch.shape[0] < values.shape[0]:
-                self._scratch = np.empty(values.shape[0], np.float64)
-            block = self._scratch[: values.shape[0]]
+            block = self._scratch.take(values.shape[0])
             if base is None:
                 block[:] = values
             else:  # in the values' dtype, then widened, as a whole-vector subtraction would be

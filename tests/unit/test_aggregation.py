@@ -10,7 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quorum.aggregation import Accumulator, FedAvg, FedOpt, Strategy, make_strategy
+from quorum.aggregation.accumulator import FOLD_BLOCK, FlatBlocks
+from quorum.aggregation.fedbuff import FedBuff
 from quorum.errors import ConfigError, StoreError
+from quorum.privacy.dp.central import ClippedSum
 
 # --- Accumulator -----------------------------------------------------------------------------
 
@@ -103,6 +106,29 @@ def test_accumulator_never_reads_its_vector_before_the_first_fold() -> None:
         acc.fold(np.full(1000, 3.0, np.float32), 2.0)
         acc.fold(np.ones(1000, np.float32), 1.0)
         assert np.array_equal(acc.mean(), np.full(1000, 7.0 / 3.0))
+
+
+def test_every_sum_folds_blocks_of_any_size_into_its_one_scratch() -> None:
+    """The plain sum, FedBuff's buffer and central DP's clipped sum fold an update whose blocks
+    are larger than their scratch (a codec's), then smaller ones, each as the whole vector."""
+    numel = 3 * FOLD_BLOCK + 7
+    base = np.linspace(-1, 1, numel)
+    first, second = np.linspace(0, 2, numel, dtype=np.float32), np.full(numel, 0.5, np.float32)
+    large, small = FlatBlocks(first, block=2 * FOLD_BLOCK), FlatBlocks(second, block=1000)
+    acc = Accumulator(numel)
+    acc.fold(large, 1.0)
+    acc.fold(large, 1.0)  # the second fold adds through the scratch, grown for these blocks
+    acc.fold(small, 2.0)
+    np.testing.assert_allclose(acc.mean(), (2 * first.astype(np.float64) + 2 * 0.5) / 4)
+    buffer = FedBuff(numel, buffer_size=2)
+    buffer.add(large, buffer.admit(0), base=base)
+    buffer.add(small, buffer.admit(0), base=base)
+    expected = (first.astype(np.float64) - base + 0.5 - base) / 2
+    np.testing.assert_allclose(buffer.step(np.zeros(numel)), expected, rtol=1e-6, atol=1e-6)
+    clipped = ClippedSum(base, clipping_norm=1e9)
+    clipped.fold(large, 1.0)
+    clipped.fold(small, 1.0)
+    np.testing.assert_allclose(clipped.sum, 2 * expected, rtol=1e-6, atol=1e-6)
 
 
 _NUMEL = 5

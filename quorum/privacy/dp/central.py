@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quorum.aggregation.accumulator import FOLD_BLOCK, Update, blocks_of
+from quorum.aggregation.accumulator import FOLD_BLOCK, Scratch, Update, blocks_of
 from quorum.config import CentralDPConfig
 from quorum.errors import ConfigError, StoreError
 from quorum.privacy.dp.accounting import HistoryEntry, appended, epsilon
@@ -89,7 +89,7 @@ class ClippedSum:
         self.reference = reference
         self.clipping_norm = float(clipping_norm)
         self.sum = np.zeros(reference.shape[0], dtype=np.float64)
-        self._scratch = np.empty(min(reference.shape[0], FOLD_BLOCK), dtype=np.float64)
+        self._scratch = Scratch(min(reference.shape[0], FOLD_BLOCK))
         self.count = 0
         self.unclipped = 0
         self.total_weight = 0.0
@@ -97,11 +97,9 @@ class ClippedSum:
 
     def _deltas(self, update: Update) -> Iterator[tuple[int, np.ndarray]]:
         for start, values in blocks_of(update, self.reference.shape[0]).blocks():
-            n = values.shape[0]
-            if n > self._scratch.shape[0]:
-                self._scratch = np.empty(n, dtype=np.float64)
-            delta = self._scratch[:n]
-            np.subtract(values, self.reference[start : start + n], out=delta, dtype=np.float64)
+            delta = self._scratch.take(values.shape[0])
+            end = start + values.shape[0]
+            np.subtract(values, self.reference[start:end], out=delta, dtype=np.float64)
             yield start, delta
 
     def fold(self, update: Update, weight: float, /) -> None:
