@@ -68,6 +68,10 @@ class HostileSite:
         except grpc.RpcError:
             pass
 
+    def send(self, message: pb.SiteMessage) -> None:
+        """Sends a message on the session stream, as it is."""
+        self._out.put(message)
+
     def next_fit(self, timeout: float = 30) -> pb.TaskOffer:
         return self.fit_offers.get(timeout=timeout)
 
