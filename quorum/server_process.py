@@ -186,7 +186,7 @@ class Server:
         self._grpc_serving = False
         # Sessions end their streams themselves (each records its site's disconnection while
         # the store is open); cancelled by grpc's stop instead, they wrote to a closed store.
-        for session in self.coordinator.sessions.connected():
+        for session in self.coordinator.services.sessions.connected():
             session.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)

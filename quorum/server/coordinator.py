@@ -51,17 +51,14 @@ class Coordinator:
         blob_store: BlobStore,
         sessions: SessionRegistry,
     ) -> None:
-        self.store = store
-        self.checkpoints = checkpoints
-        self.blobs = blob_store
-        self.sessions = sessions
-        self.book = TaskBook(store, sessions)
         self._wakeup = asyncio.Event()
         self._stop_requested: set[str] = set()
         self.current_run: str | None = None
         self.services = RoundServices(
-            store, checkpoints, blob_store, sessions, self.book, self.stop_requested
+            store, checkpoints, blob_store, sessions, TaskBook(store, sessions), self.stop_requested
         )
+        """What the drivers, the federation service and the admin API's runtime use of the
+        server (the store, the models, the sessions, the task book)."""
 
     # ---- runs ----
 
@@ -69,24 +66,24 @@ class Coordinator:
         config.server_strategy()  # refuse settings the strategy cannot take
         task = load_task(config.task)  # and a task this server cannot import
         _check_update_memory(config, task)  # and a robust cohort beyond its memory budget
-        record = self.store.create_run(config)
+        record = self.services.store.create_run(config)
         self._wakeup.set()
         return record
 
     def stop(self, run_id: str) -> None:
-        record = self.store.run(run_id)
+        record = self.services.store.run(run_id)
         if record.status == "queued":
-            self.store.set_run_status(run_id, "stopped", STOPPED)
+            self.services.store.set_run_status(run_id, "stopped", STOPPED)
         elif record.status == "running":
             self._stop_requested.add(run_id)
-            self.sessions.wake()  # a run waiting for sites sees the stop now
+            self.services.sessions.wake()  # a run waiting for sites sees the stop now
 
     def stop_requested(self, run_id: str) -> bool:
         return run_id in self._stop_requested
 
     async def run_forever(self) -> None:
         while True:
-            record = self.store.next_active_run()
+            record = self.services.store.next_active_run()
             if record is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -96,10 +93,12 @@ class Coordinator:
                 await self._driver(record).run()
             except QuorumError as exc:
                 log.error("event=run_failed run_id=%s error=%s", record.id, exc)
-                self.store.set_run_status(record.id, "failed", str(exc))
+                self.services.store.set_run_status(record.id, "failed", str(exc))
             except Exception as exc:  # a bug or an I/O failure fails the run, not the server
                 log.exception("event=run_failed run_id=%s", record.id)
-                self.store.set_run_status(record.id, "failed", f"{type(exc).__name__}: {exc}")
+                self.services.store.set_run_status(
+                    record.id, "failed", f"{type(exc).__name__}: {exc}"
+                )
             finally:
                 self.current_run = None
                 self._stop_requested.discard(record.id)

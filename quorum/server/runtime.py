@@ -15,9 +15,11 @@ from quorum.server.store import Store
 class Runtime:
     def __init__(self, coordinator: Coordinator) -> None:
         self._co = coordinator
-        self._sessions = coordinator.sessions
-        self.store: Store = coordinator.store
-        self.checkpoints: Checkpoints = coordinator.checkpoints
+        services = coordinator.services
+        self._sessions = services.sessions
+        self._book = services.book
+        self.store: Store = services.store
+        self.checkpoints: Checkpoints = services.checkpoints
 
     @property
     def current_run(self) -> str | None:
@@ -45,4 +47,4 @@ class Runtime:
         session = self._sessions.by_site(name)
         if session is not None:
             self._sessions.drop(session)
-            self._co.book.on_disconnect(session)
+            self._book.on_disconnect(session)

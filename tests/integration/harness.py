@@ -17,6 +17,7 @@ from quorum.admin.client import AdminClient
 from quorum.client.agent import Backoff, SiteAgent, StageHook
 from quorum.config import RunConfig, ServerConfig, ServerFile
 from quorum.ports import free_port
+from quorum.server.services import RoundServices
 from quorum.server_process import Server
 from quorum.task import SiteTask
 from tests.vector_task import task as vector_task
@@ -48,6 +49,12 @@ class Federation:
     credentials: grpc.ChannelCredentials | None = None
     agents: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def services(self) -> RoundServices:
+        """The server's round services (store, checkpoints, models served, sessions, task book),
+        for a test that looks inside or steps in."""
+        return self.server.coordinator.services
 
     def register(self, name: str) -> Any:
         key = identity.generate()

@@ -86,7 +86,7 @@ def test_a_stop_ends_a_run_that_waits_for_sites(tmp_path: pathlib.Path, mode: st
 
 
 async def _connected(fed: Federation, count: int) -> bool:
-    return len(fed.server.coordinator.sessions.connected()) >= count
+    return len(fed.services.sessions.connected()) >= count
 
 
 async def _no_current_run(fed: Federation) -> bool:

@@ -23,7 +23,7 @@ ROUNDS = 3
 
 
 def _final(fed: Any, run_id: str) -> np.ndarray:
-    model, _ = fed.server.coordinator.checkpoints.load(run_id, ROUNDS)
+    model, _ = fed.services.checkpoints.load(run_id, ROUNDS)
     return np.concatenate([v.reshape(-1) for v in blobs.decode(model).values()])
 
 
@@ -45,17 +45,17 @@ def test_central_dp_clips_noises_and_accounts(tmp_path: pathlib.Path, secure: bo
 
     async def scenario() -> None:
         async with federation(tmp_path, [config]) as fed:
-            co = fed.server.coordinator
+            services = fed.services
             accounted_at_evaluation: list[tuple[int, list[int]]] = []
-            open_phase = co.book.open_phase
+            open_phase = services.book.open_phase
 
             def spy(phase: Any, *args: Any, **kwargs: Any) -> None:
                 if phase.kind == "evaluate":  # the round's model leaves the server here
-                    released = co.store.phase_metrics(phase.run_id, "central_dp")
+                    released = services.store.phase_metrics(phase.run_id, "central_dp")
                     accounted_at_evaluation.append((phase.round, [r for r, _, _ in released]))
                 open_phase(phase, *args, **kwargs)
 
-            co.book.open_phase = spy
+            services.book.open_phase = spy
             for name, data in SITES.items():
                 fed.add_site(name, data)
             run = await fed.wait_run(timeout=60)
@@ -126,7 +126,7 @@ def test_adaptive_clipping_moves_the_norm_and_survives_in_checkpoints(
             assert norms == sorted(norms) and norms[-1] > norms[0]
             assert central["clipping_norm"] > norms[-1]  # the next round's
             assert all(r["unclipped_fraction"] is not None for r in central["rounds"])
-            _, state = fed.server.coordinator.checkpoints.load(run["id"], ROUNDS)
+            _, state = fed.services.checkpoints.load(run["id"], ROUNDS)
             assert float(state["central_dp.clipping_norm"][0]) == central["clipping_norm"]
 
     asyncio.run(scenario())

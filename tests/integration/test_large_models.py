@@ -68,26 +68,31 @@ def test_a_model_past_2_gib_streams_through_checkpoints_the_step_and_downloads(
 ) -> None:
     async def scenario() -> None:
         async with federation(tmp_path, []) as fed:
-            co = fed.server.coordinator  # type: ignore[attr-defined]
+            services = fed.services
             reset_peak_rss()
             base = peak_rss()
-            path = co.checkpoints.model_path("big", 0)
+            path = services.checkpoints.model_path("big", 0)
             path.parent.mkdir(parents=True)
             sparse_model(path, NUMEL)
             path.with_name("round-00000.strategy.safetensors").write_bytes(blobs.encode({}))
-            model, _ = await asyncio.to_thread(co.checkpoints.open, "big", 0)
+            model, _ = await asyncio.to_thread(services.checkpoints.open, "big", 0)
             assert model.size > 2**31 and model.layout.numel == NUMEL
             assert await asyncio.to_thread(model.all_finite)
             # The round's step: the mean is all zeros too (untouched pages of np.zeros).
             mean = np.zeros(NUMEL, np.float64)
             new = await asyncio.to_thread(
-                write_model, co.checkpoints, "big", 1, model, strategy_step(FedAvg(), model, mean)
+                write_model,
+                services.checkpoints,
+                "big",
+                1,
+                model,
+                strategy_step(FedAvg(), model, mean),
             )
             del mean
-            co.checkpoints.save("big", 1, new, {})
+            services.checkpoints.save("big", 1, new, {})
             assert new.digest == model.digest  # the mean of zeros is the zeros
-            digest = co.blobs.put(new)
-            session = co.sessions.open("reader", "task")
+            digest = services.blobs.put(new)
+            session = services.sessions.open("reader", "task")
             async with grpc.aio.insecure_channel(fed.address, options=GRPC_OPTIONS) as channel:
                 stub = pb_grpc.FederationStub(channel)
                 assert await fetch(stub, session.id, digest, 0) == digest

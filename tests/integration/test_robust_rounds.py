@@ -17,7 +17,7 @@ HOSTILE = ("evil", "delta=1000.0,n=500")  # far off, and claiming the most examp
 
 
 def _final(fed: object, run_id: str, rounds: int) -> np.ndarray:
-    model, _ = fed.server.coordinator.checkpoints.load(run_id, rounds)  # type: ignore[attr-defined]
+    model, _ = fed.services.checkpoints.load(run_id, rounds)  # type: ignore[attr-defined]
     return np.concatenate([v.reshape(-1) for v in blobs.decode(model).values()])
 
 

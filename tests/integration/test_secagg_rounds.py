@@ -38,7 +38,7 @@ def start(fed: Federation, crashes: dict[str, StageHook] | None = None) -> None:
 
 
 def final_value(fed: Federation, run_id: str, round_no: int) -> np.ndarray:
-    model, _ = fed.server.coordinator.checkpoints.load(run_id, round_no)
+    model, _ = fed.services.checkpoints.load(run_id, round_no)
     return blobs.as_flat(model, blobs.read_layout(model))
 
 
@@ -241,7 +241,7 @@ def _send_site_e_another_model(
                 other = {"w": np.ones((4, 3), np.float32), "b": np.ones(3, np.float32)}
                 blobs.write(other, writer)
                 served = writer.finish()
-            message.task.model_digest = server["coordinator"].blobs.put(served)
+            message.task.model_digest = server["services"].blobs.put(served)
             message.task.model_size = len(served)
         original_send(self, message)
 
@@ -256,7 +256,7 @@ def test_a_site_sent_another_global_model_is_refused_at_advertise(
 
     async def scenario() -> None:
         async with federation(tmp_path, [one_round()]) as fed:
-            server["coordinator"] = fed.server.coordinator
+            server["services"] = fed.services
             start(fed)
             run = await fed.wait_run()
             report = (await fed.api(f"/api/v1/runs/{run['id']}/rounds/1"))["secagg"]
@@ -280,7 +280,7 @@ def test_without_the_servers_check_the_cohort_itself_catches_another_model(
 
     async def scenario() -> None:
         async with federation(tmp_path, [one_round()]) as fed:
-            server["coordinator"] = fed.server.coordinator
+            server["services"] = fed.services
             start(fed)
             detail = await first_aborted(fed)
             share = next(s for s in detail["secagg"]["stages"] if s["stage"] == "share-keys")

@@ -42,12 +42,12 @@ def test_revoked_site_is_dropped_at_once_and_cannot_rejoin(tmp_path: pathlib.Pat
             fed.add_site("a", "delta=1.0,n=1")
             fed.add_site("b", "delta=1.0,n=1")
             fed.add_site("c", "delta=1.0,n=1,sleep=0.2")
-            while len(fed.server.coordinator.sessions.connected()) < 3:
+            while len(fed.services.sessions.connected()) < 3:
                 await asyncio.sleep(0.05)
             admin = AdminClient(fed.admin_url, TOKEN)
             revoked = await asyncio.to_thread(admin.post, "/api/v1/sites/c/revoke")
             assert revoked["revoked"] is True and revoked["connected"] is False
-            assert fed.server.coordinator.sessions.by_site("c") is None
+            assert fed.services.sessions.by_site("c") is None
             c_agent = fed.agents[2]
             with pytest.raises(AuthError, match="revoked"):
                 await asyncio.wait_for(c_agent, 10)

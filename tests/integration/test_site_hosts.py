@@ -102,7 +102,7 @@ def host_spec(
 
 
 def final_value(fed: Federation, run_id: str, round_no: int) -> np.ndarray:
-    model, _ = fed.server.coordinator.checkpoints.load(run_id, round_no)
+    model, _ = fed.services.checkpoints.load(run_id, round_no)
     return blobs.as_flat(model, blobs.read_layout(model))
 
 

@@ -14,7 +14,7 @@ from tests.vector_task import expected_fedavg
 
 
 def _final_model(fed: object, run_id: str, rounds: int) -> dict[str, np.ndarray]:
-    model, _ = fed.server.coordinator.checkpoints.load(run_id, rounds)  # type: ignore[attr-defined]
+    model, _ = fed.services.checkpoints.load(run_id, rounds)  # type: ignore[attr-defined]
     return blobs.decode(model)
 
 
@@ -31,7 +31,7 @@ def test_fedavg_rounds_fold_every_update_weighted_by_examples(tmp_path: pathlib.
             for value in params.values():
                 np.testing.assert_allclose(value, want, rtol=1e-6)
             assert run["model_digest"] == blobs.digest(
-                fed.server.coordinator.checkpoints.load(run["id"], 3)[0]
+                fed.services.checkpoints.load(run["id"], 3)[0]
             )
 
             detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/2")
@@ -44,7 +44,7 @@ def test_fedavg_rounds_fold_every_update_weighted_by_examples(tmp_path: pathlib.
             # cache blobs by digest, so nothing is downloaded twice.
             assert all(p["bytes_out"] == 0 for p in fits)
             first = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
-            model_size = len(fed.server.coordinator.checkpoints.load(run["id"], 0)[0])
+            model_size = len(fed.services.checkpoints.load(run["id"], 0)[0])
             assert all(
                 p["bytes_out"] == model_size for p in first["participants"] if p["kind"] == "fit"
             )
@@ -65,7 +65,7 @@ def test_fedyogi_state_is_checkpointed_each_round(tmp_path: pathlib.Path) -> Non
             fed.add_site("a", "delta=1.0,n=1")
             fed.add_site("b", "delta=1.0,n=1")
             run = await fed.wait_run()
-            _, state = fed.server.coordinator.checkpoints.load(run["id"], 2)
+            _, state = fed.services.checkpoints.load(run["id"], 2)
             assert int(state["t"].reshape(-1)[0]) == 2
             assert set(state) == {"t", "m", "v"}
             params = _final_model(fed, run["id"], 2)
