@@ -356,7 +356,7 @@ class SecureFit:
 
     async def add_masked(self, task: PendingTask, data: blobs.Buffer, layout: blobs.Layout) -> None:
         """Folds a validated masked vector into the sum; the caller holds the phase's fold
-        lock."""
+        lock. The upload's buffer is handed over: the first becomes the sum in place."""
         if self.stage != "masked-input":
             raise UploadRejected("task_closed", "the masked-input stage closed at its deadline")
         vector = blobs.decode(data, layout)[MASKED_TENSOR]
@@ -364,7 +364,7 @@ class SecureFit:
         server = self.server
         assert server is not None  # set for as long as the stage is open
         try:
-            await fold_in_thread(lambda: server.add_masked(index, vector))
+            await fold_in_thread(lambda: server.add_masked(index, vector, owned=True))
         except SecAggError as exc:
             raise UploadRejected("secagg_protocol", str(exc)) from None
         self.answered["masked-input"].add(index)

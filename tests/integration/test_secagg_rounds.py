@@ -38,8 +38,8 @@ def start(fed: Federation, crashes: dict[str, StageHook] | None = None) -> None:
 
 
 def final_value(fed: Federation, run_id: str, round_no: int) -> np.ndarray:
-    model, _ = fed.services.checkpoints.load(run_id, round_no)
-    return blobs.as_flat(model, blobs.read_layout(model))
+    model, _ = fed.services.checkpoints.open(run_id, round_no)
+    return model.flat()
 
 
 def assert_fedavg_of(value: np.ndarray, names: list[str]) -> None:
@@ -67,9 +67,10 @@ def test_secure_rounds_give_fedavg_and_the_server_never_holds_an_update(
     received: list[np.ndarray] = []
     original = ServerRound.add_masked
 
-    def spy(self: ServerRound, index: int, vector: np.ndarray) -> None:
+    def spy(self: ServerRound, index: int, vector: np.ndarray, *, owned: bool = False) -> None:
+        assert owned  # the upload's buffer is handed over: the first one becomes the sum
         received.append(np.array(vector, copy=True))
-        original(self, index, vector)
+        original(self, index, vector, owned=owned)
 
     monkeypatch.setattr(ServerRound, "add_masked", spy)
 

@@ -390,6 +390,33 @@ def test_server_keeps_one_running_sum_and_no_individual_update() -> None:
         assert not any(np.array_equal(held[0], u) for u in updates)
 
 
+def test_an_owned_first_vector_becomes_the_sum_in_place_and_the_sum_stays_exact() -> None:
+    """The server hands over each upload's buffer: the first one is the running sum, no vector
+    of its own beside the uploads; a read-only one is copied instead."""
+    n, length = 4, 9
+    for writeable in (True, False):
+        cohort = make_cohort(n, 3, 2, length)
+        server = cohort.server
+        updates = random_updates(n, length)
+        for i in range(n):
+            server.receive_keys(i, cohort.clients[i].advertise())
+        to_site = server.close_advertise()
+        for i in range(n):
+            server.receive_shares(i, cohort.clients[i].share_keys(to_site[i]))
+        inbox = server.close_shares()
+        first = bytearray(mask_update(cohort.clients[0], inbox[0], updates[0]).tobytes())
+        vector = np.frombuffer(first if writeable else bytes(first), dtype=np.uint32)
+        server.add_masked(0, vector, owned=True)
+        (held,) = [v for v in vars(server).values() if isinstance(v, np.ndarray)]
+        assert np.shares_memory(held, vector) is writeable
+        for i in range(1, n):
+            server.add_masked(i, mask_update(cohort.clients[i], inbox[i], updates[i]), owned=True)
+        request = server.close_masked()
+        for i in range(n):
+            server.receive_unmask(i, cohort.clients[i].unmask(request))
+        assert np.array_equal(server.finish(), plain_sum(updates, range(n), length))
+
+
 # --- attacks and tampering ---------------------------------------------------------------------
 
 

@@ -214,7 +214,14 @@ class ServerRound:
 
     # --- masked input -----------------------------------------------------------------------
 
-    def add_masked(self, index: int, vector: npt.NDArray[np.uint32]) -> None:
+    def add_masked(
+        self, index: int, vector: npt.NDArray[np.uint32], *, owned: bool = False
+    ) -> None:
+        """Folds a site's masked vector into the running sum. `owned`: the caller hands the
+        vector over (an upload's buffer it drops afterwards), so the first one, if writeable,
+        becomes the sum in place: the sum then costs no vector of its own beside the uploads
+        being received (the same values as a copy: the first masked vector is the sum of
+        one)."""
         self._expect(_Stage.MASK, f"masked vector from site {index}")
         if index not in self._shares:
             raise SecAggError(f"masked vector from site {index}: it did not share keys")
@@ -229,9 +236,12 @@ class ServerRound:
                 f"masked vector from site {index}: expected a uint32 vector of length "
                 f"{self._length}"
             )
-        if self._sum is None:
-            self._sum = np.zeros(self._length, dtype=np.uint32)
-        np.add(self._sum, vector, out=self._sum)
+        if self._sum is not None:
+            np.add(self._sum, vector, out=self._sum)
+        elif owned and vector.flags.writeable and vector.flags.c_contiguous:
+            self._sum = vector
+        else:
+            self._sum = vector.copy()
         self._masked.add(index)
 
     def _recoverable(self, survivors: frozenset[int], dropped: frozenset[int]) -> None:
