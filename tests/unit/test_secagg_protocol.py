@@ -398,12 +398,7 @@ def test_an_owned_first_vector_becomes_the_sum_in_place_and_the_sum_stays_exact(
         cohort = make_cohort(n, 3, 2, length)
         server = cohort.server
         updates = random_updates(n, length)
-        for i in range(n):
-            server.receive_keys(i, cohort.clients[i].advertise())
-        to_site = server.close_advertise()
-        for i in range(n):
-            server.receive_shares(i, cohort.clients[i].share_keys(to_site[i]))
-        inbox = server.close_shares()
+        inbox, _ = _through_share_keys(cohort)
         first = bytearray(mask_update(cohort.clients[0], inbox[0], updates[0]).tobytes())
         vector = np.frombuffer(first if writeable else bytes(first), dtype=np.uint32)
         server.add_masked(0, vector, owned=True)
