@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from quorum.atomic import publish, temp_path, write_atomic
+from quorum.atomic import publish, temp_path
 from quorum.errors import BlobError, StoreError
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile, BlobWriter
@@ -65,23 +65,20 @@ class Checkpoints:
         self,
         run_id: str,
         round_no: int,
-        model: blobs.Buffer | BlobFile,
+        model: BlobFile,
         strategy_state: Mapping[str, np.ndarray],
     ) -> None:
-        """Saves the round: its model (bytes, or the file `stage` wrote, renamed into place)
-        and its strategy state, each atomically; the model first, so that a round whose
-        state is on disk has its model too."""
+        """Saves the round: its model (the file `stage` wrote, renamed into place) and its
+        strategy state, each atomically; the model first, so that a round whose state is on
+        disk has its model too."""
         model_path, state_path = self._paths(run_id, round_no)
-        if isinstance(model, BlobFile):
-            if model.path != temp_path(model_path):
-                raise ValueError(f"{model.path} is not the staged model of round {round_no}")
-            publish(model.path, model_path)
-            model.path = model_path
-        else:
-            write_atomic(model_path, bytes(model))
+        if model.path != temp_path(model_path):
+            raise ValueError(f"{model.path} is not the staged model of round {round_no}")
+        publish(model.path, model_path)
+        model.path = model_path
         with BlobWriter(temp_path(state_path)) as state:
             blobs.write(strategy_state, state)
-            state.finish()
+            state.close()
         publish(temp_path(state_path), state_path)
         if self.keep is not None:
             self._prune(run_id, round_no, self.keep)
@@ -118,11 +115,6 @@ class Checkpoints:
             raise StoreError(f"checkpoint of {run_id} round {round_no} is missing: {exc}") from None
         except BlobError as exc:
             raise StoreError(f"checkpoint {path} is corrupt: {exc}") from None
-
-    def load(self, run_id: str, round_no: int) -> tuple[bytes, dict[str, np.ndarray]]:
-        """The round's model bytes and strategy state (for readers of small models)."""
-        model, state = self.open(run_id, round_no)
-        return model.read_all(), state
 
     def model_path(self, run_id: str, round_no: int) -> pathlib.Path:
         return self._paths(run_id, round_no)[0]

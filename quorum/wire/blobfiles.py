@@ -125,8 +125,8 @@ class BlobFile:
 
 class BlobWriter:
     """Writes a blob to `path` (created or replaced) as a stream, hashing it on the way.
-    `finish` flushes it to disk and opens it read-only; leaving the block without finishing
-    removes the partial file."""
+    `close` flushes it to disk, `finish` also opens it read-only; leaving the block without
+    either removes the partial file."""
 
     def __init__(self, path: pathlib.Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,11 +141,16 @@ class BlobWriter:
         self._sha.update(data)
         self._file.write(data)
 
-    def finish(self) -> BlobFile:
+    def close(self) -> str:
+        """Flushes the blob to disk and closes it; its SHA-256."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        return BlobFile(self.path, self._sha.hexdigest())
+        return self._sha.hexdigest()
+
+    def finish(self) -> BlobFile:
+        """`close`, and the blob opened read-only (its header read, its digest known)."""
+        return BlobFile(self.path, self.close())
 
     def __enter__(self) -> BlobWriter:
         return self

@@ -19,7 +19,6 @@ import pytest
 from quorum.aggregation.fedbuff import staleness_weight
 from quorum.privacy.dp.accounting import epsilon
 from quorum.server.checkpoints import Checkpoints
-from quorum.wire import blobs
 from tests.e2e.cli import TASK, Deployment, heart_disease_sim, run_settings
 
 DELTAS = {"a": 1.0, "b": 2.0, "c": -1.0}
@@ -49,8 +48,8 @@ def _check_model(d: Deployment, run_id: str, rounds: int) -> list[dict[str, Any]
         ]
         assert len(applied) == 2, detail
         expected += sum(staleness_weight(p["staleness"], 0.5) * DELTAS[p["site"]] for p in applied)
-    model, _ = Checkpoints(d.state_dir / "checkpoints").load(run_id, rounds)
-    for value in blobs.decode(model).values():
+    model, _ = Checkpoints(d.state_dir / "checkpoints").open(run_id, rounds)
+    for value in model.params().values():
         np.testing.assert_allclose(value, expected / 2, rtol=1e-5)
     return details
 

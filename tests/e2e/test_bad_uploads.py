@@ -120,9 +120,9 @@ def test_each_bad_upload_is_refused_and_never_aggregated(deployment: Deployment)
     assert "duplicate" in [r["code"] for r in final["rejected_uploads"]]
 
     # Honest sites add 1.0 per round; mallory's one good update (+4, weight 2) is in the last.
-    model, _ = Checkpoints(d.state_dir / "checkpoints").load(run["id"], rounds)
+    model, _ = Checkpoints(d.state_dir / "checkpoints").open(run["id"], rounds)
     want = (rounds - 1) * 1.0
     want += (1.0 + 1.0 + 2 * (want + 4.0 - want)) / 4
-    for value in blobs.decode(model).values():
+    for value in model.params().values():
         np.testing.assert_allclose(value, want, rtol=1e-6)
     assert json.dumps(done)  # the run record stays serialisable

@@ -12,7 +12,6 @@ import pytest
 import tomli_w
 
 from quorum.server.checkpoints import Checkpoints
-from quorum.wire import blobs
 from tests.e2e.cli import TASK, quorum
 
 ROUNDS = 2
@@ -47,8 +46,8 @@ def _attacked_run(tmp_path: pathlib.Path, strategy: str) -> tuple[dict[str, Any]
     assert done.returncode == 0, done.stderr[-3000:]
     assert "byzantine: 4 hostile site(s) (signflip:20)" in done.stderr
     report: dict[str, Any] = json.loads(report_path.read_text())
-    model, _ = Checkpoints(out / "work" / "state" / "checkpoints").load(report["run_id"], ROUNDS)
-    return report, blobs.as_flat(model, blobs.read_layout(model))
+    model, _ = Checkpoints(out / "work" / "state" / "checkpoints").open(report["run_id"], ROUNDS)
+    return report, model.flat()
 
 
 @pytest.mark.parametrize(

@@ -76,8 +76,8 @@ def test_topk_error_feedback_survives_a_site_restart(deployment: Deployment) -> 
     )
     assert loaded, restarted.log_tail(40)
     assert float(loaded.group(1)) == pytest.approx(float(np.linalg.norm(stored)), rel=1e-5)
-    model, _ = Checkpoints(d.state_dir / "checkpoints").load(run["id"], 4)
-    final = np.sort(np.concatenate([v.reshape(-1) for v in blobs.decode(model).values()]))
+    model, _ = Checkpoints(d.state_dir / "checkpoints").open(run["id"], 4)
+    final = np.sort(np.concatenate([v.reshape(-1) for v in model.params().values()]))
     # A: 0.5 + 1.5·30/40; B: 1.0; C: 1.5 + 1.5·10/40
     want = np.sort(np.repeat([0.5 + 1.5 * 0.75, 1.0, 1.5 + 1.5 * 0.25], 5))
     np.testing.assert_allclose(final, want, rtol=1e-5)

@@ -22,8 +22,8 @@ from tests.vector_task import expected_fedavg
 
 
 def _final_value(d: Deployment, run_id: str, round_no: int) -> np.ndarray:
-    model, _ = Checkpoints(d.state_dir / "checkpoints").load(run_id, round_no)
-    values = np.concatenate([v.reshape(-1) for v in blobs.decode(model).values()])
+    model, _ = Checkpoints(d.state_dir / "checkpoints").open(run_id, round_no)
+    values = np.concatenate([v.reshape(-1) for v in model.params().values()])
     return values
 
 

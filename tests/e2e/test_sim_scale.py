@@ -15,7 +15,6 @@ import tomli_w
 
 from quorum.privacy.secagg import error_bound
 from quorum.server.checkpoints import Checkpoints
-from quorum.wire import blobs
 from tests.e2e.cli import TASK, quorum
 
 pytestmark = pytest.mark.slow
@@ -47,8 +46,8 @@ def _sim(tmp_path: pathlib.Path, run: dict[str, Any], **sim: Any) -> pathlib.Pat
 
 def _final_model(tmp_path: pathlib.Path, report: dict[str, Any]) -> np.ndarray:
     checkpoints = Checkpoints(tmp_path / "out" / "work" / "state" / "checkpoints")
-    model, _ = checkpoints.load(report["run_id"], len(report["rounds"]))
-    return blobs.as_flat(model, blobs.read_layout(model))
+    model, _ = checkpoints.open(report["run_id"], len(report["rounds"]))
+    return model.flat()
 
 
 def _run(tmp_path: pathlib.Path, config: pathlib.Path, *flags: str) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from quorum.client.agent import SimulatedCrash
 from quorum.config import RunConfig
 from quorum.privacy.dp.accounting import epsilon
 from quorum.privacy.secagg import error_bound
-from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
 from tests.integration.harness import Federation, federation, run_config, wait_for
 
@@ -77,9 +76,9 @@ def test_fedbuff_applies_exactly_k_weighted_updates_per_step(tmp_path: pathlib.P
             finished = [d["finished_at"] for d in details]
             assert finished == sorted(finished)
             assert any(p["staleness"] for d in details for p in d["participants"])
-            model, state = fed.services.checkpoints.load(run["id"], 5)
+            model, state = fed.services.checkpoints.open(run["id"], 5)
             assert int(state["fedbuff.version"][0]) == 5
-            for value in blobs.decode(model).values():
+            for value in model.params().values():
                 np.testing.assert_allclose(value, expected, rtol=1e-5)
             # every version was evaluated by the sites
             assert all("evaluate" in d["metrics"] for d in details)
@@ -150,9 +149,9 @@ def test_updates_beyond_max_staleness_are_dropped_with_a_reason(tmp_path: pathli
                 if p["kind"] == "fit" and p["status"] == "accepted"
             ]
             assert all(p["staleness"] == 0 for p in applied)
-            model, _ = fed.services.checkpoints.load(run["id"], 10)
+            model, _ = fed.services.checkpoints.open(run["id"], 10)
             want = sum(5.0 if p["site"] == "c" else 1.0 for p in applied) / 2
-            for value in blobs.decode(model).values():
+            for value in model.params().values():
                 np.testing.assert_allclose(value, want, rtol=1e-5)
 
     asyncio.run(scenario())
@@ -178,10 +177,10 @@ def test_secagg_cohorts_fill_the_buffers(tmp_path: pathlib.Path) -> None:
                 assert detail["secagg"]["cohort"] == 2
                 staleness = detail["metrics"]["fit"]["staleness_max"]
                 expected += staleness_weight(int(staleness), 0.5) * 0.5
-            model, _ = fed.services.checkpoints.load(run["id"], 3)
+            model, _ = fed.services.checkpoints.open(run["id"], 3)
             # each step's mean is off by the quantisation bound scaled by max_weight / weight
             atol = 3 * error_bound(8.0, 20, 2) * 10 / 20 + 1e-6
-            for value in blobs.decode(model).values():
+            for value in model.params().values():
                 np.testing.assert_allclose(value, expected, rtol=0, atol=atol)
 
     asyncio.run(scenario())
@@ -212,9 +211,9 @@ def test_wall_time_limit_ends_the_run_and_discards_the_partial_buffer(
             assert "max_wall_time_s = 1.5" in last["abort_reason"]
             assert "buffered update(s) discarded" in last["abort_reason"]
             # the final model is the last step's: the discarded buffer was never applied
-            model, state = fed.services.checkpoints.load(run["id"], last["round"] - 1)
+            model, state = fed.services.checkpoints.open(run["id"], last["round"] - 1)
             assert int(state["fedbuff.version"][0]) == run["rounds_completed"]
-            assert run["model_digest"] == blobs.digest(model)
+            assert run["model_digest"] == model.digest
 
     asyncio.run(scenario())
 
@@ -293,8 +292,8 @@ def test_central_dp_clips_each_update_once_per_buffer_and_accounts_every_step(
                 released = detail["metrics"]["central_dp"]
                 assert released["noise_multiplier"] == z and released["sample_rate"] == 1.0
                 assert released["epsilon"] == pytest.approx(epsilon("rdp", 1e-5, [(z, 1.0, r)]))
-            model, _ = fed.services.checkpoints.load(run["id"], 4)
-            for value in blobs.decode(model).values():
+            model, _ = fed.services.checkpoints.open(run["id"], 4)
+            for value in model.params().values():
                 # the noise per element is z·C/K per step: 5e-4, 1e-3 over four steps
                 np.testing.assert_allclose(value, expected, rtol=0, atol=1e-2)
             privacy = await fed.api(f"/api/v1/runs/{run['id']}/privacy")
@@ -317,9 +316,7 @@ def test_uploads_queued_behind_the_last_step_make_no_further_step(tmp_path: path
             await _rounds(fed, run["id"], 3)
             checkpoints = fed.services.checkpoints
             assert not checkpoints.model_path(run["id"], 4).exists()
-            model, state = checkpoints.load(run["id"], 3)
-            assert int(state["fedbuff.version"][0]) == 3 and run["model_digest"] == blobs.digest(
-                model
-            )
+            model, state = checkpoints.open(run["id"], 3)
+            assert int(state["fedbuff.version"][0]) == 3 and run["model_digest"] == model.digest
 
     asyncio.run(scenario())

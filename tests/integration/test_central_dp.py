@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from quorum.privacy.dp.accounting import epsilon
-from quorum.wire import blobs
 from tests.integration.harness import federation, run_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
@@ -23,8 +22,8 @@ ROUNDS = 3
 
 
 def _final(fed: Any, run_id: str) -> np.ndarray:
-    model, _ = fed.services.checkpoints.load(run_id, ROUNDS)
-    return np.concatenate([v.reshape(-1) for v in blobs.decode(model).values()])
+    model, _ = fed.services.checkpoints.open(run_id, ROUNDS)
+    return np.concatenate([v.reshape(-1) for v in model.params().values()])
 
 
 def _clipped_mean(norm: float) -> float:
@@ -126,7 +125,7 @@ def test_adaptive_clipping_moves_the_norm_and_survives_in_checkpoints(
             assert norms == sorted(norms) and norms[-1] > norms[0]
             assert central["clipping_norm"] > norms[-1]  # the next round's
             assert all(r["unclipped_fraction"] is not None for r in central["rounds"])
-            _, state = fed.services.checkpoints.load(run["id"], ROUNDS)
+            _, state = fed.services.checkpoints.open(run["id"], ROUNDS)
             assert float(state["central_dp.clipping_norm"][0]) == central["clipping_norm"]
 
     asyncio.run(scenario())

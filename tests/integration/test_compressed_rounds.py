@@ -24,8 +24,8 @@ PER_ROUND = (0.25 * 10 + 0.5 * 30) / 40
 
 
 def _final(fed: Any, run_id: str, rounds: int) -> np.ndarray:
-    model, _ = fed.services.checkpoints.load(run_id, rounds)
-    return np.concatenate([np.asarray(v).reshape(-1) for v in blobs.decode(model).values()])
+    model, _ = fed.services.checkpoints.open(run_id, rounds)
+    return np.concatenate([np.asarray(v).reshape(-1) for v in model.params().values()])
 
 
 @pytest.mark.parametrize("codec", ["fp16", "bf16", "int8"])
@@ -40,7 +40,7 @@ def test_each_codec_makes_the_model_plain_uploads_make(tmp_path: pathlib.Path, c
             detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/3")
             fits = [p for p in detail["participants"] if p["kind"] == "fit"]
             assert [p["status"] for p in fits] == ["accepted", "accepted"]
-            sent, _ = fed.services.checkpoints.load(run["id"], 2)  # round 3 trains it
+            sent, _ = fed.services.checkpoints.open(run["id"], 2)  # round 3 trains it
             assert detail["bytes_in_uncompressed"] == 2 * len(sent)
             encoded = blobs.encode(make_codec(cfg.compression).encode(np.zeros(15)))  # type: ignore[union-attr]
             assert detail["bytes_in"] == 2 * len(encoded)

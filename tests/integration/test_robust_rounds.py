@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from quorum.errors import ConfigError
-from quorum.wire import blobs
 from tests.integration.harness import federation, first_aborted, run_config
 
 HONEST = [("a", "delta=1.0,n=10"), ("b", "delta=1.0,n=20"), ("c", "delta=1.0,n=30")]
@@ -17,8 +16,8 @@ HOSTILE = ("evil", "delta=1000.0,n=500")  # far off, and claiming the most examp
 
 
 def _final(fed: object, run_id: str, rounds: int) -> np.ndarray:
-    model, _ = fed.services.checkpoints.load(run_id, rounds)  # type: ignore[attr-defined]
-    return np.concatenate([v.reshape(-1) for v in blobs.decode(model).values()])
+    model, _ = fed.services.checkpoints.open(run_id, rounds)  # type: ignore[attr-defined]
+    return np.concatenate([v.reshape(-1) for v in model.params().values()])
 
 
 @pytest.mark.parametrize(

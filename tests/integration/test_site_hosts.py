@@ -17,7 +17,6 @@ import numpy as np
 from quorum import identity
 from quorum.sim.host import HostSite, HostSpec, serve, write_spec
 from quorum.task import EvalResult, FitResult, JSONConfig
-from quorum.wire import blobs
 from quorum.wire.blobs import Params
 from tests.integration.harness import Federation, federation, run_config, wait_for
 from tests.vector_task import VectorSite, VectorTask, expected_fedavg
@@ -102,8 +101,8 @@ def host_spec(
 
 
 def final_value(fed: Federation, run_id: str, round_no: int) -> np.ndarray:
-    model, _ = fed.services.checkpoints.load(run_id, round_no)
-    return blobs.as_flat(model, blobs.read_layout(model))
+    model, _ = fed.services.checkpoints.open(run_id, round_no)
+    return model.flat()
 
 
 def test_forty_virtual_sites_of_one_host_are_forty_sites_to_the_server(

@@ -8,14 +8,13 @@ import pathlib
 import numpy as np
 import pytest
 
-from quorum.wire import blobs
 from tests.integration.harness import federation, first_aborted, run_config
 from tests.vector_task import expected_fedavg
 
 
 def _final_model(fed: object, run_id: str, rounds: int) -> dict[str, np.ndarray]:
-    model, _ = fed.services.checkpoints.load(run_id, rounds)  # type: ignore[attr-defined]
-    return blobs.decode(model)
+    model, _ = fed.services.checkpoints.open(run_id, rounds)  # type: ignore[attr-defined]
+    return model.params()
 
 
 def test_fedavg_rounds_fold_every_update_weighted_by_examples(tmp_path: pathlib.Path) -> None:
@@ -30,9 +29,8 @@ def test_fedavg_rounds_fold_every_update_weighted_by_examples(tmp_path: pathlib.
             want = expected_fedavg(3, [(1.0, 10), (2.0, 30), (-1.0, 60)])
             for value in params.values():
                 np.testing.assert_allclose(value, want, rtol=1e-6)
-            assert run["model_digest"] == blobs.digest(
-                fed.services.checkpoints.load(run["id"], 3)[0]
-            )
+            model, _ = fed.services.checkpoints.open(run["id"], 3)
+            assert run["model_digest"] == model.digest
 
             detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/2")
             assert detail["status"] == "completed"
@@ -44,7 +42,7 @@ def test_fedavg_rounds_fold_every_update_weighted_by_examples(tmp_path: pathlib.
             # cache blobs by digest, so nothing is downloaded twice.
             assert all(p["bytes_out"] == 0 for p in fits)
             first = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
-            model_size = len(fed.services.checkpoints.load(run["id"], 0)[0])
+            model_size = len(fed.services.checkpoints.open(run["id"], 0)[0])
             assert all(
                 p["bytes_out"] == model_size for p in first["participants"] if p["kind"] == "fit"
             )
@@ -65,7 +63,7 @@ def test_fedyogi_state_is_checkpointed_each_round(tmp_path: pathlib.Path) -> Non
             fed.add_site("a", "delta=1.0,n=1")
             fed.add_site("b", "delta=1.0,n=1")
             run = await fed.wait_run()
-            _, state = fed.services.checkpoints.load(run["id"], 2)
+            _, state = fed.services.checkpoints.open(run["id"], 2)
             assert int(state["t"].reshape(-1)[0]) == 2
             assert set(state) == {"t", "m", "v"}
             params = _final_model(fed, run["id"], 2)

@@ -91,3 +91,13 @@ def test_a_staged_model_is_served_then_saved_in_place(tmp_path: pathlib.Path) ->
     assert state["t"].tolist() == [1]
     with pytest.raises(ValueError, match="not the staged model of round 2"):
         checkpoints.save("run", 2, model, {})
+
+
+def test_a_writer_closed_without_opening_keeps_its_blob_and_gives_its_digest(
+    tmp_path: pathlib.Path,
+) -> None:
+    with BlobWriter(tmp_path / "state") as writer:
+        blobs.write(PARAMS, writer)
+        digest = writer.close()
+    assert (tmp_path / "state").read_bytes() == blobs.encode(PARAMS)
+    assert digest == blobs.digest(blobs.encode(PARAMS))

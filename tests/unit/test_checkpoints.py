@@ -33,13 +33,30 @@ def ckpt(tmp_path: pathlib.Path) -> Checkpoints:
     return Checkpoints(tmp_path / "checkpoints")
 
 
-def test_save_then_load_round_trips(ckpt: Checkpoints) -> None:
+def _save(
+    checkpoints: Checkpoints, run_id: str, round_no: int, model: bytes, state: dict[str, np.ndarray]
+) -> None:
+    """Saves a round as the drivers do: its model staged as a stream, then renamed in place."""
+    with checkpoints.stage(run_id, round_no) as writer:
+        writer.write(model)
+        staged = writer.finish()
+    checkpoints.save(run_id, round_no, staged, state)
+
+
+def _read(
+    checkpoints: Checkpoints, run_id: str, round_no: int
+) -> tuple[bytes, dict[str, np.ndarray]]:
+    model, state = checkpoints.open(run_id, round_no)
+    return model.read_all(), state
+
+
+def test_save_then_open_round_trips(ckpt: Checkpoints) -> None:
     assert not ckpt.exists("run-1", 3)
-    ckpt.save("run-1", 3, MODEL, STATE)
+    _save(ckpt, "run-1", 3, MODEL, STATE)
     assert ckpt.exists("run-1", 3)
     assert not ckpt.exists("run-1", 2)
     assert not ckpt.exists("run-2", 3)
-    model, state = ckpt.load("run-1", 3)
+    model, state = _read(ckpt, "run-1", 3)
     assert model == MODEL  # the exact bytes, metadata included
     assert set(state) == set(STATE)
     for name, value in STATE.items():
@@ -47,13 +64,13 @@ def test_save_then_load_round_trips(ckpt: Checkpoints) -> None:
         np.testing.assert_array_equal(state[name], value)
     # the state is a private, writable copy (a strategy updates its moments in place)
     state["m"] += 1
-    _, again = ckpt.load("run-1", 3)
+    _, again = _read(ckpt, "run-1", 3)
     np.testing.assert_array_equal(again["m"], STATE["m"])
 
 
 def test_files_are_named_per_run_and_round(ckpt: Checkpoints) -> None:
-    ckpt.save("run-1", 0, MODEL, {})
-    ckpt.save("run-1", 12, MODEL, STATE)
+    _save(ckpt, "run-1", 0, MODEL, {})
+    _save(ckpt, "run-1", 12, MODEL, STATE)
     files = sorted(p.name for p in (ckpt.root / "run-1").iterdir())
     assert files == [
         "round-00000.model.safetensors",
@@ -63,41 +80,41 @@ def test_files_are_named_per_run_and_round(ckpt: Checkpoints) -> None:
     ]
     assert ckpt.model_path("run-1", 12) == ckpt.root / "run-1" / "round-00012.model.safetensors"
     assert ckpt.model_path("run-1", 12).read_bytes() == MODEL
-    assert ckpt.load("run-1", 0)[1] == {}  # round 0 may have no strategy state
+    assert _read(ckpt, "run-1", 0)[1] == {}  # round 0 may have no strategy state
 
 
 def test_saving_a_round_again_replaces_it(ckpt: Checkpoints) -> None:
-    ckpt.save("run-1", 1, MODEL, STATE)
+    _save(ckpt, "run-1", 1, MODEL, STATE)
     other = blobs.encode({"w": np.ones(3, np.float32)})
-    ckpt.save("run-1", 1, other, {"step": np.array([4], np.int64)})
-    model, state = ckpt.load("run-1", 1)
+    _save(ckpt, "run-1", 1, other, {"step": np.array([4], np.int64)})
+    model, state = _read(ckpt, "run-1", 1)
     assert model == other
     assert list(state) == ["step"] and int(state["step"][0]) == 4
 
 
-def test_load_of_a_missing_checkpoint(ckpt: Checkpoints) -> None:
+def test_open_of_a_missing_checkpoint(ckpt: Checkpoints) -> None:
     with pytest.raises(StoreError, match=r"checkpoint of run-1 round 4 is missing"):
-        ckpt.load("run-1", 4)
+        _read(ckpt, "run-1", 4)
 
 
-def test_load_with_one_file_missing(ckpt: Checkpoints) -> None:
-    ckpt.save("run-1", 2, MODEL, STATE)
+def test_open_with_one_file_missing(ckpt: Checkpoints) -> None:
+    _save(ckpt, "run-1", 2, MODEL, STATE)
     state_path = ckpt.root / "run-1" / "round-00002.strategy.safetensors"
     state_path.unlink()
     assert not ckpt.exists("run-1", 2)
     with pytest.raises(StoreError, match=r"missing"):
-        ckpt.load("run-1", 2)
+        _read(ckpt, "run-1", 2)
 
 
 @pytest.mark.parametrize("which", ["model", "strategy"])
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
-def test_load_of_a_corrupt_checkpoint(ckpt: Checkpoints, which: str, damage: str) -> None:
-    ckpt.save("run-1", 5, MODEL, STATE)
+def test_open_of_a_corrupt_checkpoint(ckpt: Checkpoints, which: str, damage: str) -> None:
+    _save(ckpt, "run-1", 5, MODEL, STATE)
     path = ckpt.root / "run-1" / f"round-00005.{which}.safetensors"
     data = path.read_bytes()
     path.write_bytes({"truncate": data[:-3], "garbage": b"\x10" + data[1:], "empty": b""}[damage])
     with pytest.raises(StoreError, match=rf"checkpoint {re.escape(str(path))} is corrupt"):
-        ckpt.load("run-1", 5)
+        _read(ckpt, "run-1", 5)
 
 
 # --- write_atomic ------------------------------------------------------------------------------
@@ -164,19 +181,19 @@ def test_write_atomic_every_read_sees_old_or_new(tmp_path: pathlib.Path) -> None
 def test_a_run_keeps_its_newest_rounds_and_its_initial_model(tmp_path: pathlib.Path) -> None:
     checkpoints = Checkpoints(tmp_path, keep=3)
     for round_no in range(11):
-        checkpoints.save("run-a", round_no, MODEL, STATE)
-    checkpoints.save("run-b", 0, MODEL, STATE)
+        _save(checkpoints, "run-a", round_no, MODEL, STATE)
+    _save(checkpoints, "run-b", 0, MODEL, STATE)
     kept = sorted(p.name for p in (tmp_path / "run-a").iterdir())
     assert kept == [
         f"round-{r:05d}.{kind}.safetensors" for r in (0, 8, 9, 10) for kind in ("model", "strategy")
     ]
-    assert checkpoints.load("run-a", 9)[0] == MODEL
+    assert _read(checkpoints, "run-a", 9)[0] == MODEL
     assert checkpoints.exists("run-b", 0)  # another run's files are its own
     with pytest.raises(StoreError, match="round 7 is missing"):
-        checkpoints.load("run-a", 7)
+        _read(checkpoints, "run-a", 7)
     with pytest.raises(ValueError, match="at least its last two"):
         Checkpoints(tmp_path, keep=1)
     reader = Checkpoints(tmp_path)  # keeps everything it writes
     for round_no in range(5):
-        reader.save("run-c", round_no, MODEL, STATE)
+        _save(reader, "run-c", round_no, MODEL, STATE)
     assert len(list((tmp_path / "run-c").iterdir())) == 10
