@@ -293,13 +293,13 @@ class AsyncDriver:
                 await self._finish(reason)
                 return
             for session in self._free_sites():
-                phase = self._fit_phase()
+                phase = await self._fit_phase()
                 self._start(asyncio.ensure_future(self._fit(phase, session)), [session], [phase])
             await self._idle()
 
-    def _fit_phase(self) -> Phase:
+    async def _fit_phase(self) -> Phase:
         version, model, vector, attempt = self.published
-        phase = model_phase(
+        phase = await model_phase(
             self.services,
             "fit",
             self.run_id,
@@ -427,7 +427,7 @@ class AsyncDriver:
         evaluators = self._rng.sample(sites, math.ceil(cfg.fraction_evaluate * len(sites)))
         if not evaluators:
             return
-        phase = model_phase(
+        phase = await model_phase(
             self.services,
             "evaluate",
             self.run_id,
@@ -483,7 +483,7 @@ class AsyncDriver:
             while True:
                 version, model = self.buffer.version, self.model
                 attempt = self.store.start_round(self.run_id, round_no)
-                phase = model_phase(
+                phase = await model_phase(
                     self.services,
                     "fit",
                     self.run_id,

@@ -21,7 +21,7 @@ from quorum.server.services import RoundServices
 from quorum.server.sessions import Session as SiteSession
 from quorum.server.upload_budget import UploadBudget
 from quorum.server.validation import Received
-from quorum.wire import blobs
+from quorum.wire.blobfiles import stream_held
 
 log = logging.getLogger("quorum.server")
 
@@ -158,11 +158,11 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, "offset is past the end of the blob")
         sent = 0
         offset = request.offset
-        # A model is read from its file a chunk at a time; a gossip parcel is held in memory.
-        chunks = model.chunks(offset) if model is not None else blobs.chunks(parcel or b"", offset)
+        # A model is read from its file in a worker thread; a gossip parcel is held in memory.
+        chunks = model.stream(offset) if model is not None else stream_held(parcel or b"", offset)
         # Bounded like uploads: chunks queued for slow readers cost server memory per stream.
         async with self._downloads:
-            for chunk in chunks:
+            async for chunk in chunks:
                 yield pb.BlobChunk(offset=offset, total_size=size, data=bytes(chunk))
                 offset += len(chunk)
                 sent += len(chunk)

@@ -147,7 +147,7 @@ def check_checkpoint(
         )
 
 
-def model_phase(
+async def model_phase(
     services: RoundServices,
     kind: Kind,
     run_id: str,
@@ -158,8 +158,11 @@ def model_phase(
     max_num_examples: int,
 ) -> Phase:
     """A phase serving `model`; its uploads must have `layout`. A model with NaN or infinite
-    values (a server step that diverged) is not sent: the round is aborted."""
-    if not model.all_finite():
+    values (a server step that diverged) is not sent: the round is aborted. Its digest and
+    values are read in a worker thread the first time (a file not in the page cache waits on
+    the disk, and the event loop serves every session)."""
+    _, finite = await asyncio.to_thread(lambda: (model.digest, model.all_finite()))
+    if not finite:
         raise RoundAborted(
             "the model to send holds NaN or infinite values (the server step diverged); "
             "it was not sent"

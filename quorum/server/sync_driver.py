@@ -104,7 +104,9 @@ class SyncDriver:
         current = model.flat()
         mean: np.ndarray | MeanParts  # the sites' mean, or a sum to read it from by blocks
         if cfg.secagg.enabled:
-            fit = self._phase("fit", round_no, attempt, model, masked_layout(layout.numel + 1))
+            fit = await self._phase(
+                "fit", round_no, attempt, model, masked_layout(layout.numel + 1)
+            )
             noise = None
             if self.central is not None:
                 noise = (self.central.clipping_norm, self.central.site_noise_stddev(len(cohort)))
@@ -120,7 +122,7 @@ class SyncDriver:
             self._check_enough(accepted, cohort, fit)
             weight, mean, of_delta = float(examples), decoded, True
         elif self.central is not None:
-            fit = self._fit_phase(round_no, attempt, model, layout, current)
+            fit = await self._fit_phase(round_no, attempt, model, layout, current)
             clipped = fit.accumulator = self.central.collector(current)
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(clipped.count, cohort, fit)
@@ -129,7 +131,7 @@ class SyncDriver:
             await self._account(round_no, attempt, release)
             accepted, weight, mean, of_delta = clipped.count, clipped.total_weight, delta, True
         else:
-            fit = self._fit_phase(round_no, attempt, model, layout, current)
+            fit = await self._fit_phase(round_no, attempt, model, layout, current)
             # The plain streaming sum, or the round's updates kept for a robust rule.
             total = fit.accumulator = round_sum(self.rule, current, len(cohort))
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
@@ -159,7 +161,7 @@ class SyncDriver:
         )  # sites that joined during the fit phase evaluate too
         evaluators = rng.sample(connected, math.ceil(cfg.fraction_evaluate * len(connected)))
         if evaluators:
-            ev = self._phase("evaluate", round_no, attempt, new_model, layout)
+            ev = await self._phase("evaluate", round_no, attempt, new_model, layout)
             await self._run_phase(
                 ev,
                 evaluators,
@@ -212,7 +214,7 @@ class SyncDriver:
         if accepted < least:
             raise RoundAborted(f"{accepted} valid update(s) of {len(cohort)} offered; {why}")
 
-    def _fit_phase(
+    async def _fit_phase(
         self,
         round_no: int,
         attempt: int,
@@ -222,14 +224,14 @@ class SyncDriver:
     ) -> Phase:
         """A fit phase taking the sites' models, or their deltas from `current` encoded by the
         run's codec."""
-        fit = self._phase("fit", round_no, attempt, model, layout)
+        fit = await self._phase("fit", round_no, attempt, model, layout)
         fit.codec, fit.reference = make_codec(self.config.compression), current
         return fit
 
-    def _phase(
+    async def _phase(
         self, kind: Kind, round_no: int, attempt: int, model: BlobFile, layout: blobs.Layout
     ) -> Phase:
-        return model_phase(
+        return await model_phase(
             self.services,
             kind,
             self.run_id,

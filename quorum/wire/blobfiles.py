@@ -3,17 +3,20 @@ chunk or block by block, never loaded whole.
 
 A large model (the global model every site downloads, a checkpoint) lives in its file: the server
 serves it with `pread` (the kernel's page cache, not the process's memory), reads it a block at
-a time for its checks and its server step, and writes the new model straight to a file.
+a time for its checks and its server step, and writes the new model straight to a file. Reads
+made for the event loop (`stream`) run in a worker thread: a file not in the page cache waits
+on the disk, and the loop serves every session.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import mmap
 import os
 import pathlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 
 import numpy as np
@@ -23,6 +26,11 @@ from quorum.wire import blobs
 
 READ_BYTES = 8 * 1024 * 1024
 """Bytes read at a time when a file is hashed or its values are read in blocks."""
+STREAM_CHUNKS = 2
+"""Chunks `stream` reads per hop to a worker thread. Measured serving a 40 MB model (1 MiB
+chunks, 2 loaded cores): about 100 µs of CPU per chunk read on the loop, 235 µs with a hop
+per chunk, 170-205 µs with 2 per hop, 390-480 µs with 4 (4 MiB freed at once reaches
+`quorum.heap`'s trim threshold, and the next read faults its pages in again)."""
 
 
 class BlobFile:
@@ -39,6 +47,7 @@ class BlobFile:
         head_len = blobs.header_length(self.read(0, 8), self.size)
         self.layout = blobs.layout_of(self.read(0, 8 + head_len), self.size)
         self._digest = digest
+        self._finite: bool | None = None
         self._map: mmap.mmap | None = None
 
     @property
@@ -65,6 +74,17 @@ class BlobFile:
     def chunks(self, offset: int = 0, size: int = blobs.CHUNK_BYTES) -> Iterator[bytes]:
         for start in range(offset, self.size, size):
             yield self.read(start, size)
+
+    async def stream(self, offset: int = 0, size: int = blobs.CHUNK_BYTES) -> AsyncIterator[bytes]:
+        """`chunks`, for the event loop: read in a worker thread `STREAM_CHUNKS` at a time, so
+        that a read waiting on the disk holds up no other session."""
+        for start in range(offset, self.size, size * STREAM_CHUNKS):
+            stop = min(self.size, start + size * STREAM_CHUNKS)
+            for chunk in await asyncio.to_thread(self._read_chunks, start, stop, size):
+                yield chunk
+
+    def _read_chunks(self, start: int, stop: int, size: int) -> list[bytes]:
+        return [self.read(offset, size) for offset in range(start, stop, size)]
 
     def header(self) -> bytes:
         """The length prefix and the JSON header: a blob of the same layout starts so."""
@@ -98,8 +118,12 @@ class BlobFile:
                 position += piece.shape[0]
 
     def all_finite(self) -> bool:
-        """No NaN or infinity in a float tensor, read block by block."""
-        return all(np.isfinite(values).all() for _, values in self.values())
+        """No NaN or infinity in a float tensor, read block by block the first time it is
+        asked (a blob file is never written again once finished; an async run offers one
+        version to many sites)."""
+        if self._finite is None:
+            self._finite = all(np.isfinite(values).all() for _, values in self.values())
+        return self._finite
 
     def _mapped(self) -> memoryview:
         if self._map is None:
@@ -121,6 +145,13 @@ class BlobFile:
     def params(self) -> blobs.Params:
         """The tensors (`blobs.decode`): read-only views over a map of the file."""
         return blobs.decode(self._mapped(), self.layout)
+
+
+async def stream_held(data: blobs.Buffer, offset: int = 0) -> AsyncIterator[blobs.Buffer]:
+    """Bytes held in memory (a gossip parcel) in chunks, as `BlobFile.stream` yields a
+    file's: nothing to wait for."""
+    for chunk in blobs.chunks(data, offset):
+        yield chunk
 
 
 class BlobWriter:

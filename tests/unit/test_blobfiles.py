@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 
 import numpy as np
@@ -101,3 +102,18 @@ def test_a_writer_closed_without_opening_keeps_its_blob_and_gives_its_digest(
         digest = writer.close()
     assert (tmp_path / "state").read_bytes() == blobs.encode(PARAMS)
     assert digest == blobs.digest(blobs.encode(PARAMS))
+
+
+@pytest.mark.parametrize("offset", [0, 1, blobs.CHUNK_BYTES * 3 + 5])
+def test_a_stream_yields_the_files_chunks_read_in_worker_threads(
+    tmp_path: pathlib.Path, offset: int
+) -> None:
+    with BlobWriter(tmp_path / "m") as writer:
+        blobs.write({"w": np.arange(5 * 2**18 + 7, dtype=np.float32)}, writer)  # 5 MiB and a bit
+        model = writer.finish()
+
+    async def streamed() -> list[bytes]:
+        return [chunk async for chunk in model.stream(offset)]
+
+    assert asyncio.run(streamed()) == list(model.chunks(offset))
+    assert b"".join(asyncio.run(streamed())) == model.read_all()[offset:]

@@ -1,0 +1,114 @@
+"""The server reads the models it serves off its event loop: a read that waits on the disk (a
+cold page cache, made deterministic here by a file whose reads wait until the test lets them
+go) holds up no other session. The real server and real gRPC downloads over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import threading
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from quorum.proto import federation_pb2_grpc as pb_grpc
+from quorum.server.rounds import model_phase
+from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile, BlobWriter
+from quorum.wire.channel import GRPC_OPTIONS
+from tests.integration.harness import federation
+from tests.integration.test_large_models import fetch
+
+GATE_S = 20.0
+"""How long a held read waits to be let go: only a read made on the event loop waits it out
+(the test, on that loop, cannot let it go), and then it fails."""
+
+
+class HeldFile(BlobFile):
+    """A model file whose reads, once `hold()` is called, wait until `release` is set."""
+
+    def __init__(self, path: pathlib.Path, digest: str) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.held = False
+        self.value_reads = 0
+        super().__init__(path, digest)  # reads the header
+
+    def hold(self) -> None:
+        self.held = True
+
+    def _wait(self) -> None:
+        if self.held:
+            self.entered.set()
+            if not self.release.wait(GATE_S):
+                raise TimeoutError("the read was never let go: the event loop was blocked")
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._wait()
+        return super().read(offset, length)
+
+    def values(self, block_bytes: int = 1 << 23) -> Iterator[tuple[int, np.ndarray]]:
+        self.value_reads += 1
+        self._wait()
+        return super().values(block_bytes)
+
+
+def _model(path: pathlib.Path, numel: int, held: bool) -> BlobFile:
+    with BlobWriter(path) as writer:
+        blobs.write({"w": np.arange(numel, dtype=np.float32)}, writer)
+        digest = writer.close()
+    return HeldFile(path, digest) if held else BlobFile(path, digest)
+
+
+def test_a_download_waiting_on_the_disk_holds_up_no_other_session(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            services = fed.server.coordinator.services
+            held = _model(tmp_path / "held", 5 * 2**18, held=True)  # 5 MiB: two reads
+            other = _model(tmp_path / "other", 1000, held=False)
+            assert isinstance(held, HeldFile)
+            services.blobs.put(held)
+            services.blobs.put(other)
+            held.hold()
+            first = services.sessions.open("first", "task")
+            second = services.sessions.open("second", "task")
+            async with grpc.aio.insecure_channel(fed.address, options=GRPC_OPTIONS) as channel:
+                stub = pb_grpc.FederationStub(channel)
+                waiting = asyncio.ensure_future(fetch(stub, first.id, held.digest, 0))
+                assert await asyncio.to_thread(held.entered.wait, GATE_S)
+                # The first download's read is held; another session's download goes through.
+                assert await fetch(stub, second.id, other.digest, 0) == other.digest
+                assert not waiting.done()
+                held.release.set()
+                assert await waiting == held.digest
+
+    asyncio.run(scenario())
+
+
+def test_a_phases_model_is_checked_off_the_event_loop_once(tmp_path: pathlib.Path) -> None:
+    """model_phase reads the whole model for its NaN check: in a worker thread, and once per
+    file however many phases serve it (an async run offers one version to every site)."""
+
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            services = fed.server.coordinator.services
+            held = _model(tmp_path / "held", 1000, held=True)
+            other = _model(tmp_path / "other", 1000, held=False)
+            assert isinstance(held, HeldFile)
+            services.blobs.put(other)
+            held.hold()
+            session = services.sessions.open("reader", "task")
+            checking = asyncio.ensure_future(
+                model_phase(services, "fit", "run", 1, 1, held, held.layout, 100)
+            )
+            assert await asyncio.to_thread(held.entered.wait, GATE_S)
+            async with grpc.aio.insecure_channel(fed.address, options=GRPC_OPTIONS) as channel:
+                stub = pb_grpc.FederationStub(channel)
+                assert await fetch(stub, session.id, other.digest, 0) == other.digest
+            assert not checking.done()
+            held.release.set()
+            assert (await checking).model_digest == held.digest
+            again = await model_phase(services, "evaluate", "run", 1, 1, held, held.layout, 100)
+            assert again.model_digest == held.digest and held.value_reads == 1
+
+    asyncio.run(scenario())
