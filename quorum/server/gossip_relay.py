@@ -324,14 +324,9 @@ class GossipRound:
     async def add_parcel(
         self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
     ) -> None:
-        """Keeps a received ciphertext for its receiver, exactly as it arrived."""
+        """Keeps a received ciphertext for its receiver, exactly as it arrived (the task book
+        checked its session and size)."""
         data, digest = upload.data, upload.digest
-        if self.services.sessions.get(task.session_id) is None:
-            raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
-        if len(data) != header.size:
-            raise UploadRejected(
-                "size_mismatch", f"received {len(data)} bytes, header declared {header.size}"
-            )
         if digest != header.digest:
             raise UploadRejected("digest_mismatch", "the parcel does not hash to its digest")
         i, r = self.index[task.id], header.gossip.receiver

@@ -109,8 +109,18 @@ class TaskBook:
     # ---- what sites send ----
 
     def _task_for(
-        self, session: Session, task_id: str, run_id: str | None = None, round_no: int | None = None
+        self,
+        session: Session,
+        task_id: str,
+        run_id: str | None = None,
+        round_no: int | None = None,
+        *,
+        once: bool = True,
     ) -> PendingTask:
+        """The open task an answer names, checked against what the answer claims: offered to
+        this session (in this run and round, when the answer names them), its phase not closed
+        and (`once`: an upload or a result, the task's one answer) not answered yet; stage
+        messages come many to a task. Raises UploadRejected."""
         task = self._tasks.get(task_id)
         if task is None:
             raise UploadRejected(
@@ -130,7 +140,7 @@ class TaskBook:
                 "wrong_round",
                 f"task {task_id!r} belongs to round {task.phase.round}, not {round_no}",
             )
-        if task.state in ("receiving", "done"):
+        if once and task.state in ("receiving", "done"):
             raise UploadRejected("duplicate", f"task {task_id!r} was already answered")
         if task.phase.closed:
             raise _task_closed(task_id)
@@ -162,17 +172,12 @@ class TaskBook:
         self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
     ) -> None:
         """Validates the bytes and folds them into the round's sum; raises UploadRejected."""
+        self._check_received(task, header, upload)
         data = upload.data
         phase = task.phase
         if phase.relay is not None:
             await phase.relay.add_parcel(task, header, upload)  # a sealed model, kept as is
             return
-        if self.sessions.get(task.session_id) is None:
-            raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
-        if len(data) != header.size:
-            raise UploadRejected(
-                "size_mismatch", f"received {len(data)} bytes, header declared {header.size}"
-            )
         update: Update | None = None
         if phase.codec is not None:
             if phase.reference is None:  # closed while the upload came in
@@ -216,6 +221,18 @@ class TaskBook:
                         self._accepted(task, header, num_examples, len(data))
                     raise
         self._accepted(task, header, num_examples, len(data))
+
+    def _check_received(
+        self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
+    ) -> None:
+        """What every upload must be once its bytes are in: from a session still open, as
+        long as its header said."""
+        if self.sessions.get(task.session_id) is None:
+            raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
+        if len(upload.data) != header.size:
+            raise UploadRejected(
+                "size_mismatch", f"received {len(upload.data)} bytes, header declared {header.size}"
+            )
 
     def _accepted(
         self, task: PendingTask, header: pb.UploadHeader, num_examples: int, nbytes: int
@@ -323,12 +340,7 @@ class TaskBook:
                     "metrics_without_examples", "metrics reported for 0 examples evaluated"
                 )
         except UploadRejected as exc:
-            self.refuse(session, result.task_id, exc)
-            session.send(
-                pb.ServerMessage(
-                    notice=pb.Notice(task_id=result.task_id, code=exc.code, message=exc.message)
-                )
-            )
+            self._refuse_on_stream(session, result.task_id, exc)
             return
         if result.num_examples:  # an empty evaluation does not count in the round's means
             task.phase.results.append(SiteResult(task.site, int(result.num_examples), metrics))
@@ -368,7 +380,7 @@ class TaskBook:
                 )
             task.phase.secagg.receive(task, reply)
 
-        self._on_stage_reply(session, reply.task_id, "secure-aggregation", receive)
+        self._on_stage_reply(session, reply.task_id, receive)
 
     def on_gossip(self, session: Session, reply: pb.GossipReply) -> None:
         """A gossip round's message: a site's signed round key, or its report."""
@@ -378,31 +390,25 @@ class TaskBook:
                 raise UploadRejected("unknown_task", f"no gossip task {reply.task_id!r} is open")
             task.phase.relay.receive(task, reply)
 
-        self._on_stage_reply(session, reply.task_id, "gossip", receive)
+        self._on_stage_reply(session, reply.task_id, receive)
 
     def _on_stage_reply(
-        self, session: Session, task_id: str, what: str, receive: Callable[[PendingTask], None]
+        self, session: Session, task_id: str, receive: Callable[[PendingTask], None]
     ) -> None:
         """A multi-stage task's message on the session stream: checked against its open task,
         handed to `receive`; a refusal is recorded and told to the site."""
-        task = self._tasks.get(task_id)
         try:
-            if task is None:
-                raise UploadRejected("unknown_task", f"no {what} task {task_id!r} is open")
-            if task.session_id != session.id:
-                raise UploadRejected(
-                    "wrong_session", f"task {task_id!r} was offered to another session"
-                )
-            if task.phase.closed:
-                raise UploadRejected("task_closed", f"task {task_id!r} has ended")
-            receive(task)
+            receive(self._task_for(session, task_id, once=False))
         except UploadRejected as exc:
-            self.refuse(session, task_id, exc)
-            session.send(
-                pb.ServerMessage(
-                    notice=pb.Notice(task_id=task_id, code=exc.code, message=exc.message)
-                )
-            )
+            self._refuse_on_stream(session, task_id, exc)
+
+    def _refuse_on_stream(self, session: Session, task_id: str, exc: UploadRejected) -> None:
+        """A refused message of the session stream (a result, a stage message): recorded, and
+        told to the site in a notice (an upload's refusal is in its receipt)."""
+        self.refuse(session, task_id, exc)
+        session.send(
+            pb.ServerMessage(notice=pb.Notice(task_id=task_id, code=exc.code, message=exc.message))
+        )
 
     def relayed(self, session: Session, digest: str) -> bytes | None:
         """A gossip ciphertext addressed to this session's site, if one is held."""
