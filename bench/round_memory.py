@@ -1,5 +1,6 @@
 """Server and site peak memory against the model's size, and round time against the transfer
-floor, for sync, async (FedBuff) and SecAgg+ rounds at one model size.
+floor, for sync, async (FedBuff) and SecAgg+ rounds at one model size (and, with `--modes
+async-dp`, async rounds under central DP).
 
 For each mode, one Quorum run (`quorum server start` and N `quorum client run` processes on
 loopback, the bench/round_time.py workload: P float32 values in 8 tensors, free local training,
@@ -40,6 +41,16 @@ MODES: dict[str, quorum_side.Options] = {
         "mem_async", run={"mode": "async", "buffer_size": 2, "max_staleness": 2}
     ),
     "secagg": quorum_side.Options("mem_secagg", secagg={"enabled": True}),
+    # DP-FedBuff: each update clipped, Gaussian noise on each buffer's sum (z = 1, C = 1).
+    "async-dp": quorum_side.Options(
+        "mem_async_dp",
+        run={
+            "mode": "async",
+            "buffer_size": 2,
+            "max_staleness": 2,
+            "central_dp": {"enabled": True, "noise_multiplier": 1.0, "clipping_norm": 1.0},
+        },
+    ),
 }
 
 
@@ -49,7 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="rounds per run, warm-up included")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--modes", nargs="+", choices=sorted(MODES), default=list(MODES))
+    ap.add_argument(
+        "--modes", nargs="+", choices=sorted(MODES), default=["sync", "async", "secagg"]
+    )
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     ap.add_argument("--interval", type=float, default=0.25, help="RSS sampling period (s)")
     return ap.parse_args(argv)
