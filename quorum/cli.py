@@ -572,8 +572,10 @@ def main() -> None:
     # gRPC's C core prints each failed TLS handshake as OpenSSL text; the agent says it once,
     # with the flag to change (quorum.client.reachability).
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    # Freed model-sized work (blocks of uploads, downloads, masks) goes back to the kernel.
+    # Freed model-sized work (blocks of uploads, downloads, masks) goes back to the kernel, and
+    # fresh model-sized arrays do not stall in the kernel's huge-page compaction.
     heap.return_large_blocks()
+    heap.no_huge_pages()
     try:
         app(standalone_mode=False, prog_name="quorum")
     except QuorumError as exc:

@@ -8,11 +8,18 @@ on worker threads then keeps hundreds of MB of freed heap: a SecAgg+ site at P =
 1.3x its model in freed blocks above its live data. A fixed threshold of 4 MiB puts every
 block of that size in its own mapping, returned when freed, and keeps smaller ones (and their
 speed) in the heaps.
+
+numpy asks the kernel for transparent huge pages (madvise) on every array of 4 MiB or more.
+Where the kernel compacts memory on such a fault (`defrag = madvise`, the usual default), the
+first write to a fresh model-sized array stalls in compaction: the first fold of a 1 GB model
+into its float64 sum took 3.7-5.6 CPU seconds with huge pages and about 1 without, on this
+2-core machine, every round (compact_stall in /proc/vmstat counts them).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import sys
 
 MMAP_THRESHOLD = 4 * 1024 * 1024
@@ -34,3 +41,18 @@ def return_large_blocks() -> bool:
     return bool(
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, MMAP_THRESHOLD)
     )
+
+
+def no_huge_pages() -> bool:
+    """Stops numpy from advising huge pages for its arrays in this process; False where this
+    numpy has no such switch. NUMPY_MADVISE_HUGEPAGE=0 does the same, read when numpy is first
+    imported, which is too late for a process already running."""
+    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            switch = getattr(importlib.import_module(name), "_set_madvise_hugepage", None)
+        except ImportError:
+            continue
+        if switch is not None:
+            switch(False)
+            return True
+    return False
