@@ -442,6 +442,9 @@ async def _upload_update(
     num_examples: int,
 ) -> pb.UploadReceipt:
     """Uploads the answer to a fit offer: a model update, or under SecAgg a masked vector."""
+    # Hashed off the event loop: a large update takes seconds, and the session's heartbeats
+    # and other tasks' messages must go on meanwhile.
+    digest = await asyncio.to_thread(blobs.digest, data)
     return await upload(
         stub,
         pb.UploadHeader(
@@ -449,7 +452,7 @@ async def _upload_update(
             task_id=offer.task_id,
             run_id=offer.run_id,
             round=offer.round,
-            digest=blobs.digest(data),
+            digest=digest,
             size=len(data),
             num_examples=num_examples,
             metrics_json=json.dumps(metrics),

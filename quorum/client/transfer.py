@@ -3,7 +3,6 @@ uploads with a header."""
 
 from __future__ import annotations
 
-import hashlib
 import pathlib
 from collections import OrderedDict
 
@@ -15,6 +14,7 @@ from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.wire import blobs
 from quorum.wire.channel import STREAM_END
+from quorum.wire.incoming import Incoming
 
 DOWNLOAD_ATTEMPTS = 3
 
@@ -60,34 +60,32 @@ async def download(
 ) -> bytes:
     """Fetches a blob by digest, resuming from the last byte received if the stream breaks.
     The bytes are written in place into one buffer of the announced size and hashed as they
-    arrive: the blob is held once, never grown and copied."""
+    arrive (`Incoming`): the blob is held once, never grown and copied."""
     cached = cache.get(key)
     if cached is not None:
         return cached
-    buffer = blobs.sized_buffer(size)
-    sha = hashlib.sha256()
-    received = 0
+    blob = Incoming(size)
     for attempt in range(DOWNLOAD_ATTEMPTS):
         try:
             call = stub.Download(
-                pb.DownloadRequest(session_id=session_id, digest=key, offset=received)
+                pb.DownloadRequest(session_id=session_id, digest=key, offset=blob.received)
             )
             async for chunk in call:
-                if chunk.offset != received:
-                    raise BlobError(f"chunk at offset {chunk.offset}, expected {received}")
-                if received + len(chunk.data) > size:
+                if chunk.offset != blob.received:
+                    raise BlobError(f"chunk at offset {chunk.offset}, expected {blob.received}")
+                if blob.received + len(chunk.data) > size:
                     raise BlobError(f"the blob {key[:16]}… is longer than its {size} bytes")
-                buffer.write(chunk.data)
-                sha.update(chunk.data)
-                received += len(chunk.data)
+                await blob.add(chunk.data)
             break
         except grpc.aio.AioRpcError as exc:
             retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
             if not retryable or attempt == DOWNLOAD_ATTEMPTS - 1:
                 raise
-    if received != size or sha.hexdigest() != key:
-        raise BlobError(f"downloaded blob does not match digest {key[:16]}… ({received} bytes)")
-    data = buffer.getvalue()
+    if blob.received != size:
+        raise BlobError(f"downloaded blob {key[:16]}… ended at {blob.received} of {size} bytes")
+    data, digest = await blob.finish()
+    if digest != key:
+        raise BlobError(f"downloaded blob does not match digest {key[:16]}… ({size} bytes)")
     cache.put(key, data)
     return data
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
@@ -22,6 +21,7 @@ from quorum.server.sessions import Session as SiteSession
 from quorum.server.upload_budget import UploadBudget
 from quorum.server.validation import Received
 from quorum.wire.blobfiles import stream_held
+from quorum.wire.incoming import Incoming
 
 log = logging.getLogger("quorum.server")
 
@@ -204,30 +204,19 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
 
 async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> Received:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    received = 0
-    sha = hashlib.sha256()
-    hashing: asyncio.Future[None] | None = None
+    blob = Incoming(size)
     async for message in incoming:
         if message.WhichOneof("kind") != "chunk":
             raise UploadRejected("bad_chunk", "a second header arrived inside the upload")
-        chunk = message.chunk
-        if received + len(chunk) > size:
+        if blob.received + len(message.chunk) > size:
             raise UploadRejected("oversized", f"upload exceeds its declared size of {size} bytes")
-        view[received : received + len(chunk)] = chunk
-        received += len(chunk)
-        # Each chunk is hashed in a worker thread (hashlib lets go of the GIL) while the next
-        # one arrives, in order: the digest is ready with the last byte, and checking it is no
-        # second pass over the upload.
-        if hashing is not None:
-            await hashing
-        hashing = asyncio.ensure_future(asyncio.to_thread(sha.update, chunk))
-    if hashing is not None:
-        await hashing
-    if received != size:
-        raise UploadRejected("size_mismatch", f"received {received} bytes, header declared {size}")
-    return Received(buffer, sha.hexdigest())
+        await blob.add(message.chunk)
+    if blob.received != size:
+        raise UploadRejected(
+            "size_mismatch", f"received {blob.received} bytes, header declared {size}"
+        )
+    data, digest = await blob.finish()
+    return Received(data, digest)
 
 
 def _refused(exc: UploadRejected) -> pb.UploadReply:

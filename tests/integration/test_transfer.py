@@ -69,7 +69,7 @@ def test_a_broken_download_resumes_where_it_stopped() -> None:
     [
         (BLOB + b"x", len(BLOB), "longer than"),
         (BLOB[:-1] + b"x", len(BLOB), "does not match digest"),
-        (BLOB[:-10], len(BLOB), "does not match digest"),
+        (BLOB[:-10], len(BLOB), f"ended at {len(BLOB) - 10} of {len(BLOB)} bytes"),
     ],
     ids=["longer", "other-bytes", "shorter"],
 )
