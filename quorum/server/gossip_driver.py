@@ -34,8 +34,8 @@ import numpy as np
 from quorum.aggregation import gossip
 from quorum.errors import ConfigError
 from quorum.fitconfig import FitConfig
-from quorum.server.gossip_relay import GossipPhase, GossipRound, check_cohort
-from quorum.server.phases import RoundAborted
+from quorum.server.gossip_relay import GossipRound, check_cohort
+from quorum.server.phases import Phase, RoundAborted
 from quorum.server.records import RunRecord
 from quorum.server.rounds import play_rounds, task_sites, wait_for_sites
 from quorum.server.services import RoundServices
@@ -85,7 +85,7 @@ class GossipDriver:
             )
         except ConfigError as exc:
             raise RoundAborted(f"no {cfg.topology} mixing for {len(cohort)} sites: {exc}") from None
-        phase = GossipPhase(
+        phase = Phase(
             kind="fit",
             run_id=self.run_id,
             round=round_no,

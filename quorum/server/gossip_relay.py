@@ -26,24 +26,13 @@ from quorum.fitconfig import FitConfig
 from quorum.privacy import gossip_channel as channel
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
-from quorum.server.phases import PendingTask, Phase, RoundAborted
+from quorum.server.phases import Accepted, PendingTask, Phase, PhaseHandler, RoundAborted
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 
 STAGES = ("keys", "send", "mix")
 _MESSAGE_OF_STAGE = {"keys": "key", "mix": "report"}
 LEFT = "the site left the round (it disconnected, failed or was refused)"
-
-
-@dataclass(eq=False)
-class GossipPhase(Phase):
-    """A fit phase whose tasks are a gossip round's: the relay (`Phase.relay`) runs its
-    stages."""
-
-    def ends_on_refusal(self, code: str) -> bool:
-        # A parcel that missed the send deadline is not relayed, but its site still mixes what
-        # it receives and reports: that refusal does not take it out of the round.
-        return code != PARCEL_LATE
 
 
 PARCEL_LATE = "parcel_late"
@@ -55,11 +44,13 @@ class Parcel:
     data: bytes
 
 
-class GossipRound:
+class GossipRound(PhaseHandler):
+    """The handler of a gossip round's fit phase: its tasks are the relay's."""
+
     def __init__(
         self,
         services: RoundServices,
-        phase: GossipPhase,
+        phase: Phase,
         cohort: list[Session],
         config: RunConfig,
         mixing: Mixing,
@@ -89,7 +80,8 @@ class GossipRound:
         self.dropped: dict[int, str] = {}
         self.bytes_in: dict[int, int] = {}
         self.stages: list[dict[str, Any]] = []
-        phase.relay = self
+        self.by_session = {s.id: i for i, s in enumerate(cohort)}
+        phase.handler = self
 
     # ---- the stages (the driver's side) ----
 
@@ -103,12 +95,10 @@ class GossipRound:
                 config,
                 task_ref,
                 settings.round_timeout_s + 2 * settings.gossip_stage_timeout_s,
-                gossip={s.id: self._setup(i) for i, s in enumerate(self.cohort)},
             )
-            by_session = {s.id: i for i, s in enumerate(self.cohort)}
             for task in self.phase.tasks.values():
-                self.index[task.id] = by_session[task.session_id]
-                self.tasks[by_session[task.session_id]] = task
+                self.index[task.id] = self.by_session[task.session_id]
+                self.tasks[self.by_session[task.session_id]] = task
             everyone = set(range(len(self.cohort)))
             await self._stage("keys", lambda: everyone - set(self.keys))
             for i in self._alive():
@@ -219,9 +209,20 @@ class GossipRound:
         stage.task_id = self.tasks[i].id
         self.cohort[i].send(pb.ServerMessage(gossip=stage))
 
-    # ---- what the sites send (called by the task book) ----
+    # ---- the phase's handler (called by the task book) ----
 
-    def receive(self, task: PendingTask, reply: pb.GossipReply) -> None:
+    def offer(self, offer: pb.TaskOffer, session: Session) -> None:
+        offer.gossip.CopyFrom(self._setup(self.by_session[session.id]))
+
+    def ends_on_refusal(self, code: str) -> bool:
+        # A parcel that missed the send deadline is not relayed, but its site still mixes what
+        # it receives and reports: that refusal does not take it out of the round.
+        return code != PARCEL_LATE
+
+    def serves(self, task: PendingTask, digest: str, relayed: bool) -> bool:
+        return relayed or super().serves(task, digest, relayed)
+
+    def on_gossip(self, task: PendingTask, reply: pb.GossipReply) -> None:
         """A site's round key or its report; raises UploadRejected."""
         i = self.index[task.id]
         if task.state == "done":
@@ -301,8 +302,9 @@ class GossipRound:
             )
         phase.finish(task)
 
-    def admit_parcel(self, task: PendingTask, header: pb.UploadHeader) -> None:
-        """Checks a parcel's header before its bytes are read; raises UploadRejected."""
+    def admit(self, task: PendingTask, header: pb.UploadHeader) -> bool:
+        """Checks a parcel's header before its bytes are read; the task stays open for the
+        site's other parcels and its report."""
         i = self.index[task.id]
         if not header.HasField("gossip"):
             raise UploadRejected(
@@ -320,12 +322,17 @@ class GossipRound:
         limit = self.phase.model_size + validation.HEADER_SLACK_BYTES + channel.OVERHEAD_BYTES
         if header.size > limit:
             raise UploadRejected("oversized", f"a parcel of this model is at most {limit} bytes")
+        return False
 
-    async def add_parcel(
-        self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
+    async def accept(
+        self,
+        task: PendingTask,
+        header: pb.UploadHeader,
+        upload: validation.Received,
+        accepted: Accepted,
     ) -> None:
-        """Keeps a received ciphertext for its receiver, exactly as it arrived (the task book
-        checked its session and size)."""
+        """Keeps a received ciphertext for its receiver, exactly as it arrived; the site's
+        report is its task's answer (`on_gossip`)."""
         data, digest = upload.data, upload.digest
         if digest != header.digest:
             raise UploadRejected("digest_mismatch", "the parcel does not hash to its digest")
@@ -340,7 +347,7 @@ class GossipRound:
         self.phase.changed.set()
 
     def parcel_for(self, session: Session, digest: str) -> bytes | None:
-        """A ciphertext for download, only by the session of the site it is addressed to."""
+        """A ciphertext, only for the session of the site it is addressed to."""
         for (_, r), parcel in self.parcels.items():
             if parcel.digest == digest and self.cohort[r].id == session.id:
                 return parcel.data

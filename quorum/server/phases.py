@@ -1,57 +1,198 @@
-"""The tasks of one phase of a round (fit or evaluate) and what came back for them.
+"""The tasks of one phase of a round (fit or evaluate), what came back for them, and the
+handler that decides what each answer is worth.
 
 A phase is opened with its tasks, takes answers until every task is answered or its deadline
-passes, then closes: later answers are refused as `task_closed`.
+passes, then closes: later answers are refused as `task_closed`. Its `handler` is one kind of
+phase (`PhaseHandler`): a plain fit or evaluate phase (`PlainPhase`), a secure-aggregation fit
+(`secure_fit.SecureFit`) or a gossip round's relay (`gossip_relay.GossipRound`). The task book
+checks every answer against its task and records what the handler made of it.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
-from quorum.aggregation import UpdateSum
-from quorum.errors import QuorumError
+from quorum.aggregation import Update, UpdateSum
+from quorum.errors import QuorumError, UploadRejected
 from quorum.proto import federation_pb2 as pb
+from quorum.server import validation
 from quorum.server.sessions import Session
-from quorum.server.validation import Received
 from quorum.wire import blobs
 from quorum.wire.blobs import Layout
 from quorum.wire.codecs import Codec
 
 Kind = Literal["fit", "evaluate"]
 
-
-class SecureStages(Protocol):
-    """A secure-aggregation fit phase's protocol (`quorum.server.secure_fit.SecureFit`): the
-    task book hands it what the phase's sites send."""
-
-    def admit_masked(self, task: PendingTask, metrics: dict[str, float]) -> None: ...
-
-    async def add_masked(self, task: PendingTask, data: blobs.Buffer, layout: Layout) -> None: ...
-
-    def drop(self, task: PendingTask, reason: str) -> None: ...
-
-    def receive(self, task: PendingTask, reply: pb.SecAggReply) -> None: ...
+Accepted = Callable[[int], None]
+"""Records an upload as its task's answer, with the examples it counts for."""
 
 
-class Relay(Protocol):
-    """A gossip round's relay (`quorum.server.gossip_relay.GossipRound`): the task book hands it
-    the round's parcels and replies, and asks it for a site's parcels."""
+class PhaseHandler(abc.ABC):
+    """What one kind of phase does with what its sites send. The task book checks every answer
+    against its task first (offered to this session, in its run and round, the phase still
+    open, not answered yet), hands it to the task's phase's handler and records the outcome;
+    it never asks which kind of phase it is. These defaults refuse what a phase does not take
+    and are what a phase that takes it can build on."""
 
-    def admit_parcel(self, task: PendingTask, header: pb.UploadHeader) -> None: ...
+    leaves_after_answer = False
+    """Whether a site may still leave its task once it answered (a secure-aggregation site whose
+    masked vector is in owes its unmask shares): its report of a failure is then a dropout, not
+    a second answer to refuse."""
 
-    async def add_parcel(
-        self, task: PendingTask, header: pb.UploadHeader, upload: Received
-    ) -> None: ...
+    def offer(self, offer: pb.TaskOffer, session: Session) -> None:  # noqa: B027 (a hook)
+        """Adds to a task's offer what this session needs beyond the model and config (its
+        SecAgg setup, its gossip neighbours)."""
 
-    def receive(self, task: PendingTask, reply: pb.GossipReply) -> None: ...
+    @abc.abstractmethod
+    def admit(self, task: PendingTask, header: pb.UploadHeader) -> bool:
+        """Checks an upload's header before any of its bytes are read; returns whether it is the
+        task's one answer (the task is then receiving it), not one of several. Raises
+        UploadRejected."""
 
-    def parcel_for(self, session: Session, digest: str) -> bytes | None: ...
+    @abc.abstractmethod
+    async def accept(
+        self,
+        task: PendingTask,
+        header: pb.UploadHeader,
+        upload: validation.Received,
+        accepted: Accepted,
+    ) -> None:
+        """Takes an admitted upload's bytes (from a session still open, as many as its header
+        said), calling `accepted` once they are the task's answer. Raises UploadRejected."""
+
+    def result(self, task: PendingTask, result: pb.TaskResult) -> SiteResult:
+        """A site's answer `ok` to its task: what it counts for. Raises UploadRejected."""
+        raise UploadRejected("wrong_kind", f"task {task.id!r} is a fit task; upload the update")
+
+    def on_secagg(self, task: PendingTask, reply: pb.SecAggReply) -> None:
+        """A secure-aggregation stage message; raises UploadRejected."""
+        raise UploadRejected("unknown_task", f"no secure-aggregation task {task.id!r} is open")
+
+    def on_gossip(self, task: PendingTask, reply: pb.GossipReply) -> None:
+        """A gossip stage message; raises UploadRejected."""
+        raise UploadRejected("unknown_task", f"no gossip task {task.id!r} is open")
+
+    def drop(self, task: PendingTask, reason: str) -> None:  # noqa: B027 (a hook)
+        """The site is out of its task from now on: it was refused, reported a failure or
+        disconnected."""
+
+    def ends_on_refusal(self, code: str) -> bool:
+        """Whether a refused answer (of this code) ends the site's task: it does for a phase
+        whose tasks answer once."""
+        return True
+
+    def serves(self, task: PendingTask, digest: str, relayed: bool) -> bool:
+        """Whether a download of `digest` (`relayed`: held by the relay for the site) was for
+        this task."""
+        return task.phase.model_digest == digest
+
+    def parcel_for(self, session: Session, digest: str) -> bytes | None:
+        """What the phase holds for download by this session under `digest`, if anything."""
+        return None
+
+
+class PlainPhase(PhaseHandler):
+    """A fit phase that folds each site's update into the round's sum (`Phase.accumulator`) as
+    it arrives, or an evaluate phase that takes the sites' results."""
+
+    def admit(self, task: PendingTask, header: pb.UploadHeader) -> bool:
+        model_header(task, header)
+        validation.check_num_examples(header.num_examples, task.phase.max_num_examples)
+        validation.check_declared_size(header.size, task.phase.layout.size)
+        return True
+
+    async def accept(
+        self,
+        task: PendingTask,
+        header: pb.UploadHeader,
+        upload: validation.Received,
+        accepted: Accepted,
+    ) -> None:
+        data = upload.data
+        phase = task.phase
+        update: Update | None = None
+        if phase.codec is not None:
+            if phase.reference is None:  # closed while the upload came in
+                raise task_closed(task.id)
+            update = await asyncio.to_thread(
+                validation.check_encoded,
+                upload,
+                header.digest,
+                phase.codec,
+                phase.reference,
+                phase.layout,
+            )
+        else:
+            layout = await asyncio.to_thread(
+                validation.check_blob, upload, header.digest, phase.layout
+            )
+        num_examples = int(header.num_examples)
+        async with folding(task):
+            assert phase.accumulator is not None
+            if update is None:
+                update = blobs.as_flat(data, layout)
+            accumulator = phase.accumulator
+            folded = False
+
+            def fold() -> None:
+                nonlocal folded
+                assert update is not None
+                accumulator.fold(update, float(num_examples))
+                folded = True
+
+            try:
+                await fold_in_thread(fold)
+            except asyncio.CancelledError:
+                if folded:  # the site hung up, yet its update is in the sum: record it so
+                    accepted(num_examples)
+                raise
+        accepted(num_examples)
+
+    def result(self, task: PendingTask, result: pb.TaskResult) -> SiteResult:
+        if task.phase.kind != "evaluate":
+            return super().result(task, result)
+        # A site may have nothing to evaluate (no held-out examples): 0, and no metrics.
+        validation.check_num_examples(result.num_examples, task.phase.max_num_examples, minimum=0)
+        metrics = validation.parse_metrics(result.metrics_json)
+        if result.num_examples == 0 and metrics:
+            raise UploadRejected(
+                "metrics_without_examples", "metrics reported for 0 examples evaluated"
+            )
+        return SiteResult(task.site, int(result.num_examples), metrics)
+
+
+def model_header(task: PendingTask, header: pb.UploadHeader) -> dict[str, float]:
+    """What an upload of a model (plain, or masked under SecAgg) must be first: not a gossip
+    parcel, for a fit task, with metrics; returns them."""
+    if header.HasField("gossip"):
+        raise UploadRejected("not_gossip", f"task {task.id!r} is not a gossip round's")
+    if task.phase.kind != "fit":
+        raise UploadRejected("wrong_kind", f"task {task.id!r} is an evaluate task; send a result")
+    return validation.parse_metrics(header.metrics_json)
+
+
+@contextlib.asynccontextmanager
+async def folding(task: PendingTask) -> AsyncIterator[None]:
+    """The phase's fold lock, held while a validated upload goes into the round; refused once
+    the phase is closed (its deadline passed while the upload was checked)."""
+    async with task.phase.fold_lock:
+        if task.phase.closed:
+            raise task_closed(task.id)
+        yield
+
+
+def task_closed(task_id: str) -> UploadRejected:
+    return UploadRejected(
+        "task_closed", f"task {task_id!r} closed (its deadline passed or its run ended)"
+    )
 
 
 async def fold_in_thread(fold: Callable[[], None]) -> None:
@@ -107,9 +248,9 @@ class Phase:
     """How a fit phase's uploads are encoded (the run's compression); None: plain models."""
     reference: np.ndarray | None = None
     """The flat model a compressed fit phase serves: its uploads are deltas from it."""
-    secagg: SecureStages | None = None
-    relay: Relay | None = None
-    """Set on a gossip round's fit phase: its tasks are the relay's."""
+    handler: PhaseHandler = field(default_factory=PlainPhase)
+    """The kind of phase, which decides what its answers are worth; a SecAgg fit phase's
+    `SecureFit` or a gossip round's relay sets itself here."""
     tasks: dict[str, PendingTask] = field(default_factory=dict)
     results: list[SiteResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -120,11 +261,6 @@ class Phase:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever one of its tasks is answered or loses its site; multi-stage phases wait
     on it."""
-
-    def ends_on_refusal(self, code: str) -> bool:
-        """Whether a refused answer (of this code) ends the site's task: it does for a phase
-        whose tasks answer once; a gossip round's sites send several parcels."""
-        return True
 
     def finish(self, task: PendingTask) -> None:
         task.state = "done"

@@ -34,7 +34,17 @@ from quorum.privacy.secagg import (
     neighbours,
 )
 from quorum.proto import federation_pb2 as pb
-from quorum.server.phases import PendingTask, Phase, RoundAborted, fold_in_thread
+from quorum.server import validation
+from quorum.server.phases import (
+    Accepted,
+    PendingTask,
+    Phase,
+    PhaseHandler,
+    RoundAborted,
+    fold_in_thread,
+    folding,
+    model_header,
+)
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 from quorum.wire import blobs
@@ -66,7 +76,11 @@ def threshold_for(setting: int | float, neighbourhood: int) -> int:
     return setting
 
 
-class SecureFit:
+class SecureFit(PhaseHandler):
+    """The handler of a secure-aggregation fit phase: it walks the stages."""
+
+    leaves_after_answer = True
+
     def __init__(
         self,
         services: RoundServices,
@@ -113,7 +127,8 @@ class SecureFit:
         self.index: dict[str, int] = {}
         self.answered: dict[str, set[int]] = {stage: set() for stage in STAGES}
         self.dropped: dict[int, str] = {}
-        phase.secagg = self
+        self.by_session = {s.id: i for i, s in enumerate(cohort)}
+        phase.handler = self
 
     # ---- the stages (the driver's side) ----
 
@@ -129,10 +144,8 @@ class SecureFit:
                 config,
                 task_ref,
                 self.masked_timeout_s + 3 * self.settings.stage_timeout_s,
-                setups={s.id: self._setup(i) for i, s in enumerate(self.cohort)},
             )
-            by_session = {s.id: i for i, s in enumerate(self.cohort)}
-            self.index = {t.id: by_session[t.session_id] for t in self.phase.tasks.values()}
+            self.index = {t.id: self.by_session[t.session_id] for t in self.phase.tasks.values()}
             try:
                 total, count = await self._stages(self.server)
             except RoundAborted as exc:
@@ -305,9 +318,12 @@ class SecureFit:
             )
         )
 
-    # ---- what the sites send (called by the task book) ----
+    # ---- the phase's handler (called by the task book) ----
 
-    def receive(self, task: PendingTask, reply: pb.SecAggReply) -> None:
+    def offer(self, offer: pb.TaskOffer, session: Session) -> None:
+        offer.secagg.CopyFrom(self._setup(self.by_session[session.id]))
+
+    def on_secagg(self, task: PendingTask, reply: pb.SecAggReply) -> None:
         """A site's keys, shares or unmask shares; raises UploadRejected."""
         index = self.index[task.id]
         kind = reply.WhichOneof("stage")
@@ -327,7 +343,9 @@ class SecureFit:
         self.answered[self.stage].add(index)
         self.phase.changed.set()
 
-    def admit_masked(self, task: PendingTask, metrics: dict[str, float]) -> None:
+    def admit(self, task: PendingTask, header: pb.UploadHeader) -> bool:
+        """A masked vector's header: its weight is masked, so not read here."""
+        metrics = model_header(task, header)
         index = self.index[task.id]
         if (
             self.dp_noise != (0.0, 0.0)
@@ -353,6 +371,22 @@ class SecureFit:
             raise UploadRejected(
                 "not_in_stage", "this site's key shares were not relayed; it cannot add a vector"
             )
+        validation.check_declared_size(header.size, self.phase.layout.size)
+        return True
+
+    async def accept(
+        self,
+        task: PendingTask,
+        header: pb.UploadHeader,
+        upload: validation.Received,
+        accepted: Accepted,
+    ) -> None:
+        layout = await asyncio.to_thread(
+            validation.check_blob, upload, header.digest, self.phase.layout
+        )
+        async with folding(task):
+            await self.add_masked(task, upload.data, layout)
+        accepted(0)  # the weight is in the masked sum
 
     async def add_masked(self, task: PendingTask, data: blobs.Buffer, layout: blobs.Layout) -> None:
         """Folds a validated masked vector into the sum; the caller holds the phase's fold

@@ -1,26 +1,23 @@
 """The task book: every task offered to a site and what became of it. It opens and closes a
 round's phases (one task per site), and it is where every answer from a site (an upload, a
 result, a secure-aggregation or gossip message, a download, a disconnect) is checked against
-its task and recorded.
+its task, handed to the task's phase's handler (`phases.PhaseHandler`) and recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 
-from quorum.aggregation import Update
 from quorum.errors import UploadRejected
 from quorum.fitconfig import FitConfig
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
-from quorum.server.phases import PendingTask, Phase, SiteResult, fold_in_thread
+from quorum.server.phases import PendingTask, Phase, SiteResult, task_closed
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import Store
-from quorum.wire import blobs
 
 log = logging.getLogger("quorum.server")
 
@@ -52,11 +49,9 @@ class TaskBook:
         config: FitConfig,
         task: str,
         deadline_s: float,
-        setups: dict[str, pb.SecAggSetup] | None = None,
-        gossip: dict[str, pb.GossipSetup] | None = None,
     ) -> None:
-        """Creates one task per session, records it and sends the offer (with the session's
-        secure-aggregation setup, under SecAgg; its neighbours, in a gossip round)."""
+        """Creates one task per session, records it and sends the offer (with what the phase's
+        handler adds for the session: its SecAgg setup, its gossip neighbours)."""
         self._open_phases.append(phase)
         for session in sessions:
             task_id = secrets.token_hex(12)
@@ -74,23 +69,19 @@ class TaskBook:
                 phase.kind,
                 bytes_out=0,
             )
-            session.send(
-                pb.ServerMessage(
-                    task=pb.TaskOffer(
-                        task_id=task_id,
-                        run_id=phase.run_id,
-                        round=phase.round,
-                        kind=_KIND[phase.kind],
-                        task=task,
-                        model_digest=phase.model_digest,
-                        model_size=phase.model_size,
-                        config_json=config.to_json(),
-                        deadline_s=deadline_s,
-                        secagg=setups[session.id] if setups else None,
-                        gossip=gossip[session.id] if gossip else None,
-                    )
-                )
+            offer = pb.TaskOffer(
+                task_id=task_id,
+                run_id=phase.run_id,
+                round=phase.round,
+                kind=_KIND[phase.kind],
+                task=task,
+                model_digest=phase.model_digest,
+                model_size=phase.model_size,
+                config_json=config.to_json(),
+                deadline_s=deadline_s,
             )
+            phase.handler.offer(offer, session)
+            session.send(pb.ServerMessage(task=offer))
 
     def close_phase(self, phase: Phase) -> None:
         """Records the tasks nobody answered before the deadline. The phase is remembered with
@@ -143,84 +134,26 @@ class TaskBook:
         if once and task.state in ("receiving", "done"):
             raise UploadRejected("duplicate", f"task {task_id!r} was already answered")
         if task.phase.closed:
-            raise _task_closed(task_id)
+            raise task_closed(task_id)
         return task
 
     def admit_upload(self, session: Session, header: pb.UploadHeader) -> PendingTask:
         """Checks an upload's header before any of its bytes are read."""
         task = self._task_for(session, header.task_id, header.run_id, header.round)
-        phase = task.phase
-        if phase.relay is not None or header.HasField("gossip"):
-            if phase.relay is None:
-                raise UploadRejected("not_gossip", f"task {task.id!r} is not a gossip round's")
-            phase.relay.admit_parcel(task, header)  # the task stays open for more parcels
-            return task
-        if phase.kind != "fit":
-            raise UploadRejected(
-                "wrong_kind", f"task {task.id!r} is an evaluate task; send a result"
-            )
-        metrics = validation.parse_metrics(header.metrics_json)
-        if phase.secagg is not None:
-            phase.secagg.admit_masked(task, metrics)  # the weight is masked: not read
-        else:
-            validation.check_num_examples(header.num_examples, phase.max_num_examples)
-        validation.check_declared_size(header.size, phase.layout.size)
-        task.state = "receiving"
+        if task.phase.handler.admit(task, header):
+            task.state = "receiving"  # else the task stays open for more (a gossip parcel)
         return task
 
     async def complete_upload(
         self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
     ) -> None:
-        """Validates the bytes and folds them into the round's sum; raises UploadRejected."""
+        """Hands the bytes to the task's phase (validated and folded into the round's sum, for
+        a plain fit phase); raises UploadRejected."""
         self._check_received(task, header, upload)
-        data = upload.data
-        phase = task.phase
-        if phase.relay is not None:
-            await phase.relay.add_parcel(task, header, upload)  # a sealed model, kept as is
-            return
-        update: Update | None = None
-        if phase.codec is not None:
-            if phase.reference is None:  # closed while the upload came in
-                raise _task_closed(task.id)
-            update = await asyncio.to_thread(
-                validation.check_encoded,
-                upload,
-                header.digest,
-                phase.codec,
-                phase.reference,
-                phase.layout,
-            )
-        else:
-            layout = await asyncio.to_thread(
-                validation.check_blob, upload, header.digest, phase.layout
-            )
-        async with phase.fold_lock:
-            if phase.closed:
-                raise _task_closed(task.id)
-            if phase.secagg is not None:
-                await phase.secagg.add_masked(task, data, layout)
-                num_examples = 0
-            else:
-                assert phase.accumulator is not None
-                if update is None:
-                    update = blobs.as_flat(data, layout)
-                num_examples = int(header.num_examples)
-                accumulator = phase.accumulator
-                folded = False
-
-                def fold() -> None:
-                    nonlocal folded
-                    assert update is not None
-                    accumulator.fold(update, float(num_examples))
-                    folded = True
-
-                try:
-                    await fold_in_thread(fold)
-                except asyncio.CancelledError:
-                    if folded:  # the site hung up, yet its update is in the sum: record it so
-                        self._accepted(task, header, num_examples, len(data))
-                    raise
-        self._accepted(task, header, num_examples, len(data))
+        nbytes = len(upload.data)
+        await task.phase.handler.accept(
+            task, header, upload, lambda n: self._accepted(task, header, n, nbytes)
+        )
 
     def _check_received(
         self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
@@ -267,8 +200,7 @@ class TaskBook:
         task = self._tasks.get(task_id)
         phase = task.phase if task is not None else None
         if task is not None and session is not None and task.session_id == session.id:
-            if task.phase.secagg is not None:
-                task.phase.secagg.drop(task, f"refused: {exc.code}: {exc.message}")
+            task.phase.handler.drop(task, f"refused: {exc.code}: {exc.message}")
         if phase is None and claimed is not None:
             phase = next((p for p in self._open_phases if (p.run_id, p.round) == claimed), None)
         self.store.reject(
@@ -287,7 +219,7 @@ class TaskBook:
             and task.state in ("offered", "receiving")
             and not task.phase.closed
             and exc.code != "duplicate"  # the first answer of the task is still in flight
-            and task.phase.ends_on_refusal(exc.code)
+            and task.phase.handler.ends_on_refusal(exc.code)
         ):
             self.store.finish_participation(task.id, "rejected", error=f"{exc.code}: {exc.message}")
             task.phase.finish(task)
@@ -305,14 +237,14 @@ class TaskBook:
         if (
             task is not None
             and task.session_id == session.id
-            and task.phase.secagg is not None
             and result.status != pb.RESULT_STATUS_OK
         ):
-            # A site may leave a secure-aggregation task at any stage, even after its masked
-            # vector was accepted; it is a dropout from then on.
-            task.phase.secagg.drop(task, f"the site reported: {result.error[:500]}")
-            if task.state in ("receiving", "done") or task.phase.closed:
-                return
+            handler = task.phase.handler
+            handler.drop(task, f"the site reported: {result.error[:500]}")
+            if handler.leaves_after_answer and (
+                task.state in ("receiving", "done") or task.phase.closed
+            ):
+                return  # a dropout, not a second answer
         try:
             task = self._task_for(session, result.task_id)
             status = _STATUS.get(result.status)
@@ -326,29 +258,17 @@ class TaskBook:
                 )
                 task.phase.finish(task)
                 return
-            if task.phase.kind != "evaluate":
-                raise UploadRejected(
-                    "wrong_kind", f"task {task.id!r} is a fit task; upload the update"
-                )
-            # A site may have nothing to evaluate (no held-out examples): 0, and no metrics.
-            validation.check_num_examples(
-                result.num_examples, task.phase.max_num_examples, minimum=0
-            )
-            metrics = validation.parse_metrics(result.metrics_json)
-            if result.num_examples == 0 and metrics:
-                raise UploadRejected(
-                    "metrics_without_examples", "metrics reported for 0 examples evaluated"
-                )
+            answer = task.phase.handler.result(task, result)
         except UploadRejected as exc:
             self._refuse_on_stream(session, result.task_id, exc)
             return
-        if result.num_examples:  # an empty evaluation does not count in the round's means
-            task.phase.results.append(SiteResult(task.site, int(result.num_examples), metrics))
+        if answer.num_examples:  # an empty evaluation does not count in the round's means
+            task.phase.results.append(answer)
         self.store.finish_participation(
             task.id,
             "ok",
-            num_examples=int(result.num_examples),
-            metrics=metrics,
+            num_examples=answer.num_examples,
+            metrics=answer.metrics,
             duration_s=result.duration_s,
         )
         task.phase.finish(task)
@@ -365,32 +285,17 @@ class TaskBook:
         """Counts a download against the task it served: the task's model, or (`relayed`) a
         gossip parcel for the site's open gossip task."""
         for task in self._open_tasks(session):
-            phase = task.phase
-            if (relayed and phase.relay is not None) or phase.model_digest == digest:
+            if task.phase.handler.serves(task, digest, relayed):
                 self.store.add_bytes_out(task.id, nbytes)
                 return
 
     def on_secagg(self, session: Session, reply: pb.SecAggReply) -> None:
         """A secure-aggregation message: keys, key shares or unmask shares."""
-
-        def receive(task: PendingTask) -> None:
-            if task.phase.secagg is None:
-                raise UploadRejected(
-                    "unknown_task", f"no secure-aggregation task {reply.task_id!r} is open"
-                )
-            task.phase.secagg.receive(task, reply)
-
-        self._on_stage_reply(session, reply.task_id, receive)
+        self._on_stage_reply(session, reply.task_id, lambda t: t.phase.handler.on_secagg(t, reply))
 
     def on_gossip(self, session: Session, reply: pb.GossipReply) -> None:
         """A gossip round's message: a site's signed round key, or its report."""
-
-        def receive(task: PendingTask) -> None:
-            if task.phase.relay is None:
-                raise UploadRejected("unknown_task", f"no gossip task {reply.task_id!r} is open")
-            task.phase.relay.receive(task, reply)
-
-        self._on_stage_reply(session, reply.task_id, receive)
+        self._on_stage_reply(session, reply.task_id, lambda t: t.phase.handler.on_gossip(t, reply))
 
     def _on_stage_reply(
         self, session: Session, task_id: str, receive: Callable[[PendingTask], None]
@@ -413,23 +318,15 @@ class TaskBook:
     def relayed(self, session: Session, digest: str) -> bytes | None:
         """A gossip ciphertext addressed to this session's site, if one is held."""
         for phase in self._open_phases:
-            if phase.relay is not None:
-                data = phase.relay.parcel_for(session, digest)
-                if data is not None:
-                    return data
+            data = phase.handler.parcel_for(session, digest)
+            if data is not None:
+                return data
         return None
 
     def on_disconnect(self, session: Session) -> None:
         """The site's open tasks will not be answered: record them so the round need not wait."""
         for task in self._open_tasks(session):
-            if task.phase.secagg is not None:
-                task.phase.secagg.drop(task, "the site disconnected")
+            task.phase.handler.drop(task, "the site disconnected")
             if task.state == "offered":
                 self.store.finish_participation(task.id, "lost", error="the site disconnected")
                 task.phase.finish(task)
-
-
-def _task_closed(task_id: str) -> UploadRejected:
-    return UploadRejected(
-        "task_closed", f"task {task_id!r} closed (its deadline passed or its run ended)"
-    )

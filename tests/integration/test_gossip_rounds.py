@@ -100,15 +100,17 @@ async def test_gossip_sites_mix_exactly_and_the_relay_holds_only_ciphertext(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held: list[bytes] = []
-    original = GossipRound.add_parcel
+    original = GossipRound.accept
 
-    async def spy(self: GossipRound, task: Any, header: Any, upload: Received) -> None:
-        await original(self, task, header, upload)
+    async def spy(
+        self: GossipRound, task: Any, header: Any, upload: Received, accepted: Any
+    ) -> None:
+        await original(self, task, header, upload, accepted)
         stored = self.parcels[(self.index[task.id], header.gossip.receiver)]
         assert stored.data == bytes(upload.data)  # kept exactly as the sender uploaded it
         held.append(stored.data)
 
-    monkeypatch.setattr(GossipRound, "add_parcel", spy)
+    monkeypatch.setattr(GossipRound, "accept", spy)
     sealed: list[bytes] = []  # the models the sites sealed, as the sites had them
     really_seal = channel.seal
 
@@ -158,10 +160,12 @@ async def test_gossip_sites_mix_exactly_and_the_relay_holds_only_ciphertext(
 async def test_a_tampered_ciphertext_is_detected_and_the_pair_skipped(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = GossipRound.add_parcel
+    original = GossipRound.accept
 
-    async def tamper(self: GossipRound, task: Any, header: Any, upload: Received) -> None:
-        await original(self, task, header, upload)
+    async def tamper(
+        self: GossipRound, task: Any, header: Any, upload: Received, accepted: Any
+    ) -> None:
+        await original(self, task, header, upload, accepted)
         pair = (self.index[task.id], header.gossip.receiver)
         if self.phase.round == 1 and pair == (1, 0):  # b's model on its way to a
             flipped = bytearray(self.parcels[pair].data)
@@ -169,7 +173,7 @@ async def test_a_tampered_ciphertext_is_detected_and_the_pair_skipped(
             # A relay that alters a parcel announces the digest of what it holds.
             self.parcels[pair] = Parcel(blobs.digest(flipped), bytes(flipped))
 
-    monkeypatch.setattr(GossipRound, "add_parcel", tamper)
+    monkeypatch.setattr(GossipRound, "accept", tamper)
     async with federation(tmp_path, [gossip_run(rounds=1)]) as fed:
         models = start(fed)
         run = await fed.wait_run(timeout=60)
