@@ -1,7 +1,7 @@
-"""Answers that do not fit their task's kind of phase: a plain fit task is answered with a
-gossip parcel, a secure-aggregation message, a gossip message and an evaluate result. Each is
-refused with its code, ends the site's task as rejected and is recorded against its round, which
-goes on with the honest sites."""
+"""Answers that do not fit their task's kind of phase (plain, secure-aggregation or gossip fit):
+a gossip parcel, a model instead of a parcel, a secure-aggregation or a gossip message, an
+evaluate result. Each is refused with its code, ends the site's task as rejected and is recorded
+against its round, which goes on with the honest sites."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import asyncio
 import pathlib
 import time
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from quorum.proto import federation_pb2 as pb
 from tests.hostile_site import HostileSite
 from tests.integration.harness import TASK, federation, run_config
 
-SITES = [("a", "delta=0.25,n=10"), ("b", "delta=0.5,n=30")]
+Answer = Callable[[HostileSite, pb.TaskOffer], tuple[str, str]]
 
 
 def _notice(site: HostileSite, task_id: str, timeout: float = 20) -> pb.Notice:
@@ -28,16 +31,16 @@ def _notice(site: HostileSite, task_id: str, timeout: float = 20) -> pb.Notice:
     raise TimeoutError(f"no notice about task {task_id!r} within {timeout} s")
 
 
-def _parcel(site: HostileSite, offer: pb.TaskOffer) -> tuple[str, str]:
-    model = site.download(offer.model_digest)
-    receipt = site.upload(offer, model, gossip=pb.GossipAddress(receiver=1))
-    assert not receipt.accepted
-    return receipt.code, receipt.message
+def _uploaded(**header: Any) -> Answer:
+    def upload(site: HostileSite, offer: pb.TaskOffer) -> tuple[str, str]:
+        receipt = site.upload(offer, site.download(offer.model_digest), **header)
+        assert not receipt.accepted
+        return receipt.code, receipt.message
+
+    return upload
 
 
-def _sent(
-    message: Callable[[str], pb.SiteMessage],
-) -> Callable[[HostileSite, pb.TaskOffer], tuple[str, str]]:
+def _sent(message: Callable[[str], pb.SiteMessage]) -> Answer:
     def send(site: HostileSite, offer: pb.TaskOffer) -> tuple[str, str]:
         site.send(message(offer.task_id))
         notice = _notice(site, offer.task_id)
@@ -46,53 +49,82 @@ def _sent(
     return send
 
 
-# (code, a word of its message, how to send it), one per round.
-ANSWERS = [
-    ("not_gossip", "gossip", _parcel),
-    (
-        "unknown_task",
-        "secure-aggregation",
-        _sent(lambda t: pb.SiteMessage(secagg=pb.SecAggReply(task_id=t, keys=pb.SecAggKeys()))),
+PARCEL = ("not_gossip", "gossip", _uploaded(gossip=pb.GossipAddress(receiver=1)))
+SECAGG = (
+    "unknown_task",
+    "secure-aggregation",
+    _sent(lambda t: pb.SiteMessage(secagg=pb.SecAggReply(task_id=t, keys=pb.SecAggKeys()))),
+)
+GOSSIP = (
+    "unknown_task",
+    "gossip",
+    _sent(lambda t: pb.SiteMessage(gossip=pb.GossipReply(task_id=t, key=pb.GossipKey()))),
+)
+RESULT = (
+    "wrong_kind",
+    "fit task",
+    _sent(
+        lambda t: pb.SiteMessage(
+            result=pb.TaskResult(task_id=t, status=pb.RESULT_STATUS_OK, num_examples=1)
+        )
     ),
-    (
-        "unknown_task",
-        "gossip",
-        _sent(lambda t: pb.SiteMessage(gossip=pb.GossipReply(task_id=t, key=pb.GossipKey()))),
+)
+MODEL = ("gossip_parcel_expected", "sealed models", _uploaded())
+HONEST = ["a", "b", "c", "d"]
+
+# Each kind of run, and the answers (code, a word of its message, how to send it) that its fit
+# tasks refuse, one per round.
+KINDS: dict[str, tuple[dict[str, Any], list[tuple[str, str, Answer]]]] = {
+    "plain": ({}, [PARCEL, SECAGG, GOSSIP, RESULT]),
+    "secagg": (
+        {
+            "secagg": {"enabled": True, "threshold": 3, "stage_timeout_s": 5},
+            "fraction_evaluate": 0.0,
+        },
+        [PARCEL, GOSSIP, RESULT],
     ),
-    (
-        "wrong_kind",
-        "fit task",
-        _sent(
-            lambda t: pb.SiteMessage(
-                result=pb.TaskResult(task_id=t, status=pb.RESULT_STATUS_OK, num_examples=1)
-            )
-        ),
+    "gossip": (
+        {"mode": "gossip", "topology": "ring", "gossip_stage_timeout_s": 5},
+        [MODEL, SECAGG, RESULT],
     ),
-]
+}
 
 
-def _answer_each(site: HostileSite) -> list[tuple[str, str]]:
-    out = [send(site, site.next_fit()) for _, _, send in ANSWERS]
+def _answer_each(
+    site: HostileSite, answers: list[tuple[str, str, Answer]]
+) -> list[tuple[str, str]]:
+    out = [send(site, site.next_fit()) for _, _, send in answers]
     site.close()
     return out
 
 
-def test_an_answer_of_another_kind_of_phase_is_refused(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_answer_of_another_kind_of_phase_is_refused(tmp_path: pathlib.Path, kind: str) -> None:
+    settings, answers = KINDS[kind]
+
     async def scenario() -> None:
-        cfg = run_config(rounds=len(ANSWERS), min_fit_sites=2, min_available_sites=3)
+        cfg = run_config(
+            rounds=len(answers),
+            min_fit_sites=len(HONEST),
+            min_available_sites=len(HONEST) + 1,
+            **settings,
+        )
         async with federation(tmp_path, [cfg]) as fed:
-            for name, data in SITES:
-                fed.add_site(name, data)
+            for i, name in enumerate(HONEST):
+                fed.add_site(name, f"delta={0.25 * (i + 1)},n={10 * (i + 1)}")
             mallory = await asyncio.to_thread(HostileSite, fed.address, fed.register("m"), TASK)
-            answers = await asyncio.to_thread(_answer_each, mallory)
+            got = await asyncio.to_thread(_answer_each, mallory, answers)
             run = await fed.wait_run(timeout=60)
-            for (code, word, _), (got, message) in zip(ANSWERS, answers, strict=True):
-                assert got == code, message
+            for (code, word, _), (answered, message) in zip(answers, got, strict=True):
+                assert answered == code, message
                 assert word in message
-            for r, (code, _, _) in enumerate(ANSWERS, 1):
+            for r, (code, _, _) in enumerate(answers, 1):
                 detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/{r}")
-                assert [x["code"] for x in detail["rejected_uploads"]] == [code]
+                refused = [x["code"] for x in detail["rejected_uploads"] if x["site"] == "m"]
+                assert refused == [code]
                 fit = {p["site"]: p["status"] for p in detail["participants"] if p["kind"] == "fit"}
-                assert fit == {"a": "accepted", "b": "accepted", "m": "rejected"}
+                assert fit.pop("m") == "rejected"
+                assert set(fit) == set(HONEST)
+                assert detail["status"] == "completed"
 
     asyncio.run(scenario())
