@@ -11,7 +11,8 @@ Sites train on whatever global model version was newest when they became free an
 buffer's mean is example-weighted as a sync FedAvg round's is (with equal counts it is the
 paper's (1/K) Σ s(τ_k) Δ_k); a site with a handful of examples does not pull the model as far
 as one with hundreds. Under central DP the driver passes clipped updates with n_k = 1 and the
-step adds Gaussian noise to the weighted sum before dividing (`propose(noise)`).
+step adds Gaussian noise to the weighted sum before dividing (`propose(noise)`, which draws it
+into the sum a block at a time).
 Pure numpy: memory is one float64 sum, whatever K is, and with momentum one float64 momentum;
 the step makes the new momentum in the sum's buffer, so no third vector of the model's size.
 """
@@ -19,7 +20,7 @@ the step makes the new momentum in the sum's buffer, so no third vector of the m
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,21 +147,21 @@ class FedBuff:
         self.load_state(state)
         return new
 
-    def propose(self, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def propose(self, noise: Callable[[np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
         """The state after the server step, to checkpoint (with the new model `stepped`
         writes) before `load_state` applies it and empties the buffer. The new momentum is
         made in the sum's buffer: the buffer is spent (`add` and `propose` refuse with a
         ConflictError) until `load_state` applies the state or, after a failed checkpoint,
-        `discard` empties it (a restart does). `noise` is added to the weighted sum (central
-        DP). Without momentum (β = 0) the state is the version alone: the step's mean never
-        enters a later step."""
+        `discard` empties it (a restart does). `noise` adds noise to the weighted sum in place
+        (central DP: `GaussianNoise.add_to`). Without momentum (β = 0) the state is the version
+        alone: the step's mean never enters a later step."""
         self._refuse_spent("propose a step")
         if not self.full:
             raise ValueError(f"{len(self.buffered)} of {self.buffer_size} updates buffered")
         self._spent = True
         momentum = self._sum
         if noise is not None:
-            momentum += noise
+            noise(momentum)
         momentum /= self._examples
         if self._momentum is not None:
             for start in range(0, self.numel, BLOCK):

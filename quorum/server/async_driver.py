@@ -28,11 +28,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from quorum.aggregation.accumulator import Update, UpdateBlocks, blocks_of, subtract_into
+from quorum.aggregation.accumulator import Scratch, Update, UpdateBlocks, blocks_of
 from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
 from quorum.errors import NotFoundError, UploadRejected
 from quorum.fitconfig import FitConfig
-from quorum.privacy.dp.central import CentralDP, clip_in_place
+from quorum.privacy.dp.central import CentralDP, ClippedDelta
 from quorum.server.model_files import write_model
 from quorum.server.phases import Phase, RoundAborted
 from quorum.server.records import RunRecord
@@ -91,6 +91,8 @@ class AsyncDriver:
         self.in_buffer: set[str] = set()
         """Sites with an update in the open buffer: under central DP they are offered no work
         until it is applied, so that no site has two updates in one buffer (sensitivity C)."""
+        self.clip_scratch = Scratch()
+        """The block an update's clipped delta is made in (central DP; folds are serialised)."""
 
     # ---- the run ----
 
@@ -340,7 +342,9 @@ class AsyncDriver:
         update applies the server step. `base` is the flat vector published with the version
         it was trained from (`base_file`): for a model of one float dtype a map of the file,
         whose pages are let go as the fold goes, never resident whole; for several dtypes the
-        float64 copy made once when the version was published, never one per upload."""
+        float64 copy made once when the version was published, never one per upload. Under
+        central DP the update is read twice, block by block (its delta's norm, then its clipped
+        delta): no delta of the model's size."""
         # Asked afresh, not only `ended`: uploads queued on the fold lock behind the last step
         # must not make one more before the event loop has ended the run.
         ended = self.ended or self._end_reason()
@@ -353,10 +357,9 @@ class AsyncDriver:
         update = LettingGo(blocks_of(update, base.shape[0]), base_file)
         try:
             if self.central is not None:  # DP-FedBuff: each update clipped, counting once
-                delta = np.empty(base.shape[0], np.float64)
-                subtract_into(delta, update, base)
-                clip_in_place(delta, self.central.clipping_norm)
-                update, reference, examples = delta, None, 1.0
+                clipping_norm = self.central.clipping_norm
+                update = ClippedDelta(update, base, clipping_norm, self.clip_scratch)
+                reference, examples = None, 1.0
             else:  # folded block by block, no delta of the model's size
                 reference = base
             ((task_id, task),) = phase.tasks.items()
@@ -392,7 +395,7 @@ class AsyncDriver:
             noise, release = self.central.buffer_noise(self.layout.numel)
             # accounted before anything of the step is written: a crash counts it, never loses it
             record_release(self.services, self.run_id, self.central, version, self.attempt, release)
-        state = self.buffer.propose(noise)
+        state = self.buffer.propose(None if noise is None else noise.add_to)
         values = self.buffer.stepped(self.model.values())
         model = write_model(self.services.checkpoints, self.run_id, version, self.model, values)
         self.services.checkpoints.save(self.run_id, version, model, state)

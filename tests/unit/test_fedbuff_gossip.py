@@ -207,7 +207,7 @@ def test_fedbuff_noise_joins_the_weighted_sum_before_the_mean() -> None:
     fresh = buffer.admit(0)
     buffer.add(np.array([1.0, 0.0]), fresh)
     buffer.add(np.array([0.0, 1.0]), fresh)
-    state = buffer.propose(np.array([0.2, -0.4]))
+    state = buffer.propose(lambda total: total.__iadd__(np.array([0.2, -0.4])))
     assert set(state) == {"fedbuff.version"}  # no momentum (β = 0): the version alone
     (new,) = buffer.stepped([(0, np.ones(2))])
     # x + η (Σ s·Δ + noise) / K

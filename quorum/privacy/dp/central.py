@@ -78,6 +78,41 @@ def clip_in_place(delta: np.ndarray, norm_bound: float) -> bool:
     return False
 
 
+class ClippedDelta:
+    """`update - reference` in float64, scaled to L2 norm at most `bound`, as blocks
+    (`UpdateBlocks`): the norm is read in a first pass over the update's blocks, each clipped
+    block is made in `scratch` in a second, so no vector of the model's size is made. The norm
+    is the `math.hypot` of the blocks' norms (no overflow where a sum of squares would)."""
+
+    def __init__(
+        self, update: Update, reference: np.ndarray, bound: float, scratch: Scratch
+    ) -> None:
+        self.update = blocks_of(update, reference.shape[0])
+        self.reference = reference
+        self._scratch = scratch
+        self.norm = math.hypot(*(l2_norm(delta) for _, delta in self._deltas()))
+        self.unclipped = self.norm <= bound
+        """The update was within the bound (its delta is passed on unscaled)."""
+        self._scale = 1.0 if self.unclipped else bound / self.norm
+
+    @property
+    def numel(self) -> int:
+        return self.update.numel
+
+    def _deltas(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start, values in self.update.blocks():
+            delta = self._scratch.take(values.shape[0])
+            end = start + values.shape[0]
+            np.subtract(values, self.reference[start:end], out=delta, dtype=np.float64)
+            yield start, delta
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start, delta in self._deltas():
+            if self._scale != 1.0:
+                delta *= self._scale
+            yield start, delta
+
+
 class ClippedSum:
     """Streaming sum of site updates relative to `reference` (the round's global model), each
     clipped to `clipping_norm` and counted once. Memory: one float64 vector and one block of
@@ -95,24 +130,41 @@ class ClippedSum:
         self.total_weight = 0.0
         """The examples the sites reported: a statistic, never a weight of the mean."""
 
-    def _deltas(self, update: Update) -> Iterator[tuple[int, np.ndarray]]:
-        for start, values in blocks_of(update, self.reference.shape[0]).blocks():
-            delta = self._scratch.take(values.shape[0])
-            end = start + values.shape[0]
-            np.subtract(values, self.reference[start:end], out=delta, dtype=np.float64)
-            yield start, delta
-
     def fold(self, update: Update, weight: float, /) -> None:
-        # math.hypot over the blocks' norms: no overflow where a sum of squares would.
-        norm = math.hypot(*(l2_norm(delta) for _, delta in self._deltas(update)))
-        scale = 1.0 if norm <= self.clipping_norm else self.clipping_norm / norm
-        self.unclipped += norm <= self.clipping_norm
-        for start, delta in self._deltas(update):
-            if scale != 1.0:
-                delta *= scale
+        clipped = ClippedDelta(update, self.reference, self.clipping_norm, self._scratch)
+        self.unclipped += clipped.unclipped
+        for start, delta in clipped.blocks():
             self.sum[start : start + delta.shape[0]] += delta
         self.count += 1
         self.total_weight += float(weight)
+
+
+class GaussianNoise:
+    """Noise of standard deviation `stddev` for a vector of `numel` values, drawn a block at a
+    time into the vector it is added to (`add_to`): no vector of the model's size. The values
+    are those of one whole draw, `rng.normal(0.0, stddev, size=numel)`: numpy's `normal` is
+    `loc + scale · standard_normal`, one value after the other from the same stream."""
+
+    def __init__(self, rng: np.random.Generator, stddev: float, numel: int) -> None:
+        self.rng = rng
+        self.stddev = float(stddev)
+        self.numel = numel
+
+    def add_to(self, target: np.ndarray) -> None:
+        """Adds the noise to `target` (float64, `numel` values) in place; draws it, so call
+        once."""
+        if target.shape != (self.numel,) or target.dtype != np.float64:
+            raise ValueError(
+                f"noise for ({self.numel},) float64 cannot be added to {target.shape} "
+                f"{target.dtype}"
+            )
+        scratch = np.empty(min(self.numel, FOLD_BLOCK), np.float64)
+        for start in range(0, self.numel, FOLD_BLOCK):
+            block = scratch[: min(FOLD_BLOCK, self.numel - start)]
+            self.rng.standard_normal(out=block)
+            block *= self.stddev
+            block += 0.0  # normal()'s loc: a -0.0 becomes 0.0, as in a whole draw
+            target[start : start + block.shape[0]] += block
 
 
 @dataclass(frozen=True)
@@ -172,13 +224,13 @@ class CentralDP:
         mean /= m
         return mean, RoundRelease(z, c, self.clipping_norm, unclipped)
 
-    def buffer_noise(self, numel: int) -> tuple[np.ndarray, RoundRelease]:
-        """Noise of standard deviation z·C for the sum of one FedBuff buffer of clipped updates,
-        and the step's record (see the module docstring)."""
+    def buffer_noise(self, numel: int) -> tuple[GaussianNoise, RoundRelease]:
+        """Noise of standard deviation z·C for the sum of one FedBuff buffer of clipped updates
+        (drawn when it is added), and the step's record (see the module docstring)."""
         if self.config.adaptive:
             raise ConfigError("adaptive clipping is not available for async runs")
         c = self.clipping_norm
-        noise = self.rng.normal(0.0, self.config.noise_multiplier * c, size=numel)
+        noise = GaussianNoise(self.rng, self.config.noise_multiplier * c, numel)
         return noise, RoundRelease(self.config.noise_multiplier, c, c, None)
 
     def count_stddev(self, cohort: int) -> float:
