@@ -106,7 +106,9 @@ def resume(
 ) -> tuple[int, BlobFile, dict[str, np.ndarray]]:
     """(last completed round, its model, its strategy state). The first start checkpoints the
     task's initial model as round 0 with `initial_state(model)`; a restart records the round it
-    interrupted as aborted with the reason `interrupted`."""
+    interrupted as aborted with the reason `interrupted`. Reads or writes the whole model (the
+    checkpoint's check, the initial model): call it in a worker thread (the store takes calls
+    from one), so that the event loop goes on serving every session."""
     done = services.store.last_completed_round(run_id)
     if services.store.abort_interrupted_rounds(run_id, interrupted):
         log.warning("event=round_recovered run_id=%s resume_after=%d", run_id, done)

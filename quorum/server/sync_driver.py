@@ -57,7 +57,8 @@ class SyncDriver:
 
     async def run(self) -> None:
         cfg = self.config
-        done, model, state = resume(
+        done, model, state = await asyncio.to_thread(
+            resume,
             self.services,
             self.run_id,
             cfg,
@@ -100,8 +101,9 @@ class SyncDriver:
             compression=cfg.compression,
         )
         # A view of the model's file: only what needs every value (central DP's clipping, a
-        # robust rule, a codec's deltas) reads it whole; the step below reads it in blocks.
-        current = model.flat()
+        # robust rule, a codec's deltas) reads it whole; the step below reads it in blocks. A
+        # model of several dtypes is copied whole into float64 here: in a worker thread.
+        current = await asyncio.to_thread(model.flat)
         mean: np.ndarray | MeanParts  # the sites' mean, or a sum to read it from by blocks
         if cfg.secagg.enabled:
             fit = await self._phase(
@@ -171,7 +173,10 @@ class SyncDriver:
             if ev.results:
                 metrics["evaluate"] = evaluate_metrics(ev.results)
 
-        self.services.checkpoints.save(self.run_id, round_no, new_model, self._state())
+        # The strategy state may be a model-sized vector or two (momentum): written in a thread.
+        await asyncio.to_thread(
+            self.services.checkpoints.save, self.run_id, round_no, new_model, self._state()
+        )
         self.store.complete_round(self.run_id, round_no, attempt, new_model.digest, metrics)
         log.info(
             "event=round_completed run_id=%s round=%d updates=%d metrics=%s",

@@ -5,19 +5,24 @@ go) holds up no other session. The real server and real gRPC downloads over loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
 
 from quorum.proto import federation_pb2_grpc as pb_grpc
+from quorum.server.checkpoints import Checkpoints
 from quorum.server.rounds import model_phase
+from quorum.server.sessions import Session
+from quorum.server.sync_driver import SyncDriver
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile, BlobWriter
 from quorum.wire.channel import GRPC_OPTIONS
-from tests.integration.harness import federation
+from tests.integration.harness import TASK, Federation, federation, run_config
 from tests.integration.test_large_models import fetch
 
 GATE_S = 20.0
@@ -28,7 +33,7 @@ GATE_S = 20.0
 class HeldFile(BlobFile):
     """A model file whose reads, once `hold()` is called, wait until `release` is set."""
 
-    def __init__(self, path: pathlib.Path, digest: str) -> None:
+    def __init__(self, path: pathlib.Path, digest: str | None = None) -> None:
         self.entered, self.release = threading.Event(), threading.Event()
         self.held = False
         self.value_reads = 0
@@ -52,12 +57,75 @@ class HeldFile(BlobFile):
         self._wait()
         return super().values(block_bytes)
 
+    def flat(self) -> np.ndarray:
+        self._wait()
+        return super().flat()
+
+
+class HeldCheckpoints(Checkpoints):
+    """Checkpoints whose models open as held files (`opened` is set with the file)."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        super().__init__(root)
+        self.opened = threading.Event()
+        self.file: HeldFile | None = None
+
+    def open(self, run_id: str, round_no: int) -> tuple[BlobFile, dict[str, np.ndarray]]:
+        model, state = super().open(run_id, round_no)
+        self.file = HeldFile(model.path)
+        self.file.hold()
+        self.opened.set()
+        return self.file, state
+
 
 def _model(path: pathlib.Path, numel: int, held: bool) -> BlobFile:
     with BlobWriter(path) as writer:
         blobs.write({"w": np.arange(numel, dtype=np.float32)}, writer)
         digest = writer.close()
     return HeldFile(path, digest) if held else BlobFile(path, digest)
+
+
+@dataclass
+class HeldRun:
+    """A sync run's driver, running, whose checkpoint opened as `file` (held), and a model
+    served beside it with a session to fetch it."""
+
+    run_id: str
+    running: asyncio.Future[None]
+    file: HeldFile
+    other: BlobFile
+    session: Session
+
+
+async def _held_run(fed: Federation, params: blobs.Params, done: int, sites: int) -> HeldRun:
+    """A sync run of one round whose checkpoint of round `done` (`params`) opens as a held
+    file, with `sites` sites of its task connected, started and waiting on its first read."""
+    services = fed.services
+    record = services.store.create_run(
+        run_config(rounds=1, min_available_sites=sites, min_fit_sites=sites)
+    )
+    staged = services.checkpoints.stage_params(record.id, done, params)
+    services.checkpoints.save(record.id, done, staged, {})
+    if done:
+        attempt = services.store.start_round(record.id, done)
+        services.store.complete_round(record.id, done, attempt, staged.digest, {})
+    held = HeldCheckpoints(services.checkpoints.root)
+    driver = SyncDriver(replace(services, checkpoints=held), record)
+    other = _model(fed.state_dir / "other", 1000, held=False)
+    services.blobs.put(other)
+    session = services.sessions.open("reader", TASK)
+    for n in range(sites - 1):
+        services.sessions.open(f"site-{n}", TASK)
+    running = asyncio.ensure_future(driver.run())
+    assert await asyncio.to_thread(held.opened.wait, GATE_S) and held.file is not None
+    assert await asyncio.to_thread(held.file.entered.wait, GATE_S)
+    return HeldRun(record.id, running, held.file, other, session)
+
+
+async def _fetch(fed: Federation, session: Session, model: BlobFile) -> None:
+    async with grpc.aio.insecure_channel(fed.address, options=GRPC_OPTIONS) as channel:
+        stub = pb_grpc.FederationStub(channel)
+        assert await fetch(stub, session.id, model.digest, 0) == model.digest
 
 
 def test_a_download_waiting_on_the_disk_holds_up_no_other_session(tmp_path: pathlib.Path) -> None:
@@ -110,5 +178,46 @@ def test_a_phases_model_is_checked_off_the_event_loop_once(tmp_path: pathlib.Pat
             assert (await checking).model_digest == held.digest
             again = await model_phase(services, "evaluate", "run", 1, 1, held, held.layout, 100)
             assert again.model_digest == held.digest and held.value_reads == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_runs_checkpoint_is_checked_off_the_event_loop(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A run resumed from a completed round first hashes and NaN-checks its checkpoint (the
+    whole model): in a worker thread, while another session's download goes through."""
+
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            params = {"w": np.arange(1000, dtype=np.float32)}
+            run = await _held_run(fed, params, done=1, sites=1)
+            await _fetch(fed, run.session, run.other)
+            assert not run.running.done()
+            run.file.release.set()
+            await run.running  # round 1 was its last: the run completes once resumed
+            assert fed.services.store.run(run.run_id).status == "completed"
+
+    asyncio.run(scenario())
+
+
+def test_a_rounds_flat_model_is_made_off_the_event_loop(tmp_path: pathlib.Path) -> None:
+    """A sync round reads a model of several dtypes whole into one float64 vector: in a worker
+    thread, while another session's download goes through."""
+
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            params = {
+                "w": np.arange(1000, dtype=np.float32),
+                "steps": np.arange(4, dtype=np.int64),
+            }
+            run = await _held_run(fed, params, done=0, sites=1)
+            await _fetch(fed, run.session, run.other)
+            assert not run.running.done()
+            run.file.release.set()
+            # The round goes on to offer its fit task to a site that will never answer.
+            run.running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run.running
 
     asyncio.run(scenario())
