@@ -129,8 +129,12 @@ class ClippedSum:
         self.unclipped = 0
         self.total_weight = 0.0
         """The examples the sites reported: a statistic, never a weight of the mean."""
+        self.released = False
+        """`CentralDP.release` made `sum` the noised mean in place: nothing more may join it."""
 
     def fold(self, update: Update, weight: float, /) -> None:
+        if self.released:
+            raise ValueError("the clipped sum was released: its vector is the noised mean now")
         clipped = ClippedDelta(update, self.reference, self.clipping_norm, self._scratch)
         self.unclipped += clipped.unclipped
         for start, delta in clipped.blocks():
@@ -203,10 +207,14 @@ class CentralDP:
 
     def release(self, clipped: ClippedSum, cohort: int) -> tuple[np.ndarray, RoundRelease]:
         """The noised mean update of the clipped sum, and the round's record. Moves the
-        clipping norm when adaptive."""
+        clipping norm when adaptive. The mean is made in the sum's vector (the noise drawn into
+        it a block at a time, the values of one whole draw added to the sum): no second vector
+        of the model's size; the clipped sum is spent."""
         m = clipped.count
         if m < 1:
             raise ValueError("no update was folded: nothing to release")
+        if clipped.released:
+            raise ValueError("the clipped sum was released already")
         cfg = self.config
         z = cfg.noise_multiplier
         c = self.clipping_norm
@@ -219,9 +227,10 @@ class CentralDP:
             unclipped = noised / m
             step = cfg.clip_learning_rate * (unclipped - cfg.target_quantile)
             self.clipping_norm = c * math.exp(-step)
-        mean = self.rng.normal(0.0, z_updates * c, size=clipped.sum.shape[0])
-        mean += clipped.sum
+        mean = clipped.sum
+        GaussianNoise(self.rng, z_updates * c, mean.shape[0]).add_to(mean)
         mean /= m
+        clipped.released = True
         return mean, RoundRelease(z, c, self.clipping_norm, unclipped)
 
     def buffer_noise(self, numel: int) -> tuple[GaussianNoise, RoundRelease]:

@@ -1,6 +1,7 @@
-"""DP-FedBuff's step made block by block (`ClippedDelta`, `GaussianNoise`) against the
-whole-vector computation it replaced, run inline: a float64 delta of the model's size per
-update, clipped in place, and one float64 noise vector drawn whole at the step."""
+"""Central DP made block by block against the whole-vector computation it replaced, run
+inline. DP-FedBuff's step (`ClippedDelta`, `GaussianNoise`): before, a float64 delta of the
+model's size per update, clipped in place, and one float64 noise vector drawn whole at the
+step. A sync round's release: before, a new float64 noise vector to which the sum was added."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pytest
 from quorum.aggregation.accumulator import FOLD_BLOCK, FlatBlocks, Scratch, subtract_into
 from quorum.aggregation.fedbuff import FedBuff
 from quorum.config import CentralDPConfig
-from quorum.privacy.dp.central import CentralDP, ClippedDelta, GaussianNoise, l2_norm
+from quorum.privacy.dp.central import (
+    CentralDP,
+    ClippedDelta,
+    ClippedSum,
+    GaussianNoise,
+    l2_norm,
+    update_noise_multiplier,
+)
 
 Z, SEED = 1.3, 20261204
 ONE_BLOCK = FOLD_BLOCK - 17
@@ -31,6 +39,11 @@ def _inputs(numel: int, seed: int) -> tuple[np.ndarray, list[tuple[np.ndarray, n
         update = (base + 0.02 * rng.standard_normal(numel)).astype(np.float32)
         uploads.append((update, base, base_version))
     return current, uploads
+
+
+def _dp(**overrides: object) -> CentralDP:
+    config = CentralDPConfig.model_validate({"enabled": True, "noise_multiplier": Z, **overrides})
+    return CentralDP(config, np.random.default_rng(SEED))
 
 
 def _buffer(numel: int) -> FedBuff:
@@ -71,10 +84,7 @@ def _whole(
 def _blockwise(current: np.ndarray, uploads: list, bound: float) -> tuple[np.ndarray, list[float]]:
     """The step as the driver makes it now: block by block."""
     numel = current.shape[0]
-    config = CentralDPConfig.model_validate(
-        {"enabled": True, "noise_multiplier": Z, "clipping_norm": bound}
-    )
-    dp = CentralDP(config, np.random.default_rng(SEED))
+    dp = _dp(clipping_norm=bound)
     buffer, scratch, norms = _buffer(numel), Scratch(), []
     for update, base, base_version in uploads:
         clipped = ClippedDelta(FlatBlocks(update), base, bound, scratch)
@@ -143,3 +153,31 @@ def test_noise_refuses_a_target_of_another_size_or_dtype() -> None:
         noise.add_to(np.zeros(5))
     with pytest.raises(ValueError, match="cannot be added"):
         noise.add_to(np.zeros(4, np.float32))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("numel", [ONE_BLOCK, BLOCKS])
+def test_sync_release_in_the_sums_vector_is_the_whole_vector_release(
+    numel: int, adaptive: bool
+) -> None:
+    current, uploads = _inputs(numel, seed=3)
+    options = {"clipping_norm": 0.5, "adaptive": adaptive, "clipped_count_stddev": 2.0}
+    old_dp, new_dp = _dp(**options), _dp(**options)
+    clipped = ClippedSum(current, old_dp.clipping_norm)
+    for update, _, _ in uploads:
+        clipped.fold(update, 1.0)
+    total = clipped.sum.copy()
+    # CentralDP.release before: the count's noise (adaptive), then a whole noise vector
+    z_updates = update_noise_multiplier(Z, 2.0) if adaptive else Z
+    if adaptive:
+        old_dp.rng.normal(0.0, 2.0)
+    want = old_dp.rng.normal(0.0, z_updates * 0.5, size=numel)
+    want += total
+    want /= clipped.count
+    mean, _ = new_dp.release(clipped, cohort=3)
+    assert mean.tobytes() == want.tobytes()
+    assert mean is clipped.sum  # no second vector of the model's size
+    with pytest.raises(ValueError, match="released already"):
+        new_dp.release(clipped, cohort=3)
+    with pytest.raises(ValueError, match="was released"):
+        clipped.fold(uploads[0][0], 1.0)
