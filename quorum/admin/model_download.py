@@ -43,7 +43,7 @@ async def labelled_model(store: Store, checkpoints: Checkpoints, run_id: str) ->
         raise NotFoundError(f"run {run_id!r} has no model yet") from None
     try:
         if done:
-            digest = str(store.round_detail(run_id, done).model_digest)
+            digest = str(store.model_digest(run_id, done))
         else:  # the initial model: no round recorded its digest
             digest = await asyncio.to_thread(_file_digest, stream)
         metadata = {RUN_ID: run_id, RUN_NAME: record.name, ROUND: str(done), DIGEST: digest}

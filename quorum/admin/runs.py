@@ -40,7 +40,7 @@ def runs_router(runtime: Runtime, viewer: Any, operator: Any) -> APIRouter:
 
     def run_out(record: RunRecord) -> RunOut:
         done = store.last_completed_round(record.id)
-        digest = store.round_detail(record.id, done).model_digest if done else None
+        digest = store.model_digest(record.id, done) if done else None
         return RunOut(
             id=record.id,
             name=record.name,

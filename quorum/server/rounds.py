@@ -133,7 +133,7 @@ def check_checkpoint(
     store recorded when the round completed, and hold finite values, as its strategy state
     must. Fails the run with the file's name and what to do."""
     path = services.checkpoints.model_path(run_id, round_no)
-    recorded = services.store.round_detail(run_id, round_no).model_digest
+    recorded = services.store.model_digest(run_id, round_no)
     problem = None
     if recorded and model.digest != recorded:
         problem = "does not hash to the digest recorded when the round completed"

@@ -509,6 +509,20 @@ class Store:
         )
         return int(rows[0]["r"])
 
+    def model_digest(self, run_id: str, round_no: int) -> str | None:
+        """The model digest of the round's latest attempt (`round_detail`'s), None until it
+        completes: one row read, not the attempt's tasks and refused uploads."""
+        rows = self._rows(
+            "SELECT model_digest FROM rounds WHERE run_id = ? AND round = ? "
+            "ORDER BY attempt DESC LIMIT 1",
+            run_id,
+            round_no,
+        )
+        if not rows:
+            raise NotFoundError(f"run {run_id!r} has no round {round_no}")
+        digest: str | None = rows[0]["model_digest"]
+        return digest
+
     def rounds(self, run_id: str, offset: int = 0, limit: int = 100) -> list[RoundSummary]:
         self.run(run_id)
         rows = self._rows(

@@ -175,6 +175,12 @@ def test_runs_and_rounds(server: Server, client: TestClient) -> None:
     assert list(refused) == ["site", "task_id", "code", "message", "at"]
     assert [list(a) for a in detail["earlier_attempts"]] == [ROUND_KEYS]
     assert (detail["cohort"], detail["bytes_in"], detail["bytes_out"]) == (["a"], 7, 10)
+    # The run list reads the digest alone; it is the round detail's.
+    assert (
+        listed["model_digest"]
+        == detail["model_digest"]
+        == _get(client, f"/api/v1/runs/{run}")["model_digest"]
+    )
 
 
 def test_events_list_and_stream_frames(server: Server, client: TestClient) -> None:

@@ -229,6 +229,19 @@ def test_abort_round_and_last_completed_round(store: Store) -> None:
     assert store.last_completed_round(_run(store, "other")) == 0
 
 
+def test_a_rounds_model_digest_is_its_latest_attempts(store: Store) -> None:
+    """model_digest reads what round_detail reports, without the attempt's tasks."""
+    run = _run(store)
+    store.abort_round(run, 1, store.start_round(run, 1), "too few sites")
+    store.complete_round(run, 1, store.start_round(run, 1), "d1", {})
+    store.start_round(run, 2)
+    for round_no, digest in ((1, "d1"), (2, None)):
+        assert store.model_digest(run, round_no) == digest
+        assert store.round_detail(run, round_no).model_digest == digest
+    with pytest.raises(NotFoundError):
+        store.model_digest(run, 3)
+
+
 def test_rounds_pagination_and_unknown_run(store: Store) -> None:
     run = _run(store)
     for r in range(1, 6):
