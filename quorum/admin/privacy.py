@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from quorum.errors import BudgetExhausted
 from quorum.privacy.dp.accounting import ACCOUNTANT_CODES
-from quorum.server.records import Participation
+from quorum.server.records import FitParticipation
 from quorum.server.store import Store
 
 _ACCOUNTANT_NAMES = {code: name for name, code in ACCOUNTANT_CODES.items()}
@@ -87,8 +87,8 @@ class PrivacyOut(BaseModel):
 def privacy_ledger(store: Store, run_id: str) -> PrivacyOut:
     record = store.run(run_id)
     by_site: dict[str, list[SiteRound]] = {}
-    for round_no, attempt, p in store.fit_participations(run_id):
-        by_site.setdefault(p.site, []).append(_site_round(round_no, attempt, p))
+    for fit in store.fit_participations(run_id):
+        by_site.setdefault(fit.task.site, []).append(_site_round(fit))
     sites = [_site(name, rounds) for name, rounds in sorted(by_site.items())]
     central = None
     config = record.checked_config
@@ -110,13 +110,13 @@ def privacy_ledger(store: Store, run_id: str) -> PrivacyOut:
     return PrivacyOut(run_id=run_id, sites=sites, central=central)
 
 
-def _site_round(round_no: int, attempt: int, p: Participation) -> SiteRound:
-    m = p.metrics
+def _site_round(fit: FitParticipation) -> SiteRound:
+    m = fit.task.metrics
     code = m.get("dp_accountant")
     return SiteRound(
-        round=round_no,
-        attempt=attempt,
-        status=p.status,
+        round=fit.round,
+        attempt=fit.attempt,
+        status=fit.task.status,
         epsilon=m.get("dp_epsilon"),
         delta=m.get("dp_delta"),
         noise_multiplier=m.get("dp_noise_multiplier"),
@@ -124,7 +124,7 @@ def _site_round(round_no: int, attempt: int, p: Participation) -> SiteRound:
         accountant=None if code is None else _ACCOUNTANT_NAMES.get(code, f"unknown ({code})"),
         budget=m.get("dp_epsilon_budget"),
         budget_remaining=m.get("dp_budget_remaining"),
-        error=p.error,
+        error=fit.task.error,
     )
 
 

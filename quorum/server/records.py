@@ -87,6 +87,16 @@ class Participation:
 
 
 @dataclass(frozen=True)
+class FitParticipation:
+    """A fit task of a run with the round and attempt it was offered in
+    (`Store.fit_participations`)."""
+
+    round: int
+    attempt: int
+    task: Participation
+
+
+@dataclass(frozen=True)
 class RejectedUpload:
     site: str | None
     task_id: str | None

@@ -28,6 +28,7 @@ from quorum.server.records import (
     BASELINE_FINAL,
     BaselineRecord,
     Event,
+    FitParticipation,
     Participation,
     RejectedUpload,
     RoundDetail,
@@ -606,16 +607,15 @@ class Store:
             out.setdefault((row["round"], row["attempt"]), {})[row["name"]] = row["value"]
         return [(r, a, values) for (r, a), values in out.items()]
 
-    def fit_participations(self, run_id: str) -> list[tuple[int, int, Participation]]:
-        """(round, attempt, task) of every fit task of the run, of every attempt, in round,
-        attempt and site order."""
+    def fit_participations(self, run_id: str) -> list[FitParticipation]:
+        """Every fit task of the run, of every attempt, in round, attempt and site order."""
         self.run(run_id)
         rows = self._rows(
             "SELECT * FROM participations WHERE run_id = ? AND kind = 'fit' "
             "ORDER BY round, attempt, site",
             run_id,
         )
-        return [(r["round"], r["attempt"], _participation(r)) for r in rows]
+        return [FitParticipation(r["round"], r["attempt"], _participation(r)) for r in rows]
 
     # ---- participations and rejections ----
 

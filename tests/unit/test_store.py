@@ -242,6 +242,25 @@ def test_a_rounds_model_digest_is_its_latest_attempts(store: Store) -> None:
         store.model_digest(run, 3)
 
 
+def test_fit_participations_name_their_round_and_attempt(store: Store) -> None:
+    run = _run(store)
+    first = store.start_round(run, 1)
+    store.offer("t1", run, 1, first, "b", "fit", 10)
+    store.offer("e1", run, 1, first, "b", "evaluate", 10)
+    store.abort_round(run, 1, first, "too few sites")
+    second = store.start_round(run, 1)
+    store.offer("t3", run, 1, second, "b", "fit", 10)
+    store.offer("t2", run, 1, second, "a", "fit", 10)
+    fits = store.fit_participations(run)
+    assert [(f.round, f.attempt, f.task.site, f.task.task_id) for f in fits] == [
+        (1, first, "b", "t1"),
+        (1, second, "a", "t2"),
+        (1, second, "b", "t3"),
+    ]
+    with pytest.raises(NotFoundError):
+        store.fit_participations("run-missing")
+
+
 def test_rounds_pagination_and_unknown_run(store: Store) -> None:
     run = _run(store)
     for r in range(1, 6):
