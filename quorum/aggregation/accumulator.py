@@ -8,6 +8,8 @@ source of consecutive blocks (`UpdateBlocks`: a compressed upload decoded a bloc
 from __future__ import annotations
 
 import math
+import mmap
+import threading
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -17,6 +19,9 @@ from quorum.wire.codecs import FOLD_VALUES
 
 FOLD_BLOCK = FOLD_VALUES
 """A plain vector is folded in the blocks a compressed update is decoded in: one scratch size."""
+
+PAGE_BYTES = mmap.PAGESIZE
+PREFAULT_BYTES = 64 * 1024 * 1024
 
 
 class UpdateBlocks(Protocol):
@@ -114,6 +119,30 @@ class UpdateSum(Protocol):
     def fold(self, update: Update, weight: float, /) -> None: ...
 
 
+class Prefault:
+    """Faults in a large array's pages in a thread of its own, one write per page, so that
+    whoever writes it first later does not wait for the kernel; `wait` returns once done.
+    Arrays under PREFAULT_BYTES are left as they are (a thread would cost more)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._thread: threading.Thread | None = None
+        if array.nbytes >= PREFAULT_BYTES:
+            self._thread = threading.Thread(
+                target=_touch, args=(array,), name="quorum-prefault", daemon=True
+            )
+            self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def _touch(array: np.ndarray) -> None:
+    flat = array.reshape(-1).view(np.uint8)
+    flat[::PAGE_BYTES] = 0  # one byte per page; numpy lets go of the GIL meanwhile
+
+
 class Accumulator:
     """Streaming example-weighted sum: memory is O(numel) whatever the number of sites.
 
@@ -124,6 +153,13 @@ class Accumulator:
     The first fold writes the sum rather than adding to zeros: the vector is allocated
     uninitialised (`np.empty`) and no pass reads zeros back. Two folds of 50M values took
     0.8-1.3 CPU seconds into `np.zeros`, 0.2-0.4 s so.
+
+    A large sum's memory is faulted in by a thread as soon as the sum is made (`Prefault`):
+    a round's sum is made when its tasks are offered, and its pages come in while the sites
+    download and train rather than during the first fold, which waits for them. On this VM a
+    fresh page costs its zeroing by the kernel and the host's own fault: the first fold of a
+    1 GB model took 4.6-6.3 s into a fresh 2 GB sum, 0.5 s into touched memory (perf: 61% of
+    it in the kernel's clear_page).
     """
 
     def __init__(self, numel: int) -> None:
@@ -131,6 +167,7 @@ class Accumulator:
             raise ValueError(f"numel must be non-negative, got {numel}")
         self._numel = int(numel)
         self._sum = np.empty(self._numel, dtype=np.float64)
+        self._prefault = Prefault(self._sum)
         self._scratch = Scratch(min(self._numel, FOLD_BLOCK))
         self._count = 0
         self._total_weight = 0.0
@@ -153,6 +190,7 @@ class Accumulator:
         """Adds `weight * update` to the sum, block by block, in float64."""
         source = blocks_of(update, self._numel)
         weight = check_weight(weight)
+        self._prefault.wait()
         for start, values in source.blocks():
             target = self._sum[start : start + values.shape[0]]
             if self._count == 0:

@@ -193,8 +193,14 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
                 upload = await _receive(incoming, header.size)
-                await self.services.book.complete_upload(task, header, upload)
+                try:
+                    await self.services.book.complete_upload(task, header, upload)
+                finally:
+                    # The bytes go before the budget they came in under: the next upload is
+                    # let in as this one's receipt is sent, and must not find it still held.
+                    del upload
         except UploadRejected as exc:
+            exc.__traceback__ = None  # its frames hold the refused bytes
             self.services.book.refuse(
                 session, header.task_id, exc, claimed=(header.run_id, header.round)
             )

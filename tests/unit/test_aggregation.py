@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quorum.aggregation import Accumulator, FedAvg, FedOpt, Strategy, make_strategy
+from quorum.aggregation import Accumulator, FedAvg, FedOpt, Strategy, accumulator, make_strategy
 from quorum.aggregation.accumulator import FOLD_BLOCK, FlatBlocks
 from quorum.aggregation.fedbuff import FedBuff
 from quorum.errors import ConfigError, StoreError
@@ -446,3 +446,24 @@ def test_a_step_taken_block_by_block_is_the_whole_step(name: str) -> None:
         for key, value in whole.state().items():
             np.testing.assert_array_equal(blocks.state()[key], value)
         current = expected
+
+
+def test_a_large_sum_is_faulted_in_before_its_first_fold() -> None:
+    """A round's sum is made when its tasks are offered; its pages are faulted in by a thread
+    of its own then, so the first fold, minutes later, does not wait for the kernel."""
+
+    def anonymous_kib() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("RssAnon"))
+
+    numel = 3 * accumulator.PREFAULT_BYTES // 8
+    before = anonymous_kib()
+    total = accumulator.Accumulator(numel)
+    total._prefault.wait()
+    assert anonymous_kib() - before >= 0.95 * numel * 8 / 1024
+    total.fold(np.ones(numel, dtype=np.float32), 2.0)
+    assert total.mean_part(0, 3).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_small_sum_is_not_prefaulted() -> None:
+    assert accumulator.Accumulator(1000)._prefault._thread is None
