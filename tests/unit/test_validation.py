@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import re
@@ -270,4 +271,6 @@ def test_a_model_holding_nan_is_never_sent_to_the_sites(tmp_path: pathlib.Path) 
         model = writer.finish()
     with pytest.raises(RoundAborted, match="NaN or infinite values"):
         # The check comes before the round services are used: none are needed to reach it.
-        model_phase(None, "evaluate", "run-x", 1, 1, model, model.layout, 10)  # type: ignore[arg-type]
+        asyncio.run(
+            model_phase(None, "evaluate", "run-x", 1, 1, model, model.layout, 10)  # type: ignore[arg-type]
+        )
