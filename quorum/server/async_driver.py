@@ -102,10 +102,13 @@ class AsyncDriver:
         discarded = self._buffered(done + 1)
         unit = "cohort" if cfg.secagg.enabled else f"{discarded} of {cfg.buffer_size} update(s)"
         reason = f"the server stopped with {unit} buffered; discarded"
-        done, model = self._resume(reason)
+        # In a worker thread, as the sync driver resumes: the checkpoint's hash and NaN check
+        # (or the first start's initial model) read a whole model, and sessions are served.
+        done, model = await asyncio.to_thread(self._resume, reason)
         self.layout = model.layout
-        # The model's file, mapped: deltas read it; the step reads the file in blocks.
-        self.model, self.vector = model, model.flat()
+        # The model's file, mapped: deltas read it; the step reads the file in blocks. (A
+        # model of several dtypes is copied to float64 here: off the event loop too.)
+        self.model, self.vector = model, await asyncio.to_thread(model.flat)
         self.published = (done, model, self.vector, 0)
         """(version, model, flat model, attempt of the round it feeds) that new fit tasks get:
         replaced as a whole once a step is checkpointed and its next round opened, since the

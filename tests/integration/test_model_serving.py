@@ -13,8 +13,10 @@ from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
+import pytest
 
 from quorum.proto import federation_pb2_grpc as pb_grpc
+from quorum.server.async_driver import AsyncDriver
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.rounds import model_phase
 from quorum.server.sessions import Session
@@ -97,20 +99,26 @@ class HeldRun:
     session: Session
 
 
-async def _held_run(fed: Federation, params: blobs.Params, done: int, sites: int) -> HeldRun:
-    """A sync run of one round whose checkpoint of round `done` (`params`) opens as a held
+async def _held_run(
+    fed: Federation, params: blobs.Params, done: int, sites: int, mode: str = "sync"
+) -> HeldRun:
+    """A run (`mode`) of one round whose checkpoint of round `done` (`params`) opens as a held
     file, with `sites` sites of its task connected, started and waiting on its first read."""
     services = fed.services
     record = services.store.create_run(
-        run_config(rounds=1, min_available_sites=sites, min_fit_sites=sites)
+        run_config(rounds=1, min_available_sites=sites, min_fit_sites=sites, mode=mode)
     )
     staged = services.checkpoints.stage_params(record.id, done, params)
-    services.checkpoints.save(record.id, done, staged, {})
+    # FedBuff's checkpointed state is its version (no momentum by default).
+    state = {"fedbuff.version": np.array([done], np.int64)} if mode == "async" else {}
+    services.checkpoints.save(record.id, done, staged, state)
     if done:
         attempt = services.store.start_round(record.id, done)
         services.store.complete_round(record.id, done, attempt, staged.digest, {})
     held = HeldCheckpoints(services.checkpoints.root)
-    driver = SyncDriver(replace(services, checkpoints=held), record)
+    driver = (AsyncDriver if mode == "async" else SyncDriver)(
+        replace(services, checkpoints=held), record
+    )
     other = _model(fed.state_dir / "other", 1000, held=False)
     services.blobs.put(other)
     session = services.sessions.open("reader", TASK)
@@ -182,8 +190,9 @@ def test_a_phases_model_is_checked_off_the_event_loop_once(tmp_path: pathlib.Pat
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_restarted_runs_checkpoint_is_checked_off_the_event_loop(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, mode: str
 ) -> None:
     """A run resumed from a completed round first hashes and NaN-checks its checkpoint (the
     whole model): in a worker thread, while another session's download goes through."""
@@ -191,7 +200,7 @@ def test_a_restarted_runs_checkpoint_is_checked_off_the_event_loop(
     async def scenario() -> None:
         async with federation(tmp_path, []) as fed:
             params = {"w": np.arange(1000, dtype=np.float32)}
-            run = await _held_run(fed, params, done=1, sites=1)
+            run = await _held_run(fed, params, done=1, sites=1, mode=mode)
             await _fetch(fed, run.session, run.other)
             assert not run.running.done()
             run.file.release.set()
