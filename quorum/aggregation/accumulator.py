@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import mmap
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -122,13 +123,15 @@ class UpdateSum(Protocol):
 class Prefault:
     """Faults in a large array's pages in a thread of its own, one write per page, so that
     whoever writes it first later does not wait for the kernel; `wait` returns once done.
-    Arrays under PREFAULT_BYTES are left as they are (a thread would cost more)."""
+    Arrays under PREFAULT_BYTES are left as they are (a thread would cost more). The thread
+    holds the array only a slice at a time: an array dropped meanwhile (a round aborted before
+    its first fold) is freed, and the thread stops."""
 
     def __init__(self, array: np.ndarray) -> None:
         self._thread: threading.Thread | None = None
         if array.nbytes >= PREFAULT_BYTES:
             self._thread = threading.Thread(
-                target=_touch, args=(array,), name="quorum-prefault", daemon=True
+                target=_touch, args=(weakref.ref(array),), name="quorum-prefault", daemon=True
             )
             self._thread.start()
 
@@ -138,9 +141,19 @@ class Prefault:
             self._thread = None
 
 
-def _touch(array: np.ndarray) -> None:
-    flat = array.reshape(-1).view(np.uint8)
-    flat[::PAGE_BYTES] = 0  # one byte per page; numpy lets go of the GIL meanwhile
+def _touch(held: weakref.ref[np.ndarray]) -> None:
+    start = 0
+    while True:
+        array = held()
+        if array is None:
+            return
+        flat = array.reshape(-1).view(np.uint8)
+        if start >= flat.shape[0]:
+            return
+        # One byte per page; numpy lets go of the GIL meanwhile.
+        flat[start : start + PREFAULT_BYTES : PAGE_BYTES] = 0
+        start += PREFAULT_BYTES
+        del array, flat
 
 
 class Accumulator:

@@ -114,8 +114,8 @@ class FedBuff:
         """Buffers `s(τ) · examples · delta`, where delta is `delta - base` when a `base` (the
         model the site trained from) is given; True when the buffer is full (call `step`).
         Block by block: no temporary of the model's size."""
-        source = blocks_of(delta, self.numel)
         self._refuse_spent("add an update")
+        source = blocks_of(delta, self.numel)
         if self.full:
             raise ValueError("the buffer is full: apply the server step first")
         if not (examples > 0 and math.isfinite(examples)):

@@ -84,6 +84,7 @@ async def download(
     if blob.received != size:
         raise BlobError(f"downloaded blob {key[:16]}… ended at {blob.received} of {size} bytes")
     data, digest = await blob.finish()
+    assert isinstance(data, bytes)  # not writable: bytes, shared read-only with the cache
     if digest != key:
         raise BlobError(f"downloaded blob does not match digest {key[:16]}… ({size} bytes)")
     cache.put(key, data)

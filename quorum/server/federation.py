@@ -200,7 +200,9 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                     # let in as this one's receipt is sent, and must not find it still held.
                     del upload
         except UploadRejected as exc:
-            exc.__traceback__ = None  # its frames hold the refused bytes
+            # Its traceback's frames, and those of an error it was raised from, hold the
+            # refused bytes, whose budget is already released.
+            exc.__traceback__ = exc.__context__ = exc.__cause__ = None
             self.services.book.refuse(
                 session, header.task_id, exc, claimed=(header.run_id, header.round)
             )
@@ -210,7 +212,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
 
 async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> Received:
-    blob = Incoming(size)
+    blob = Incoming(size, writable=True)  # SecAgg+ takes the first masked upload over
     async for message in incoming:
         if message.WhichOneof("kind") != "chunk":
             raise UploadRejected("bad_chunk", "a second header arrived inside the upload")

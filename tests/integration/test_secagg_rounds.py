@@ -68,7 +68,8 @@ def test_secure_rounds_give_fedavg_and_the_server_never_holds_an_update(
     original = ServerRound.add_masked
 
     def spy(self: ServerRound, index: int, vector: np.ndarray, *, owned: bool = False) -> None:
-        assert owned  # the upload's buffer is handed over: the first one becomes the sum
+        # The upload's own buffer is handed over, and can be: the first one becomes the sum.
+        assert owned and vector.flags.writeable
         received.append(np.array(vector, copy=True))
         original(self, index, vector, owned=owned)
 

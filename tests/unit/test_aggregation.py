@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -467,3 +468,14 @@ def test_a_large_sum_is_faulted_in_before_its_first_fold() -> None:
 
 def test_a_small_sum_is_not_prefaulted() -> None:
     assert accumulator.Accumulator(1000)._prefault._thread is None
+
+
+def test_a_sum_dropped_before_its_first_fold_is_not_kept_by_its_prefault() -> None:
+    """A round aborted before its first fold drops its sum: the prefault thread holds it a
+    slice at a time only, stops, and keeps nothing."""
+    total = accumulator.Accumulator(3 * accumulator.PREFAULT_BYTES // 8)
+    held = weakref.ref(total._sum)
+    prefault = total._prefault
+    del total
+    prefault.wait()
+    assert held() is None
