@@ -34,7 +34,7 @@ from quorum.errors import NotFoundError, UploadRejected
 from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import CentralDP, ClippedDelta
 from quorum.server.model_files import write_model
-from quorum.server.phases import Phase, RoundAborted
+from quorum.server.phases import Phase, RoundAborted, to_the_end
 from quorum.server.records import RunRecord
 from quorum.server.rounds import (
     STOPPED,
@@ -104,7 +104,7 @@ class AsyncDriver:
         reason = f"the server stopped with {unit} buffered; discarded"
         # In a worker thread, as the sync driver resumes: the checkpoint's hash and NaN check
         # (or the first start's initial model) read a whole model, and sessions are served.
-        done, model = await asyncio.to_thread(self._resume, reason)
+        done, model = await to_the_end(self._resume, reason)
         self.layout = model.layout
         # The model's file, mapped: deltas read it; the step reads the file in blocks. (A
         # model of several dtypes is copied to float64 here: off the event loop too.)

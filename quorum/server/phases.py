@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -149,7 +149,7 @@ class PlainPhase(PhaseHandler):
                 folded = True
 
             try:
-                await fold_in_thread(fold)
+                await to_the_end(fold)
             except asyncio.CancelledError:
                 if folded:  # the site hung up, yet its update is in the sum: record it so
                     accepted(num_examples)
@@ -195,13 +195,18 @@ def task_closed(task_id: str) -> UploadRejected:
     )
 
 
-async def fold_in_thread(fold: Callable[[], None]) -> None:
-    """Runs a fold into a round's sum in a worker thread and returns only once it is over, even
-    when the awaiting upload is cancelled (its site hung up): a thread cannot be stopped, and
-    the caller's fold lock must not be released while the sum is still being written."""
-    running = asyncio.ensure_future(asyncio.to_thread(fold))
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def to_the_end(work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """`asyncio.to_thread` that returns only once the thread is over, even when the awaiting
+    task is cancelled (a site hung up, a run was stopped): a thread cannot be stopped, and what
+    it writes (a round's sum under the fold lock, a staged checkpoint, the privacy ledger) must
+    not change under whatever the cancellation lets run next."""
+    running = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
     try:
-        await asyncio.shield(running)
+        return await asyncio.shield(running)
     except asyncio.CancelledError:
         await asyncio.wait({running})
         raise

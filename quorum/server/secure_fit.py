@@ -41,9 +41,9 @@ from quorum.server.phases import (
     Phase,
     PhaseHandler,
     RoundAborted,
-    fold_in_thread,
     folding,
     model_header,
+    to_the_end,
 )
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
@@ -398,7 +398,7 @@ class SecureFit(PhaseHandler):
         server = self.server
         assert server is not None  # set for as long as the stage is open
         try:
-            await fold_in_thread(lambda: server.add_masked(index, vector, owned=True))
+            await to_the_end(lambda: server.add_masked(index, vector, owned=True))
         except SecAggError as exc:
             raise UploadRejected("secagg_protocol", str(exc)) from None
         self.answered["masked-input"].add(index)

@@ -21,7 +21,7 @@ from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
 from quorum.server.model_files import MeanParts, strategy_step, write_model
-from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed
+from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed, to_the_end
 from quorum.server.records import RunRecord
 from quorum.server.rounds import (
     evaluate_metrics,
@@ -57,7 +57,7 @@ class SyncDriver:
 
     async def run(self) -> None:
         cfg = self.config
-        done, model, state = await asyncio.to_thread(
+        done, model, state = await to_the_end(
             resume,
             self.services,
             self.run_id,
@@ -128,7 +128,7 @@ class SyncDriver:
             clipped = fit.accumulator = self.central.collector(current)
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(clipped.count, cohort, fit)
-            delta, release = await asyncio.to_thread(self.central.release, clipped, len(cohort))
+            delta, release = await to_the_end(self.central.release, clipped, len(cohort))
             # Accounted before the model leaves the server (evaluation sends it to the sites).
             await self._account(round_no, attempt, release)
             accepted, weight, mean, of_delta = clipped.count, clipped.total_weight, delta, True
@@ -141,7 +141,7 @@ class SyncDriver:
             # Its mean is read block by block as the new model is written, in a thread.
             mean, of_delta = total, False
             accepted, weight = total.count, total.total_weight
-        new_model = await asyncio.to_thread(
+        new_model = await to_the_end(
             write_model,
             self.services.checkpoints,
             self.run_id,
@@ -174,7 +174,7 @@ class SyncDriver:
                 metrics["evaluate"] = evaluate_metrics(ev.results)
 
         # The strategy state may be a model-sized vector or two (momentum): written in a thread.
-        await asyncio.to_thread(
+        await to_the_end(
             self.services.checkpoints.save, self.run_id, round_no, new_model, self._state()
         )
         self.store.complete_round(self.run_id, round_no, attempt, new_model.digest, metrics)
@@ -189,7 +189,7 @@ class SyncDriver:
 
     async def _account(self, round_no: int, attempt: int, release: RoundRelease) -> None:
         assert self.central is not None
-        await asyncio.to_thread(
+        await to_the_end(
             record_release, self.services, self.run_id, self.central, round_no, attempt, release
         )
 

@@ -230,3 +230,25 @@ def test_a_rounds_flat_model_is_made_off_the_event_loop(tmp_path: pathlib.Path) 
                 await run.running
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_run_stopped_while_it_resumes_ends_only_once_its_thread_has(
+    tmp_path: pathlib.Path, mode: str
+) -> None:
+    """A run cancelled while its checkpoint is read in a worker thread ends once the thread is
+    over: what the thread does next (the store's rows, an initial model) cannot race what the
+    cancellation lets run next (a restart of the same run)."""
+
+    async def scenario() -> None:
+        async with federation(tmp_path, []) as fed:
+            params = {"w": np.arange(1000, dtype=np.float32)}
+            run = await _held_run(fed, params, done=1, sites=1, mode=mode)
+            run.running.cancel()
+            finished, _ = await asyncio.wait({run.running}, timeout=0.5)
+            assert not finished  # waiting for the held read
+            run.file.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await run.running
+
+    asyncio.run(scenario())
