@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 
 from quorum.wire import blobs
 
@@ -24,18 +25,18 @@ class Incoming:
     def __init__(self, size: int, *, writable: bool = False) -> None:
         self.size = size
         self.received = 0
-        self._bytes = None if writable else blobs.sized_buffer(size)
-        self._array = bytearray(size) if writable else None
+        self._buffer: bytearray | io.BytesIO = (
+            bytearray(size) if writable else blobs.sized_buffer(size)
+        )
         self._sha = hashlib.sha256()
         self._hashing: asyncio.Future[None] | None = None
 
     async def add(self, chunk: bytes) -> None:
         """Appends the next chunk."""
-        if self._array is not None:
-            self._array[self.received : self.received + len(chunk)] = chunk
+        if isinstance(self._buffer, bytearray):
+            self._buffer[self.received : self.received + len(chunk)] = chunk
         else:
-            assert self._bytes is not None
-            self._bytes.write(chunk)
+            self._buffer.write(chunk)
         self.received += len(chunk)
         # In order: the previous chunk is hashed before this one starts (hashlib lets go of
         # the GIL, so hashing runs beside the next chunk's arrival on another core).
@@ -48,8 +49,5 @@ class Incoming:
         if self._hashing is not None:
             await self._hashing
             self._hashing = None
-        digest = self._sha.hexdigest()
-        if self._array is not None:
-            return self._array, digest
-        assert self._bytes is not None
-        return self._bytes.getvalue(), digest
+        data = self._buffer if isinstance(self._buffer, bytearray) else self._buffer.getvalue()
+        return data, self._sha.hexdigest()
