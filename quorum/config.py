@@ -408,12 +408,12 @@ class ServerConfig(_Model):
     heartbeat_interval_s: float = Field(5.0, gt=0)
     session_timeout_s: float = Field(30.0, gt=0, description="silence that ends a session")
     server_id: str = "quorum"
-    max_inflight_uploads: int = Field(2, ge=1, description="uploads held in memory at once")
+    max_inflight_uploads: int = Field(2, ge=1, description="uploads received at once")
     max_inflight_upload_mb: int = Field(
-        1024,
+        4096,
         ge=1,
-        description="MB of uploads held in memory at once; one upload is always let in, "
-        "however large (a model over this is received one upload at a time)",
+        description="MB of uploads received at once (spooled to state_dir/uploads, not held "
+        "in memory); one upload is always let in, however large",
     )
     max_inflight_downloads: int = Field(2, ge=1, description="model downloads streamed at once")
     max_baseline_jobs: int = Field(

@@ -64,7 +64,8 @@ async def download(
     cached = cache.get(key)
     if cached is not None:
         return cached
-    blob = Incoming(size)
+    buffer = blobs.sized_buffer(size)
+    blob = Incoming(buffer)
     for attempt in range(DOWNLOAD_ATTEMPTS):
         try:
             call = stub.Download(
@@ -83,10 +84,10 @@ async def download(
                 raise
     if blob.received != size:
         raise BlobError(f"downloaded blob {key[:16]}… ended at {blob.received} of {size} bytes")
-    data, digest = await blob.finish()
-    assert isinstance(data, bytes)  # not writable: bytes, shared read-only with the cache
+    digest = await blob.finish()
     if digest != key:
         raise BlobError(f"downloaded blob does not match digest {key[:16]}… ({size} bytes)")
+    data = buffer.getvalue()  # bytes, shared read-only with the cache: no copy (`sized_buffer`)
     cache.put(key, data)
     return data
 

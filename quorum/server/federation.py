@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import pathlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -19,13 +21,16 @@ from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session as SiteSession
 from quorum.server.upload_budget import UploadBudget
-from quorum.server.validation import Received
+from quorum.server.validation import Received, spool
 from quorum.wire.blobfiles import stream_held
 from quorum.wire.incoming import Incoming
 
 log = logging.getLogger("quorum.server")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+SPOOL_DIR = "uploads"
+"""Where in the state directory uploads are spooled as they arrive (files without names)."""
 
 
 class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
@@ -42,6 +47,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             config.max_inflight_uploads, config.max_inflight_upload_mb * 1_000_000
         )
         self._downloads = asyncio.Semaphore(config.max_inflight_downloads)
+        self._spool = config.state_dir / SPOOL_DIR
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SiteMessage], context: Context
@@ -192,13 +198,13 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
-                upload = await _receive(incoming, header.size)
+                upload = await _receive(incoming, header.size, self._spool)
                 try:
                     await self.services.book.complete_upload(task, header, upload)
                 finally:
-                    # The bytes go before the budget they came in under: the next upload is
+                    # The spool goes before the budget it came in under: the next upload is
                     # let in as this one's receipt is sent, and must not find it still held.
-                    del upload
+                    upload.close()
         except UploadRejected as exc:
             # Its traceback's frames, and those of an error it was raised from, hold the
             # refused bytes, whose budget is already released.
@@ -211,20 +217,35 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         yield pb.UploadReply(receipt=pb.UploadReceipt(accepted=True))
 
 
-async def _receive(incoming: AsyncIterator[pb.UploadMessage], size: int) -> Received:
-    blob = Incoming(size, writable=True)  # SecAgg+ takes the first masked upload over
-    async for message in incoming:
-        if message.WhichOneof("kind") != "chunk":
-            raise UploadRejected("bad_chunk", "a second header arrived inside the upload")
-        if blob.received + len(message.chunk) > size:
-            raise UploadRejected("oversized", f"upload exceeds its declared size of {size} bytes")
-        await blob.add(message.chunk)
-    if blob.received != size:
+async def _receive(
+    incoming: AsyncIterator[pb.UploadMessage], size: int, directory: pathlib.Path
+) -> Received:
+    file = spool(directory)
+    blob = Incoming(file)
+    try:
+        async for message in incoming:
+            if message.WhichOneof("kind") != "chunk":
+                raise UploadRejected("bad_chunk", "a second header arrived inside the upload")
+            if blob.received + len(message.chunk) > size:
+                raise UploadRejected(
+                    "oversized", f"upload exceeds its declared size of {size} bytes"
+                )
+            await blob.add(message.chunk)
+        if blob.received != size:
+            raise UploadRejected(
+                "size_mismatch", f"received {blob.received} bytes, header declared {size}"
+            )
+        return Received(file, await blob.finish())
+    except OSError as exc:  # the spool's disk (full, gone): the site is not at fault
+        file.close()
         raise UploadRejected(
-            "size_mismatch", f"received {blob.received} bytes, header declared {size}"
-        )
-    data, digest = await blob.finish()
-    return Received(data, digest)
+            "spool_failed", f"the server could not keep the upload: {exc}"
+        ) from None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await blob.finish()  # no chunk is still being written when the spool goes
+        file.close()
+        raise
 
 
 def _refused(exc: UploadRejected) -> pb.UploadReply:

@@ -14,6 +14,7 @@ its neighbours renormalise their weights around it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -333,16 +334,17 @@ class GossipRound(PhaseHandler):
     ) -> None:
         """Keeps a received ciphertext for its receiver, exactly as it arrived; the site's
         report is its task's answer (`on_gossip`)."""
-        data, digest = upload.data, upload.digest
+        digest = upload.digest
         if digest != header.digest:
             raise UploadRejected("digest_mismatch", "the parcel does not hash to its digest")
+        data = bytes(await asyncio.to_thread(upload.read))
         i, r = self.index[task.id], header.gossip.receiver
         async with self.phase.fold_lock:
             if self.stage != "send":
                 raise UploadRejected(PARCEL_LATE, "the send stage closed at its deadline")
             if (i, r) in self.parcels:
                 raise UploadRejected("duplicate", f"a model for site {r} was already relayed")
-            self.parcels[(i, r)] = Parcel(digest, bytes(data))
+            self.parcels[(i, r)] = Parcel(digest, data)
         self.bytes_in[i] = self.bytes_in.get(i, 0) + len(data)
         self.phase.changed.set()
 

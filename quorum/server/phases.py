@@ -25,7 +25,6 @@ from quorum.errors import QuorumError, UploadRejected
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
 from quorum.server.sessions import Session
-from quorum.wire import blobs
 from quorum.wire.blobs import Layout
 from quorum.wire.codecs import Codec
 
@@ -116,9 +115,8 @@ class PlainPhase(PhaseHandler):
         upload: validation.Received,
         accepted: Accepted,
     ) -> None:
-        data = upload.data
         phase = task.phase
-        update: Update | None = None
+        update: Update
         if phase.codec is not None:
             if phase.reference is None:  # closed while the upload came in
                 raise task_closed(task.id)
@@ -131,20 +129,17 @@ class PlainPhase(PhaseHandler):
                 phase.layout,
             )
         else:
-            layout = await asyncio.to_thread(
+            update = await asyncio.to_thread(
                 validation.check_blob, upload, header.digest, phase.layout
             )
         num_examples = int(header.num_examples)
         async with folding(task):
             assert phase.accumulator is not None
-            if update is None:
-                update = blobs.as_flat(data, layout)
             accumulator = phase.accumulator
             folded = False
 
             def fold() -> None:
                 nonlocal folded
-                assert update is not None
                 accumulator.fold(update, float(num_examples))
                 folded = True
 

@@ -381,11 +381,12 @@ class SecureFit(PhaseHandler):
         upload: validation.Received,
         accepted: Accepted,
     ) -> None:
-        layout = await asyncio.to_thread(
+        file = await asyncio.to_thread(
             validation.check_blob, upload, header.digest, self.phase.layout
         )
+        data = await asyncio.to_thread(upload.read)  # taken over: the first becomes the sum
         async with folding(task):
-            await self.add_masked(task, upload.data, layout)
+            await self.add_masked(task, data, file.layout)
         accepted(0)  # the weight is in the masked sum
 
     async def add_masked(self, task: PendingTask, data: blobs.Buffer, layout: blobs.Layout) -> None:

@@ -150,7 +150,7 @@ class TaskBook:
         """Hands the bytes to the task's phase (validated and folded into the round's sum, for
         a plain fit phase); raises UploadRejected."""
         self._check_received(task, header, upload)
-        nbytes = len(upload.data)
+        nbytes = upload.size
         await task.phase.handler.accept(
             task, header, upload, lambda n: self._accepted(task, header, n, nbytes)
         )
@@ -162,9 +162,9 @@ class TaskBook:
         long as its header said."""
         if self.sessions.get(task.session_id) is None:
             raise UploadRejected("session_closed", "the site's session ended (revoked or lost)")
-        if len(upload.data) != header.size:
+        if upload.size != header.size:
             raise UploadRejected(
-                "size_mismatch", f"received {len(upload.data)} bytes, header declared {header.size}"
+                "size_mismatch", f"received {upload.size} bytes, header declared {header.size}"
             )
 
     def _accepted(

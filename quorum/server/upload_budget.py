@@ -1,10 +1,12 @@
-"""How many uploads the server holds in memory at once, by count and by bytes.
+"""How many uploads the server receives at once, by count and by bytes.
 
-An upload is received whole before it is checked and folded (a bad update cannot be taken back
-out of a float sum), so the uploads being received are, beside the round's sum, the server's
-largest use of memory. A count alone cannot bound that across model sizes: two uploads of a
-1 GB model are 2 GB. The byte budget lets uploads in while their declared sizes fit; one upload
-is always let in, however large, so a model bigger than the budget is received one at a time.
+An upload is spooled to a file as it arrives and must pass its checks before any of it enters
+the sum (a bad update cannot be taken back out of a float sum); the checks and the fold then
+read it back a block at a time. Uploads being received cost disk and the kernel's page cache,
+not the server's own memory, but a count alone cannot bound them across model sizes: two uploads
+of a 1 GB model are 2 GB. The byte budget lets uploads in while their declared sizes fit; one
+upload is always let in, however large, so a model bigger than the budget is received one at a
+time.
 """
 
 from __future__ import annotations

@@ -8,31 +8,72 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+import os
+import pathlib
+import tempfile
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from quorum.errors import BlobError, UploadRejected
 from quorum.wire import blobs, codecs
+from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import Codec, DecodedUpdate
 
 HEADER_SLACK_BYTES = 64 * 1024
 """An update may differ from the global model only in its safetensors metadata."""
 
 
-@dataclass(frozen=True)
 class Received:
-    """An upload's bytes and their SHA-256, taken as they arrived: checking the declared digest
-    is then a comparison, not a second pass over the whole update."""
+    """An upload as it arrived: its bytes in a spool file and their SHA-256, taken as they
+    arrived (checking the declared digest is then a comparison, not a second pass).
 
-    data: blobs.Buffer
-    digest: str
+    The spool is a file without a name in the server's state directory (`spool`): gone when
+    closed, or with the process. The server holds no upload in memory: the checks and the fold
+    read it back a block at a time from the kernel's page cache, so uploads being received cost
+    disk, not the server's memory, and a round's largest buffer is its sum."""
+
+    def __init__(self, spool: BinaryIO, digest: str) -> None:
+        self._spool = spool
+        self.size = os.fstat(spool.fileno()).st_size
+        self.digest = digest
 
     @classmethod
-    def of(cls, data: blobs.Buffer) -> Received:
-        """Bytes already whole (a test's, a tool's), hashed now."""
-        return cls(data, blobs.digest(data))
+    def of(cls, data: blobs.Buffer, directory: pathlib.Path | None = None) -> Received:
+        """Bytes already whole (a test's, a tool's), spooled and hashed now."""
+        file = spool(directory)
+        file.write(data)
+        return cls(file, blobs.digest(data))
+
+    def open(self) -> BlobFile:
+        """The upload as a blob file, its header parsed; UploadRejected if it is no blob."""
+        try:
+            return BlobFile(_SPOOLED, self.digest, fd=self._spool.fileno())
+        except BlobError as exc:
+            raise UploadRejected("malformed_blob", str(exc)) from None
+
+    def read(self) -> bytearray:
+        """The whole upload in memory, writable: for what takes it over whole (SecAgg+'s first
+        masked upload becomes its sum, a gossip parcel is relayed as it came)."""
+        data = bytearray(self.size)
+        if self.size and os.preadv(self._spool.fileno(), [data], 0) != self.size:
+            raise UploadRejected("size_mismatch", "the upload's spool ended early")
+        return data
+
+    def close(self) -> None:
+        self._spool.close()
+
+
+_SPOOLED = pathlib.Path("<upload spool>")
+"""The name a spooled upload's blob file goes by in messages: the spool itself has none."""
+
+
+def spool(directory: pathlib.Path | None) -> BinaryIO:
+    """A new, empty file without a name in `directory` (the system's temporary folder when
+    None): its bytes are gone when it is closed."""
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryFile(dir=directory, buffering=0)
 
 
 def check_num_examples(num_examples: int, maximum: int, minimum: int = 1) -> None:
@@ -83,25 +124,18 @@ def check_digest(upload: Received, declared_digest: str) -> None:
         )
 
 
-def _read_layout(data: blobs.Buffer) -> blobs.Layout:
-    try:
-        return blobs.read_layout(data)
-    except BlobError as exc:
-        raise UploadRejected("malformed_blob", str(exc)) from None
-
-
-def check_blob(upload: Received, declared_digest: str, expected: blobs.Layout) -> blobs.Layout:
-    """Digest, format, tensor names/shapes/dtypes against the global model, finite values."""
+def check_blob(upload: Received, declared_digest: str, expected: blobs.Layout) -> BlobFile:
+    """Digest, format, tensor names/shapes/dtypes against the global model, finite values;
+    the upload as a blob file, to be folded a block at a time."""
     check_digest(upload, declared_digest)
-    data = upload.data
-    layout = _read_layout(data)
-    if layout.tensors != expected.tensors:
+    file = upload.open()
+    if file.layout.tensors != expected.tensors:
         raise UploadRejected(
-            "layout_mismatch", _layout_difference(layout.describe(), expected.describe())
+            "layout_mismatch", _layout_difference(file.layout.describe(), expected.describe())
         )
-    if not blobs.all_finite(data, layout):
+    if not file.all_finite():
         raise UploadRejected("non_finite", "the update holds NaN or infinite values")
-    return layout
+    return file
 
 
 def check_encoded(
@@ -116,8 +150,8 @@ def check_encoded(
     (finite values and scales, a top-k bitmap marking exactly k values). Returns it ready to
     fold, block by block."""
     check_digest(upload, declared_digest)
-    data = upload.data
-    layout = _read_layout(data)
+    file = upload.open()
+    layout = file.layout
     numel = int(reference.shape[0])
     want = codec.layout(numel)
     if layout.describe() == model.describe():
@@ -132,7 +166,7 @@ def check_encoded(
             f"{codec.name} update: "
             + _layout_difference(layout.describe(), want, f"{codec.name} encoding"),
         )
-    tensors = blobs.decode(data, layout)
+    tensors = file.params()
     codec.check(tensors, numel)
     return DecodedUpdate(codec, tensors, reference)
 

@@ -1,53 +1,48 @@
-"""A blob arriving in chunks (an upload at the server, a download at a site): written in place
-into one buffer of its announced size and hashed as it arrives.
+"""A blob arriving in chunks (an upload at the server, a download at a site): written in order
+to one sink (the server's spool file, a site's buffer of the announced size) and hashed as it
+arrives.
 
-The buffer is allocated once (never grown and copied); each chunk is hashed in a worker thread
-while the next one arrives, so the digest is ready with the last byte and checking it is no
-second pass over the blob. The caller checks, with its own words, that each chunk fits and that
-the blob is whole before `finish`.
+Each chunk is hashed and written in a worker thread while the next one arrives, so the digest is
+ready with the last byte and checking it is no second pass over the blob. The caller checks,
+with its own words, that each chunk fits and that the blob is whole before `finish`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
+from typing import Protocol
 
 from quorum.wire import blobs
 
 
-class Incoming:
-    """`writable`: the blob is handed over as a bytearray the receiver may take over (the
-    server's SecAgg+ sum is made in the first masked upload's own buffer); otherwise as bytes,
-    made without a copy, whose tensors are read-only views (a site's download is shared with
-    its cache)."""
+class Sink(Protocol):
+    def write(self, data: blobs.Buffer, /) -> int: ...
 
-    def __init__(self, size: int, *, writable: bool = False) -> None:
-        self.size = size
+
+class Incoming:
+    def __init__(self, sink: Sink) -> None:
         self.received = 0
-        self._buffer: bytearray | io.BytesIO = (
-            bytearray(size) if writable else blobs.sized_buffer(size)
-        )
+        self._sink = sink
         self._sha = hashlib.sha256()
-        self._hashing: asyncio.Future[None] | None = None
+        self._taking: asyncio.Future[None] | None = None
 
     async def add(self, chunk: bytes) -> None:
         """Appends the next chunk."""
-        if isinstance(self._buffer, bytearray):
-            self._buffer[self.received : self.received + len(chunk)] = chunk
-        else:
-            self._buffer.write(chunk)
         self.received += len(chunk)
-        # In order: the previous chunk is hashed before this one starts (hashlib lets go of
-        # the GIL, so hashing runs beside the next chunk's arrival on another core).
-        if self._hashing is not None:
-            await self._hashing
-        self._hashing = asyncio.ensure_future(asyncio.to_thread(self._sha.update, chunk))
+        # In order: the previous chunk is written before this one starts (hashlib and file
+        # writes let go of the GIL, so this runs beside the next chunk's arrival).
+        if self._taking is not None:
+            await self._taking
+        self._taking = asyncio.ensure_future(asyncio.to_thread(self._take, chunk))
 
-    async def finish(self) -> tuple[bytes | bytearray, str]:
-        """The whole blob and its SHA-256 (hex)."""
-        if self._hashing is not None:
-            await self._hashing
-            self._hashing = None
-        data = self._buffer if isinstance(self._buffer, bytearray) else self._buffer.getvalue()
-        return data, self._sha.hexdigest()
+    def _take(self, chunk: bytes) -> None:
+        self._sha.update(chunk)
+        self._sink.write(chunk)
+
+    async def finish(self) -> str:
+        """Waits for the last chunk to be written; the blob's SHA-256 (hex)."""
+        if self._taking is not None:
+            await self._taking
+            self._taking = None
+        return self._sha.hexdigest()

@@ -107,7 +107,7 @@ async def test_gossip_sites_mix_exactly_and_the_relay_holds_only_ciphertext(
     ) -> None:
         await original(self, task, header, upload, accepted)
         stored = self.parcels[(self.index[task.id], header.gossip.receiver)]
-        assert stored.data == bytes(upload.data)  # kept exactly as the sender uploaded it
+        assert stored.data == upload.read()  # kept exactly as the sender uploaded it
         held.append(stored.data)
 
     monkeypatch.setattr(GossipRound, "accept", spy)

@@ -2,7 +2,8 @@
 without 2 GiB to spare per copy: the model is a sparse file of zeros (no disk blocks, and the
 server never reads it into memory), and every path it takes streams it.
 
-Checked: its digest and NaN check over the stream (`BlobFile`), the FedAvg step written block by
+Checked: its digest and NaN check over the stream (`BlobFile`), an upload of it checked from
+its spool (`validation.check_blob`), the FedAvg step written block by
 block into the round's staged checkpoint (`write_model`) and saved in place, then served from
 that file by the real gRPC Download to a reader that hashes the 1 MiB chunks as they come, with
 a download resumed at an offset past 2^31; the server's peak RSS grows by far less than a copy.
@@ -23,6 +24,7 @@ from quorum.aggregation import FedAvg
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.model_files import strategy_step, write_model
+from quorum.server.validation import Received, check_blob
 from quorum.wire import blobs
 from quorum.wire.channel import GRPC_OPTIONS
 from tests.integration.harness import federation
@@ -78,6 +80,12 @@ def test_a_model_past_2_gib_streams_through_checkpoints_the_step_and_downloads(
             model, _ = await asyncio.to_thread(services.checkpoints.open, "big", 0)
             assert model.size > 2**31 and model.layout.numel == NUMEL
             assert await asyncio.to_thread(model.all_finite)
+            # An upload of that size, spooled as the server spools one, is checked from the
+            # spool a block at a time (its digest, layout and values), never read whole.
+            upload = Received(open(path, "rb", buffering=0), model.digest)
+            checked = await asyncio.to_thread(check_blob, upload, model.digest, model.layout)
+            assert checked.numel == NUMEL and checked.digest == model.digest
+            upload.close()
             # The round's step: the mean is all zeros too (untouched pages of np.zeros).
             mean = np.zeros(NUMEL, np.float64)
             new = await asyncio.to_thread(

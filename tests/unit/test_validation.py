@@ -127,25 +127,38 @@ def test_hostile_metrics_are_bad_metrics(text: str) -> None:
 # --- the blob ----------------------------------------------------------------------------------
 
 
-def test_a_valid_update_passes_and_returns_its_layout() -> None:
+def test_a_valid_update_passes_and_is_read_back_from_its_spool() -> None:
     data = _update()
-    layout = validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
-    assert layout == LAYOUT
-    assert layout.size == len(data)
+    file = validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
+    assert file.layout == LAYOUT
+    assert file.layout.size == len(data)
+    # What the sum folds, a block at a time, is the flat update: ints as float64, in byte order.
+    folded = np.concatenate([values.copy() for _, values in file.blocks()])
+    assert np.array_equal(folded, blobs.as_flat(data, LAYOUT))
+
+
+def test_an_upload_is_spooled_not_held() -> None:
+    data = _update()
+    upload = validation.Received.of(data)
+    assert upload.size == len(data)
+    assert upload.read() == bytearray(data)
+    upload.close()
+    with pytest.raises(ValueError):
+        upload.read()
 
 
 def test_an_update_with_its_own_metadata_passes() -> None:
     data = blobs.encode({k: v + 2 for k, v in _global_params().items()}, metadata={"site": "a"})
-    layout = validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
-    assert layout.tensors == LAYOUT.tensors
-    assert layout.data_offset != LAYOUT.data_offset
+    file = validation.check_blob(validation.Received.of(data), blobs.digest(data), LAYOUT)
+    assert file.layout.tensors == LAYOUT.tensors
+    assert file.layout.data_offset != LAYOUT.data_offset
 
 
 def test_a_buffer_of_any_kind_is_checked() -> None:
     data = _update()
     for buffer in (bytearray(data), memoryview(data)):
         assert (
-            validation.check_blob(validation.Received.of(buffer), blobs.digest(data), LAYOUT)
+            validation.check_blob(validation.Received.of(buffer), blobs.digest(data), LAYOUT).layout
             == LAYOUT
         )
 
