@@ -347,11 +347,12 @@ def dtype_of(name: str) -> np.dtype:
     return _DTYPES[name]
 
 
-def write_flat(out: Writable, header: bytes, layout: Layout, blocks: Iterable[np.ndarray]) -> None:
-    """Writes a blob of `layout` (whose `header` it starts with) from consecutive blocks of
-    flat values, each cast to its tensor's dtype as `from_flat` casts: the new model goes to
-    its file a block at a time."""
-    out.write(header)
+def flat_pieces(
+    layout: Layout, blocks: Iterable[np.ndarray]
+) -> Iterator[tuple[np.ndarray, np.dtype]]:
+    """Consecutive blocks of flat values cut at `layout`'s tensors: each piece and the dtype
+    its tensor is written in (values of an integer or boolean tensor rounded first, as
+    `from_flat` casts). A piece may be a view of its block."""
     tensors = iter(layout.tensors)
     tensor, left = None, 0
     for block in blocks:
@@ -363,10 +364,10 @@ def write_flat(out: Writable, header: bytes, layout: Layout, blocks: Iterable[np
                 left = tensor.numel
             assert tensor is not None
             piece, block = block[:left], block[left:]
+            left -= piece.shape[0]
             if tensor.dtype not in FLOAT_DTYPES:
                 piece = np.rint(piece)
-            out.write(raw(np.require(piece, _DTYPES[tensor.dtype], requirements="C")))
-            left -= piece.shape[0]
+            yield piece, _DTYPES[tensor.dtype]
     if left or any(t.numel for t in tensors):
         raise BlobError(f"fewer values than the layout's {layout.numel}")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import sys
 
 import numpy as np
 import pytest
 
 from quorum.errors import BlobError
 from quorum.server.checkpoints import Checkpoints
-from quorum.wire import blobs
+from quorum.wire import blobfiles, blobs
 from quorum.wire.blobfiles import BlobFile, BlobWriter
 
 PARAMS = {
@@ -47,6 +48,7 @@ def test_values_come_in_blocks_in_as_flat_order(tmp_path: pathlib.Path, block_by
     )
     np.testing.assert_array_equal(np.concatenate([v for _, v in parts]), blob.flat())
     assert all(v.dtype == np.float64 for _, v in parts)  # mixed dtypes: float64, as as_flat
+    assert all(v.nbytes <= max(block_bytes, 8) for _, v in parts)  # in float64 bytes
 
 
 def test_a_single_float_dtype_is_read_in_its_own_dtype(tmp_path: pathlib.Path) -> None:
@@ -102,6 +104,23 @@ def test_a_writer_closed_without_opening_keeps_its_blob_and_gives_its_digest(
         digest = writer.close()
     assert (tmp_path / "state").read_bytes() == blobs.encode(PARAMS)
     assert digest == blobs.digest(blobs.encode(PARAMS))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sync_file_range(2) is Linux's")
+def test_a_writer_starts_the_writeback_of_its_bytes_as_they_come(tmp_path: pathlib.Path) -> None:
+    """The binding of sync_file_range(2) is found and accepted by the kernel (its failures
+    are not reported: the fsync at close makes the bytes durable in any case); a blob written
+    across several writebacks is whole, with its digest."""
+    sync_file_range = blobfiles._SYNC_FILE_RANGE
+    assert sync_file_range is not None
+    values = np.arange(3 * blobfiles.WRITEBACK_BYTES // 4 + 5, dtype=np.float32)
+    with BlobWriter(tmp_path / "m") as writer:
+        blobs.write({"w": values}, writer)
+        assert sync_file_range(writer._file.fileno(), 0, 0, blobfiles._SYNC_FILE_RANGE_WRITE) == 0
+        digest = writer.close()
+    data = blobs.encode({"w": values})
+    assert (tmp_path / "m").read_bytes() == data
+    assert digest == blobs.digest(data)
 
 
 @pytest.mark.parametrize("offset", [0, 1, blobs.CHUNK_BYTES * 3 + 5])

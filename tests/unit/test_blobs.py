@@ -17,6 +17,7 @@ from safetensors.numpy import save as st_save
 
 from quorum.errors import BlobError
 from quorum.wire import blobs
+from quorum.wire.write_behind import write_flat
 
 FUZZ = settings(
     max_examples=150,
@@ -478,7 +479,7 @@ def test_from_flat_and_write_flat_invert_as_flat(params: dict[str, np.ndarray]) 
     # Written block by block (odd blocks that cross tensors), the blob comes back byte for byte.
     out = io.BytesIO()
     blocks = [flat[i : i + 3] for i in range(0, flat.shape[0], 3)]
-    blobs.write_flat(out, data[: layout.data_offset], layout, blocks)
+    write_flat([out.write], data[: layout.data_offset], layout, blocks)
     assert out.getvalue() == data
 
 
@@ -487,9 +488,9 @@ def test_write_flat_refuses_a_wrong_number_of_values() -> None:
     layout = blobs.read_layout(data)
     flat = blobs.as_flat(data, layout)
     with pytest.raises(BlobError, match="fewer values"):
-        blobs.write_flat(io.BytesIO(), b"", layout, [flat[:-1]])
+        write_flat([io.BytesIO().write], b"", layout, [flat[:-1]])
     with pytest.raises(BlobError, match="more values"):
-        blobs.write_flat(io.BytesIO(), b"", layout, [flat, flat[:1]])
+        write_flat([io.BytesIO().write], b"", layout, [flat, flat[:1]])
 
 
 def test_encode_writes_what_safetensors_writes() -> None:
