@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pathlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -20,8 +19,9 @@ from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session as SiteSession
+from quorum.server.spools import SpoolPool, fit
 from quorum.server.upload_budget import UploadBudget
-from quorum.server.validation import Received, spool
+from quorum.server.validation import Received
 from quorum.wire.blobfiles import stream_held
 from quorum.wire.incoming import Incoming
 
@@ -47,7 +47,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             config.max_inflight_uploads, config.max_inflight_upload_mb * 1_000_000
         )
         self._downloads = asyncio.Semaphore(config.max_inflight_downloads)
-        self._spool = config.state_dir / SPOOL_DIR
+        # As many spools kept as uploads may be received at once.
+        self._spools = SpoolPool(config.state_dir / SPOOL_DIR, config.max_inflight_uploads)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SiteMessage], context: Context
@@ -198,12 +199,12 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
-                upload = await _receive(incoming, header.size, self._spool)
+                upload = await _receive(incoming, header.size, self._spools)
                 try:
                     await self.services.book.complete_upload(task, header, upload)
                 finally:
-                    # The spool goes before the budget it came in under: the next upload is
-                    # let in as this one's receipt is sent, and must not find it still held.
+                    # The spool goes back before the budget it came in under: the next upload
+                    # is let in as this one's receipt is sent, and takes it.
                     upload.close()
         except UploadRejected as exc:
             # Its traceback's frames, and those of an error it was raised from, hold the
@@ -218,9 +219,9 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
 
 async def _receive(
-    incoming: AsyncIterator[pb.UploadMessage], size: int, directory: pathlib.Path
+    incoming: AsyncIterator[pb.UploadMessage], size: int, pool: SpoolPool
 ) -> Received:
-    file = spool(directory)
+    file = pool.take()
     blob = Incoming(file)
     try:
         async for message in incoming:
@@ -235,7 +236,9 @@ async def _receive(
             raise UploadRejected(
                 "size_mismatch", f"received {blob.received} bytes, header declared {size}"
             )
-        return Received(file, await blob.finish())
+        digest = await blob.finish()
+        fit(file, size)
+        return Received(file, digest, pool.give)
     except OSError as exc:  # the spool's disk (full, gone): the site is not at fault
         file.close()
         raise UploadRejected(
@@ -243,8 +246,8 @@ async def _receive(
         ) from None
     except BaseException:
         with contextlib.suppress(Exception):
-            await blob.finish()  # no chunk is still being written when the spool goes
-        file.close()
+            await blob.finish()  # no chunk is still being written when the spool goes back
+        pool.give(file)
         raise
 
 

@@ -10,12 +10,13 @@ import json
 import math
 import os
 import pathlib
-import tempfile
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from quorum.errors import BlobError, UploadRejected
+from quorum.server import spools
 from quorum.wire import blobs, codecs
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import Codec, DecodedUpdate
@@ -28,25 +29,33 @@ class Received:
     """An upload as it arrived: its bytes in a spool file and their SHA-256, taken as they
     arrived (checking the declared digest is then a comparison, not a second pass).
 
-    The spool is a file without a name in the server's state directory (`spool`): gone when
-    closed, or with the process. The server holds no upload in memory: the checks and the fold
-    read it back a block at a time from the kernel's page cache, so uploads being received cost
-    disk, not the server's memory, and a round's largest buffer is its sum."""
+    The server holds no upload in memory: the spool (`quorum.server.spools`) is a file without a
+    name in its state directory, and the checks and the fold read it back a block at a time from
+    the kernel's page cache, so uploads being received cost disk, not the server's memory, and a
+    round's largest buffer is its sum. `release` takes the spool back when the upload is done
+    with (closes it, or keeps it for the next upload)."""
 
-    def __init__(self, spool: BinaryIO, digest: str) -> None:
+    def __init__(
+        self,
+        spool: BinaryIO,
+        digest: str,
+        release: Callable[[BinaryIO], None] = lambda file: file.close(),
+    ) -> None:
         self._spool = spool
         self.size = os.fstat(spool.fileno()).st_size
         self.digest = digest
+        self._release = release
 
     @classmethod
     def of(cls, data: blobs.Buffer, directory: pathlib.Path | None = None) -> Received:
         """Bytes already whole (a test's, a tool's), spooled and hashed now."""
-        file = spool(directory)
+        file = spools.spool(directory)
         file.write(data)
         return cls(file, blobs.digest(data))
 
     def open(self) -> BlobFile:
-        """The upload as a blob file, its header parsed; UploadRejected if it is no blob."""
+        """The upload as a blob file, its header parsed; UploadRejected if it is no blob. It
+        reads the spool: done with before the upload is `close`d."""
         try:
             return BlobFile(_SPOOLED, self.digest, fd=self._spool.fileno())
         except BlobError as exc:
@@ -56,24 +65,20 @@ class Received:
         """The whole upload in memory, writable: for what takes it over whole (SecAgg+'s first
         masked upload becomes its sum, a gossip parcel is relayed as it came)."""
         data = bytearray(self.size)
-        if self.size and os.preadv(self._spool.fileno(), [data], 0) != self.size:
-            raise UploadRejected("size_mismatch", "the upload's spool ended early")
+        view, done = memoryview(data), 0
+        while done < self.size:  # a read returns at most 2 GiB - 4 KiB on Linux
+            got = os.preadv(self._spool.fileno(), [view[done:]], done)
+            if not got:
+                raise UploadRejected("size_mismatch", "the upload's spool ended early")
+            done += got
         return data
 
     def close(self) -> None:
-        self._spool.close()
+        self._release(self._spool)
 
 
 _SPOOLED = pathlib.Path("<upload spool>")
 """The name a spooled upload's blob file goes by in messages: the spool itself has none."""
-
-
-def spool(directory: pathlib.Path | None) -> BinaryIO:
-    """A new, empty file without a name in `directory` (the system's temporary folder when
-    None): its bytes are gone when it is closed."""
-    if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryFile(dir=directory, buffering=0)
 
 
 def check_num_examples(num_examples: int, maximum: int, minimum: int = 1) -> None:
@@ -124,6 +129,13 @@ def check_digest(upload: Received, declared_digest: str) -> None:
         )
 
 
+def _read_layout(data: blobs.Buffer) -> blobs.Layout:
+    try:
+        return blobs.read_layout(data)
+    except BlobError as exc:
+        raise UploadRejected("malformed_blob", str(exc)) from None
+
+
 def check_blob(upload: Received, declared_digest: str, expected: blobs.Layout) -> BlobFile:
     """Digest, format, tensor names/shapes/dtypes against the global model, finite values;
     the upload as a blob file, to be folded a block at a time."""
@@ -150,8 +162,10 @@ def check_encoded(
     (finite values and scales, a top-k bitmap marking exactly k values). Returns it ready to
     fold, block by block."""
     check_digest(upload, declared_digest)
-    file = upload.open()
-    layout = file.layout
+    # Read into memory (a compressed update is a fraction of the model), not mapped: a spool
+    # is written over, and cut, by a later upload once this one is done with.
+    data = upload.read()
+    layout = _read_layout(data)
     numel = int(reference.shape[0])
     want = codec.layout(numel)
     if layout.describe() == model.describe():
@@ -166,7 +180,7 @@ def check_encoded(
             f"{codec.name} update: "
             + _layout_difference(layout.describe(), want, f"{codec.name} encoding"),
         )
-    tensors = file.params()
+    tensors = blobs.decode(data, layout)
     codec.check(tensors, numel)
     return DecodedUpdate(codec, tensors, reference)
 
