@@ -317,7 +317,8 @@ class SiteAgent:
             codec = make_codec(offered.compression) if offered.compression else None
             residual = None  # what a compressed upload left out, for the site's next ones
             if codec is None:
-                data = await asyncio.to_thread(blobs.encode, fit.params)
+                # Sent from the trained tensors themselves: no encoded copy of the model.
+                data = await asyncio.to_thread(blobs.pieces, fit.params)
             else:
                 data, residual = await asyncio.to_thread(
                     encode_update,
@@ -375,7 +376,9 @@ class SiteAgent:
 
         async def send_masked(data: blobs.Buffer, metrics: dict[str, float]) -> pb.UploadReceipt:
             # The weight is inside the masked vector: the header's num_examples stays 0.
-            return await _upload_update(stub, session_id, offer, started, data, metrics, 0)
+            return await _upload_update(
+                stub, session_id, offer, started, blobs.Pieces(data), metrics, 0
+            )
 
         training = asyncio.ensure_future(train())
         self._inboxes[offer.task_id] = asyncio.Queue()
@@ -437,14 +440,14 @@ async def _upload_update(
     session_id: str,
     offer: pb.TaskOffer,
     started: float,
-    data: blobs.Buffer,
+    data: blobs.Pieces,
     metrics: dict[str, float],
     num_examples: int,
 ) -> pb.UploadReceipt:
     """Uploads the answer to a fit offer: a model update, or under SecAgg a masked vector."""
     # Hashed off the event loop: a large update takes seconds, and the session's heartbeats
     # and other tasks' messages must go on meanwhile.
-    digest = await asyncio.to_thread(blobs.digest, data)
+    digest = await asyncio.to_thread(data.digest)
     return await upload(
         stub,
         pb.UploadHeader(
@@ -453,7 +456,7 @@ async def _upload_update(
             run_id=offer.run_id,
             round=offer.round,
             digest=digest,
-            size=len(data),
+            size=data.size,
             num_examples=num_examples,
             metrics_json=json.dumps(metrics),
             duration_s=time.monotonic() - started,

@@ -76,7 +76,7 @@ def encode_update(
     run_id: str,
     round_no: int,
     rerun_safe: bool = True,
-) -> tuple[bytes, np.ndarray | None]:
+) -> tuple[blobs.Pieces, np.ndarray | None]:
     """The upload of a compressed fit, `trained` less the global `model` encoded, and, when the
     codec feeds its error back, the new residual: the run's residual is added to the delta
     first, and what the encoding left out is to be kept (`Residuals.save`) once the server has
@@ -113,6 +113,8 @@ def encode_update(
         delta += residuals.load(run_id, layout.numel, round_no if rerun_safe else None)
     tensors = codec.encode(delta)
     if not codec.error_feedback:
-        return blobs.encode(tensors), None
+        return blobs.pieces(tensors), None
+    # The upload is sent from the codec's own tensors (no view of `delta`), so this changes
+    # nothing in it.
     delta -= decode(codec, tensors, layout.numel)
-    return blobs.encode(tensors), delta
+    return blobs.pieces(tensors), delta

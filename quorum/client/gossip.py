@@ -76,7 +76,7 @@ class Link:
                 duration_s=time.monotonic() - started,
                 gossip=pb.GossipAddress(receiver=receiver),
             ),
-            data,
+            blobs.Pieces(data),
         )
 
 

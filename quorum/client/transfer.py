@@ -93,15 +93,16 @@ async def download(
 
 
 async def upload(
-    stub: pb_grpc.FederationStub, header: pb.UploadHeader, data: blobs.Buffer
+    stub: pb_grpc.FederationStub, header: pb.UploadHeader, data: blobs.Pieces
 ) -> pb.UploadReceipt:
-    """Sends the header, waits for the server's grant (or refusal), then the bytes."""
+    """Sends the header, waits for the server's grant (or refusal), then the bytes, a chunk at a
+    time cut from `data`'s pieces."""
     call = stub.Upload()
     await call.write(pb.UploadMessage(header=header))
     reply = await call.read()
     if reply is not STREAM_END and reply.WhichOneof("kind") == "grant":
-        for chunk in blobs.chunks(data):
-            await call.write(pb.UploadMessage(chunk=bytes(chunk)))
+        for chunk in data.chunks():
+            await call.write(pb.UploadMessage(chunk=chunk))
         await call.done_writing()
         reply = await call.read()
     if reply is STREAM_END or reply.WhichOneof("kind") != "receipt":

@@ -97,12 +97,10 @@ def dtype_name(array: np.ndarray) -> str:
     raise BlobError(f"unsupported dtype {array.dtype}")
 
 
-def plan(
-    params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
-) -> tuple[bytes, list[np.ndarray]]:
-    """The safetensors header of `params` (length prefix included) and their arrays in file
-    order, little-endian and C-contiguous (copies only of arrays that are neither): the header
-    is byte for byte the one `safetensors.numpy.save` writes."""
+def pieces(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> Pieces:
+    """The safetensors blob of `params` as its header and its tensors' own bytes, in file order
+    (copies only of arrays that are not little-endian and C-contiguous): the bytes, byte for
+    byte, that `safetensors.numpy.save` writes, without a second copy of the model."""
     arrays: list[tuple[str, str, np.ndarray]] = []
     for name, value in params.items():
         try:
@@ -113,7 +111,44 @@ def plan(
         arrays.append((name, kind, np.require(value, _DTYPES[kind], requirements="C")))
     arrays.sort(key=lambda entry: (_FILE_ORDER.index(entry[1]), entry[0]))
     header = _header([(name, kind, value.shape) for name, kind, value in arrays], metadata)
-    return header, [value for _, _, value in arrays]
+    return Pieces(header, *(raw(value) for _, _, value in arrays))
+
+
+class Pieces:
+    """A blob as the buffers it is made of, back to back, never joined into one: a site's upload
+    is hashed and sent a chunk at a time from its header and its trained tensors' own memory,
+    where joining them would hold the model once more. The buffers must not change meanwhile
+    (the digest sent ahead of the bytes would no longer be theirs)."""
+
+    def __init__(self, *parts: Buffer) -> None:
+        self.parts = tuple(memoryview(part).cast("B") for part in parts)
+        self.size = sum(part.nbytes for part in self.parts)
+
+    def digest(self) -> str:
+        """The SHA-256 (hex) of the joined bytes, as `digest` gives it."""
+        sha = hashlib.sha256()
+        for part in self.parts:
+            sha.update(part)
+        return sha.hexdigest()
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
+    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The joined bytes in chunks of `size` (the last one shorter), each a copy that may
+        span several pieces: `chunks(self.join(), size=size)`, never holding more than a chunk."""
+        pending: list[memoryview] = []
+        room = size
+        for part in self.parts:
+            while part.nbytes:
+                piece, part = part[:room], part[room:]
+                pending.append(piece)
+                room -= piece.nbytes
+                if not room:
+                    yield b"".join(pending)
+                    pending, room = [], size
+        if pending:
+            yield b"".join(pending)
 
 
 def _header(
@@ -162,22 +197,15 @@ def write(
 ) -> None:
     """Writes `params` as a safetensors blob to `out`, tensor by tensor: no copy of the model
     (safetensors' own `save` copies every tensor, then the whole file, into bytes)."""
-    _write_planned(*plan(params, metadata), out)
-
-
-def _write_planned(header: bytes, arrays: list[np.ndarray], out: Writable) -> None:
-    out.write(header)
-    for value in arrays:
-        out.write(raw(value))
+    for part in pieces(params, metadata).parts:
+        out.write(part)
 
 
 def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """Serialises tensors to safetensors bytes: one copy of the model, the bytes themselves
-    (large models the server writes to files, `quorum.wire.blobfiles`)."""
-    header, arrays = plan(params, metadata)
-    out = sized_buffer(len(header) + sum(a.nbytes for a in arrays))
-    _write_planned(header, arrays, out)
-    return out.getvalue()
+    (large models the server writes to files, `quorum.wire.blobfiles`; a site sends its
+    update from its tensors, `pieces`)."""
+    return pieces(params, metadata).join()
 
 
 def sized_buffer(size: int) -> io.BytesIO:

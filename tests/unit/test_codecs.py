@@ -252,7 +252,7 @@ def _accepted(residuals: Residuals, round_no: int, rerun_safe: bool = True) -> b
     )
     assert residual is not None
     residuals.save("run-a", round_no, residual)
-    return data
+    return data.join()
 
 
 def test_the_residual_survives_a_new_store_and_a_new_run_starts_from_zero(
@@ -289,7 +289,7 @@ def test_a_refused_upload_leaves_the_residual_as_it_was(tmp_path: pathlib.Path) 
     _accepted(residuals, 1)
     refused, _ = encode_update(TopK(0.2), MODEL_10, TRAINED_10, residuals, "run-a", 2, False)
     # not saved: the next fit starts from round 1's residual, as if round 2 never trained
-    assert _accepted(residuals, 3, rerun_safe=False) == refused
+    assert _accepted(residuals, 3, rerun_safe=False) == refused.join()
 
 
 # ---- configuration ----

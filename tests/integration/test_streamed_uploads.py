@@ -1,0 +1,72 @@
+"""A site's upload sent from its trained tensors (`blobs.Pieces`) between the real server and
+real agents over loopback gRPC: tensors of several dtypes, one spanning chunk boundaries, empty
+and Fortran-ordered ones, reach the server as the blob `encode` would have made of them."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from quorum.task import EvalResult, FitResult, JSONConfig
+from quorum.wire import blobs
+from tests.integration.harness import federation, run_config
+
+LONG = 300_001
+"""float32 values of the long tensor: 1.14 MiB, so chunk boundaries fall inside it."""
+
+
+@dataclass(frozen=True)
+class ShiftSite:
+    delta: float
+
+    def fit(self, params: blobs.Params, config: JSONConfig) -> FitResult:
+        out = {name: (value + self.delta).astype(value.dtype) for name, value in params.items()}
+        out["grid"] = np.asfortranarray(out["grid"])  # not C-contiguous: sent as its values
+        return FitResult(out, num_examples=1)
+
+    def evaluate(self, params: blobs.Params, config: JSONConfig) -> EvalResult:
+        return EvalResult(1, {})
+
+
+class ShiftTask:
+    def initial_parameters(self, seed: int) -> blobs.Params:
+        return {
+            "long": np.zeros(LONG, np.float32),
+            "grid": np.zeros((129, 33), np.float32),
+            "wide": np.zeros(7, np.float64),
+            "steps": np.zeros(3, np.int64),
+            "empty": np.zeros((0, 5), np.float32),
+        }
+
+    def site(self, data: str, device: str, seed: int) -> ShiftSite:
+        return ShiftSite(float(data))
+
+
+TASK = ShiftTask()
+TASK_REF = "tests.integration.test_streamed_uploads:TASK"
+
+
+def test_uploads_streamed_from_trained_tensors_fold_into_the_round(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        cfg = run_config(task=TASK_REF, rounds=2, fraction_evaluate=0.0)
+        async with federation(tmp_path, [cfg]) as fed:
+            for name, delta in (("a", "1"), ("b", "3")):
+                fed.add_site(name, "", site_task=TASK.site(delta, "cpu", 0), task_ref=TASK_REF)
+            run = await fed.wait_run()
+            model, _ = fed.services.checkpoints.open(run["id"], 2)
+            params = model.params()
+            assert {k: (v.dtype, v.shape) for k, v in params.items()} == {
+                k: (v.dtype, v.shape) for k, v in TASK.initial_parameters(0).items()
+            }
+            for value in params.values():  # each round adds the mean of 1 and 3
+                np.testing.assert_array_equal(value, np.full(value.shape, 4, value.dtype))
+            detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/2")
+            fits = [p for p in detail["participants"] if p["kind"] == "fit"]
+            assert [p["status"] for p in fits] == ["accepted", "accepted"]
+            assert all(p["bytes_in"] == len(model) for p in fits)
+            assert detail["rejected_uploads"] == []
+
+    asyncio.run(scenario())
