@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from quorum.wire.codecs import FOLD_VALUES
 
@@ -175,11 +176,17 @@ class Accumulator:
     it in the kernel's clear_page).
     """
 
-    def __init__(self, numel: int) -> None:
+    def __init__(self, numel: int, vector: np.ndarray | None = None) -> None:
+        """`vector`: float64, `numel` values, to make the sum in (its values are not read): a
+        run's sums, one round after the other, in one vector whose pages are faulted in once."""
         if numel < 0:
             raise ValueError(f"numel must be non-negative, got {numel}")
         self._numel = int(numel)
-        self._sum = np.empty(self._numel, dtype=np.float64)
+        if vector is None:
+            vector = np.empty(self._numel, dtype=np.float64)
+        elif vector.shape != (self._numel,) or vector.dtype != np.float64:
+            raise ValueError(f"a sum of {numel} values needs a float64 vector of that many")
+        self._sum: npt.NDArray[np.float64] = vector
         self._prefault = Prefault(self._sum)
         self._scratch = Scratch(min(self._numel, FOLD_BLOCK))
         self._count = 0

@@ -276,10 +276,12 @@ class BoundedSum:
     `norm_bound`, and `mean()` is `current` plus the example-weighted mean of the clipped
     updates. Memory: an `Accumulator` and one float32 row."""
 
-    def __init__(self, current: np.ndarray, norm_bound: float) -> None:
+    def __init__(
+        self, current: np.ndarray, norm_bound: float, vector: np.ndarray | None = None
+    ) -> None:
         self.current = current
         self.norm_bound = norm_bound
-        self._sum = Accumulator(current.shape[0])
+        self._sum = Accumulator(current.shape[0], vector)
         self._row = np.empty((1, current.shape[0]), dtype=np.float32)
 
     @property
@@ -304,10 +306,13 @@ class BoundedSum:
         return mean
 
 
-def round_sum(rule: RobustRule, current: np.ndarray, cohort: int) -> RoundSum:
-    """What a round of `cohort` sites folds its updates into under `rule`."""
+def round_sum(
+    rule: RobustRule, current: np.ndarray, cohort: int, vector: np.ndarray | None = None
+) -> RoundSum:
+    """What a round of `cohort` sites folds its updates into under `rule`; a streaming sum is
+    made in `vector` when given (`Accumulator`)."""
     if rule.keeps_updates:
         return UpdateMatrix(rule, current, cohort)
     if rule.norm_bound is not None:
-        return BoundedSum(current, rule.norm_bound)
-    return Accumulator(current.shape[0])
+        return BoundedSum(current, rule.norm_bound, vector)
+    return Accumulator(current.shape[0], vector)

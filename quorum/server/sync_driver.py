@@ -54,6 +54,8 @@ class SyncDriver:
         self.strategy = self.config.server_strategy()
         self.rule = self.config.robust_rule
         self.central = CentralDP(self.config.central_dp) if self.config.central_dp.enabled else None
+        # Every round's streaming sum is made in this one vector (`_sum_vector`).
+        self._sum: tuple[Phase, np.ndarray] | None = None
 
     async def run(self) -> None:
         cfg = self.config
@@ -135,7 +137,8 @@ class SyncDriver:
         else:
             fit = await self._fit_phase(round_no, attempt, model, layout, current)
             # The plain streaming sum, or the round's updates kept for a robust rule.
-            total = fit.accumulator = round_sum(self.rule, current, len(cohort))
+            vector = await self._sum_vector(fit, layout.numel)
+            total = fit.accumulator = round_sum(self.rule, current, len(cohort), vector)
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(total.count, cohort, fit)
             # Its mean is read block by block as the new model is written, in a thread.
@@ -186,6 +189,21 @@ class SyncDriver:
             json.dumps(metrics.get("evaluate", {})),
         )
         return new_model
+
+    async def _sum_vector(self, fit: Phase, numel: int) -> np.ndarray:
+        """The run's float64 vector for `fit`'s sum: made once, its pages faulted in once (a
+        new one per round cost the faults of twice the model's bytes every round, a second of
+        CPU per GB here). Handed over once the last phase that summed in it is closed and no
+        fold of it still runs (an aborted attempt's fold finishes under its fold lock)."""
+        if self._sum is None:
+            vector = np.empty(numel, np.float64)
+        else:
+            last, vector = self._sum
+            assert last.closed  # its round ended, or the attempt was aborted
+            async with last.fold_lock:
+                pass
+        self._sum = (fit, vector)
+        return vector
 
     async def _account(self, round_no: int, attempt: int, release: RoundRelease) -> None:
         assert self.central is not None

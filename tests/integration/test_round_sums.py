@@ -1,4 +1,5 @@
-"""A round's sum is let go when its round ends, by reference counting alone."""
+"""A round's sum is let go when its round ends, by reference counting alone; the vector it is
+made in is the run's, the same every round."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import gc
 import pathlib
 import weakref
 
+import numpy as np
 import pytest
 
 from quorum.aggregation import accumulator
@@ -18,11 +20,13 @@ def test_a_rounds_sum_is_freed_when_its_round_ends_without_the_cycle_collector(
 ) -> None:
     sums: list[weakref.ref[accumulator.Accumulator]] = []
     alive_when_made: list[int] = []
+    vectors: list[np.ndarray | None] = []
     made = accumulator.Accumulator.__init__
 
-    def spy(self: accumulator.Accumulator, numel: int) -> None:
+    def spy(self: accumulator.Accumulator, numel: int, vector: np.ndarray | None = None) -> None:
         alive_when_made.append(sum(r() is not None for r in sums))
-        made(self, numel)
+        vectors.append(vector)
+        made(self, numel, vector)
         sums.append(weakref.ref(self))
 
     monkeypatch.setattr(accumulator.Accumulator, "__init__", spy)
@@ -42,3 +46,5 @@ def test_a_rounds_sum_is_freed_when_its_round_ends_without_the_cycle_collector(
         gc.enable()
     assert len(alive_when_made) >= 3
     assert alive_when_made == [0] * len(alive_when_made)
+    # Every round's sum is made in the run's one vector, faulted in once.
+    assert vectors[0] is not None and all(v is vectors[0] for v in vectors)

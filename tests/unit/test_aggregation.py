@@ -479,3 +479,21 @@ def test_a_sum_dropped_before_its_first_fold_is_not_kept_by_its_prefault() -> No
     del total
     prefault.wait()
     assert held() is None
+
+
+def test_a_sum_made_in_a_reused_vector_is_the_fresh_sum() -> None:
+    rng = np.random.default_rng(5)
+    updates = [rng.normal(size=FOLD_BLOCK + 17).astype(np.float32) for _ in range(3)]
+    vector = np.full(FOLD_BLOCK + 17, np.nan)  # a last round's leftovers are never read
+    for _ in range(2):  # two rounds in the one vector
+        reused, fresh = Accumulator(vector.shape[0], vector), Accumulator(vector.shape[0])
+        for weight, update in zip((1.0, 3.0, 0.5), updates, strict=True):
+            reused.fold(update, weight)
+            fresh.fold(update, weight)
+        assert np.array_equal(reused.mean(), fresh.mean())
+
+
+@pytest.mark.parametrize("vector", [np.empty(4), np.empty(5, np.float32)])
+def test_a_sum_refuses_a_vector_of_another_size_or_dtype(vector: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="float64 vector"):
+        Accumulator(5, vector)
