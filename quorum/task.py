@@ -25,6 +25,10 @@ JSONConfig = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class FitResult:
+    """`params` are uploaded from these arrays themselves, with no encoded copy of the model:
+    they must stay as they are until the upload is over (arrays the task does not touch again
+    before its next fit or evaluation, as `TorchTask`'s copies are, are fine)."""
+
     params: Params
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
