@@ -16,10 +16,11 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from quorum.config import RunConfig
 from quorum.errors import SecAggError, UploadRejected
@@ -48,6 +49,7 @@ from quorum.server.phases import (
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
 from quorum.wire.secagg import (
     keys_from_pb,
     keys_to_pb,
@@ -60,6 +62,29 @@ T = TypeVar("T")
 
 STAGES = ("advertise-keys", "share-keys", "masked-input", "unmask")
 _MESSAGE_OF_STAGE = {"advertise-keys": "keys", "share-keys": "shares", "unmask": "unmask"}
+
+
+MASK_BLOCK = 1 << 18
+"""Values of a masked upload read from its spool at a time (1 MiB)."""
+
+
+class SpooledMask:
+    """A checked masked upload's vector (`MaskedBlocks`), read from its spool a block at a
+    time: the round's sum is its only vector of the model's size."""
+
+    def __init__(self, file: BlobFile) -> None:
+        (tensor,) = file.layout.tensors  # checked against `masked_layout`
+        self.length = tensor.numel
+        self._file = file
+        self._offset = file.layout.data_offset + tensor.start
+
+    def blocks(self) -> Iterator[tuple[int, npt.NDArray[np.uint32]]]:
+        for start in range(0, self.length, MASK_BLOCK):
+            count = min(MASK_BLOCK, self.length - start)
+            data = self._file.read(self._offset + 4 * start, 4 * count)
+            if len(data) != 4 * count:
+                raise OSError(f"the spool ended at value {start + len(data) // 4}")
+            yield start, np.frombuffer(data, "<u4")
 
 
 @functools.lru_cache(maxsize=4)
@@ -384,22 +409,20 @@ class SecureFit(PhaseHandler):
         file = await asyncio.to_thread(
             validation.check_blob, upload, header.digest, self.phase.layout
         )
-        data = await asyncio.to_thread(upload.read)  # taken over: the first becomes the sum
         async with folding(task):
-            await self.add_masked(task, data, file.layout)
+            await self.add_masked(task, SpooledMask(file))
         accepted(0)  # the weight is in the masked sum
 
-    async def add_masked(self, task: PendingTask, data: blobs.Buffer, layout: blobs.Layout) -> None:
-        """Folds a validated masked vector into the sum; the caller holds the phase's fold
-        lock. The upload's buffer is handed over: the first becomes the sum in place."""
+    async def add_masked(self, task: PendingTask, vector: SpooledMask) -> None:
+        """Folds a validated masked vector into the sum, read from its spool a block at a
+        time; the caller holds the phase's fold lock."""
         if self.stage != "masked-input":
             raise UploadRejected("task_closed", "the masked-input stage closed at its deadline")
-        vector = blobs.decode(data, layout)[MASKED_TENSOR]
         index = self.index[task.id]
         server = self.server
         assert server is not None  # set for as long as the stage is open
         try:
-            await to_the_end(lambda: server.add_masked(index, vector, owned=True))
+            await to_the_end(lambda: server.add_masked(index, vector))
         except SecAggError as exc:
             raise UploadRejected("secagg_protocol", str(exc)) from None
         self.answered["masked-input"].add(index)

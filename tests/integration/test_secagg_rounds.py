@@ -14,6 +14,7 @@ import pytest
 from quorum.client.agent import SimulatedCrash, StageHook
 from quorum.privacy.secagg import ServerRound, encode_update, error_bound
 from quorum.proto import federation_pb2 as pb
+from quorum.server.secure_fit import SpooledMask
 from quorum.server.sessions import Session
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobWriter
@@ -67,11 +68,11 @@ def test_secure_rounds_give_fedavg_and_the_server_never_holds_an_update(
     received: list[np.ndarray] = []
     original = ServerRound.add_masked
 
-    def spy(self: ServerRound, index: int, vector: np.ndarray, *, owned: bool = False) -> None:
-        # The upload's own buffer is handed over, and can be: the first one becomes the sum.
-        assert owned and vector.flags.writeable
-        received.append(np.array(vector, copy=True))
-        original(self, index, vector, owned=owned)
+    def spy(self: ServerRound, index: int, vector: SpooledMask) -> None:
+        # Read from the upload's spool a block at a time, never whole.
+        assert isinstance(vector, SpooledMask)
+        received.append(np.concatenate([values.copy() for _, values in vector.blocks()]))
+        original(self, index, vector)
 
     monkeypatch.setattr(ServerRound, "add_masked", spy)
 

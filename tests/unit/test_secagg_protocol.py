@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -390,26 +390,62 @@ def test_server_keeps_one_running_sum_and_no_individual_update() -> None:
         assert not any(np.array_equal(held[0], u) for u in updates)
 
 
-def test_an_owned_first_vector_becomes_the_sum_in_place_and_the_sum_stays_exact() -> None:
-    """The server hands over each upload's buffer: the first one is the running sum, no vector
-    of its own beside the uploads; a read-only one is copied instead."""
+class _Blocks:
+    """A masked vector as blocks (how the server reads an upload from its spool), or blocks
+    that go wrong after the first one."""
+
+    def __init__(self, vector: np.ndarray, size: int, broken: str | None = None) -> None:
+        self.length = int(vector.shape[0])
+        self._vector, self._size, self._broken = vector, size, broken
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.length, self._size):
+            if start and self._broken == "read":
+                raise OSError("the spool ended")
+            if start and self._broken == "order":
+                start += 1
+            yield start, self._vector[start : start + self._size].copy()
+
+
+def test_masked_vectors_in_blocks_give_the_exact_sum() -> None:
     n, length = 4, 9
-    for writeable in (True, False):
-        cohort = make_cohort(n, 3, 2, length)
-        server = cohort.server
-        updates = random_updates(n, length)
-        inbox, _ = _through_share_keys(cohort)
-        first = bytearray(mask_update(cohort.clients[0], inbox[0], updates[0]).tobytes())
-        vector = np.frombuffer(first if writeable else bytes(first), dtype=np.uint32)
-        server.add_masked(0, vector, owned=True)
-        (held,) = [v for v in vars(server).values() if isinstance(v, np.ndarray)]
-        assert np.shares_memory(held, vector) is writeable
-        for i in range(1, n):
-            server.add_masked(i, mask_update(cohort.clients[i], inbox[i], updates[i]), owned=True)
-        request = server.close_masked()
-        for i in range(n):
-            server.receive_unmask(i, cohort.clients[i].unmask(request))
-        assert np.array_equal(server.finish(), plain_sum(updates, range(n), length))
+    cohort = make_cohort(n, 3, 2, length)
+    server = cohort.server
+    updates = random_updates(n, length)
+    inbox, _ = _through_share_keys(cohort)
+    for i in range(n):
+        masked = mask_update(cohort.clients[i], inbox[i], updates[i])
+        server.add_masked(i, _Blocks(masked, size=i + 1) if i % 2 else masked)
+    request = server.close_masked()
+    for i in range(n):
+        server.receive_unmask(i, cohort.clients[i].unmask(request))
+    assert np.array_equal(server.finish(), plain_sum(updates, range(n), length))
+
+
+@pytest.mark.parametrize("broken", ["read", "order"])
+def test_a_masked_vector_that_cannot_be_read_whole_never_corrupts_a_sum(broken: str) -> None:
+    n, length = 4, 9
+    cohort = make_cohort(n, 3, 2, length)
+    server = cohort.server
+    updates = random_updates(n, length)
+    inbox, _ = _through_share_keys(cohort)
+    masked = [mask_update(cohort.clients[i], inbox[i], updates[i]) for i in range(n)]
+    # The first: no sum yet, so the vector is refused and the round goes on without it.
+    with pytest.raises(SecAggError, match="could not be read whole"):
+        server.add_masked(0, _Blocks(masked[0], 4, broken))
+    assert server.masked == frozenset()
+    for i in range(1, n):
+        server.add_masked(i, masked[i])
+    # A later one: part of it is in the sum, which cannot give the right total: the round ends.
+    cohort = make_cohort(n, 3, 2, length)
+    server = cohort.server
+    inbox, _ = _through_share_keys(cohort)
+    server.add_masked(0, mask_update(cohort.clients[0], inbox[0], updates[0]))
+    second = mask_update(cohort.clients[1], inbox[1], updates[1])
+    with pytest.raises(SecAggError, match="round aborted"):
+        server.add_masked(1, _Blocks(second, 4, broken))
+    with pytest.raises(SecAggError, match="aborted"):
+        server.add_masked(2, mask_update(cohort.clients[2], inbox[2], updates[2]))
 
 
 # --- attacks and tampering ---------------------------------------------------------------------

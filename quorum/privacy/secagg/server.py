@@ -13,7 +13,8 @@ with too few sites, or shares that do not rebuild a secret, ends the round with 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,35 @@ class _Stage(enum.Enum):
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
+
+
+def _fold(
+    total: npt.NDArray[np.uint32],
+    blocks: Iterable[tuple[int, npt.NDArray[np.uint32]]],
+    first: bool,
+) -> None:
+    """Writes (`first`) or adds, modulo 2^32 (uint32 addition wraps), blocks covering `total`."""
+    end = 0
+    for start, block in blocks:
+        if start != end or block.dtype != np.uint32:
+            raise ValueError(f"blocks out of order at {start}, or not uint32")
+        end = start + block.shape[0]
+        if first:
+            total[start:end] = block
+        else:
+            np.add(total[start:end], block, out=total[start:end])
+    if end != total.shape[0]:
+        raise ValueError(f"blocks cover {end} of {total.shape[0]} values")
+
+
+class MaskedBlocks(Protocol):
+    """A masked vector of `length` uint32 values as consecutive (start, values) blocks, each
+    valid until the next is asked for."""
+
+    @property
+    def length(self) -> int: ...
+
+    def blocks(self) -> Iterator[tuple[int, npt.NDArray[np.uint32]]]: ...
 
 
 class ServerRound:
@@ -214,34 +244,37 @@ class ServerRound:
 
     # --- masked input -----------------------------------------------------------------------
 
-    def add_masked(
-        self, index: int, vector: npt.NDArray[np.uint32], *, owned: bool = False
-    ) -> None:
-        """Folds a site's masked vector into the running sum. `owned`: the caller hands the
-        vector over (an upload's buffer it drops afterwards), so the first one, if writeable,
-        becomes the sum in place: the sum then costs no vector of its own beside the uploads
-        being received (the same values as a copy: the first masked vector is the sum of
-        one)."""
+    def add_masked(self, index: int, vector: npt.NDArray[np.uint32] | MaskedBlocks) -> None:
+        """Folds a site's masked vector into the running sum, whole or a block at a time (an
+        upload read from its spool): the sum is the round's one vector of its own, written by
+        the first (the first masked vector is the sum of one) and added to by the others."""
         self._expect(_Stage.MASK, f"masked vector from site {index}")
         if index not in self._shares:
             raise SecAggError(f"masked vector from site {index}: it did not share keys")
         if index in self._masked:
             raise SecAggError(f"masked vector from site {index}: already received")
-        if (
-            not isinstance(vector, np.ndarray)
-            or vector.dtype != np.uint32
-            or vector.shape != (self._length,)
-        ):
+        blocks: Iterable[tuple[int, npt.NDArray[np.uint32]]]
+        if isinstance(vector, np.ndarray):
+            fits = vector.dtype == np.uint32 and vector.shape == (self._length,)
+            blocks = [(0, vector)]
+        else:
+            fits = vector.length == self._length
+            blocks = vector.blocks()
+        if not fits:
             raise SecAggError(
                 f"masked vector from site {index}: expected a uint32 vector of length "
                 f"{self._length}"
             )
-        if self._sum is not None:
-            np.add(self._sum, vector, out=self._sum)
-        elif owned and vector.flags.writeable and vector.flags.c_contiguous:
-            self._sum = vector
-        else:
-            self._sum = vector.copy()
+        first = self._sum is None
+        total = np.empty(self._length, np.uint32) if self._sum is None else self._sum
+        try:
+            _fold(total, blocks, first)
+        except (OSError, ValueError) as exc:
+            message = f"masked vector from site {index} could not be read whole: {exc}"
+            if first:  # nothing of it is in a sum yet
+                raise SecAggError(message) from None
+            raise self._abort(f"round aborted: {message}; the sum holds part of it") from None
+        self._sum = total
         self._masked.add(index)
 
     def _recoverable(self, survivors: frozenset[int], dropped: frozenset[int]) -> None:
