@@ -1,4 +1,4 @@
-"""The server's bound on uploads held in memory at once, by count and by bytes."""
+"""The server's bound on uploads received at once, by count and by bytes."""
 
 from __future__ import annotations
 
