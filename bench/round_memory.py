@@ -10,11 +10,11 @@ transfer floor (bench/loopback.py: N concurrent fetches, then N concurrent pushe
 bytes over loopback gRPC) and prints the sync round time against it.
 
     python bench/round_memory.py --params 250000000 --nodes 2     # 1 GB model, ~10 GB of RAM
-    python bench/round_memory.py --params 560000000 --nodes 2     # 2.24 GB: a larger machine
+    python bench/round_memory.py --params 560000000 --nodes 2     # 2.24 GB, ~15 GB of RAM
 
-At P = 560M the model is past protobuf's 2 GiB limit (it is sent in 1 MiB chunks) and a run
-needs about 3 x 2.24 GB for the server plus as much per site, with disk for two checkpoints:
-more than this 24 GiB, 2-core machine has while other work runs on it.
+At P = 560M the model is past protobuf's 2 GiB limit (it is sent in 1 MiB chunks); a run needs
+about 2 x 2.24 GB for the server and as much per site, page cache for the uploads' spools and
+disk for the checkpoints: it fits this 24 GiB, 2-core machine when nothing else large runs.
 """
 
 from __future__ import annotations
