@@ -221,7 +221,10 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 async def _receive(
     incoming: AsyncIterator[pb.UploadMessage], size: int, pool: SpoolPool
 ) -> Received:
-    file = pool.take()
+    try:
+        file = pool.take()
+    except OSError as exc:  # no spool could be made (its folder, its disk)
+        raise _spool_failed(exc) from None
     blob = Incoming(file)
     try:
         async for message in incoming:
@@ -241,14 +244,16 @@ async def _receive(
         return Received(file, digest, pool.give)
     except OSError as exc:  # the spool's disk (full, gone): the site is not at fault
         file.close()
-        raise UploadRejected(
-            "spool_failed", f"the server could not keep the upload: {exc}"
-        ) from None
+        raise _spool_failed(exc) from None
     except BaseException:
         with contextlib.suppress(Exception):
             await blob.finish()  # no chunk is still being written when the spool goes back
         pool.give(file)
         raise
+
+
+def _spool_failed(exc: OSError) -> UploadRejected:
+    return UploadRejected("spool_failed", f"the server could not keep the upload: {exc}")
 
 
 def _refused(exc: UploadRejected) -> pb.UploadReply:

@@ -14,7 +14,6 @@ its neighbours renormalise their weights around it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,14 @@ from quorum.fitconfig import FitConfig
 from quorum.privacy import gossip_channel as channel
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
-from quorum.server.phases import Accepted, PendingTask, Phase, PhaseHandler, RoundAborted
+from quorum.server.phases import (
+    Accepted,
+    PendingTask,
+    Phase,
+    PhaseHandler,
+    RoundAborted,
+    to_the_end,
+)
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
 
@@ -337,7 +343,8 @@ class GossipRound(PhaseHandler):
         digest = upload.digest
         if digest != header.digest:
             raise UploadRejected("digest_mismatch", "the parcel does not hash to its digest")
-        data = bytes(await asyncio.to_thread(upload.read))
+        # To the end, cancelled or not: the spool is written over by the next upload next.
+        data = bytes(await to_the_end(upload.read))
         i, r = self.index[task.id], header.gossip.receiver
         async with self.phase.fold_lock:
             if self.stage != "send":

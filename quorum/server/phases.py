@@ -117,10 +117,12 @@ class PlainPhase(PhaseHandler):
     ) -> None:
         phase = task.phase
         update: Update
+        # The checks read the upload's spool: to the end, for the spool goes back to be
+        # written over by the next upload as soon as this returns, cancelled or not.
         if phase.codec is not None:
             if phase.reference is None:  # closed while the upload came in
                 raise task_closed(task.id)
-            update = await asyncio.to_thread(
+            update = await to_the_end(
                 validation.check_encoded,
                 upload,
                 header.digest,
@@ -129,9 +131,7 @@ class PlainPhase(PhaseHandler):
                 phase.layout,
             )
         else:
-            update = await asyncio.to_thread(
-                validation.check_blob, upload, header.digest, phase.layout
-            )
+            update = await to_the_end(validation.check_blob, upload, header.digest, phase.layout)
         num_examples = int(header.num_examples)
         async with folding(task):
             assert phase.accumulator is not None

@@ -406,9 +406,8 @@ class SecureFit(PhaseHandler):
         upload: validation.Received,
         accepted: Accepted,
     ) -> None:
-        file = await asyncio.to_thread(
-            validation.check_blob, upload, header.digest, self.phase.layout
-        )
+        # To the end, cancelled or not: the spool is written over by the next upload next.
+        file = await to_the_end(validation.check_blob, upload, header.digest, self.phase.layout)
         async with folding(task):
             await self.add_masked(task, SpooledMask(file))
         accepted(0)  # the weight is in the masked sum

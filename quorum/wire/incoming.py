@@ -10,6 +10,7 @@ with its own words, that each chunk fits and that the blob is whole before `fini
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 from typing import Protocol
 
@@ -32,17 +33,29 @@ class Incoming:
         self.received += len(chunk)
         # In order: the previous chunk is written before this one starts (hashlib and file
         # writes let go of the GIL, so this runs beside the next chunk's arrival).
-        if self._taking is not None:
-            await self._taking
+        await self._written()
         self._taking = asyncio.ensure_future(asyncio.to_thread(self._take, chunk))
 
     def _take(self, chunk: bytes) -> None:
         self._sha.update(chunk)
-        self._sink.write(chunk)
+        # A file may take part of a write without an error (its disk filling up): the rest is
+        # written again, and fails, rather than leave the spool short of what was hashed.
+        view = memoryview(chunk)
+        while view:
+            written = self._sink.write(view)
+            if not written:
+                raise OSError(errno.EIO, "the sink took none of a write")
+            view = view[written:]
 
     async def finish(self) -> str:
-        """Waits for the last chunk to be written; the blob's SHA-256 (hex)."""
-        if self._taking is not None:
-            await self._taking
-            self._taking = None
+        """Waits for the last chunk to be written; the blob's SHA-256 (hex). Also what a
+        receiver cancelled meanwhile awaits before it lets the sink go."""
+        await self._written()
+        self._taking = None
         return self._sha.hexdigest()
+
+    async def _written(self) -> None:
+        # Shielded: a cancelled receiver (its sender hung up) cannot stop the thread, and the
+        # write must stay awaitable until it is over, not end cancelled while it still runs.
+        if self._taking is not None:
+            await asyncio.shield(self._taking)

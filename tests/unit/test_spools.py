@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import resource
+import threading
 from collections.abc import AsyncIterator
+from typing import BinaryIO, cast
 
 import numpy as np
 import pytest
@@ -99,4 +101,98 @@ def test_a_spool_that_cannot_be_written_refuses_the_upload(tmp_path: pathlib.Pat
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert refused.value.code == "spool_failed"
     assert "could not keep the upload" in refused.value.message
+    assert pool.idle == 0
+
+
+def test_a_chunk_the_spool_takes_only_part_of_is_not_taken_for_the_upload(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A write may take fewer bytes than given (the disk filling up: a file size limit here)
+    with no error; on the last chunk nothing else would fail. The spool, a reused one that still
+    holds another upload's bytes, must not pass for the upload its digest was taken over."""
+    pool = SpoolPool(tmp_path, keep=1)
+    _upload(pool, b"a" * 300).close()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150, hard))
+    try:
+        with pytest.raises(UploadRejected) as refused:
+            asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), 200, pool))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert refused.value.code == "spool_failed"
+
+
+class _GatedSpool:
+    """A spool whose writes wait for `gate`: a chunk's write still running when the upload is
+    cancelled."""
+
+    def __init__(self, file: BinaryIO, events: list[str]) -> None:
+        self.file = file
+        self.events = events
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+    def write(self, data: bytes) -> int:
+        self.entered.set()
+        self.gate.wait(timeout=30)
+        written = self.file.write(data)
+        self.events.append("written")
+        return written
+
+
+class _GatedPool(SpoolPool):
+    def __init__(self, directory: pathlib.Path) -> None:
+        super().__init__(directory, keep=1)
+        self.events: list[str] = []
+        self.spool: _GatedSpool | None = None
+
+    def take(self) -> BinaryIO:
+        self.spool = _GatedSpool(super().take(), self.events)
+        return cast(BinaryIO, self.spool)
+
+    def give(self, file: BinaryIO) -> None:
+        self.events.append("given")
+        super().give(cast(_GatedSpool, file).file)
+
+
+def test_a_cancelled_upload_gives_its_spool_back_once_its_last_write_is_over(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The site hangs up while a chunk is being written: the spool goes back for the next
+    upload, and only once nothing writes it any more."""
+    pool = _GatedPool(tmp_path)
+
+    async def scenario() -> None:
+        drained = asyncio.Event()
+
+        async def messages() -> AsyncIterator[pb.UploadMessage]:
+            yield pb.UploadMessage(chunk=b"x" * 100)
+            drained.set()  # the upload now waits for that chunk's write
+
+        receiving = asyncio.ensure_future(_receive(messages(), 100, pool))
+        await drained.wait()
+        assert pool.spool is not None
+        await asyncio.to_thread(pool.spool.entered.wait, 30)
+        receiving.cancel()
+        asyncio.get_running_loop().call_soon(pool.spool.gate.set)
+        with pytest.raises(asyncio.CancelledError):
+            await receiving
+
+    asyncio.run(scenario())
+    assert pool.events == ["written", "given"]
+    assert pool.idle == 1
+
+
+def test_a_spool_that_cannot_be_made_refuses_the_upload(tmp_path: pathlib.Path) -> None:
+    """The spool folder cannot be made (a file is in its place): the upload is refused with
+    its reason, as when the spool cannot be written, not failed with an OSError."""
+    (tmp_path / "uploads").write_bytes(b"")
+    pool = SpoolPool(tmp_path / "uploads", keep=1)
+    with pytest.raises(UploadRejected) as refused:
+        asyncio.run(_receive(_messages([b"x" * 100]), 100, pool))
+    assert refused.value.code == "spool_failed"
     assert pool.idle == 0
