@@ -62,8 +62,8 @@ class Received:
             raise UploadRejected("malformed_blob", str(exc)) from None
 
     def read(self) -> bytearray:
-        """The whole upload in memory, writable: for what takes it over whole (SecAgg+'s first
-        masked upload becomes its sum, a gossip parcel is relayed as it came)."""
+        """The whole upload in memory, writable: for what needs it whole (a compressed update's
+        checks and decoding, a gossip parcel relayed as it came)."""
         data = bytearray(self.size)
         view, done = memoryview(data), 0
         while done < self.size:  # a read returns at most 2 GiB - 4 KiB on Linux
