@@ -149,6 +149,12 @@ class PlainPhase(PhaseHandler):
                 if folded:  # the site hung up, yet its update is in the sum: record it so
                     accepted(num_examples)
                 raise
+            except UploadRejected:  # refused before any of it was folded (a stale update)
+                raise
+            except Exception as exc:
+                # Part of the update may be in the sum, which a float sum cannot take back.
+                phase.broken = f"the update of site {task.site} could not be folded whole: {exc}"
+                raise UploadRejected("fold_failed", phase.broken) from None
         accepted(num_examples)
 
     def result(self, task: PendingTask, result: pb.TaskResult) -> SiteResult:
@@ -181,6 +187,8 @@ async def folding(task: PendingTask) -> AsyncIterator[None]:
     async with task.phase.fold_lock:
         if task.phase.closed:
             raise task_closed(task.id)
+        if task.phase.broken is not None:
+            raise UploadRejected("round_broken", f"the round's sum is lost: {task.phase.broken}")
         yield
 
 
@@ -256,6 +264,9 @@ class Phase:
     failures: list[str] = field(default_factory=list)
     """The errors of the tasks whose sites reported that they failed."""
     closed: bool = False
+    broken: str | None = None
+    """Why the phase's sum can no longer be used: a fold stopped partway (the upload's spool
+    could not be read whole) left part of an update in it. Its round is aborted."""
     fold_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _answered: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)

@@ -222,6 +222,8 @@ class SyncDriver:
             self.central.load_state(state)
 
     def _check_enough(self, accepted: int, cohort: list[Session], fit: Phase) -> None:
+        if fit.broken is not None:
+            raise RoundAborted(fit.broken)
         errors = set(fit.failures)
         if accepted == 0 and len(fit.failures) == len(cohort) and len(errors) == 1:
             raise RunFailed(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from quorum.wire.blobfiles import BlobFile
 from tests.integration.harness import federation, first_aborted, run_config
 from tests.vector_task import expected_fedavg
 
@@ -198,5 +200,39 @@ def test_a_long_run_keeps_a_bounded_number_of_checkpoints(tmp_path: pathlib.Path
             ]
             for value in _final_model(fed, run["id"], 12).values():
                 np.testing.assert_allclose(value, 12.0)
+
+    asyncio.run(scenario())
+
+
+def test_an_update_not_folded_whole_aborts_the_attempt_and_leaves_no_trace(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold that stops partway (its upload's spool unreadable, as a disk error would leave it)
+    may have put part of the update in the sum, which a float sum cannot take back: the site's
+    upload is refused, the attempt aborted and run again, and the final model is the FedAvg of
+    the sites' updates alone."""
+    folded = BlobFile.blocks
+    failures: list[int] = []
+
+    def fails_once(self: BlobFile) -> Iterator[tuple[int, np.ndarray]]:
+        yield from folded(self)  # every value of the update is in the sum...
+        if not failures:
+            failures.append(1)  # ...and then the read fails, before the fold is counted
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(BlobFile, "blocks", fails_once)
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [run_config(rounds=1, min_fit_sites=2)]) as fed:
+            fed.add_site("a", "delta=1.0,n=10,acc=0.9")
+            fed.add_site("b", "delta=2.0,n=30,acc=0.6")
+            run = await fed.wait_run()
+            assert run["rounds_completed"] == 1
+            for value in _final_model(fed, run["id"], 1).values():
+                np.testing.assert_allclose(value, expected_fedavg(1, [(1.0, 10), (2.0, 30)]))
+            detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            (aborted,) = detail["earlier_attempts"]
+            assert aborted["status"] == "aborted"
+            assert "could not be folded whole" in aborted["abort_reason"]
 
     asyncio.run(scenario())
