@@ -115,9 +115,12 @@ class SecureFit(PhaseHandler):
         rng: random.Random,
         numel: int,
         dp_noise: tuple[float, float] | None = None,
+        sum_vector: npt.NDArray[np.uint32] | None = None,
     ) -> None:
         """`dp_noise` = (clipping norm, noise standard deviation per site) of distributed DP:
-        every site clips its update and adds its share of the noise, and counts once."""
+        every site clips its update and adds its share of the noise, and counts once.
+        `sum_vector`: where the masked sum is made (`ServerRound`), numel + 1 values."""
+        self.sum_vector = sum_vector
         settings = config.secagg
         self.services = services
         self.phase = phase
@@ -238,6 +241,7 @@ class SecureFit(PhaseHandler):
             self.threshold,
             self.vector_length,
             identity_keys=self.identity_keys,
+            sum_vector=self.sum_vector,
         )
 
     async def _stages(self, server: ServerRound) -> tuple[np.ndarray, int]:

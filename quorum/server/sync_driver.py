@@ -114,7 +114,10 @@ class SyncDriver:
             noise = None
             if self.central is not None:
                 noise = (self.central.clipping_norm, self.central.site_noise_stddev(len(cohort)))
-            secure = SecureFit(self.services, fit, cohort, cfg, rng, layout.numel, noise)
+            vector = await self._sum_vector(fit, layout.numel + 1, np.uint32)
+            secure = SecureFit(
+                self.services, fit, cohort, cfg, rng, layout.numel, noise, sum_vector=vector
+            )
             try:
                 decoded, examples, accepted = await secure.run(fit_config, cfg.task)
             finally:
@@ -137,7 +140,7 @@ class SyncDriver:
         else:
             fit = await self._fit_phase(round_no, attempt, model, layout, current)
             # The plain streaming sum, or the round's updates kept for a robust rule.
-            vector = await self._sum_vector(fit, layout.numel)
+            vector = await self._sum_vector(fit, layout.numel, np.float64)
             total = fit.accumulator = round_sum(self.rule, current, len(cohort), vector)
             await self._run_phase(fit, cohort, fit_config, cfg.round_timeout_s)
             self._check_enough(total.count, cohort, fit)
@@ -190,13 +193,14 @@ class SyncDriver:
         )
         return new_model
 
-    async def _sum_vector(self, fit: Phase, numel: int) -> np.ndarray:
-        """The run's float64 vector for `fit`'s sum: made once, its pages faulted in once (a
-        new one per round cost the faults of twice the model's bytes every round, a second of
-        CPU per GB here). Handed over once the last phase that summed in it is closed and no
-        fold of it still runs (an aborted attempt's fold finishes under its fold lock)."""
+    async def _sum_vector(self, fit: Phase, length: int, dtype: type[np.generic]) -> np.ndarray:
+        """The run's vector for `fit`'s sum (float64, or SecAgg+'s uint32): made once, its
+        pages faulted in once (a new one per round cost the faults of twice the model's bytes
+        every round, a second of CPU per GB here). Handed over once the last phase that summed
+        in it is closed and no fold of it still runs (an aborted attempt's fold finishes under
+        its fold lock)."""
         if self._sum is None:
-            vector = np.empty(numel, np.float64)
+            vector = np.empty(length, dtype)
         else:
             last, vector = self._sum
             assert last.closed  # its round ended, or the attempt was aborted

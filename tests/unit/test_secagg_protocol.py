@@ -422,6 +422,29 @@ def test_masked_vectors_in_blocks_give_the_exact_sum() -> None:
     assert np.array_equal(server.finish(), plain_sum(updates, range(n), length))
 
 
+def test_rounds_make_their_sums_in_one_given_vector() -> None:
+    """A run hands each round's server the same vector for its sum: the last round's values in
+    it are never read (the first masked vector is written, not added)."""
+    n, length = 4, 9
+    vector = np.full(length, 12345, np.uint32)
+    for seed in range(2):  # two rounds, one vector
+        cohort = make_cohort(n, 3, 2, length, seed=seed)
+        server = ServerRound(CONTEXT, cohort.graph, cohort.threshold, length, sum_vector=vector)
+        cohort = dataclasses.replace(cohort, server=server)
+        updates = random_updates(n, length, seed=seed + 1)
+        inbox, _ = _through_share_keys(cohort)
+        for i in range(n):
+            server.add_masked(i, mask_update(cohort.clients[i], inbox[i], updates[i]))
+        request = server.close_masked()
+        for i in range(n):
+            server.receive_unmask(i, cohort.clients[i].unmask(request))
+        total = server.finish()
+        assert np.shares_memory(total, vector)
+        assert np.array_equal(total, plain_sum(updates, range(n), length))
+    with pytest.raises(SecAggError, match="uint32 vector of 9"):
+        ServerRound(CONTEXT, cohort.graph, 2, length, sum_vector=np.zeros(8, np.uint32))
+
+
 @pytest.mark.parametrize("broken", ["read", "order"])
 def test_a_masked_vector_that_cannot_be_read_whole_never_corrupts_a_sum(broken: str) -> None:
     n, length = 4, 9

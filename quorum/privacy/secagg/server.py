@@ -85,9 +85,17 @@ class ServerRound:
         threshold: int,
         vector_length: int,
         identity_keys: Sequence[bytes] | None = None,
+        sum_vector: npt.NDArray[np.uint32] | None = None,
     ) -> None:
         """`identity_keys` (each site's Ed25519 public key, by index), when given, lets the
-        server refuse a site's badly signed or unusable keys instead of relaying them."""
+        server refuse a site's badly signed or unusable keys instead of relaying them.
+        `sum_vector` (uint32, `vector_length` values, its values not read), when given, is where
+        the sum is made: a run's rounds one after the other in one vector, faulted in once."""
+        if sum_vector is not None and (
+            sum_vector.dtype != np.uint32 or sum_vector.shape != (vector_length,)
+        ):
+            raise SecAggError(f"the sum needs a uint32 vector of {vector_length} values")
+        self._spare = sum_vector
         n = len(graph)
         if n < 1:
             raise SecAggError("a SecAgg round needs at least one site")
@@ -266,7 +274,12 @@ class ServerRound:
                 f"{self._length}"
             )
         first = self._sum is None
-        total = np.empty(self._length, np.uint32) if self._sum is None else self._sum
+        if self._sum is not None:
+            total = self._sum
+        elif self._spare is not None:
+            total = self._spare
+        else:
+            total = np.empty(self._length, np.uint32)
         try:
             _fold(total, blocks, first)
         except (OSError, ValueError) as exc:
