@@ -47,9 +47,9 @@ class Received:
         self._release = release
 
     @classmethod
-    def of(cls, data: blobs.Buffer, directory: pathlib.Path | None = None) -> Received:
+    def of(cls, data: blobs.Buffer) -> Received:
         """Bytes already whole (a test's, a tool's), spooled and hashed now."""
-        file = spools.spool(directory)
+        file = spools.spool(None)
         file.write(data)
         return cls(file, blobs.digest(data))
 

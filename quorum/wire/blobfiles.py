@@ -37,9 +37,6 @@ of a 1 GB model took 4.5 s with them, 2.0 s so (both without the write behind)."
 WRITEBACK_BYTES = 8 * 1024 * 1024
 """Bytes written to a `BlobWriter` between two requests that the kernel start writing them to
 disk."""
-FOLD_BYTES = 256 * 1024
-"""Bytes read at a time when an upload is folded from its spool: a block and its float64 scratch
-stay in the core's cache between the read and the add."""
 STREAM_CHUNKS = 2
 """Chunks `stream` reads per hop to a worker thread. Measured serving a 40 MB model (1 MiB
 chunks, 2 loaded cores): about 100 µs of CPU per chunk read on the loop, 235 µs with a hop
@@ -147,9 +144,9 @@ class BlobFile:
         return self.layout.numel
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """`values` in the blocks a sum folds: a blob file is an `UpdateBlocks`
-        (`quorum.aggregation.accumulator`), an upload folded straight from its spool."""
-        return self.values(FOLD_BYTES)
+        """`values`: a blob file is an `UpdateBlocks` (`quorum.aggregation.accumulator`), an
+        upload folded straight from its spool."""
+        return self.values()
 
     def all_finite(self) -> bool:
         """No NaN or infinity in a float tensor, read block by block the first time it is
