@@ -21,7 +21,7 @@ from quorum.client.compression import Residuals, encode_update
 from quorum.client.gossip_models import GossipModels
 from quorum.client.reachability import describe
 from quorum.client.slots import Slots
-from quorum.client.transfer import BlobCache, download, upload
+from quorum.client.transfer import BlobCache, download_model, upload
 from quorum.errors import AuthError, BudgetExhausted, QuorumError
 from quorum.fitconfig import FitConfig
 from quorum.identity import public_bytes, sign_join
@@ -29,7 +29,7 @@ from quorum.logs import SiteLog
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.task import FitResult, SiteTask
-from quorum.wire import blobs
+from quorum.wire import blobs, digests
 from quorum.wire.channel import GRPC_OPTIONS, STREAM_END
 from quorum.wire.codecs import make_codec
 
@@ -100,6 +100,7 @@ class SiteAgent:
         self.residuals = residuals or Residuals()
         self.residuals.log = self.log  # its lines name the site
         self._joined = False  # whether the current session got as far as the server's welcome
+        self._upload_digest = digests.SHA256  # this session's server's choice (its welcome)
         self._rng = random.Random()
         # Server messages for the secure-aggregation task in progress, by task id.
         self._inboxes: dict[str, asyncio.Queue[pb.ServerMessage]] = {}
@@ -192,6 +193,7 @@ class SiteAgent:
                 raise
             info = welcome.welcome
             self._joined = True
+            self._upload_digest = digests.choose(info.upload_digests)
             self.log.info("event=joined site=%s server=%s", info.site_name, self.server)
             tasks: asyncio.Queue[pb.TaskOffer] = asyncio.Queue()
             workers = [
@@ -310,7 +312,7 @@ class SiteAgent:
         if offer.kind == pb.TASK_KIND_FIT and offer.HasField("gossip"):
             await self._gossip(stub, session_id, offer, outbox, config, started)
             return
-        model = await download(stub, session_id, offer.model_digest, offer.model_size, self.cache)
+        model = await download_model(stub, session_id, offer, self.cache)
         params = blobs.decode(model)
         if offer.kind == pb.TASK_KIND_FIT:
             fit = await self.slots.run(self.site_task.fit, params, config)
@@ -332,7 +334,14 @@ class SiteAgent:
                     offered.model_version is None,
                 )
             receipt = await _upload_update(
-                stub, session_id, offer, started, data, fit.metrics, fit.num_examples
+                stub,
+                session_id,
+                offer,
+                started,
+                data,
+                self._upload_digest,
+                fit.metrics,
+                fit.num_examples,
             )
             if receipt.accepted:
                 if residual is not None:  # kept once taken: a refused update loses only itself
@@ -368,16 +377,21 @@ class SiteAgent:
         started: float,
     ) -> None:
         async def train() -> tuple[bytes, FitResult]:
-            model = await download(
-                stub, session_id, offer.model_digest, offer.model_size, self.cache
-            )
+            model = await download_model(stub, session_id, offer, self.cache)
             fit = await self.slots.run(self.site_task.fit, blobs.decode(model), config)
             return model, fit
 
         async def send_masked(data: blobs.Buffer, metrics: dict[str, float]) -> pb.UploadReceipt:
             # The weight is inside the masked vector: the header's num_examples stays 0.
             return await _upload_update(
-                stub, session_id, offer, started, blobs.Pieces(data), metrics, 0
+                stub,
+                session_id,
+                offer,
+                started,
+                blobs.Pieces(data),
+                self._upload_digest,
+                metrics,
+                0,
             )
 
         training = asyncio.ensure_future(train())
@@ -441,13 +455,14 @@ async def _upload_update(
     offer: pb.TaskOffer,
     started: float,
     data: blobs.Pieces,
+    algorithm: str,
     metrics: dict[str, float],
     num_examples: int,
 ) -> pb.UploadReceipt:
     """Uploads the answer to a fit offer: a model update, or under SecAgg a masked vector."""
     # Hashed off the event loop: a large update takes seconds, and the session's heartbeats
     # and other tasks' messages must go on meanwhile.
-    digest = await asyncio.to_thread(data.digest)
+    digest = await asyncio.to_thread(data.digest, algorithm)
     return await upload(
         stub,
         pb.UploadHeader(
@@ -456,6 +471,7 @@ async def _upload_update(
             run_id=offer.run_id,
             round=offer.round,
             digest=digest,
+            digest_algorithm=algorithm,
             size=data.size,
             num_examples=num_examples,
             metrics_json=json.dumps(metrics),

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quorum.client.gossip_models import GossipModels
 from quorum.client.slots import Slots
 from quorum.client.stages import unless_ended
-from quorum.client.transfer import BlobCache, download, upload
+from quorum.client.transfer import BlobCache, download, download_model, upload
 from quorum.errors import BlobError, GossipError
 from quorum.privacy import gossip_channel as channel
 from quorum.proto import federation_pb2 as pb
@@ -54,8 +54,8 @@ class Link:
     send: Callable[[pb.GossipReply], None]
     inbox: asyncio.Queue[pb.ServerMessage]
 
-    async def fetch_initial(self, digest: str, size: int) -> bytes:
-        return await download(self.stub, self.session_id, digest, size, self.cache)
+    async def fetch_initial(self, offer: pb.TaskOffer) -> bytes:
+        return await download_model(self.stub, self.session_id, offer, self.cache)
 
     async def fetch_parcel(self, digest: str, size: int) -> bytes:
         # Ciphertexts are read once: never kept in the model cache.
@@ -244,7 +244,7 @@ async def _train(
 ) -> tuple[bytes, FitResult]:
     """Trains this site's model of the run (its last mixed one, else the initial model);
     returns the trained model as a blob of the initial model's layout."""
-    initial = await link.fetch_initial(offer.model_digest, offer.model_size)
+    initial = await link.fetch_initial(offer)
     layout = blobs.read_layout(initial)
     model = initial
     kept = models.latest_before(offer.run_id, offer.round)

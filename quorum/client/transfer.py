@@ -12,7 +12,7 @@ from quorum.atomic import write_atomic
 from quorum.errors import BlobError
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
-from quorum.wire import blobs
+from quorum.wire import blobs, digests
 from quorum.wire.channel import STREAM_END
 from quorum.wire.incoming import Incoming
 
@@ -56,16 +56,24 @@ class BlobCache:
 
 
 async def download(
-    stub: pb_grpc.FederationStub, session_id: str, key: str, size: int, cache: BlobCache
+    stub: pb_grpc.FederationStub,
+    session_id: str,
+    key: str,
+    size: int,
+    cache: BlobCache,
+    *,
+    blake3: str = "",
 ) -> bytes:
     """Fetches a blob by digest, resuming from the last byte received if the stream breaks.
     The bytes are written in place into one buffer of the announced size and hashed as they
-    arrive (`Incoming`): the blob is held once, never grown and copied."""
+    arrive (`Incoming`): the blob is held once, never grown and copied. They are checked
+    against `blake3` where the server gave it (`quorum.wire.digests`), else against `key`."""
     cached = cache.get(key)
     if cached is not None:
         return cached
     buffer = blobs.sized_buffer(size)
-    blob = Incoming(buffer)
+    expected, algorithm = (blake3, digests.BLAKE3) if blake3 else (key, digests.SHA256)
+    blob = Incoming(buffer, algorithm)
     for attempt in range(DOWNLOAD_ATTEMPTS):
         try:
             call = stub.Download(
@@ -85,8 +93,10 @@ async def download(
     if blob.received != size:
         raise BlobError(f"downloaded blob {key[:16]}… ended at {blob.received} of {size} bytes")
     digest = await blob.finish()
-    if digest != key:
-        raise BlobError(f"downloaded blob does not match digest {key[:16]}… ({size} bytes)")
+    if digest != expected:
+        raise BlobError(
+            f"downloaded blob {key[:16]}… ({size} bytes) does not match its {algorithm} digest"
+        )
     data = buffer.getvalue()  # bytes, shared read-only with the cache: no copy (`sized_buffer`)
     cache.put(key, data)
     return data
@@ -109,3 +119,17 @@ async def upload(
         raise ConnectionError("the server ended the upload without a receipt")
     receipt: pb.UploadReceipt = reply.receipt
     return receipt
+
+
+async def download_model(
+    stub: pb_grpc.FederationStub, session_id: str, offer: pb.TaskOffer, cache: BlobCache
+) -> bytes:
+    """The model a task offer names, checked against its BLAKE3 where the server sent it."""
+    return await download(
+        stub,
+        session_id,
+        offer.model_digest,
+        offer.model_size,
+        cache,
+        blake3=offer.model_blake3,
+    )

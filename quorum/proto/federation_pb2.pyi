@@ -106,17 +106,19 @@ class Challenge(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., server_id: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "site_name", "heartbeat_interval_s")
+    __slots__ = ("session_id", "site_name", "heartbeat_interval_s", "upload_digests")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     site_name: str
     heartbeat_interval_s: float
-    def __init__(self, session_id: _Optional[str] = ..., site_name: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    upload_digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., site_name: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., upload_digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskOffer(_message.Message):
-    __slots__ = ("task_id", "run_id", "round", "kind", "task", "model_digest", "model_size", "config_json", "deadline_s", "secagg", "gossip")
+    __slots__ = ("task_id", "run_id", "round", "kind", "task", "model_digest", "model_size", "config_json", "deadline_s", "secagg", "gossip", "model_blake3")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +130,7 @@ class TaskOffer(_message.Message):
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     round: int
@@ -139,7 +142,8 @@ class TaskOffer(_message.Message):
     deadline_s: float
     secagg: SecAggSetup
     gossip: GossipSetup
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., task: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_size: _Optional[int] = ..., config_json: _Optional[str] = ..., deadline_s: _Optional[float] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ..., gossip: _Optional[_Union[GossipSetup, _Mapping]] = ...) -> None: ...
+    model_blake3: str
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., task: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_size: _Optional[int] = ..., config_json: _Optional[str] = ..., deadline_s: _Optional[float] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ..., gossip: _Optional[_Union[GossipSetup, _Mapping]] = ..., model_blake3: _Optional[str] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("task_id", "code", "message")
@@ -172,7 +176,7 @@ class BlobChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("session_id", "task_id", "run_id", "round", "digest", "size", "num_examples", "metrics_json", "duration_s", "gossip")
+    __slots__ = ("session_id", "task_id", "run_id", "round", "digest", "size", "num_examples", "metrics_json", "duration_s", "gossip", "digest_algorithm")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +187,7 @@ class UploadHeader(_message.Message):
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task_id: str
     run_id: str
@@ -193,7 +198,8 @@ class UploadHeader(_message.Message):
     metrics_json: str
     duration_s: float
     gossip: GossipAddress
-    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics_json: _Optional[str] = ..., duration_s: _Optional[float] = ..., gossip: _Optional[_Union[GossipAddress, _Mapping]] = ...) -> None: ...
+    digest_algorithm: str
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics_json: _Optional[str] = ..., duration_s: _Optional[float] = ..., gossip: _Optional[_Union[GossipAddress, _Mapping]] = ..., digest_algorithm: _Optional[str] = ...) -> None: ...
 
 class UploadMessage(_message.Message):
     __slots__ = ("header", "chunk")

@@ -22,6 +22,7 @@ from quorum.server.sessions import Session as SiteSession
 from quorum.server.spools import SpoolPool, fit
 from quorum.server.upload_budget import UploadBudget
 from quorum.server.validation import Received
+from quorum.wire import digests
 from quorum.wire.blobfiles import stream_held
 from quorum.wire.incoming import Incoming
 
@@ -62,6 +63,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 session_id=session.id,
                 site_name=session.site,
                 heartbeat_interval_s=self.heartbeat_interval_s,
+                upload_digests=digests.UPLOAD_DIGESTS,
             )
         )
         reader = asyncio.create_task(self._read(session, incoming))
@@ -194,12 +196,20 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         try:
             if session is None:
                 raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
+            if header.digest_algorithm not in ("", *digests.UPLOAD_DIGESTS):
+                raise UploadRejected(
+                    "unknown_digest",
+                    f"digest algorithm {header.digest_algorithm!r} is not one of "
+                    f"{', '.join(digests.UPLOAD_DIGESTS)}",
+                )
             task = self.services.book.admit_upload(session, header)
             async with self._uploads.hold(header.size):
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
-                upload = await _receive(incoming, header.size, self._spools)
+                upload = await _receive(
+                    incoming, header.size, header.digest_algorithm, self._spools
+                )
                 try:
                     await self.services.book.complete_upload(task, header, upload)
                 finally:
@@ -219,13 +229,14 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
 
 async def _receive(
-    incoming: AsyncIterator[pb.UploadMessage], size: int, pool: SpoolPool
+    incoming: AsyncIterator[pb.UploadMessage], size: int, algorithm: str, pool: SpoolPool
 ) -> Received:
+    """The upload's bytes in a spool from `pool`, with their digest of `algorithm`."""
     try:
         file = pool.take()
     except OSError as exc:  # no spool could be made (its folder, its disk)
         raise _spool_failed(exc) from None
-    blob = Incoming(file)
+    blob = Incoming(file, algorithm)
     try:
         async for message in incoming:
             if message.WhichOneof("kind") != "chunk":

@@ -25,6 +25,7 @@ A server restarted mid-run records the interrupted round as aborted and runs it 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -85,12 +86,15 @@ class GossipDriver:
             )
         except ConfigError as exc:
             raise RoundAborted(f"no {cfg.topology} mixing for {len(cohort)} sites: {exc}") from None
+        # Hashed in a worker thread the first time: the event loop serves every session.
+        _, blake3 = await asyncio.to_thread(lambda: (model.digest, model.blake3))
         phase = Phase(
             kind="fit",
             run_id=self.run_id,
             round=round_no,
             attempt=attempt,
             model_digest=self.services.blobs.put(model),
+            model_blake3=blake3,
             model_size=len(model),
             layout=model.layout,
             max_num_examples=cfg.max_num_examples,

@@ -36,6 +36,7 @@ from quorum.server.phases import (
 )
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
+from quorum.wire import digests
 
 STAGES = ("keys", "send", "mix")
 _MESSAGE_OF_STAGE = {"keys": "key", "mix": "report"}
@@ -316,6 +317,10 @@ class GossipRound(PhaseHandler):
         if not header.HasField("gossip"):
             raise UploadRejected(
                 "gossip_parcel_expected", "a gossip round takes sealed models for neighbours"
+            )
+        if header.digest_algorithm not in ("", digests.SHA256):
+            raise UploadRejected(
+                "parcel_digest", "a parcel's digest is its address for its receiver: SHA-256"
             )
         r = header.gossip.receiver
         if self.stage == "keys":

@@ -248,6 +248,8 @@ class Phase:
     round: int
     attempt: int
     model_digest: str
+    model_blake3: str
+    """What sites check their download of the model against (`quorum.wire.digests`)."""
     model_size: int
     layout: Layout
     max_num_examples: int

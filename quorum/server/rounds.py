@@ -163,8 +163,8 @@ async def model_phase(
     values (a server step that diverged) is not sent: the round is aborted. Its digest and
     values are read in a worker thread the first time (a file not in the page cache waits on
     the disk, and the event loop serves every session)."""
-    # The digest is read too: a BlobFile takes it on first use, by hashing the whole file.
-    _, finite = await asyncio.to_thread(lambda: (model.digest, model.all_finite()))
+    # The digests are read too: a BlobFile not from its writer hashes the whole file for each.
+    _, _, finite = await asyncio.to_thread(lambda: (model.digest, model.blake3, model.all_finite()))
     if not finite:
         raise RoundAborted(
             "the model to send holds NaN or infinite values (the server step diverged); "
@@ -177,6 +177,7 @@ async def model_phase(
         round=round_no,
         attempt=attempt,
         model_digest=digest,
+        model_blake3=model.blake3,
         model_size=len(model),
         layout=layout,
         max_num_examples=max_num_examples,

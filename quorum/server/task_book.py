@@ -76,6 +76,7 @@ class TaskBook:
                 kind=_KIND[phase.kind],
                 task=task,
                 model_digest=phase.model_digest,
+                model_blake3=phase.model_blake3,
                 model_size=phase.model_size,
                 config_json=config.to_json(),
                 deadline_s=deadline_s,

@@ -26,8 +26,9 @@ HEADER_SLACK_BYTES = 64 * 1024
 
 
 class Received:
-    """An upload as it arrived: its bytes in a spool file and their SHA-256, taken as they
-    arrived (checking the declared digest is then a comparison, not a second pass).
+    """An upload as it arrived: its bytes in a spool file and their digest (of the algorithm its
+    header named, `quorum.wire.digests`), taken as they arrived (checking the declared digest is
+    then a comparison, not a second pass).
 
     The server holds no upload in memory: the spool (`quorum.server.spools`) is a file without a
     name in its state directory, and the checks and the fold read it back a block at a time from
@@ -57,7 +58,7 @@ class Received:
         """The upload as a blob file, its header parsed; UploadRejected if it is no blob. It
         reads the spool: done with before the upload is `close`d."""
         try:
-            return BlobFile(_SPOOLED, self.digest, fd=self._spool.fileno())
+            return BlobFile(_SPOOLED, fd=self._spool.fileno())
         except BlobError as exc:
             raise UploadRejected("malformed_blob", str(exc)) from None
 

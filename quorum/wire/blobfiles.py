@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import hashlib
 import mmap
 import os
 import pathlib
@@ -24,7 +23,7 @@ from typing import cast
 import numpy as np
 
 from quorum.errors import BlobError
-from quorum.wire import blobs
+from quorum.wire import blobs, digests
 
 READ_BYTES = 8 * 1024 * 1024
 """Bytes read at a time when a file is hashed."""
@@ -47,11 +46,17 @@ per chunk, 170-205 µs with 2 per hop, 390-480 µs with 4 (4 MiB freed at once r
 class BlobFile:
     """A blob file opened read-only. The open descriptor keeps the bytes while the path is
     renamed or unlinked (a served model outlives the pruning of its checkpoint); it is closed
-    when the last reference goes. `digest` is the writer's, else read from the file when first
-    asked for."""
+    when the last reference goes. `digest` (its SHA-256, its name) and `blake3` (what sites
+    check its download against, `quorum.wire.digests`) are the writer's, else read from the file
+    when first asked for."""
 
     def __init__(
-        self, path: pathlib.Path, digest: str | None = None, *, fd: int | None = None
+        self,
+        path: pathlib.Path,
+        digest: str | None = None,
+        *,
+        blake3: str | None = None,
+        fd: int | None = None,
     ) -> None:
         """`fd`: an open descriptor of the file to read instead of opening `path` (an upload's
         spool has no name); it is duplicated, the caller still closes its own."""
@@ -62,14 +67,21 @@ class BlobFile:
         head_len = blobs.header_length(self.read(0, 8), self.size)
         self.layout = blobs.layout_of(self.read(0, 8 + head_len), self.size)
         self._digest = digest
+        self._blake3 = blake3
         self._finite: bool | None = None
         self._map: mmap.mmap | None = None
 
     @property
     def digest(self) -> str:
         if self._digest is None:
-            self._digest = self._hash()
+            self._digest = self._hash(digests.SHA256)
         return self._digest
+
+    @property
+    def blake3(self) -> str:
+        if self._blake3 is None:
+            self._blake3 = self._hash(digests.BLAKE3)
+        return self._blake3
 
     def __len__(self) -> int:
         return self.size
@@ -108,11 +120,11 @@ class BlobFile:
     def read_all(self) -> bytes:
         return self.read(0, self.size)
 
-    def _hash(self) -> str:
-        sha = hashlib.sha256()
+    def _hash(self, algorithm: str) -> str:
+        hashed = digests.hasher(algorithm)
         for chunk in self.chunks(size=READ_BYTES):
-            sha.update(chunk)
-        return sha.hexdigest()
+            hashed.update(chunk)
+        return hashed.hexdigest()
 
     def values(self, block_bytes: int = VALUE_BYTES) -> Iterator[tuple[int, np.ndarray]]:
         """The flat values in `blobs.as_flat`'s order and dtype, as (start, values) blocks of
@@ -210,7 +222,8 @@ def start_writeback(fd: int, offset: int) -> None:
 
 
 class BlobWriter:
-    """Writes a blob to `path` (created or replaced) as a stream, hashing it on the way.
+    """Writes a blob to `path` (created or replaced) as a stream, taking its SHA-256 and its
+    BLAKE3 on the way.
     `close` flushes it to disk, `finish` also opens it read-only; leaving the block without
     either removes the partial file.
 
@@ -225,7 +238,8 @@ class BlobWriter:
         # its bytes, unlinked, for its readers; this blob is a new file.
         path.unlink(missing_ok=True)
         self._file = open(path, "xb")  # closed by finish() or __exit__
-        self._sha = hashlib.sha256()
+        self._sha = digests.hasher(digests.SHA256)
+        self._blake3 = digests.hasher(digests.BLAKE3)
         self._written = 0
         self._on_disk = 0  # where the last writeback asked for began
 
@@ -235,8 +249,8 @@ class BlobWriter:
 
     def steps(self) -> tuple[Callable[[blobs.Buffer], object], ...]:
         """What `write` does to a buffer, as steps that may run in threads of their own (each
-        step given the buffers in order, `quorum.wire.write_behind`): the hash, the write."""
-        return self._sha.update, self._put
+        step given the buffers in order, `quorum.wire.write_behind`): the hashes, the write."""
+        return self._sha.update, self._blake3.update, self._put
 
     def _put(self, data: blobs.Buffer) -> None:
         self._file.write(data)
@@ -253,8 +267,8 @@ class BlobWriter:
         return self._sha.hexdigest()
 
     def finish(self) -> BlobFile:
-        """`close`, and the blob opened read-only (its header read, its digest known)."""
-        return BlobFile(self.path, self.close())
+        """`close`, and the blob opened read-only (its header read, its digests known)."""
+        return BlobFile(self.path, self.close(), blake3=self._blake3.hexdigest())
 
     def __enter__(self) -> BlobWriter:
         return self

@@ -20,6 +20,7 @@ from typing import BinaryIO, Protocol
 import numpy as np
 
 from quorum.errors import BlobError
+from quorum.wire import digests
 
 Params = dict[str, np.ndarray]
 """A model's tensors by name, in a stable order."""
@@ -124,12 +125,12 @@ class Pieces:
         self.parts = tuple(memoryview(part).cast("B") for part in parts)
         self.size = sum(part.nbytes for part in self.parts)
 
-    def digest(self) -> str:
-        """The SHA-256 (hex) of the joined bytes, as `digest` gives it."""
-        sha = hashlib.sha256()
+    def digest(self, algorithm: str = digests.SHA256) -> str:
+        """The hex digest of the joined bytes (`digest` gives their SHA-256)."""
+        hashed = digests.hasher(algorithm)
         for part in self.parts:
-            sha.update(part)
-        return sha.hexdigest()
+            hashed.update(part)
+        return hashed.hexdigest()
 
     def join(self) -> bytes:
         return b"".join(self.parts)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 from typing import Protocol
 
-from quorum.wire import blobs
+from quorum.wire import blobs, digests
 
 
 class Sink(Protocol):
@@ -22,10 +21,11 @@ class Sink(Protocol):
 
 
 class Incoming:
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, algorithm: str = digests.SHA256) -> None:
+        """`algorithm`: the digest `finish` gives (`digests.hasher`)."""
         self.received = 0
         self._sink = sink
-        self._sha = hashlib.sha256()
+        self._hash = digests.hasher(algorithm)
         self._taking: asyncio.Future[None] | None = None
 
     async def add(self, chunk: bytes) -> None:
@@ -37,7 +37,7 @@ class Incoming:
         self._taking = asyncio.ensure_future(asyncio.to_thread(self._take, chunk))
 
     def _take(self, chunk: bytes) -> None:
-        self._sha.update(chunk)
+        self._hash.update(chunk)
         # A file may take part of a write without an error (its disk filling up): the rest is
         # written again, and fails, rather than leave the spool short of what was hashed.
         view = memoryview(chunk)
@@ -48,11 +48,11 @@ class Incoming:
             view = view[written:]
 
     async def finish(self) -> str:
-        """Waits for the last chunk to be written; the blob's SHA-256 (hex). Also what a
+        """Waits for the last chunk to be written; the blob's digest (hex). Also what a
         receiver cancelled meanwhile awaits before it lets the sink go."""
         await self._written()
         self._taking = None
-        return self._sha.hexdigest()
+        return self._hash.hexdigest()
 
     async def _written(self) -> None:
         # Shielded: a cancelled receiver (its sender hung up) cannot stop the thread, and the

@@ -47,6 +47,9 @@ def _oversized_stream(site: HostileSite, offer: pb.TaskOffer, model: bytes) -> A
 # (code, how to send it) — each of these answers the task, so each takes one round.
 ATTRIBUTABLE: list[tuple[str, Upload]] = [
     ("digest_mismatch", lambda s, o, m: s.upload(o, m, digest="0" * 64)),
+    # A SHA-256 declared as the BLAKE3 the header names.
+    ("digest_mismatch", lambda s, o, m: s.upload(o, m, digest_algorithm="blake3")),
+    ("unknown_digest", lambda s, o, m: s.upload(o, m, digest_algorithm="md5")),
     ("layout_mismatch", lambda s, o, m: s.upload(o, _shifted(m, extra=np.zeros(2, np.float32)))),
     ("layout_mismatch", lambda s, o, m: s.upload(o, _shifted(m, w=np.zeros((3, 4), np.float32)))),
     ("layout_mismatch", lambda s, o, m: s.upload(o, _shifted(m, b=np.zeros(3, np.float64)))),

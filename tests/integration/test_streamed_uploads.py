@@ -1,17 +1,22 @@
 """A site's upload sent from its trained tensors (`blobs.Pieces`) between the real server and
 real agents over loopback gRPC: tensors of several dtypes, one spanning chunk boundaries, empty
-and Fortran-ordered ones, reach the server as the blob `encode` would have made of them."""
+and Fortran-ordered ones, reach the server as the blob `encode` would have made of them. The
+transfers are checked by BLAKE3 both ways (`quorum.wire.digests`)."""
 
 from __future__ import annotations
 
 import asyncio
 import pathlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pytest
 
+from quorum.client import transfer
+from quorum.server import federation as service
 from quorum.task import EvalResult, FitResult, JSONConfig
-from quorum.wire import blobs
+from quorum.wire import blobs, digests
 from tests.integration.harness import federation, run_config
 
 LONG = 300_001
@@ -49,7 +54,25 @@ TASK = ShiftTask()
 TASK_REF = "tests.integration.test_streamed_uploads:TASK"
 
 
-def test_uploads_streamed_from_trained_tensors_fold_into_the_round(tmp_path: pathlib.Path) -> None:
+def test_uploads_streamed_from_trained_tensors_fold_into_the_round(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What each transfer was checked against, seen on its way through the real code.
+    uploads: list[str] = []
+    downloads: list[str] = []
+    receive, download = service._receive, transfer.download
+
+    async def receiving(*args: Any) -> Any:
+        uploads.append(args[2])
+        return await receive(*args)
+
+    async def downloading(*args: Any, blake3: str = "") -> bytes:
+        downloads.append(blake3)
+        return await download(*args, blake3=blake3)
+
+    monkeypatch.setattr(service, "_receive", receiving)
+    monkeypatch.setattr(transfer, "download", downloading)
+
     async def scenario() -> None:
         cfg = run_config(task=TASK_REF, rounds=2, fraction_evaluate=0.0)
         async with federation(tmp_path, [cfg]) as fed:
@@ -68,5 +91,8 @@ def test_uploads_streamed_from_trained_tensors_fold_into_the_round(tmp_path: pat
             assert [p["status"] for p in fits] == ["accepted", "accepted"]
             assert all(p["bytes_in"] == len(model) for p in fits)
             assert detail["rejected_uploads"] == []
+            served = [fed.services.checkpoints.open(run["id"], r)[0] for r in (0, 1)]
+            assert uploads == [digests.BLAKE3] * 4
+            assert sorted(downloads) == sorted(m.blake3 for m in served for _ in "ab")
 
     asyncio.run(scenario())

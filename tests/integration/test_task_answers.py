@@ -70,6 +70,12 @@ RESULT = (
     ),
 )
 MODEL = ("gossip_parcel_expected", "sealed models", _uploaded())
+# A parcel's digest is the address its receiver downloads it by: SHA-256 only.
+BLAKE3_PARCEL = (
+    "parcel_digest",
+    "SHA-256",
+    _uploaded(gossip=pb.GossipAddress(receiver=1), digest_algorithm="blake3"),
+)
 HONEST = ["a", "b", "c", "d"]
 
 # Each kind of run, and the answers (code, a word of its message, how to send it) that its fit
@@ -85,7 +91,7 @@ KINDS: dict[str, tuple[dict[str, Any], list[tuple[str, str, Answer]]]] = {
     ),
     "gossip": (
         {"mode": "gossip", "topology": "ring", "gossip_stage_timeout_s": 5},
-        [MODEL, SECAGG, RESULT],
+        [MODEL, BLAKE3_PARCEL, SECAGG, RESULT],
     ),
 }
 

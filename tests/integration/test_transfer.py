@@ -1,6 +1,6 @@
 """The site's download over real gRPC against a scripted Download service: resumed after a
 broken stream into its one pre-sized buffer (held once: handed over as bytes without a copy), and
-refused when the bytes are not the blob."""
+refused when the bytes are not the blob, by its SHA-256 or by the BLAKE3 its offer gave."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
+import blake3
 import grpc
 import pytest
 
@@ -45,8 +46,10 @@ class Scripted(pb_grpc.FederationServicer):  # type: ignore[misc]
             yield pb.BlobChunk(offset=offset, total_size=len(self.data), data=bytes(chunk))
 
 
-async def fetch(service: Scripted, blob: bytes = BLOB) -> bytes:
-    """Downloads `blob` (its digest and size) from `service`."""
+async def fetch(
+    service: Scripted, blob: bytes = BLOB, cache: BlobCache | None = None, *, check: str = ""
+) -> bytes:
+    """Downloads `blob` (its digest and size; `check`: its BLAKE3) from `service`."""
     port = free_port()
     server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_FederationServicer_to_server(service, server)
@@ -55,7 +58,14 @@ async def fetch(service: Scripted, blob: bytes = BLOB) -> bytes:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.FederationStub(channel)
-            return await download(stub, "s", blobs.digest(blob), len(blob), BlobCache(keep=0))
+            return await download(
+                stub,
+                "s",
+                blobs.digest(blob),
+                len(blob),
+                BlobCache(keep=0) if cache is None else cache,
+                blake3=check,
+            )
     finally:
         await server.stop(None)
 
@@ -91,11 +101,25 @@ def test_a_broken_download_resumes_where_it_stopped() -> None:
     ("served", "match"),
     [
         (BLOB + b"x", "longer than"),
-        (BLOB[:-1] + b"x", "does not match digest"),
+        (BLOB[:-1] + b"x", "does not match its"),
         (BLOB[:-10], f"ended at {len(BLOB) - 10} of {len(BLOB)} bytes"),
     ],
     ids=["longer", "other-bytes", "shorter"],
 )
-def test_bytes_that_are_not_the_blob_are_refused(served: bytes, match: str) -> None:
+@pytest.mark.parametrize("check", ["", blake3.blake3(BLOB).hexdigest()], ids=["sha256", "blake3"])
+def test_bytes_that_are_not_the_blob_are_refused(served: bytes, match: str, check: str) -> None:
     with pytest.raises(BlobError, match=match):
-        asyncio.run(fetch(Scripted(served)))
+        asyncio.run(fetch(Scripted(served), check=check))
+
+
+def test_a_download_checked_by_its_blake3_is_kept_under_its_name() -> None:
+    cache = BlobCache()
+    data = asyncio.run(fetch(Scripted(BLOB), cache=cache, check=blake3.blake3(BLOB).hexdigest()))
+    assert data == BLOB
+    assert cache.get(blobs.digest(BLOB)) is data
+
+
+def test_a_blake3_that_is_not_the_blobs_refuses_it() -> None:
+    # The bytes are the ones the SHA-256 names; the BLAKE3 sent beside it decides.
+    with pytest.raises(BlobError, match="does not match"):
+        asyncio.run(fetch(Scripted(BLOB), check=blake3.blake3(b"another blob").hexdigest()))

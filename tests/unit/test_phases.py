@@ -62,6 +62,7 @@ def test_a_cancelled_upload_lets_go_of_its_spool_only_once_its_check_is_over(
         round=1,
         attempt=1,
         model_digest="model",
+        model_blake3="model",
         model_size=len(data),
         layout=layout,
         max_num_examples=10,

@@ -68,7 +68,7 @@ def test_an_upload_arrives_whole_in_a_spool(tmp_path: pathlib.Path) -> None:
     pool = SpoolPool(tmp_path, keep=1)
     data = blobs.encode({"w": np.arange(300_000, dtype=np.float32)})
     chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
-    upload = asyncio.run(_receive(_messages(chunks), len(data), pool))
+    upload = asyncio.run(_receive(_messages(chunks), len(data), "", pool))
     assert (upload.size, upload.digest) == (len(data), blobs.digest(data))
     assert upload.read() == bytearray(data)
     upload.close()
@@ -83,7 +83,7 @@ def test_a_refused_upload_gives_its_spool_back(
 ) -> None:
     pool = SpoolPool(tmp_path, keep=1)
     with pytest.raises(UploadRejected) as refused:
-        asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), declared, pool))
+        asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), declared, "", pool))
     assert refused.value.code == code
     assert pool.idle == 1  # kept for the next upload, which writes over it
 
@@ -96,7 +96,7 @@ def test_a_spool_that_cannot_be_written_refuses_the_upload(tmp_path: pathlib.Pat
     resource.setrlimit(resource.RLIMIT_FSIZE, (150, hard))
     try:
         with pytest.raises(UploadRejected) as refused:
-            asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100, b"z" * 100]), 300, pool))
+            asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100, b"z" * 100]), 300, "", pool))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert refused.value.code == "spool_failed"
@@ -116,7 +116,7 @@ def test_a_chunk_the_spool_takes_only_part_of_is_not_taken_for_the_upload(
     resource.setrlimit(resource.RLIMIT_FSIZE, (150, hard))
     try:
         with pytest.raises(UploadRejected) as refused:
-            asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), 200, pool))
+            asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), 200, "", pool))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert refused.value.code == "spool_failed"
@@ -173,7 +173,7 @@ def test_a_cancelled_upload_gives_its_spool_back_once_its_last_write_is_over(
             yield pb.UploadMessage(chunk=b"x" * 100)
             drained.set()  # the upload now waits for that chunk's write
 
-        receiving = asyncio.ensure_future(_receive(messages(), 100, pool))
+        receiving = asyncio.ensure_future(_receive(messages(), 100, "", pool))
         await drained.wait()
         assert pool.spool is not None
         await asyncio.to_thread(pool.spool.entered.wait, 30)
@@ -193,6 +193,6 @@ def test_a_spool_that_cannot_be_made_refuses_the_upload(tmp_path: pathlib.Path) 
     (tmp_path / "uploads").write_bytes(b"")
     pool = SpoolPool(tmp_path / "uploads", keep=1)
     with pytest.raises(UploadRejected) as refused:
-        asyncio.run(_receive(_messages([b"x" * 100]), 100, pool))
+        asyncio.run(_receive(_messages([b"x" * 100]), 100, "", pool))
     assert refused.value.code == "spool_failed"
     assert pool.idle == 0
