@@ -3,6 +3,7 @@ uploads with a header."""
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from collections import OrderedDict
 
@@ -20,18 +21,24 @@ DOWNLOAD_ATTEMPTS = 3
 
 
 class BlobCache:
-    """Recently used blobs in memory, and optionally on disk, keyed by their SHA-256.
+    """Recently used blobs in memory, and optionally on disk, keyed by their SHA-256 (their name).
 
     One in memory by default: a sync round's fit model is the model its sites evaluated at the
     end of the round before, so the newest is the one asked for again, and a site holds no
-    second copy of a large model."""
+    second copy of a large model.
+
+    A blob checked by the BLAKE3 its offer gave (`download`) is the bytes its server sent, not
+    yet shown to be the bytes its name pins: it is kept `named=False`, and whoever needs the
+    name's bytes (a secure-aggregation round, whose signed context names the model) checks
+    them first. A blob read back from disk is checked against its name."""
 
     def __init__(self, directory: pathlib.Path | None = None, keep: int = 1) -> None:
-        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory: OrderedDict[str, tuple[bytes, bool]] = OrderedDict()
         self._dir = directory
         self._keep = keep
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> tuple[bytes, bool] | None:
+        """The blob and whether it was checked against its name."""
         if key in self._memory:
             self._memory.move_to_end(key)
             return self._memory[key]
@@ -40,17 +47,22 @@ class BlobCache:
             if path.exists():
                 data = path.read_bytes()
                 if blobs.digest(data) == key:
-                    self._remember(key, data)
-                    return data
+                    self._remember(key, data, named=True)
+                    return data, True
         return None
 
-    def put(self, key: str, data: bytes) -> None:
-        self._remember(key, data)
+    def put(self, key: str, data: bytes, *, named: bool) -> None:
+        self._remember(key, data, named=named)
         if self._dir is not None:
             write_atomic(self._dir / key, data)
 
-    def _remember(self, key: str, data: bytes) -> None:
-        self._memory[key] = data
+    def name(self, key: str) -> None:
+        """Records that `key`'s bytes were checked against their name."""
+        if key in self._memory:
+            self._memory[key] = (self._memory[key][0], True)
+
+    def _remember(self, key: str, data: bytes, *, named: bool) -> None:
+        self._memory[key] = (data, named)
         while len(self._memory) > self._keep:
             self._memory.popitem(last=False)
 
@@ -67,10 +79,17 @@ async def download(
     """Fetches a blob by digest, resuming from the last byte received if the stream breaks.
     The bytes are written in place into one buffer of the announced size and hashed as they
     arrive (`Incoming`): the blob is held once, never grown and copied. They are checked
-    against `blake3` where the server gave it (`quorum.wire.digests`), else against `key`."""
+    against `blake3` where the server gave it (`quorum.wire.digests`), else against `key`, the
+    blob's name: as a cached blob that was checked by a BLAKE3 only is, before it is handed out
+    under its name."""
     cached = cache.get(key)
     if cached is not None:
-        return cached
+        data, named = cached
+        if named or blake3:
+            return data
+        if await asyncio.to_thread(blobs.digest, data) == key:
+            cache.name(key)
+            return data
     buffer = blobs.sized_buffer(size)
     expected, algorithm = (blake3, digests.BLAKE3) if blake3 else (key, digests.SHA256)
     blob = Incoming(buffer, algorithm)
@@ -98,7 +117,7 @@ async def download(
             f"downloaded blob {key[:16]}… ({size} bytes) does not match its {algorithm} digest"
         )
     data = buffer.getvalue()  # bytes, shared read-only with the cache: no copy (`sized_buffer`)
-    cache.put(key, data)
+    cache.put(key, data, named=algorithm == digests.SHA256)
     return data
 
 
@@ -124,12 +143,15 @@ async def upload(
 async def download_model(
     stub: pb_grpc.FederationStub, session_id: str, offer: pb.TaskOffer, cache: BlobCache
 ) -> bytes:
-    """The model a task offer names, checked against its BLAKE3 where the server sent it."""
+    """The model a task offer names, checked against its BLAKE3 where the server sent it. A
+    secure-aggregation fit checks it against its name: the round's signed context names the
+    model by its SHA-256, so that no site is sent other bytes than its peers (a BLAKE3 is
+    signed by no one, and sites from before it sign none)."""
     return await download(
         stub,
         session_id,
         offer.model_digest,
         offer.model_size,
         cache,
-        blake3=offer.model_blake3,
+        blake3="" if offer.HasField("secagg") else offer.model_blake3,
     )

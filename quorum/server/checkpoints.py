@@ -76,7 +76,7 @@ class Checkpoints:
             raise ValueError(f"{model.path} is not the staged model of round {round_no}")
         publish(model.path, model_path)
         model.path = model_path
-        with BlobWriter(temp_path(state_path)) as state:
+        with BlobWriter(temp_path(state_path), hashed=False) as state:
             blobs.write(strategy_state, state)
             state.close()
         publish(temp_path(state_path), state_path)

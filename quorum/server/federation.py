@@ -196,12 +196,6 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         try:
             if session is None:
                 raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
-            if header.digest_algorithm not in ("", *digests.UPLOAD_DIGESTS):
-                raise UploadRejected(
-                    "unknown_digest",
-                    f"digest algorithm {header.digest_algorithm!r} is not one of "
-                    f"{', '.join(digests.UPLOAD_DIGESTS)}",
-                )
             task = self.services.book.admit_upload(session, header)
             async with self._uploads.hold(header.size):
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
@@ -236,7 +230,7 @@ async def _receive(
         file = pool.take()
     except OSError as exc:  # no spool could be made (its folder, its disk)
         raise _spool_failed(exc) from None
-    blob = Incoming(file, algorithm)
+    blob = Incoming(file, algorithm)  # `algorithm` is one of digests.ACCEPTED (`admit_upload`)
     try:
         async for message in incoming:
             if message.WhichOneof("kind") != "chunk":

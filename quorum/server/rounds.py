@@ -163,7 +163,7 @@ async def model_phase(
     values (a server step that diverged) is not sent: the round is aborted. Its digest and
     values are read in a worker thread the first time (a file not in the page cache waits on
     the disk, and the event loop serves every session)."""
-    # The digests are read too: a BlobFile not from its writer hashes the whole file for each.
+    # The digests are read too: a BlobFile not from its writer hashes the whole file for them.
     _, _, finite = await asyncio.to_thread(lambda: (model.digest, model.blake3, model.all_finite()))
     if not finite:
         raise RoundAborted(

@@ -18,6 +18,7 @@ from quorum.server import validation
 from quorum.server.phases import PendingTask, Phase, SiteResult, task_closed
 from quorum.server.sessions import Session, SessionRegistry
 from quorum.server.store import Store
+from quorum.wire import digests
 
 log = logging.getLogger("quorum.server")
 
@@ -141,6 +142,12 @@ class TaskBook:
     def admit_upload(self, session: Session, header: pb.UploadHeader) -> PendingTask:
         """Checks an upload's header before any of its bytes are read."""
         task = self._task_for(session, header.task_id, header.run_id, header.round)
+        if header.digest_algorithm not in digests.ACCEPTED:
+            raise UploadRejected(
+                "unknown_digest",
+                f"digest algorithm {header.digest_algorithm[:64]!r} is not one of "
+                f"{', '.join(digests.UPLOAD_DIGESTS)}",
+            )
         if task.phase.handler.admit(task, header):
             task.state = "receiving"  # else the task stays open for more (a gossip parcel)
         return task

@@ -74,13 +74,13 @@ class BlobFile:
     @property
     def digest(self) -> str:
         if self._digest is None:
-            self._digest = self._hash(digests.SHA256)
+            self._digest, self._blake3 = self._hash()
         return self._digest
 
     @property
     def blake3(self) -> str:
         if self._blake3 is None:
-            self._blake3 = self._hash(digests.BLAKE3)
+            self._digest, self._blake3 = self._hash()
         return self._blake3
 
     def __len__(self) -> int:
@@ -120,11 +120,13 @@ class BlobFile:
     def read_all(self) -> bytes:
         return self.read(0, self.size)
 
-    def _hash(self, algorithm: str) -> str:
-        hashed = digests.hasher(algorithm)
+    def _hash(self) -> tuple[str, str]:
+        """The file's SHA-256 and BLAKE3, read once for both."""
+        sha, blake3 = digests.hasher(digests.SHA256), digests.hasher(digests.BLAKE3)
         for chunk in self.chunks(size=READ_BYTES):
-            hashed.update(chunk)
-        return hashed.hexdigest()
+            sha.update(chunk)
+            blake3.update(chunk)
+        return sha.hexdigest(), blake3.hexdigest()
 
     def values(self, block_bytes: int = VALUE_BYTES) -> Iterator[tuple[int, np.ndarray]]:
         """The flat values in `blobs.as_flat`'s order and dtype, as (start, values) blocks of
@@ -231,15 +233,18 @@ class BlobWriter:
     time), so `close`'s fsync waits for the last of them only: a 1 GB model's fsync took 0.4 s
     after its writes, 0.01 s so."""
 
-    def __init__(self, path: pathlib.Path) -> None:
+    def __init__(self, path: pathlib.Path, *, hashed: bool = True) -> None:
+        """`hashed`: take the blob's digests (a model's, which name and check it); the strategy
+        state's are never asked for."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # A file of that name may still be served (an earlier attempt of the round): it keeps
         # its bytes, unlinked, for its readers; this blob is a new file.
         path.unlink(missing_ok=True)
         self._file = open(path, "xb")  # closed by finish() or __exit__
-        self._sha = digests.hasher(digests.SHA256)
-        self._blake3 = digests.hasher(digests.BLAKE3)
+        self._hashes = (
+            (digests.hasher(digests.SHA256), digests.hasher(digests.BLAKE3)) if hashed else ()
+        )
         self._written = 0
         self._on_disk = 0  # where the last writeback asked for began
 
@@ -250,7 +255,7 @@ class BlobWriter:
     def steps(self) -> tuple[Callable[[blobs.Buffer], object], ...]:
         """What `write` does to a buffer, as steps that may run in threads of their own (each
         step given the buffers in order, `quorum.wire.write_behind`): the hashes, the write."""
-        return self._sha.update, self._blake3.update, self._put
+        return (*(hashed.update for hashed in self._hashes), self._put)
 
     def _put(self, data: blobs.Buffer) -> None:
         self._file.write(data)
@@ -259,16 +264,20 @@ class BlobWriter:
             start_writeback(self._file.fileno(), self._on_disk)
             self._on_disk = self._written
 
-    def close(self) -> str:
-        """Flushes the blob to disk and closes it; its SHA-256."""
+    def close(self) -> None:
+        """Flushes the blob to disk and closes it."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        return self._sha.hexdigest()
 
     def finish(self) -> BlobFile:
-        """`close`, and the blob opened read-only (its header read, its digests known)."""
-        return BlobFile(self.path, self.close(), blake3=self._blake3.hexdigest())
+        """`close`, and the blob opened read-only (its header read, its digests known when
+        `hashed`)."""
+        self.close()
+        if not self._hashes:
+            return BlobFile(self.path)
+        sha, blake3 = (hashed.hexdigest() for hashed in self._hashes)
+        return BlobFile(self.path, sha, blake3=blake3)
 
     def __enter__(self) -> BlobWriter:
         return self

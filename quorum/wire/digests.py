@@ -23,6 +23,8 @@ SHA256 = "sha256"
 BLAKE3 = "blake3"
 UPLOAD_DIGESTS = (BLAKE3, SHA256)
 """What a server checks uploads against, the one it would rather have first."""
+ACCEPTED = frozenset({"", *UPLOAD_DIGESTS})
+"""The algorithms an upload's header may name ("": a site from before BLAKE3, SHA-256)."""
 
 
 class Hasher(Protocol):

@@ -83,8 +83,8 @@ class HeldCheckpoints(Checkpoints):
 def _model(path: pathlib.Path, numel: int, held: bool) -> BlobFile:
     with BlobWriter(path) as writer:
         blobs.write({"w": np.arange(numel, dtype=np.float32)}, writer)
-        digest = writer.close()
-    return HeldFile(path, digest) if held else BlobFile(path, digest)
+        model = writer.finish()
+    return HeldFile(path, model.digest) if held else model
 
 
 @dataclass

@@ -54,9 +54,20 @@ TASK = ShiftTask()
 TASK_REF = "tests.integration.test_streamed_uploads:TASK"
 
 
+@pytest.mark.parametrize(
+    ("welcomed", "sent"),
+    [(digests.UPLOAD_DIGESTS, digests.BLAKE3), ((), digests.SHA256)],
+    ids=["blake3", "welcome-from-before-blake3"],
+)
 def test_uploads_streamed_from_trained_tensors_fold_into_the_round(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    welcomed: tuple[str, ...],
+    sent: str,
 ) -> None:
+    # A server that welcomes sites with no upload digests is one from before BLAKE3: its sites
+    # send SHA-256, which it still takes.
+    monkeypatch.setattr(digests, "UPLOAD_DIGESTS", welcomed)
     # What each transfer was checked against, seen on its way through the real code.
     uploads: list[str] = []
     downloads: list[str] = []
@@ -92,7 +103,7 @@ def test_uploads_streamed_from_trained_tensors_fold_into_the_round(
             assert all(p["bytes_in"] == len(model) for p in fits)
             assert detail["rejected_uploads"] == []
             served = [fed.services.checkpoints.open(run["id"], r)[0] for r in (0, 1)]
-            assert uploads == [digests.BLAKE3] * 4
+            assert uploads == [sent] * 4
             assert sorted(downloads) == sorted(m.blake3 for m in served for _ in "ab")
 
     asyncio.run(scenario())

@@ -14,7 +14,7 @@ import blake3
 import grpc
 import pytest
 
-from quorum.client.transfer import BlobCache, download
+from quorum.client.transfer import BlobCache, download_model
 from quorum.errors import BlobError
 from quorum.ports import free_port
 from quorum.proto import federation_pb2 as pb
@@ -50,6 +50,12 @@ async def fetch(
     service: Scripted, blob: bytes = BLOB, cache: BlobCache | None = None, *, check: str = ""
 ) -> bytes:
     """Downloads `blob` (its digest and size; `check`: its BLAKE3) from `service`."""
+    offer = pb.TaskOffer(model_digest=blobs.digest(blob), model_size=len(blob), model_blake3=check)
+    return await fetch_model(service, offer, BlobCache(keep=0) if cache is None else cache)
+
+
+async def fetch_model(service: Scripted, offer: pb.TaskOffer, cache: BlobCache) -> bytes:
+    """Downloads the model `offer` names from `service`, as a site's agent does."""
     port = free_port()
     server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_FederationServicer_to_server(service, server)
@@ -57,15 +63,7 @@ async def fetch(
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.FederationStub(channel)
-            return await download(
-                stub,
-                "s",
-                blobs.digest(blob),
-                len(blob),
-                BlobCache(keep=0) if cache is None else cache,
-                blake3=check,
-            )
+            return await download_model(pb_grpc.FederationStub(channel), "s", offer, cache)
     finally:
         await server.stop(None)
 
@@ -108,15 +106,41 @@ def test_a_broken_download_resumes_where_it_stopped() -> None:
 )
 @pytest.mark.parametrize("check", ["", blake3.blake3(BLOB).hexdigest()], ids=["sha256", "blake3"])
 def test_bytes_that_are_not_the_blob_are_refused(served: bytes, match: str, check: str) -> None:
+    if match == "does not match its":  # by the digest the offer gave
+        match += " blake3" if check else " sha256"
     with pytest.raises(BlobError, match=match):
         asyncio.run(fetch(Scripted(served), check=check))
 
 
-def test_a_download_checked_by_its_blake3_is_kept_under_its_name() -> None:
+def test_a_download_checked_by_its_blake3_is_kept_under_its_name_not_yet_checked() -> None:
     cache = BlobCache()
     data = asyncio.run(fetch(Scripted(BLOB), cache=cache, check=blake3.blake3(BLOB).hexdigest()))
     assert data == BLOB
-    assert cache.get(blobs.digest(BLOB)) is data
+    assert cache.get(blobs.digest(BLOB)) == (data, False)
+    assert asyncio.run(fetch(Scripted(BLOB), cache=cache)) is data  # checked by SHA-256 now
+    assert cache.get(blobs.digest(BLOB)) == (data, True)
+
+
+def test_a_secure_aggregation_model_is_checked_by_its_name() -> None:
+    # A server could send each site other bytes with their own BLAKE3 under one name; the
+    # round's signed context names the model by SHA-256, so that is what a SecAgg fit checks.
+    other = BLOB[:-1] + b"x"
+    offer = pb.TaskOffer(
+        model_digest=blobs.digest(BLOB),
+        model_size=len(BLOB),
+        model_blake3=blake3.blake3(other).hexdigest(),
+        secagg=pb.SecAggSetup(),
+    )
+    with pytest.raises(BlobError, match="its sha256 digest"):
+        asyncio.run(fetch_model(Scripted(other), offer, BlobCache(keep=0)))
+    # Bytes cached under the name after a BLAKE3 check are checked again before a SecAgg fit
+    # has them; those that are not the name's are fetched anew.
+    cache = BlobCache()
+    cache.put(offer.model_digest, other, named=False)
+    service = Scripted(BLOB)
+    assert asyncio.run(fetch_model(service, offer, cache)) == BLOB
+    assert service.offsets == [0]
+    assert cache.get(offer.model_digest) == (BLOB, True)
 
 
 def test_a_blake3_that_is_not_the_blobs_refuses_it() -> None:

@@ -96,14 +96,22 @@ def test_a_staged_model_is_served_then_saved_in_place(tmp_path: pathlib.Path) ->
         checkpoints.save("run", 2, model, {})
 
 
-def test_a_writer_closed_without_opening_keeps_its_blob_and_gives_its_digest(
-    tmp_path: pathlib.Path,
-) -> None:
+def test_a_writer_closed_without_opening_keeps_its_blob(tmp_path: pathlib.Path) -> None:
     with BlobWriter(tmp_path / "state") as writer:
         blobs.write(PARAMS, writer)
-        digest = writer.close()
+        writer.close()
     assert (tmp_path / "state").read_bytes() == blobs.encode(PARAMS)
-    assert digest == blobs.digest(blobs.encode(PARAMS))
+
+
+def test_a_writer_that_hashes_nothing_leaves_the_digests_to_the_file(
+    tmp_path: pathlib.Path,
+) -> None:
+    with BlobWriter(tmp_path / "state", hashed=False) as writer:
+        assert len(writer.steps()) == 1  # the write alone
+        blobs.write(PARAMS, writer)
+        written = writer.finish()
+    assert written.read_all() == blobs.encode(PARAMS)
+    assert written.digest == blobs.digest(blobs.encode(PARAMS))  # read from the file
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="sync_file_range(2) is Linux's")
@@ -117,10 +125,10 @@ def test_a_writer_starts_the_writeback_of_its_bytes_as_they_come(tmp_path: pathl
     with BlobWriter(tmp_path / "m") as writer:
         blobs.write({"w": values}, writer)
         assert sync_file_range(writer._file.fileno(), 0, 0, blobfiles._SYNC_FILE_RANGE_WRITE) == 0
-        digest = writer.close()
+        written = writer.finish()
     data = blobs.encode({"w": values})
     assert (tmp_path / "m").read_bytes() == data
-    assert digest == blobs.digest(data)
+    assert written.digest == blobs.digest(data)
 
 
 @pytest.mark.parametrize("offset", [0, 1, blobs.CHUNK_BYTES * 3 + 5])

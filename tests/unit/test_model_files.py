@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 
+import blake3
 import numpy as np
 import pytest
 
@@ -122,7 +123,7 @@ def test_the_new_model_is_byte_for_byte_the_serial_step(
 ) -> None:
     """Each strategy's step, read and computed block by block and hashed and written behind
     (slots smaller than a block, so blocks are split and slots reused), writes the bytes and
-    digest of the whole-vector step of the same round, for one float dtype or several."""
+    digests of the whole-vector step of the same round, for one float dtype or several."""
     monkeypatch.setattr(write_behind, "SLOT_BYTES", 64 * 1024)
     model = _model_file(tmp_path / "model", MODELS[dtypes])
     total = Accumulator(model.layout.numel)
@@ -137,6 +138,7 @@ def test_the_new_model_is_byte_for_byte_the_serial_step(
         expected = _serial(model, whole.step(np.asarray(model.flat()), total.mean()))
         assert written.read_all() == expected
         assert written.digest == blobs.digest(expected) == BlobFile(written.path).digest
+        assert written.blake3 == blake3.blake3(expected).hexdigest()
         model = written
 
 
