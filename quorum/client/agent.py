@@ -21,13 +21,12 @@ from quorum.client.compression import Residuals, encode_update
 from quorum.client.gossip_models import GossipModels
 from quorum.client.reachability import describe
 from quorum.client.slots import Slots
-from quorum.client.transfer import BlobCache, download_model, upload
+from quorum.client.transfer import BlobCache, FederationStub, download_model, upload
 from quorum.errors import AuthError, BudgetExhausted, QuorumError
 from quorum.fitconfig import FitConfig
 from quorum.identity import public_bytes, sign_join
 from quorum.logs import SiteLog
 from quorum.proto import federation_pb2 as pb
-from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.task import FitResult, SiteTask
 from quorum.wire import blobs, digests
 from quorum.wire.channel import GRPC_OPTIONS, STREAM_END
@@ -151,7 +150,7 @@ class SiteAgent:
 
     async def _session(self, stop: asyncio.Event) -> None:
         async with self._channel() as channel:
-            stub = pb_grpc.FederationStub(channel)
+            stub = FederationStub(channel)
             outbox: asyncio.Queue[pb.SiteMessage] = asyncio.Queue()
 
             async def outgoing() -> AsyncIterator[pb.SiteMessage]:
@@ -254,7 +253,7 @@ class SiteAgent:
 
     async def _work(
         self,
-        stub: pb_grpc.FederationStub,
+        stub: FederationStub,
         session_id: str,
         tasks: asyncio.Queue[pb.TaskOffer],
         outbox: asyncio.Queue[pb.SiteMessage],
@@ -287,7 +286,7 @@ class SiteAgent:
 
     async def _handle(
         self,
-        stub: pb_grpc.FederationStub,
+        stub: FederationStub,
         session_id: str,
         offer: pb.TaskOffer,
         outbox: asyncio.Queue[pb.SiteMessage],
@@ -369,7 +368,7 @@ class SiteAgent:
 
     async def _secure_fit(
         self,
-        stub: pb_grpc.FederationStub,
+        stub: FederationStub,
         session_id: str,
         offer: pb.TaskOffer,
         outbox: asyncio.Queue[pb.SiteMessage],
@@ -417,7 +416,7 @@ class SiteAgent:
 
     async def _gossip(
         self,
-        stub: pb_grpc.FederationStub,
+        stub: FederationStub,
         session_id: str,
         offer: pb.TaskOffer,
         outbox: asyncio.Queue[pb.SiteMessage],
@@ -450,7 +449,7 @@ class SiteAgent:
 
 
 async def _upload_update(
-    stub: pb_grpc.FederationStub,
+    stub: FederationStub,
     session_id: str,
     offer: pb.TaskOffer,
     started: float,

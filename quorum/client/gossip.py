@@ -29,11 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from quorum.client.gossip_models import GossipModels
 from quorum.client.slots import Slots
 from quorum.client.stages import unless_ended
-from quorum.client.transfer import BlobCache, download, download_model, upload
+from quorum.client.transfer import BlobCache, FederationStub, download, download_model, upload
 from quorum.errors import BlobError, GossipError
 from quorum.privacy import gossip_channel as channel
 from quorum.proto import federation_pb2 as pb
-from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.task import FitResult, JSONConfig, SiteTask
 from quorum.wire import blobs
 
@@ -48,7 +47,7 @@ class Link:
     """How the round talks to the server: the session stream for stage messages, the
     Download and Upload calls for models and ciphertexts."""
 
-    stub: pb_grpc.FederationStub
+    stub: FederationStub
     session_id: str
     cache: BlobCache
     send: Callable[[pb.GossipReply], None]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections import OrderedDict
+from typing import Any
 
 import grpc
 
@@ -13,11 +14,32 @@ from quorum.atomic import write_atomic
 from quorum.errors import BlobError
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
-from quorum.wire import blobs, digests
+from quorum.wire import blobs, digests, frames
 from quorum.wire.channel import STREAM_END
 from quorum.wire.incoming import Incoming
 
 DOWNLOAD_ATTEMPTS = 3
+
+
+class FederationStub(pb_grpc.FederationStub):  # type: ignore[misc]
+    """The federation service's stub with its bulk calls in hand-written frames
+    (`quorum.wire.frames`): a download's chunk is a view of its frame, and `upload` sends its
+    chunks framed already, each in one copy of the site's tensors. The bytes on the wire are
+    protobuf's: a server of any version reads and writes them as before."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        # Typed as the generated stub's calls are (grpc-stubs types the sync channel's).
+        self.Download: Any = channel.unary_stream(
+            "/quorum.v1.Federation/Download",
+            request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=frames.parse_blob_chunk,
+        )
+        self.Upload: Any = channel.stream_stream(
+            "/quorum.v1.Federation/Upload",
+            request_serializer=frames.serialise_upload,
+            response_deserializer=pb.UploadReply.FromString,
+        )
 
 
 class BlobCache:
@@ -122,16 +144,16 @@ async def download(
 
 
 async def upload(
-    stub: pb_grpc.FederationStub, header: pb.UploadHeader, data: blobs.Pieces
+    stub: FederationStub, header: pb.UploadHeader, data: blobs.Pieces
 ) -> pb.UploadReceipt:
     """Sends the header, waits for the server's grant (or refusal), then the bytes, a chunk at a
-    time cut from `data`'s pieces."""
+    time cut from `data`'s pieces into its frame."""
     call = stub.Upload()
     await call.write(pb.UploadMessage(header=header))
     reply = await call.read()
     if reply is not STREAM_END and reply.WhichOneof("kind") == "grant":
-        for chunk in data.chunks():
-            await call.write(pb.UploadMessage(chunk=chunk))
+        for frame in data.chunks(head=frames.upload_chunk_head):
+            await call.write(frame)
         await call.done_writing()
         reply = await call.read()
     if reply is STREAM_END or reply.WhichOneof("kind") != "receipt":

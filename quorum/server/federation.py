@@ -22,7 +22,7 @@ from quorum.server.sessions import Session as SiteSession
 from quorum.server.spools import SpoolPool, fit
 from quorum.server.upload_budget import UploadBudget
 from quorum.server.validation import Received
-from quorum.wire import digests
+from quorum.wire import digests, frames
 from quorum.wire.blobfiles import stream_held
 from quorum.wire.incoming import Incoming
 
@@ -151,9 +151,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 log.warning("event=session_timeout site=%s", session.site)
                 session.close()
 
-    async def Download(
-        self, request: pb.DownloadRequest, context: Context
-    ) -> AsyncIterator[pb.BlobChunk]:
+    async def Download(self, request: pb.DownloadRequest, context: Context) -> AsyncIterator[bytes]:
+        """The blob's `BlobChunk`s from `request.offset` on, serialised here (`BulkFrames`)."""
         session = self.services.sessions.get(request.session_id)
         if session is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or closed session")
@@ -172,13 +171,13 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         # Bounded like uploads: chunks queued for slow readers cost server memory per stream.
         async with self._downloads:
             async for chunk in chunks:
-                yield pb.BlobChunk(offset=offset, total_size=size, data=bytes(chunk))
+                yield frames.blob_chunk(offset, size, chunk)
                 offset += len(chunk)
                 sent += len(chunk)
         self.services.book.on_download(session, request.digest, sent, relayed=parcel is not None)
 
     async def Upload(
-        self, request_iterator: AsyncIterator[pb.UploadMessage], context: Context
+        self, request_iterator: AsyncIterator[frames.UploadFrame], context: Context
     ) -> AsyncIterator[pb.UploadReply]:
         incoming = aiter(request_iterator)
         try:
@@ -186,7 +185,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         except StopAsyncIteration:
             yield _refused(UploadRejected("empty_upload", "the upload carried no header"))
             return
-        if first.WhichOneof("kind") != "header":
+        if not isinstance(first, pb.UploadMessage) or first.WhichOneof("kind") != "header":
             yield _refused(
                 UploadRejected("no_header", "the first upload message must be the header")
             )
@@ -223,7 +222,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
 
 async def _receive(
-    incoming: AsyncIterator[pb.UploadMessage], size: int, algorithm: str, pool: SpoolPool
+    incoming: AsyncIterator[frames.UploadFrame], size: int, algorithm: str, pool: SpoolPool
 ) -> Received:
     """The upload's bytes in a spool from `pool`, with their digest of `algorithm`."""
     try:
@@ -233,13 +232,14 @@ async def _receive(
     blob = Incoming(file, algorithm)  # `algorithm` is one of digests.ACCEPTED (`admit_upload`)
     try:
         async for message in incoming:
-            if message.WhichOneof("kind") != "chunk":
+            chunk = frames.chunk_of(message)
+            if chunk is None:
                 raise UploadRejected("bad_chunk", "a second header arrived inside the upload")
-            if blob.received + len(message.chunk) > size:
+            if blob.received + len(chunk) > size:
                 raise UploadRejected(
                     "oversized", f"upload exceeds its declared size of {size} bytes"
                 )
-            await blob.add(message.chunk)
+            await blob.add(chunk)
         if blob.received != size:
             raise UploadRejected(
                 "size_mismatch", f"received {blob.received} bytes, header declared {size}"

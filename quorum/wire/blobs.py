@@ -13,7 +13,7 @@ import io
 import json
 import math
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -135,21 +135,30 @@ class Pieces:
     def join(self) -> bytes:
         return b"".join(self.parts)
 
-    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    def chunks(
+        self, size: int = CHUNK_BYTES, head: Callable[[int], bytes] | None = None
+    ) -> Iterator[bytes]:
         """The joined bytes in chunks of `size` (the last one shorter), each a copy that may
-        span several pieces: `chunks(self.join(), size=size)`, never holding more than a chunk."""
+        span several pieces: `chunks(self.join(), size=size)`, never holding more than a chunk.
+        `head`: what to put before each chunk, given its length, in the same copy (a frame's
+        head, `quorum.wire.frames`)."""
         pending: list[memoryview] = []
         room = size
+
+        def joined() -> bytes:
+            length = size - room
+            return b"".join([head(length), *pending] if head is not None else pending)
+
         for part in self.parts:
             while part.nbytes:
                 piece, part = part[:room], part[room:]
                 pending.append(piece)
                 room -= piece.nbytes
                 if not room:
-                    yield b"".join(pending)
+                    yield joined()
                     pending, room = [], size
         if pending:
-            yield b"".join(pending)
+            yield joined()
 
 
 def _header(

@@ -28,15 +28,15 @@ class Incoming:
         self._hash = digests.hasher(algorithm)
         self._taking: asyncio.Future[None] | None = None
 
-    async def add(self, chunk: bytes) -> None:
-        """Appends the next chunk."""
-        self.received += len(chunk)
+    async def add(self, chunk: blobs.Buffer) -> None:
+        """Appends the next chunk (which must not change until it is written)."""
+        self.received += memoryview(chunk).nbytes
         # In order: the previous chunk is written before this one starts (hashlib and file
         # writes let go of the GIL, so this runs beside the next chunk's arrival).
         await self._written()
         self._taking = asyncio.ensure_future(asyncio.to_thread(self._take, chunk))
 
-    def _take(self, chunk: bytes) -> None:
+    def _take(self, chunk: blobs.Buffer) -> None:
         self._hash.update(chunk)
         # A file may take part of a write without an error (its disk filling up): the rest is
         # written again, and fails, rather than leave the spool short of what was hashed.
