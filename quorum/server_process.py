@@ -24,7 +24,6 @@ from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.backups import back_up_forever
 from quorum.server.baselines import BaselineJobs
 from quorum.server.blobstore import BlobStore
-from quorum.server.bulk_frames import BulkFrames
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.claims import NO_PORT_SHARING, StateLock, bind
 from quorum.server.coordinator import Coordinator
@@ -100,9 +99,7 @@ class Server:
             admin_socket.close()
             raise
         self._grpc = grpc.aio.server(
-            options=[*GRPC_OPTIONS, NO_PORT_SHARING],
-            # In this order: the refusal of frames that do not parse wraps the bulk frames' parser.
-            interceptors=[RefuseUndecodable(), BulkFrames()],
+            options=[*GRPC_OPTIONS, NO_PORT_SHARING], interceptors=[RefuseUndecodable()]
         )
         pb_grpc.add_FederationServicer_to_server(
             FederationService(self.coordinator.services, cfg), self._grpc

@@ -5,7 +5,8 @@ gRPC's aio server parses each request inside its own machinery: bytes that do no
 DecodeError from wherever a handler awaits its next message (or before a unary handler runs),
 which gRPC answers UNKNOWN and logs with a traceback, frame after frame, so a peer sending
 garbage would fill the log. This interceptor parses leniently and refuses such a call once, in
-a line of its own."""
+a line of its own. It also gives the bulk calls their hand-written frames
+(`quorum.server.bulk_frames`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from quorum.server.bulk_frames import framed
 
 log = logging.getLogger("quorum.server")
 
@@ -42,6 +45,8 @@ class RefuseUndecodable(_Interceptor):
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
+        # The bulk calls' own parser is the one made lenient here.
+        handler = framed(details.method, handler)
         parse = _lenient(handler.request_deserializer)
         if handler.unary_stream is not None:
             return handler._replace(

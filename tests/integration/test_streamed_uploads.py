@@ -73,9 +73,17 @@ def test_uploads_streamed_from_trained_tensors_fold_into_the_round(
     downloads: list[str] = []
     receive, download = service._receive, transfer.download
 
-    async def receiving(*args: Any) -> Any:
-        uploads.append(args[2])
-        return await receive(*args)
+    framed: list[bool] = []  # whether each chunk came as a view of its frame (`frames`)
+
+    async def receiving(incoming: Any, *args: Any) -> Any:
+        uploads.append(args[1])
+
+        async def seen() -> Any:
+            async for message in incoming:
+                framed.append(isinstance(message, memoryview))
+                yield message
+
+        return await receive(seen(), *args)
 
     async def downloading(*args: Any, blake3: str = "") -> bytes:
         downloads.append(blake3)
@@ -104,6 +112,7 @@ def test_uploads_streamed_from_trained_tensors_fold_into_the_round(
             assert detail["rejected_uploads"] == []
             served = [fed.services.checkpoints.open(run["id"], r)[0] for r in (0, 1)]
             assert uploads == [sent] * 4
+            assert framed and all(framed)
             assert sorted(downloads) == sorted(m.blake3 for m in served for _ in "ab")
 
     asyncio.run(scenario())

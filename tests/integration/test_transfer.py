@@ -14,12 +14,12 @@ import blake3
 import grpc
 import pytest
 
-from quorum.client.transfer import BlobCache, download_model
+from quorum.client.transfer import BlobCache, FederationStub, download_model
 from quorum.errors import BlobError
 from quorum.ports import free_port
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
-from quorum.wire import blobs
+from quorum.wire import blobs, frames
 from quorum.wire.channel import GRPC_OPTIONS
 
 BLOB = bytes(range(256)) * 20_000  # 5 MB: several 1 MiB chunks
@@ -63,7 +63,7 @@ async def fetch_model(service: Scripted, offer: pb.TaskOffer, cache: BlobCache) 
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            return await download_model(pb_grpc.FederationStub(channel), "s", offer, cache)
+            return await download_model(FederationStub(channel), "s", offer, cache)
     finally:
         await server.stop(None)
 
@@ -147,3 +147,23 @@ def test_a_blake3_that_is_not_the_blobs_refuses_it() -> None:
     # The bytes are the ones the SHA-256 names; the BLAKE3 sent beside it decides.
     with pytest.raises(BlobError, match="does not match"):
         asyncio.run(fetch(Scripted(BLOB), check=blake3.blake3(b"another blob").hexdigest()))
+
+
+def test_a_sites_stub_reads_each_chunk_as_a_view_of_its_frame() -> None:
+    async def scenario() -> list[frames.ChunkView | pb.BlobChunk]:
+        port = free_port()
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_FederationServicer_to_server(Scripted(BLOB), server)  # protobuf's replies
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = FederationStub(channel).Download(pb.DownloadRequest(digest="d"))
+                return [chunk async for chunk in call]
+        finally:
+            await server.stop(None)
+
+    chunks = asyncio.run(scenario())
+    assert all(isinstance(chunk, frames.ChunkView) for chunk in chunks)
+    assert b"".join(bytes(chunk.data) for chunk in chunks) == BLOB
+    assert [chunk.offset for chunk in chunks] == list(range(0, len(BLOB), blobs.CHUNK_BYTES))
