@@ -31,12 +31,12 @@ class FederationStub(pb_grpc.FederationStub):  # type: ignore[misc]
         super().__init__(channel)
         # Typed as the generated stub's calls are (grpc-stubs types the sync channel's).
         self.Download: Any = channel.unary_stream(
-            "/quorum.v1.Federation/Download",
+            frames.DOWNLOAD,
             request_serializer=pb.DownloadRequest.SerializeToString,
             response_deserializer=frames.parse_blob_chunk,
         )
         self.Upload: Any = channel.stream_stream(
-            "/quorum.v1.Federation/Upload",
+            frames.UPLOAD,
             request_serializer=frames.serialise_upload,
             response_deserializer=pb.UploadReply.FromString,
         )
@@ -148,6 +148,8 @@ async def upload(
 ) -> pb.UploadReceipt:
     """Sends the header, waits for the server's grant (or refusal), then the bytes, a chunk at a
     time cut from `data`'s pieces into its frame."""
+    if not isinstance(stub, FederationStub):  # a generated stub would fail at the first chunk
+        raise TypeError("upload needs the site's FederationStub, which sends framed chunks")
     call = stub.Upload()
     await call.write(pb.UploadMessage(header=header))
     reply = await call.read()

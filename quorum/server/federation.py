@@ -152,7 +152,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 session.close()
 
     async def Download(self, request: pb.DownloadRequest, context: Context) -> AsyncIterator[bytes]:
-        """The blob's `BlobChunk`s from `request.offset` on, serialised here (`BulkFrames`)."""
+        """The blob's `BlobChunk`s from `request.offset` on, serialised here: the server's
+        interceptor passes them on as they are (`quorum.server.bulk_frames.framed`)."""
         session = self.services.sessions.get(request.session_id)
         if session is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or closed session")

@@ -27,6 +27,11 @@ _BLOB_TOTAL_SIZE = 2 << 3 | 0
 _BLOB_DATA = 3 << 3 | 2
 _UPLOAD_CHUNK = 2 << 3 | 2
 _MAX_VARINT_BYTES = 10
+_UINT64 = (1 << 64) - 1
+
+DOWNLOAD = "/quorum.v1.Federation/Download"
+UPLOAD = "/quorum.v1.Federation/Upload"
+"""The bulk calls' method paths (`proto/quorum/v1/federation.proto`)."""
 
 UploadFrame = pb.UploadMessage | memoryview
 """An upload's frame as `parse_upload` gives it: a chunk's bytes, or any other message."""
@@ -115,7 +120,8 @@ def _read_varint(frame: bytes, at: int) -> tuple[int | None, int]:
 
 
 def _unvarint(data: bytes) -> int:
-    return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(data))
+    # Bits past 64 are dropped, as protobuf drops them.
+    return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(data)) & _UINT64
 
 
 def chunk_of(frame: UploadFrame) -> memoryview | bytes | None:

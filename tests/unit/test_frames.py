@@ -73,7 +73,10 @@ def test_a_frame_that_is_no_message_fails_as_protobuf_fails(frame: bytes) -> Non
 
 
 def test_a_sites_upload_frames_are_its_blobs_chunks_in_messages() -> None:
-    params = {"a": np.arange(300_001, dtype=np.float32), "b": np.ones((3, 4), np.float64)}
+    params: blobs.Params = {
+        "a": np.arange(300_001, dtype=np.float32),
+        "b": np.ones((3, 4), np.float64),
+    }
     pieces = blobs.pieces(params)
     sent = list(pieces.chunks(head=frames.upload_chunk_head))
     assert sent == [
@@ -81,3 +84,21 @@ def test_a_sites_upload_frames_are_its_blobs_chunks_in_messages() -> None:
         for chunk in blobs.chunks(blobs.encode(params))
     ]
     assert len(sent) == 2  # 1.2 MB: a whole chunk and a short one
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x08" + b"\x80" * 9 + b"\x02" + b"\x1a\x03abc",  # an offset of 2**64: protobuf reads 0
+        b"\x10" + b"\xff" * 9 + b"\x7f",  # a total size past 64 bits: its low 64 bits
+    ],
+    ids=["offset-2**64", "total-past-64-bits"],
+)
+def test_a_varint_past_64_bits_is_read_as_protobuf_reads_it(frame: bytes) -> None:
+    read = frames.parse_blob_chunk(frame)
+    want = pb.BlobChunk.FromString(frame)
+    assert (read.offset, read.total_size, bytes(read.data)) == (
+        want.offset,
+        want.total_size,
+        want.data,
+    )
