@@ -1,4 +1,4 @@
-"""Blobs in files: written as a stream with their SHA-256 taken on the way, read back chunk by
+"""Blobs in files: written as a stream with their digests taken on the way, read back chunk by
 chunk or block by block, never loaded whole.
 
 A large model (the global model every site downloads, a checkpoint) lives in its file: the server
