@@ -194,16 +194,23 @@ def wait_result(
 
 
 def save_serverapp_log(env: dict[str, str], run_dir: pathlib.Path, run_id: str) -> None:
-    done = subprocess.run(
-        [str(VENV_BIN / "flwr"), "log", run_id, "bench", "--show"],
-        env=env,
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    (run_dir / "serverapp.log").write_text(done.stdout + done.stderr)
+    """The ServerApp's log, for reading after the run: diagnostics only, so a `flwr log` that
+    does not answer in time (a loaded machine) leaves a note in its place, not the run's
+    figures lost and its processes left running."""
+    try:
+        done = subprocess.run(
+            [str(VENV_BIN / "flwr"), "log", run_id, "bench", "--show"],
+            env=env,
+            cwd=run_dir,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        text = done.stdout + done.stderr
+    except subprocess.TimeoutExpired:
+        text = "flwr log did not answer in 30 s\n"
+    (run_dir / "serverapp.log").write_text(text)
 
 
 def summarise(
@@ -293,9 +300,11 @@ def run(
     finally:
         if monitor is not None:
             monitor.stop()
-        if run_id is not None:
-            save_serverapp_log(env, run_dir, run_id)
-        launcher.stop_all()
+        try:
+            if run_id is not None:
+                save_serverapp_log(env, run_dir, run_id)
+        finally:
+            launcher.stop_all()
     if monitor is not None and out_file.exists():
         result.update(summarise(spec, monitor, json.loads(out_file.read_text()), superlink_hwm))
     if monitor is not None:
