@@ -22,6 +22,7 @@ from quorum.errors import NotFoundError
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.store import Store
 from quorum.wire import blobs
+from quorum.wire.blobfiles import hold
 
 RUN_ID, RUN_NAME, TASK, ROUND, DIGEST = (
     "quorum.run_id",
@@ -37,11 +38,13 @@ async def labelled_model(store: Store, checkpoints: Checkpoints, run_id: str) ->
     done = store.last_completed_round(run_id)
     path = checkpoints.model_path(run_id, done)
     try:
-        # Opened first: a checkpoint pruned while it streams stays readable through the handle.
+        # Opened first: a checkpoint pruned while it streams stays readable through the handle,
+        # and held (`hold`), it is not written over as a spare.
         stream = path.open("rb")
     except FileNotFoundError:
         raise NotFoundError(f"run {run_id!r} has no model yet") from None
     try:
+        hold(stream.fileno(), path)
         if done:
             digest = str(store.model_digest(run_id, done))
         else:  # the initial model: no round recorded its digest

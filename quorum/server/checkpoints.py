@@ -10,10 +10,16 @@ round 0 (a gossip run serves it every round): the state directory does not grow 
 Files are written and read as streams (`quorum.wire.blobfiles`), never whole in memory: a round's
 new model is written once, to its temporary name (`stage`), served from there while the round
 evaluates it, and renamed into place when the round is saved.
+
+A pruned round's files are not removed but kept as the spares (one for models, one for strategy
+states, shared by the runs) that the next round's files are written over (`BlobWriter`): a new
+file's pages cost more than writing over pages the kernel holds already. A spare someone still
+reads (a model a late site downloads) is left to them, and the next file is a new one.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 from collections.abc import Mapping
@@ -26,6 +32,8 @@ from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile, BlobWriter
 
 _ROUND = re.compile(r"^round-(\d+)\.(model|strategy)\.safetensors$")
+_SPARE = "spare.{}.safetensors"
+"""A spare's name in the checkpoints folder, of its kind (model, strategy)."""
 
 
 class Checkpoints:
@@ -51,7 +59,7 @@ class Checkpoints:
         """A writer of the round's model to its temporary name; `save` gives the finished file
         its name. Writing a round again replaces its staged file (readers of the old one keep
         it until they let go)."""
-        return BlobWriter(temp_path(self._paths(run_id, round_no)[0]))
+        return BlobWriter(temp_path(self._paths(run_id, round_no)[0]), spare=self._spare("model"))
 
     def stage_params(
         self, run_id: str, round_no: int, params: Mapping[str, np.ndarray]
@@ -76,7 +84,9 @@ class Checkpoints:
             raise ValueError(f"{model.path} is not the staged model of round {round_no}")
         publish(model.path, model_path)
         model.path = model_path
-        with BlobWriter(temp_path(state_path), hashed=False) as state:
+        with BlobWriter(
+            temp_path(state_path), hashed=False, spare=self._spare("strategy")
+        ) as state:
             blobs.write(strategy_state, state)
             state.close()
         publish(temp_path(state_path), state_path)
@@ -95,12 +105,19 @@ class Checkpoints:
         ]
         return max(rounds, default=None)
 
+    def _spare(self, kind: str) -> pathlib.Path:
+        return self.root / _SPARE.format(kind)
+
     def _prune(self, run_id: str, newest: int, keep: int) -> None:
-        """Removes the rounds older than the newest `keep`, round 0 apart."""
+        """Turns the rounds older than the newest `keep`, round 0 apart, into the spares (the
+        last one of a kind stays, the others go)."""
         for path in (self.root / run_id).iterdir():
             match = _ROUND.match(path.name)
             if match and 0 < int(match.group(1)) <= newest - keep:
-                path.unlink(missing_ok=True)
+                try:
+                    os.replace(path, self._spare(match.group(2)))
+                except FileNotFoundError:
+                    pass
 
     def open(self, run_id: str, round_no: int) -> tuple[BlobFile, dict[str, np.ndarray]]:
         """The round's model file, opened (its digest read from it) and its strategy state."""

@@ -16,10 +16,10 @@ import logging
 import pathlib
 import time
 
-from quorum.errors import StoreError
+from quorum.errors import BlobError, StoreError
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.store import Store
-from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
 
 log = logging.getLogger("quorum.server")
 
@@ -127,10 +127,14 @@ def damaged_checkpoints(store: Store, checkpoints: pathlib.Path) -> tuple[int, l
     for run_id, round_no, digest in store.completed_models():
         path = checkpoints / run_id / f"round-{round_no:05d}.model.safetensors"
         try:
-            data = path.read_bytes()
+            # A blob file, read a chunk at a time and held while it is (a live server's
+            # pruned checkpoints are written over as spares, `quorum.server.checkpoints`).
+            matches = BlobFile(path).digest == digest
         except FileNotFoundError:
             continue
-        if blobs.digest(data) == digest:
+        except BlobError:
+            matches = False
+        if matches:
             verified += 1
         else:
             problems.append(f"{path} does not hash to the digest recorded for round {round_no}")

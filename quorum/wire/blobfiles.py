@@ -6,19 +6,24 @@ serves it with `pread` (the kernel's page cache, not the process's memory), read
 a time for its checks and its server step, and writes the new model straight to a file. Reads
 made for the event loop (`stream`) run in a worker thread: a file not in the page cache waits
 on the disk, and the loop serves every session.
+
+A blob file's readers hold a shared `flock` on it (`hold`): a writer given a spare file to
+write over (a pruned checkpoint, `quorum.server.checkpoints`) takes it only when no one does, so
+reusing a file's pages never changes bytes someone reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import mmap
 import os
 import pathlib
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import cast
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -63,6 +68,7 @@ class BlobFile:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY) if fd is None else os.dup(fd)
         weakref.finalize(self, os.close, self._fd)
+        hold(self._fd, path)
         self.size = os.fstat(self._fd).st_size
         head_len = blobs.header_length(self.read(0, 8), self.size)
         self.layout = blobs.layout_of(self.read(0, 8 + head_len), self.size)
@@ -171,6 +177,8 @@ class BlobFile:
         return self._finite
 
     def _mapped(self) -> memoryview:
+        # The map has a descriptor of its own: the file stays held (`hold`) while views of
+        # it live, even after this object is gone.
         if self._map is None:
             self._map = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
         return memoryview(self._map)
@@ -197,6 +205,16 @@ async def stream_held(data: blobs.Buffer, offset: int = 0) -> AsyncIterator[blob
     file's: nothing to wait for."""
     for chunk in blobs.chunks(data, offset):
         yield chunk
+
+
+def hold(fd: int, path: pathlib.Path) -> None:
+    """Marks the file open at `fd` as read until its last descriptor closes (a shared `flock`):
+    a `BlobWriter` then leaves it alone instead of writing over it as a spare. BlobError when a
+    writer holds it already (it was a spare before this reader opened it by an older name)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BlobError(f"{path} is being written over") from None
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -231,17 +249,26 @@ class BlobWriter:
 
     The kernel is asked to start writing the bytes to disk as they come (`WRITEBACK_BYTES` at a
     time), so `close`'s fsync waits for the last of them only: a 1 GB model's fsync took 0.4 s
-    after its writes, 0.01 s so."""
+    after its writes, 0.01 s so.
 
-    def __init__(self, path: pathlib.Path, *, hashed: bool = True) -> None:
+    Given a `spare` file no one reads (`hold`), the writer renames it to `path` and writes over
+    it: its pages are in the kernel's page cache already, where a new file's are each allocated
+    first. Writing 1 GB on this 2-core VM took 0.4-0.75 CPU s over a kept file, 1.5-2.3 s into
+    a new one (the server writes a new model every round)."""
+
+    def __init__(
+        self, path: pathlib.Path, *, hashed: bool = True, spare: pathlib.Path | None = None
+    ) -> None:
         """`hashed`: take the blob's digests (a model's, which name and check it); the strategy
         state's are never asked for."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # A file of that name may still be served (an earlier attempt of the round): it keeps
-        # its bytes, unlinked, for its readers; this blob is a new file.
-        path.unlink(missing_ok=True)
-        self._file = open(path, "xb")  # closed by finish() or __exit__
+        reused = None if spare is None else _reuse(spare, path)
+        if reused is None:
+            # A file of that name may still be served (an earlier attempt of the round): it
+            # keeps its bytes, unlinked, for its readers; this blob is a new file.
+            path.unlink(missing_ok=True)
+        self._file = reused or open(path, "xb")  # closed by finish() or __exit__
         self._hashes = (
             (digests.hasher(digests.SHA256), digests.hasher(digests.BLAKE3)) if hashed else ()
         )
@@ -267,6 +294,7 @@ class BlobWriter:
     def close(self) -> None:
         """Flushes the blob to disk and closes it."""
         self._file.flush()
+        self._file.truncate(self._written)  # a spare written over may have been longer
         os.fsync(self._file.fileno())
         self._file.close()
 
@@ -291,3 +319,20 @@ class BlobWriter:
         if not self._file.closed:
             self._file.close()
             self.path.unlink(missing_ok=True)
+
+
+def _reuse(spare: pathlib.Path, path: pathlib.Path) -> BinaryIO | None:
+    """`spare` renamed to `path` and opened to be written over from its start; None when there
+    is no spare or someone still reads it (it is then unlinked: they keep its bytes)."""
+    try:
+        os.replace(spare, path)  # one writer wins a spare; the others find none
+    except FileNotFoundError:
+        return None
+    file = open(path, "r+b")
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        path.unlink()
+        return None
+    return file

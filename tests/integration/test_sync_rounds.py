@@ -198,6 +198,12 @@ def test_a_long_run_keeps_a_bounded_number_of_checkpoints(tmp_path: pathlib.Path
                 "round-00011",
                 "round-00012",
             ]
+            # pruned rounds are the spares the next ones are written over, one of each kind
+            assert sorted(p.name for p in (fed.state_dir / "checkpoints").iterdir()) == [
+                run["id"],
+                "spare.model.safetensors",
+                "spare.strategy.safetensors",
+            ]
             for value in _final_model(fed, run["id"], 12).values():
                 np.testing.assert_allclose(value, 12.0)
 

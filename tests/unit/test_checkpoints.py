@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from quorum.atomic import write_atomic
-from quorum.errors import StoreError
+from quorum.errors import BlobError, StoreError
 from quorum.server.checkpoints import Checkpoints
 from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile, BlobWriter
 
 MODEL = blobs.encode(
     {
@@ -197,3 +198,58 @@ def test_a_run_keeps_its_newest_rounds_and_its_initial_model(tmp_path: pathlib.P
     for round_no in range(5):
         _save(reader, "run-c", round_no, MODEL, STATE)
     assert len(list((tmp_path / "run-c").iterdir())) == 10
+
+
+# --- spares ------------------------------------------------------------------------------------
+
+
+def test_a_pruned_round_is_written_over_by_the_next(tmp_path: pathlib.Path) -> None:
+    """A pruned round's files become the spares the next round's are written over: the same
+    file (its pages reused), cut to the new blob's size, its digest the new blob's."""
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    for round_no in (1, 2):
+        _save(checkpoints, "run-a", round_no, MODEL, STATE)
+    first = os.stat(checkpoints.model_path("run-a", 1)).st_ino
+    _save(checkpoints, "run-a", 3, MODEL, STATE)  # prunes round 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run-a",
+        "spare.model.safetensors",
+        "spare.strategy.safetensors",
+    ]
+    assert os.stat(tmp_path / "spare.model.safetensors").st_ino == first
+    smaller = blobs.encode({"w": np.full(3, 7.0, np.float32)})
+    _save(checkpoints, "run-b", 1, smaller, {"step": np.array([1], np.int64)})
+    assert os.stat(checkpoints.model_path("run-b", 1)).st_ino == first
+    model, state = checkpoints.open("run-b", 1)
+    assert model.read_all() == smaller and model.size == len(smaller)
+    assert model.digest == blobs.digest(smaller)
+    assert list(state) == ["step"]
+    assert not (tmp_path / "spare.model.safetensors").exists()  # taken; round 2's comes next
+
+
+def test_a_spare_someone_reads_is_left_to_them(tmp_path: pathlib.Path) -> None:
+    """A pruned model still read (a late site's download) is never written over: the reader
+    keeps its bytes and the next round's model is a new file."""
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    for round_no in (1, 2):
+        _save(checkpoints, "run-a", round_no, MODEL, STATE)
+    held, _ = checkpoints.open("run-a", 1)
+    first = os.stat(checkpoints.model_path("run-a", 1)).st_ino
+    _save(checkpoints, "run-a", 3, MODEL, STATE)  # round 1 becomes the spare, still read
+    other = blobs.encode({"w": np.zeros(1000, np.float32)})
+    _save(checkpoints, "run-a", 4, other, STATE)
+    assert os.stat(checkpoints.model_path("run-a", 4)).st_ino != first
+    assert held.read_all() == MODEL
+    assert held.digest == blobs.digest(MODEL)
+    assert _read(checkpoints, "run-a", 4)[0] == other
+
+
+def test_a_file_being_written_over_cannot_be_opened_to_read(tmp_path: pathlib.Path) -> None:
+    spare, path = tmp_path / "spare", tmp_path / "model"
+    spare.write_bytes(b"\xff" * (3 * len(MODEL)))
+    with BlobWriter(path, spare=spare) as writer:
+        writer.write(MODEL)
+        with pytest.raises(BlobError, match="being written over"):
+            BlobFile(path)
+        assert writer.finish().read_all() == MODEL  # cut to its size
+    assert not spare.exists()
