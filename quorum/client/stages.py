@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from quorum.proto import federation_pb2 as pb
-from quorum.task import FitResult
+
+Trained = TypeVar("Trained")
+"""What the task's training gives: the model it trained from, or the model it made, and the
+fit's result."""
 
 
 async def unless_ended(
-    training: asyncio.Future[tuple[bytes, FitResult]],
+    training: asyncio.Future[Trained],
     inbox: asyncio.Queue[pb.ServerMessage],
     unexpected: Callable[[pb.ServerMessage, str], NoReturn],
     want: str,
-) -> tuple[bytes, FitResult]:
+) -> Trained:
     """The training's result, unless a message for the task arrives first: the server ended the
     site's part (a notice) or is ahead of it; `unexpected(message, want)` raises the task's
     error then."""
