@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -128,7 +129,10 @@ def _concurrent(port: int, kind: str, nbytes: int, nodes: int, timeout: float) -
 
 
 def floor(nbytes: int, nodes: int, timeout: float = 600.0) -> dict[str, float]:
-    """Seconds to fetch `nbytes` to `nodes` processes at once, then to push as much from each."""
+    """Seconds to fetch `nbytes` to `nodes` processes at once, then to push as much from each,
+    and the CPU seconds its processes (the server and every client) used for it: on a machine
+    whose cores the round's processes share, a round takes at least its CPU over the cores."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.loopback", "--serve", "--port", str(port)],
@@ -144,7 +148,9 @@ def floor(nbytes: int, nodes: int, timeout: float = 600.0) -> dict[str, float]:
     finally:
         server.kill()
         server.wait()
-    return {"fetch_s": fetch, "push_s": push, "floor_s": fetch + push}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"fetch_s": fetch, "push_s": push, "floor_s": fetch + push, "cpu_s": cpu}
 
 
 def main(argv: list[str] | None = None) -> int:

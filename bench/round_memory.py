@@ -75,10 +75,11 @@ def row(mode: str, result: dict[str, Any], model_mb: float, floor_s: float | Non
     round_s = stats.get("median")
     ratio = f"{round_s / floor_s:.1f}" if round_s and floor_s else "—"
     round_text = f"{round_s:.2f}" if round_s else "—"
+    cpu = result.get("server_cpu_s_per_round", 0.0) + result.get("clients_cpu_s_per_round", 0.0)
     errors = "; ".join(result.get("errors", []))[:120]
     return (
         f"| {mode} | {server:,.0f} | {server / model_mb:.2f} | {site:,.0f} | {site / model_mb:.2f} "
-        f"| {round_text} | {ratio} | {errors} |"
+        f"| {round_text} | {ratio} | {cpu:.1f} | {errors} |"
     )
 
 
@@ -99,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     lines = [
         f"P = {args.params:,} ({model_mb:,.0f} MB model), N = {args.nodes}; transfer floor "
-        f"{floor['floor_s']:.2f} s ({floor['fetch_s']:.2f} s fetch + {floor['push_s']:.2f} s push)",
+        f"{floor['floor_s']:.2f} s ({floor['fetch_s']:.2f} s fetch + {floor['push_s']:.2f} s push, "
+        f"{floor['cpu_s']:.2f} CPU s)",
         "",
         "| mode | server peak (MB) | × model | site peak (MB) | × model | round (s) "
-        "| round / floor | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| round / floor | CPU s per round (server + sites) | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     failed = False
     for mode in args.modes:
