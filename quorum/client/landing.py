@@ -21,9 +21,13 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def spare_memory() -> int | None:
-    """A new, empty memfd; None where the system has none (downloads take anonymous memory)."""
+    """A new, empty memfd; None where the system has none or refuses one (a sandbox, no
+    descriptors left): the download takes anonymous memory."""
     create = getattr(os, "memfd_create", None)
-    return None if create is None else int(create("quorum-download", os.MFD_CLOEXEC))
+    try:
+        return None if create is None else int(create("quorum-download", os.MFD_CLOEXEC))
+    except OSError:
+        return None
 
 
 class Landed:
@@ -38,7 +42,8 @@ class Landed:
         if fd is None:
             self._map = mmap.mmap(-1, max(size, 1))
         else:
-            os.ftruncate(fd, size)  # a reclaimed memfd keeps the pages it still covers
+            # A reclaimed memfd keeps the pages it still covers (a map is one byte at least).
+            os.ftruncate(fd, max(size, 1))
             self._map = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | _POPULATE)
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:

@@ -81,7 +81,8 @@ class BlobCache:
 
     def landing(self, size: int) -> Landed:
         """Memory for a download of `size` bytes, to `put` when it is whole: room is made for
-        it first, and the oldest blob's memory is taken over when nothing refers to it."""
+        it first (a download that fails has let the oldest blob go all the same), and the
+        oldest blob's memory is taken over when nothing refers to it."""
         fd = None
         while self._memory and len(self._memory) >= self._keep:
             _, (_, _, landed) = self._memory.popitem(last=False)

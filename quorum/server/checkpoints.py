@@ -29,7 +29,7 @@ import numpy as np
 from quorum.atomic import publish, temp_path
 from quorum.errors import BlobError, StoreError
 from quorum.wire import blobs
-from quorum.wire.blobfiles import BlobFile, BlobWriter
+from quorum.wire.blobfiles import BlobFile, BlobWriter, locks_exclude
 
 _ROUND = re.compile(r"^round-(\d+)\.(model|strategy)\.safetensors$")
 _SPARE = "spare.{}.safetensors"
@@ -44,6 +44,8 @@ class Checkpoints:
             raise ValueError("a run keeps at least its last two checkpoints")
         self.root = root
         self.keep = keep
+        # Pruned rounds become spares only where readers' locks protect them.
+        self._spares = keep is not None and locks_exclude(root)
 
     def _paths(self, run_id: str, round_no: int) -> tuple[pathlib.Path, pathlib.Path]:
         base = self.root / run_id
@@ -105,17 +107,21 @@ class Checkpoints:
         ]
         return max(rounds, default=None)
 
-    def _spare(self, kind: str) -> pathlib.Path:
-        return self.root / _SPARE.format(kind)
+    def _spare(self, kind: str) -> pathlib.Path | None:
+        return self.root / _SPARE.format(kind) if self._spares else None
 
     def _prune(self, run_id: str, newest: int, keep: int) -> None:
         """Turns the rounds older than the newest `keep`, round 0 apart, into the spares (the
-        last one of a kind stays, the others go)."""
+        last one of a kind stays, the others go), or removes them where there are none."""
         for path in (self.root / run_id).iterdir():
             match = _ROUND.match(path.name)
             if match and 0 < int(match.group(1)) <= newest - keep:
+                spare = self._spare(match.group(2))
                 try:
-                    os.replace(path, self._spare(match.group(2)))
+                    if spare is None:
+                        path.unlink()
+                    else:
+                        os.replace(path, spare)
                 except FileNotFoundError:
                     pass
 

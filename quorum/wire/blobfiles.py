@@ -9,17 +9,21 @@ on the disk, and the loop serves every session.
 
 A blob file's readers hold a shared `flock` on it (`hold`): a writer given a spare file to
 write over (a pruned checkpoint, `quorum.server.checkpoints`) takes it only when no one does, so
-reusing a file's pages never changes bytes someone reads.
+reusing a file's pages never changes bytes someone reads. Where flock does not keep one
+descriptor's exclusive lock from another's shared one in the same process (NFS emulates it with
+per-process locks), spares are not used (`locks_exclude`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
 import pathlib
+import tempfile
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
@@ -68,7 +72,8 @@ class BlobFile:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY) if fd is None else os.dup(fd)
         weakref.finalize(self, os.close, self._fd)
-        hold(self._fd, path)
+        if fd is None:  # a spool is never a spare
+            hold(self._fd, path)
         self.size = os.fstat(self._fd).st_size
         head_len = blobs.header_length(self.read(0, 8), self.size)
         self.layout = blobs.layout_of(self.read(0, 8 + head_len), self.size)
@@ -208,13 +213,41 @@ async def stream_held(data: blobs.Buffer, offset: int = 0) -> AsyncIterator[blob
 
 
 def hold(fd: int, path: pathlib.Path) -> None:
-    """Marks the file open at `fd` as read until its last descriptor closes (a shared `flock`):
-    a `BlobWriter` then leaves it alone instead of writing over it as a spare. BlobError when a
-    writer holds it already (it was a spare before this reader opened it by an older name)."""
+    """Marks the file opened at `fd` from `path` as read until its last descriptor closes (a
+    shared `flock`): a `BlobWriter` then leaves it alone instead of writing over it as a spare.
+    FileNotFoundError when `path` was pruned as it was opened (the file is a spare now, or is
+    someone else's already)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise BlobError(f"{path} is being written over") from None
+    except BlockingIOError:  # a writer holds it
+        held = False
+    except OSError:  # no flock on this file system: it has no spares either (`locks_exclude`)
+        held = True
+    else:
+        try:
+            held = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            held = False
+    if not held:
+        raise FileNotFoundError(errno.ENOENT, "pruned as it was opened", str(path))
+
+
+def locks_exclude(folder: pathlib.Path) -> bool:
+    """Whether a shared `flock` through one descriptor keeps an exclusive one through another,
+    in this process, on `folder`'s file system: what makes a spare safe to write over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder) as first:
+        second = os.open(first.name, os.O_RDONLY)
+        try:
+            fcntl.flock(first.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(second)
+        return False
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -251,10 +284,11 @@ class BlobWriter:
     time), so `close`'s fsync waits for the last of them only: a 1 GB model's fsync took 0.4 s
     after its writes, 0.01 s so.
 
-    Given a `spare` file no one reads (`hold`), the writer renames it to `path` and writes over
-    it: its pages are in the kernel's page cache already, where a new file's are each allocated
-    first. Writing 1 GB on this 2-core VM took 0.4-0.75 CPU s over a kept file, 1.5-2.3 s into
-    a new one (the server writes a new model every round)."""
+    Given a `spare` file no one reads (`hold`) and no other name links to (a hard-linked
+    snapshot of the folder), the writer renames it to `path` and writes over it: its pages are
+    in the kernel's page cache already, where a new file's are each allocated first. Writing
+    1 GB on this 2-core VM took 0.4-0.75 CPU s over a kept file, 1.5-2.3 s into a new one (the
+    server writes a new model every round)."""
 
     def __init__(
         self, path: pathlib.Path, *, hashed: bool = True, spare: pathlib.Path | None = None
@@ -323,7 +357,8 @@ class BlobWriter:
 
 def _reuse(spare: pathlib.Path, path: pathlib.Path) -> BinaryIO | None:
     """`spare` renamed to `path` and opened to be written over from its start; None when there
-    is no spare or someone still reads it (it is then unlinked: they keep its bytes)."""
+    is no spare, someone still reads it or another name links to it (it is then unlinked: they
+    keep its bytes)."""
     try:
         os.replace(spare, path)  # one writer wins a spare; the others find none
     except FileNotFoundError:
@@ -331,7 +366,10 @@ def _reuse(spare: pathlib.Path, path: pathlib.Path) -> BinaryIO | None:
     file = open(path, "r+b")
     try:
         fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        taken = os.fstat(file.fileno()).st_nlink == 1
+    except OSError:
+        taken = False
+    if not taken:
         file.close()
         path.unlink()
         return None

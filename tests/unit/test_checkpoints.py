@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from quorum.atomic import write_atomic
-from quorum.errors import BlobError, StoreError
+from quorum.errors import StoreError
 from quorum.server.checkpoints import Checkpoints
 from quorum.wire import blobs
-from quorum.wire.blobfiles import BlobFile, BlobWriter
+from quorum.wire.blobfiles import BlobFile, BlobWriter, hold, locks_exclude
 
 MODEL = blobs.encode(
     {
@@ -249,7 +249,40 @@ def test_a_file_being_written_over_cannot_be_opened_to_read(tmp_path: pathlib.Pa
     spare.write_bytes(b"\xff" * (3 * len(MODEL)))
     with BlobWriter(path, spare=spare) as writer:
         writer.write(MODEL)
-        with pytest.raises(BlobError, match="being written over"):
+        with pytest.raises(FileNotFoundError, match="pruned as it was opened"):
             BlobFile(path)
         assert writer.finish().read_all() == MODEL  # cut to its size
     assert not spare.exists()
+
+
+def test_a_file_renamed_as_it_is_opened_is_not_read_under_its_old_name(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "round"
+    path.write_bytes(MODEL)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.replace(path, tmp_path / "spare")  # pruned between the open and the lock
+        with pytest.raises(FileNotFoundError, match="pruned as it was opened"):
+            hold(fd, path)
+    finally:
+        os.close(fd)
+
+
+def test_a_spare_with_another_name_is_not_written_over(tmp_path: pathlib.Path) -> None:
+    """A hard-linked snapshot of the folder shares the spare's bytes: they are not changed."""
+    spare, path = tmp_path / "spare", tmp_path / "model"
+    spare.write_bytes(MODEL)
+    os.link(spare, tmp_path / "snapshot")
+    other = blobs.encode({"w": np.full(9, 2.0, np.float32)})
+    with BlobWriter(path, spare=spare) as writer:
+        writer.write(other)
+        writer.finish()
+    assert (tmp_path / "snapshot").read_bytes() == MODEL
+    assert path.read_bytes() == other and not spare.exists()
+
+
+def test_locks_on_this_file_system_keep_writers_from_readers(tmp_path: pathlib.Path) -> None:
+    # Where they would not (NFS), a server keeps no spares and removes pruned rounds.
+    assert locks_exclude(tmp_path)
+    assert list(tmp_path.iterdir()) == []

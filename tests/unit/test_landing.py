@@ -90,3 +90,11 @@ def test_anonymous_memory_where_there_is_no_memfd() -> None:
     assert landed.view() == data
     assert landed.reclaim() is None
     assert Landed(0, None).view() == b""
+
+
+def test_an_empty_blob_lands_in_a_memfd_too() -> None:
+    landed = Landed(0, spare_memory())
+    assert landed.view() == b""
+    reclaimed = landed.reclaim()
+    assert reclaimed is not None
+    assert Landed(3, reclaimed).write(b"abc") == 3
