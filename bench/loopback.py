@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 
 import grpc
+import psutil
 
 from quorum.ports import free_port
 from quorum.wire.blobs import CHUNK_BYTES
@@ -68,11 +68,12 @@ async def serve(port: int) -> None:
     await server.wait_for_termination()
 
 
-async def transfer(port: int, kind: str, nbytes: int) -> tuple[float, float]:
-    """One fetch or push of `nbytes`; returns its (start, end) wall-clock times."""
+async def transfer(port: int, kind: str, nbytes: int) -> tuple[float, float, float]:
+    """One fetch or push of `nbytes`; returns its (start, end) wall-clock times and the CPU
+    seconds this process used between them."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
         await channel.channel_ready()
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         if kind == "fetch":
             call = channel.unary_stream(f"/{SERVICE}/Fetch", None, None)
             got = 0
@@ -90,11 +91,14 @@ async def transfer(port: int, kind: str, nbytes: int) -> tuple[float, float]:
 
             reply = await channel.stream_unary(f"/{SERVICE}/Push", None, None)(chunks())
             assert int(reply) == nbytes
-        return start, time.time()
+        return start, time.time(), time.process_time() - cpu
 
 
-def _concurrent(port: int, kind: str, nbytes: int, nodes: int, timeout: float) -> float:
-    """Runs `nodes` transfer processes at once; the span from the first start to the last end."""
+def _concurrent(
+    port: int, kind: str, nbytes: int, nodes: int, timeout: float
+) -> tuple[float, float]:
+    """Runs `nodes` transfer processes at once; the span from the first start to the last end,
+    and the CPU seconds they used in their transfers."""
     procs = [
         subprocess.Popen(
             [
@@ -125,14 +129,15 @@ def _concurrent(port: int, kind: str, nbytes: int, nodes: int, timeout: float) -
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return float(max(end for _, end in spans) - min(start for start, _ in spans))
+    span = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    return float(span), float(sum(cpu for _, _, cpu in spans))
 
 
 def floor(nbytes: int, nodes: int, timeout: float = 600.0) -> dict[str, float]:
     """Seconds to fetch `nbytes` to `nodes` processes at once, then to push as much from each,
-    and the CPU seconds its processes (the server and every client) used for it: on a machine
-    whose cores the round's processes share, a round takes at least its CPU over the cores."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    and the CPU seconds its processes (the server and the clients, their start-up left out)
+    used for it: where the round's processes share the cores, a round takes at least its CPU
+    over the cores."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.loopback", "--serve", "--port", str(port)],
@@ -143,13 +148,16 @@ def floor(nbytes: int, nodes: int, timeout: float = 600.0) -> dict[str, float]:
         assert server.stdout is not None
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError("the loopback server did not start")
-        fetch = _concurrent(port, "fetch", nbytes, nodes, timeout)
-        push = _concurrent(port, "push", nbytes, nodes, timeout)
+        serving = psutil.Process(server.pid)
+        before = serving.cpu_times()
+        fetch, fetch_cpu = _concurrent(port, "fetch", nbytes, nodes, timeout)
+        push, push_cpu = _concurrent(port, "push", nbytes, nodes, timeout)
+        after = serving.cpu_times()
     finally:
         server.kill()
         server.wait()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    served = after.user + after.system - before.user - before.system
+    cpu = served + fetch_cpu + push_cpu
     return {"fetch_s": fetch, "push_s": push, "floor_s": fetch + push, "cpu_s": cpu}
 
 
