@@ -6,9 +6,7 @@ import os
 import pathlib
 
 
-def write_atomic(
-    path: pathlib.Path, data: bytes | bytearray | memoryview, mode: int | None = None
-) -> None:
+def write_atomic(path: pathlib.Path, data: bytes, mode: int | None = None) -> None:
     """Readers see the old file or the whole new one, never a part. `mode` (else the umask's)
     holds from the first byte: a secret is never readable by others, not even in the temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)

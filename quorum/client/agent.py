@@ -375,7 +375,7 @@ class SiteAgent:
         config: dict[str, object],
         started: float,
     ) -> None:
-        async def train() -> tuple[blobs.Buffer, FitResult]:
+        async def train() -> tuple[bytes, FitResult]:
             model = await download_model(stub, session_id, offer, self.cache)
             fit = await self.slots.run(self.site_task.fit, blobs.decode(model), config)
             return model, fit

@@ -53,10 +53,10 @@ class Link:
     send: Callable[[pb.GossipReply], None]
     inbox: asyncio.Queue[pb.ServerMessage]
 
-    async def fetch_initial(self, offer: pb.TaskOffer) -> blobs.Buffer:
+    async def fetch_initial(self, offer: pb.TaskOffer) -> bytes:
         return await download_model(self.stub, self.session_id, offer, self.cache)
 
-    async def fetch_parcel(self, digest: str, size: int) -> blobs.Buffer:
+    async def fetch_parcel(self, digest: str, size: int) -> bytes:
         # Ciphertexts are read once: never kept in the model cache.
         return await download(self.stub, self.session_id, digest, size, BlobCache(keep=0))
 
@@ -181,9 +181,9 @@ async def _exchange(
             skipped[j] = "no_key: this neighbour's round key never reached this site"
             continue
         try:
-            ciphertext = await link.fetch_parcel(parcel.digest, parcel.size)
+            sealed = await link.fetch_parcel(parcel.digest, parcel.size)
             associated = channel.associated_data(run_id, round_no, attempt, j, me)
-            model = await asyncio.to_thread(channel.open_parcel, pair[j], ciphertext, associated)
+            model = await asyncio.to_thread(channel.open_parcel, pair[j], sealed, associated)
             received[j] = _as_vector(model, layout)
         except GossipError as exc:
             skipped[j] = f"{exc.code}: {exc.message}"

@@ -50,7 +50,7 @@ async def run(
     offer: pb.TaskOffer,
     send: Callable[[pb.SecAggReply], None],
     inbox: asyncio.Queue[pb.ServerMessage],
-    training: asyncio.Future[tuple[blobs.Buffer, FitResult]],
+    training: asyncio.Future[tuple[bytes, FitResult]],
     upload: Upload,
     stage: Callable[[str], None],
 ) -> None:
@@ -98,7 +98,7 @@ async def run(
 
 
 def _masked_blob(
-    machine: ClientRound, model: blobs.Buffer, fit: FitResult, setup: pb.SecAggSetup
+    machine: ClientRound, model: bytes, fit: FitResult, setup: pb.SecAggSetup
 ) -> tuple[blobs.Buffer, dict[str, float]]:
     """The upload: the masked uint32 vector of (trained - global), clipped and quantised after
     scaling by the site's weight share, with the weight as the last element; and the metrics

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from quorum.proto import federation_pb2 as pb
-
-Trained = TypeVar("Trained")
-"""What the task's training gives: the model it trained from, or the model it made, and the
-fit's result."""
+from quorum.task import FitResult
 
 
 async def unless_ended(
-    training: asyncio.Future[Trained],
+    training: asyncio.Future[tuple[bytes, FitResult]],
     inbox: asyncio.Queue[pb.ServerMessage],
     unexpected: Callable[[pb.ServerMessage, str], NoReturn],
     want: str,
-) -> Trained:
+) -> tuple[bytes, FitResult]:
     """The training's result, unless a message for the task arrives first: the server ended the
     site's part (a notice) or is ahead of it; `unexpected(message, want)` raises the task's
     error then."""

@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 
 from quorum.atomic import write_atomic
-from quorum.client.landing import Landed, spare_memory
 from quorum.errors import BlobError
 from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
@@ -53,61 +52,39 @@ class BlobCache:
     A blob checked by the BLAKE3 its offer gave (`download`) is the bytes its server sent, not
     yet shown to be the bytes its name pins: it is kept `named=False`, and whoever needs the
     name's bytes (a secure-aggregation round, whose signed context names the model) checks
-    them first. A blob read back from disk is checked against its name.
-
-    A download lands in memory the cache gives (`landing`): the oldest blob's, once nothing
-    refers to it any more (`quorum.client.landing`), so a site writes each round's model over
-    the last one's pages."""
+    them first. A blob read back from disk is checked against its name."""
 
     def __init__(self, directory: pathlib.Path | None = None, keep: int = 1) -> None:
-        self._memory: OrderedDict[str, tuple[blobs.Buffer, bool, Landed | None]] = OrderedDict()
+        self._memory: OrderedDict[str, tuple[bytes, bool]] = OrderedDict()
         self._dir = directory
         self._keep = keep
 
-    def get(self, key: str) -> tuple[blobs.Buffer, bool] | None:
+    def get(self, key: str) -> tuple[bytes, bool] | None:
         """The blob and whether it was checked against its name."""
         if key in self._memory:
             self._memory.move_to_end(key)
-            data, named, _ = self._memory[key]
-            return data, named
+            return self._memory[key]
         if self._dir is not None:
             path = self._dir / key
             if path.exists():
                 data = path.read_bytes()
                 if blobs.digest(data) == key:
-                    self._remember(key, data, True)
+                    self._remember(key, data, named=True)
                     return data, True
         return None
 
-    def landing(self, size: int) -> Landed:
-        """Memory for a download of `size` bytes, to `put` when it is whole: room is made for
-        it first (a download that fails has let the oldest blob go all the same), and the
-        oldest blob's memory is taken over when nothing refers to it."""
-        fd = None
-        while self._memory and len(self._memory) >= self._keep:
-            _, (_, _, landed) = self._memory.popitem(last=False)
-            if landed is not None and fd is None:
-                fd = landed.reclaim()
-        return Landed(size, fd if fd is not None else spare_memory())
-
-    def put(
-        self, key: str, data: blobs.Buffer, *, named: bool, landed: Landed | None = None
-    ) -> None:
-        """`landed`: the memory `data` lies in, from `landing`."""
-        self._remember(key, data, named, landed)
+    def put(self, key: str, data: bytes, *, named: bool) -> None:
+        self._remember(key, data, named=named)
         if self._dir is not None:
             write_atomic(self._dir / key, data)
 
     def name(self, key: str) -> None:
         """Records that `key`'s bytes were checked against their name."""
         if key in self._memory:
-            data, _, landed = self._memory[key]
-            self._memory[key] = (data, True, landed)
+            self._memory[key] = (self._memory[key][0], True)
 
-    def _remember(
-        self, key: str, data: blobs.Buffer, named: bool, landed: Landed | None = None
-    ) -> None:
-        self._memory[key] = (data, named, landed)
+    def _remember(self, key: str, data: bytes, *, named: bool) -> None:
+        self._memory[key] = (data, named)
         while len(self._memory) > self._keep:
             self._memory.popitem(last=False)
 
@@ -120,11 +97,10 @@ async def download(
     cache: BlobCache,
     *,
     blake3: str = "",
-) -> blobs.Buffer:
+) -> bytes:
     """Fetches a blob by digest, resuming from the last byte received if the stream breaks.
-    The bytes are written in place into memory of the announced size that the cache gives
-    (`BlobCache.landing`) and hashed as they arrive (`Incoming`): the blob is held once, never
-    grown and copied. They are checked
+    The bytes are written in place into one buffer of the announced size and hashed as they
+    arrive (`Incoming`): the blob is held once, never grown and copied. They are checked
     against `blake3` where the server gave it (`quorum.wire.digests`), else against `key`, the
     blob's name: as a cached blob that was checked by a BLAKE3 only is, before it is handed out
     under its name."""
@@ -136,9 +112,9 @@ async def download(
         if await asyncio.to_thread(blobs.digest, data) == key:
             cache.name(key)
             return data
-    landed = cache.landing(size)
+    buffer = blobs.sized_buffer(size)
     expected, algorithm = (blake3, digests.BLAKE3) if blake3 else (key, digests.SHA256)
-    blob = Incoming(landed, algorithm)
+    blob = Incoming(buffer, algorithm)
     for attempt in range(DOWNLOAD_ATTEMPTS):
         try:
             call = stub.Download(
@@ -162,8 +138,8 @@ async def download(
         raise BlobError(
             f"downloaded blob {key[:16]}… ({size} bytes) does not match its {algorithm} digest"
         )
-    data = landed.view()
-    cache.put(key, data, named=algorithm == digests.SHA256, landed=landed)
+    data = buffer.getvalue()  # bytes, shared read-only with the cache: no copy (`sized_buffer`)
+    cache.put(key, data, named=algorithm == digests.SHA256)
     return data
 
 
@@ -190,7 +166,7 @@ async def upload(
 
 async def download_model(
     stub: pb_grpc.FederationStub, session_id: str, offer: pb.TaskOffer, cache: BlobCache
-) -> blobs.Buffer:
+) -> bytes:
     """The model a task offer names, checked against its BLAKE3 where the server sent it. A
     secure-aggregation fit checks it against its name: the round's signed context names the
     model by its SHA-256, so that no site is sent other bytes than its peers (a BLAKE3 is

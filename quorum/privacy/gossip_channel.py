@@ -117,7 +117,7 @@ def seal(key: bytes, model: bytes, associated: bytes) -> bytes:
     return crypto.encrypt(key, model, associated)
 
 
-def open_parcel(key: bytes, ciphertext: bytes | bytearray | memoryview, associated: bytes) -> bytes:
+def open_parcel(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
     """The model, or GossipError(`relay_tampered`) when the ciphertext was altered, truncated,
     or made for another round, attempt, direction or pair."""
     try:

@@ -9,6 +9,7 @@ received bytes, so decoding copies nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import struct
@@ -215,6 +216,18 @@ def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
     (large models the server writes to files, `quorum.wire.blobfiles`; a site sends its
     update from its tensors, `pieces`)."""
     return pieces(params, metadata).join()
+
+
+def sized_buffer(size: int) -> io.BytesIO:
+    """An in-memory file of `size` bytes allocated at once. Written in order to its end, its
+    `getvalue()` is a bytes object made without a copy (BytesIO hands over its buffer when the
+    data fills it), where growing it chunk by chunk and copying out would cost the data twice."""
+    out = io.BytesIO()
+    if size:
+        out.seek(size - 1)
+        out.write(b"\0")
+        out.seek(0)
+    return out
 
 
 def labelled_header(stream: BinaryIO, metadata: Mapping[str, str]) -> bytes:

@@ -1,7 +1,6 @@
 """The site's download over real gRPC against a scripted Download service: resumed after a
-broken stream into the memory its cache gives (held once: handed over as a view, without a copy,
-and never written over while a caller holds it), and refused when the bytes are not the blob,
-by its SHA-256 or by the BLAKE3 its offer gave."""
+broken stream into its one pre-sized buffer (held once: handed over as bytes without a copy), and
+refused when the bytes are not the blob, by its SHA-256 or by the BLAKE3 its offer gave."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from typing import Any
 
 import blake3
 import grpc
-import numpy as np
 import pytest
 
 from quorum.client.transfer import BlobCache, FederationStub, download_model
@@ -50,13 +48,13 @@ class Scripted(pb_grpc.FederationServicer):  # type: ignore[misc]
 
 async def fetch(
     service: Scripted, blob: bytes = BLOB, cache: BlobCache | None = None, *, check: str = ""
-) -> blobs.Buffer:
+) -> bytes:
     """Downloads `blob` (its digest and size; `check`: its BLAKE3) from `service`."""
     offer = pb.TaskOffer(model_digest=blobs.digest(blob), model_size=len(blob), model_blake3=check)
     return await fetch_model(service, offer, BlobCache(keep=0) if cache is None else cache)
 
 
-async def fetch_model(service: Scripted, offer: pb.TaskOffer, cache: BlobCache) -> blobs.Buffer:
+async def fetch_model(service: Scripted, offer: pb.TaskOffer, cache: BlobCache) -> bytes:
     """Downloads the model `offer` names from `service`, as a site's agent does."""
     port = free_port()
     server = grpc.aio.server(options=GRPC_OPTIONS)
@@ -83,9 +81,9 @@ def test_a_download_holds_the_blob_once() -> None:
         finally:
             tracemalloc.stop()
         assert data == large
-        # The blob lies in the memory the cache gave (a map, outside Python's heap): a few
-        # chunks in flight are all the heap sees; a copy of the blob would be all of it again.
-        assert peak < 0.5 * len(large)
+        # The buffer and a few chunks in flight; a copy of it (the bytes copied out of it) would
+        # be twice the blob.
+        assert peak < 1.5 * len(large)
 
     asyncio.run(scenario())
 
@@ -143,19 +141,6 @@ def test_a_secure_aggregation_model_is_checked_by_its_name() -> None:
     assert asyncio.run(fetch_model(service, offer, cache)) == BLOB
     assert service.offsets == [0]
     assert cache.get(offer.model_digest) == (BLOB, True)
-
-
-def test_a_model_a_caller_holds_is_not_written_over_by_the_next() -> None:
-    cache = BlobCache()
-    other = BLOB[::-1]
-    first = asyncio.run(fetch(Scripted(BLOB), cache=cache))
-    params = blobs.decode(blobs.encode({"w": np.frombuffer(first, np.uint8)}))  # held views
-    held = np.frombuffer(first, np.uint8)
-    assert asyncio.run(fetch(Scripted(other), other, cache=cache)) == other
-    assert held.tobytes() == BLOB and first == BLOB and params["w"].tobytes() == BLOB
-    del held, params, first
-    # Let go, its memory takes the next download: the bytes are the new blob's all the same.
-    assert asyncio.run(fetch(Scripted(BLOB), cache=cache)) == BLOB
 
 
 def test_a_blake3_that_is_not_the_blobs_refuses_it() -> None:

@@ -83,14 +83,14 @@ def encrypt(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
     return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
 
 
-def decrypt(key: bytes, ciphertext: bytes | bytearray | memoryview, associated: bytes) -> bytes:
+def decrypt(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
     _check_key(key)
     if len(ciphertext) < NONCE_BYTES + TAG_BYTES:
         raise SecAggError(
             f"authentication failed: a ciphertext of {len(ciphertext)} bytes is shorter than "
             f"its nonce and tag ({NONCE_BYTES + TAG_BYTES} bytes)"
         )
-    nonce = bytes(ciphertext[:NONCE_BYTES])
+    nonce = ciphertext[:NONCE_BYTES]
     try:
         return AESGCM(key).decrypt(nonce, ciphertext[NONCE_BYTES:], associated)
     except InvalidTag:
