@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from fastapi.responses import StreamingResponse
 
-from quorum.errors import NotFoundError
+from quorum.errors import ConflictError, NotFoundError
 from quorum.server.checkpoints import Checkpoints
 from quorum.server.store import Store
 from quorum.wire import blobs
@@ -45,6 +45,10 @@ async def labelled_model(store: Store, checkpoints: Checkpoints, run_id: str) ->
         raise NotFoundError(f"run {run_id!r} has no model yet") from None
     try:
         hold(stream.fileno(), path)
+    except FileNotFoundError:  # pruned between the open and the lock: rounds went by
+        stream.close()
+        raise ConflictError(f"run {run_id!r} moved on as its model was opened: ask again") from None
+    try:
         if done:
             digest = str(store.model_digest(run_id, done))
         else:  # the initial model: no round recorded its digest
