@@ -151,9 +151,10 @@ def submit(
     )
     if extra_config:
         run_cfg += " " + run_config_text(extra_config)
-    done = subprocess.run(
+    done = flwr(
+        env,
+        run_dir,
         [
-            str(VENV_BIN / "flwr"),
             "run",
             str(app_dir),
             "bench",
@@ -163,12 +164,7 @@ def submit(
             "json",
             *(["--federation-config", federation_config] if federation_config else []),
         ],
-        env=env,
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
     (run_dir / "flwr_run.out").write_text(done.stdout + "\n---stderr---\n" + done.stderr)
     try:
@@ -180,6 +176,21 @@ def submit(
             f"flwr run failed rc={done.returncode}: {done.stdout[-800:]} {done.stderr[-800:]}"
         )
     return str(run_id)
+
+
+def flwr(
+    env: dict[str, str], run_dir: pathlib.Path, args: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """The `flwr` command with `args`, its output captured; TimeoutExpired past `timeout` s."""
+    return subprocess.run(
+        [str(VENV_BIN / "flwr"), *args],
+        env=env,
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def wait_result(
@@ -198,15 +209,7 @@ def save_serverapp_log(env: dict[str, str], run_dir: pathlib.Path, run_id: str) 
     does not answer in time (a loaded machine) leaves a note in its place, not the run's
     figures lost and its processes left running."""
     try:
-        done = subprocess.run(
-            [str(VENV_BIN / "flwr"), "log", run_id, "bench", "--show"],
-            env=env,
-            cwd=run_dir,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = flwr(env, run_dir, ["log", run_id, "bench", "--show"], timeout=30)
         text = done.stdout + done.stderr
     except subprocess.TimeoutExpired:
         text = "flwr log did not answer in 30 s\n"

@@ -19,6 +19,7 @@ reads (a model a late site downloads) is left to them, and the next file is a ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -117,13 +118,11 @@ class Checkpoints:
             match = _ROUND.match(path.name)
             if match and 0 < int(match.group(1)) <= newest - keep:
                 spare = self._spare(match.group(2))
-                try:
-                    if spare is None:
-                        path.unlink()
-                    else:
+                if spare is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):  # pruned meanwhile
                         os.replace(path, spare)
-                except FileNotFoundError:
-                    pass
 
     def open(self, run_id: str, round_no: int) -> tuple[BlobFile, dict[str, np.ndarray]]:
         """The round's model file, opened (its digest read from it) and its strategy state."""
