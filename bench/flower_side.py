@@ -23,6 +23,8 @@ from quorum.ports import free_port
 
 APP_DIR = BENCH_DIR / "flower_app"
 ACTIVATED = re.compile(r"Activated node_id=")
+RESULT_GRACE_S = 10.0
+"""How long after the SuperLink saw the ServerApp end its result file may still appear."""
 
 
 class RunFailed(RuntimeError):
@@ -194,13 +196,34 @@ def flwr(
 
 
 def wait_result(
-    out_file: pathlib.Path, superlink: subprocess.Popen[bytes], deadline: float
+    out_file: pathlib.Path,
+    superlink: subprocess.Popen[bytes],
+    deadline: float,
+    superlink_log: pathlib.Path,
+    run_id: str,
 ) -> None:
+    """Waits for the ServerApp's result file. A ServerApp that failed (at N = 25 on 2 cores,
+    an `ObjectPushError` in round 1) ends its run, which the SuperLink logs as "Finished task
+    ... of run <id>": a run that finished without its result is failed then, not waited on
+    until the deadline while its SuperNodes retry."""
+    finished = f"of run {run_id}".encode()
+    log_seen = 0
+    ended_at: float | None = None
     while not out_file.exists():
         if superlink.poll() is not None:
             raise RunFailed("superlink exited")
         if time.monotonic() > deadline:
             raise RunFailed("timeout: no ServerApp result in time")
+        if ended_at is None:
+            with superlink_log.open("rb") as log:
+                log.seek(log_seen)
+                new = log.read()
+            complete = new[: new.rfind(b"\n") + 1]  # a line being written is read next time
+            log_seen += len(complete)
+            if any(b"Finished task" in line and finished in line for line in complete.split(b"\n")):
+                ended_at = time.monotonic()
+        elif time.monotonic() - ended_at > RESULT_GRACE_S:
+            raise RunFailed("the ServerApp ended without its result (see serverapp.log)")
         time.sleep(0.2)
 
 
@@ -296,7 +319,13 @@ def run(
         supernodes = {n: p for n, p in launcher.procs.items() if n != "superlink"}
         wait_activated(run_dir / "superlink.log", spec.nodes, 180, supernodes)
         run_id = submit(spec, env, run_dir, out_file, app_dir, extra_config)
-        wait_result(out_file, superlink, time.monotonic() + spec.timeout_s)
+        wait_result(
+            out_file,
+            superlink,
+            time.monotonic() + spec.timeout_s,
+            run_dir / "superlink.log",
+            run_id,
+        )
         superlink_hwm = vm_hwm(superlink.pid)
     except Exception as exc:  # recorded in the JSON; the grid goes on with the next run
         result["errors"].append(f"{type(exc).__name__}: {exc}")

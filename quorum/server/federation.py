@@ -24,6 +24,7 @@ from quorum.server.upload_budget import UploadBudget
 from quorum.server.validation import Received
 from quorum.wire import digests, frames
 from quorum.wire.blobfiles import stream_held
+from quorum.wire.finite_scan import FiniteScan
 from quorum.wire.incoming import Incoming
 
 log = logging.getLogger("quorum.server")
@@ -230,7 +231,9 @@ async def _receive(
         file = pool.take()
     except OSError as exc:  # no spool could be made (its folder, its disk)
         raise _spool_failed(exc) from None
-    blob = Incoming(file, algorithm)  # `algorithm` is one of digests.ACCEPTED (`admit_upload`)
+    scan = FiniteScan(size)
+    # `algorithm` is one of digests.ACCEPTED (`admit_upload`).
+    blob = Incoming(file, algorithm, watch=scan.add)
     try:
         async for message in incoming:
             chunk = frames.chunk_of(message)
@@ -247,7 +250,7 @@ async def _receive(
             )
         digest = await blob.finish()
         fit(file, size)
-        return Received(file, digest, pool.give)
+        return Received(file, digest, pool.give, finite=scan.verdict())
     except OSError as exc:  # the spool's disk (full, gone): the site is not at fault
         file.close()
         raise _spool_failed(exc) from None

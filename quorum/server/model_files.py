@@ -33,8 +33,8 @@ def write_model(
     """The round's new model, of `model`'s layout, written from consecutive blocks of flat
     values (cast to each tensor's dtype) to the round's staged checkpoint."""
     with checkpoints.stage(run_id, round_no) as writer:
-        write_flat(writer.steps(), model.header(), model.layout, values)
-        return writer.finish()
+        finite = write_flat(writer.steps(), model.header(), model.layout, values)
+        return writer.finish(finite=finite)
 
 
 class MeanParts(Protocol):

@@ -41,11 +41,16 @@ class Received:
         spool: BinaryIO,
         digest: str,
         release: Callable[[BinaryIO], None] = lambda file: file.close(),
+        *,
+        finite: bool | None = None,
     ) -> None:
+        """`finite`: whether its float values are all finite, where they were scanned as they
+        arrived (`quorum.wire.finite_scan`); None: read back from the spool when asked."""
         self._spool = spool
         self.size = os.fstat(spool.fileno()).st_size
         self.digest = digest
         self._release = release
+        self._finite = finite
 
     @classmethod
     def of(cls, data: blobs.Buffer) -> Received:
@@ -58,7 +63,7 @@ class Received:
         """The upload as a blob file, its header parsed; UploadRejected if it is no blob. It
         reads the spool: done with before the upload is `close`d."""
         try:
-            return BlobFile(_SPOOLED, fd=self._spool.fileno())
+            return BlobFile(_SPOOLED, fd=self._spool.fileno(), finite=self._finite)
         except BlobError as exc:
             raise UploadRejected("malformed_blob", str(exc)) from None
 

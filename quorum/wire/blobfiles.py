@@ -55,9 +55,10 @@ per chunk, 170-205 µs with 2 per hop, 390-480 µs with 4 (4 MiB freed at once r
 class BlobFile:
     """A blob file opened read-only. The open descriptor keeps the bytes while the path is
     renamed or unlinked (a served model outlives the pruning of its checkpoint); it is closed
-    when the last reference goes. `digest` (its SHA-256, its name) and `blake3` (what sites
-    check its download against, `quorum.wire.digests`) are the writer's, else read from the file
-    when first asked for."""
+    when the last reference goes. `digest` (its SHA-256, its name), `blake3` (what sites check
+    its download against, `quorum.wire.digests`) and `finite` (no NaN or infinity in its float
+    tensors) are the writer's or the receiver's, found as the bytes went by, else read from the
+    file when first asked for."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class BlobFile:
         digest: str | None = None,
         *,
         blake3: str | None = None,
+        finite: bool | None = None,
         fd: int | None = None,
     ) -> None:
         """`fd`: an open descriptor of the file to read instead of opening `path` (an upload's
@@ -79,7 +81,7 @@ class BlobFile:
         self.layout = blobs.layout_of(self.read(0, 8 + head_len), self.size)
         self._digest = digest
         self._blake3 = blake3
-        self._finite: bool | None = None
+        self._finite = finite
         self._map: mmap.mmap | None = None
 
     @property
@@ -332,14 +334,14 @@ class BlobWriter:
         os.fsync(self._file.fileno())
         self._file.close()
 
-    def finish(self) -> BlobFile:
+    def finish(self, *, finite: bool | None = None) -> BlobFile:
         """`close`, and the blob opened read-only (its header read, its digests known when
-        `hashed`)."""
+        `hashed`); `finite`: whether the writer found its float values all finite."""
         self.close()
         if not self._hashes:
-            return BlobFile(self.path)
+            return BlobFile(self.path, finite=finite)
         sha, blake3 = (hashed.hexdigest() for hashed in self._hashes)
-        return BlobFile(self.path, sha, blake3=blake3)
+        return BlobFile(self.path, sha, blake3=blake3, finite=finite)
 
     def __enter__(self) -> BlobWriter:
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Callable
 from typing import Protocol
 
 from quorum.wire import blobs, digests
@@ -21,11 +22,19 @@ class Sink(Protocol):
 
 
 class Incoming:
-    def __init__(self, sink: Sink, algorithm: str = digests.SHA256) -> None:
-        """`algorithm`: the digest `finish` gives (`digests.hasher`)."""
+    def __init__(
+        self,
+        sink: Sink,
+        algorithm: str = digests.SHA256,
+        watch: Callable[[blobs.Buffer], object] | None = None,
+    ) -> None:
+        """`algorithm`: the digest `finish` gives (`digests.hasher`). `watch`: also given each
+        chunk, in order, in the same thread (the server's NaN/Inf scan of an upload,
+        `quorum.wire.finite_scan`)."""
         self.received = 0
         self._sink = sink
         self._hash = digests.hasher(algorithm)
+        self._watch = watch
         self._taking: asyncio.Future[None] | None = None
 
     async def add(self, chunk: blobs.Buffer) -> None:
@@ -38,6 +47,8 @@ class Incoming:
 
     def _take(self, chunk: blobs.Buffer) -> None:
         self._hash.update(chunk)
+        if self._watch is not None:
+            self._watch(chunk)
         # A file may take part of a write without an error (its disk filling up): the rest is
         # written again, and fails, rather than leave the spool short of what was hashed.
         view = memoryview(chunk)

@@ -44,6 +44,10 @@ class WriteBehind:
         self._slots = [np.empty(SLOT_BYTES, np.uint8) for _ in range(SLOTS)]
         self._pending: list[list[Future[object]]] = [[] for _ in range(SLOTS)]
         self._turn = 0
+        self.finite = True
+        """No NaN or infinity in a float block written so far, as cast: a float64 value that
+        fits no float32 is infinite there. Checked in the slot, still in the CPU's cache, where
+        a check of the written file would read it all back."""
 
     def write(self, values: np.ndarray, dtype: np.dtype) -> None:
         """Queues `values` cast to `dtype` (as `astype` casts); `values` may change once this
@@ -54,6 +58,8 @@ class WriteBehind:
             self._wait(self._turn)  # a step's error stops the caller here
             slot = self._slots[self._turn][: part.shape[0] * dtype.itemsize].view(dtype)
             np.copyto(slot, part, casting="unsafe")
+            if self.finite and dtype.kind == "f":
+                self.finite = bool(np.isfinite(slot).all())
             data = blobs.raw(slot)
             self._pending[self._turn] = [thread.submit(step, data) for thread, step in self._steps]
             self._turn = (self._turn + 1) % SLOTS
@@ -82,13 +88,14 @@ class WriteBehind:
 
 def write_flat(
     steps: Sequence[Step], header: bytes, layout: blobs.Layout, blocks: Iterable[np.ndarray]
-) -> None:
+) -> bool:
     """Gives `steps` (a `BlobWriter`'s) a blob of `layout`, whose `header` it starts with, from
     consecutive blocks of flat values, each cast to its tensor's dtype as `blobs.from_flat`
     casts, behind the code that makes the blocks: a block may change once the next is asked
-    for."""
+    for. Returns whether the blob's float values are all finite."""
     for step in steps:
         step(header)
     with WriteBehind(steps) as behind:
         for piece, dtype in blobs.flat_pieces(layout, blocks):
             behind.write(piece, dtype)
+    return behind.finite

@@ -17,7 +17,7 @@ from quorum.errors import UploadRejected
 from quorum.proto import federation_pb2 as pb
 from quorum.server.federation import _receive
 from quorum.server.spools import SpoolPool, fit
-from quorum.server.validation import Received
+from quorum.server.validation import Received, check_blob
 from quorum.wire import blobs
 
 
@@ -73,6 +73,29 @@ def test_an_upload_arrives_whole_in_a_spool(tmp_path: pathlib.Path) -> None:
     assert upload.read() == bytearray(data)
     upload.close()
     assert pool.idle == 1
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, -np.inf])
+def test_an_uploads_values_are_checked_as_it_arrives(tmp_path: pathlib.Path, bad: float) -> None:
+    """In chunks cut off the values' grid (a float16 tensor of odd length first): the check
+    of the received upload takes the verdict of its arrival, and refuses a NaN or infinity."""
+    pool = SpoolPool(tmp_path, keep=1)
+    params = {"h": np.ones(7, np.float16), "w": np.arange(100_000, dtype=np.float32)}
+    if bad is not None:
+        params["w"][54_321] = bad
+    data = blobs.encode(params)
+    layout = blobs.read_layout(data)
+    chunks = [data[i : i + 65_537] for i in range(0, len(data), 65_537)]
+    upload = asyncio.run(_receive(_messages(chunks), len(data), "", pool))
+    try:
+        if bad is None:
+            assert check_blob(upload, blobs.digest(data), layout).all_finite()
+        else:
+            with pytest.raises(UploadRejected, match="NaN or infinite") as refused:
+                check_blob(upload, blobs.digest(data), layout)
+            assert refused.value.code == "non_finite"
+    finally:
+        upload.close()
 
 
 @pytest.mark.parametrize(

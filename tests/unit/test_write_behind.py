@@ -115,3 +115,27 @@ def test_an_error_in_the_blocks_stops_the_threads_before_it_reaches_the_caller()
     with pytest.raises(ValueError, match="the step failed"):
         write_flat([io.BytesIO().write], header, layout, blocks())
     assert not _behind_threads()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([0.5, -2.0, 1e30], True),
+        ([0.5, float("nan"), 1.0], False),
+        ([0.5, 1e300, 1.0], False),  # finite in float64, infinite cast to the float32 tensor
+    ],
+)
+def test_write_flat_says_whether_the_values_it_wrote_are_finite(
+    values: list[float], finite: bool
+) -> None:
+    """As cast to each tensor's dtype, as a check of the written blob would find them; an int
+    tensor's values are never counted (they are rounded, as `blobs.from_flat` rounds them)."""
+    params = {"w": np.zeros(3, np.float32), "n": np.zeros(2, np.int32)}
+    data = blobs.encode(params)
+    layout = blobs.read_layout(data)
+    assert [t.name for t in layout.tensors] == ["w", "n"]  # safetensors' order: F32 first
+    out = io.BytesIO()
+    got = write_flat([out.write], data[: layout.data_offset], layout, [np.array([*values, 4, 5])])
+    assert got is finite
+    assert got is blobs.all_finite(out.getvalue(), layout)
