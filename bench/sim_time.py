@@ -440,7 +440,9 @@ def run_flower(
             extra_config=extra,
             federation_config=federation,
         )
-        flower_side.wait_result(out_file, superlink, started + spec.timeout_s)
+        flower_side.wait_result(
+            out_file, superlink, started + spec.timeout_s, work / "superlink.log", run_id
+        )
     except Exception as exc:  # recorded in the JSON; the next run goes on
         result["errors"].append(f"{type(exc).__name__}: {exc}")
     finally:

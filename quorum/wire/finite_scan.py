@@ -17,11 +17,16 @@ import numpy as np
 from quorum.errors import BlobError
 from quorum.wire import blobs
 
+HEAD_BYTES = 4 * 1024 * 1024
+"""The longest header gathered (about 40,000 tensors' entries). A longer one, which a blob may
+declare up to `blobs.MAX_HEADER_BYTES`, gets no verdict: its upload's checks read the spool, and
+a site that sends a long header slowly holds no more of the server's memory than this."""
+
 
 class FiniteScan:
     """Feed it a blob of `size` bytes in order (`add`); `verdict` then says whether every value
-    of its float tensors is finite, or None where its header could not be read (the blob's own
-    checks then say why, and nothing is taken from the scan)."""
+    of its float tensors is finite, or None where its header could not be read or was longer
+    than HEAD_BYTES (the blob's own checks then read it, and say what is wrong)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -84,11 +89,15 @@ class FiniteScan:
         return taken
 
     def _head_bytes(self) -> int:
-        return 8 + blobs.header_length(self._head[:8], self._size)
+        length = 8 + blobs.header_length(self._head[:8], self._size)
+        if length > HEAD_BYTES:
+            raise BlobError(f"a header of {length} bytes is not gathered")
+        return length
 
     def _scan(self, start: int, view: memoryview) -> None:
         end = start + view.nbytes
-        while self._spans is not None and self._next < len(self._spans):
+        assert self._spans is not None  # scanned once the header is read
+        while self._next < len(self._spans):
             first, last, dtype = self._spans[self._next]
             low, high = max(start, first), min(end, last)
             if low >= end:

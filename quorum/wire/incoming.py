@@ -29,7 +29,8 @@ class Incoming:
         watch: Callable[[blobs.Buffer], object] | None = None,
     ) -> None:
         """`algorithm`: the digest `finish` gives (`digests.hasher`). `watch`: also given each
-        chunk, in order, in the same thread (the server's NaN/Inf scan of an upload,
+        chunk, in order, in the worker thread that hashes and writes that chunk, once the chunk
+        before is done with (the server's NaN/Inf scan of an upload,
         `quorum.wire.finite_scan`)."""
         self.received = 0
         self._sink = sink

@@ -3,12 +3,14 @@ verdict of the check over the whole blob, wherever the chunks are cut."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quorum.wire import blobs
+from quorum.wire import blobs, finite_scan
 from quorum.wire.finite_scan import FiniteScan
 
 _KINDS = [np.float16, np.float32, np.float64, np.int32, np.uint8]
@@ -25,9 +27,12 @@ def _scan(data: bytes, cuts: list[int]) -> bool | None:
 
 @st.composite
 def _blobs(draw: st.DrawFn) -> bytes:
-    """A model of tensors of mixed dtypes and odd lengths (values off their natural grid), some
-    with a NaN or an infinity put in."""
-    params = {}
+    """A blob of tensors of mixed dtypes and odd lengths, laid out in the order drawn (a site's
+    own writer need not sort them as safetensors does: an odd float16 or int8 tensor then puts
+    the next float32's values off their 4-byte grid), some with a NaN or an infinity put in, its
+    header of any length."""
+    header: dict[str, object] = {}
+    parts, offset = [], 0
     for number in range(draw(st.integers(1, 5))):
         kind = draw(st.sampled_from(_KINDS))
         values = np.arange(draw(st.integers(0, 40)), dtype=np.float64).astype(kind)
@@ -35,8 +40,15 @@ def _blobs(draw: st.DrawFn) -> bytes:
             values[draw(st.integers(0, values.size - 1))] = draw(
                 st.sampled_from([np.nan, np.inf, -np.inf])
             )
-        params[f"t{number}"] = values
-    return blobs.encode(params)
+        header[f"t{number}"] = {
+            "dtype": blobs.dtype_name(values),
+            "shape": [values.size],
+            "data_offsets": [offset, offset + values.nbytes],
+        }
+        parts.append(values.tobytes())
+        offset += values.nbytes
+    text = json.dumps(header).encode() + b" " * draw(st.integers(0, 9))
+    return len(text).to_bytes(8, "little") + text + b"".join(parts)
 
 
 @settings(max_examples=200, deadline=None)
@@ -74,3 +86,12 @@ def test_no_verdict_before_the_whole_blob_arrived() -> None:
     assert scan.verdict() is None
     scan.add(data[-4:])
     assert scan.verdict() is True
+
+
+def test_a_header_longer_than_it_gathers_gets_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site may declare a header of up to 100 MB: the scan gathers at most HEAD_BYTES of it,
+    and leaves the upload to be checked from its spool."""
+    monkeypatch.setattr(finite_scan, "HEAD_BYTES", 64)
+    data = blobs.encode({f"tensor_{n}": np.ones(3, np.float32) for n in range(5)})
+    assert blobs.read_layout(data).data_offset > 64
+    assert _scan(data, [7, 30, 100]) is None

@@ -259,6 +259,31 @@ def test_a_step_that_returns_the_read_buffer_writes_the_model_it_read(
     assert taken.read_all() == model.read_all()
 
 
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf])
+def test_the_new_models_values_are_checked_as_they_are_written(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, bad: float | None
+) -> None:
+    """The new model answers its NaN/Inf check from its writer: nothing is read back (the file's
+    blocks cannot be read here), and a value that is not finite is found."""
+    model = _model_file(tmp_path / "model", MODELS["mixed"])
+    target = np.array(model.flat(), np.float64)
+    if bad is not None:
+        target[target.shape[0] // 2] = bad
+    written = write_model(
+        Checkpoints(tmp_path / "checkpoints"),
+        "run",
+        1,
+        model,
+        strategy_step(TakeMean(), model, target),
+    )
+
+    def unreadable(*args: object, **kwargs: object) -> Iterator[tuple[int, np.ndarray]]:
+        raise AssertionError("the new model was read back for its check")
+
+    monkeypatch.setattr(BlobFile, "values", unreadable)
+    assert written.all_finite() is (bad is None)
+
+
 def _behind_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("write-behind")]
 

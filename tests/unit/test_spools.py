@@ -7,7 +7,7 @@ import asyncio
 import pathlib
 import resource
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import BinaryIO, cast
 
 import numpy as np
@@ -19,6 +19,7 @@ from quorum.server.federation import _receive
 from quorum.server.spools import SpoolPool, fit
 from quorum.server.validation import Received, check_blob
 from quorum.wire import blobs
+from quorum.wire.blobfiles import BlobFile
 
 
 def _upload(pool: SpoolPool, data: bytes) -> Received:
@@ -76,17 +77,28 @@ def test_an_upload_arrives_whole_in_a_spool(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [None, np.nan, -np.inf])
-def test_an_uploads_values_are_checked_as_it_arrives(tmp_path: pathlib.Path, bad: float) -> None:
-    """In chunks cut off the values' grid (a float16 tensor of odd length first): the check
-    of the received upload takes the verdict of its arrival, and refuses a NaN or infinity."""
+def test_an_uploads_values_are_checked_as_it_arrives(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, bad: float | None
+) -> None:
+    """In chunks of an odd size, which cut values in two: the check of the received upload
+    takes the verdict of its arrival (the spool's blocks cannot be read here), and refuses a
+    NaN or infinity."""
     pool = SpoolPool(tmp_path, keep=1)
-    params = {"h": np.ones(7, np.float16), "w": np.arange(100_000, dtype=np.float32)}
+    params: dict[str, np.ndarray] = {
+        "h": np.ones(7, np.float16),
+        "w": np.arange(100_000, dtype=np.float32),
+    }
     if bad is not None:
         params["w"][54_321] = bad
     data = blobs.encode(params)
     layout = blobs.read_layout(data)
     chunks = [data[i : i + 65_537] for i in range(0, len(data), 65_537)]
     upload = asyncio.run(_receive(_messages(chunks), len(data), "", pool))
+
+    def unreadable(*args: object, **kwargs: object) -> Iterator[tuple[int, np.ndarray]]:
+        raise AssertionError("the upload was read back for its check")
+
+    monkeypatch.setattr(BlobFile, "values", unreadable)
     try:
         if bad is None:
             assert check_blob(upload, blobs.digest(data), layout).all_finite()
