@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quorum.aggregation.accumulator import Scratch, Update, blocks_of
+from quorum.aggregation.accumulator import SliceScratch, Update, blocks_of, by_slices
 from quorum.errors import ConfigError, ConflictError, StoreError
 
 BLOCK = 1 << 20
@@ -81,7 +81,7 @@ class FedBuff:
         self.beta = server_momentum
         self.version = version
         self._sum = np.zeros(numel, np.float64)
-        self._scratch = Scratch()
+        self._scratch = SliceScratch()
         self._examples = 0.0
         self._momentum: np.ndarray | None = np.zeros(numel, np.float64) if self.beta else None
         self.buffered: list[Accepted] = []
@@ -121,15 +121,19 @@ class FedBuff:
         if not (examples > 0 and math.isfinite(examples)):
             raise ValueError(f"an update's example count must be positive, got {examples}")
         scale = accepted.weight * examples
-        for start, values in source.blocks():
-            end = start + values.shape[0]
-            block = self._scratch.take(values.shape[0])
-            if base is None:
-                block[:] = values
-            else:  # in the values' dtype, then widened, as a whole-vector subtraction would be
-                np.subtract(values, base[start:end], out=block, casting="same_kind")
-            block *= scale
-            self._sum[start:end] += block
+
+        def add(blocks: Iterator[tuple[int, np.ndarray]], index: int) -> None:
+            for start, values in blocks:
+                end = start + values.shape[0]
+                block = self._scratch.take(index, values.shape[0])
+                if base is None:
+                    block[:] = values
+                else:  # in the values' dtype, then widened, as a whole-vector subtraction is
+                    np.subtract(values, base[start:end], out=block, casting="same_kind")
+                block *= scale
+                self._sum[start:end] += block
+
+        by_slices(source, add)
         self._examples += examples
         self.buffered.append(accepted)
         return self.full

@@ -28,7 +28,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from quorum.aggregation.accumulator import Scratch, Update, UpdateBlocks, blocks_of
+from quorum.aggregation.accumulator import (
+    Scratch,
+    SlicedBlocks,
+    Update,
+    UpdateBlocks,
+    blocks_of,
+)
 from quorum.aggregation.fedbuff import FedBuff, StaleUpdate
 from quorum.errors import NotFoundError, UploadRejected
 from quorum.fitconfig import FitConfig
@@ -357,7 +363,7 @@ class AsyncDriver:
             accepted = self.buffer.admit(base_version)
         except StaleUpdate as exc:
             raise UploadRejected("stale_update", str(exc)) from None
-        update = LettingGo(blocks_of(update, base.shape[0]), base_file)
+        update = letting_go(blocks_of(update, base.shape[0]), base_file)
         try:
             if self.central is not None:  # DP-FedBuff: each update clipped, counting once
                 clipping_norm = self.central.clipping_norm
@@ -603,9 +609,31 @@ class LettingGo:
         return self.update.numel
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        dropped = 0
-        for start, values in self.update.blocks():
+        return self._dropping(self.update.blocks(), 0)
+
+    def _dropping(
+        self, blocks: Iterator[tuple[int, np.ndarray]], dropped: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        for start, values in blocks:
             yield start, values  # folded by the time the next block is asked for
             if start + values.shape[0] - dropped >= DROP_VALUES:
                 self.base.drop_pages()
                 dropped = start + values.shape[0]
+
+
+class SlicedLettingGo(LettingGo):
+    """`LettingGo` of an update that can be read by slice (a plain upload's spool), itself read
+    so: its slices are folded side by side (`accumulator.by_slices`)."""
+
+    def __init__(self, update: SlicedBlocks, base: BlobFile) -> None:
+        super().__init__(update, base)
+        self.sliced = update
+
+    def blocks_between(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        return self._dropping(self.sliced.blocks_between(start, stop), start)
+
+
+def letting_go(update: UpdateBlocks, base: BlobFile) -> LettingGo:
+    if isinstance(update, SlicedBlocks):
+        return SlicedLettingGo(update, base)
+    return LettingGo(update, base)

@@ -141,30 +141,38 @@ class BlobFile:
             blake3.update(chunk)
         return sha.hexdigest(), blake3.hexdigest()
 
-    def values(self, block_bytes: int = VALUE_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+    def values(
+        self, block_bytes: int = VALUE_BYTES, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """The flat values in `blobs.as_flat`'s order and dtype, as (start, values) blocks of
-        at most `block_bytes` in reused buffers (each valid until the next is asked for)."""
+        at most `block_bytes` in reused buffers (each valid until the next is asked for); only
+        values [start, stop) where given."""
+        stop = self.layout.numel if stop is None else stop
         dtypes = {t.dtype for t in self.layout.tensors}
         single = len(dtypes) == 1 and dtypes <= blobs.FLOAT_DTYPES
         # Several dtypes: each block is widened into one float64 buffer, not a new array.
         wide = None if single else np.empty(max(1, block_bytes // 8), np.float64)
         position = 0
         for tensor in self.layout.tensors:
+            first, last = max(start - position, 0), min(stop - position, tensor.numel)
+            if first >= last:
+                position += tensor.numel
+                continue
             dtype = blobs.dtype_of(tensor.dtype)
             per_block = max(1, block_bytes // (dtype.itemsize if wide is None else 8))
-            buffer = np.empty(min(per_block, tensor.numel), dtype)
-            for first in range(0, tensor.numel, per_block):
-                piece = buffer[: min(per_block, tensor.numel - first)]
-                offset = self.layout.data_offset + tensor.start + first * dtype.itemsize
+            buffer = np.empty(min(per_block, last - first), dtype)
+            for at in range(first, last, per_block):
+                piece = buffer[: min(per_block, last - at)]
+                offset = self.layout.data_offset + tensor.start + at * dtype.itemsize
                 if os.preadv(self._fd, [blobs.raw(piece)], offset) != piece.nbytes:
                     raise BlobError(f"{self.path} ended before its tensor {tensor.name!r}")
                 if wide is None:
-                    yield position, piece
+                    yield position + at, piece
                 else:
                     widened = wide[: piece.shape[0]]
                     np.copyto(widened, piece)
-                    yield position, widened
-                position += piece.shape[0]
+                    yield position + at, widened
+            position += tensor.numel
 
     @property
     def numel(self) -> int:
@@ -174,6 +182,10 @@ class BlobFile:
         """`values`: a blob file is an `UpdateBlocks` (`quorum.aggregation.accumulator`), an
         upload folded straight from its spool."""
         return self.values()
+
+    def blocks_between(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """`values` [start, stop): a blob file is `SlicedBlocks`, folded a slice per thread."""
+        return self.values(start=start, stop=stop)
 
     def all_finite(self) -> bool:
         """No NaN or infinity in a float tensor, read block by block the first time it is

@@ -11,19 +11,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import pytest
 
 from quorum import identity
 from quorum.admin.client import AdminClient
+from quorum.aggregation import accumulator
 from quorum.client.agent import Backoff, SiteAgent, StageHook
 from quorum.config import RunConfig, ServerConfig, ServerFile
 from quorum.ports import free_port
 from quorum.server.services import RoundServices
 from quorum.server_process import Server
 from quorum.task import SiteTask
+from quorum.wire.blobfiles import BlobFile
 from tests.vector_task import task as vector_task
 
 TOKEN = "integration-test-token"
 TASK = "tests.vector_task:task"
+
+
+def fold_in_slices(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Makes every fold of an upload run in three slices side by side, as a large model's do
+    (`accumulator.by_slices`), however small the model; returns the slices read, as they are."""
+    monkeypatch.setattr(accumulator, "FOLD_THREADS", 3)
+    monkeypatch.setattr(accumulator, "SLICE_VALUES", 1)
+    read: list[tuple[int, int]] = []
+    between = BlobFile.blocks_between
+
+    def spy(self: BlobFile, start: int, stop: int) -> Any:
+        read.append((start, stop))
+        return between(self, start, stop)
+
+    monkeypatch.setattr(BlobFile, "blocks_between", spy)
+    return read
 
 
 def run_config(**overrides: Any) -> RunConfig:

@@ -19,7 +19,13 @@ from quorum.config import RunConfig
 from quorum.privacy.dp.accounting import epsilon
 from quorum.privacy.secagg import error_bound
 from quorum.wire.blobfiles import BlobFile
-from tests.integration.harness import Federation, federation, run_config, wait_for
+from tests.integration.harness import (
+    Federation,
+    federation,
+    fold_in_slices,
+    run_config,
+    wait_for,
+)
 
 DELTAS = {"a": 1.0, "b": 2.0, "c": -1.0}
 
@@ -44,7 +50,13 @@ async def _rounds(fed: Federation, run_id: str, count: int) -> list[dict[str, An
     return [await fed.api(f"/api/v1/runs/{run_id}/rounds/{r}") for r in range(1, count + 1)]
 
 
-def test_fedbuff_applies_exactly_k_weighted_updates_per_step(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("sliced", [False, True], ids=["whole", "in_slices"])
+def test_fedbuff_applies_exactly_k_weighted_updates_per_step(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, sliced: bool
+) -> None:
+    slices = fold_in_slices(monkeypatch) if sliced else []
+    folded: list[int] = []  # the updates applied, each read in 3 slices when sliced
+
     async def scenario() -> None:
         async with federation(tmp_path, [_async_config()]) as fed:
             fed.add_site("a", "delta=1.0,n=10,sleep=0.05")
@@ -82,8 +94,12 @@ def test_fedbuff_applies_exactly_k_weighted_updates_per_step(tmp_path: pathlib.P
                 np.testing.assert_allclose(value, expected, rtol=1e-5)
             # every version was evaluated by the sites
             assert all("evaluate" in d["metrics"] for d in details)
+            folded.append(len(seen))
 
     asyncio.run(scenario())
+    assert folded == [10]
+    # Updates folded after the run's 5th step are refused, not read: 3 slices per update.
+    assert sorted(slices) == (sorted([(0, 5), (5, 10), (10, 15)] * 10) if sliced else [])
 
 
 def test_a_model_of_several_dtypes_is_made_flat_once_per_version_not_per_upload(

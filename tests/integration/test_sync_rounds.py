@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from quorum.wire.blobfiles import BlobFile
-from tests.integration.harness import federation, first_aborted, run_config
+from tests.integration.harness import federation, first_aborted, fold_in_slices, run_config
 from tests.vector_task import expected_fedavg
 
 
@@ -19,7 +19,12 @@ def _final_model(fed: object, run_id: str, rounds: int) -> dict[str, np.ndarray]
     return model.params()
 
 
-def test_fedavg_rounds_fold_every_update_weighted_by_examples(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("sliced", [False, True], ids=["whole", "in_slices"])
+def test_fedavg_rounds_fold_every_update_weighted_by_examples(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, sliced: bool
+) -> None:
+    slices = fold_in_slices(monkeypatch) if sliced else []
+
     async def scenario() -> None:
         async with federation(tmp_path, [run_config(rounds=3, min_fit_sites=3)]) as fed:
             fed.add_site("a", "delta=1.0,n=10,acc=0.9")
@@ -56,6 +61,8 @@ def test_fedavg_rounds_fold_every_update_weighted_by_examples(tmp_path: pathlib.
             assert detail["rejected_uploads"] == []
 
     asyncio.run(scenario())
+    # 3 rounds of 3 uploads of 15 values, each in 3 slices
+    assert sorted(slices) == (sorted([(0, 5), (5, 10), (10, 15)] * 9) if sliced else [])
 
 
 def test_fedyogi_state_is_checkpointed_each_round(tmp_path: pathlib.Path) -> None:

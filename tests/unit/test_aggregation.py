@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 import weakref
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quorum.aggregation import Accumulator, FedAvg, FedOpt, Strategy, accumulator, make_strategy
-from quorum.aggregation.accumulator import FOLD_BLOCK, FlatBlocks
+from quorum.aggregation.accumulator import FOLD_BLOCK, FlatBlocks, by_slices
 from quorum.aggregation.fedbuff import FedBuff
 from quorum.errors import ConfigError, StoreError
 from quorum.privacy.dp.central import ClippedSum
@@ -130,6 +133,87 @@ def test_every_sum_folds_blocks_of_any_size_into_its_one_scratch() -> None:
     clipped.fold(large, 1.0)
     clipped.fold(small, 1.0)
     np.testing.assert_allclose(clipped.sum, 2 * expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture
+def three_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folds of 3,000 values or more in three slices, whatever the machine's cores."""
+    monkeypatch.setattr(accumulator, "FOLD_THREADS", 3)
+    monkeypatch.setattr(accumulator, "SLICE_VALUES", 1000)
+
+
+@pytest.mark.usefixtures("three_slices")
+def test_a_large_update_is_worked_on_in_slices_on_several_threads() -> None:
+    """Every value once, in slices that start where the one before stops, the first on the
+    caller's thread and the others on the fold pool's."""
+    vector = np.arange(3500, dtype=np.float64)
+    seen: dict[int, list[tuple[int, np.ndarray]]] = {}
+    threads: set[str] = set()
+    lock = threading.Lock()
+
+    def work(blocks: object, index: int) -> None:
+        got = [(start, values.copy()) for start, values in blocks]  # type: ignore[attr-defined]
+        with lock:
+            seen[index] = got
+            threads.add(threading.current_thread().name)
+
+    by_slices(FlatBlocks(vector, block=300), work)
+    assert sorted(seen) == [0, 1, 2]
+    starts = [[start for start, _ in seen[i]] for i in range(3)]
+    assert [s[0] for s in starts] == [0, 1166, 2333]
+    np.testing.assert_array_equal(np.concatenate([v for i in range(3) for _, v in seen[i]]), vector)
+    assert threading.current_thread().name in threads and len(threads) >= 2
+    # Slices of fewer than SLICE_VALUES, or an update that can only be read in order (a
+    # codec's), in one piece.
+    seen.clear()
+    by_slices(FlatBlocks(vector[:1999]), work)
+    assert sorted(seen) == [0] and len(seen[0]) == 1
+
+    class InOrder:
+        numel = 3500
+
+        def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+            return FlatBlocks(vector).blocks()
+
+    seen.clear()
+    by_slices(InOrder(), work)
+    assert sorted(seen) == [0] and len(seen[0]) == 1
+
+
+@pytest.mark.usefixtures("three_slices")
+def test_a_slice_that_fails_is_raised_once_every_slice_is_done() -> None:
+    done = threading.Event()
+
+    def work(blocks: object, index: int) -> None:
+        if index == 1:
+            raise ValueError("slice 1 could not be read")
+        if index == 0:
+            time.sleep(0.2)  # the failure comes first; the caller still waits for this slice
+            done.set()
+
+    with pytest.raises(ValueError, match="slice 1"):
+        by_slices(FlatBlocks(np.zeros(3000)), work)
+    assert done.is_set()
+
+
+@pytest.mark.usefixtures("three_slices")
+def test_sums_folded_in_slices_are_the_sums_folded_whole() -> None:
+    """The plain sum and FedBuff's buffer, over slices on three threads: the same values as
+    the arithmetic on whole vectors (each value is folded once, by one thread)."""
+    numel = 3500
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal(numel)
+    first, second = rng.standard_normal((2, numel)).astype(np.float32)
+    acc = Accumulator(numel)
+    acc.fold(FlatBlocks(first, block=256), 2.0)
+    acc.fold(second, 3.0)
+    wide = first.astype(np.float64), second.astype(np.float64)
+    np.testing.assert_array_equal(acc.mean(), (2.0 * wide[0] + 3.0 * wide[1]) / 5)
+    buffer = FedBuff(numel, buffer_size=2)
+    buffer.add(FlatBlocks(first, block=256), buffer.admit(0), base=base)
+    buffer.add(second, buffer.admit(0), base=base)
+    expected = ((first - base) + (second - base)) / 2
+    np.testing.assert_allclose(buffer.step(np.zeros(numel)), expected, rtol=1e-12)
 
 
 _NUMEL = 5

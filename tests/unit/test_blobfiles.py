@@ -51,6 +51,24 @@ def test_values_come_in_blocks_in_as_flat_order(tmp_path: pathlib.Path, block_by
     assert all(v.nbytes <= max(block_bytes, 8) for _, v in parts)  # in float64 bytes
 
 
+@pytest.mark.parametrize("block_bytes", [8, 24, 1 << 20])
+def test_values_between_two_positions_are_that_slice_of_the_flat_values(
+    tmp_path: pathlib.Path, block_bytes: int
+) -> None:
+    """Every slice, across the tensors' boundaries (w: 0-10, steps: 10-12, b: 12-14): blocks
+    at its positions, as `blocks_between` gives them to a fold's threads."""
+    blob = _written(tmp_path / "m")
+    flat = blob.flat()
+    for start in range(flat.shape[0] + 1):
+        for stop in range(start, flat.shape[0] + 1):
+            parts = [(at, values.copy()) for at, values in blob.blocks_between(start, stop)]
+            assert [at for at, _ in parts] == list(
+                start + np.cumsum([0] + [v.shape[0] for _, v in parts[:-1]])
+            ) or not parts
+            got = np.concatenate([v for _, v in parts]) if parts else np.zeros(0)
+            np.testing.assert_array_equal(got, flat[start:stop])
+
+
 def test_a_single_float_dtype_is_read_in_its_own_dtype(tmp_path: pathlib.Path) -> None:
     blob = _written(tmp_path / "m", {"a": np.ones(5, np.float32), "b": np.zeros(3, np.float32)})
     assert {v.dtype for _, v in blob.values(8)} == {np.dtype(np.float32)}
