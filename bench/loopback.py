@@ -1,7 +1,7 @@
 """The transfer floor of a round: its bytes moved over loopback gRPC and nothing else.
 
 A bare grpc.aio server (no protobuf schema, no checks, no disk) streams `--bytes` to each of N
-fetching processes at once in 1 MiB messages, then takes `--bytes` from each of N pushing
+fetching processes at once in 2 MiB messages, then takes `--bytes` from each of N pushing
 processes at once: the two downloads and two uploads of a sync round at N = 2, with Quorum's
 chunk size and channel options, each end its own process as the server and sites are. The floor
 is the wall time of the fetches plus that of the pushes, from the first start to the last end.

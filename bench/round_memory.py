@@ -12,7 +12,7 @@ bytes over loopback gRPC) and prints the sync round time against it.
     python bench/round_memory.py --params 250000000 --nodes 2     # 1 GB model, ~10 GB of RAM
     python bench/round_memory.py --params 560000000 --nodes 2     # 2.24 GB, ~15 GB of RAM
 
-At P = 560M the model is past protobuf's 2 GiB limit (it is sent in 1 MiB chunks); a run needs
+At P = 560M the model is past protobuf's 2 GiB limit (it is sent in 2 MiB chunks); a run needs
 about 2 x 2.24 GB for the server and as much per site, page cache for the uploads' spools and
 disk for the checkpoints: it fits this 24 GiB, 2-core machine when nothing else large runs.
 """

@@ -1,7 +1,7 @@
 """The C allocator's settings for processes that handle whole models.
 
 glibc's malloc raises its mmap threshold as large blocks are freed (up to 32 MiB), so after the
-first megabyte-sized temporaries (a download's 1 MiB chunks, a block of quantised values, a
+first megabyte-sized temporaries (a download's 2 MiB chunks, a block of quantised values, a
 fold's scratch) such blocks come from its heaps, one per thread, where freed space is kept for
 reuse rather than returned to the kernel. A process that makes a model-sized vector in blocks
 on worker threads then keeps hundreds of MB of freed heap: a SecAgg+ site at P = 50M held

@@ -45,11 +45,12 @@ of a 1 GB model took 4.5 s with them, 2.0 s so (both without the write behind)."
 WRITEBACK_BYTES = 8 * 1024 * 1024
 """Bytes written to a `BlobWriter` between two requests that the kernel start writing them to
 disk."""
-STREAM_CHUNKS = 2
+STREAM_CHUNKS = 1
 """Chunks `stream` reads per hop to a worker thread. Measured serving a 40 MB model (1 MiB
 chunks, 2 loaded cores): about 100 µs of CPU per chunk read on the loop, 235 µs with a hop
 per chunk, 170-205 µs with 2 per hop, 390-480 µs with 4 (4 MiB freed at once reaches
-`quorum.heap`'s trim threshold, and the next read faults its pages in again)."""
+`quorum.heap`'s trim threshold, and the next read faults its pages in again). Chunks are 2 MiB
+now (`blobs.CHUNK_BYTES`): one per hop, as many bytes as two of 1 MiB."""
 
 
 class BlobFile:

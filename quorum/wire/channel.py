@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-"""Chunks are 1 MiB; no message comes near this, whatever the model size."""
+"""Chunks are 2 MiB (`blobs.CHUNK_BYTES`); no message comes near this, whatever the model size."""
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -1,6 +1,6 @@
 """Bulk chunks as protobuf frames written and read by hand, without protobuf's copies.
 
-A 1 MiB chunk put in a protobuf message is copied into it, then again as the message is
+A 2 MiB chunk put in a protobuf message is copied into it, then again as the message is
 serialised (upb grows its output buffer as it goes, copying on the way); a frame parsed is
 copied into its message, and again when its bytes field is read. For a 1 GB model that is
 several GB of copies per round at the server, which sends every download and takes every

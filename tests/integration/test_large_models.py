@@ -5,7 +5,7 @@ server never reads it into memory), and every path it takes streams it.
 Checked: its digest and NaN check over the stream (`BlobFile`), an upload of it checked from
 its spool (`validation.check_blob`), the FedAvg step written block by
 block into the round's staged checkpoint (`write_model`) and saved in place, then served from
-that file by the real gRPC Download to a reader that hashes the 1 MiB chunks as they come, with
+that file by the real gRPC Download to a reader that hashes the 2 MiB chunks as they come, with
 a download resumed at an offset past 2^31; the server's peak RSS grows by far less than a copy.
 """
 
@@ -58,7 +58,7 @@ async def fetch(stub: pb_grpc.FederationStub, session: str, digest: str, offset:
     async for chunk in stub.Download(
         pb.DownloadRequest(session_id=session, digest=digest, offset=offset)
     ):
-        assert chunk.offset == offset and len(chunk.data) <= MiB
+        assert chunk.offset == offset and len(chunk.data) <= blobs.CHUNK_BYTES
         sha.update(chunk.data)
         offset += len(chunk.data)
     assert offset == chunk.total_size

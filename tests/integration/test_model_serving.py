@@ -140,7 +140,7 @@ def test_a_download_waiting_on_the_disk_holds_up_no_other_session(tmp_path: path
     async def scenario() -> None:
         async with federation(tmp_path, []) as fed:
             services = fed.server.coordinator.services
-            held = _model(tmp_path / "held", 5 * 2**18, held=True)  # 5 MiB: two reads
+            held = _model(tmp_path / "held", 5 * 2**18, held=True)  # 5 MiB: several reads
             other = _model(tmp_path / "other", 1000, held=False)
             assert isinstance(held, HeldFile)
             services.blobs.put(held)

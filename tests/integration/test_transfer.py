@@ -22,7 +22,7 @@ from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.wire import blobs, frames
 from quorum.wire.channel import GRPC_OPTIONS
 
-BLOB = bytes(range(256)) * 20_000  # 5 MB: several 1 MiB chunks
+BLOB = bytes(range(256)) * 20_000  # 5 MB: several 2 MiB chunks
 
 
 class Scripted(pb_grpc.FederationServicer):  # type: ignore[misc]

@@ -74,7 +74,7 @@ def test_a_frame_that_is_no_message_fails_as_protobuf_fails(frame: bytes) -> Non
 
 def test_a_sites_upload_frames_are_its_blobs_chunks_in_messages() -> None:
     params: blobs.Params = {
-        "a": np.arange(300_001, dtype=np.float32),
+        "a": np.arange(600_001, dtype=np.float32),
         "b": np.ones((3, 4), np.float64),
     }
     pieces = blobs.pieces(params)
@@ -83,7 +83,7 @@ def test_a_sites_upload_frames_are_its_blobs_chunks_in_messages() -> None:
         pb.UploadMessage(chunk=bytes(chunk)).SerializeToString()
         for chunk in blobs.chunks(blobs.encode(params))
     ]
-    assert len(sent) == 2  # 1.2 MB: a whole chunk and a short one
+    assert len(sent) == 2  # 2.4 MB: a whole chunk and a short one
 
 
 @pytest.mark.parametrize(
