@@ -54,10 +54,12 @@ class HeldFile(BlobFile):
         self._wait()
         return super().read(offset, length)
 
-    def values(self, block_bytes: int = 1 << 23) -> Iterator[tuple[int, np.ndarray]]:
+    def values(
+        self, block_bytes: int = 1 << 23, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         self.value_reads += 1
         self._wait()
-        return super().values(block_bytes)
+        return super().values(block_bytes, start, stop)
 
     def flat(self) -> np.ndarray:
         self._wait()

@@ -19,8 +19,8 @@ from quorum.task import EvalResult, FitResult, JSONConfig
 from quorum.wire import blobs, digests
 from tests.integration.harness import federation, run_config
 
-LONG = 300_001
-"""float32 values of the long tensor: 1.14 MiB, so chunk boundaries fall inside it."""
+LONG = blobs.CHUNK_BYTES // 4 + 100_001
+"""float32 values of the long tensor: a chunk and 0.4 MB, so chunk boundaries fall inside it."""
 
 
 @dataclass(frozen=True)

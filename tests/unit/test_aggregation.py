@@ -7,6 +7,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -192,6 +193,37 @@ def test_a_slice_that_fails_is_raised_once_every_slice_is_done() -> None:
             done.set()
 
     with pytest.raises(ValueError, match="slice 1"):
+        by_slices(FlatBlocks(np.zeros(3000)), work)
+    assert done.is_set()
+
+
+@pytest.mark.usefixtures("three_slices")
+def test_a_slice_handed_over_is_waited_for_when_the_next_cannot_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pool takes slice 1, then refuses slice 2 (no thread can be started): the error is
+    raised only once slice 1 has stopped writing."""
+    done = threading.Event()
+    real = accumulator._pool()
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.taken = 0
+
+        def submit(self, *args: Any) -> Any:
+            self.taken += 1
+            if self.taken > 1:
+                raise RuntimeError("can't start new thread")
+            return real.submit(*args)
+
+    refusing = Refusing()
+    monkeypatch.setattr(accumulator, "_pool", lambda: refusing)
+
+    def work(blocks: object, index: int) -> None:
+        time.sleep(0.2)
+        done.set()
+
+    with pytest.raises(RuntimeError, match="new thread"):
         by_slices(FlatBlocks(np.zeros(3000)), work)
     assert done.is_set()
 

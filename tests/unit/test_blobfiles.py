@@ -149,7 +149,7 @@ def test_a_writer_starts_the_writeback_of_its_bytes_as_they_come(tmp_path: pathl
     assert written.digest == blobs.digest(data)
 
 
-@pytest.mark.parametrize("offset", [0, 1, blobs.CHUNK_BYTES * 3 + 5])
+@pytest.mark.parametrize("offset", [0, 1, blobs.CHUNK_BYTES + 5])
 def test_a_stream_yields_the_files_chunks_read_in_worker_threads(
     tmp_path: pathlib.Path, offset: int
 ) -> None:
