@@ -128,7 +128,7 @@ class FedBuff:
                 block = self._scratch.take(index, values.shape[0])
                 if base is None:
                     block[:] = values
-                else:  # in the values' dtype, then widened, as a whole-vector subtraction is
+                else:  # in the values' dtype, then widened, as a whole-vector subtraction would be
                     np.subtract(values, base[start:end], out=block, casting="same_kind")
                 block *= scale
                 self._sum[start:end] += block
