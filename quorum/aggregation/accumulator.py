@@ -104,18 +104,8 @@ def blocks_of(update: Update, numel: int) -> UpdateBlocks:
     return update
 
 
-_slice_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_slice_pool_lock = threading.Lock()
-
-
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _slice_pool
-    with _slice_pool_lock:
-        if _slice_pool is None:
-            _slice_pool = concurrent.futures.ThreadPoolExecutor(
-                max(1, FOLD_THREADS - 1), thread_name_prefix="fold"
-            )
-        return _slice_pool
+# Its threads start at the first slice handed over: a process that folds nothing has none.
+_POOL = concurrent.futures.ThreadPoolExecutor(max(1, FOLD_THREADS - 1), thread_name_prefix="fold")
 
 
 def by_slices(
@@ -135,7 +125,7 @@ def by_slices(
     rest: list[concurrent.futures.Future[None]] = []
     try:  # a slice handed over is waited for, even when the next cannot be (no thread left)
         for i in range(1, count):
-            rest.append(_pool().submit(work, source.blocks_between(cuts[i], cuts[i + 1]), i))
+            rest.append(_POOL.submit(work, source.blocks_between(cuts[i], cuts[i + 1]), i))
         work(source.blocks_between(cuts[0], cuts[1]), 0)
     finally:
         concurrent.futures.wait(rest)

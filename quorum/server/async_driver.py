@@ -625,12 +625,10 @@ class SlicedLettingGo(LettingGo):
     """`LettingGo` of an update that can be read by slice (a plain upload's spool), itself read
     so: its slices are folded side by side (`accumulator.by_slices`)."""
 
-    def __init__(self, update: SlicedBlocks, base: BlobFile) -> None:
-        super().__init__(update, base)
-        self.sliced = update
+    update: SlicedBlocks
 
     def blocks_between(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
-        return self._dropping(self.sliced.blocks_between(start, stop), start)
+        return self._dropping(self.update.blocks_between(start, stop), start)
 
 
 def letting_go(update: UpdateBlocks, base: BlobFile) -> LettingGo:

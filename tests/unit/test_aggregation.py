@@ -204,7 +204,7 @@ def test_a_slice_handed_over_is_waited_for_when_the_next_cannot_be(
     """The pool takes slice 1, then refuses slice 2 (no thread can be started): the error is
     raised only once slice 1 has stopped writing."""
     done = threading.Event()
-    real = accumulator._pool()
+    real = accumulator._POOL
 
     class Refusing:
         def __init__(self) -> None:
@@ -217,7 +217,7 @@ def test_a_slice_handed_over_is_waited_for_when_the_next_cannot_be(
             return real.submit(*args)
 
     refusing = Refusing()
-    monkeypatch.setattr(accumulator, "_pool", lambda: refusing)
+    monkeypatch.setattr(accumulator, "_POOL", refusing)
 
     def work(blocks: object, index: int) -> None:
         time.sleep(0.2)
