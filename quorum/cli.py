@@ -440,7 +440,7 @@ def client_run(
         client.task,
         site_task,
         credentials=credentials,
-        cache=BlobCache(client.cache_dir),
+        cache=BlobCache(client.cache_dir, spare=True),
         on_stage=hook,
         # A gossip run's own model of this site: kept across restarts, beside the cache or key.
         gossip_models=GossipModels(

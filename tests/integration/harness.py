@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ from quorum import identity
 from quorum.admin.client import AdminClient
 from quorum.aggregation import accumulator
 from quorum.client.agent import Backoff, SiteAgent, StageHook
+from quorum.client.transfer import BlobCache
 from quorum.config import RunConfig, ServerConfig, ServerFile
 from quorum.ports import free_port
 from quorum.server.services import RoundServices
 from quorum.server_process import Server
 from quorum.task import SiteTask
+from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
 from tests.vector_task import task as vector_task
 
@@ -43,6 +46,20 @@ def fold_in_slices(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
     monkeypatch.setattr(BlobFile, "blocks_between", spy)
     return read
+
+
+def buffers_made(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the sites' download buffers made from now on, as they are made
+    (`blobs.sized_buffer`)."""
+    made: list[int] = []
+    make = blobs.sized_buffer
+
+    def spy(size: int) -> io.BytesIO:
+        made.append(size)
+        return make(size)
+
+    monkeypatch.setattr(blobs, "sized_buffer", spy)
+    return made
 
 
 def run_config(**overrides: Any) -> RunConfig:
@@ -88,9 +105,11 @@ class Federation:
         on_stage: StageHook | None = None,
         site_task: SiteTask | None = None,
         task_ref: str = TASK,
+        cache: BlobCache | None = None,
     ) -> Any:
         """Registers (unless a key is given) and starts an in-process agent: the vector task's
-        site for `data`, or the given `site_task` of the task `task_ref`."""
+        site for `data`, or the given `site_task` of the task `task_ref`; `cache`: the agent's
+        (one of its own by default)."""
         key = key or self.register(name)
         agent = SiteAgent(
             self.address,
@@ -100,6 +119,7 @@ class Federation:
             credentials=self.credentials,
             backoff=Backoff(base_s=0.05, cap_s=0.5),
             on_stage=on_stage,
+            cache=cache,
         )
         self.agents.append(asyncio.create_task(agent.run(self.stop)))
         return key

@@ -5,13 +5,25 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from quorum.client.transfer import BlobCache
+from quorum.task import EvalResult, FitResult, JSONConfig, SiteTask
 from quorum.wire.blobfiles import BlobFile
-from tests.integration.harness import federation, first_aborted, fold_in_slices, run_config
+from quorum.wire.blobs import Params
+from tests.integration.harness import (
+    buffers_made,
+    federation,
+    first_aborted,
+    fold_in_slices,
+    run_config,
+    wait_for,
+)
 from tests.vector_task import expected_fedavg
+from tests.vector_task import task as vector_task
 
 
 def _final_model(fed: object, run_id: str, rounds: int) -> dict[str, np.ndarray]:
@@ -63,6 +75,52 @@ def test_fedavg_rounds_fold_every_update_weighted_by_examples(
     asyncio.run(scenario())
     # 3 rounds of 3 uploads of 15 values, each in 3 slices
     assert sorted(slices) == (sorted([(0, 5), (5, 10), (10, 15)] * 9) if sliced else [])
+
+
+@dataclass(frozen=True)
+class SpareWatch:
+    """A vector site that notes, at each fit, the bytes its agent's cache holds spare."""
+
+    site: SiteTask
+    cache: BlobCache
+    seen: list[int]
+
+    def fit(self, params: Params, config: JSONConfig) -> FitResult:
+        self.seen.append(self.cache.spare_bytes)
+        return self.site.fit(params, config)
+
+    def evaluate(self, params: Params, config: JSONConfig) -> EvalResult:
+        return self.site.evaluate(params, config)
+
+
+def test_sites_make_the_next_models_buffer_while_they_wait(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = buffers_made(monkeypatch)
+    caches = [BlobCache(spare=True), BlobCache(spare=True)]
+    seen: list[int] = []
+
+    async def scenario() -> int:
+        # No evaluation: each round's fit downloads the model the round before made.
+        async with federation(tmp_path, [run_config(rounds=3, fraction_evaluate=0)]) as fed:
+            for name, cache in zip("ab", caches, strict=True):
+                site = vector_task.site("delta=1.0,n=10,acc=0.9", "cpu", 0)
+                fed.add_site(name, "", site_task=SpareWatch(site, cache, seen), cache=cache)
+            run = await fed.wait_run()
+            size = len(fed.services.checkpoints.open(run["id"], 3)[0])
+
+            async def spares_made() -> bool:  # the last fits' spares, made after their uploads
+                return all(cache.spare_bytes == size for cache in caches)
+
+            await wait_for(spares_made, 10)
+            return size
+
+    size = asyncio.run(scenario())
+    # No fit ran beside a spare: each was taken by its download.
+    assert seen == [0] * 6
+    # Round 1's two buffers, then one spare after each of the 6 fits; rounds 2 and 3 landed
+    # in theirs (downloads of their own would have made 4 more).
+    assert made == [size] * 8
 
 
 def test_fedyogi_state_is_checkpointed_each_round(tmp_path: pathlib.Path) -> None:

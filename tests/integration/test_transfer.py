@@ -21,6 +21,7 @@ from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.wire import blobs, frames
 from quorum.wire.channel import GRPC_OPTIONS
+from tests.integration.harness import buffers_made
 
 BLOB = bytes(range(256)) * 20_000  # 5 MB: several 2 MiB chunks
 
@@ -86,6 +87,40 @@ def test_a_download_holds_the_blob_once() -> None:
         assert peak < 1.5 * len(large)
 
     asyncio.run(scenario())
+
+
+def test_a_spare_made_ahead_is_the_next_downloads_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = buffers_made(monkeypatch)
+    cache = BlobCache(keep=0, spare=True)
+    cache.prepare(len(BLOB))
+    assert cache.spare_bytes == len(BLOB) and made == [len(BLOB)]
+    assert asyncio.run(fetch(Scripted(BLOB), cache=cache)) == BLOB
+    assert made == [len(BLOB)]  # landed in the spare, made no buffer of its own
+    assert cache.spare_bytes == 0
+
+
+def test_a_spare_of_another_size_or_beside_a_cached_blob_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = buffers_made(monkeypatch)
+    cache = BlobCache(spare=True)
+    cache.prepare(len(BLOB) - 1)
+    service = Scripted(BLOB)
+    assert asyncio.run(fetch(service, cache=cache)) == BLOB
+    assert made == [len(BLOB) - 1, len(BLOB)] and service.offsets == [0]
+    assert cache.spare_bytes == 0
+    # The model asked for next is the one cached: no download will take the spare, and the
+    # task about to run must not hold it beside its own memory.
+    cache.prepare(len(BLOB))
+    assert asyncio.run(fetch(service, cache=cache)) == BLOB
+    assert cache.spare_bytes == 0 and service.offsets == [0]
+
+
+def test_a_cache_without_spares_makes_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = buffers_made(monkeypatch)
+    cache = BlobCache()
+    cache.prepare(len(BLOB))
+    assert cache.spare_bytes == 0 and made == []
 
 
 def test_a_broken_download_resumes_where_it_stopped() -> None:
