@@ -263,10 +263,6 @@ class SiteAgent:
             started = time.monotonic()
             try:
                 await self._handle(stub, session_id, offer, outbox, started)
-                if offer.kind == pb.TASK_KIND_FIT and not offer.HasField("gossip"):
-                    # The fit has let its memory go: the next model's buffer is made now, while
-                    # the site waits for its next task (a cache without a spare does nothing).
-                    await asyncio.to_thread(self.cache.prepare, offer.model_size)
             except (asyncio.CancelledError, grpc.aio.AioRpcError, SimulatedCrash):
                 raise
             except BudgetExhausted as exc:  # the site's own privacy budget: a refusal
@@ -287,6 +283,11 @@ class SiteAgent:
                     started,
                     error=f"{type(exc).__name__}: {exc}",
                 )
+            else:
+                if offer.kind == pb.TASK_KIND_FIT and not offer.HasField("gossip"):
+                    # The fit has let its memory go: the next model's buffer is made now, while
+                    # the site waits for its next task (a cache without a spare does nothing).
+                    await self.cache.prepare(offer.model_size)
 
     async def _handle(
         self,

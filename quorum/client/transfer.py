@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import pathlib
 from collections import OrderedDict
 from typing import Any
@@ -20,6 +21,8 @@ from quorum.wire.channel import STREAM_END
 from quorum.wire.incoming import Incoming
 
 DOWNLOAD_ATTEMPTS = 3
+
+log = logging.getLogger("quorum.client")
 
 
 class FederationStub(pb_grpc.FederationStub):  # type: ignore[misc]
@@ -67,23 +70,32 @@ class BlobCache:
         self._memory: OrderedDict[str, tuple[bytes, bool]] = OrderedDict()
         self._dir = directory
         self._keep = keep
-        self._spares = spare
+        self._keeps_spare = spare
         self._spare: io.BytesIO | None = None
         self._spare_size = 0
 
     @property
     def spare_bytes(self) -> int:
-        """The size of the buffer made ahead for the next download (0: none)."""
+        """The size of the buffer made ahead for the next download (0: none), for a test or a
+        log line to see."""
         return self._spare_size if self._spare is not None else 0
 
-    def prepare(self, size: int) -> None:
-        """Makes the next download's buffer, of `size` bytes, where this cache keeps a spare.
-        Call it once the task before has let its memory go: the spare is then made in memory
-        that task no longer holds."""
-        if not self._spares:
+    async def prepare(self, size: int) -> None:
+        """Makes the next download's buffer, of `size` bytes, where this cache keeps a spare
+        (a spare of that size already kept stays). Await it once the task before has let its
+        memory go, so that the spare takes what that task no longer holds. The buffer is made in
+        a worker thread and kept once made, on the event loop: cancelled meanwhile (its session
+        ended), it is let go as the thread finishes, not kept beside the next download's
+        buffer. One that cannot be made (no memory) is not; the download makes its own then."""
+        if not self._keeps_spare or (self._spare is not None and self._spare_size == size):
             return
         self._spare = None  # let go before the next is made: never two at once
-        self._spare, self._spare_size = blobs.sized_buffer(size), size
+        try:
+            made = await asyncio.to_thread(blobs.sized_buffer, size)
+        except MemoryError:
+            log.warning("event=spare_not_made bytes=%d", size)
+            return
+        self._spare, self._spare_size = made, size
 
     def take_buffer(self, size: int) -> io.BytesIO:
         """A download's buffer of `size` bytes: the spare where it is that size."""

@@ -93,16 +93,17 @@ class SpareWatch:
         return self.site.evaluate(params, config)
 
 
+@pytest.mark.parametrize("evaluate", [False, True], ids=["fit_only", "with_evaluation"])
 def test_sites_make_the_next_models_buffer_while_they_wait(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, evaluate: bool
 ) -> None:
     made = buffers_made(monkeypatch)
     caches = [BlobCache(spare=True), BlobCache(spare=True)]
     seen: list[int] = []
+    config = run_config(rounds=3, fraction_evaluate=1 if evaluate else 0)
 
     async def scenario() -> int:
-        # No evaluation: each round's fit downloads the model the round before made.
-        async with federation(tmp_path, [run_config(rounds=3, fraction_evaluate=0)]) as fed:
+        async with federation(tmp_path, [config]) as fed:
             for name, cache in zip("ab", caches, strict=True):
                 site = vector_task.site("delta=1.0,n=10,acc=0.9", "cpu", 0)
                 fed.add_site(name, "", site_task=SpareWatch(site, cache, seen), cache=cache)
@@ -112,15 +113,20 @@ def test_sites_make_the_next_models_buffer_while_they_wait(
             async def spares_made() -> bool:  # the last fits' spares, made after their uploads
                 return all(cache.spare_bytes == size for cache in caches)
 
-            await wait_for(spares_made, 10)
+            if not evaluate:
+                await wait_for(spares_made, 10)
             return size
 
     size = asyncio.run(scenario())
-    # No fit ran beside a spare: each was taken by its download.
+    # No fit ran beside a spare: each was taken by a download, or let go as the fit's model
+    # was found cached (with evaluation, each fit trains the model its site evaluated).
     assert seen == [0] * 6
-    # Round 1's two buffers, then one spare after each of the 6 fits; rounds 2 and 3 landed
-    # in theirs (downloads of their own would have made 4 more).
+    # Round 1's two buffers, then one spare after each of the 6 fits, which the next
+    # downloads landed in (round 2 and 3's fits, or each round's evaluation): each would
+    # otherwise have made a buffer of its own.
     assert made == [size] * 8
+    if evaluate:  # the last evaluation took the last spares
+        assert all(cache.spare_bytes == 0 for cache in caches)
 
 
 def test_fedyogi_state_is_checkpointed_each_round(tmp_path: pathlib.Path) -> None:

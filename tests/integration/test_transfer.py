@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -92,7 +94,7 @@ def test_a_download_holds_the_blob_once() -> None:
 def test_a_spare_made_ahead_is_the_next_downloads_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     made = buffers_made(monkeypatch)
     cache = BlobCache(keep=0, spare=True)
-    cache.prepare(len(BLOB))
+    asyncio.run(cache.prepare(len(BLOB)))
     assert cache.spare_bytes == len(BLOB) and made == [len(BLOB)]
     assert asyncio.run(fetch(Scripted(BLOB), cache=cache)) == BLOB
     assert made == [len(BLOB)]  # landed in the spare, made no buffer of its own
@@ -104,22 +106,77 @@ def test_a_spare_of_another_size_or_beside_a_cached_blob_is_let_go(
 ) -> None:
     made = buffers_made(monkeypatch)
     cache = BlobCache(spare=True)
-    cache.prepare(len(BLOB) - 1)
+    asyncio.run(cache.prepare(len(BLOB) - 1))
     service = Scripted(BLOB)
     assert asyncio.run(fetch(service, cache=cache)) == BLOB
     assert made == [len(BLOB) - 1, len(BLOB)] and service.offsets == [0]
     assert cache.spare_bytes == 0
     # The model asked for next is the one cached: no download will take the spare, and the
     # task about to run must not hold it beside its own memory.
-    cache.prepare(len(BLOB))
+    asyncio.run(cache.prepare(len(BLOB)))
     assert asyncio.run(fetch(service, cache=cache)) == BLOB
     assert cache.spare_bytes == 0 and service.offsets == [0]
+
+
+def test_a_spare_of_the_size_asked_for_is_kept_not_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = buffers_made(monkeypatch)
+    cache = BlobCache(spare=True)
+    asyncio.run(cache.prepare(len(BLOB)))
+    asyncio.run(cache.prepare(len(BLOB)))  # an offer refused before its download, say
+    assert made == [len(BLOB)] and cache.spare_bytes == len(BLOB)
+
+
+def test_a_spare_still_being_made_when_its_session_ends_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    make = blobs.sized_buffer
+
+    def slow(size: int) -> io.BytesIO:
+        started.set()
+        release.wait(10)
+        try:
+            return make(size)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(blobs, "sized_buffer", slow)
+    cache = BlobCache(spare=True)
+
+    async def scenario() -> None:
+        making = asyncio.ensure_future(cache.prepare(len(BLOB)))
+        assert await asyncio.to_thread(started.wait, 10)
+        making.cancel()  # as the session's end cancels the agent's work
+        with pytest.raises(asyncio.CancelledError):
+            await making
+        release.set()
+        assert await asyncio.to_thread(finished.wait, 10)
+        for _ in range(5):  # the thread's result reaches the loop, which has no one to give it
+            await asyncio.sleep(0)
+        assert cache.spare_bytes == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_spare_that_cannot_be_made_is_not(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def none_left(size: int) -> io.BytesIO:
+        raise MemoryError
+
+    monkeypatch.setattr(blobs, "sized_buffer", none_left)
+    cache = BlobCache(spare=True)
+    asyncio.run(cache.prepare(len(BLOB)))
+    assert cache.spare_bytes == 0
+    assert f"event=spare_not_made bytes={len(BLOB)}" in caplog.text
 
 
 def test_a_cache_without_spares_makes_none(monkeypatch: pytest.MonkeyPatch) -> None:
     made = buffers_made(monkeypatch)
     cache = BlobCache()
-    cache.prepare(len(BLOB))
+    asyncio.run(cache.prepare(len(BLOB)))
     assert cache.spare_bytes == 0 and made == []
 
 
