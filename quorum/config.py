@@ -416,6 +416,13 @@ class ServerConfig(_Model):
         "in memory); one upload is always let in, however large",
     )
     max_inflight_downloads: int = Field(2, ge=1, description="model downloads streamed at once")
+    stream_window_kb: int = Field(
+        64,
+        ge=64,
+        description="what a site may send on a stream beyond the message the server is "
+        "reading (KiB): bounds what gRPC holds per upload; an upload moves at most a 2 MiB "
+        "chunk and this per round trip, so raise it for far sites on fast links",
+    )
     max_baseline_jobs: int = Field(
         1, ge=1, description="baseline jobs running at once; later ones wait, queued, in order"
     )

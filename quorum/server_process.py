@@ -32,7 +32,7 @@ from quorum.server.integrity import open_checked
 from quorum.server.runtime import Runtime
 from quorum.server.sessions import SessionRegistry
 from quorum.server.undecodable import RefuseUndecodable
-from quorum.wire.channel import GRPC_OPTIONS
+from quorum.wire.channel import server_options
 
 log = logging.getLogger("quorum.server")
 
@@ -99,7 +99,8 @@ class Server:
             admin_socket.close()
             raise
         self._grpc = grpc.aio.server(
-            options=[*GRPC_OPTIONS, NO_PORT_SHARING], interceptors=[RefuseUndecodable()]
+            options=[*server_options(cfg.stream_window_kb), NO_PORT_SHARING],
+            interceptors=[RefuseUndecodable()],
         )
         pb_grpc.add_FederationServicer_to_server(
             FederationService(self.coordinator.services, cfg), self._grpc

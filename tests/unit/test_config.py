@@ -207,6 +207,7 @@ def test_a_path_into_a_scalar_of_the_file_says_it_is_a_value(
         ("run.fraction_fit=1.5", r"run\.fraction_fit: Input should be less than or equal to 1"),
         ("run.beta1=1.0", r"run\.beta1: Input should be less than 1"),
         ("server.heartbeat_interval_s=-1", r"server\.heartbeat_interval_s: Input should be"),
+        ("server.stream_window_kb=16", r"server\.stream_window_kb: Input should be greater"),
         ("run.min_fit_sites=0", r"run\.min_fit_sites:"),
     ],
 )
