@@ -4,6 +4,7 @@ uploads with a header."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import pathlib
@@ -73,6 +74,7 @@ class BlobCache:
         self._keeps_spare = spare
         self._spare: io.BytesIO | None = None
         self._spare_size = 0
+        self._making: asyncio.Future[io.BytesIO] | None = None
 
     @property
     def spare_bytes(self) -> int:
@@ -84,18 +86,30 @@ class BlobCache:
         """Makes the next download's buffer, of `size` bytes, where this cache keeps a spare
         (a spare of that size already kept stays). Await it once the task before has let its
         memory go, so that the spare takes what that task no longer holds. The buffer is made in
-        a worker thread and kept once made, on the event loop: cancelled meanwhile (its session
-        ended), it is let go as the thread finishes, not kept beside the next download's
-        buffer. One that cannot be made (no memory) is not; the download makes its own then."""
+        a worker thread, which a cancelled `prepare` (its session ended) cannot stop: the next
+        download waits for that thread and lets its buffer go first (`settle`). One that cannot
+        be made (no memory) is not; the download makes its own then."""
         if not self._keeps_spare or (self._spare is not None and self._spare_size == size):
             return
         self._spare = None  # let go before the next is made: never two at once
+        making = self._making = asyncio.ensure_future(asyncio.to_thread(blobs.sized_buffer, size))
         try:
-            made = await asyncio.to_thread(blobs.sized_buffer, size)
+            made = await asyncio.shield(making)
         except MemoryError:
             log.warning("event=spare_not_made bytes=%d", size)
             return
+        finally:
+            if making.done():  # not when cancelled: `settle` waits for it then
+                self._making = None
         self._spare, self._spare_size = made, size
+
+    async def settle(self) -> None:
+        """Waits for a spare still being made when its `prepare` was cancelled, and lets it go:
+        the task about to run must not allocate beside it."""
+        making, self._making = self._making, None
+        if making is not None:
+            with contextlib.suppress(MemoryError):
+                await making
 
     def take_buffer(self, size: int) -> io.BytesIO:
         """A download's buffer of `size` bytes: the spare where it is that size."""
@@ -154,6 +168,7 @@ async def download(
     against `blake3` where the server gave it (`quorum.wire.digests`), else against `key`, the
     blob's name: as a cached blob that was checked by a BLAKE3 only is, before it is handed out
     under its name."""
+    await cache.settle()
     cached = cache.get(key)
     if cached is not None:
         data, named = cached

@@ -21,9 +21,9 @@ def server_options(stream_window_kb: int) -> list[tuple[str, int]]:
     fixed at `stream_window_kb` beyond the message being read, not grown by gRPC's
     bandwidth-delay probing. On loopback the probing grew the windows until gRPC held uploads
     by the tens of MB per stream, outside the server's own accounting: at P = 10M and 25
-    sites the server peaked at 408-505 MB with it, 284-295 MB without (228-264 MB at 2 sites
-    either way), for the same round times. An upload from a site a round trip away moves at
-    most one 2 MiB chunk plus this window per round trip."""
+    sites the server peaked at 407-525 MB with it, 288-293 MB without (229-256 MB at 2 sites
+    either way), for the same round times (`bench/round_time.py`). An upload from a site a
+    round trip away moves at most one 2 MiB chunk plus this window per round trip."""
     return [
         *GRPC_OPTIONS,
         ("grpc.http2.bdp_probe", 0),

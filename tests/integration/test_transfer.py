@@ -128,36 +128,43 @@ def test_a_spare_of_the_size_asked_for_is_kept_not_made_again(
     assert made == [len(BLOB)] and cache.spare_bytes == len(BLOB)
 
 
-def test_a_spare_still_being_made_when_its_session_ends_is_not_kept(
+def test_a_spare_still_being_made_when_its_session_ends_is_let_go_before_the_next_download(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    events: list[str] = []
+    started, release = threading.Event(), threading.Event()
     make = blobs.sized_buffer
 
     def slow(size: int) -> io.BytesIO:
-        started.set()
-        release.wait(10)
-        try:
-            return make(size)
-        finally:
-            finished.set()
+        events.append(f"make {size}")
+        if size == len(BLOB) - 1:  # the spare: held until the test lets it finish
+            started.set()
+            release.wait(10)
+        made = make(size)
+        events.append(f"made {size}")
+        return made
 
     monkeypatch.setattr(blobs, "sized_buffer", slow)
     cache = BlobCache(spare=True)
 
     async def scenario() -> None:
-        making = asyncio.ensure_future(cache.prepare(len(BLOB)))
+        making = asyncio.ensure_future(cache.prepare(len(BLOB) - 1))
         assert await asyncio.to_thread(started.wait, 10)
         making.cancel()  # as the session's end cancels the agent's work
         with pytest.raises(asyncio.CancelledError):
             await making
-        release.set()
-        assert await asyncio.to_thread(finished.wait, 10)
-        for _ in range(5):  # the thread's result reaches the loop, which has no one to give it
-            await asyncio.sleep(0)
         assert cache.spare_bytes == 0
+        fetching = asyncio.ensure_future(fetch(Scripted(BLOB), cache=cache))
+        await asyncio.sleep(0.2)
+        assert not fetching.done() and events == [f"make {len(BLOB) - 1}"]
+        release.set()
+        assert await fetching == BLOB
 
     asyncio.run(scenario())
+    # The download made its buffer only once the cancelled spare was made, and let it go.
+    spare, own = len(BLOB) - 1, len(BLOB)
+    assert events == [f"make {spare}", f"made {spare}", f"make {own}", f"made {own}"]
+    assert cache.spare_bytes == 0
 
 
 def test_a_spare_that_cannot_be_made_is_not(
