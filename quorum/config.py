@@ -419,6 +419,7 @@ class ServerConfig(_Model):
     stream_window_kb: int = Field(
         64,
         ge=64,
+        le=2_097_151,  # HTTP/2's largest window, 2^31 - 1 bytes
         description="what a site may send on a stream beyond the message the server is "
         "reading (KiB): bounds what gRPC holds per upload; an upload moves at most a 2 MiB "
         "chunk and this per round trip, so raise it for far sites on fast links",

@@ -4,7 +4,6 @@ uploads with a header."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import pathlib
@@ -87,29 +86,33 @@ class BlobCache:
         (a spare of that size already kept stays). Await it once the task before has let its
         memory go, so that the spare takes what that task no longer holds. The buffer is made in
         a worker thread, which a cancelled `prepare` (its session ended) cannot stop: the next
-        download waits for that thread and lets its buffer go first (`settle`). One that cannot
-        be made (no memory) is not; the download makes its own then."""
+        `prepare` or download waits for that thread and frees its buffer first (`settle`). One
+        that cannot be made (no memory) is not; the download makes its own then."""
         if not self._keeps_spare or (self._spare is not None and self._spare_size == size):
             return
+        await self.settle()
         self._spare = None  # let go before the next is made: never two at once
         making = self._making = asyncio.ensure_future(asyncio.to_thread(blobs.sized_buffer, size))
+        # Its error is seen even where no one awaits it again (a cancelled prepare, then none).
+        making.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.wait({making})  # cancelled, this leaves the thread's task to `settle`
+        self._making = None
         try:
-            made = await asyncio.shield(making)
+            self._spare, self._spare_size = making.result(), size
         except MemoryError:
             log.warning("event=spare_not_made bytes=%d", size)
-            return
-        finally:
-            if making.done():  # not when cancelled: `settle` waits for it then
-                self._making = None
-        self._spare, self._spare_size = made, size
 
     async def settle(self) -> None:
-        """Waits for a spare still being made when its `prepare` was cancelled, and lets it go:
-        the task about to run must not allocate beside it."""
-        making, self._making = self._making, None
-        if making is not None:
-            with contextlib.suppress(MemoryError):
-                await making
+        """Waits for a spare still being made when its `prepare` was cancelled, and frees it:
+        what comes next must not allocate beside it. Cancelled itself, it leaves the thread's
+        task for the next to wait for."""
+        making = self._making
+        if making is None:
+            return
+        await asyncio.wait({making})
+        self._making = None
+        if making.exception() is None:  # a MemoryError: nothing was made
+            making.result().close()  # frees the buffer, whoever still holds the task
 
     def take_buffer(self, size: int) -> io.BytesIO:
         """A download's buffer of `size` bytes: the spare where it is that size."""

@@ -22,8 +22,8 @@ def server_options(stream_window_kb: int) -> list[tuple[str, int]]:
     bandwidth-delay probing. On loopback the probing grew the windows until gRPC held uploads
     by the tens of MB per stream, outside the server's own accounting: at P = 10M and 25
     sites the server peaked at 407-525 MB with it, 288-293 MB without (229-256 MB at 2 sites
-    either way), for the same round times (`bench/round_time.py`). An upload from a site a
-    round trip away moves at most one 2 MiB chunk plus this window per round trip."""
+    either way), in the same round times on loopback (`bench/round_time.py`). An upload from a
+    site a round trip away moves at most one 2 MiB chunk plus this window per round trip."""
     return [
         *GRPC_OPTIONS,
         ("grpc.http2.bdp_probe", 0),

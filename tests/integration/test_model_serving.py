@@ -10,6 +10,7 @@ import pathlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 import numpy as np
@@ -254,3 +255,26 @@ def test_a_run_stopped_while_it_resumes_ends_only_once_its_thread_has(
                 await run.running
 
     asyncio.run(scenario())
+
+
+def test_the_federation_server_takes_its_stream_window_from_its_config(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[dict[str, object]] = []
+    make = grpc.aio.server
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        built.append(dict(kwargs["options"]))
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "server", spy)
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [run_config(rounds=1)], stream_window_kb=256):
+            pass
+
+    asyncio.run(scenario())
+    # The receive window fixed, not grown by bandwidth-delay probing (`channel.server_options`).
+    assert len(built) == 1
+    assert built[0]["grpc.http2.bdp_probe"] == 0
+    assert built[0]["grpc.http2.lookahead_bytes"] == 256 * 1024

@@ -128,10 +128,12 @@ def test_a_spare_of_the_size_asked_for_is_kept_not_made_again(
     assert made == [len(BLOB)] and cache.spare_bytes == len(BLOB)
 
 
-def test_a_spare_still_being_made_when_its_session_ends_is_let_go_before_the_next_download(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("after", ["download", "prepare"])
+def test_a_spare_still_being_made_when_its_session_ends_is_freed_before_the_next_buffer(
+    monkeypatch: pytest.MonkeyPatch, after: str
 ) -> None:
     events: list[str] = []
+    made: list[io.BytesIO] = []
     started, release = threading.Event(), threading.Event()
     make = blobs.sized_buffer
 
@@ -140,12 +142,21 @@ def test_a_spare_still_being_made_when_its_session_ends_is_let_go_before_the_nex
         if size == len(BLOB) - 1:  # the spare: held until the test lets it finish
             started.set()
             release.wait(10)
-        made = make(size)
-        events.append(f"made {size}")
-        return made
+        else:  # the next buffer: by now the first one's memory is free
+            events.append(f"spare closed {made[0].closed}")
+        made.append(make(size))
+        return made[-1]
 
     monkeypatch.setattr(blobs, "sized_buffer", slow)
     cache = BlobCache(spare=True)
+    settling = asyncio.Event()
+    settle = cache.settle
+
+    async def watched() -> None:
+        settling.set()
+        await settle()
+
+    monkeypatch.setattr(cache, "settle", watched)
 
     async def scenario() -> None:
         making = asyncio.ensure_future(cache.prepare(len(BLOB) - 1))
@@ -154,17 +165,18 @@ def test_a_spare_still_being_made_when_its_session_ends_is_let_go_before_the_nex
         with pytest.raises(asyncio.CancelledError):
             await making
         assert cache.spare_bytes == 0
-        fetching = asyncio.ensure_future(fetch(Scripted(BLOB), cache=cache))
-        await asyncio.sleep(0.2)
-        assert not fetching.done() and events == [f"make {len(BLOB) - 1}"]
+        if after == "download":
+            following = asyncio.ensure_future(fetch(Scripted(BLOB), cache=cache))
+        else:  # an offer refused before its download, say
+            following = asyncio.ensure_future(cache.prepare(len(BLOB)))
+        await asyncio.wait_for(settling.wait(), 10)  # it waits there for the first's thread
+        assert events == [f"make {len(BLOB) - 1}"]
         release.set()
-        assert await fetching == BLOB
+        await following
 
     asyncio.run(scenario())
-    # The download made its buffer only once the cancelled spare was made, and let it go.
-    spare, own = len(BLOB) - 1, len(BLOB)
-    assert events == [f"make {spare}", f"made {spare}", f"make {own}", f"made {own}"]
-    assert cache.spare_bytes == 0
+    assert events == [f"make {len(BLOB) - 1}", f"make {len(BLOB)}", "spare closed True"]
+    assert cache.spare_bytes == (len(BLOB) if after == "prepare" else 0)
 
 
 def test_a_spare_that_cannot_be_made_is_not(

@@ -208,6 +208,7 @@ def test_a_path_into_a_scalar_of_the_file_says_it_is_a_value(
         ("run.beta1=1.0", r"run\.beta1: Input should be less than 1"),
         ("server.heartbeat_interval_s=-1", r"server\.heartbeat_interval_s: Input should be"),
         ("server.stream_window_kb=16", r"server\.stream_window_kb: Input should be greater"),
+        ("server.stream_window_kb=4194304", r"server\.stream_window_kb: Input should be less"),
         ("run.min_fit_sites=0", r"run\.min_fit_sites:"),
     ],
 )
