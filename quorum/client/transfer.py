@@ -71,15 +71,14 @@ class BlobCache:
         self._dir = directory
         self._keep = keep
         self._keeps_spare = spare
-        self._spare: io.BytesIO | None = None
-        self._spare_size = 0
+        self._spare: tuple[int, io.BytesIO] | None = None  # its size, and the buffer
         self._making: asyncio.Future[io.BytesIO] | None = None
 
     @property
     def spare_bytes(self) -> int:
         """The size of the buffer made ahead for the next download (0: none), for a test or a
         log line to see."""
-        return self._spare_size if self._spare is not None else 0
+        return self._spare[0] if self._spare is not None else 0
 
     async def prepare(self, size: int) -> None:
         """Makes the next download's buffer, of `size` bytes, where this cache keeps a spare
@@ -88,7 +87,7 @@ class BlobCache:
         a worker thread, which a cancelled `prepare` (its session ended) cannot stop: the next
         `prepare` or download waits for that thread and frees its buffer first (`settle`). One
         that cannot be made (no memory) is not; the download makes its own then."""
-        if not self._keeps_spare or (self._spare is not None and self._spare_size == size):
+        if not self._keeps_spare or self.spare_bytes == size:
             return
         await self.settle()
         self._spare = None  # let go before the next is made: never two at once
@@ -98,7 +97,7 @@ class BlobCache:
         await asyncio.wait({making})  # cancelled, this leaves the thread's task to `settle`
         self._making = None
         try:
-            self._spare, self._spare_size = making.result(), size
+            self._spare = (size, making.result())
         except MemoryError:
             log.warning("event=spare_not_made bytes=%d", size)
 
@@ -117,8 +116,8 @@ class BlobCache:
     def take_buffer(self, size: int) -> io.BytesIO:
         """A download's buffer of `size` bytes: the spare where it is that size."""
         spare, self._spare = self._spare, None
-        if spare is not None and self._spare_size == size:
-            return spare
+        if spare is not None and spare[0] == size:
+            return spare[1]
         del spare  # let go before the new one is made
         return blobs.sized_buffer(size)
 
