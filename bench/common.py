@@ -18,9 +18,10 @@ BENCH_DIR = pathlib.Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 WORK_DIR = BENCH_DIR / "work"
 RESULTS_DIR = BENCH_DIR / "results"
-VENV_BIN = pathlib.Path(sys.executable).parent
+VENV_BIN = pathlib.Path(os.environ.get("QUORUM_BENCH_BIN") or pathlib.Path(sys.executable).parent)
 """The venv's bin folder: Flower's CLIs live there, and the SuperLink finds flwr-serverapp on
-PATH. Not resolved, since the venv's python is a symlink out of the venv."""
+PATH. Not resolved, since the venv's python is a symlink out of the venv. QUORUM_BENCH_BIN names
+another (bench/many_cores.sh: wheels installed with `pip --target` on a device machine)."""
 
 ROUND_TIME_DEFINITION = (
     "interval between successive round completions (Quorum: rounds[k].finished_at - "
@@ -54,7 +55,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of every benchmark process, both frameworks alike."""
     env = {
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(REPO),
+        # The checkout first, then the caller's own path (carried wheels on a device machine).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "PYTHONUNBUFFERED": "1",
         # One BLAS/OpenMP thread per process: up to 50 processes share 2 cores.
         "OMP_NUM_THREADS": "1",
@@ -67,12 +69,18 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def quorum_revision() -> str:
     """The checkout's commit, "+dirty" when quorum/ has uncommitted edits: the tree changes
-    under the benchmark while others work on it, so each result says what it measured."""
+    under the benchmark while others work on it, so each result says what it measured.
+    QUORUM_REVISION names it where no git history travelled (a device machine's copy)."""
+    if os.environ.get("QUORUM_REVISION"):
+        return os.environ["QUORUM_REVISION"]
 
     def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=30
-        )
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=30
+            )
+        except OSError:  # no git on this machine
+            return ""
         return done.stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
