@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -118,6 +119,7 @@ class SiteAgent:
             except (grpc.aio.AioRpcError, ConnectionError, OSError, StopAsyncIteration) as exc:
                 problem = describe(exc, tls=self.credentials is not None)
                 self.log.warning("event=disconnected server=%s error=%s", self.server, problem)
+                _let_go(exc)
                 if self._joined:
                     last_session = time.monotonic()
                 elif (
@@ -451,6 +453,23 @@ class SiteAgent:
             )
         finally:
             del self._inboxes[offer.task_id]
+
+
+def _let_go(exc: BaseException) -> None:
+    """Clears the locals of the frames that `exc`, and the errors it came from, passed through.
+
+    A session's error is kept by the task it ended and holds that task's frames, a fit's model
+    and update among their locals, in a reference cycle that only the cyclic collector frees,
+    which may be after the next session has downloaded a model beside them."""
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        pending += [error.__cause__, error.__context__]
 
 
 async def _upload_update(
