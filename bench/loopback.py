@@ -40,7 +40,7 @@ async def _fetch(
         left -= len(piece)
 
 
-async def _push(
+async def push(
     requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
 ) -> bytes:
     total = 0
@@ -57,7 +57,7 @@ async def serve(port: int) -> None:
                 SERVICE,
                 {
                     "Fetch": grpc.unary_stream_rpc_method_handler(_fetch),
-                    "Push": grpc.stream_unary_rpc_method_handler(_push),
+                    "Push": grpc.stream_unary_rpc_method_handler(push),
                 },
             )
         ]

@@ -51,6 +51,8 @@ class Options:
     """Site index -> `ROUND:STAGE` passed to that site as `--crash-at` (SIGKILL there)."""
     run: Mapping[str, Any] = field(default_factory=dict)
     """More settings of the run's table (e.g. `mode = "async"`, `buffer_size`)."""
+    server: Mapping[str, Any] = field(default_factory=dict)
+    """More settings of the `[server]` table (e.g. `stream_window_kb`)."""
 
 
 def register_sites(state_dir: pathlib.Path, keys: pathlib.Path, nodes: int) -> None:
@@ -72,9 +74,10 @@ def server_config(
     token: str,
     secagg: Mapping[str, Any] | None = None,
     run: Mapping[str, Any] | None = None,
+    server: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stock settings except what the workload fixes: all N sites every round, no evaluation,
-    the run's `secagg` table when one is given, and any other `run` settings."""
+    the run's `secagg` table when one is given, and any other `run` and `server` settings."""
     config: dict[str, Any] = {
         "server": {
             "federation_address": f"127.0.0.1:{fed_port}",
@@ -99,6 +102,7 @@ def server_config(
     if secagg is not None:
         config["runs"][0]["secagg"] = dict(secagg)
     config["runs"][0].update(run or {})
+    config["server"].update(server or {})
     return config
 
 
@@ -233,7 +237,16 @@ def run(spec: RunSpec, options: Options | None = None) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
     (work / "server.toml").write_text(
         tomli_w.dumps(
-            server_config(spec, state_dir, fed_port, admin_port, token, options.secagg, options.run)
+            server_config(
+                spec,
+                state_dir,
+                fed_port,
+                admin_port,
+                token,
+                options.secagg,
+                options.run,
+                options.server,
+            )
         )
     )
     result: dict[str, Any] = {

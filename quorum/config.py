@@ -417,12 +417,13 @@ class ServerConfig(_Model):
     )
     max_inflight_downloads: int = Field(2, ge=1, description="model downloads streamed at once")
     stream_window_kb: int = Field(
-        64,
-        ge=64,
+        1024,
+        ge=0,
         le=2_097_151,  # HTTP/2's largest window, 2^31 - 1 bytes
         description="what a site may send on a stream beyond the message the server is "
-        "reading (KiB): bounds what gRPC holds per upload; an upload moves at most a 2 MiB "
-        "chunk and this per round trip, so raise it for far sites on fast links",
+        "reading (KiB), at least 64: bounds what gRPC holds per upload, and with it an "
+        "upload's speed over a link's round trip (about 37 MB/s at 50 ms with 1024); 0: sized "
+        "by gRPC's bandwidth-delay probing, unbounded",
     )
     max_baseline_jobs: int = Field(
         1, ge=1, description="baseline jobs running at once; later ones wait, queued, in order"
@@ -442,6 +443,13 @@ class ServerConfig(_Model):
         None, description="where backups go (default: STATE_DIR/backups)"
     )
     keep_backups: int = Field(24, ge=1, description="newest backups kept; older ones removed")
+
+    @field_validator("stream_window_kb")
+    @classmethod
+    def _fixed_window_or_probing(cls, kb: int) -> int:
+        if 0 < kb < 64:
+            raise ValueError("a fixed window is at least 64 KiB; 0 lets gRPC's probing size it")
+        return kb
 
     @model_validator(mode="after")
     def _read_admin_token_file(self) -> ServerConfig:

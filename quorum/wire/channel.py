@@ -19,11 +19,14 @@ GRPC_OPTIONS = [
 def server_options(stream_window_kb: int) -> list[tuple[str, int]]:
     """The federation server's options: `GRPC_OPTIONS`, with each stream's receive window
     fixed at `stream_window_kb` beyond the message being read, not grown by gRPC's
-    bandwidth-delay probing. On loopback the probing grew the windows until gRPC held uploads
-    by the tens of MB per stream, outside the server's own accounting: at P = 10M and 25
-    sites the server peaked at 407-525 MB with it, 288-293 MB without (229-256 MB at 2 sites
-    either way), in the same round times on loopback (`bench/round_time.py`). An upload from a
-    site a round trip away moves at most one 2 MiB chunk plus this window per round trip."""
+    bandwidth-delay probing; 0 leaves it to the probing. On loopback the probing grew the
+    windows until gRPC held uploads by the tens of MB per stream, outside the server's own
+    accounting: at P = 10M and 25 sites the server peaked at 407-532 MB with it, 287-306 MB
+    with a window of 64 KiB or 1 MiB (228-256 MB at 2 sites either way). The window bounds an
+    upload's speed over a link with a round trip instead (`bench/stream_window.py`): at 50 ms,
+    about 20 MB/s with 64 KiB, 37 with 1 MiB, 126 with 8 MiB, 400 probed."""
+    if stream_window_kb == 0:
+        return list(GRPC_OPTIONS)
     return [
         *GRPC_OPTIONS,
         ("grpc.http2.bdp_probe", 0),

@@ -257,8 +257,9 @@ def test_a_run_stopped_while_it_resumes_ends_only_once_its_thread_has(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("window_kb", [256, 0], ids=["fixed", "probed"])
 def test_the_federation_server_takes_its_stream_window_from_its_config(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, window_kb: int
 ) -> None:
     built: list[dict[str, object]] = []
     make = grpc.aio.server
@@ -270,11 +271,14 @@ def test_the_federation_server_takes_its_stream_window_from_its_config(
     monkeypatch.setattr(grpc.aio, "server", spy)
 
     async def scenario() -> None:
-        async with federation(tmp_path, [run_config(rounds=1)], stream_window_kb=256):
+        async with federation(tmp_path, [run_config(rounds=1)], stream_window_kb=window_kb):
             pass
 
     asyncio.run(scenario())
-    # The receive window fixed, not grown by bandwidth-delay probing (`channel.server_options`).
     assert len(built) == 1
-    assert built[0]["grpc.http2.bdp_probe"] == 0
-    assert built[0]["grpc.http2.lookahead_bytes"] == 256 * 1024
+    if window_kb:  # fixed, not grown by bandwidth-delay probing (`channel.server_options`)
+        assert built[0]["grpc.http2.bdp_probe"] == 0
+        assert built[0]["grpc.http2.lookahead_bytes"] == window_kb * 1024
+    else:  # gRPC's own probing sizes it
+        assert "grpc.http2.bdp_probe" not in built[0]
+        assert "grpc.http2.lookahead_bytes" not in built[0]
