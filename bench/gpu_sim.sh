@@ -5,7 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+# The wheels of bench/device_wheels.txt (bash bench/fetch_device_wheels.sh), by the list.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --find-links .whl --target /tmp/site -r bench/device_wheels.txt || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee $OUT/gpu.txt
 python3 -c "import torch, grpc, google.protobuf as p; print(torch.__version__, torch.cuda.get_device_name(), grpc.__version__, p.__version__)"

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         failed = failed or bool(result.get("errors"))
         lines.append(row(mode, result, model_mb, floor["floor_s"]))
         print(lines[-1], flush=True)
-    write_json(RESULTS_DIR / f"round_memory_P{args.params}_N{args.nodes}.json", results)
+        # After each mode: a run cut short (a timeout) keeps the modes it finished.
+        write_json(RESULTS_DIR / f"round_memory_P{args.params}_N{args.nodes}.json", results)
     print("\n".join(lines))
     return 1 if failed else 0
 

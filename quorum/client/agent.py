@@ -460,7 +460,10 @@ def _let_go(exc: BaseException) -> None:
 
     A session's error is kept by the task it ended and holds that task's frames, a fit's model
     and update among their locals, in a reference cycle that only the cyclic collector frees,
-    which may be after the next session has downloaded a model beside them."""
+    which may be after the next session has downloaded a model beside them. Every frame it
+    reaches has finished by then (`run`'s own, still running, is left as it is); on Python
+    3.11-3.12 clearing a suspended coroutine's frame would close it, so an error that a live
+    task still awaits must never reach here."""
     pending: list[BaseException | None] = [exc]
     seen: set[int] = set()
     while pending:

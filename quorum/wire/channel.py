@@ -22,7 +22,7 @@ def server_options(stream_window_kb: int) -> list[tuple[str, int]]:
     bandwidth-delay probing; 0 leaves it to the probing. On loopback the probing grew the
     windows until gRPC held uploads by the tens of MB per stream, outside the server's own
     accounting: at P = 10M and 25 sites the server peaked at 407-532 MB with it, 287-306 MB
-    with a window of 64 KiB or 1 MiB (228-256 MB at 2 sites either way). The window bounds an
+    with a window of 64 KiB or 1 MiB (228-264 MB at 2 sites either way). The window bounds an
     upload's speed over a link with a round trip instead (`bench/stream_window.py`): at 50 ms,
     about 20 MB/s with 64 KiB, 37 with 1 MiB, 126 with 8 MiB, 400 probed."""
     if stream_window_kb == 0:
