@@ -2,8 +2,9 @@
 # The GPU checks of a session that is lent a GPU, in one go (see bench/README.md):
 # DP-SGD steps through TorchTask + PrivacyLedger, and the GPT baseline on one GPU (plain torch
 # and single-rank DeepSpeed). The GPU machine has torch but none of Quorum's other dependencies:
-# wheels of pydantic, opacus, deepspeed... travel in WHEELS (default .whl) and MNIST in
-# MNIST_DIR (default .gpudata/mnist). Results go to OUT (default gpu-results).
+# the wheels of bench/device_wheels.txt (bench/fetch_device_wheels.sh), hjson and a DeepSpeed
+# wheel built here travel in WHEELS (default .whl) and MNIST in MNIST_DIR (default
+# .gpudata/mnist). Results go to OUT (default gpu-results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-.whl}
@@ -11,7 +12,7 @@ MNIST_DIR=${MNIST_DIR:-.gpudata/mnist}
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl || exit 1
+    --find-links "$WHEELS" --target /tmp/site -r bench/device_wheels.txt hjson deepspeed || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 DS_BUILD_OPS=0 DS_ACCELERATOR=cuda
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
