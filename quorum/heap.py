@@ -43,6 +43,23 @@ def return_large_blocks() -> bool:
     )
 
 
+def release_free_memory() -> bool:
+    """Returns the free memory of every heap of this process to the kernel (glibc's
+    `malloc_trim`); False where the C library is not glibc. The federation server calls it after
+    each upload: gRPC receives a stream's bytes on its own threads in blocks under
+    MMAP_THRESHOLD, from each thread's heap, and glibc keeps what those heaps held at their
+    fullest. At P = 10M with 25 sites and a 4 MiB stream window the server peaked at 313-318 MB
+    with it, 386 MB without (237 MB with 2 sites), for 1-5 ms a call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def no_huge_pages() -> bool:
     """Stops numpy from advising huge pages for its arrays in this process; False where this
     numpy has no such switch. NUMPY_MADVISE_HUGEPAGE=0 does the same, read when numpy is first

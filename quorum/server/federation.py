@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from quorum import heap
 from quorum.config import ServerConfig
 from quorum.errors import AuthError, UploadRejected
 from quorum.identity import verify_join
@@ -51,6 +52,15 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         self._downloads = asyncio.Semaphore(config.max_inflight_downloads)
         # As many spools kept as uploads may be received at once.
         self._spools = SpoolPool(config.state_dir / SPOOL_DIR, config.max_inflight_uploads)
+        self._releasing: asyncio.Future[bool] | None = None
+
+    def _release_free_memory(self) -> None:
+        """Gives the heaps' free memory back to the kernel once an upload's bytes are in, off
+        the event loop, at most once at a time (uploads that end together share one call):
+        gRPC's threads received them, and their heaps would keep the space (`heap`)."""
+        if self._releasing is None or self._releasing.done():
+            loop = asyncio.get_running_loop()
+            self._releasing = loop.run_in_executor(None, heap.release_free_memory)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SiteMessage], context: Context
@@ -211,6 +221,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                     # The spool goes back before the budget it came in under: the next upload
                     # is let in as this one's receipt is sent, and takes it.
                     upload.close()
+                    self._release_free_memory()
         except UploadRejected as exc:
             # Its traceback's frames, and those of an error it was raised from, hold the
             # refused bytes, whose budget is already released.

@@ -21,10 +21,11 @@ def server_options(stream_window_kb: int) -> list[tuple[str, int]]:
     fixed at `stream_window_kb` beyond the message being read, not grown by gRPC's
     bandwidth-delay probing; 0 leaves it to the probing. On loopback the probing grew the
     windows until gRPC held uploads by the tens of MB per stream, outside the server's own
-    accounting: at P = 10M and 25 sites the server peaked at 407-532 MB with it, 287-306 MB
-    with a window of 64 KiB or 1 MiB (228-264 MB at 2 sites either way). The window bounds an
-    upload's speed over a link with a round trip instead (`bench/stream_window.py`): at 50 ms,
-    about 20 MB/s with 64 KiB, 37 with 1 MiB, 126 with 8 MiB, 400 probed."""
+    accounting: at P = 10M and 25 sites the server peaked at 407-532 MB with it, 315-325 MB
+    with a window of 4 MiB and the heaps' free memory given back after each upload
+    (`heap.release_free_memory`), 226-264 MB at 2 sites. The window bounds an upload's speed
+    over a link with a round trip instead (`bench/stream_window.py`): at 50 ms, about 20 MB/s
+    with 64 KiB, 37 with 1 MiB, 75-78 with 4 MiB, 126-137 with 8 MiB, 400 probed."""
     if stream_window_kb == 0:
         return list(GRPC_OPTIONS)
     return [

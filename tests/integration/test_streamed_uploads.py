@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 
+from quorum import heap
 from quorum.client import transfer
 from quorum.server import federation as service
 from quorum.task import EvalResult, FitResult, JSONConfig
@@ -116,3 +118,27 @@ def test_uploads_streamed_from_trained_tensors_fold_into_the_round(
             assert sorted(downloads) == sorted(m.blake3 for m in served for _ in "ab")
 
     asyncio.run(scenario())
+
+
+def test_the_server_gives_free_memory_back_off_its_loop_after_uploads(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gRPC received the uploads on its own threads; their heaps keep the space unless told.
+    threads: list[str] = []
+
+    def spy() -> bool:
+        threads.append(threading.current_thread().name)
+        return True
+
+    monkeypatch.setattr(heap, "release_free_memory", spy)
+
+    async def scenario() -> int:
+        async with federation(tmp_path, [run_config(rounds=2)]) as fed:
+            fed.add_site("a", "delta=1.0")
+            fed.add_site("b", "delta=2.0")
+            run = await fed.wait_run()
+            return int(run["rounds_completed"])
+
+    assert asyncio.run(scenario()) == 2
+    assert 1 <= len(threads) <= 4  # four uploads; those that end together share a call
+    assert threading.main_thread().name not in threads

@@ -1,4 +1,5 @@
-"""quorum.heap: glibc's thresholds fixed, so freed model-sized blocks go back to the kernel."""
+"""quorum.heap: glibc's thresholds fixed, so freed model-sized blocks go back to the kernel, and
+the free memory of every heap given back on request."""
 
 from __future__ import annotations
 
@@ -58,6 +59,43 @@ def test_freed_large_blocks_are_returned_to_the_kernel() -> None:
     }
     assert grown["fixed"] < 4, grown
     assert grown["default"] > 8, grown  # at least one freed 8 MiB block was kept
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
+def test_free_memory_a_worker_threads_heap_keeps_goes_back_on_release() -> None:
+    """A worker thread (as gRPC's are) fills its heap with 1 MiB blocks, each followed by a
+    small one that lives on, then frees the large ones: the heap keeps them, holes the kernel
+    still counts, until release_free_memory() gives them back."""
+    script = textwrap.dedent(
+        """
+        import threading
+        from quorum import heap
+        assert heap.return_large_blocks()
+        def rss():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) // 1024
+        keep = []
+        def fill():
+            blocks = []
+            for _ in range(96):
+                blocks.append(bytearray(1 << 20))
+                keep.append(bytearray(64))
+        before = rss()
+        worker = threading.Thread(target=fill)
+        worker.start()
+        worker.join()
+        kept = rss() - before
+        assert heap.release_free_memory()
+        print(kept, rss() - before)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    kept, released = (int(part) for part in out.split())
+    assert kept > 48, out  # most of the 96 MiB the thread freed was still held
+    assert released < kept / 4, out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise flags are Linux's")
