@@ -422,7 +422,7 @@ class ServerConfig(_Model):
         le=2_097_151,  # HTTP/2's largest window, 2^31 - 1 bytes
         description="what a site may send on a stream beyond the message the server is "
         "reading (KiB), at least 64: bounds what gRPC holds per upload, and with it an "
-        "upload's speed over a link's round trip (about 78 MB/s at 50 ms with 4096); 0: sized "
+        "upload's speed over a link's round trip (about 75 MB/s at 50 ms with 4096); 0: sized "
         "by gRPC's bandwidth-delay probing, unbounded",
     )
     max_baseline_jobs: int = Field(

@@ -18,9 +18,14 @@ into its float64 sum took 3.7-5.6 CPU seconds with huge pages and about 1 withou
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import importlib
+import logging
 import sys
+from collections.abc import Callable
+
+log = logging.getLogger("quorum.heap")
 
 MMAP_THRESHOLD = 4 * 1024 * 1024
 """Allocations of this size or more are mapped on their own and unmapped when freed."""
@@ -45,11 +50,13 @@ def return_large_blocks() -> bool:
 
 def release_free_memory() -> bool:
     """Returns the free memory of every heap of this process to the kernel (glibc's
-    `malloc_trim`); False where the C library is not glibc. The federation server calls it after
-    each upload: gRPC receives a stream's bytes on its own threads in blocks under
-    MMAP_THRESHOLD, from each thread's heap, and glibc keeps what those heaps held at their
-    fullest. At P = 10M with 25 sites and a 4 MiB stream window the server peaked at 313-318 MB
-    with it, 386 MB without (237 MB with 2 sites), for 1-5 ms a call."""
+    `malloc_trim`); False where glibc's `malloc_trim` is absent (musl, macOS). The federation
+    server calls it after each upload (`Releases`): gRPC receives a stream's bytes on its own
+    threads in blocks under MMAP_THRESHOLD, from each thread's heap, and glibc keeps what those
+    heaps held at their fullest. At P = 10M with 25 sites and a 4 MiB stream window the server
+    peaked at 315-325 MB with it, 386 MB without (226-229 MB with 2 sites). A call took 1-5 ms
+    in the server; under heavy allocation on other threads it can take tens of ms, and their
+    allocations wait on its arena locks meanwhile."""
     if not sys.platform.startswith("linux"):
         return False
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
@@ -58,6 +65,37 @@ def release_free_memory() -> bool:
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
+
+
+class Releases:
+    """Runs `release` (`release_free_memory`) in the event loop's executor when asked, one call
+    at a time: asked while a call runs, it runs once more after it (what that call may have
+    missed), however often it was asked meanwhile. Uploads that end together so share calls,
+    and the last of a burst is still covered."""
+
+    def __init__(self, release: Callable[[], bool]) -> None:
+        self._release = release
+        self._running: asyncio.Future[bool] | None = None
+        self._again = False
+
+    def ask(self) -> None:
+        """From the event loop's thread."""
+        if self._running is not None:
+            self._again = True
+            return
+        try:
+            self._running = asyncio.get_running_loop().run_in_executor(None, self._release)
+        except RuntimeError:  # the executor is shut down: the server is stopping
+            return
+        self._running.add_done_callback(self._done)
+
+    def _done(self, call: asyncio.Future[bool]) -> None:
+        self._running = None
+        if not call.cancelled() and call.exception() is not None:
+            log.warning("event=release_failed error=%r", call.exception())
+        if self._again:
+            self._again = False
+            self.ask()
 
 
 def no_huge_pages() -> bool:

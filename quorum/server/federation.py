@@ -52,15 +52,9 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         self._downloads = asyncio.Semaphore(config.max_inflight_downloads)
         # As many spools kept as uploads may be received at once.
         self._spools = SpoolPool(config.state_dir / SPOOL_DIR, config.max_inflight_uploads)
-        self._releasing: asyncio.Future[bool] | None = None
-
-    def _release_free_memory(self) -> None:
-        """Gives the heaps' free memory back to the kernel once an upload's bytes are in, off
-        the event loop, at most once at a time (uploads that end together share one call):
-        gRPC's threads received them, and their heaps would keep the space (`heap`)."""
-        if self._releasing is None or self._releasing.done():
-            loop = asyncio.get_running_loop()
-            self._releasing = loop.run_in_executor(None, heap.release_free_memory)
+        # Once an upload's bytes are in, the heaps' free memory goes back to the kernel: gRPC's
+        # threads received them, and their heaps would keep the space (`heap`).
+        self._free_memory = heap.Releases(heap.release_free_memory)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SiteMessage], context: Context
@@ -212,16 +206,18 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 # Only now may the site send its bytes: until the grant, gRPC holds nothing
                 # of it, whatever the number of sites waiting.
                 yield pb.UploadReply(grant=pb.UploadGrant())
-                upload = await _receive(
-                    incoming, header.size, header.digest_algorithm, self._spools
-                )
                 try:
-                    await self.services.book.complete_upload(task, header, upload)
-                finally:
-                    # The spool goes back before the budget it came in under: the next upload
-                    # is let in as this one's receipt is sent, and takes it.
-                    upload.close()
-                    self._release_free_memory()
+                    upload = await _receive(
+                        incoming, header.size, header.digest_algorithm, self._spools
+                    )
+                    try:
+                        await self.services.book.complete_upload(task, header, upload)
+                    finally:
+                        # The spool goes back before the budget it came in under: the next
+                        # upload is let in as this one's receipt is sent, and takes it.
+                        upload.close()
+                finally:  # whatever became of the bytes, gRPC received them
+                    self._free_memory.ask()
         except UploadRejected as exc:
             # Its traceback's frames, and those of an error it was raised from, hold the
             # refused bytes, whose budget is already released.
