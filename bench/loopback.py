@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import psutil
@@ -40,7 +40,7 @@ async def _fetch(
         left -= len(piece)
 
 
-async def push(
+async def _push(
     requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
 ) -> bytes:
     total = 0
@@ -49,21 +49,28 @@ async def push(
     return str(total).encode()
 
 
-async def serve(port: int) -> None:
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+async def start(port: int, options: Sequence[tuple[str, int]] = GRPC_OPTIONS) -> grpc.aio.Server:
+    """The bare server on 127.0.0.1:`port`, started, built with `options`
+    (bench/stream_window.py gives it the federation server's)."""
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers(
         [
             grpc.method_handlers_generic_handler(
                 SERVICE,
                 {
                     "Fetch": grpc.unary_stream_rpc_method_handler(_fetch),
-                    "Push": grpc.stream_unary_rpc_method_handler(push),
+                    "Push": grpc.stream_unary_rpc_method_handler(_push),
                 },
             )
         ]
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    return server
+
+
+async def serve(port: int) -> None:
+    server = await start(port)
     print("ready", flush=True)
     await server.wait_for_termination()
 

@@ -72,12 +72,10 @@ def server_config(
     fed_port: int,
     admin_port: int,
     token: str,
-    secagg: Mapping[str, Any] | None = None,
-    run: Mapping[str, Any] | None = None,
-    server: Mapping[str, Any] | None = None,
+    options: Options,
 ) -> dict[str, Any]:
     """Stock settings except what the workload fixes: all N sites every round, no evaluation,
-    the run's `secagg` table when one is given, and any other `run` and `server` settings."""
+    and what `options` adds: the run's `secagg` table, other `run` and `server` settings."""
     config: dict[str, Any] = {
         "server": {
             "federation_address": f"127.0.0.1:{fed_port}",
@@ -99,10 +97,10 @@ def server_config(
             }
         ],
     }
-    if secagg is not None:
-        config["runs"][0]["secagg"] = dict(secagg)
-    config["runs"][0].update(run or {})
-    config["server"].update(server or {})
+    if options.secagg is not None:
+        config["runs"][0]["secagg"] = dict(options.secagg)
+    config["runs"][0].update(options.run)
+    config["server"].update(options.server)
     return config
 
 
@@ -236,18 +234,7 @@ def run(spec: RunSpec, options: Options | None = None) -> dict[str, Any]:
     fed_port, admin_port = free_port(), free_port()
     token = secrets.token_urlsafe(24)
     (work / "server.toml").write_text(
-        tomli_w.dumps(
-            server_config(
-                spec,
-                state_dir,
-                fed_port,
-                admin_port,
-                token,
-                options.secagg,
-                options.run,
-                options.server,
-            )
-        )
+        tomli_w.dumps(server_config(spec, state_dir, fed_port, admin_port, token, options))
     )
     result: dict[str, Any] = {
         "framework": "quorum",

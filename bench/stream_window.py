@@ -29,9 +29,9 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 import grpc
 
-from bench import quorum_side
+from bench import loopback, quorum_side
 from bench.common import RESULTS_DIR, RunSpec, quorum_revision, stop_on_sigterm, write_json
-from bench.loopback import CHUNK, SERVICE, push
+from bench.loopback import CHUNK, SERVICE
 from quorum.ports import free_port
 from quorum.wire.channel import GRPC_OPTIONS, server_options
 
@@ -87,17 +87,8 @@ async def _delayed_link(listen: int, target: int, delay_s: float) -> AsyncIterat
 async def upload_speed(window_kb: int, rtt_ms: float, megabytes: int) -> float:
     """MB/s of one upload of `megabytes` through a link of `rtt_ms`, to a server whose stream
     window is `window_kb` (0: probed)."""
-    server = grpc.aio.server(options=server_options(window_kb))
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                SERVICE, {"Push": grpc.stream_unary_rpc_method_handler(push)}
-            )
-        ]
-    )
     port, link_port = free_port(), free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
+    server = await loopback.start(port, server_options(window_kb))
     chunks = max(1, megabytes * 1_000_000 // len(CHUNK))
 
     async def pieces(count: int) -> AsyncIterator[bytes]:

@@ -24,6 +24,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("quorum.heap")
 
@@ -34,15 +35,23 @@ _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 
 
+def _glibc(name: str, *argtypes: Any) -> Any:
+    """glibc's allocator function `name` (returning an int), None where this process has none
+    (not Linux, or another C library: musl has neither `mallopt` nor `malloc_trim`)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    function = getattr(ctypes.CDLL(None), name, None)
+    if function is not None:
+        function.argtypes, function.restype = list(argtypes), ctypes.c_int
+    return function
+
+
 def return_large_blocks() -> bool:
     """Fixes glibc's mmap and trim thresholds at MMAP_THRESHOLD for this process; False where
     the C library is not glibc (its allocator is left as it is)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)
     if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, MMAP_THRESHOLD)
     )
@@ -57,12 +66,9 @@ def release_free_memory() -> bool:
     peaked at 315-325 MB with it, 386 MB without (226-229 MB with 2 sites). A call took 1-5 ms
     in the server; under heavy allocation on other threads it can take tens of ms, and their
     allocations wait on its arena locks meanwhile."""
-    if not sys.platform.startswith("linux"):
-        return False
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    trim = _glibc("malloc_trim", ctypes.c_size_t)
     if trim is None:
         return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
 

@@ -76,8 +76,7 @@ class BlobCache:
 
     @property
     def spare_bytes(self) -> int:
-        """The size of the buffer made ahead for the next download (0: none), for a test or a
-        log line to see."""
+        """The size of the buffer made ahead for the next download (0: none)."""
         return self._spare[0] if self._spare is not None else 0
 
     async def prepare(self, size: int) -> None:

@@ -25,7 +25,7 @@ def server_options(stream_window_kb: int) -> list[tuple[str, int]]:
     with a window of 4 MiB and the heaps' free memory given back after each upload
     (`heap.release_free_memory`), 226-264 MB at 2 sites. The window bounds an upload's speed
     over a link with a round trip instead (`bench/stream_window.py`): at 50 ms, about 20 MB/s
-    with 64 KiB, 37 with 1 MiB, 75-78 with 4 MiB, 126-137 with 8 MiB, 400 probed."""
+    with 64 KiB, 37 with 1 MiB, 73-78 with 4 MiB, 126-137 with 8 MiB, 400 probed."""
     if stream_window_kb == 0:
         return list(GRPC_OPTIONS)
     return [
