@@ -40,7 +40,7 @@ from quorum.errors import NotFoundError, UploadRejected
 from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import CentralDP, ClippedDelta
 from quorum.server.model_files import write_model
-from quorum.server.phases import Phase, RoundAborted, to_the_end
+from quorum.server.phases import Phase, RoundAborted
 from quorum.server.records import RunRecord
 from quorum.server.rounds import (
     STOPPED,
@@ -56,6 +56,7 @@ from quorum.server.rounds import (
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
+from quorum.threads import to_the_end
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import make_codec
 
@@ -493,7 +494,8 @@ class AsyncDriver:
         attempt = 0
         try:
             while True:
-                version, model = self.buffer.version, self.model
+                # As published: an earlier cohort's step may be under way in its thread.
+                version, model, _, _ = self.published
                 attempt = self.store.start_round(self.run_id, round_no)
                 phase = await model_phase(
                     self.services,
@@ -531,14 +533,20 @@ class AsyncDriver:
                     continue
                 break
             self.attempt = attempt
-            self.buffer.add(delta, accepted)
-            self._step(
-                {
-                    "num_updates": float(summed),
-                    "staleness_mean": float(accepted.staleness),
-                    "staleness_max": float(accepted.staleness),
-                }
-            )
+
+            def apply() -> None:  # a worker thread, as plain FedBuff's folds and steps are
+                nonlocal attempt
+                self.buffer.add(delta, accepted)
+                self._step(
+                    {
+                        "num_updates": float(summed),
+                        "staleness_mean": float(accepted.staleness),
+                        "staleness_max": float(accepted.staleness),
+                    }
+                )
+                attempt = 0  # completed: a cancellation that comes now aborts nothing
+
+            await to_the_end(apply)
         except asyncio.CancelledError:
             if attempt:
                 self.store.abort_round(

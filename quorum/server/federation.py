@@ -202,22 +202,30 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             if session is None:
                 raise UploadRejected("unknown_session", "unknown or closed session; rejoin first")
             task = self.services.book.admit_upload(session, header)
-            async with self._uploads.hold(header.size):
-                # Only now may the site send its bytes: until the grant, gRPC holds nothing
-                # of it, whatever the number of sites waiting.
-                yield pb.UploadReply(grant=pb.UploadGrant())
-                try:
-                    upload = await _receive(
-                        incoming, header.size, header.digest_algorithm, self._spools
-                    )
+            try:
+                async with self._uploads.hold(header.size):
+                    # Only now may the site send its bytes: until the grant, gRPC holds
+                    # nothing of it, whatever the number of sites waiting.
+                    yield pb.UploadReply(grant=pb.UploadGrant())
                     try:
-                        await self.services.book.complete_upload(task, header, upload)
-                    finally:
-                        # The spool goes back before the budget it came in under: the next
-                        # upload is let in as this one's receipt is sent, and takes it.
-                        upload.close()
-                finally:  # whatever became of the bytes, gRPC received them
-                    self._free_memory.ask()
+                        upload = await _receive(
+                            incoming, header.size, header.digest_algorithm, self._spools
+                        )
+                        try:
+                            await self.services.book.complete_upload(task, header, upload)
+                        finally:
+                            # The spool goes back before the budget it came in under: the
+                            # next upload is let in as this one's receipt is sent, and takes it.
+                            upload.close()
+                    finally:  # whatever became of the bytes, gRPC received them
+                        self._free_memory.ask()
+            except UploadRejected:
+                raise
+            except BaseException as exc:  # the call was cancelled or broke: no answer
+                self.services.book.upload_broken(
+                    task, f"the upload broke off ({type(exc).__name__})"
+                )
+                raise
         except UploadRejected as exc:
             # Its traceback's frames, and those of an error it was raised from, hold the
             # refused bytes, whose budget is already released.

@@ -32,10 +32,10 @@ from quorum.server.phases import (
     Phase,
     PhaseHandler,
     RoundAborted,
-    to_the_end,
 )
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
+from quorum.threads import to_the_end
 from quorum.wire import digests
 
 STAGES = ("keys", "send", "mix")
@@ -107,8 +107,9 @@ class GossipRound(PhaseHandler):
             for task in self.phase.tasks.values():
                 self.index[task.id] = self.by_session[task.session_id]
                 self.tasks[self.by_session[task.session_id]] = task
-            everyone = set(range(len(self.cohort)))
-            await self._stage("keys", lambda: everyone - set(self.keys))
+            # Each stage waits for the sites still in the round: one gone before its key is
+            # not waited for until the deadline.
+            await self._stage("keys", lambda: set(self._alive()) - set(self.keys))
             for i in self._alive():
                 keys = [self.keys[j] for j in self._peers(i) if j in self.keys]
                 self._send(i, pb.GossipStage(keys=pb.GossipKeyList(keys=keys)))

@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal, ParamSpec, TypeVar
+from typing import Literal
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from quorum.errors import QuorumError, UploadRejected
 from quorum.proto import federation_pb2 as pb
 from quorum.server import validation
 from quorum.server.sessions import Session
+from quorum.threads import to_the_end
 from quorum.wire.blobs import Layout
 from quorum.wire.codecs import Codec
 
@@ -40,11 +41,6 @@ class PhaseHandler(abc.ABC):
     open, not answered yet), hands it to the task's phase's handler and records the outcome;
     it never asks which kind of phase it is. These defaults refuse what a phase does not take
     and are what a phase that takes it can build on."""
-
-    leaves_after_answer = False
-    """Whether a site may still leave its task once it answered (a secure-aggregation site whose
-    masked vector is in owes its unmask shares): its report of a failure is then a dropout, not
-    a second answer to refuse."""
 
     def offer(self, offer: pb.TaskOffer, session: Session) -> None:  # noqa: B027 (a hook)
         """Adds to a task's offer what this session needs beyond the model and config (its
@@ -196,23 +192,6 @@ def task_closed(task_id: str) -> UploadRejected:
     return UploadRejected(
         "task_closed", f"task {task_id!r} closed (its deadline passed or its run ended)"
     )
-
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-async def to_the_end(work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """`asyncio.to_thread` that returns only once the thread is over, even when the awaiting
-    task is cancelled (a site hung up, a run was stopped): a thread cannot be stopped, and what
-    it writes (a round's sum under the fold lock, a staged checkpoint, the privacy ledger) must
-    not change under whatever the cancellation lets run next."""
-    running = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
-    try:
-        return await asyncio.shield(running)
-    except asyncio.CancelledError:
-        await asyncio.wait({running})
-        raise
 
 
 class RoundAborted(QuorumError):

@@ -44,10 +44,10 @@ from quorum.server.phases import (
     RoundAborted,
     folding,
     model_header,
-    to_the_end,
 )
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
+from quorum.threads import to_the_end
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.secagg import (
@@ -103,8 +103,6 @@ def threshold_for(setting: int | float, neighbourhood: int) -> int:
 
 class SecureFit(PhaseHandler):
     """The handler of a secure-aggregation fit phase: it walks the stages."""
-
-    leaves_after_answer = True
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from quorum.fitconfig import FitConfig
 from quorum.privacy.dp.central import STATE_KEY as CENTRAL_STATE
 from quorum.privacy.dp.central import CentralDP, RoundRelease
 from quorum.server.model_files import MeanParts, strategy_step, write_model
-from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed, to_the_end
+from quorum.server.phases import Kind, Phase, RoundAborted, RunFailed
 from quorum.server.records import RunRecord
 from quorum.server.rounds import (
     evaluate_metrics,
@@ -38,6 +38,7 @@ from quorum.server.rounds import (
 from quorum.server.secure_fit import SecureFit, masked_layout
 from quorum.server.services import RoundServices
 from quorum.server.sessions import Session
+from quorum.threads import to_the_end
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.codecs import make_codec

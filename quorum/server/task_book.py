@@ -163,6 +163,17 @@ class TaskBook:
             task, header, upload, lambda n: self._accepted(task, header, n, nbytes)
         )
 
+    def upload_broken(self, task: PendingTask, reason: str) -> None:
+        """An admitted upload that ended with no answer (the site hung up, its call was
+        cancelled or broke): its task ends as lost at once, as a disconnected site's open task
+        does, so that the round does not wait for it until its deadline and an async run
+        offers the site work again when it rejoins."""
+        if task.state != "receiving" or task.phase.closed:
+            return  # answered meanwhile (taken or refused), or recorded by the phase's close
+        task.phase.handler.drop(task, reason)
+        self.store.finish_participation(task.id, "lost", error=reason)
+        task.phase.finish(task)
+
     def _check_received(
         self, task: PendingTask, header: pb.UploadHeader, upload: validation.Received
     ) -> None:
@@ -247,12 +258,13 @@ class TaskBook:
             and task.session_id == session.id
             and result.status != pb.RESULT_STATUS_OK
         ):
-            handler = task.phase.handler
-            handler.drop(task, f"the site reported: {result.error[:500]}")
-            if handler.leaves_after_answer and (
-                task.state in ("receiving", "done") or task.phase.closed
-            ):
-                return  # a dropout, not a second answer
+            task.phase.handler.drop(task, f"the site reported: {result.error[:500]}")
+            if task.state in ("receiving", "done") or task.phase.closed:
+                # Its upload was its answer (in flight, taken, or broken off and ended by
+                # `upload_broken`; a SecAgg site that owes its unmask shares leaves now): a
+                # dropout, not a second answer to refuse.
+                log.info("event=late_failure_report site=%s task_id=%s", session.site, task.id)
+                return
         try:
             task = self._task_for(session, result.task_id)
             status = _STATUS.get(result.status)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from quorum.client.agent import SimulatedCrash
 from quorum.config import RunConfig
 from quorum.privacy.dp.accounting import epsilon
 from quorum.privacy.secagg import error_bound
+from quorum.server.async_driver import AsyncDriver
 from quorum.wire.blobfiles import BlobFile
 from tests.integration.harness import (
     Federation,
@@ -173,7 +175,19 @@ def test_updates_beyond_max_staleness_are_dropped_with_a_reason(tmp_path: pathli
     asyncio.run(scenario())
 
 
-def test_secagg_cohorts_fill_the_buffers(tmp_path: pathlib.Path) -> None:
+def test_secagg_cohorts_fill_the_buffers(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The step writes and checkpoints a model: in a worker thread, never on the event loop.
+    on_loop: list[bool] = []
+    step = AsyncDriver._step
+
+    def watched(self: AsyncDriver, fit_metrics: dict[str, float]) -> None:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        step(self, fit_metrics)
+
+    monkeypatch.setattr(AsyncDriver, "_step", watched)
+
     async def scenario() -> None:
         cfg = _async_config(
             rounds=3,
@@ -200,6 +214,7 @@ def test_secagg_cohorts_fill_the_buffers(tmp_path: pathlib.Path) -> None:
                 np.testing.assert_allclose(value, expected, rtol=0, atol=atol)
 
     asyncio.run(scenario())
+    assert on_loop == [False, False, False]
 
 
 def test_wall_time_limit_ends_the_run_and_discards_the_partial_buffer(

@@ -223,3 +223,17 @@ async def test_a_site_that_misses_a_round_is_mixed_around(tmp_path: pathlib.Path
         for name in ("a", "b", "d"):
             value = site_value(models[name], record["id"], 2)
             np.testing.assert_allclose(value, want[name], atol=1e-5)
+
+
+@in_loop
+async def test_the_keys_stage_does_not_wait_for_a_site_that_left(tmp_path: pathlib.Path) -> None:
+    # c dies as round 2 begins, before it sends its round key: the stage's deadline (60 s) is
+    # not waited out, since c's task ended as it left.
+    run = gossip_run(rounds=2, min_fit_sites=3, min_available_sites=4, gossip_stage_timeout_s=60)
+    async with federation(tmp_path, [run]) as fed:
+        start(fed, {"c": crash_at(2, "gossip-keys")})
+        record = await fed.wait_run(timeout=120)
+        detail = await fed.api(f"/api/v1/runs/{record['id']}/rounds/2")
+        fits = {p["site"]: p["status"] for p in detail["participants"] if p["kind"] == "fit"}
+        assert fits == {"a": "ok", "b": "ok", "c": "lost", "d": "ok"}
+        assert detail["duration_s"] < 40, detail["duration_s"]
