@@ -94,7 +94,7 @@ class SiteAgent:
         self.on_stage = on_stage
         self.gossip_models = gossip_models or GossipModels()
         self.shared_channel = channel
-        self.slots = slots or Slots()
+        self.slots = Slots(1, within=slots)  # one task of this site at a time (`slots`)
         self.log: logging.Logger | SiteLog = SiteLog(log, {"site": name}) if name else log
         self.give_up_after_s = give_up_after_s
         self.residuals = residuals or Residuals()
@@ -109,10 +109,9 @@ class SiteAgent:
         """Serves until `stop` is set; reconnects after every disconnect. With
         `give_up_after_s`, raises QuorumError once that long has passed without a session."""
         stop = stop or asyncio.Event()
-        failures = 0
+        failures = 0  # attempts since the last session the server welcomed
         last_session = time.monotonic()
         while not stop.is_set():
-            started = time.monotonic()
             self._joined = False
             try:
                 await self._session(stop)
@@ -120,22 +119,23 @@ class SiteAgent:
                 problem = describe(exc, tls=self.credentials is not None)
                 self.log.warning("event=disconnected server=%s error=%s", self.server, problem)
                 _let_go(exc)
-                if self._joined:
-                    last_session = time.monotonic()
-                elif (
-                    self.give_up_after_s is not None
-                    and time.monotonic() - last_session > self.give_up_after_s
+                if (
+                    not self._joined
+                    and self.give_up_after_s is not None
+                    and time.monotonic() - last_session >= self.give_up_after_s
                 ):
                     raise QuorumError(
                         f"no session with {self.server} for {self.give_up_after_s:g} s, giving "
                         f"up; last error: {problem}"
                     ) from None
-            else:
+            if self._joined:  # the server was reached: a new outage starts from the base delay
                 last_session = time.monotonic()
-            if time.monotonic() - started > 30:
                 failures = 0
             delay = self.backoff.delay(failures, self._rng)
             failures += 1
+            if self.give_up_after_s is not None:  # one more try as the time runs out, no later
+                left = last_session + self.give_up_after_s - time.monotonic()
+                delay = min(delay, max(left, 0.0))
             self.log.info("event=reconnect_wait seconds=%.2f", delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
@@ -234,6 +234,7 @@ class SiteAgent:
                         )
             finally:
                 stopper.cancel()
+                call.cancel()  # also when the server ended it: its request stream's task ends
                 for worker in workers:
                     worker.cancel()
 
@@ -351,9 +352,18 @@ class SiteAgent:
             )
             if receipt.accepted:
                 if residual is not None:  # kept once taken: a refused update loses only itself
-                    await asyncio.to_thread(
-                        self.residuals.save, offer.run_id, offer.round, residual
-                    )
+                    try:
+                        await asyncio.to_thread(
+                            self.residuals.save, offer.run_id, offer.round, residual
+                        )
+                    except OSError as exc:  # the update is in all the same: not a failed task
+                        self.log.warning(
+                            "event=residual_not_saved run_id=%s round=%d error=%s detail=this "
+                            "run's next update starts its error feedback from zero",
+                            offer.run_id,
+                            offer.round,
+                            exc,
+                        )
                 self.log.info("event=update_accepted run_id=%s round=%d", offer.run_id, offer.round)
             else:
                 self.log.warning(

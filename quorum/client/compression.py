@@ -11,6 +11,7 @@ zero.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
 from typing import Any
@@ -61,8 +62,16 @@ class Residuals:
         return residual
 
     def save(self, run_id: str, round_no: int, residual: np.ndarray) -> None:
+        """Keeps the residual of an accepted update. One that cannot be written (a full disk)
+        takes the run's older ones with it: they went into that update, and the next would
+        send them again. Its next update then starts from zero; raises the write's OSError."""
         data = blobs.encode({"residual": residual.astype(np.float32)})
-        self._rounds.save(run_id, round_no, data)
+        try:
+            self._rounds.save(run_id, round_no, data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._rounds.forget(run_id)
+            raise
 
 
 _ANY_ROUND = 2**62

@@ -52,6 +52,14 @@ class GossipModels:
         for old in sorted(self._rounds(run_id))[:-KEEP]:
             (folder / f"round-{old}.safetensors").unlink(missing_ok=True)
 
+    def forget(self, run_id: str) -> None:
+        """Removes every model kept for the run."""
+        if self.directory is None:
+            self._memory.pop(run_id, None)
+            return
+        for made in self._rounds(run_id):
+            (self._folder(run_id) / f"round-{made}.safetensors").unlink(missing_ok=True)
+
     def _folder(self, run_id: str) -> pathlib.Path:
         assert self.directory is not None
         if not _SAFE_RUN.match(run_id):  # a run id from the wire becomes a folder name

@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import pathlib
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -21,6 +22,7 @@ from quorum.wire.channel import STREAM_END
 from quorum.wire.incoming import Incoming
 
 DOWNLOAD_ATTEMPTS = 3
+_NAME = re.compile(r"[0-9a-f]{64}")  # a blob's name: its SHA-256, as `blobs.digest` writes it
 
 log = logging.getLogger("quorum.client")
 
@@ -120,28 +122,36 @@ class BlobCache:
         del spare  # let go before the new one is made
         return blobs.sized_buffer(size)
 
-    def get(self, key: str) -> tuple[bytes, bool] | None:
+    async def get(self, key: str) -> tuple[bytes, bool] | None:
         """The blob and whether it was checked against its name. A blob found lets the spare go
         first: the download it was made for will not come, and the task about to run would
-        hold it beside its own memory."""
+        hold it beside its own memory. A file is read and checked in a worker thread."""
         if key in self._memory:
             self._spare = None
             self._memory.move_to_end(key)
             return self._memory[key]
         if self._dir is not None:
-            path = self._dir / key
-            if path.exists():
+            data = await asyncio.to_thread(self._read_named, key)
+            if data is not None:
                 self._spare = None
-                data = path.read_bytes()
-                if blobs.digest(data) == key:
-                    self._remember(key, data, named=True)
-                    return data, True
+                self._remember(key, data, named=True)
+                return data, True
         return None
 
-    def put(self, key: str, data: bytes, *, named: bool) -> None:
+    def _read_named(self, key: str) -> bytes | None:
+        assert self._dir is not None
+        try:
+            data = (self._dir / key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data if blobs.digest(data) == key else None
+
+    async def put(self, key: str, data: bytes, *, named: bool) -> None:
+        """Keeps the blob; on disk too (written in a worker thread) where the cache has a
+        folder."""
         self._remember(key, data, named=named)
         if self._dir is not None:
-            write_atomic(self._dir / key, data)
+            await asyncio.to_thread(write_atomic, self._dir / key, data)
 
     def name(self, key: str) -> None:
         """Records that `key`'s bytes were checked against their name."""
@@ -169,8 +179,10 @@ async def download(
     against `blake3` where the server gave it (`quorum.wire.digests`), else against `key`, the
     blob's name: as a cached blob that was checked by a BLAKE3 only is, before it is handed out
     under its name."""
+    if not _NAME.fullmatch(key):  # it names a file in the site's cache folder
+        raise BlobError(f"the server named a blob {key[:72]!r}, which is no SHA-256 in hex")
     await cache.settle()
-    cached = cache.get(key)
+    cached = await cache.get(key)
     if cached is not None:
         data, named = cached
         if named or blake3:
@@ -205,7 +217,7 @@ async def download(
             f"downloaded blob {key[:16]}… ({size} bytes) does not match its {algorithm} digest"
         )
     data = buffer.getvalue()  # bytes, shared read-only with the cache: no copy (`sized_buffer`)
-    cache.put(key, data, named=algorithm == digests.SHA256)
+    await cache.put(key, data, named=algorithm == digests.SHA256)
     return data
 
 
@@ -220,10 +232,22 @@ async def upload(
     await call.write(pb.UploadMessage(header=header))
     reply = await call.read()
     if reply is not STREAM_END and reply.WhichOneof("kind") == "grant":
-        for frame in data.chunks(head=frames.upload_chunk_head):
-            await call.write(frame)
-        await call.done_writing()
-        reply = await call.read()
+        # Read while writing: the server may answer before it has every byte (it refused them
+        # partway, say its spool's disk filled) and end the call, which fails the next write.
+        answer = asyncio.ensure_future(call.read())
+        try:
+            for frame in data.chunks(head=frames.upload_chunk_head):
+                if answer.done():
+                    break
+                await call.write(frame)
+            else:
+                await call.done_writing()
+        except grpc.aio.AioRpcError:
+            pass  # the answer says why: a receipt, or (a broken call) the call's error
+        except BaseException:
+            answer.cancel()
+            raise
+        reply = await answer
     if reply is STREAM_END or reply.WhichOneof("kind") != "receipt":
         raise ConnectionError("the server ended the upload without a receipt")
     receipt: pb.UploadReceipt = reply.receipt

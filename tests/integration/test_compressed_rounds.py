@@ -6,6 +6,7 @@ version each site trained from, and hostile encodings are refused while the roun
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import pathlib
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from quorum.aggregation.fedbuff import staleness_weight
+from quorum.client.compression import Residuals
 from quorum.wire import blobs
 from quorum.wire.codecs import TopK, make_codec
 from tests.hostile_site import HostileSite
@@ -83,6 +85,31 @@ def test_topk_sends_what_it_left_out_in_later_rounds(tmp_path: pathlib.Path) -> 
             np.testing.assert_allclose(final, np.repeat([0.5, 1.0, 1.5], 5), rtol=1e-6)
 
     asyncio.run(scenario())
+
+
+def test_an_accepted_update_whose_residual_cannot_be_kept_is_not_reported_failed(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def disk_full(self: Residuals, run_id: str, round_no: int, residual: np.ndarray) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Residuals, "save", disk_full)
+
+    async def scenario() -> dict[str, Any]:
+        cfg = run_config(rounds=1, compression={"upload": "topk", "fraction": 0.5})
+        async with federation(tmp_path, [cfg]) as fed:
+            for name, data in SITES:
+                fed.add_site(name, data)
+            run = await fed.wait_run()
+            detail: dict[str, Any] = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            return detail
+
+    detail = asyncio.run(scenario())
+    fits = {p["site"]: p["status"] for p in detail["participants"] if p["kind"] == "fit"}
+    assert fits == {"a": "accepted", "b": "accepted"}
+    assert detail["rejected_uploads"] == []  # no report of a failure after the receipt
+    assert "event=task_failed" not in caplog.text
+    assert caplog.text.count("event=residual_not_saved") == 2
 
 
 def test_an_async_run_decodes_each_delta_against_the_version_its_site_trained_from(

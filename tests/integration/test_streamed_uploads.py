@@ -6,6 +6,7 @@ transfers are checked by BLAKE3 both ways (`quorum.wire.digests`)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import pathlib
 import threading
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 from quorum import heap
 from quorum.client import transfer
 from quorum.server import federation as service
+from quorum.server import spools
 from quorum.task import EvalResult, FitResult, JSONConfig
 from quorum.wire import blobs, digests
 from tests.integration.harness import federation, run_config
@@ -142,3 +144,64 @@ def test_the_server_gives_free_memory_back_off_its_loop_after_uploads(
     assert asyncio.run(scenario()) == 2
     assert threads  # after the uploads (heap.Releases shares calls: tests/unit/test_heap.py)
     assert threading.main_thread().name not in threads
+
+
+class WideTask:
+    """One 32 MiB tensor: an upload of many chunks, far more than the call's windows hold."""
+
+    def initial_parameters(self, seed: int) -> blobs.Params:
+        return {"w": np.zeros(8 << 20, np.float32)}
+
+    def site(self, data: str, device: str, seed: int) -> ShiftSite:
+        return ShiftSite(float(data))
+
+
+class WideSite(ShiftSite):
+    def fit(self, params: blobs.Params, config: JSONConfig) -> FitResult:
+        return FitResult({"w": params["w"] + np.float32(self.delta)}, num_examples=1)
+
+
+WIDE = WideTask()
+WIDE_REF = "tests.integration.test_streamed_uploads:WIDE"
+
+
+def test_a_site_refused_partway_through_its_upload_reads_why_and_keeps_its_session(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server's spool disk fills at the upload's first chunk: it refuses the upload and ends
+    # the call while the site still sends. The site reads the refusal as its receipt.
+    take = spools.SpoolPool.take
+    failed: list[bool] = []
+
+    class FillsOnce:
+        def __init__(self, file: Any) -> None:
+            self._file = file
+
+        def write(self, data: Any) -> int:
+            if not failed:
+                failed.append(True)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(self._file.write(data))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._file, name)
+
+    monkeypatch.setattr(spools.SpoolPool, "take", lambda pool: FillsOnce(take(pool)))
+
+    async def scenario() -> dict[str, Any]:
+        cfg = run_config(
+            task=WIDE_REF, rounds=1, fraction_evaluate=0.0, min_fit_sites=1, min_available_sites=2
+        )
+        async with federation(tmp_path, [cfg]) as fed:
+            fed.add_site("a", "", site_task=WideSite(1.0), task_ref=WIDE_REF)
+            fed.add_site("b", "", site_task=WideSite(2.0), task_ref=WIDE_REF)
+            run = await fed.wait_run(timeout=120)
+            detail: dict[str, Any] = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            return detail
+
+    detail = asyncio.run(scenario())
+    assert failed
+    assert "spool_failed" in [r["code"] for r in detail["rejected_uploads"]]
+    lines = [r.getMessage() for r in caplog.records if r.name == "quorum.client"]
+    assert any("event=update_refused" in line and "spool_failed" in line for line in lines)
+    assert not any("event=disconnected" in line for line in lines), lines

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import pathlib
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -16,7 +17,8 @@ import blake3
 import grpc
 import pytest
 
-from quorum.client.transfer import BlobCache, FederationStub, download_model
+from quorum.client import transfer
+from quorum.client.transfer import BlobCache, FederationStub, download_model, upload
 from quorum.errors import BlobError
 from quorum.ports import free_port
 from quorum.proto import federation_pb2 as pb
@@ -227,9 +229,9 @@ def test_a_download_checked_by_its_blake3_is_kept_under_its_name_not_yet_checked
     cache = BlobCache()
     data = asyncio.run(fetch(Scripted(BLOB), cache=cache, check=blake3.blake3(BLOB).hexdigest()))
     assert data == BLOB
-    assert cache.get(blobs.digest(BLOB)) == (data, False)
+    assert asyncio.run(cache.get(blobs.digest(BLOB))) == (data, False)
     assert asyncio.run(fetch(Scripted(BLOB), cache=cache)) is data  # checked by SHA-256 now
-    assert cache.get(blobs.digest(BLOB)) == (data, True)
+    assert asyncio.run(cache.get(blobs.digest(BLOB))) == (data, True)
 
 
 def test_a_secure_aggregation_model_is_checked_by_its_name() -> None:
@@ -247,11 +249,11 @@ def test_a_secure_aggregation_model_is_checked_by_its_name() -> None:
     # Bytes cached under the name after a BLAKE3 check are checked again before a SecAgg fit
     # has them; those that are not the name's are fetched anew.
     cache = BlobCache()
-    cache.put(offer.model_digest, other, named=False)
+    asyncio.run(cache.put(offer.model_digest, other, named=False))
     service = Scripted(BLOB)
     assert asyncio.run(fetch_model(service, offer, cache)) == BLOB
     assert service.offsets == [0]
-    assert cache.get(offer.model_digest) == (BLOB, True)
+    assert asyncio.run(cache.get(offer.model_digest)) == (BLOB, True)
 
 
 def test_a_blake3_that_is_not_the_blobs_refuses_it() -> None:
@@ -278,3 +280,82 @@ def test_a_sites_stub_reads_each_chunk_as_a_view_of_its_frame() -> None:
     assert all(isinstance(chunk, frames.ChunkView) for chunk in chunks)
     assert b"".join(bytes(chunk.data) for chunk in chunks) == BLOB
     assert [chunk.offset for chunk in chunks] == list(range(0, len(BLOB), blobs.CHUNK_BYTES))
+
+
+def test_a_cache_folder_is_read_and_written_off_the_event_loop(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `quorum client run --cache-dir`: a model's file is read, hashed and written (with fsync)
+    # in worker threads; the session's heartbeats go on meanwhile.
+    threads: list[str] = []
+    for name in ("_read_named", "_remember"):
+        real = getattr(BlobCache, name)
+
+        def spy(*args: Any, real: Any = real, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(BlobCache, name, spy)
+    write_atomic = transfer.write_atomic
+
+    def written(path: pathlib.Path, data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        write_atomic(path, data)
+
+    monkeypatch.setattr(transfer, "write_atomic", written)
+    asyncio.run(fetch(Scripted(BLOB), cache=BlobCache(tmp_path)))  # missed, then stored
+    assert (tmp_path / blobs.digest(BLOB)).read_bytes() == BLOB
+    found = BlobCache(tmp_path)  # a restarted agent finds it
+    assert asyncio.run(fetch(Scripted(b""), cache=found)) == BLOB
+    main = threading.main_thread().name
+    # read (missed), kept in memory, written; read (found), kept in memory
+    assert [name == main for name in threads] == [False, True, False, False, True]
+
+
+@pytest.mark.parametrize("name", ["../../escape", "A" * 64, "ab" * 31, ""])
+def test_a_blob_name_that_is_no_sha256_is_refused_before_anything_is_read(
+    tmp_path: pathlib.Path, name: str
+) -> None:
+    # The name is a file's in the site's cache folder: a server's "../x" must not write there.
+    offer = pb.TaskOffer(model_digest=name, model_size=len(BLOB))
+    service = Scripted(BLOB)
+    with pytest.raises(BlobError, match="no SHA-256 in hex"):
+        asyncio.run(fetch_model(service, offer, BlobCache(tmp_path)))
+    assert service.offsets == []
+    assert list(tmp_path.iterdir()) == []
+
+
+class RefusesMidway(pb_grpc.FederationServicer):  # type: ignore[misc]
+    """Grants an upload, takes one chunk, then refuses it (as a server whose spool's disk
+    filled does) and ends the call while the site still has chunks to send."""
+
+    async def Upload(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.UploadReply]:
+        incoming = aiter(request_iterator)
+        await anext(incoming)
+        yield pb.UploadReply(grant=pb.UploadGrant())
+        await anext(incoming)
+        yield pb.UploadReply(
+            receipt=pb.UploadReceipt(accepted=False, code="spool_failed", message="disk full")
+        )
+
+
+def test_a_refusal_before_the_last_chunk_is_read_as_the_uploads_receipt() -> None:
+    data = blobs.Pieces(bytes(64 << 20))  # far more than the call's windows hold
+
+    async def scenario() -> pb.UploadReceipt:
+        port = free_port()
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_FederationServicer_to_server(RefusesMidway(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as ch:
+                header = pb.UploadHeader(size=data.size)
+                return await asyncio.wait_for(upload(FederationStub(ch), header, data), 60)
+        finally:
+            await server.stop(None)
+
+    receipt = asyncio.run(scenario())
+    assert (receipt.accepted, receipt.code, receipt.message) == (False, "spool_failed", "disk full")

@@ -3,6 +3,7 @@ refuse hostile encodings with a stable code, and the block-by-block fold equals 
 
 from __future__ import annotations
 
+import errno
 import math
 import pathlib
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from quorum.aggregation import Accumulator
 from quorum.aggregation.robust import BoundedSum, RobustRule, UpdateMatrix
+from quorum.client import gossip_models
 from quorum.client.compression import Residuals, encode_update
 from quorum.config import RunConfig
 from quorum.errors import TaskError, UploadRejected
@@ -292,6 +294,23 @@ def test_a_refused_upload_leaves_the_residual_as_it_was(tmp_path: pathlib.Path) 
     refused, _ = encode_update(TopK(0.2), MODEL_10, TRAINED_10, residuals, "run-a", 2, False)
     # not saved: the next fit starts from round 1's residual, as if round 2 never trained
     assert _accepted(residuals, 3, rerun_safe=False) == refused.join()
+
+
+def test_a_residual_that_cannot_be_kept_takes_the_older_ones_with_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    residuals = Residuals(tmp_path)
+    _accepted(residuals, 1)
+
+    def disk_full(path: pathlib.Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gossip_models, "write_atomic", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        _accepted(residuals, 2)  # round 1's residual went into this accepted update
+    # Round 3 would otherwise send round 1's residual a second time: it starts from zero.
+    assert not residuals.load("run-a", 10, before_round=3).any()
+    assert list((tmp_path / "run-a").iterdir()) == []
 
 
 # ---- configuration ----
