@@ -127,7 +127,7 @@ class AsyncDriver:
         # versions are not left to whichever site connected first.
         try:
             await wait_for_sites(
-                self.services, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s
+                self.services, self.run_id, cfg.task, cfg.min_available_sites, cfg.wait_timeout_s
             )
         except RoundAborted:  # no round is open yet: nothing to abort
             self.store.set_run_status(self.run_id, "stopped", STOPPED)

@@ -76,7 +76,7 @@ class GossipDriver:
     async def _round(self, round_no: int, attempt: int, model: BlobFile) -> None:
         cfg = self.config
         await wait_for_sites(
-            self.services, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s
+            self.services, self.run_id, cfg.task, cfg.min_available_sites, cfg.wait_timeout_s
         )
         cohort = task_sites(self.services, cfg.task)
         check_cohort([s.site for s in cohort], cfg.min_fit_sites)

@@ -67,10 +67,15 @@ async def play_rounds(
     log.info("event=run_completed run_id=%s", run_id)
 
 
-async def wait_for_sites(services: RoundServices, run_id: str, count: int, timeout: float) -> None:
-    """A round's wait for `count` connected sites (or `timeout`); an operator's stop ends the
-    wait, and the attempt, at once."""
-    await services.sessions.wait_for(count, timeout, unless=lambda: services.stop_requested(run_id))
+async def wait_for_sites(
+    services: RoundServices, run_id: str, task: str, count: int, timeout: float
+) -> None:
+    """A round's wait for `count` connected sites of the run's `task` (or `timeout`): sites
+    of other tasks' runs do not count. An operator's stop ends the wait, and the attempt, at
+    once."""
+    await services.sessions.wait_for(
+        count, timeout, unless=lambda: services.stop_requested(run_id), task=task
+    )
     if services.stop_requested(run_id):
         raise RoundAborted(STOPPED)
 

@@ -68,23 +68,28 @@ class SessionRegistry:
     def connected(self) -> list[Session]:
         return sorted((s for s in self._by_site.values() if not s.closed), key=lambda s: s.site)
 
-    def count(self) -> int:
-        """Connected sites (a closed session leaves the index when its stream ends)."""
-        return sum(1 for s in self._by_site.values() if not s.closed)
+    def count(self, task: str | None = None) -> int:
+        """Connected sites (a closed session leaves the index when its stream ends), those
+        whose agents run `task` where given."""
+        return sum(1 for s in self._by_site.values() if not s.closed and task in (None, s.task))
 
     def by_site(self, site: str) -> Session | None:
         session = self._by_site.get(site)
         return session if session is not None and not session.closed else None
 
     async def wait_for(
-        self, count: int, timeout: float, unless: Callable[[], bool] = lambda: False
+        self,
+        count: int,
+        timeout: float,
+        unless: Callable[[], bool] = lambda: False,
+        task: str | None = None,
     ) -> list[Session]:
-        """Waits until at least `count` sites are connected, `unless()` holds (checked at each
-        change and each `wake()`) or `timeout` passes."""
+        """Waits until at least `count` sites (running `task`, where given) are connected,
+        `unless()` holds (checked at each change and each `wake()`) or `timeout` passes."""
 
         async def enough() -> None:
             async with self._changed:
-                await self._changed.wait_for(lambda: self.count() >= count or unless())
+                await self._changed.wait_for(lambda: self.count(task) >= count or unless())
 
         try:
             await asyncio.wait_for(enough(), timeout)

@@ -82,7 +82,7 @@ class SyncDriver:
         cfg = self.config
         layout = model.layout
         await wait_for_sites(
-            self.services, self.run_id, cfg.min_available_sites, cfg.wait_timeout_s
+            self.services, self.run_id, cfg.task, cfg.min_available_sites, cfg.wait_timeout_s
         )
         available = task_sites(self.services, cfg.task)
         if len(available) < cfg.min_fit_sites:

@@ -21,6 +21,7 @@ from quorum.server.sessions import Session, SessionRegistry
 from quorum.task import EvalResult, FitResult, JSONConfig, SiteTask
 from quorum.wire.blobfiles import BlobFile
 from quorum.wire.blobs import Params
+from tests.integration import test_streamed_uploads as streamed
 from tests.integration.harness import (
     buffers_made,
     federation,
@@ -250,6 +251,40 @@ def test_round_aborts_and_reruns_when_too_few_sites(tmp_path: pathlib.Path) -> N
             assert all("min_fit_sites is 2" in r for r in reasons)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "gossip"])
+def test_a_round_waits_for_sites_of_its_own_task(tmp_path: pathlib.Path, mode: str) -> None:
+    # A site of another task's run is connected: it is no site of this run's cohort, so the
+    # round waits for a second site of its own rather than aborting its attempts at once.
+    other = "tests.integration.test_streamed_uploads:TASK"
+    extra: dict[str, Any] = {
+        "sync": {},
+        "async": {"mode": "async", "buffer_size": 2, "max_staleness": 10},
+        "gossip": {"mode": "gossip", "topology": "ring"},
+    }[mode]
+
+    async def scenario() -> None:
+        cfg = run_config(rounds=1, min_fit_sites=2, min_available_sites=2, **extra)
+        async with federation(tmp_path, [cfg]) as fed:
+            fed.add_site("x", "1.0", site_task=streamed.TASK.site("1.0", "cpu", 0), task_ref=other)
+            fed.add_site("a", "delta=1.0,n=1")
+            await wait_for(lambda: _if(len(fed.services.sessions.connected()) == 2), timeout=30)
+            await asyncio.sleep(1.0)  # were x counted, every attempt would abort meanwhile
+            fed.add_site("b", "delta=1.0,n=1")
+            run = await fed.wait_run(timeout=60)
+            detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            assert detail["attempt"] == 1
+            assert {p["site"] for p in detail["participants"] if p["kind"] == "fit"} == {
+                "a",
+                "b",
+            }
+
+    asyncio.run(scenario())
+
+
+async def _if(condition: bool) -> bool | None:
+    return condition or None
 
 
 def test_run_submitted_through_the_admin_api_runs(tmp_path: pathlib.Path) -> None:
