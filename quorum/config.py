@@ -183,7 +183,7 @@ class RunConfig(_Model):
     wait_timeout_s: float = Field(600.0, gt=0, description="how long a round waits for sites")
     round_timeout_s: float = Field(300.0, gt=0, description="deadline for fit results")
     evaluate_timeout_s: float = Field(120.0, gt=0)
-    max_num_examples: int = Field(100_000_000, ge=1)
+    max_num_examples: int = Field(100_000_000, ge=1, le=2**53)  # a float64 weight, exactly
     site_config: dict[str, Any] = Field(
         default_factory=dict, description="settings sent to every site with each task"
     )

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from quorum.admin.auth import hash_token
-from quorum.server.records import Event
+from quorum.server.records import STORED_INT_MAX, Event
 from quorum.server.store import Store
 
 KEEPALIVE_S = 15.0
@@ -103,12 +103,22 @@ def _frame(event: Event) -> str:
     return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
+def resume_after(after: int, last_event_id: str | None) -> int:
+    """Where a stream starts: after the `Last-Event-ID` a reconnecting client sends, where it
+    is an id (ASCII digits, "²" is a digit to `str.isdigit` but not to `int`, and no larger
+    than the store holds), else after `after`; a stray header is ignored."""
+    resumed = (last_event_id or "").strip()
+    if resumed.isascii() and resumed.isdigit() and int(resumed) <= STORED_INT_MAX:
+        return int(resumed)
+    return after
+
+
 def events_router(feed: EventFeed, viewer: Any) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/v1/events", dependencies=[viewer])
     async def events(
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=STORED_INT_MAX)] = 0,
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
         run_id: str | None = None,
     ) -> list[EventOut]:
@@ -124,15 +134,13 @@ def events_router(feed: EventFeed, viewer: Any) -> APIRouter:
     async def stream(
         request: Request,
         run_id: str | None = None,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=STORED_INT_MAX)] = 0,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
         """Server-sent events: the events after `after` (or after the `Last-Event-ID` header a
         reconnecting client sends), then each new one as it is recorded; only `run_id`'s when
         given. `: keep-alive` comment lines every 15 s when idle."""
-        start = after
-        if last_event_id is not None and last_event_id.strip().isdigit():
-            start = int(last_event_id)
+        start = resume_after(after, last_event_id)
         return StreamingResponse(
             # `viewer` checked the header: "Bearer TOKEN", read as HTTPBearer reads it
             feed.stream(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -13,7 +13,7 @@ from quorum.admin.baselines import BaselineLink, baseline_links
 from quorum.admin.model_download import labelled_model
 from quorum.admin.privacy import PrivacyOut, privacy_ledger
 from quorum.config import RunConfig
-from quorum.server.records import RoundDetail, RoundSummary, RunRecord
+from quorum.server.records import STORED_INT_MAX, RoundDetail, RoundSummary, RunRecord
 from quorum.server.runtime import Runtime
 
 
@@ -77,13 +77,15 @@ def runs_router(runtime: Runtime, viewer: Any, operator: Any) -> APIRouter:
     @router.get("/{run_id}/rounds", dependencies=[viewer])
     async def list_rounds(
         run_id: str,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=STORED_INT_MAX)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[RoundSummary]:
         return store.rounds(run_id, offset, limit)
 
     @router.get("/{run_id}/rounds/{round_no}", dependencies=[viewer])
-    async def get_round(run_id: str, round_no: int) -> RoundDetail:
+    async def get_round(
+        run_id: str, round_no: Annotated[int, Path(ge=0, le=STORED_INT_MAX)]
+    ) -> RoundDetail:
         store.run(run_id)
         return store.round_detail(run_id, round_no)
 

@@ -44,6 +44,20 @@ LEFT = "the site left the round (it disconnected, failed or was refused)"
 
 
 PARCEL_LATE = "parcel_late"
+SKIP_CODES = frozenset(
+    {
+        # the site's (`quorum.client.gossip`), and the server's own it passes on
+        "bad_key",
+        "bad_key_signature",
+        "bad_model",
+        "relay_tampered",
+        "relay_failed",
+        "no_key",
+        "no_parcel",
+        "neighbour_missing",
+    }
+)
+"""Why a site did not mix a neighbour's model: the codes its skips are recorded under."""
 
 
 @dataclass(frozen=True)
@@ -271,12 +285,17 @@ class GossipRound(PhaseHandler):
         if i in self.reports:
             raise UploadRejected("duplicate", "this site already reported the round")
         metrics = validation.parse_metrics(report.metrics_json)
+        validation.check_num_examples(report.num_examples, self.phase.max_num_examples, 0)
+        validation.check_duration(report.duration_s)
         for d in report.distances:
             if d.index not in self.senders[i] or not d.distance >= 0:
                 raise UploadRejected("gossip_protocol", f"a distance to non-neighbour {d.index}")
-        for s in report.skipped:
-            if s.index not in self.senders[i]:
-                raise UploadRejected("gossip_protocol", f"a skip of non-neighbour {s.index}")
+        skipped = [s.index for s in report.skipped]
+        for j in skipped:
+            if j not in self.senders[i]:
+                raise UploadRejected("gossip_protocol", f"a skip of non-neighbour {j}")
+        if len(set(skipped)) != len(skipped):  # each is one store row and event
+            raise UploadRejected("gossip_protocol", "a neighbour skipped twice")
         self.reports[i] = report
         named = {f"distance_to:{self.names[d.index]}": d.distance for d in report.distances}
         self.services.store.finish_participation(
@@ -289,11 +308,12 @@ class GossipRound(PhaseHandler):
         )
         phase = self.phase
         for s in report.skipped:
-            code, _, message = s.reason.partition(": ")
+            code, _, message = s.reason[:500].partition(": ")
+            if code not in SKIP_CODES:  # a code is a metric's label: only the site's own
+                code, message = "skipped", s.reason[:500]
             self.services.store.reject(
-                code or "skipped",
-                f"{self.names[i]} did not mix the model of {self.names[s.index]}: "
-                f"{message or s.reason}",
+                code,
+                f"{self.names[i]} did not mix the model of {self.names[s.index]}: {message}",
                 run_id=phase.run_id,
                 round_no=phase.round,
                 attempt=phase.attempt,
@@ -307,7 +327,7 @@ class GossipRound(PhaseHandler):
                 attempt=phase.attempt,
                 receiver=self.names[i],
                 sender=self.names[s.index],
-                reason=s.reason,
+                reason=s.reason[:500],
             )
         phase.finish(task)
 

@@ -13,6 +13,8 @@ from quorum.config import RunConfig
 from quorum.errors import StoreError
 
 RUN_ACTIVE = ("queued", "running")
+STORED_INT_MAX = 2**63 - 1
+"""The largest integer the store (SQLite) holds: a number a query compares with is no larger."""
 
 
 @dataclass(frozen=True)

@@ -184,8 +184,10 @@ class SecureFit(PhaseHandler):
                 self.phase.closed = True
                 self.services.book.close_phase(self.phase)
                 # The phase is remembered with its tasks (to refuse late answers): it lets go of
-                # the round's sum and ciphertexts.
+                # the round's sum and ciphertexts, and of the vector the sum was made in (the
+                # driver keeps its own reference where it reuses it).
                 self.server = None
+                self.sum_vector = None
             settings = self.settings
             # A site can put any weight in its masked vector: a total outside the range the
             # sites' weights allow is refused (SecAgg hides each site's values, so no more

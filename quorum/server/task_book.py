@@ -23,6 +23,9 @@ from quorum.wire import digests
 log = logging.getLogger("quorum.server")
 
 REMEMBERED_TASKS = 10_000
+ID_CHARS = 64
+"""How much of an id from the wire is recorded or shown: an Upload call needs no session, so
+whoever reaches the port could otherwise write megabytes to the store per call."""
 
 _KIND = {"fit": pb.TASK_KIND_FIT, "evaluate": pb.TASK_KIND_EVALUATE}
 _STATUS = {
@@ -115,26 +118,23 @@ class TaskBook:
         and (`once`: an upload or a result, the task's one answer) not answered yet; stage
         messages come many to a task. Raises UploadRejected."""
         task = self._tasks.get(task_id)
+        shown = repr(task_id[:ID_CHARS])  # the wire's text, in a message that is stored
         if task is None:
-            raise UploadRejected(
-                "unknown_task", f"no open task {task_id!r} (closed or never offered)"
-            )
+            raise UploadRejected("unknown_task", f"no open task {shown} (closed or never offered)")
         if task.session_id != session.id:
-            raise UploadRejected(
-                "wrong_session", f"task {task_id!r} was offered to another session"
-            )
+            raise UploadRejected("wrong_session", f"task {shown} was offered to another session")
         if run_id is not None and run_id != task.phase.run_id:
             raise UploadRejected(
                 "wrong_run",
-                f"task {task_id!r} belongs to run {task.phase.run_id!r}, not {run_id!r}",
+                f"task {shown} belongs to run {task.phase.run_id!r}, not {run_id[:ID_CHARS]!r}",
             )
         if round_no is not None and round_no != task.phase.round:
             raise UploadRejected(
                 "wrong_round",
-                f"task {task_id!r} belongs to round {task.phase.round}, not {round_no}",
+                f"task {shown} belongs to round {task.phase.round}, not {round_no}",
             )
         if once and task.state in ("receiving", "done"):
-            raise UploadRejected("duplicate", f"task {task_id!r} was already answered")
+            raise UploadRejected("duplicate", f"task {shown} was already answered")
         if task.phase.closed:
             raise task_closed(task_id)
         return task
@@ -142,6 +142,7 @@ class TaskBook:
     def admit_upload(self, session: Session, header: pb.UploadHeader) -> PendingTask:
         """Checks an upload's header before any of its bytes are read."""
         task = self._task_for(session, header.task_id, header.run_id, header.round)
+        validation.check_duration(header.duration_s)
         if header.digest_algorithm not in digests.ACCEPTED:
             raise UploadRejected(
                 "unknown_digest",
@@ -229,7 +230,7 @@ class TaskBook:
             round_no=phase.round if phase else None,
             attempt=phase.attempt if phase else None,
             site=session.site if session else None,
-            task_id=task_id or None,
+            task_id=task_id[:ID_CHARS] or None,  # a task's id is 24: an unknown one is cut
         )
         if (
             task is not None
@@ -246,7 +247,7 @@ class TaskBook:
             "event=refused code=%s site=%s task_id=%s message=%s",
             exc.code,
             session.site if session else "?",
-            task_id,
+            task_id[:ID_CHARS],
             exc.message,
         )
 
@@ -267,6 +268,7 @@ class TaskBook:
                 return
         try:
             task = self._task_for(session, result.task_id)
+            validation.check_duration(result.duration_s)
             status = _STATUS.get(result.status)
             if status is None:
                 raise UploadRejected("bad_status", "result status is unspecified")

@@ -95,6 +95,19 @@ def check_num_examples(num_examples: int, maximum: int, minimum: int = 1) -> Non
         )
 
 
+def check_duration(duration_s: float) -> None:
+    """A site's own time for its task, as its answers report it: shown in the round and the
+    task-duration metrics, so it must be a time."""
+    if not 0 <= duration_s <= MAX_DURATION_S:  # NaN fails both
+        raise UploadRejected(
+            "bad_duration", f"duration_s {duration_s!r} is not a time of 0..{MAX_DURATION_S:g} s"
+        )
+
+
+MAX_DURATION_S = 366 * 86400.0
+"""A task's longest believable duration: a year and a day."""
+
+
 def check_declared_size(size: int, model_size: int) -> None:
     limit = model_size + HEADER_SLACK_BYTES
     if size > limit:

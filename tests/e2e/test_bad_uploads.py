@@ -62,6 +62,7 @@ ATTRIBUTABLE: list[tuple[str, Upload]] = [
     ("wrong_round", lambda s, o, m: s.upload(o, m, round=o.round + 1)),
     ("malformed_blob", _garbage_with_valid_digest),
     ("bad_metrics", lambda s, o, m: s.upload(o, m, metrics_json='{"loss": "low"}')),
+    ("bad_duration", lambda s, o, m: s.upload(o, m, duration_s=float("inf"))),
 ]
 
 

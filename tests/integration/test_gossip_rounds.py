@@ -20,7 +20,9 @@ from quorum.client.agent import Backoff, SimulatedCrash, SiteAgent, StageHook
 from quorum.client.gossip_models import GossipModels
 from quorum.errors import BlobError
 from quorum.privacy import gossip_channel as channel
+from quorum.proto import federation_pb2 as pb
 from quorum.server.gossip_relay import GossipRound, Parcel
+from quorum.server.phases import PendingTask
 from quorum.server.validation import Received
 from quorum.wire import blobs
 from tests.integration.harness import TASK, Federation, federation, run_config
@@ -237,3 +239,76 @@ async def test_the_keys_stage_does_not_wait_for_a_site_that_left(tmp_path: pathl
         fits = {p["site"]: p["status"] for p in detail["participants"] if p["kind"] == "fit"}
         assert fits == {"a": "ok", "b": "ok", "c": "lost", "d": "ok"}
         assert detail["duration_s"] < 40, detail["duration_s"]
+
+
+def _hostile_report(**change: Any) -> Callable[[pb.GossipReport, list[int]], None]:
+    def edit(report: pb.GossipReport, senders: list[int]) -> None:
+        for field_name, value in change.items():
+            if field_name == "skipped":
+                report.skipped.extend(value(senders))
+            else:
+                setattr(report, field_name, value)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"num_examples": 2**64 - 1}, "num_examples_out_of_range"),  # past the store's integers
+        ({"duration_s": math.inf}, "bad_duration"),
+        (
+            {"skipped": lambda senders: [pb.GossipSkip(index=senders[0], reason="x")] * 2},
+            "gossip_protocol",
+        ),
+    ],
+)
+@in_loop
+async def test_a_hostile_report_is_refused_by_name_and_the_round_goes_on(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any], code: str
+) -> None:
+    hostile(monkeypatch, "a", _hostile_report(**change))
+    async with federation(tmp_path, [gossip_run(rounds=1, min_fit_sites=3)]) as fed:
+        start(fed)
+        record = await fed.wait_run(timeout=60)
+        detail = await fed.api(f"/api/v1/runs/{record['id']}/rounds/1")
+        refused = [r["code"] for r in detail["rejected_uploads"] if r["site"] == "a"]
+        assert code in refused
+        fits = {p["site"]: p["status"] for p in detail["participants"] if p["kind"] == "fit"}
+        assert fits["a"] != "ok" and [fits[n] for n in ("b", "c", "d")] == ["ok", "ok", "ok"]
+
+
+@in_loop
+async def test_a_skip_under_a_code_of_the_sites_own_making_is_recorded_as_skipped(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The codes are a metric's labels: a site cannot add one per skip.
+    def made_up(report: pb.GossipReport, senders: list[int]) -> None:
+        del report.skipped[:]
+        report.skipped.append(pb.GossipSkip(index=senders[0], reason="made_up_code: whatever"))
+
+    hostile(monkeypatch, "a", made_up)
+    async with federation(tmp_path, [gossip_run(rounds=1)]) as fed:
+        start(fed)
+        record = await fed.wait_run(timeout=60)
+        detail = await fed.api(f"/api/v1/runs/{record['id']}/rounds/1")
+        skips = [r for r in detail["rejected_uploads"] if r["site"] == "a"]
+        assert [r["code"] for r in skips] == ["skipped"]
+        assert skips[0]["message"].endswith("made_up_code: whatever")
+
+
+def hostile(
+    monkeypatch: pytest.MonkeyPatch,
+    site: str,
+    edit: Callable[[pb.GossipReport, list[int]], None],
+) -> None:
+    """`site`'s report reaches the relay as `edit` makes it (what a hostile agent would send)."""
+    receive = GossipRound.on_gossip
+
+    def edited(self: GossipRound, task: PendingTask, reply: pb.GossipReply) -> None:
+        i = self.index[task.id]
+        if reply.WhichOneof("stage") == "report" and self.names[i] == site:
+            edit(reply.report, self.senders[i])
+        receive(self, task, reply)
+
+    monkeypatch.setattr(GossipRound, "on_gossip", edited)

@@ -14,7 +14,7 @@ import pytest
 from quorum.client.agent import SimulatedCrash, StageHook
 from quorum.privacy.secagg import ServerRound, encode_update, error_bound
 from quorum.proto import federation_pb2 as pb
-from quorum.server.secure_fit import SpooledMask
+from quorum.server.secure_fit import SecureFit, SpooledMask
 from quorum.server.sessions import Session
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobWriter
@@ -97,6 +97,14 @@ def test_secure_rounds_give_fedavg_and_the_server_never_holds_an_update(
             assert detail["metrics"]["fit"]["num_examples"] == 150
             fits = [p for p in detail["participants"] if p["kind"] == "fit"]
             assert all(p["status"] == "accepted" for p in fits)
+            # The task book remembers the closed phases (to refuse late answers), not their
+            # sums: no SecAgg handler it reaches keeps the vector its round summed in.
+            handlers = {
+                id(t.phase.handler): t.phase.handler for t in fed.services.book._tasks.values()
+            }
+            secure = [h for h in handlers.values() if isinstance(h, SecureFit)]
+            assert len(secure) == 2
+            assert all(h.sum_vector is None and h.server is None for h in secure)
 
     asyncio.run(scenario())
     # What the server received: 5 sites x 2 rounds of masked vectors, none of them any site's

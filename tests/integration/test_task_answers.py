@@ -134,3 +134,31 @@ def test_an_answer_of_another_kind_of_phase_is_refused(tmp_path: pathlib.Path, k
                 assert detail["status"] == "completed"
 
     asyncio.run(scenario())
+
+
+def test_the_ids_of_an_unknown_upload_are_recorded_cut_short(tmp_path: pathlib.Path) -> None:
+    # An Upload call needs no session: whoever reaches the port must not write megabytes to the
+    # store per call through the ids it names.
+    long_id = "t" * (1 << 20)
+
+    async def scenario() -> None:
+        cfg = run_config(rounds=1, min_fit_sites=1, min_available_sites=1, round_timeout_s=5)
+        async with federation(tmp_path, [cfg]) as fed:
+            mallory = await asyncio.to_thread(HostileSite, fed.address, fed.register("m"), TASK)
+            try:
+                offer = await asyncio.to_thread(mallory.next_fit)
+                for session_id in ("not-a-session", mallory.session_id):
+                    receipt = await asyncio.to_thread(
+                        mallory.upload, offer, b"x", session_id=session_id, task_id=long_id
+                    )
+                    assert receipt.code in ("unknown_session", "unknown_task")
+                    assert len(receipt.message) < 200
+            finally:
+                mallory.close()
+            rows = fed.services.store._rows("SELECT task_id, message FROM rejections")
+            assert len(rows) == 2
+            for task_id, message in rows:
+                assert task_id == "t" * 64
+                assert len(message) < 200
+
+    asyncio.run(scenario())

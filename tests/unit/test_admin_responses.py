@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from quorum.admin.app import build_app
+from quorum.admin.events import resume_after
 from quorum.config import RunConfig, ServerConfig, ServerFile
 from quorum.server_process import Server
 
@@ -209,6 +210,34 @@ def test_events_list_and_stream_frames(server: Server, client: TestClient) -> No
     first, second = asyncio.run(frames())
     assert first == (f"id: {custom['id']}\nevent: custom\ndata: {json.dumps(custom)}\n\n")
     assert second.endswith('"kind": "odd", "run_id": null, "value": NaN}\n\n')
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/runs/{run}/rounds/{big}",
+        "/api/v1/runs/{run}/rounds?offset={big}",
+        "/api/v1/events?after={big}",
+    ],
+)
+def test_a_number_past_what_the_store_holds_is_refused_by_name(
+    server: Server, client: TestClient, path: str
+) -> None:
+    run = _played_run(server)
+    reply = client.get(path.format(run=run, big=2**63))  # SQLite's integers end at 2**63 - 1
+    assert reply.status_code == 422, reply.text
+    assert "less than or equal to 9223372036854775807" in reply.text
+    assert client.get(path.format(run=run, big=2**63 - 1)).status_code in (200, 404)
+
+
+@pytest.mark.parametrize(
+    ("header", "start"),
+    [(None, 7), ("12", 12), (" 12 ", 12), ("²", 7), ("1x", 7), (str(2**63), 7), ("", 7)],
+)
+def test_a_streams_last_event_id_is_used_only_where_it_is_an_id(
+    header: str | None, start: int
+) -> None:
+    assert resume_after(7, header) == start
 
 
 def test_baselines(server: Server, client: TestClient) -> None:

@@ -280,6 +280,13 @@ def test_max_fit_sites_below_min_fit_sites_is_refused(sim_file: pathlib.Path) ->
         RunConfig(task="m:t", min_fit_sites=3, max_fit_sites=2)
 
 
+def test_max_num_examples_is_a_weight_a_float64_holds_exactly() -> None:
+    assert RunConfig(task="m:t", max_num_examples=2**53).max_num_examples == 2**53
+    # Beyond, an upload's weight would pass its check and then overflow the store's integers.
+    with pytest.raises(ValueError, match="max_num_examples"):
+        RunConfig(task="m:t", max_num_examples=2**63)
+
+
 def test_max_fit_sites_equal_to_min_is_accepted() -> None:
     cfg = RunConfig(task="m:t", min_fit_sites=3, max_fit_sites=3)
     assert (cfg.min_fit_sites, cfg.max_fit_sites) == (3, 3)

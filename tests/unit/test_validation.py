@@ -59,6 +59,18 @@ def test_num_examples_out_of_range(n: int) -> None:
     assert "1..1000" in info.value.message
 
 
+@pytest.mark.parametrize("duration", [0.0, 1.5, validation.MAX_DURATION_S])
+def test_a_time_passes_as_a_duration(duration: float) -> None:
+    validation.check_duration(duration)
+
+
+@pytest.mark.parametrize("duration", [-1.0, float("inf"), float("nan"), 1e300])
+def test_a_duration_that_is_no_time_is_refused(duration: float) -> None:
+    with pytest.raises(UploadRejected, match="is not a time") as caught:
+        validation.check_duration(duration)
+    assert caught.value.code == "bad_duration"
+
+
 def test_declared_size_up_to_the_slack_passes() -> None:
     validation.check_declared_size(len(GLOBAL), len(GLOBAL))
     validation.check_declared_size(len(GLOBAL) + validation.HEADER_SLACK_BYTES, len(GLOBAL))
