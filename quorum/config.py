@@ -416,6 +416,12 @@ class ServerConfig(_Model):
         "in memory); one upload is always let in, however large",
     )
     max_inflight_downloads: int = Field(2, ge=1, description="model downloads streamed at once")
+    transfer_idle_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="an upload or download that moves no chunk (2 MiB) for this long is ended, "
+        "so that it gives its place among max_inflight_uploads / _downloads to the next",
+    )
     stream_window_kb: int = Field(
         4096,
         ge=0,

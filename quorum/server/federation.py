@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +25,7 @@ from quorum.server.spools import SpoolPool, fit
 from quorum.server.upload_budget import UploadBudget
 from quorum.server.validation import Received
 from quorum.wire import digests, frames
-from quorum.wire.blobfiles import stream_held
+from quorum.wire.blobfiles import BlobFile, stream_held
 from quorum.wire.finite_scan import FiniteScan
 from quorum.wire.incoming import Incoming
 
@@ -33,6 +34,9 @@ log = logging.getLogger("quorum.server")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 SPOOL_DIR = "uploads"
+DOWNLOADS_PER_SESSION = 4
+"""Downloads one session may have open at once (a site fetches one model, or one gossip parcel,
+at a time): a download left unread keeps its call until its site reads or leaves."""
 """Where in the state directory uploads are spooled as they arrive (files without names)."""
 
 
@@ -46,10 +50,12 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         self.server_id = config.server_id
         self.heartbeat_interval_s = config.heartbeat_interval_s
         self.session_timeout_s = config.session_timeout_s
+        self.transfer_idle_s = config.transfer_idle_timeout_s
         self._uploads = UploadBudget(
             config.max_inflight_uploads, config.max_inflight_upload_mb * 1_000_000
         )
         self._downloads = asyncio.Semaphore(config.max_inflight_downloads)
+        self._open_downloads: Counter[str] = Counter()  # by session id
         # As many spools kept as uploads may be received at once.
         self._spools = SpoolPool(config.state_dir / SPOOL_DIR, config.max_inflight_uploads)
         # Once an upload's bytes are in, the heaps' free memory goes back to the kernel: gRPC's
@@ -156,7 +162,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 log.warning("event=session_timeout site=%s", session.site)
                 session.close()
 
-    async def Download(self, request: pb.DownloadRequest, context: Context) -> AsyncIterator[bytes]:
+    async def Download(self, request: pb.DownloadRequest, context: Context) -> None:
         """The blob's `BlobChunk`s from `request.offset` on, serialised here: the server's
         interceptor passes them on as they are (`quorum.server.bulk_frames.framed`)."""
         session = self.services.sessions.get(request.session_id)
@@ -170,17 +176,49 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.digest!r} is served")
         if request.offset > size:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, "offset is past the end of the blob")
-        sent = 0
-        offset = request.offset
+        if self._open_downloads[session.id] >= DOWNLOADS_PER_SESSION:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this session has {DOWNLOADS_PER_SESSION} downloads open; finish one first",
+            )
+        self._open_downloads[session.id] += 1
+        try:
+            blob = model if model is not None else parcel or b""
+            sent = await self._send(context, blob, request.offset, size)
+            if sent < 0:
+                log.warning(
+                    "event=download_stalled site=%s idle_s=%g", session.site, self.transfer_idle_s
+                )
+                # Behind the chunk the reader did not take: sent when it reads, or dropped
+                # with its call. Its place among the downloads is free meanwhile; it still
+                # counts among its session's.
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no chunk was taken for {self.transfer_idle_s:g} s",
+                )
+        finally:
+            self._open_downloads[session.id] -= 1
+            if not self._open_downloads[session.id]:
+                del self._open_downloads[session.id]
+        self.services.book.on_download(session, request.digest, sent, relayed=parcel is not None)
+
+    async def _send(self, context: Context, blob: BlobFile | bytes, offset: int, size: int) -> int:
+        """Writes the blob's chunks from `offset` on; the bytes sent, or -1 when the reader
+        took no chunk for the idle time."""
         # A model is read from its file in a worker thread; a gossip parcel is held in memory.
-        chunks = model.stream(offset) if model is not None else stream_held(parcel or b"", offset)
+        chunks = blob.stream(offset) if isinstance(blob, BlobFile) else stream_held(blob, offset)
+        sent = 0
         # Bounded like uploads: chunks queued for slow readers cost server memory per stream.
         async with self._downloads:
             async for chunk in chunks:
-                yield frames.blob_chunk(offset, size, chunk)
+                try:
+                    async with asyncio.timeout(self.transfer_idle_s):
+                        await context.write(frames.blob_chunk(offset, size, chunk))
+                except TimeoutError:
+                    return -1
                 offset += len(chunk)
                 sent += len(chunk)
-        self.services.book.on_download(session, request.digest, sent, relayed=parcel is not None)
+        return sent
 
     async def Upload(
         self, request_iterator: AsyncIterator[frames.UploadFrame], context: Context
@@ -209,7 +247,11 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                     yield pb.UploadReply(grant=pb.UploadGrant())
                     try:
                         upload = await _receive(
-                            incoming, header.size, header.digest_algorithm, self._spools
+                            incoming,
+                            header.size,
+                            header.digest_algorithm,
+                            self._spools,
+                            self.transfer_idle_s,
                         )
                         try:
                             await self.services.book.complete_upload(task, header, upload)
@@ -239,9 +281,15 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
 
 async def _receive(
-    incoming: AsyncIterator[frames.UploadFrame], size: int, algorithm: str, pool: SpoolPool
+    incoming: AsyncIterator[frames.UploadFrame],
+    size: int,
+    algorithm: str,
+    pool: SpoolPool,
+    idle_s: float,
 ) -> Received:
-    """The upload's bytes in a spool from `pool`, with their digest of `algorithm`."""
+    """The upload's bytes in a spool from `pool`, with their digest of `algorithm`. A site that
+    sends nothing for `idle_s` is refused: its upload holds a place in the upload budget, which
+    others wait for."""
     try:
         file = pool.take()
     except OSError as exc:  # no spool could be made (its folder, its disk)
@@ -250,7 +298,16 @@ async def _receive(
     # `algorithm` is one of digests.ACCEPTED (`admit_upload`).
     blob = Incoming(file, algorithm, watch=scan.add)
     try:
-        async for message in incoming:
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    message = await anext(incoming)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UploadRejected(
+                    "upload_stalled", f"no bytes of the upload arrived for {idle_s:g} s"
+                ) from None
             chunk = frames.chunk_of(message)
             if chunk is None:
                 raise UploadRejected("bad_chunk", "a second header arrived inside the upload")

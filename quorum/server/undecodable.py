@@ -10,6 +10,7 @@ a line of its own. It also gives the bulk calls their hand-written frames
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -74,9 +75,16 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], request: Undecoda
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable request: {request.reason}")
 
 
-def _unary_stream(
-    behaviour: Callable[..., AsyncIterator[Any]],
-) -> Callable[..., AsyncIterator[Any]]:
+def _unary_stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behaviour):  # it writes its replies (`context.write`)
+
+        async def checked_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if isinstance(request, Undecodable):
+                await _refuse(context, request)
+            await behaviour(request, context)
+
+        return checked_writer
+
     async def checked(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:

@@ -113,20 +113,6 @@ def test_an_async_site_whose_upload_broke_is_offered_work_again(
 def test_an_upload_cancelled_while_it_waits_for_the_budget_ends_its_task(
     tmp_path: pathlib.Path,
 ) -> None:
-    def header(site: HostileSite, offer: pb.TaskOffer, data: bytes) -> pb.UploadMessage:
-        return pb.UploadMessage(
-            header=pb.UploadHeader(
-                session_id=site.session_id,
-                task_id=offer.task_id,
-                run_id=offer.run_id,
-                round=offer.round,
-                digest=blobs.digest(data),
-                size=len(data),
-                num_examples=1,
-                metrics_json="{}",
-            )
-        )
-
     async def scenario() -> None:
         cfg = run_config(
             rounds=1,
@@ -145,12 +131,12 @@ def test_an_upload_cancelled_while_it_waits_for_the_budget_ends_its_task(
                 model = await asyncio.to_thread(m1.download, o1.model_digest)
                 # m1 takes the one upload slot and sends nothing: m2's upload waits for it.
                 held: queue.Queue[pb.UploadMessage | None] = queue.Queue()
-                held.put(header(m1, o1, model))
+                held.put(_header(m1, o1, model))
                 holding = m1.stub.Upload(iter(held.get, None))
                 grant = await asyncio.to_thread(next, holding)  # not on the server's loop
                 assert grant.WhichOneof("kind") == "grant"
                 waiting: queue.Queue[pb.UploadMessage | None] = queue.Queue()
-                waiting.put(header(m2, o2, model))
+                waiting.put(_header(m2, o2, model))
                 queued = m2.stub.Upload(iter(waiting.get, None))
 
                 def m2_waits() -> bool:
@@ -176,3 +162,56 @@ def test_an_upload_cancelled_while_it_waits_for_the_budget_ends_its_task(
             assert took < DEADLINE - 5, took
 
     asyncio.run(scenario())
+
+
+def test_an_upload_that_sends_nothing_is_refused_and_lets_the_others_in(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A site takes both upload places (two rounds' tasks) and sends no byte: after the session
+    # idle timeout (5 s here) each is refused, so the honest sites' uploads get in again.
+    async def scenario() -> None:
+        cfg = run_config(
+            rounds=3, min_fit_sites=1, min_available_sites=3, round_timeout_s=3, fraction_evaluate=0
+        )
+        async with federation(
+            tmp_path, [cfg], max_inflight_uploads=2, transfer_idle_timeout_s=5
+        ) as fed:
+            fed.add_site("a", "delta=1.0,n=1")
+            fed.add_site("b", "delta=1.0,n=1")
+            m = await asyncio.to_thread(HostileSite, fed.address, fed.register("m"), TASK)
+            stalled = []
+            try:
+                for _ in range(2):
+                    offer = await asyncio.to_thread(m.next_fit)
+                    model = await asyncio.to_thread(m.download, offer.model_digest)
+                    held: queue.Queue[pb.UploadMessage | None] = queue.Queue()
+                    held.put(_header(m, offer, model))
+                    replies = m.stub.Upload(iter(held.get, None))
+                    grant = await asyncio.to_thread(next, replies)
+                    assert grant.WhichOneof("kind") == "grant"
+                    stalled.append(replies)
+                receipts = [await asyncio.wait_for(asyncio.to_thread(next, r), 30) for r in stalled]
+                run = await fed.wait_run(timeout=90)
+            finally:
+                m.close()
+            assert [(r.receipt.code, "5 s" in r.receipt.message) for r in receipts] == [
+                ("upload_stalled", True)
+            ] * 2
+            assert run["rounds_completed"] == 3
+
+    asyncio.run(scenario())
+
+
+def _header(site: HostileSite, offer: pb.TaskOffer, data: bytes) -> pb.UploadMessage:
+    return pb.UploadMessage(
+        header=pb.UploadHeader(
+            session_id=site.session_id,
+            task_id=offer.task_id,
+            run_id=offer.run_id,
+            round=offer.round,
+            digest=blobs.digest(data),
+            size=len(data),
+            num_examples=1,
+            metrics_json="{}",
+        )
+    )

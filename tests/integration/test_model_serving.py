@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
+from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.server.async_driver import AsyncDriver
 from quorum.server.checkpoints import Checkpoints
@@ -25,6 +26,7 @@ from quorum.server.sync_driver import SyncDriver
 from quorum.wire import blobs
 from quorum.wire.blobfiles import BlobFile, BlobWriter
 from quorum.wire.channel import GRPC_OPTIONS
+from tests.hostile_site import HostileSite
 from tests.integration.harness import TASK, Federation, federation, run_config
 from tests.integration.test_large_models import fetch
 
@@ -282,3 +284,86 @@ def test_the_federation_server_takes_its_stream_window_from_its_config(
     else:  # gRPC's own probing sizes it
         assert "grpc.http2.bdp_probe" not in built[0]
         assert "grpc.http2.lookahead_bytes" not in built[0]
+
+
+def test_downloads_nobody_reads_give_their_places_to_the_next_after_the_idle_time(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A site opens as many downloads as the server streams at once and reads one chunk of each:
+    # after transfer_idle_timeout_s each is ended, and another site's download goes through.
+    wide = "tests.integration.test_streamed_uploads:WIDE"  # 32 MiB: more than the windows hold
+
+    def open_unread(site: HostileSite, digest: str) -> Any:
+        call = site.stub.Download(pb.DownloadRequest(session_id=site.session_id, digest=digest))
+        next(call)
+        return call
+
+    def download(site: HostileSite, digest: str) -> int:
+        request = pb.DownloadRequest(session_id=site.session_id, digest=digest)
+        return sum(len(c.data) for c in site.stub.Download(request, timeout=60))
+
+    async def scenario() -> None:
+        cfg = run_config(task=wide, rounds=1, min_fit_sites=2, min_available_sites=2)
+        async with federation(
+            tmp_path, [cfg], max_inflight_downloads=2, transfer_idle_timeout_s=3
+        ) as fed:
+            m = await asyncio.to_thread(HostileSite, fed.address, fed.register("m"), wide)
+            h = await asyncio.to_thread(HostileSite, fed.address, fed.register("h"), wide)
+            try:
+                offer = await asyncio.to_thread(m.next_fit)
+                held = [
+                    await asyncio.to_thread(open_unread, m, offer.model_digest) for _ in range(2)
+                ]
+                got = await asyncio.to_thread(download, h, offer.model_digest)
+                assert got == offer.model_size
+                # Read at last, a download that was let go ends with why.
+                ends = [await asyncio.to_thread(drain, call) for call in held]
+                assert grpc.StatusCode.DEADLINE_EXCEEDED in ends
+                assert set(ends) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.OK}
+            finally:
+                m.close()
+                h.close()
+
+    def drain(call: Any) -> grpc.StatusCode:
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+        return grpc.StatusCode.OK
+
+    asyncio.run(scenario())
+    assert "event=download_stalled site=m idle_s=3" in caplog.text
+
+
+def test_a_session_has_a_bounded_number_of_downloads_open(tmp_path: pathlib.Path) -> None:
+    # One is streamed (and left unread), the others wait for its place: past four, the session
+    # is refused more at once, so that it cannot queue calls without bound.
+    wide = "tests.integration.test_streamed_uploads:WIDE"
+
+    def attempt(site: HostileSite, digest: str) -> grpc.StatusCode:
+        request = pb.DownloadRequest(session_id=site.session_id, digest=digest)
+        try:
+            next(site.stub.Download(request, timeout=2))
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+        return grpc.StatusCode.OK
+
+    async def scenario() -> None:
+        cfg = run_config(task=wide, rounds=1, min_fit_sites=1, min_available_sites=1)
+        async with federation(tmp_path, [cfg], max_inflight_downloads=1) as fed:
+            m = await asyncio.to_thread(HostileSite, fed.address, fed.register("m"), wide)
+            try:
+                offer = await asyncio.to_thread(m.next_fit)
+                request = pb.DownloadRequest(session_id=m.session_id, digest=offer.model_digest)
+                first = m.stub.Download(request)
+                await asyncio.to_thread(next, first)  # streamed, never read again
+                waiting = [m.stub.Download(request) for _ in range(3)]  # wait for its place
+                codes = [await asyncio.to_thread(attempt, m, offer.model_digest) for _ in range(5)]
+                assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+                for call in [first, *waiting]:
+                    call.cancel()
+            finally:
+                m.close()
+
+    asyncio.run(scenario())
