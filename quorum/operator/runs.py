@@ -149,18 +149,27 @@ def _run_fields(run: dict[str, Any]) -> Group:
 @runs_app.command("stop")
 @with_api
 def stop(api: AdminClient, run_id: RunId, output: OutputOption = Output.table) -> None:
-    """Stop a queued or running run (an operator token) and wait until it has stopped; its last
-    completed round's model stays.
+    """Stop a queued or running run (an operator token): it stops after its current round (at
+    once while it waits for sites), and its last completed round's model stays. Waits up to
+    30 s for it to stop.
 
     Example: quorum runs stop run-0123456789ab
     """
     run = api.post(f"/api/v1/runs/{run_id}/stop")
-    # The round in progress is abandoned on the server's loop, soon after the reply.
     deadline = time.monotonic() + STOP_WAIT_S
     while run["status"] in RUN_ACTIVE and time.monotonic() < deadline:
         time.sleep(0.2)
         run = api.get(f"/api/v1/runs/{run_id}")
-    emit(run, output, lambda r: f"{r['id']}: {r['status']} after {_rounds_done(r)} rounds")
+    emit(run, output, _stopped)
+
+
+def _stopped(run: dict[str, Any]) -> str:
+    if run["status"] in RUN_ACTIVE:  # its round goes on to its end (at most its deadline)
+        return (
+            f"{run['id']}: stop requested, still {run['status']} after {_rounds_done(run)} "
+            "rounds: it stops when its current round ends (`quorum runs show` to follow)"
+        )
+    return f"{run['id']}: {run['status']} after {_rounds_done(run)} rounds"
 
 
 @runs_app.command("logs")

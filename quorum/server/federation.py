@@ -106,9 +106,15 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         if site is None or not site.active:
             reason = "is not registered" if site is None else "was revoked"
             self.services.store.event("join_refused", reason=reason)
+            advice = (
+                "ask the operator to register it (`quorum sites add NAME --public-key KEY.pub`)"
+                if site is None
+                # a revoked site's name and key stay taken: it joins again as a new site
+                else "a revoked key joins no more: make a new one (`quorum site keygen`) and ask "
+                "the operator to register it under a new name"
+            )
             await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this site key {reason}; ask the operator to run `quorum site add`",
+                grpc.StatusCode.PERMISSION_DENIED, f"this site key {reason}; {advice}"
             )
         assert site is not None
         nonce = secrets.token_bytes(32)

@@ -37,7 +37,9 @@ def open_checked(path: pathlib.Path, checkpoints: pathlib.Path, fresh_start: boo
     """Opens the store at `path` and checks it against the checkpoints. Raises StoreError when
     the store is damaged, or when it lost runs or completed rounds that the checkpoints show it
     held; a fresh start (`--init`) moves a damaged store and those runs' checkpoints aside and
-    fails the runs the store still knows."""
+    fails the runs the store still knows. A refusal leaves the folder as it was: a store it
+    had to make to look (there was none) is removed again."""
+    made = not path.exists()
     problem = _damage(path)
     if problem is not None:
         if not fresh_start:
@@ -48,6 +50,9 @@ def open_checked(path: pathlib.Path, checkpoints: pathlib.Path, fresh_start: boo
         _check_runs(store, checkpoints, fresh_start)
     except StoreError:
         store.close()
+        if made:
+            for suffix in ("", "-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
         raise
     return store
 

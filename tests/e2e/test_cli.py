@@ -60,7 +60,7 @@ def test_unregistered_key_cannot_join(deployment: Deployment) -> None:
         timeout=60,
     )
     assert done.returncode == 2
-    assert "not registered" in done.stderr
+    assert "not registered; ask the operator to register it (`quorum sites add" in done.stderr
     assert time.monotonic() - started < 30
     events = deployment.get("/api/v1/events")
     assert any(e["kind"] == "join_refused" for e in events)

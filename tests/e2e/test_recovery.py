@@ -245,6 +245,8 @@ def test_after_damage_to_the_store_the_server_recovers_or_refuses_in_one_line(
     assert len(lines) == 1 and lines[0].startswith("error: "), lines  # one line, no traceback
     message = " ".join(" ".join(lines).split())
     assert "quorum.db" in message and "--init" in message, message
+    if damage == "store removed":  # the refusal left the folder as it found it
+        assert not list(d.state_dir.glob("quorum.db*"))
 
     fresh = processes.start(
         "server-init",

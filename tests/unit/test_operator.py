@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from quorum.errors import ConfigError
+from quorum.operator import runs
 from quorum.operator.client import DEFAULT_URL, resolve, unreachable
 from quorum.operator.render import duration, iso, span, timestamps_iso, when
 
@@ -80,3 +81,12 @@ def test_times_for_people_and_for_scripts() -> None:
         "finished_at": None,
         "rounds": [{"started_at": "1970-01-01T00:00:00.000Z"}],
     }
+
+
+def test_runs_stop_says_a_run_still_in_its_round_stops_when_the_round_ends() -> None:
+    running = {"id": "run-1", "status": "running", "rounds_completed": 0, "config": {"rounds": 20}}
+    said = runs._stopped(running)
+    assert said.startswith("run-1: stop requested, still running after 0/20 rounds")
+    assert "when its current round ends" in said
+    stopped = {**running, "status": "stopped", "rounds_completed": 3}
+    assert runs._stopped(stopped) == "run-1: stopped after 3/20 rounds"
