@@ -19,6 +19,7 @@ from quorum.baseline.cli import baseline_app
 from quorum.certs_cli import certs_app
 from quorum.config import SiteDPConfig
 from quorum.errors import QuorumError
+from quorum.operator.render import when
 from quorum.operator.runs import rounds, runs_app
 from quorum.operator.sites import sites_app
 from quorum.operator.tokens import tokens_app
@@ -150,7 +151,7 @@ def site_list(state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")]) -
     table = Table("name", "registered", "status")
     for site in store.sites():
         table.add_row(
-            site.name, f"{site.registered_at:.0f}", "active" if site.active else "revoked"
+            site.name, when(site.registered_at), "active" if site.active else "revoked"
         )
     store.close()
     Console().print(table)

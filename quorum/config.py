@@ -809,6 +809,11 @@ def load_runs(path: pathlib.Path, overrides: Iterable[str] = ()) -> list[RunConf
         tables = data.get("runs", [data.get("run")])
         if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
             raise ConfigError(f"config {path}: [run] or [[runs]] is not a table")
+    elif {"server", "sim", "sites", "client"} & data.keys():
+        raise ConfigError(
+            f"config {path} has no run to submit: a server config's runs are its [[runs]] "
+            "tables, a sim config's its [run] table"
+        )
     else:
         tables = [data]
     if not tables:

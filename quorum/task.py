@@ -132,8 +132,15 @@ def import_ref(ref: str) -> object:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module raised as it was imported
+        hint = ""
+        if module_name.startswith("examples.") and isinstance(exc, ImportError):
+            # Not in the wheel; and Opacus installs a top-level `examples` package of its own.
+            hint = (
+                " (Quorum's examples are in its source checkout: run from its root, or put it "
+                "on PYTHONPATH)"
+            )
         raise TaskError(
-            f"task {ref!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+            f"task {ref!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}{hint}"
         ) from None
     try:
         return getattr(module, attr)

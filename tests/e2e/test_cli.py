@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ def test_keygen_writes_a_key_pair_and_site_add_registers_it(tmp_path: pathlib.Pa
     assert duplicate.returncode == 2 and "already registered" in duplicate.stderr
     listed = quorum("site", "list", "--state-dir", str(state))
     assert "cleveland" in listed.stdout and "active" in listed.stdout
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", listed.stdout)  # when, in UTC
 
 
 def test_unregistered_key_cannot_join(deployment: Deployment) -> None:

@@ -6,7 +6,15 @@ import pathlib
 
 import pytest
 
-from quorum.config import RunConfig, ServerFile, SimFile, load, parse_override, validate
+from quorum.config import (
+    RunConfig,
+    ServerFile,
+    SimFile,
+    load,
+    load_runs,
+    parse_override,
+    validate,
+)
 from quorum.errors import ConfigError
 
 SIM_TOML = """
@@ -496,3 +504,18 @@ def test_the_admin_token_may_come_from_a_file(tmp_path: pathlib.Path) -> None:
     secret.unlink()
     with pytest.raises(ConfigError, match=r"cannot read admin_token_file .*No such file"):
         load(ServerFile, config)
+
+
+def test_a_file_to_submit_names_its_runs(tmp_path: pathlib.Path) -> None:
+    run = tmp_path / "run.toml"
+    run.write_text('task = "m:t"\nrounds = 3\n')
+    assert [r.rounds for r in load_runs(run, ["rounds=5"])] == [5]
+    server = tmp_path / "server.toml"
+    server.write_text(
+        '[server]\nstate_dir = "s"\n\n[[runs]]\ntask = "m:t"\n\n[[runs]]\ntask = "n:t"\n'
+    )
+    assert [r.task for r in load_runs(server)] == ["m:t", "n:t"]
+    # A server config without runs is not a run missing its task.
+    server.write_text('[server]\nstate_dir = "s"\n')
+    with pytest.raises(ConfigError, match=r"has no run to submit: a server config's runs are"):
+        load_runs(server)
