@@ -150,9 +150,7 @@ def site_list(state_dir: Annotated[pathlib.Path, typer.Option("--state-dir")]) -
     store = Store(state_dir / "quorum.db")
     table = Table("name", "registered", "status")
     for site in store.sites():
-        table.add_row(
-            site.name, when(site.registered_at), "active" if site.active else "revoked"
-        )
+        table.add_row(site.name, when(site.registered_at), "active" if site.active else "revoked")
     store.close()
     Console().print(table)
 

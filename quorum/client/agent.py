@@ -427,8 +427,11 @@ class SiteAgent:
             # A fit thread cannot be stopped: wait for it, so that no two fits ever run at
             # once (the next offer may be the same round's next attempt).
             await asyncio.wait({training})
-            if not training.cancelled():
-                training.exception()  # seen here; the stage error is the one reported
+            if not training.cancelled() and training.exception() is not None:
+                # The stage's error is the one reported; the fit's is logged here.
+                self.log.warning(
+                    "event=training_failed task_id=%s error=%r", offer.task_id, training.exception()
+                )
         self.log.info("event=secure_update_done run_id=%s round=%d", offer.run_id, offer.round)
 
     async def _gossip(

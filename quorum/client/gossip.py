@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import grpc
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -102,8 +103,11 @@ async def run(
     finally:
         # A fit thread cannot be stopped: wait for it, so that no two fits ever run at once.
         await asyncio.wait({training})
-        if not training.cancelled():
-            training.exception()  # seen here; the protocol error is the one reported
+        if not training.cancelled() and training.exception() is not None:
+            # The protocol's error is the one reported; the fit's is logged here.
+            log.warning(
+                "event=training_failed task_id=%s error=%r", offer.task_id, training.exception()
+            )
 
 
 async def _exchange(
@@ -189,6 +193,10 @@ async def _exchange(
             skipped[j] = f"{exc.code}: {exc.message}"
         except BlobError as exc:
             skipped[j] = f"relay_failed: {exc}"
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise  # the connection's trouble: the session's
+            skipped[j] = f"relay_failed: the server no longer holds it ({exc.details()})"
     for missing in inbox.missing:
         if missing.index not in received:
             skipped.setdefault(missing.index, missing.reason)

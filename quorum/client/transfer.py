@@ -99,8 +99,8 @@ class BlobCache:
         self._making = None
         try:
             self._spare = (size, making.result())
-        except MemoryError:
-            log.warning("event=spare_not_made bytes=%d", size)
+        except (MemoryError, ValueError, OverflowError) as exc:  # no memory; a size no buffer has
+            log.warning("event=spare_not_made bytes=%d error=%r", size, exc)
 
     async def settle(self) -> None:
         """Waits for a spare still being made when its `prepare` was cancelled, and frees it:
@@ -193,7 +193,9 @@ async def download(
     buffer = cache.take_buffer(size)
     expected, algorithm = (blake3, digests.BLAKE3) if blake3 else (key, digests.SHA256)
     blob = Incoming(buffer, algorithm)
-    for attempt in range(DOWNLOAD_ATTEMPTS):
+    failures = 0  # in a row, without a byte between: a long download over a flaky link goes on
+    while True:
+        started_at = blob.received
         try:
             call = stub.Download(
                 pb.DownloadRequest(session_id=session_id, digest=key, offset=blob.received)
@@ -206,8 +208,9 @@ async def download(
                 await blob.add(chunk.data)
             break
         except grpc.aio.AioRpcError as exc:
+            failures = 1 if blob.received > started_at else failures + 1
             retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
-            if not retryable or attempt == DOWNLOAD_ATTEMPTS - 1:
+            if not retryable or failures == DOWNLOAD_ATTEMPTS:
                 raise
     if blob.received != size:
         raise BlobError(f"downloaded blob {key[:16]}… ended at {blob.received} of {size} bytes")

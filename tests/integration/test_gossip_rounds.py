@@ -312,3 +312,30 @@ def hostile(
         receive(self, task, reply)
 
     monkeypatch.setattr(GossipRound, "on_gossip", edited)
+
+
+@in_loop
+async def test_a_parcel_the_relay_no_longer_holds_is_skipped_and_the_site_stays(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # b's model to a is announced in a's inbox, then not served (NOT_FOUND): a skips that pair
+    # and mixes the rest; its session goes on.
+    parcel_for = GossipRound.parcel_for
+
+    def lost(self: GossipRound, session: Any, digest: str) -> bytes | None:
+        held = self.parcels.get((1, 0))
+        if held is not None and held.digest == digest:
+            return None
+        return parcel_for(self, session, digest)
+
+    monkeypatch.setattr(GossipRound, "parcel_for", lost)
+    async with federation(tmp_path, [gossip_run(rounds=1)]) as fed:
+        start(fed)
+        run = await fed.wait_run(timeout=60)
+        detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+        fits = {p["site"]: p["status"] for p in detail["participants"] if p["kind"] == "fit"}
+        assert fits == {"a": "ok", "b": "ok", "c": "ok", "d": "ok"}
+        [skip] = detail["rejected_uploads"]
+        assert (skip["site"], skip["code"]) == ("a", "relay_failed")
+        assert "no longer holds it" in skip["message"]
+    assert "event=disconnected" not in caplog.text

@@ -194,6 +194,14 @@ def test_a_spare_that_cannot_be_made_is_not(
     assert f"event=spare_not_made bytes={len(BLOB)}" in caplog.text
 
 
+def test_a_spare_of_a_size_no_buffer_has_is_not_made(caplog: pytest.LogCaptureFixture) -> None:
+    # The size is the server's offer's: a site goes on serving whatever it says.
+    cache = BlobCache(spare=True)
+    asyncio.run(cache.prepare(2**64 - 1))
+    assert cache.spare_bytes == 0
+    assert "event=spare_not_made bytes=18446744073709551615" in caplog.text
+
+
 def test_a_cache_without_spares_makes_none(monkeypatch: pytest.MonkeyPatch) -> None:
     made = buffers_made(monkeypatch)
     cache = BlobCache()
@@ -206,6 +214,37 @@ def test_a_broken_download_resumes_where_it_stopped() -> None:
     data = asyncio.run(fetch(service))
     assert hashlib.sha256(data).hexdigest() == blobs.digest(BLOB) and data == BLOB
     assert service.offsets == [0, 2 * blobs.CHUNK_BYTES]
+
+
+class Flaky(Scripted):
+    """Every stream breaks after one chunk, or (`stuck`) before its first."""
+
+    def __init__(self, data: bytes, stuck: bool = False) -> None:
+        super().__init__(data)
+        self.stuck = stuck
+
+    async def Download(
+        self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.BlobChunk]:
+        self.offsets.append(request.offset)
+        if not self.stuck:
+            chunk = bytes(next(iter(blobs.chunks(self.data, request.offset))))
+            yield pb.BlobChunk(offset=request.offset, total_size=len(self.data), data=chunk)
+        if request.offset + blobs.CHUNK_BYTES < len(self.data) or self.stuck:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+
+
+def test_a_download_that_breaks_often_goes_on_while_it_moves() -> None:
+    # Six streams, each broken after a chunk: every break after progress is a first failure.
+    large = bytes(range(256)) * (6 * blobs.CHUNK_BYTES // 256)
+    service = Flaky(large)
+    assert asyncio.run(fetch(service, large)) == large
+    assert service.offsets == [i * blobs.CHUNK_BYTES for i in range(6)]
+    # A download that moves nothing is given up after three tries in a row.
+    stuck = Flaky(large, stuck=True)
+    with pytest.raises(grpc.aio.AioRpcError):
+        asyncio.run(fetch(stuck, large))
+    assert stuck.offsets == [0, 0, 0]
 
 
 @pytest.mark.parametrize(
