@@ -219,8 +219,19 @@ class TaskBook:
         its sender `claimed` (run id, round), if there is one."""
         task = self._tasks.get(task_id)
         phase = task.phase if task is not None else None
-        if task is not None and session is not None and task.session_id == session.id:
-            task.phase.handler.drop(task, f"refused: {exc.code}: {exc.message}")
+        # The site's answer was bad: it is out of its task. A second answer is not its answer
+        # (the first may still be in flight, or in: a SecAgg site that owes its unmask shares).
+        ended = (
+            task
+            if task is not None
+            and session is not None
+            and task.session_id == session.id
+            and exc.code != "duplicate"
+            and task.phase.handler.ends_on_refusal(exc.code)
+            else None
+        )
+        if ended is not None:
+            ended.phase.handler.drop(ended, f"refused: {exc.code}: {exc.message}")
         if phase is None and claimed is not None:
             phase = next((p for p in self._open_phases if (p.run_id, p.round) == claimed), None)
         self.store.reject(
@@ -232,17 +243,11 @@ class TaskBook:
             site=session.site if session else None,
             task_id=task_id[:ID_CHARS] or None,  # a task's id is 24: an unknown one is cut
         )
-        if (
-            task is not None
-            and session is not None
-            and task.session_id == session.id
-            and task.state in ("offered", "receiving")
-            and not task.phase.closed
-            and exc.code != "duplicate"  # the first answer of the task is still in flight
-            and task.phase.handler.ends_on_refusal(exc.code)
-        ):
-            self.store.finish_participation(task.id, "rejected", error=f"{exc.code}: {exc.message}")
-            task.phase.finish(task)
+        if ended is not None and ended.state in ("offered", "receiving") and not ended.phase.closed:
+            self.store.finish_participation(
+                ended.id, "rejected", error=f"{exc.code}: {exc.message}"
+            )
+            ended.phase.finish(ended)
         log.warning(
             "event=refused code=%s site=%s task_id=%s message=%s",
             exc.code,

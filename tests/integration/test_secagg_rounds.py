@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from quorum.client.agent import SimulatedCrash, StageHook
+from quorum.errors import UploadRejected
 from quorum.privacy.secagg import ServerRound, encode_update, error_bound
 from quorum.proto import federation_pb2 as pb
 from quorum.server.secure_fit import SecureFit, SpooledMask
@@ -322,5 +323,37 @@ def test_a_site_silent_past_the_stage_deadline_is_a_dropout(tmp_path: pathlib.Pa
             ]
             assert 2.9 < masked["duration_s"] < 10
             assert_fedavg_of(final_value(fed, run["id"], 1), ["a", "b", "c", "d"])
+
+    asyncio.run(scenario())
+
+
+def test_a_second_upload_after_the_masked_vector_leaves_the_site_in_the_round(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A retried upload of a's masked vector is refused as a duplicate: the first one is in,
+    # so a still owes (and sends) its unmask shares, and is no dropout.
+    accept = SecureFit.accept
+
+    async def and_again(
+        self: SecureFit, task: Any, header: Any, upload: Any, accepted: Any
+    ) -> None:
+        await accept(self, task, header, upload, accepted)
+        if task.site == "a":
+            session = self.services.sessions.get(task.session_id)
+            self.services.book.refuse(
+                session, task.id, UploadRejected("duplicate", "already answered")
+            )
+
+    monkeypatch.setattr(SecureFit, "accept", and_again)
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [one_round()]) as fed:
+            start(fed)
+            run = await fed.wait_run()
+            detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            unmask = next(s for s in detail["secagg"]["stages"] if s["stage"] == "unmask")
+            assert (unmask["answered"], unmask["dropped"]) == (5, [])
+            assert "duplicate" in [r["code"] for r in detail["rejected_uploads"]]
+            assert_fedavg_of(final_value(fed, run["id"], 1), list(SITES))
 
     asyncio.run(scenario())
