@@ -139,6 +139,8 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
     async def _read(self, session: SiteSession, incoming: AsyncIterator[pb.SiteMessage]) -> None:
         try:
             async for message in incoming:
+                if session.closed:  # revoked, timed out, or backlogged: nothing more is taken
+                    break
                 session.last_seen = time.monotonic()
                 kind = message.WhichOneof("kind")
                 if kind == "result":

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quorum.proto import federation_pb2 as pb
+
+log = logging.getLogger("quorum.server")
+
+OUTBOX_LIMIT = 1000
+"""Messages a session may have waiting for its site to read them: a round sends a handful."""
 
 
 @dataclass(eq=False)
@@ -22,8 +28,15 @@ class Session:
     closed: bool = False
 
     def send(self, message: pb.ServerMessage) -> None:
-        if not self.closed:
-            self.outbox.put_nowait(message)
+        if self.closed:
+            return
+        if self.outbox.qsize() >= OUTBOX_LIMIT:
+            # The site reads nothing of its stream (and may be sending what earns notices):
+            # what it would be sent is let go with its session, not kept without bound.
+            log.warning("event=session_backlog site=%s queued=%d", self.site, OUTBOX_LIMIT)
+            self.close()
+            return
+        self.outbox.put_nowait(message)
 
     def close(self) -> None:
         """Ends the stream: the writer stops at the sentinel."""
