@@ -4,11 +4,13 @@ uploads with a header."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import pathlib
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -75,6 +77,7 @@ class BlobCache:
         self._keeps_spare = spare
         self._spare: tuple[int, io.BytesIO] | None = None  # its size, and the buffer
         self._making: asyncio.Future[io.BytesIO] | None = None
+        self._fetching: dict[str, asyncio.Future[None]] = {}
 
     @property
     def spare_bytes(self) -> int:
@@ -153,6 +156,24 @@ class BlobCache:
         if self._dir is not None:
             await asyncio.to_thread(write_atomic, self._dir / key, data)
 
+    def forget(self, key: str) -> None:
+        self._memory.pop(key, None)
+
+    def under_way(self, key: str) -> asyncio.Future[None] | None:
+        """Done when the download of `key` that is under way ends, if one is."""
+        return self._fetching.get(key)
+
+    @contextlib.contextmanager
+    def fetching(self, key: str) -> Iterator[None]:
+        """Marks `key` as being downloaded (`under_way`) while the block runs."""
+        done = asyncio.get_running_loop().create_future()
+        self._fetching[key] = done
+        try:
+            yield
+        finally:
+            del self._fetching[key]
+            done.set_result(None)
+
     def name(self, key: str) -> None:
         """Records that `key`'s bytes were checked against their name."""
         if key in self._memory:
@@ -182,14 +203,35 @@ async def download(
     if not _NAME.fullmatch(key):  # it names a file in the site's cache folder
         raise BlobError(f"the server named a blob {key[:72]!r}, which is no SHA-256 in hex")
     await cache.settle()
-    cached = await cache.get(key)
-    if cached is not None:
-        data, named = cached
-        if named or blake3:
-            return data
-        if await asyncio.to_thread(blobs.digest, data) == key:
-            cache.name(key)
-            return data
+    while True:
+        cached = await cache.get(key)
+        if cached is not None:
+            data, named = cached
+            if named or blake3:
+                return data
+            if await asyncio.to_thread(blobs.digest, data) == key:
+                cache.name(key)
+                return data
+            cache.forget(key)  # the server's bytes, not the name's: fetched anew
+            continue
+        under_way = cache.under_way(key)
+        if under_way is None:
+            break
+        # Another site of a shared cache (a simulation host's) is fetching it: one download,
+        # its bytes for both. Whatever became of it, look again.
+        await asyncio.wait({under_way})
+    with cache.fetching(key):
+        return await _fetch(stub, session_id, key, size, cache, blake3)
+
+
+async def _fetch(
+    stub: pb_grpc.FederationStub,
+    session_id: str,
+    key: str,
+    size: int,
+    cache: BlobCache,
+    blake3: str,
+) -> bytes:
     buffer = cache.take_buffer(size)
     expected, algorithm = (blake3, digests.BLAKE3) if blake3 else (key, digests.SHA256)
     blob = Incoming(buffer, algorithm)

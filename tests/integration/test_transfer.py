@@ -25,7 +25,8 @@ from quorum.proto import federation_pb2 as pb
 from quorum.proto import federation_pb2_grpc as pb_grpc
 from quorum.wire import blobs, frames
 from quorum.wire.channel import GRPC_OPTIONS
-from tests.integration.harness import buffers_made
+from tests.integration.harness import buffers_made, federation, run_config
+from tests.integration.test_streamed_uploads import WideSite
 
 BLOB = bytes(range(256)) * 20_000  # 5 MB: several 2 MiB chunks
 
@@ -398,3 +399,32 @@ def test_a_refusal_before_the_last_chunk_is_read_as_the_uploads_receipt() -> Non
 
     receipt = asyncio.run(scenario())
     assert (receipt.accepted, receipt.code, receipt.message) == (False, "spool_failed", "disk full")
+
+
+def test_sites_sharing_a_cache_download_a_model_once(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A simulation host's sites share one cache: a cohort's offers come together, and one
+    # download serves them all (each made its own, six buffers of the model, before).
+    wide = "tests.integration.test_streamed_uploads:WIDE"  # 32 MiB, several chunks
+    made = buffers_made(monkeypatch)
+    sites = 6
+
+    async def scenario() -> dict[str, Any]:
+        cfg = run_config(
+            task=wide, rounds=1, min_fit_sites=sites, min_available_sites=sites, fraction_evaluate=0
+        )
+        async with federation(tmp_path, [cfg]) as fed:
+            cache = BlobCache(keep=2)  # as quorum.sim.host makes it
+            for i in range(sites):
+                fed.add_site(f"s{i}", "", site_task=WideSite(1.0), task_ref=wide, cache=cache)
+            run = await fed.wait_run(timeout=120)
+            detail: dict[str, Any] = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            return detail
+
+    detail = asyncio.run(scenario())
+    fits = [p for p in detail["participants"] if p["kind"] == "fit"]
+    assert [p["status"] for p in fits] == ["accepted"] * sites
+    model = 32 << 20
+    assert sum(1 for p in fits if p["bytes_out"] >= model) == 1
+    assert sum(1 for size in made if size >= model) == 1
