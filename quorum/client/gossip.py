@@ -174,8 +174,8 @@ async def _exchange(
 
     stage("gossip-mix")
     layout = blobs.read_layout(trained)
-    mine = blobs.as_flat(trained, layout).astype(np.float64)
-    received: dict[int, np.ndarray] = {}
+    mix = Mix(blobs.as_flat(trained, layout), setup.self_weight)
+    received = mix.distances
     for parcel in inbox.parcels:
         j = parcel.sender
         peer = peers.get(j)
@@ -188,7 +188,9 @@ async def _exchange(
             sealed = await link.fetch_parcel(parcel.digest, parcel.size)
             associated = channel.associated_data(run_id, round_no, attempt, j, me)
             model = await asyncio.to_thread(channel.open_parcel, pair[j], sealed, associated)
-            received[j] = _as_vector(model, layout)
+            vector = _as_vector(model, layout)
+            await asyncio.to_thread(mix.add, j, vector, peer.weight)
+            del model, vector  # one neighbour's model held at a time
         except GossipError as exc:
             skipped[j] = f"{exc.code}: {exc.message}"
         except BlobError as exc:
@@ -203,7 +205,8 @@ async def _exchange(
     for j, peer in peers.items():
         if peer.weight > 0 and j not in received:
             skipped.setdefault(j, "no_parcel: the server named no model from this neighbour")
-    mixed = await asyncio.to_thread(_mix, mine, setup.self_weight, received, peers, layout)
+    mixed = await asyncio.to_thread(mix.result, trained, layout)
+    del mix
     models.save(run_id, round_no, mixed)
     evaluation = await slots.run(site_task.evaluate, blobs.decode(mixed), config)
     metrics: dict[str, Any] = {
@@ -220,8 +223,7 @@ async def _exchange(
                 num_examples=evaluation.num_examples,
                 metrics_json=json.dumps(metrics),
                 distances=[
-                    pb.GossipDistance(index=j, distance=float(np.linalg.norm(mine - v)))
-                    for j, v in sorted(received.items())
+                    pb.GossipDistance(index=j, distance=d) for j, d in sorted(received.items())
                 ],
                 skipped=[
                     pb.GossipSkip(index=j, reason=reason[:500])
@@ -280,7 +282,8 @@ def _encode_like(params: blobs.Params, layout: blobs.Layout) -> bytes:
 
 
 def _as_vector(model: bytes, layout: blobs.Layout) -> np.ndarray:
-    """A neighbour's decrypted model as float64, once it is known to be the run's model."""
+    """A neighbour's decrypted model as one vector (`blobs.as_flat`: a view of its bytes for a
+    model of one float dtype), once it is known to be the run's model."""
     try:
         theirs = blobs.read_layout(model)
     except BlobError as exc:
@@ -291,25 +294,45 @@ def _as_vector(model: bytes, layout: blobs.Layout) -> np.ndarray:
         raise GossipError("bad_model", "the neighbour's model does not have the run's tensors")
     if not blobs.all_finite(model, theirs):
         raise GossipError("bad_model", "the neighbour's model holds NaN or infinite values")
-    return blobs.as_flat(model, theirs).astype(np.float64)
+    return blobs.as_flat(model, theirs)
 
 
-def _mix(
-    mine: np.ndarray,
-    self_weight: float,
-    received: dict[int, np.ndarray],
-    peers: dict[int, pb.GossipPeer],
-    layout: blobs.Layout,
-) -> bytes:
-    """This site's row of the round's mixing, renormalised over the models that arrived."""
-    weights = {j: peers[j].weight for j in received}
-    total = self_weight + sum(weights.values())
-    if total <= 0:
-        return blobs.encode(blobs.from_flat(mine, layout))
-    out = mine * (self_weight / total)
-    for j, vector in received.items():
-        out += vector * (weights[j] / total)
-    return blobs.encode(blobs.from_flat(out, layout))
+MIX_BLOCK = 1 << 20
+"""Values mixed at a time: the float64 work of a block, not of the model."""
+
+
+class Mix:
+    """This site's row of the round's mixing, renormalised over the models that arrive: a
+    float64 sum the models are added to one at a time, each block by block, so that the site
+    holds its own model, the sum and one neighbour's model (a float32 model: 4x it, where each
+    neighbour's model in float64 beside its own and the sum's terms was 10x with two)."""
+
+    def __init__(self, mine: np.ndarray, self_weight: float) -> None:
+        self.mine = mine
+        self.total = self_weight
+        self.sum = np.multiply(mine, self_weight, dtype=np.float64)
+        self.distances: dict[int, float] = {}
+        """Each mixed neighbour's L2 distance from this site's own model (its report's)."""
+
+    def add(self, j: int, vector: np.ndarray, weight: float) -> None:
+        squares = 0.0
+        for start in range(0, vector.shape[0], MIX_BLOCK):
+            block = slice(start, start + MIX_BLOCK)
+            theirs = vector[block].astype(np.float64)
+            apart = theirs - self.mine[block]
+            squares += float(np.dot(apart, apart))
+            del apart
+            theirs *= weight
+            self.sum[block] += theirs
+        self.distances[j] = squares**0.5
+        self.total += weight
+
+    def result(self, trained: bytes, layout: blobs.Layout) -> bytes:
+        """The mixed model; the trained one where no weight is left (nothing to mix)."""
+        if self.total <= 0:
+            return trained
+        self.sum /= self.total
+        return blobs.encode(blobs.from_flat(self.sum, layout))
 
 
 def _raise_unexpected(message: pb.ServerMessage, want: str) -> NoReturn:

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from quorum.aggregation.fedbuff import BLOCK, FedBuff, StaleUpdate, staleness_weight
 from quorum.aggregation.gossip import mix, mixing, without
+from quorum.client import gossip as site_gossip
 from quorum.errors import ConfigError, ConflictError, StoreError
+from quorum.wire import blobs
 
 
 def test_staleness_weights_and_drops() -> None:
@@ -241,3 +243,31 @@ def test_a_spent_buffer_discarded_after_a_failed_checkpoint_takes_updates_again(
     buffer.add(np.array([4.0, 4.0]), buffer.admit(0))
     # the momentum the failed step proposed never entered: x + η (β·0 + Δ)
     np.testing.assert_allclose(buffer.step(np.zeros(2)), [4.0, 4.0])
+
+
+def test_a_sites_mix_adds_each_neighbour_block_by_block() -> None:
+    rng = np.random.default_rng(0)
+    n = 4 * site_gossip.MIX_BLOCK + 3  # several blocks, the last a short one
+    mine = rng.normal(size=n).astype(np.float32)
+    theirs = [rng.normal(size=n).astype(np.float32) for _ in range(2)]
+    layout = blobs.read_layout(blobs.encode({"w": mine}))
+    mixing_row = site_gossip.Mix(mine, 0.5)
+    tracemalloc.start()
+    for j, (vector, weight) in enumerate(zip(theirs, (0.25, 0.125), strict=True)):
+        mixing_row.add(j, vector, weight)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # No float64 copy of a neighbour's model (32 MB here), only a block's (8 MB) and its terms.
+    assert peak < 3 * site_gossip.MIX_BLOCK * 8
+    mixed = blobs.decode(mixing_row.result(blobs.encode({"w": mine}), layout))["w"]
+    wide = [v.astype(np.float64) for v in (mine, *theirs)]
+    want = (0.5 * wide[0] + 0.25 * wide[1] + 0.125 * wide[2]) / 0.875
+    np.testing.assert_allclose(mixed, want.astype(np.float32), rtol=1e-6)
+    for j in (0, 1):
+        assert mixing_row.distances[j] == pytest.approx(np.linalg.norm(wide[0] - wide[j + 1]))
+
+
+def test_a_mix_with_no_weight_left_is_the_sites_own_model() -> None:
+    trained = blobs.encode({"w": np.ones(3, np.float32)})
+    nothing = site_gossip.Mix(blobs.as_flat(trained, blobs.read_layout(trained)), 0.0)
+    assert nothing.result(trained, blobs.read_layout(trained)) is trained
