@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pathlib
 import signal
@@ -462,6 +463,15 @@ def client_run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await agent.run(stop)
+        if agent.slots.busy:
+            # A task's thread (a fit) cannot be stopped, and waiting for it could hold the exit
+            # for the whole fit: its update was never sent, and nothing it writes is left half
+            # written (files are replaced whole).
+            logging.getLogger("quorum.client").warning(
+                "event=stopped_mid_task detail=the task in progress is abandoned"
+            )
+            logging.shutdown()
+            os._exit(0)
 
     asyncio.run(main())
 

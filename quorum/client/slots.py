@@ -28,6 +28,12 @@ class Slots:
         self._free = asyncio.Semaphore(count) if count is not None else None
         self._within = within
 
+    @property
+    def busy(self) -> bool:
+        """Whether every slot of its own is taken: for one slot (a site's), a task's thread
+        runs."""
+        return self._free is not None and self._free.locked()
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(*args, **kwargs)` in a worker thread once a slot is free. The slot is held until
         the thread is over, even when the caller is cancelled."""

@@ -5,10 +5,11 @@ and can give up."""
 from __future__ import annotations
 
 import pathlib
+import signal
 import time
 
 from quorum.ports import free_port
-from tests.e2e.cli import Deployment, quorum
+from tests.e2e.cli import Deployment, quorum, run_settings
 
 
 def _refusal(*args: str) -> str:
@@ -78,3 +79,34 @@ def test_a_site_told_the_wrong_tls_names_the_flag_and_gives_up_when_asked(
     assert last.startswith("error: no session with") and "giving up" in last, last
     assert "pass --insecure to this agent" in last
     assert "ssl_transport_security" not in done.stderr  # gRPC's own OpenSSL lines
+
+
+def test_a_site_stopped_mid_fit_exits_at_once(deployment: Deployment) -> None:
+    # A fit cannot be stopped; SIGTERM (a pod's, an operator's Ctrl-C) must not wait for it.
+    d = deployment
+    d.run = None
+    d.start_server()
+    hold = d.root / "hold"  # the fit waits while it exists: mid-fit whenever the signal comes
+    hold.touch()
+    try:
+        site = d.start_site("c", f"delta=1.0,n=1,hold={hold},hold_from=1")
+        d.wait_connected({"c"})
+        d.submit(run_settings(rounds=1, min_fit_sites=1, min_available_sites=1))
+
+        def fitting() -> bool:
+            run = d.run_record()
+            if not run:
+                return False
+            fits = d.get(f"/api/v1/runs/{run['id']}/rounds/1")["participants"]
+            return any(p["site"] == "c" and p["bytes_out"] > 0 for p in fits)
+
+        d.wait(fitting, 60, "c to download its model and fit")
+        time.sleep(0.5)
+        stopped = time.monotonic()
+        site.process.send_signal(signal.SIGTERM)
+        site.process.wait(timeout=30)
+        assert time.monotonic() - stopped < 15
+        assert site.process.returncode == 0
+        assert "event=stopped_mid_task" in site.log_path.read_text()
+    finally:
+        hold.unlink()
