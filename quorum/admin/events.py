@@ -108,7 +108,12 @@ def resume_after(after: int, last_event_id: str | None) -> int:
     is an id (ASCII digits, "²" is a digit to `str.isdigit` but not to `int`, and no larger
     than the store holds), else after `after`; a stray header is ignored."""
     resumed = (last_event_id or "").strip()
-    if resumed.isascii() and resumed.isdigit() and int(resumed) <= STORED_INT_MAX:
+    if (
+        resumed.isascii()
+        and resumed.isdigit()
+        and len(resumed) <= len(str(STORED_INT_MAX))  # int() refuses over 4,300 digits
+        and int(resumed) <= STORED_INT_MAX
+    ):
         return int(resumed)
     return after
 

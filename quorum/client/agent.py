@@ -22,6 +22,7 @@ from quorum.client.compression import Residuals, encode_update
 from quorum.client.gossip_models import GossipModels
 from quorum.client.reachability import describe
 from quorum.client.slots import Slots
+from quorum.client.stages import training_awaited
 from quorum.client.transfer import BlobCache, FederationStub, download_model, upload
 from quorum.errors import AuthError, BudgetExhausted, QuorumError
 from quorum.fitconfig import FitConfig
@@ -34,6 +35,8 @@ from quorum.wire.channel import GRPC_OPTIONS, STREAM_END
 from quorum.wire.codecs import make_codec
 
 log = logging.getLogger("quorum.client")
+
+LASTING_SESSION_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,11 @@ class SiteAgent:
         """Serves until `stop` is set; reconnects after every disconnect. With
         `give_up_after_s`, raises QuorumError once that long has passed without a session."""
         stop = stop or asyncio.Event()
-        failures = 0  # attempts since the last session the server welcomed
+        failures = 0  # sessions since the last one that lasted LASTING_SESSION_S
         last_session = time.monotonic()
         while not stop.is_set():
             self._joined = False
+            started = time.monotonic()
             try:
                 await self._session(stop)
             except (grpc.aio.AioRpcError, ConnectionError, OSError, StopAsyncIteration) as exc:
@@ -128,8 +132,12 @@ class SiteAgent:
                         f"no session with {self.server} for {self.give_up_after_s:g} s, giving "
                         f"up; last error: {problem}"
                     ) from None
-            if self._joined:  # the server was reached: a new outage starts from the base delay
+            if self._joined:
                 last_session = time.monotonic()
+            # Only a session that lasted starts the next outage from the base delay: sessions
+            # welcomed and dropped at once (two agents on one key, a server restarting over and
+            # over) back off as failures do.
+            if self._joined and time.monotonic() - started >= LASTING_SESSION_S:
                 failures = 0
             delay = self.backoff.delay(failures, self._rng)
             failures += 1
@@ -413,25 +421,18 @@ class SiteAgent:
         training = asyncio.ensure_future(train())
         self._inboxes[offer.task_id] = asyncio.Queue()
         try:
-            await secure_fit.run(
-                self.key,
-                offer,
-                lambda reply: outbox.put_nowait(pb.SiteMessage(secagg=reply)),
-                self._inboxes[offer.task_id],
-                training,
-                send_masked,
-                lambda stage: self._stage(offer.round, stage),
-            )
+            async with training_awaited(training, self.log, offer.task_id):
+                await secure_fit.run(
+                    self.key,
+                    offer,
+                    lambda reply: outbox.put_nowait(pb.SiteMessage(secagg=reply)),
+                    self._inboxes[offer.task_id],
+                    training,
+                    send_masked,
+                    lambda stage: self._stage(offer.round, stage),
+                )
         finally:
             del self._inboxes[offer.task_id]
-            # A fit thread cannot be stopped: wait for it, so that no two fits ever run at
-            # once (the next offer may be the same round's next attempt).
-            await asyncio.wait({training})
-            if not training.cancelled() and training.exception() is not None:
-                # The stage's error is the one reported; the fit's is logged here.
-                self.log.warning(
-                    "event=training_failed task_id=%s error=%r", offer.task_id, training.exception()
-                )
         self.log.info("event=secure_update_done run_id=%s round=%d", offer.run_id, offer.round)
 
     async def _gossip(

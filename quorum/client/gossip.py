@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quorum.client.gossip_models import GossipModels
 from quorum.client.slots import Slots
-from quorum.client.stages import unless_ended
+from quorum.client.stages import training_awaited, unless_ended
 from quorum.client.transfer import BlobCache, FederationStub, download, download_model, upload
 from quorum.errors import BlobError, GossipError
 from quorum.privacy import gossip_channel as channel
@@ -96,18 +96,10 @@ async def run(
     and evaluation take one of `slots`."""
     setup = offer.gossip
     training = asyncio.ensure_future(_train(offer, config, site_task, slots, models, link))
-    try:
+    async with training_awaited(training, log, offer.task_id):
         await _exchange(
             key, offer, setup, training, models, site_task, slots, config, link, stage, started
         )
-    finally:
-        # A fit thread cannot be stopped: wait for it, so that no two fits ever run at once.
-        await asyncio.wait({training})
-        if not training.cancelled() and training.exception() is not None:
-            # The protocol's error is the one reported; the fit's is logged here.
-            log.warning(
-                "event=training_failed task_id=%s error=%r", offer.task_id, training.exception()
-            )
 
 
 async def _exchange(

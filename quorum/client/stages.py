@@ -4,7 +4,9 @@ for local training while the server may end the site's part of the round."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 from quorum.proto import federation_pb2 as pb
@@ -29,3 +31,23 @@ async def unless_ended(
     if message.done() and not message.cancelled():
         unexpected(message.result(), want)
     return training.result()
+
+
+@contextlib.asynccontextmanager
+async def training_awaited(
+    training: asyncio.Future[Any], log: logging.Logger | logging.LoggerAdapter[Any], task_id: str
+) -> AsyncIterator[None]:
+    """Runs the task's stages, then waits for its training however they ended: a fit's thread
+    cannot be stopped, and no two fits of a site may run at once (the next offer may be the
+    same round's next attempt). A fit's error that is not the one the stages raised (theirs is
+    the task's) is logged."""
+    raised: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        raised = exc
+        raise
+    finally:
+        await asyncio.wait({training})
+        if not training.cancelled() and training.exception() not in (None, raised):
+            log.warning("event=training_failed task_id=%s error=%r", task_id, training.exception())

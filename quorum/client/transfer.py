@@ -133,21 +133,13 @@ class BlobCache:
             self._spare = None
             self._memory.move_to_end(key)
             return self._memory[key]
-        if self._dir is not None:
-            data = await asyncio.to_thread(self._read_named, key)
+        if self._dir is not None and (self._dir / key).exists():
+            self._spare = None  # let go before the file is read into memory
+            data = await asyncio.to_thread(_read_named, self._dir / key, key)
             if data is not None:
-                self._spare = None
                 self._remember(key, data, named=True)
                 return data, True
         return None
-
-    def _read_named(self, key: str) -> bytes | None:
-        assert self._dir is not None
-        try:
-            data = (self._dir / key).read_bytes()
-        except FileNotFoundError:
-            return None
-        return data if blobs.digest(data) == key else None
 
     async def put(self, key: str, data: bytes, *, named: bool) -> None:
         """Keeps the blob; on disk too (written in a worker thread) where the cache has a
@@ -183,6 +175,15 @@ class BlobCache:
         self._memory[key] = (data, named)
         while len(self._memory) > self._keep:
             self._memory.popitem(last=False)
+
+
+def _read_named(path: pathlib.Path, key: str) -> bytes | None:
+    """The file's bytes where they are the blob `key` names."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return data if blobs.digest(data) == key else None
 
 
 async def download(

@@ -546,7 +546,8 @@ class AsyncDriver:
                 )
                 attempt = 0  # completed: a cancellation that comes now aborts nothing
 
-            await to_the_end(apply)
+            async with self.fold_lock:  # as plain FedBuff's: `_finish` waits for the step
+                await to_the_end(apply)
         except asyncio.CancelledError:
             if attempt:
                 self.store.abort_round(

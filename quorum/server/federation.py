@@ -24,7 +24,7 @@ from quorum.server.sessions import Session as SiteSession
 from quorum.server.spools import SpoolPool, fit
 from quorum.server.upload_budget import UploadBudget
 from quorum.server.validation import Received
-from quorum.wire import digests, frames
+from quorum.wire import blobs, digests, frames
 from quorum.wire.blobfiles import BlobFile, stream_held
 from quorum.wire.finite_scan import FiniteScan
 from quorum.wire.incoming import Incoming
@@ -34,10 +34,11 @@ log = logging.getLogger("quorum.server")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 SPOOL_DIR = "uploads"
-DOWNLOADS_PER_SESSION = 4
-"""Downloads one session may have open at once (a site fetches one model, or one gossip parcel,
-at a time): a download left unread keeps its call until its site reads or leaves."""
 """Where in the state directory uploads are spooled as they arrive (files without names)."""
+DOWNLOADS_PER_SITE = 4
+"""Downloads one site may have open at once, over its sessions (it fetches one model, or one
+gossip parcel, at a time): a download left unread keeps its call until its site reads or
+leaves."""
 
 
 class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
@@ -55,7 +56,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             config.max_inflight_uploads, config.max_inflight_upload_mb * 1_000_000
         )
         self._downloads = asyncio.Semaphore(config.max_inflight_downloads)
-        self._open_downloads: Counter[str] = Counter()  # by session id
+        self._open_downloads: Counter[str] = Counter()  # by site
         # As many spools kept as uploads may be received at once.
         self._spools = SpoolPool(config.state_dir / SPOOL_DIR, config.max_inflight_uploads)
         # Once an upload's bytes are in, the heaps' free memory goes back to the kernel: gRPC's
@@ -88,10 +89,19 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         finally:
             reader.cancel()
             watchdog.cancel()
-            self.services.sessions.drop(session)
-            self.services.book.on_disconnect(session)
-            self.services.store.event("site_disconnected", site=session.site)
-            log.info("event=site_disconnected site=%s", session.site)
+            self._ended(session)
+
+    def _ended(self, session: SiteSession) -> None:
+        """The session is over: its open tasks are lost, its site is no longer connected.
+        Once, from whichever sees it first: the stream's end, or its watchdog (a closed
+        session's writer may wait on a site that reads nothing)."""
+        if session.ended:
+            return
+        session.ended = True
+        self.services.sessions.drop(session)
+        self.services.book.on_disconnect(session)
+        self.services.store.event("site_disconnected", site=session.site)
+        log.info("event=site_disconnected site=%s", session.site)
 
     async def _join(
         self, incoming: AsyncIterator[pb.SiteMessage], context: Context
@@ -169,6 +179,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             if time.monotonic() - session.last_seen > self.session_timeout_s:
                 log.warning("event=session_timeout site=%s", session.site)
                 session.close()
+        self._ended(session)  # closed: timed out, revoked, replaced or backlogged
 
     async def Download(self, request: pb.DownloadRequest, context: Context) -> None:
         """The blob's `BlobChunk`s from `request.offset` on, serialised here: the server's
@@ -184,12 +195,12 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.digest!r} is served")
         if request.offset > size:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, "offset is past the end of the blob")
-        if self._open_downloads[session.id] >= DOWNLOADS_PER_SESSION:
+        if self._open_downloads[session.site] >= DOWNLOADS_PER_SITE:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this session has {DOWNLOADS_PER_SESSION} downloads open; finish one first",
+                f"this site has {DOWNLOADS_PER_SITE} downloads open; finish one first",
             )
-        self._open_downloads[session.id] += 1
+        self._open_downloads[session.site] += 1
         try:
             blob = model if model is not None else parcel or b""
             sent = await self._send(context, blob, request.offset, size)
@@ -205,9 +216,9 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                     f"no chunk was taken for {self.transfer_idle_s:g} s",
                 )
         finally:
-            self._open_downloads[session.id] -= 1
-            if not self._open_downloads[session.id]:
-                del self._open_downloads[session.id]
+            self._open_downloads[session.site] -= 1
+            if not self._open_downloads[session.site]:
+                del self._open_downloads[session.site]
         self.services.book.on_download(session, request.digest, sent, relayed=parcel is not None)
 
     async def _send(self, context: Context, blob: BlobFile | bytes, offset: int, size: int) -> int:
@@ -296,8 +307,9 @@ async def _receive(
     idle_s: float,
 ) -> Received:
     """The upload's bytes in a spool from `pool`, with their digest of `algorithm`. A site that
-    sends nothing for `idle_s` is refused: its upload holds a place in the upload budget, which
-    others wait for."""
+    sends less than a chunk's bytes (`blobs.CHUNK_BYTES`) in `idle_s` is refused: its upload
+    holds a place in the upload budget, which others wait for (a trickle of small messages
+    would keep it for ever)."""
     try:
         file = pool.take()
     except OSError as exc:  # no spool could be made (its folder, its disk)
@@ -305,16 +317,19 @@ async def _receive(
     scan = FiniteScan(size)
     # `algorithm` is one of digests.ACCEPTED (`admit_upload`).
     blob = Incoming(file, algorithm, watch=scan.add)
+    loop = asyncio.get_running_loop()
+    due, moved = loop.time() + idle_s, 0  # a chunk's bytes are due by then
     try:
         while True:
             try:
-                async with asyncio.timeout(idle_s):
+                async with asyncio.timeout_at(due):
                     message = await anext(incoming)
             except StopAsyncIteration:
                 break
             except TimeoutError:
                 raise UploadRejected(
-                    "upload_stalled", f"no bytes of the upload arrived for {idle_s:g} s"
+                    "upload_stalled",
+                    f"less than {blobs.CHUNK_BYTES} bytes of the upload arrived in {idle_s:g} s",
                 ) from None
             chunk = frames.chunk_of(message)
             if chunk is None:
@@ -324,6 +339,9 @@ async def _receive(
                     "oversized", f"upload exceeds its declared size of {size} bytes"
                 )
             await blob.add(chunk)
+            moved += len(chunk)
+            if moved >= blobs.CHUNK_BYTES:
+                due, moved = loop.time() + idle_s, 0
         if blob.received != size:
             raise UploadRejected(
                 "size_mismatch", f"received {blob.received} bytes, header declared {size}"

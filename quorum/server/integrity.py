@@ -39,7 +39,8 @@ def open_checked(path: pathlib.Path, checkpoints: pathlib.Path, fresh_start: boo
     held; a fresh start (`--init`) moves a damaged store and those runs' checkpoints aside and
     fails the runs the store still knows. A refusal leaves the folder as it was: a store it
     had to make to look (there was none) is removed again."""
-    made = not path.exists()
+    parts = [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm")]
+    made = [part for part in parts if not part.exists()]
     problem = _damage(path)
     if problem is not None:
         if not fresh_start:
@@ -50,9 +51,9 @@ def open_checked(path: pathlib.Path, checkpoints: pathlib.Path, fresh_start: boo
         _check_runs(store, checkpoints, fresh_start)
     except StoreError:
         store.close()
-        if made:
-            for suffix in ("", "-wal", "-shm"):
-                path.with_name(path.name + suffix).unlink(missing_ok=True)
+        if path in made:  # there was no store: the files opening it made go again
+            for part in made:
+                part.unlink(missing_ok=True)
         raise
     return store
 

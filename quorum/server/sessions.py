@@ -26,6 +26,8 @@ class Session:
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     closed: bool = False
+    ended: bool = False
+    """Its bookkeeping is done (`FederationService._ended`): tasks lost, site disconnected."""
 
     def send(self, message: pb.ServerMessage) -> None:
         if self.closed:
@@ -34,6 +36,8 @@ class Session:
             # The site reads nothing of its stream (and may be sending what earns notices):
             # what it would be sent is let go with its session, not kept without bound.
             log.warning("event=session_backlog site=%s queued=%d", self.site, OUTBOX_LIMIT)
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
             self.close()
             return
         self.outbox.put_nowait(message)

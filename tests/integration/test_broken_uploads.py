@@ -168,7 +168,8 @@ def test_an_upload_that_sends_nothing_is_refused_and_lets_the_others_in(
     tmp_path: pathlib.Path,
 ) -> None:
     # A site takes both upload places (two rounds' tasks) and sends no byte: after the session
-    # idle timeout (5 s here) each is refused, so the honest sites' uploads get in again.
+    # transfer_idle_timeout_s (5 s here) each is refused, so the honest sites' uploads get in
+    # again.
     async def scenario() -> None:
         cfg = run_config(
             rounds=3, min_fit_sites=1, min_available_sites=3, round_timeout_s=3, fraction_evaluate=0
@@ -182,13 +183,7 @@ def test_an_upload_that_sends_nothing_is_refused_and_lets_the_others_in(
             stalled = []
             try:
                 for _ in range(2):
-                    offer = await asyncio.to_thread(m.next_fit)
-                    model = await asyncio.to_thread(m.download, offer.model_digest)
-                    held: queue.Queue[pb.UploadMessage | None] = queue.Queue()
-                    held.put(_header(m, offer, model))
-                    replies = m.stub.Upload(iter(held.get, None))
-                    grant = await asyncio.to_thread(next, replies)
-                    assert grant.WhichOneof("kind") == "grant"
+                    _, replies, _ = await _granted(m)
                     stalled.append(replies)
                 receipts = [await asyncio.wait_for(asyncio.to_thread(next, r), 30) for r in stalled]
                 run = await fed.wait_run(timeout=90)
@@ -215,3 +210,43 @@ def _header(site: HostileSite, offer: pb.TaskOffer, data: bytes) -> pb.UploadMes
             metrics_json="{}",
         )
     )
+
+
+def test_an_upload_that_trickles_is_refused_like_one_that_stalls(tmp_path: pathlib.Path) -> None:
+    # A byte every 0.2 s keeps bytes arriving, but no chunk's worth in the idle time.
+    async def scenario() -> pb.UploadReceipt:
+        cfg = run_config(rounds=1, min_fit_sites=1, min_available_sites=1, round_timeout_s=30)
+        async with federation(tmp_path, [cfg], transfer_idle_timeout_s=2) as fed:
+            m = await asyncio.to_thread(HostileSite, fed.address, fed.register("m"), TASK)
+            try:
+                model, replies, requests = await _granted(m)
+                answer = asyncio.ensure_future(asyncio.to_thread(next, replies))
+                began = time.monotonic()
+                for byte in model:
+                    if answer.done() or time.monotonic() - began > 20:
+                        break
+                    requests.put(pb.UploadMessage(chunk=bytes([byte])))
+                    await asyncio.sleep(0.2)
+                reply = await asyncio.wait_for(answer, 30)
+                requests.put(None)
+                receipt: pb.UploadReceipt = reply.receipt
+                return receipt
+            finally:
+                m.close()
+
+    receipt = asyncio.run(scenario())
+    assert (receipt.accepted, receipt.code) == (False, "upload_stalled")
+    assert "in 2 s" in receipt.message
+
+
+async def _granted(site: HostileSite) -> tuple[bytes, Any, queue.Queue[pb.UploadMessage | None]]:
+    """The upload of the site's next fit, begun: its header sent and granted. Returns the model
+    it was sent, the call's replies and the queue its chunks go into."""
+    offer = await asyncio.to_thread(site.next_fit)
+    model = await asyncio.to_thread(site.download, offer.model_digest)
+    requests: queue.Queue[pb.UploadMessage | None] = queue.Queue()
+    requests.put(_header(site, offer, model))
+    replies = site.stub.Upload(iter(requests.get, None))
+    grant = await asyncio.to_thread(next, replies)
+    assert grant.WhichOneof("kind") == "grant"
+    return model, replies, requests

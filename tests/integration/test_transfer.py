@@ -328,14 +328,14 @@ def test_a_cache_folder_is_read_and_written_off_the_event_loop(
     # `quorum client run --cache-dir`: a model's file is read, hashed and written (with fsync)
     # in worker threads; the session's heartbeats go on meanwhile.
     threads: list[str] = []
-    for name in ("_read_named", "_remember"):
-        real = getattr(BlobCache, name)
+    for owner, name in ((transfer, "_read_named"), (BlobCache, "_remember")):
+        real = getattr(owner, name)
 
         def spy(*args: Any, real: Any = real, **kwargs: Any) -> Any:
             threads.append(threading.current_thread().name)
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(BlobCache, name, spy)
+        monkeypatch.setattr(owner, name, spy)
     write_atomic = transfer.write_atomic
 
     def written(path: pathlib.Path, data: bytes) -> None:
@@ -348,8 +348,8 @@ def test_a_cache_folder_is_read_and_written_off_the_event_loop(
     found = BlobCache(tmp_path)  # a restarted agent finds it
     assert asyncio.run(fetch(Scripted(b""), cache=found)) == BLOB
     main = threading.main_thread().name
-    # read (missed), kept in memory, written; read (found), kept in memory
-    assert [name == main for name in threads] == [False, True, False, False, True]
+    # kept in memory, written (missed: no file read); read (found), kept in memory
+    assert [name == main for name in threads] == [True, False, False, True]
 
 
 @pytest.mark.parametrize("name", ["../../escape", "A" * 64, "ab" * 31, ""])
@@ -428,3 +428,22 @@ def test_sites_sharing_a_cache_download_a_model_once(
     model = 32 << 20
     assert sum(1 for p in fits if p["bytes_out"] >= model) == 1
     assert sum(1 for size in made if size >= model) == 1
+
+
+def test_a_model_found_in_the_cache_folder_lets_the_spare_go_before_it_is_read(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / blobs.digest(BLOB)).write_bytes(BLOB)
+    cache = BlobCache(tmp_path, spare=True)
+    asyncio.run(cache.prepare(len(BLOB)))
+    assert cache.spare_bytes == len(BLOB)
+    spare_as_read: list[int] = []
+    read = transfer._read_named
+
+    def spy(path: pathlib.Path, key: str) -> bytes | None:
+        spare_as_read.append(cache.spare_bytes)
+        return read(path, key)
+
+    monkeypatch.setattr(transfer, "_read_named", spy)
+    assert asyncio.run(fetch(Scripted(b""), cache=cache)) == BLOB
+    assert spare_as_read == [0]  # never the file's bytes beside the spare

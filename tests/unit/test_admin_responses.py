@@ -232,7 +232,16 @@ def test_a_number_past_what_the_store_holds_is_refused_by_name(
 
 @pytest.mark.parametrize(
     ("header", "start"),
-    [(None, 7), ("12", 12), (" 12 ", 12), ("²", 7), ("1x", 7), (str(2**63), 7), ("", 7)],
+    [
+        (None, 7),
+        ("12", 12),
+        (" 12 ", 12),
+        ("²", 7),
+        ("1x", 7),
+        (str(2**63), 7),
+        ("", 7),
+        ("9" * 5000, 7),
+    ],
 )
 def test_a_streams_last_event_id_is_used_only_where_it_is_an_id(
     header: str | None, start: int

@@ -60,6 +60,9 @@ def test_the_pool_keeps_at_most_keep_idle_spools(tmp_path: pathlib.Path) -> None
     assert pool.idle == 1
 
 
+IDLE_S = 60.0  # the server's transfer_idle_timeout_s: no test here waits for it
+
+
 async def _messages(chunks: list[bytes]) -> AsyncIterator[pb.UploadMessage]:
     for chunk in chunks:
         yield pb.UploadMessage(chunk=chunk)
@@ -69,7 +72,7 @@ def test_an_upload_arrives_whole_in_a_spool(tmp_path: pathlib.Path) -> None:
     pool = SpoolPool(tmp_path, keep=1)
     data = blobs.encode({"w": np.arange(300_000, dtype=np.float32)})
     chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
-    upload = asyncio.run(_receive(_messages(chunks), len(data), "", pool))
+    upload = asyncio.run(_receive(_messages(chunks), len(data), "", pool, IDLE_S))
     assert (upload.size, upload.digest) == (len(data), blobs.digest(data))
     assert upload.read() == bytearray(data)
     upload.close()
@@ -93,7 +96,7 @@ def test_an_uploads_values_are_checked_as_it_arrives(
     data = blobs.encode(params)
     layout = blobs.read_layout(data)
     chunks = [data[i : i + 65_537] for i in range(0, len(data), 65_537)]
-    upload = asyncio.run(_receive(_messages(chunks), len(data), "", pool))
+    upload = asyncio.run(_receive(_messages(chunks), len(data), "", pool, IDLE_S))
 
     def unreadable(*args: object, **kwargs: object) -> Iterator[tuple[int, np.ndarray]]:
         raise AssertionError("the upload was read back for its check")
@@ -118,7 +121,7 @@ def test_a_refused_upload_gives_its_spool_back(
 ) -> None:
     pool = SpoolPool(tmp_path, keep=1)
     with pytest.raises(UploadRejected) as refused:
-        asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), declared, "", pool))
+        asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), declared, "", pool, IDLE_S))
     assert refused.value.code == code
     assert pool.idle == 1  # kept for the next upload, which writes over it
 
@@ -131,7 +134,9 @@ def test_a_spool_that_cannot_be_written_refuses_the_upload(tmp_path: pathlib.Pat
     resource.setrlimit(resource.RLIMIT_FSIZE, (150, hard))
     try:
         with pytest.raises(UploadRejected) as refused:
-            asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100, b"z" * 100]), 300, "", pool))
+            asyncio.run(
+                _receive(_messages([b"x" * 100, b"y" * 100, b"z" * 100]), 300, "", pool, IDLE_S)
+            )
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert refused.value.code == "spool_failed"
@@ -151,7 +156,7 @@ def test_a_chunk_the_spool_takes_only_part_of_is_not_taken_for_the_upload(
     resource.setrlimit(resource.RLIMIT_FSIZE, (150, hard))
     try:
         with pytest.raises(UploadRejected) as refused:
-            asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), 200, "", pool))
+            asyncio.run(_receive(_messages([b"x" * 100, b"y" * 100]), 200, "", pool, IDLE_S))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert refused.value.code == "spool_failed"
@@ -208,7 +213,7 @@ def test_a_cancelled_upload_gives_its_spool_back_once_its_last_write_is_over(
             yield pb.UploadMessage(chunk=b"x" * 100)
             drained.set()  # the upload now waits for that chunk's write
 
-        receiving = asyncio.ensure_future(_receive(messages(), 100, "", pool))
+        receiving = asyncio.ensure_future(_receive(messages(), 100, "", pool, IDLE_S))
         await drained.wait()
         assert pool.spool is not None
         await asyncio.to_thread(pool.spool.entered.wait, 30)
@@ -228,6 +233,6 @@ def test_a_spool_that_cannot_be_made_refuses_the_upload(tmp_path: pathlib.Path) 
     (tmp_path / "uploads").write_bytes(b"")
     pool = SpoolPool(tmp_path / "uploads", keep=1)
     with pytest.raises(UploadRejected) as refused:
-        asyncio.run(_receive(_messages([b"x" * 100]), 100, "", pool))
+        asyncio.run(_receive(_messages([b"x" * 100]), 100, "", pool, IDLE_S))
     assert refused.value.code == "spool_failed"
     assert pool.idle == 0
