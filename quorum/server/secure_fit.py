@@ -356,6 +356,10 @@ class SecureFit(PhaseHandler):
         """A site's keys, shares or unmask shares; raises UploadRejected."""
         index = self.index[task.id]
         kind = reply.WhichOneof("stage")
+        if index in self.dropped:  # it reported a failure, or broke the protocol: out for good
+            raise UploadRejected(
+                "dropped_out", f"this site left the round: {self.dropped[index][:200]}"
+            )
         if self.server is None or kind is None or kind != _MESSAGE_OF_STAGE.get(self.stage):
             raise UploadRejected(
                 "wrong_stage", f"a {kind!r} message arrived during the {self.stage} stage"

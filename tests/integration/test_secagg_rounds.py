@@ -357,3 +357,36 @@ def test_a_second_upload_after_the_masked_vector_leaves_the_site_in_the_round(
             assert_fedavg_of(final_value(fed, run["id"], 1), list(SITES))
 
     asyncio.run(scenario())
+
+
+def test_a_site_that_reported_a_failure_is_out_for_good(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a reports its task failed, then sends its keys all the same: they are refused, and the
+    # round sums the other four.
+    on_secagg = SecureFit.on_secagg
+
+    def failed_first(self: SecureFit, task: Any, reply: pb.SecAggReply) -> None:
+        if task.site == "a" and reply.WhichOneof("stage") == "keys":
+            session = self.services.sessions.get(task.session_id)
+            assert session is not None
+            self.services.book.on_result(
+                session,
+                pb.TaskResult(task_id=task.id, status=pb.RESULT_STATUS_FAILED, error="x"),
+            )
+        on_secagg(self, task, reply)
+
+    monkeypatch.setattr(SecureFit, "on_secagg", failed_first)
+
+    async def scenario() -> None:
+        async with federation(tmp_path, [one_round()]) as fed:
+            start(fed)
+            run = await fed.wait_run()
+            detail = await fed.api(f"/api/v1/runs/{run['id']}/rounds/1")
+            refused = [(r["site"], r["code"]) for r in detail["rejected_uploads"]]
+            assert ("a", "dropped_out") in refused
+            advertise = detail["secagg"]["stages"][0]
+            assert advertise["answered"] == 4
+            assert_fedavg_of(final_value(fed, run["id"], 1), ["b", "c", "d", "e"])
+
+    asyncio.run(scenario())
