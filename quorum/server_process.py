@@ -191,6 +191,7 @@ class Server:
             session.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
+            await _calls_closed()
         await self.baselines.shutdown()
         self.close()
         log.info("event=server_stopped")
@@ -200,6 +201,20 @@ class Server:
         there is to close of a server that was never started)."""
         self.store.close()
         self._state_lock.release()
+
+
+async def _calls_closed(timeout: float = 1.0) -> None:
+    """Lets grpc's task of each call see its call's close, which grpc's core reports through
+    the event loop, after `stop` has returned: the loop's end would cancel it mid-wait, and grpc
+    logs that as an error ("Exception not handled by _handle_exceptions"). The task is grpc's
+    (its coroutine's name); where a grpc names it otherwise, nothing is waited for."""
+    calls = [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__name__", "") == "_schedule_rpc_coro"
+    ]
+    if calls:
+        await asyncio.wait(calls, timeout=timeout)
 
 
 class _AdminServer(uvicorn.Server):
