@@ -210,7 +210,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 )
                 # Behind the chunk the reader did not take: sent when it reads, or dropped
                 # with its call. Its place among the downloads is free meanwhile; it still
-                # counts among its session's.
+                # counts among its site's.
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"no chunk was taken for {self.transfer_idle_s:g} s",
